@@ -1,0 +1,72 @@
+"""Guards that keep a Hessian computation free of side effects on the model and the run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+
+@contextmanager
+def preserved_state(model: nn.Module, *, clone_grads: bool = False) -> Iterator[None]:
+    """Restore, on exit, everything a Hessian computation could disturb.
+
+    Restored: the ``training`` flag of every submodule, the values of every buffer (BatchNorm
+    running statistics and counters), every parameter's ``.grad`` (the same object, with its values
+    when ``clone_grads``; ``None`` stays ``None``) and the global CPU and CUDA RNG states.
+
+    Args:
+        model: the module to guard.
+        clone_grads: also snapshot gradient values; needed around code that calls ``.backward``
+            (pyhessian), which accumulates into existing gradients in place.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    buffers = [(buffer, buffer.detach().clone()) for buffer in model.buffers()]
+    grads = [
+        (
+            param,
+            param.grad,
+            param.grad.detach().clone() if clone_grads and param.grad is not None else None,
+        )
+        for param in model.parameters()
+    ]
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        with torch.inference_mode(False), torch.no_grad():
+            for module, training in modes:
+                module.training = training
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+            for param, grad, saved in grads:
+                if grad is not None and saved is not None:
+                    grad.copy_(saved)
+                param.grad = grad
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+
+
+@contextmanager
+def autograd_enabled() -> Iterator[None]:
+    """Make double backward available wherever the caller is.
+
+    Leaves ``torch.inference_mode`` (``trainer.validate/test``) and ``torch.no_grad`` (validation
+    inside ``fit``), selects the math SDPA backend (the fused attention kernels have no double
+    backward) and disables ``nn.MultiheadAttention``'s fused fast path.
+    """
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    with ExitStack() as stack:
+        stack.enter_context(torch.inference_mode(False))
+        stack.enter_context(torch.enable_grad())
+        stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            yield
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)

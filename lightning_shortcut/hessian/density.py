@@ -1,0 +1,172 @@
+"""Hessian trace (Hutchinson) and spectral density (stochastic Lanczos quadrature).
+
+pyhessian users expect both; pyhessian 0.1's ``density()`` calls the removed ``torch.eig`` and fails
+on current PyTorch. Same guarantees as :func:`~lightning_shortcut.hessian.hessian_eigenvalues`: no
+side effects, private RNG.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_shortcut.hessian.operator import AllReduce, LossFn
+from lightning_shortcut.hessian.solvers import LanczosProcess, _tridiagonal, random_unit_vector
+from lightning_shortcut.hessian.spectrum import Mode, build_operator, hessian_context
+from lightning_shortcut.residual import check_positive_int
+
+__all__ = ["SpectralDensity", "TraceEstimate", "hessian_trace", "spectral_density"]
+
+
+@dataclass
+class TraceEstimate:
+    """Hutchinson estimate of ``tr(H)``.
+
+    Attributes:
+        trace: the mean of ``v^T H v`` over Rademacher probes ``v``.
+        standard_error: the standard error of that mean (``nan`` for one probe).
+        num_probes: probes used.
+        num_hvps: Hessian-vector products used.
+        seconds: wall time.
+    """
+
+    trace: float
+    standard_error: float
+    num_probes: int
+    num_hvps: int
+    seconds: float
+
+
+@dataclass
+class SpectralDensity:
+    """Stochastic Lanczos quadrature: per probe, Gauss quadrature nodes and weights.
+
+    ``nodes[p]`` are the Ritz values of probe ``p`` and ``weights[p]`` sum to one; together they
+    approximate the spectral measure ``(1/d) sum_i delta(lambda_i)``.
+    """
+
+    nodes: Tensor
+    weights: Tensor
+    num_hvps: int
+    seconds: float
+
+    def density(self, grid: Tensor, sigma: float) -> Tensor:
+        """The measure smoothed by a Gaussian of width ``sigma``, evaluated on ``grid``."""
+        if sigma <= 0:
+            raise ValueError(f"`sigma` must be > 0, got {sigma!r}.")
+        grid = grid.to(torch.float64)
+        diffs = grid[:, None, None] - self.nodes[None]
+        kernel = torch.exp(-0.5 * (diffs / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+        return (kernel * self.weights[None]).sum(dim=(1, 2)) / self.nodes.shape[0]
+
+
+def hessian_trace(
+    model: nn.Module,
+    data: Any,
+    loss_fn: LossFn | None = None,
+    *,
+    num_probes: int = 100,
+    rtol: float | None = None,
+    params: Iterable[Tensor] | None = None,
+    seed: int = 0,
+    mode: Mode = "eval",
+    all_reduce: AllReduce | None = None,
+) -> TraceEstimate:
+    """Hutchinson's estimate of the Hessian trace with Rademacher probes.
+
+    Args:
+        num_probes: the maximum number of probes.
+        rtol: stop early once the standard error is at most ``rtol * |trace|`` (at least 2 probes).
+        Other arguments as in :func:`~lightning_shortcut.hessian.hessian_eigenvalues`.
+
+    Example::
+
+        estimate = hessian_trace(model, (x, y), num_probes=200)
+        estimate.trace, estimate.standard_error
+    """
+    check_positive_int("num_probes", num_probes)
+    start = time.perf_counter()
+    generator = torch.Generator().manual_seed(seed)
+    samples: list[float] = []
+    with hessian_context(model, mode):
+        operator = build_operator(model, data, loss_fn, params, all_reduce, mode, seed)
+        for _ in range(num_probes):
+            signs = torch.randint(0, 2, (operator.dim,), generator=generator) * 2 - 1
+            probe = signs.to(operator.like)
+            samples.append(float(probe @ operator(probe)))
+            if rtol is not None and len(samples) >= 2:
+                mean, error = _mean_and_error(samples)
+                if error <= rtol * abs(mean):
+                    break
+        operator.release()
+    mean, error = _mean_and_error(samples)
+    return TraceEstimate(mean, error, len(samples), operator.num_hvps, time.perf_counter() - start)
+
+
+def _mean_and_error(samples: list[float]) -> tuple[float, float]:
+    values = torch.tensor(samples, dtype=torch.float64)
+    if len(samples) < 2:
+        return float(values.mean()), math.nan
+    return float(values.mean()), float(values.std() / math.sqrt(len(samples)))
+
+
+def spectral_density(
+    model: nn.Module,
+    data: Any,
+    loss_fn: LossFn | None = None,
+    *,
+    num_probes: int = 1,
+    num_steps: int = 64,
+    params: Iterable[Tensor] | None = None,
+    seed: int = 0,
+    mode: Mode = "eval",
+    all_reduce: AllReduce | None = None,
+) -> SpectralDensity:
+    """Spectral density of the Hessian by stochastic Lanczos quadrature (Ghorbani et al., 2019).
+
+    Each probe runs ``num_steps`` Lanczos steps (full reorthogonalization) from a Gaussian unit
+    vector; the Ritz values are the quadrature nodes, the squared first components of the Ritz
+    vectors the weights.
+
+    Example::
+
+        sld = spectral_density(model, (x, y), num_probes=4, num_steps=80)
+        curve = sld.density(torch.linspace(-1, 5, 400), sigma=0.05)
+    """
+    check_positive_int("num_probes", num_probes)
+    check_positive_int("num_steps", num_steps)
+    start = time.perf_counter()
+    generator = torch.Generator().manual_seed(seed)
+    all_nodes: list[Tensor] = []
+    all_weights: list[Tensor] = []
+    with hessian_context(model, mode):
+        operator = build_operator(model, data, loss_fn, params, all_reduce, mode, seed)
+        steps = min(num_steps, operator.dim)
+        for _ in range(num_probes):
+            process = LanczosProcess(
+                operator, random_unit_vector(operator.dim, operator.like, generator), None, steps
+            )
+            while process.steps < process.budget and process.step():
+                if process.betas[-1] <= 1e-12 * max(abs(a) for a in process.alphas):
+                    break
+                if process.steps < process.budget:
+                    process.advance()
+            values, vectors = torch.linalg.eigh(_tridiagonal(process.alphas, process.betas))
+            nodes = torch.full((steps,), math.nan, dtype=torch.float64)
+            weights = torch.zeros(steps, dtype=torch.float64)
+            nodes[: values.numel()] = values
+            weights[: values.numel()] = vectors[0] ** 2
+            all_nodes.append(nodes)
+            all_weights.append(weights)
+        operator.release()
+    nodes = torch.stack(all_nodes)
+    weights = torch.stack(all_weights)
+    # Unused slots (an invariant subspace reached early) carry zero weight; park them on a node.
+    nodes = torch.where(torch.isnan(nodes), nodes.nan_to_num(0.0), nodes)
+    return SpectralDensity(nodes, weights, operator.num_hvps, time.perf_counter() - start)

@@ -1,0 +1,224 @@
+"""Hessian-vector products of a model's mean loss over one or several batches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten, tree_map
+
+LossFn = Callable[[nn.Module, Any], Tensor]
+AllReduce = Callable[[Tensor], Tensor]
+
+__all__ = ["AllReduce", "HessianOperator", "LossFn", "cross_entropy_loss", "normalize_batches"]
+
+
+def cross_entropy_loss(model: nn.Module, batch: Any) -> Tensor:
+    """The default loss: cross-entropy of ``model(inputs)`` against ``targets``.
+
+    Raises:
+        ValueError: if ``batch`` is not an ``(inputs, targets, ...)`` tuple or list of tensors.
+    """
+    if not (
+        isinstance(batch, tuple | list)
+        and len(batch) >= 2
+        and isinstance(batch[0], Tensor)
+        and isinstance(batch[1], Tensor)
+    ):
+        raise ValueError(
+            "The default loss reads a batch as (inputs, targets) and computes the cross-entropy of "
+            f"model(inputs); got a batch of type {type(batch).__name__}. Pass "
+            "`loss_fn=lambda model, batch: ...` returning the scalar mean loss of a batch."
+        )
+    return F.cross_entropy(model(batch[0]), batch[1])
+
+
+def _is_single_batch(data: Any) -> bool:
+    if isinstance(data, dict):
+        return True
+    return isinstance(data, tuple | list) and len(data) > 0 and isinstance(data[0], Tensor)
+
+
+def normalize_batches(data: Any) -> list[Any]:
+    """One batch ``(inputs, targets)`` (or a dict) or an iterable of batches, as a list of batches.
+
+    Raises:
+        ValueError: if there is no batch or a batch holds no tensor.
+    """
+    if isinstance(data, Tensor):
+        raise ValueError(
+            "`data` must be a batch such as (inputs, targets) or an iterable of batches, got a "
+            "bare tensor; pass (inputs, targets)."
+        )
+    batches = [data] if _is_single_batch(data) else list(data)
+    if not batches:
+        raise ValueError("`data` holds no batch; pass (inputs, targets) or a non-empty iterable.")
+    for batch in batches:
+        batch_size(batch)
+    return batches
+
+
+def batch_size(batch: Any) -> int:
+    """The number of samples of a batch: the first dimension of its first tensor."""
+    leaves, _ = tree_flatten(batch)
+    for leaf in leaves:
+        if isinstance(leaf, Tensor) and leaf.ndim > 0:
+            if leaf.shape[0] == 0:
+                raise ValueError("`data` holds an empty batch (first dimension 0).")
+            return int(leaf.shape[0])
+    raise ValueError(
+        f"A batch must hold at least one tensor with a batch dimension, got {batch!r}."
+    )
+
+
+def _detach_inference(batch: Any) -> Any:
+    # Tensors made under `torch.inference_mode` cannot be saved for backward; clone them out.
+    return tree_map(
+        lambda leaf: leaf.clone() if isinstance(leaf, Tensor) and leaf.is_inference() else leaf,
+        batch,
+    )
+
+
+class HessianOperator:
+    """Products ``H v`` with the Hessian of the size-weighted mean loss over ``batches``.
+
+    ``H = sum_b n_b H_b / sum_b n_b`` where ``H_b`` is the Hessian of batch ``b``'s mean loss, so
+    batches of unequal size give the exact Hessian of the mean over all samples. Products use double
+    backward (``torch.autograd.grad``, never ``.backward``); for a single batch the first-order graph
+    is built once and reused. Must be used inside :func:`~lightning_shortcut.hessian._state.autograd_enabled`.
+
+    Args:
+        model: the model.
+        batches: the batches (see :func:`normalize_batches`).
+        loss_fn: ``loss_fn(model, batch) -> scalar`` mean loss of the batch.
+        params: the parameters the Hessian is taken over.
+        all_reduce: optional in-place-free sum across processes, applied to one packed tensor per
+            product (the local size-weighted sum of products, the sample count and a non-finite flag),
+            so every rank gets the Hessian of the union of the ranks' data.
+        fixed_seed: when given, the global RNG is seeded with ``fixed_seed + b`` before each forward
+            of batch ``b``, so random layers (dropout in train mode) use the same masks in every
+            product. The caller restores the global RNG state.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        batches: Sequence[Any],
+        loss_fn: LossFn,
+        params: Sequence[Tensor],
+        all_reduce: AllReduce | None = None,
+        fixed_seed: int | None = None,
+    ) -> None:
+        self.model = model
+        self.fixed_seed = fixed_seed
+        self.batches = [_detach_inference(batch) for batch in batches]
+        self.sizes = [batch_size(batch) for batch in self.batches]
+        self.loss_fn = loss_fn
+        self.params = list(params)
+        self.all_reduce = all_reduce
+        self.shapes = [p.shape for p in self.params]
+        self.numels = [p.numel() for p in self.params]
+        self.dim = sum(self.numels)
+        first = self.params[0]
+        self.like = torch.zeros(self.dim, dtype=first.dtype, device=first.device)
+        self.num_hvps = 0
+        self.nonfinite = False
+        self.loss: float | None = None
+        self._cached: list[Tensor | None] | None = None
+
+    def _gradients(self, index: int) -> list[Tensor | None]:
+        if self.fixed_seed is not None:
+            torch.manual_seed(self.fixed_seed + index)
+        loss = self.loss_fn(self.model, self.batches[index])
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+            raise ValueError(f"`loss_fn` must return a scalar tensor, got {shape}.")
+        loss = loss.reshape(())
+        value = float(loss.detach())
+        if not torch.isfinite(loss.detach()):
+            self.nonfinite = True
+        self.loss = value
+        if not loss.requires_grad:
+            return [None] * len(self.params)
+        grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+        return [g if g is not None and g.requires_grad else None for g in grads]
+
+    def _product(self, grads: list[Tensor | None], vector: Tensor, retain: bool) -> Tensor:
+        chunks = torch.split(vector, self.numels)
+        used = [i for i, g in enumerate(grads) if g is not None]
+        result = torch.zeros_like(vector)
+        if not used:
+            return result
+        products = torch.autograd.grad(
+            [grads[i] for i in used],
+            self.params,
+            grad_outputs=[chunks[i].view(self.shapes[i]).to(grads[i]) for i in used],
+            retain_graph=retain,
+            allow_unused=True,
+        )
+        pieces = [
+            (p.reshape(-1).to(vector) if p is not None else torch.zeros_like(c))
+            for p, c in zip(products, chunks, strict=True)
+        ]
+        return torch.cat(pieces)
+
+    def __call__(self, vector: Tensor) -> Tensor:
+        """``H @ vector`` for a flat vector of length :attr:`dim`."""
+        self.num_hvps += 1
+        total = torch.zeros_like(vector)
+        if len(self.batches) == 1:
+            if self._cached is None:
+                self._cached = self._gradients(0)
+            total += self.sizes[0] * self._product(self._cached, vector, retain=True)
+        else:
+            for index, size in enumerate(self.sizes):
+                total += size * self._product(self._gradients(index), vector, retain=False)
+        count = float(sum(self.sizes))
+        if self.all_reduce is not None:
+            packed = torch.cat([total, total.new_tensor([count, float(self.nonfinite)])])
+            packed = self.all_reduce(packed)
+            total, count, self.nonfinite = packed[:-2], float(packed[-2]), bool(packed[-1] > 0)
+        if self.nonfinite:
+            return torch.full_like(vector, float("nan"))
+        return total / count
+
+    def unflatten(self, vector: Tensor) -> list[Tensor]:
+        """Split a flat vector into tensors shaped like :attr:`params`."""
+        return [
+            c.view(s) for c, s in zip(torch.split(vector, self.numels), self.shapes, strict=True)
+        ]
+
+    def release(self) -> None:
+        """Drop the cached first-order graph."""
+        self._cached = None
+
+
+def resolve_params(model: nn.Module, params: Iterable[Tensor] | None) -> list[Tensor]:
+    """The parameters to differentiate: ``params`` checked against ``model``, or all trainable ones.
+
+    Raises:
+        ValueError: if a parameter is not one of the model's, or none requires grad.
+    """
+    owned = {id(p) for p in model.parameters()}
+    if params is None:
+        chosen = [p for p in model.parameters() if p.requires_grad]
+        if not chosen:
+            raise ValueError(f"{type(model).__name__} has no parameter that requires grad.")
+        return chosen
+    chosen = list(params)
+    if not chosen:
+        raise ValueError("`params` is empty; pass None for all trainable parameters.")
+    for index, param in enumerate(chosen):
+        if not isinstance(param, Tensor) or id(param) not in owned:
+            raise ValueError(
+                f"`params[{index}]` (shape {tuple(getattr(param, 'shape', ()))}) is not a parameter "
+                f"of {type(model).__name__}."
+            )
+        if not param.requires_grad:
+            raise ValueError(f"`params[{index}]` does not require grad.")
+    if len({id(p) for p in chosen}) != len(chosen):
+        raise ValueError("`params` lists a parameter more than once.")
+    return chosen

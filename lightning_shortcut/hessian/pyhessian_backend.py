@@ -1,0 +1,159 @@
+"""The ``method="pyhessian"`` backend: pyhessian 0.1's power iteration, wrapped so it has no side effects.
+
+pyhessian calls ``.backward(create_graph=True)`` (graph-holding ``.grad``), calls ``model.eval()``
+and never restores train mode, and draws start vectors from the global RNG. Here it runs inside
+:func:`~lightning_shortcut.hessian.spectrum.hessian_context` with gradients cloned, so none of that
+survives the call, and it sees a stand-in module whose output is our loss, so any ``loss_fn`` and
+parameter subset work.
+
+What it computes, honestly: pyhessian's ``eigenvalues`` is power iteration for the eigenvalue of
+largest *magnitude*, stopped when the Rayleigh quotient changes by less than ``tol`` relative. To get
+the algebraic ends we run it on shifted losses ``L +- s/2 ||theta - theta_0||^2`` (Hessian
+``H +- s I``, ``s = 1.1 * max|lambda|`` from a first unshifted run). pyhessian has no bottom-end
+solver of its own; this shift is ours. Its stopping rule can stop early with large errors (on the
+paper's symmetric ``+-sigma`` spectrum the Rayleigh quotient does not change at all between
+iterations), so ``converged`` is judged afterwards by our residual ``||H v - theta v||`` on the
+vectors it returns (one extra product each).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from lightning_shortcut.hessian.operator import HessianOperator
+from lightning_shortcut.hessian.solvers import Extremes
+
+
+class _BatchRef:
+    """What pyhessian takes for ``inputs``/``targets``: an index into the operator's batches."""
+
+    def __init__(self, index: int, size: int) -> None:
+        self.index = index
+        self._size = size
+
+    def size(self, dim: int = 0) -> int:
+        return self._size
+
+    def to(self, *args: object, **kwargs: object) -> _BatchRef:
+        return self
+
+    def cuda(self) -> _BatchRef:
+        return self
+
+
+class _LossModule(nn.Module):
+    """A stand-in "model" whose output is the (shifted) loss and whose parameters are the chosen ones.
+
+    The user's model is held outside the module tree, so pyhessian's ``eval()`` cannot reach it.
+    """
+
+    def __init__(self, operator: HessianOperator, shift: float) -> None:
+        super().__init__()
+        self._holder = (operator,)
+        self.shift = shift
+        self._anchors = [p.detach().clone() for p in operator.params]
+        self.forward_calls = 0
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
+        return iter(self._holder[0].params)
+
+    def forward(self, ref: _BatchRef) -> Tensor:
+        operator = self._holder[0]
+        self.forward_calls += 1
+        if operator.fixed_seed is not None:
+            torch.manual_seed(operator.fixed_seed + ref.index)
+        loss = operator.loss_fn(operator.model, operator.batches[ref.index]).reshape(())
+        if self.shift:
+            penalty = sum(
+                ((p - a) ** 2).sum() for p, a in zip(operator.params, self._anchors, strict=True)
+            )
+            loss = loss + 0.5 * self.shift * penalty
+        return loss
+
+
+@contextlib.contextmanager
+def _counting_products(counter: list[int]) -> Iterator[None]:
+    # `pyhessian/__init__` rebinds the name `pyhessian.hessian` to the class; fetch the module.
+    module = importlib.import_module("pyhessian.hessian")
+
+    original = module.hessian_vector_product
+
+    def counted(*args, **kwargs):
+        counter[0] += 1
+        return original(*args, **kwargs)
+
+    module.hessian_vector_product = counted
+    try:
+        yield
+    finally:
+        module.hessian_vector_product = original
+
+
+def _run_pyhessian(
+    operator: HessianOperator, shift: float, top_n: int, tol: float, max_iter: int
+) -> tuple[list[float], list[list[Tensor]], int]:
+    from pyhessian import hessian as PyHessian
+
+    stand_in = _LossModule(operator, shift)
+    refs = [(_BatchRef(i, n), _BatchRef(i, n)) for i, n in enumerate(operator.sizes)]
+    cuda = operator.like.is_cuda
+    for param in operator.params:
+        param.grad = None  # pyhessian reads .grad after its backward; start clean
+    counter = [0]
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(
+        operator.like.dtype
+    )  # pyhessian draws start vectors in the default dtype
+    try:
+        with _counting_products(counter):
+            if len(refs) == 1:
+                solver = PyHessian(stand_in, lambda out, _: out, data=refs[0], cuda=cuda)
+            else:
+                solver = PyHessian(stand_in, lambda out, _: out, dataloader=refs, cuda=cuda)
+            eigenvalues, eigenvectors = solver.eigenvalues(maxIter=max_iter, tol=tol, top_n=top_n)
+    finally:
+        torch.set_default_dtype(default_dtype)
+        for param in operator.params:
+            param.grad = None
+    # Single batch: pyhessian calls its product function (counted); several: one pass per product.
+    products = counter[0] if len(refs) == 1 else stand_in.forward_calls // len(refs)
+    return [float(v) for v in eigenvalues], eigenvectors, products
+
+
+def _flat(vectors: list[Tensor], like: Tensor) -> Tensor:
+    return torch.cat([v.reshape(-1) for v in vectors]).to(like).detach()
+
+
+def pyhessian_extremes(
+    operator: HessianOperator, top_k: int, bottom_k: int, tol: float, max_iter: int
+) -> Extremes:
+    """Top and bottom eigenvalues with pyhessian's solver on ``H +- s I``; see the module docstring."""
+    result = Extremes()
+    dominant, _, products = _run_pyhessian(operator, 0.0, 1, tol, max_iter)
+    total_products = products
+    rho = abs(dominant[0])
+    result.scale = rho
+    checks: list[tuple[float, Tensor]] = []
+    for count, sign, values in ((top_k, 1.0, result.top), (bottom_k, -1.0, result.bottom)):
+        if count == 0:
+            continue
+        if rho == 0.0:
+            values.extend([0.0] * count)
+            continue
+        shift = 1.1 * rho
+        shifted, vectors, products = _run_pyhessian(operator, sign * shift, count, tol, max_iter)
+        total_products += products
+        for value, vector in zip(shifted, vectors, strict=True):
+            values.append(value - sign * shift)
+            checks.append((value - sign * shift, _flat(vector, operator.like)))
+    for value, vector in checks:
+        vector = vector / vector.norm()
+        residual = float((operator(vector) - value * vector).norm())
+        result.converged &= residual <= tol * max(rho, 1e-300)
+    operator.num_hvps += total_products
+    return result

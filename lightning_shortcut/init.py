@@ -1,0 +1,161 @@
+"""Initialization strategies for the residual branches of a model.
+
+A strategy is a named, testable operation (the pattern of timm's ``zero_init_last``): called on any
+module, it initializes the branch weights of every :class:`~lightning_shortcut.ResidualUnit` inside
+it, zeroes their biases, touches nothing else and returns the module.
+
+Random draws are made on the CPU in float32 and then copied to the weight's device and dtype, so the
+same seed gives the same weights on every device.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Literal, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+from lightning_shortcut.residual import residual_weight_layers
+
+__all__ = ["InitStrategy", "OrthogonalInit", "XavierInit", "ZeroInit"]
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+def _check_scale(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"`{name}` must be a non-negative float, got {value!r}.")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"`{name}` must be a finite float >= 0, got {value!r}.")
+    return float(value)
+
+
+class InitStrategy(ABC):
+    """Base class: initializes residual-branch weights; subclasses implement :meth:`sample`.
+
+    Args:
+        zero_bias: zero the biases of the branch layers (the theory has none).
+        generator: optional CPU ``torch.Generator``; the global RNG is used when ``None``.
+    """
+
+    def __init__(self, *, zero_bias: bool = True, generator: torch.Generator | None = None) -> None:
+        if generator is not None and generator.device.type != "cpu":
+            raise ValueError(f"`generator` must be a CPU generator, got one on {generator.device}.")
+        self.zero_bias = zero_bias
+        self.generator = generator
+
+    @abstractmethod
+    def sample(self, shape: torch.Size, generator: torch.Generator | None) -> Tensor:
+        """Return a float32 CPU tensor of ``shape`` holding the new weight."""
+
+    @torch.no_grad()
+    def __call__(self, module: ModuleT) -> ModuleT:
+        layers = residual_weight_layers(module)
+        if not layers:
+            raise ValueError(
+                f"{type(self).__name__} found no ResidualUnit/ResidualStack inside "
+                f"{type(module).__name__}; it only initializes residual branches."
+            )
+        for layer in layers:
+            layer.weight.copy_(self.sample(layer.weight.shape, self.generator))
+            if self.zero_bias and layer.bias is not None:
+                layer.bias.zero_()
+        return module
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self._repr_fields().items())
+        return f"{type(self).__name__}({fields})"
+
+    def _repr_fields(self) -> dict[str, object]:
+        return {}
+
+
+class ZeroInit(InitStrategy):
+    """The paper's zero initial point, or "small weights" i.i.d. ``N(0, scale^2)`` when ``scale > 0``.
+
+    Args:
+        scale: standard deviation of the weights; ``0.0`` gives exact zeros.
+        zero_bias: zero the branch biases.
+        generator: optional CPU generator for the draws.
+
+    Example::
+
+        model = ZeroInit(scale=1e-3)(ResidualStack(16, num_units=8))
+    """
+
+    def __init__(
+        self,
+        scale: float = 0.0,
+        *,
+        zero_bias: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(zero_bias=zero_bias, generator=generator)
+        self.scale = _check_scale("scale", scale)
+
+    def sample(self, shape: torch.Size, generator: torch.Generator | None) -> Tensor:
+        if self.scale == 0.0:
+            return torch.zeros(shape)
+        return torch.randn(shape, generator=generator) * self.scale
+
+    def _repr_fields(self) -> dict[str, object]:
+        return {"scale": self.scale}
+
+
+class XavierInit(InitStrategy):
+    """Glorot/Xavier initialization of the branch weights, a baseline of the paper.
+
+    Args:
+        gain: scaling factor.
+        distribution: ``"uniform"`` (Glorot and Bengio's form) or ``"normal"``.
+    """
+
+    def __init__(
+        self,
+        gain: float = 1.0,
+        distribution: Literal["uniform", "normal"] = "uniform",
+        *,
+        zero_bias: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(zero_bias=zero_bias, generator=generator)
+        self.gain = _check_scale("gain", gain)
+        if distribution not in ("uniform", "normal"):
+            raise ValueError(
+                f"Unknown distribution {distribution!r}; expected 'uniform' or 'normal'."
+            )
+        self.distribution = distribution
+
+    def sample(self, shape: torch.Size, generator: torch.Generator | None) -> Tensor:
+        weight = torch.empty(shape)
+        if self.distribution == "uniform":
+            return nn.init.xavier_uniform_(weight, gain=self.gain, generator=generator)
+        return nn.init.xavier_normal_(weight, gain=self.gain, generator=generator)
+
+    def _repr_fields(self) -> dict[str, object]:
+        return {"gain": self.gain, "distribution": self.distribution}
+
+
+class OrthogonalInit(InitStrategy):
+    """(Semi-)orthogonal branch weights scaled by ``gain``, a baseline of the paper.
+
+    Convolution kernels are made orthogonal in their flattened ``(out, in * k * k)`` form.
+    """
+
+    def __init__(
+        self,
+        gain: float = 1.0,
+        *,
+        zero_bias: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__(zero_bias=zero_bias, generator=generator)
+        self.gain = _check_scale("gain", gain)
+
+    def sample(self, shape: torch.Size, generator: torch.Generator | None) -> Tensor:
+        return nn.init.orthogonal_(torch.empty(shape), gain=self.gain, generator=generator)
+
+    def _repr_fields(self) -> dict[str, object]:
+        return {"gain": self.gain}
