@@ -11,7 +11,13 @@ from lightning_shortcut import (
     residual_weight_layers,
 )
 
-STRATEGIES = [ZeroInit(), ZeroInit(scale=0.1), XavierInit(), XavierInit(distribution="normal"), OrthogonalInit()]
+STRATEGIES = [
+    ZeroInit(),
+    ZeroInit(scale=0.1),
+    XavierInit(),
+    XavierInit(distribution="normal"),
+    OrthogonalInit(),
+]
 
 
 def _model():
@@ -23,7 +29,11 @@ def _model():
 @pytest.mark.parametrize("strategy", STRATEGIES, ids=repr)
 def test_touches_only_residual_branches_and_returns_module(strategy):
     model = _model()
-    others = {name: p.detach().clone() for name, p in model.named_parameters() if not name.startswith("1.")}
+    others = {
+        name: p.detach().clone()
+        for name, p in model.named_parameters()
+        if not name.startswith("1.")
+    }
     for layer in residual_weight_layers(model):
         nn.init.constant_(layer.bias, 0.5)
     assert strategy(model) is model
@@ -70,7 +80,14 @@ def test_xavier_variance():
     assert weights.var().item() == pytest.approx(2.0 / 400, rel=0.05)
 
 
-@pytest.mark.parametrize("strategy_cls", [lambda g: ZeroInit(0.1, generator=g), lambda g: XavierInit(generator=g), lambda g: OrthogonalInit(generator=g)])
+@pytest.mark.parametrize(
+    "strategy_cls",
+    [
+        lambda g: ZeroInit(0.1, generator=g),
+        lambda g: XavierInit(generator=g),
+        lambda g: OrthogonalInit(generator=g),
+    ],
+)
 def test_deterministic_under_seed_and_generator(strategy_cls):
     torch.manual_seed(3)
     first = strategy_cls(None)(ResidualStack(5, 2, 2))
@@ -78,7 +95,13 @@ def test_deterministic_under_seed_and_generator(strategy_cls):
     second = strategy_cls(None)(ResidualStack(5, 2, 2))
     third = strategy_cls(torch.Generator().manual_seed(7))(ResidualStack(5, 2, 2))
     fourth = strategy_cls(torch.Generator().manual_seed(7))(ResidualStack(5, 2, 2))
-    for a, b, c, d in zip(first.parameters(), second.parameters(), third.parameters(), fourth.parameters(), strict=True):
+    for a, b, c, d in zip(
+        first.parameters(),
+        second.parameters(),
+        third.parameters(),
+        fourth.parameters(),
+        strict=True,
+    ):
         assert torch.equal(a, b)
         assert torch.equal(c, d)
         assert not torch.equal(a, c)

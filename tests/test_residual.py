@@ -2,7 +2,12 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_shortcut import ResidualStack, ResidualUnit, residual_parameters, residual_weight_layers
+from lightning_shortcut import (
+    ResidualStack,
+    ResidualUnit,
+    residual_parameters,
+    residual_weight_layers,
+)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -4,7 +4,13 @@ import pytest
 import torch
 from helpers import dense_eigenvalues
 
-from lightning_shortcut import ResidualStack, ZeroInit, half_mse_loss, residual_parameters, zero_point_hessian
+from lightning_shortcut import (
+    ResidualStack,
+    ZeroInit,
+    half_mse_loss,
+    residual_parameters,
+    zero_point_hessian,
+)
 from lightning_shortcut.theory import activation_slope_at_zero
 
 WIDTH = 3
@@ -29,7 +35,9 @@ def _measured(x, y, shortcut_depth, num_units, activation=None):
 def test_dense_hessian_matches_closed_form(shortcut_depth, num_units, activation):
     x, y = _teacher_data()
     measured = _measured(x, y, shortcut_depth, num_units, activation)
-    predicted = zero_point_hessian(x, y, shortcut_depth=shortcut_depth, num_units=num_units, activation=activation)
+    predicted = zero_point_hessian(
+        x, y, shortcut_depth=shortcut_depth, num_units=num_units, activation=activation
+    )
     assert predicted.eigenvalues.shape == measured.shape
     torch.testing.assert_close(predicted.eigenvalues, measured, atol=1e-10, rtol=1e-10)
 
@@ -56,7 +64,10 @@ def test_depth_two_condition_number_does_not_depend_on_depth():
 
 def test_depth_one_condition_number_grows_with_depth():
     x, y = _teacher_data()
-    kappas = [zero_point_hessian(x, y, shortcut_depth=1, num_units=k).condition_number for k in (1, 2, 4, 8, 16)]
+    kappas = [
+        zero_point_hessian(x, y, shortcut_depth=1, num_units=k).condition_number
+        for k in (1, 2, 4, 8, 16)
+    ]
     assert all(b > a for a, b in zip(kappas, kappas[1:], strict=False)), kappas
     assert kappas[-1] > 10 * kappas[0]
 

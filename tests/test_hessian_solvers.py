@@ -1,0 +1,77 @@
+"""The eigensolvers on plain symmetric matrices, against torch.linalg.eigvalsh."""
+
+import pytest
+import torch
+
+from lightning_shortcut.hessian.solvers import lanczos_extremes, power_extremes
+
+
+def _matrix(eigenvalues, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    size = len(eigenvalues)
+    basis, _ = torch.linalg.qr(torch.randn(size, size, generator=generator, dtype=torch.float64))
+    return basis @ torch.diag(torch.tensor(eigenvalues, dtype=torch.float64)) @ basis.T
+
+
+SPECTRA = {
+    "symmetric_repeated": [3.0] * 4 + [-3.0] * 4 + [1.0] * 4 + [-1.0] * 4,
+    "indefinite": [5.0, 2.0, 1.5, 0.3, -0.2, -1.0, -4.0] + [0.01 * i for i in range(20)],
+    "semidefinite_singular": [2.0, 1.0, 0.5] + [0.0] * 10,
+    "zero": [0.0] * 12,
+}
+
+
+@pytest.mark.parametrize("solver", [lanczos_extremes, power_extremes])
+@pytest.mark.parametrize("name", list(SPECTRA))
+def test_extremes_with_multiplicity(solver, name):
+    matrix = _matrix(SPECTRA[name])
+    exact = torch.linalg.eigvalsh(matrix)
+    result = solver(
+        lambda v: matrix @ v, matrix.shape[0], torch.zeros(matrix.shape[0], dtype=torch.float64),
+        torch.Generator().manual_seed(0), top_k=3, bottom_k=3, tol=1e-10, max_iter=5000,
+    )  # fmt: skip
+    assert result.converged
+    assert result.top == pytest.approx(exact.flip(0)[:3].tolist(), abs=1e-8)
+    assert result.bottom == pytest.approx(exact[:3].tolist(), abs=1e-8)
+
+
+@pytest.mark.parametrize("name", ["symmetric_repeated", "indefinite"])
+def test_lanczos_min_abs(name):
+    matrix = _matrix(SPECTRA[name])
+    result = lanczos_extremes(
+        lambda v: matrix @ v, matrix.shape[0], torch.zeros(matrix.shape[0], dtype=torch.float64),
+        torch.Generator().manual_seed(0), top_k=1, bottom_k=1, min_abs=True, tol=1e-10, max_iter=500,
+    )  # fmt: skip
+    assert result.min_abs == pytest.approx(
+        float(torch.linalg.eigvalsh(matrix).abs().min()), abs=1e-8
+    )
+
+
+def test_max_iter_budget_reports_not_converged():
+    matrix = _matrix([float(i) for i in range(200)])
+    calls = []
+    result = lanczos_extremes(
+        lambda v: calls.append(1) or matrix @ v, 200, torch.zeros(200, dtype=torch.float64),
+        torch.Generator().manual_seed(0), top_k=1, bottom_k=1, tol=1e-12, max_iter=5,
+    )  # fmt: skip
+    assert len(calls) == 5
+    assert not result.converged
+
+
+def test_pyhessian_stopping_rule_is_fooled_at_the_zero_point():
+    """Why our backend re-checks residuals: pyhessian stops at once on a +-sigma spectrum."""
+    from pyhessian import hessian as PyHessian
+
+    from lightning_shortcut import ResidualStack, ZeroInit, half_mse_loss
+
+    torch.manual_seed(0)
+    x = torch.randn(30, 3)
+    y = x @ torch.tensor([[0.2, -0.9, 0.1], [0.5, 0.3, 0.0], [0.0, 0.4, -0.6]]).T
+    model = ZeroInit()(ResidualStack(3, 2, 2))
+    sigma_max = float(torch.linalg.svdvals(x.T @ (x - y) / 30)[0])
+    raw, _ = PyHessian(model, half_mse_loss, data=(x, y), cuda=False).eigenvalues(
+        maxIter=100, tol=1e-3
+    )
+    assert abs(raw[0]) < 0.9 * sigma_max  # a Rayleigh quotient that never moves
+    for param in model.parameters():
+        param.grad = None
