@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -68,7 +69,7 @@ def test_depth_one_condition_number_grows_with_depth():
         zero_point_hessian(x, y, shortcut_depth=1, num_units=k).condition_number
         for k in (1, 2, 4, 8, 16)
     ]
-    assert all(b > a for a, b in zip(kappas, kappas[1:], strict=False)), kappas
+    assert all(b > a for a, b in itertools.pairwise(kappas)), kappas
     assert kappas[-1] > 10 * kappas[0]
 
 
