@@ -11,6 +11,19 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 @contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Restore the global CPU and CUDA RNG states on exit."""
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+
+
+@contextmanager
 def preserved_state(model: nn.Module, *, clone_grads: bool = False) -> Iterator[None]:
     """Restore, on exit, everything a Hessian computation could disturb.
 
@@ -33,23 +46,23 @@ def preserved_state(model: nn.Module, *, clone_grads: bool = False) -> Iterator[
         )
         for param in model.parameters()
     ]
-    cpu_rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    try:
-        yield
-    finally:
-        with torch.inference_mode(False), torch.no_grad():
-            for module, training in modes:
-                module.training = training
-            for buffer, saved in buffers:
-                buffer.copy_(saved)
-            for param, grad, saved in grads:
-                if grad is not None and saved is not None:
-                    grad.copy_(saved)
-                param.grad = grad
-        torch.set_rng_state(cpu_rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
+    with preserved_rng():
+        try:
+            yield
+        finally:
+            _restore(modes, buffers, grads)
+
+
+def _restore(modes, buffers, grads) -> None:
+    with torch.inference_mode(False), torch.no_grad():
+        for module, training in modes:
+            module.training = training
+        for buffer, saved in buffers:
+            buffer.copy_(saved)
+        for param, grad, saved in grads:
+            if grad is not None and saved is not None:
+                grad.copy_(saved)
+            param.grad = grad
 
 
 @contextmanager

@@ -60,17 +60,17 @@ class HessianSpectrum:
     method: str = "lanczos"
 
     def as_dict(self) -> dict[str, float]:
-        """Flat ``name -> float`` view for logging (``top_<i>``/``bottom_<i>`` beyond the first)."""
+        """Flat ``name -> float`` view for logging (``top_<i>``/``bottom_<i>`` when ``k > 1``)."""
         values: dict[str, float | None] = {
             "max_eigenvalue": self.max,
             "min_eigenvalue": self.min,
             "min_abs_eigenvalue": self.min_abs,
             "condition_number": self.condition_number,
         }
-        for index, value in enumerate(self.top[1:], start=2):
-            values[f"top_{index}"] = value
-        for index, value in enumerate(self.bottom[1:], start=2):
-            values[f"bottom_{index}"] = value
+        if len(self.top) > 1:
+            values.update({f"top_{i}": v for i, v in enumerate(self.top, start=1)})
+        if len(self.bottom) > 1:
+            values.update({f"bottom_{i}": v for i, v in enumerate(self.bottom, start=1)})
         values["num_hvps"] = float(self.num_hvps)
         values["seconds"] = self.seconds
         values["converged"] = float(self.converged)

@@ -1,0 +1,77 @@
+"""Small LightningModules and loaders for the callback tests."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_shortcut import ResidualStack
+
+
+class Classifier(pl.LightningModule):
+    """Linear -> BatchNorm -> ResidualStack -> dropout -> head; SGD with momentum."""
+
+    def __init__(
+        self,
+        features: int = 6,
+        width: int = 8,
+        classes: int = 3,
+        lr: float = 0.05,
+        dropout: float = 0.3,
+    ):
+        super().__init__()
+        self.inp = nn.Linear(features, width)
+        self.bn = nn.BatchNorm1d(width)
+        self.stack = ResidualStack(width, 2, 2, activation="tanh")
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(width, classes)
+        self.lr = lr
+
+    def forward(self, x):
+        return self.head(self.drop(self.stack(torch.tanh(self.bn(self.inp(x))))))
+
+    def training_step(self, batch, batch_idx):
+        loss = F.cross_entropy(self(batch[0]), batch[1])
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", F.cross_entropy(self(batch[0]), batch[1]))
+
+    def test_step(self, batch, batch_idx):
+        self.log("test_loss", F.cross_entropy(self(batch[0]), batch[1]))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+
+def dataset(
+    num_samples: int = 96, features: int = 6, classes: int = 3, seed: int = 0
+) -> TensorDataset:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(num_samples, features, generator=generator)
+    y = torch.randint(0, classes, (num_samples,), generator=generator)
+    return TensorDataset(x, y)
+
+
+def loader(shuffle: bool = True, batch_size: int = 16, **kwargs) -> DataLoader:
+    return DataLoader(dataset(**kwargs), batch_size=batch_size, shuffle=shuffle)
+
+
+def trainer_kwargs(tmp_path, **overrides):
+    kwargs = dict(
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        devices=1,
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+    )
+    kwargs.update(overrides)
+    return kwargs

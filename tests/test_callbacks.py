@@ -1,0 +1,321 @@
+import csv
+import math
+import warnings
+from types import SimpleNamespace
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning_models import Classifier, dataset, loader, trainer_kwargs
+
+from lightning_shortcut import OrthogonalInit, ZeroInit, residual_parameters
+from lightning_shortcut.callbacks import HessianEigenvalueMonitor, ResidualInit
+
+
+def _fit(tmp_path, callbacks, seed=0, ckpt_path=None, model=Classifier, shuffle=True, **overrides):
+    """Seed, then build ``model`` (a class or factory) and fit it."""
+    pl.seed_everything(seed, verbose=False)
+    model = model()
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=callbacks, **overrides))
+    trainer.fit(model, train_dataloaders=loader(shuffle=shuffle), ckpt_path=ckpt_path)
+    return trainer, model
+
+
+def test_logs_expected_keys_to_csv(tmp_path):
+    monitor = HessianEigenvalueMonitor(
+        every_n_steps=3, top_k=2, bottom_k=2, min_abs=True, num_samples=40, max_iter=40
+    )
+    trainer, _ = _fit(tmp_path, [monitor], logger=CSVLogger(tmp_path), max_epochs=1)
+    with open(trainer.logger.log_dir + "/metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    keys = set(rows[0])
+    expected = {
+        f"hessian/{name}"
+        for name in (
+            "max_eigenvalue",
+            "min_eigenvalue",
+            "condition_number",
+            "min_abs_eigenvalue",
+            "top_1",
+            "top_2",
+            "bottom_2",
+            "num_hvps",
+            "seconds",
+        )
+    }
+    assert expected <= keys
+    logged_steps = sorted({int(r["step"]) for r in rows if r["hessian/max_eigenvalue"]})
+    assert logged_steps == [
+        0,
+        3,
+        6,
+    ]  # 96 samples / 16 = 6 steps; at fit start, every 3, epoch end (6)
+    assert [record["step"] for record in monitor.history] == [0, 3, 6]
+    for record in monitor.history:
+        assert record["max_eigenvalue"] >= record["min_eigenvalue"]
+        assert record["condition_number"] >= 1.0
+        assert record["stage"] == "fit" and record["epoch"] == 0
+
+
+def test_tensorboard_and_no_logger(tmp_path):
+    monitor = HessianEigenvalueMonitor(num_samples=32)
+    _fit(tmp_path, [monitor], logger=TensorBoardLogger(tmp_path), max_epochs=1)
+    assert len(monitor.history) == 2
+    monitor = HessianEigenvalueMonitor(num_samples=32)
+    trainer, _ = _fit(tmp_path, [monitor], max_epochs=1)
+    assert len(monitor.history) == 2
+    assert "hessian/max_eigenvalue" in trainer.callback_metrics
+
+
+def test_training_is_bit_identical_with_and_without_the_monitor(tmp_path):
+    def run(callbacks):
+        trainer, model = _fit(tmp_path, callbacks, max_epochs=2, accumulate_grad_batches=1)
+        optimizer = trainer.optimizers[0]
+        state = [
+            t
+            for group in optimizer.state.values()
+            for t in group.values()
+            if isinstance(t, torch.Tensor)
+        ]
+        return model, state, torch.get_rng_state()
+
+    monitor = HessianEigenvalueMonitor(every_n_steps=2, num_samples=48, top_k=2, mode="train")
+    plain_model, plain_state, plain_rng = run([])
+    monitored_model, monitored_state, monitored_rng = run([monitor])
+    assert len(monitor.history) > 3
+    for (name, a), (_, b) in zip(
+        plain_model.state_dict().items(), monitored_model.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    for a, b in zip(plain_state, monitored_state, strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(plain_rng, monitored_rng)
+    for pa, pb in zip(plain_model.parameters(), monitored_model.parameters(), strict=True):
+        assert (pa.grad is None) == (pb.grad is None)
+        if pa.grad is not None:
+            assert torch.equal(pa.grad, pb.grad)
+    assert monitored_model.training == plain_model.training
+
+
+def test_gradient_accumulation_measures_once_per_step(tmp_path):
+    monitor = HessianEigenvalueMonitor(every_n_steps=1, every_n_epochs=None, num_samples=32)
+    _fit(tmp_path, [monitor], max_epochs=1, accumulate_grad_batches=2)
+    assert [r["step"] for r in monitor.history] == [0, 1, 2, 3]
+
+
+def test_resume_continues_schedule_and_history(tmp_path):
+    def monitor():
+        return HessianEigenvalueMonitor(every_n_steps=4, num_samples=32)
+
+    # no shuffling and no dropout: training after a resume is then the same as without one
+    common = dict(shuffle=False, enable_checkpointing=True)
+    full = monitor()
+    _fit(
+        tmp_path / "full",
+        [full],
+        max_epochs=4,
+        model=lambda: Classifier(dropout=0.0),
+        shuffle=False,
+    )
+    first = monitor()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    _fit(
+        tmp_path / "a",
+        [first, checkpoint],
+        max_epochs=2,
+        model=lambda: Classifier(dropout=0.0),
+        **common,
+    )
+    resumed = monitor()
+    _fit(
+        tmp_path / "b",
+        [resumed, ModelCheckpoint(dirpath=tmp_path / "ckpt2")],
+        max_epochs=4,
+        model=lambda: Classifier(dropout=0.0),
+        ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"),
+        **common,
+    )
+    steps = [r["step"] for r in resumed.history]
+    assert steps == [r["step"] for r in full.history]
+    assert len(steps) == len(set(steps))
+    for a, b in zip(resumed.history, full.history, strict=True):
+        assert a["max_eigenvalue"] == pytest.approx(b["max_eigenvalue"], rel=1e-5)
+
+
+def test_distinct_state_keys():
+    a = HessianEigenvalueMonitor(every_n_steps=10)
+    b = HessianEigenvalueMonitor(
+        every_n_steps=10, log_prefix="hessian_residual/", params="residual"
+    )
+    assert a.state_key != b.state_key
+
+
+def test_validate_and_test_under_inference_mode(tmp_path):
+    monitor = HessianEigenvalueMonitor(stages=("validate", "test"), num_samples=32)
+    pl.seed_everything(0)
+    model = Classifier()
+    trainer = pl.Trainer(
+        **trainer_kwargs(tmp_path, callbacks=[monitor], logger=CSVLogger(tmp_path))
+    )
+    trainer.validate(model, loader(shuffle=False))
+    trainer.test(model, loader(shuffle=False))
+    assert [r["stage"] for r in monitor.history] == ["validate", "test"]
+    assert all(math.isfinite(r["max_eigenvalue"]) for r in monitor.history)
+    assert "hessian/test/max_eigenvalue" in trainer.callback_metrics
+
+
+def test_nan_loss_warns_once_and_training_continues(tmp_path):
+    def nan_loss(module, batch):
+        return torch.nn.functional.cross_entropy(module(batch[0]), batch[1]) * float("nan")
+
+    monitor = HessianEigenvalueMonitor(every_n_steps=1, num_samples=16, loss_fn=nan_loss)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer, _ = _fit(tmp_path, [monitor], max_epochs=1)
+    assert trainer.global_step == 6
+    assert all(math.isnan(r["max_eigenvalue"]) for r in monitor.history)
+    assert sum("non-finite" in str(w.message) for w in caught) == 1
+
+
+def test_non_convergence_warns_and_logs_estimates(tmp_path):
+    monitor = HessianEigenvalueMonitor(num_samples=32, tol=1e-12, max_iter=3, every_n_epochs=None)
+    with pytest.warns(UserWarning, match="did not reach"):
+        _fit(tmp_path, [monitor], max_epochs=1)
+    assert monitor.history[0]["converged"] == 0.0 and math.isfinite(
+        monitor.history[0]["max_eigenvalue"]
+    )
+
+
+def test_fast_dev_run_and_sanity_check_are_skipped(tmp_path):
+    monitor = HessianEigenvalueMonitor(every_n_steps=1, num_samples=16)
+    _fit(tmp_path, [monitor], fast_dev_run=2)
+    assert monitor.history == []
+
+
+def test_residual_params_and_attention_model(tmp_path):
+    from lightning.pytorch.demos import Transformer
+
+    class LanguageModel(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = Transformer(
+                vocab_size=11, ninp=8, nhead=2, nhid=16, nlayers=1, dropout=0.1
+            )
+
+        def training_step(self, batch, batch_idx):
+            inputs, targets = batch
+            return torch.nn.functional.nll_loss(self.model(inputs, targets), targets.view(-1))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def lm_loss(module, batch):
+        inputs, targets = batch
+        return torch.nn.functional.nll_loss(module.model(inputs, targets), targets.view(-1))
+
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 11, (32, 6), generator=generator)
+    data = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(tokens, tokens.roll(1, dims=1)), batch_size=8
+    )
+    monitor = HessianEigenvalueMonitor(num_samples=16, loss_fn=lm_loss, every_n_epochs=1)
+    pl.seed_everything(0)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=[monitor], max_epochs=1))
+    trainer.fit(LanguageModel(), data)
+    assert len(monitor.history) == 2
+    assert all(
+        math.isfinite(r["max_eigenvalue"]) and r["converged"] == 1.0 for r in monitor.history
+    )
+
+
+def test_residual_params_need_a_stack(tmp_path):
+    monitor = HessianEigenvalueMonitor(params="residual", num_samples=16)
+    _trainer, _model = _fit(tmp_path, [monitor], max_epochs=1)
+    assert len(monitor.history) == 2
+
+    class NoStack(Classifier):
+        def __init__(self):
+            super().__init__()
+            self.stack = torch.nn.Identity()
+
+    with pytest.raises(ValueError, match="contains no ResidualStack"):
+        _fit(
+            tmp_path,
+            [HessianEigenvalueMonitor(params="residual", num_samples=16)],
+            max_epochs=1,
+            model=NoStack,
+        )
+
+
+def test_default_loss_rejects_unreadable_batches_at_start(tmp_path):
+    class DictModel(Classifier):
+        def training_step(self, batch, batch_idx):
+            return torch.nn.functional.cross_entropy(self(batch["x"]), batch["y"])
+
+    data = [{"x": x, "y": y} for x, y in dataset()]
+    dict_loader = torch.utils.data.DataLoader(data, batch_size=16)
+    pl.seed_everything(0)
+    trainer = pl.Trainer(
+        **trainer_kwargs(tmp_path, callbacks=[HessianEigenvalueMonitor(num_samples=16)])
+    )
+    with pytest.raises(ValueError, match="loss_fn"):
+        trainer.fit(DictModel(), dict_loader)
+
+
+def test_fsdp_is_refused_at_setup():
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    monitor = HessianEigenvalueMonitor()
+    with pytest.raises(MisconfigurationException, match="double backward"):
+        monitor.setup(SimpleNamespace(strategy=FSDPStrategy.__new__(FSDPStrategy)), None, "fit")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"every_n_steps": 0}, "every_n_steps"),
+        ({"every_n_epochs": -1}, "every_n_epochs"),
+        ({"num_samples": 0}, "num_samples"),
+        ({"method": "exact"}, "exact"),
+        ({"top_k": -1}, "top_k"),
+        ({"params": "weights"}, "params"),
+        ({"stages": ("fit", "predict")}, "stages"),
+        ({"mode": "inference"}, "inference"),
+        ({"data": [1, 2]}, "data"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        HessianEigenvalueMonitor(**kwargs)
+
+
+def test_residual_init_applies_from_scratch_only(tmp_path):
+    init = ResidualInit(ZeroInit())
+    _trainer, model = _fit(
+        tmp_path,
+        [init, ModelCheckpoint(dirpath=tmp_path / "c", save_last=True)],
+        max_epochs=1,
+        enable_checkpointing=True,
+        model=lambda: Classifier(lr=0.0),
+    )
+    assert init.applied
+    assert all(bool((p == 0).all()) for p in residual_parameters(model))
+    # resume: the checkpoint's weights win, the strategy does not run
+    resumed_init = ResidualInit(OrthogonalInit())
+    _, resumed = _fit(
+        tmp_path,
+        [resumed_init],
+        max_epochs=2,
+        model=lambda: Classifier(lr=0.0),
+        ckpt_path=str(tmp_path / "c" / "last.ckpt"),
+    )
+    assert not resumed_init.applied
+    assert all(bool((p == 0).all()) for p in residual_parameters(resumed))
+
+
+def test_residual_init_rejects_non_strategies():
+    with pytest.raises(TypeError, match="InitStrategy"):
+        ResidualInit("zero")
