@@ -35,6 +35,7 @@ is small weights, ``ZeroInit(scale > 0)``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -42,7 +43,13 @@ from torch import Tensor
 
 from lightning_shortcut.residual import ActivationSpec, check_positive_int, make_activation
 
-__all__ = ["ZeroPointSpectrum", "activation_slope_at_zero", "half_mse_loss", "zero_point_hessian"]
+__all__ = [
+    "ZeroPointSpectrum",
+    "activation_slope_at_zero",
+    "depth_one_matvec",
+    "half_mse_loss",
+    "zero_point_hessian",
+]
 
 
 def half_mse_loss(outputs: Tensor, targets: Tensor) -> Tensor:
@@ -197,3 +204,34 @@ def zero_point_hessian(
         condition_number=condition_number(eigenvalues, atol=1e-12 * max(scale, 1e-300)),
         singular_values=singular_values,
     )
+
+
+def depth_one_matvec(inputs: Tensor, targets: Tensor, num_units: int) -> Callable[[Tensor], Tensor]:
+    """Products with the ``n = 1`` zero-point Hessian without building it (``O(K d^3)`` each).
+
+    With ``V_k`` the ``d x d`` blocks of ``v`` (row-major, as ``nn.Linear`` weights), block ``k`` of
+    ``H v`` is ``(sum_j V_j) Sigma + C^T (sum_{j<k} V_j)^T + (sum_{j>k} V_j)^T C^T``: the same
+    matrix as :func:`zero_point_hessian` builds, for depths where that is too large to build (its
+    extreme eigenvalues then come cheaply from Lanczos; the smallest |eigenvalue| does not, which is
+    the ill-conditioning the paper describes).
+    """
+    check_positive_int("num_units", num_units)
+    x = inputs.detach().to(torch.float64).cpu()
+    residual = x - targets.detach().to(torch.float64).cpu()
+    num_samples, width = x.shape
+    second_moment = x.T @ x / num_samples
+    cross = x.T @ residual / num_samples
+
+    def matvec(vector: Tensor) -> Tensor:
+        blocks = vector.view(num_units, width, width)
+        total = blocks.sum(dim=0)
+        before = torch.cumsum(blocks, dim=0) - blocks  # sum over j < k
+        after = total - before - blocks  # sum over j > k
+        out = (
+            total @ second_moment
+            + cross.T @ before.transpose(1, 2)
+            + after.transpose(1, 2) @ cross.T
+        )
+        return out.reshape(-1)
+
+    return matvec

@@ -110,3 +110,13 @@ def test_bad_inputs(inputs, targets, kwargs, match):
     arguments = {"shortcut_depth": 2, "num_units": 1} | kwargs
     with pytest.raises((ValueError, TypeError), match=match):
         zero_point_hessian(inputs, targets, **arguments)
+
+
+@pytest.mark.parametrize("num_units", [1, 3, 5])
+def test_depth_one_matvec_matches_the_explicit_matrix(num_units):
+    from lightning_shortcut.theory import _explicit_depth_one_hessian, depth_one_matvec
+
+    x, y = _teacher_data()
+    matrix = _explicit_depth_one_hessian(x, x - y, num_units)
+    vector = torch.randn(matrix.shape[0], dtype=torch.float64)
+    torch.testing.assert_close(depth_one_matvec(x, y, num_units)(vector), matrix @ vector)

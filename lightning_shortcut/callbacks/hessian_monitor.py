@@ -72,7 +72,9 @@ class HessianEigenvalueMonitor(Callback):
         every_n_epochs: measure at the end of every this many training epochs (``None``: not by epochs).
         at_fit_start: measure at the initial point, before the first step (the paper's moment).
         num_samples: size of the Hessian batch (over all ranks).
-        batch_size: chunk size of the Hessian batch (default: the train dataloader's batch size).
+        batch_size: chunk size of the Hessian batch, to bound memory (default: one chunk, whose
+            first-order graph is then built once per measurement and reused by every product;
+            with several chunks each product recomputes it for every chunk).
         method: ``"lanczos"``, ``"power"`` or ``"pyhessian"``.
         top_k: number of largest eigenvalues.
         bottom_k: number of smallest eigenvalues.
@@ -274,7 +276,7 @@ class HessianEigenvalueMonitor(Callback):
         """This rank's share of the first ``num_samples`` samples, on the module's device."""
         loader = self._source(trainer, stage)
         rank, world = trainer.global_rank, trainer.world_size
-        chunk = self.batch_size or getattr(loader, "batch_size", None) or self.num_samples
+        chunk = self.batch_size or self.num_samples
         with preserved_rng():
             if isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset):
                 total = min(self.num_samples, len(loader.dataset))

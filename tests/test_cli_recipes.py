@@ -1,0 +1,95 @@
+"""Every shipped recipe runs through the CLI with a tiny budget on offline data (the TorchGeo pattern)."""
+
+import csv
+from pathlib import Path
+
+import pytest
+import yaml
+from fake_data import write_cifar10, write_mnist
+
+from lightning_shortcut.cli import cli, main
+from lightning_shortcut.recipes import (
+    all_recipes,
+    list_recipes,
+    recipe_name,
+    recipe_text,
+    recipes_dir,
+    resolve_recipe,
+)
+
+RECIPES = [recipe_name(*spec) for spec in all_recipes()]
+
+
+@pytest.fixture(scope="module")
+def offline_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_mnist(root / "mnist")
+    write_mnist(root / "fashion", gz=True, seed=1)
+    write_cifar10(
+        root / "cifar", per_batch=2, num_test=4
+    )  # conv HVPs on 32x32 images are the costly part
+    return {"mnist": root / "mnist", "fashion_mnist": root / "fashion", "cifar10": root / "cifar"}
+
+
+def test_shipped_recipes_are_the_generated_grid():
+    assert sorted(RECIPES) == list_recipes()
+    assert len(RECIPES) == 4 * 3 * 4 * 2
+    for spec in all_recipes():
+        assert resolve_recipe(recipe_name(*spec)).read_text() == recipe_text(*spec)
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_fits_with_a_tiny_budget(name, tmp_path, offline_data):
+    dataset = name.split("/")[0]
+    args = [
+        "fit",
+        "--config", name,
+        "--trainer.max_steps", "2",
+        "--trainer.limit_val_batches", "1",
+        "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.logger.init_args.save_dir", str(tmp_path),
+        "--trainer.enable_checkpointing", "false",
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+        "--trainer.accelerator", "cpu",
+    ]  # fmt: skip
+    if dataset in offline_data:
+        args += [
+            "--data.init_args.data_dir",
+            str(offline_data[dataset]),
+            "--data.init_args.download",
+            "false",
+        ]
+    result = cli(args)
+    assert result.trainer.global_step == 2
+    monitor = next(
+        c for c in result.trainer.callbacks if type(c).__name__ == "HessianEigenvalueMonitor"
+    )
+    assert monitor.history and monitor.history[0]["step"] == 0
+    metrics = Path(result.trainer.logger.log_dir) / "metrics.csv"
+    with open(metrics) as handle:
+        header = next(csv.reader(handle))
+    assert "hessian/max_eigenvalue" in header
+
+
+def test_recipe_by_path_and_validate(tmp_path):
+    path = recipes_dir() / "digits" / "shortcut2_small_linear.yaml"
+    common = [
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+    result = cli(["validate", "--config", str(path), *common])
+    assert "val_loss" in result.trainer.callback_metrics
+    config = yaml.safe_load(path.read_text())
+    assert config["model"]["init_args"]["shortcut_depth"] == 2
+
+
+def test_unknown_recipe_and_listing(capsys):
+    with pytest.raises(FileNotFoundError, match="lightning-shortcut recipes"):
+        cli(["fit", "--config", "digits/shortcut9_magic_linear"])
+    main(["recipes"])
+    assert "digits/shortcut2_small_relu" in capsys.readouterr().out

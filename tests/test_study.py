@@ -1,0 +1,97 @@
+import csv
+import math
+
+import pytest
+
+from lightning_shortcut.study import StudyConfig, main, run_study
+
+
+@pytest.fixture(scope="module")
+def quick_study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    config = StudyConfig(
+        out=out, budget="quick", inits=("small", "xavier"), num_units=(1, 4), kappa_units=(1, 2, 4)
+    )
+    runs = run_study(config, progress=False)
+    return out, runs
+
+
+def _rows(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_outputs_are_written(quick_study):
+    out, runs = quick_study
+    for name in (
+        "summary.csv",
+        "summary.md",
+        "kappa_zero_point.csv",
+        "kappa_zero_point.png",
+        "loss_curves.png",
+        "eigenvalue_trajectories.png",
+    ):
+        assert (out / name).stat().st_size > 0, name
+    rows = _rows(out / "summary.csv")
+    assert len(rows) == len(runs) == 3 * 2 * 2
+    assert {
+        "shortcut_depth",
+        "init",
+        "num_units",
+        "kappa_init",
+        "final_loss",
+        "accuracy",
+        "max_eigenvalue_start",
+        "min_eigenvalue_end",
+    } <= set(rows[0])
+    assert "| shortcut_depth |" in (out / "summary.md").read_text()
+
+
+def test_zero_point_shows_the_papers_claims(quick_study):
+    out, _ = quick_study
+    rows = _rows(out / "kappa_zero_point.csv")
+    by = {(int(r["shortcut_depth"]), int(r["num_units"])): r for r in rows}
+    depth_two = [float(by[(2, k)]["kappa_measured"]) for k in (1, 2, 4)]
+    assert all(math.isfinite(k) for k in depth_two)
+    assert max(depth_two) == pytest.approx(min(depth_two), rel=1e-4)  # the same at every depth
+    for k in (1, 2, 4):
+        assert float(by[(2, k)]["kappa_measured"]) == pytest.approx(
+            float(by[(2, k)]["kappa_theory"]), rel=1e-4
+        )
+        assert float(by[(1, k)]["kappa_measured"]) == pytest.approx(
+            float(by[(1, k)]["kappa_theory"]), rel=1e-3
+        )
+    depth_one = [float(by[(1, k)]["kappa_measured"]) for k in (1, 2, 4)]
+    assert depth_one[0] < depth_one[1] < depth_one[2]  # grows with depth
+    assert all(float(by[(3, k)]["max_abs_eigenvalue"]) == 0.0 for k in (1, 2, 4))  # vanishes
+
+
+def test_shortcut_three_barely_moves(quick_study):
+    _, runs = quick_study
+    stuck = [r for r in runs if r.shortcut_depth == 3 and r.init == "small"]
+    for run in stuck:  # minibatch losses: compare averages of the first and last few steps
+        first = sum(loss for _, loss in run.losses[:10]) / 10
+        last = sum(loss for _, loss in run.losses[-10:]) / 10
+        assert abs(last - first) < 0.03 * first
+    moving = next(
+        r for r in runs if r.shortcut_depth == 1 and r.init == "small" and r.num_units == 1
+    )
+    assert moving.final_loss < 0.5 * moving.losses[0][1]
+
+
+def test_cli_arguments_and_bad_data(tmp_path):
+    with pytest.raises(SystemExit, match="download=True"):
+        main(
+            [
+                "--out",
+                str(tmp_path),
+                "--data",
+                "mnist",
+                "--data-dir",
+                str(tmp_path),
+                "--budget",
+                "quick",
+            ]
+        )
+    with pytest.raises(ValueError, match="budget"):
+        StudyConfig(budget="huge")
