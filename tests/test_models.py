@@ -42,9 +42,10 @@ def test_models_train_and_log(tmp_path, optimizer):
         enable_progress_bar=False,
     )
     trainer.fit(model, loader, loader)
-    trainer.test(model, loader)
-    assert {"train_loss", "val_acc", "test_acc"} <= set(trainer.callback_metrics)
+    assert {"train_loss", "train_acc", "val_loss", "val_acc"} <= set(trainer.callback_metrics)
     assert trainer.callback_metrics["val_acc"] > 0.6
+    trainer.test(model, loader)
+    assert {"test_loss", "test_acc"} <= set(trainer.callback_metrics)
     predictions = trainer.predict(model, loader)
     assert predictions[0].shape == (16,)
 
