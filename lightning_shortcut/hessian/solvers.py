@@ -100,7 +100,8 @@ class LanczosProcess:
         dim = start.numel()
         self.room = dim - self.locked.shape[0]
         self.budget = max(1, min(max_steps, self.room))
-        self.basis = start.new_zeros(self.budget, dim)
+        # grown by doubling: a budget-sized buffer would cost budget x dim up front on every call
+        self._buffer = start.new_empty(min(self.budget, 16), dim)
         self.alphas: list[float] = []
         self.betas: list[float] = []
         self.steps = 0
@@ -108,10 +109,19 @@ class LanczosProcess:
         self._previous: Tensor | None = None
         self._residual = start
 
+    @property
+    def basis(self) -> Tensor:
+        """The orthonormal Lanczos vectors so far, one per row."""
+        return self._buffer[: self.steps]
+
     def step(self) -> bool:
         """One product; returns ``False`` if it was not finite."""
         vector = self._vector
-        self.basis[self.steps] = vector
+        if self.steps == self._buffer.shape[0]:
+            grown = self._buffer.new_empty(min(2 * self.steps, self.budget), self._buffer.shape[1])
+            grown[: self.steps] = self._buffer
+            self._buffer = grown
+        self._buffer[self.steps] = vector
         self.steps += 1
         product = self.matvec(vector)
         if not bool(torch.isfinite(product).all()):
@@ -120,7 +130,7 @@ class LanczosProcess:
         product = product - alpha * vector
         if self._previous is not None:
             product = product - self.betas[-1] * self._previous
-        product = _orthogonalize(product, self.basis[: self.steps], self.locked)
+        product = _orthogonalize(product, self.basis, self.locked)
         self.alphas.append(alpha)
         self.betas.append(float(product.norm()))
         self._residual = product
@@ -213,9 +223,9 @@ def lanczos(
     steps = process.steps
     if want_min_abs and min_abs is None:
         min_abs = float(ritz_values.abs().min())
-    stacked = process.basis[:steps].T.to(torch.float64)
-    top_vector = (stacked @ ritz_vectors[:, -1]).to(like)
-    bottom_vector = (stacked @ ritz_vectors[:, 0]).to(like)
+    basis = process.basis
+    top_vector = ritz_vectors[:, -1].to(basis) @ basis
+    bottom_vector = ritz_vectors[:, 0].to(basis) @ basis
     return (
         float(ritz_values[-1]),
         top_vector / top_vector.norm(),
