@@ -185,22 +185,13 @@ def read_idx(path: Path) -> np.ndarray:
     return array.reshape(shape)
 
 
-class _IDXDataModule(_TensorDataModule):
-    """MNIST-format data from IDX files (``.gz`` or not) in ``data_dir``.
+class _FileDataModule(_TensorDataModule):
+    """Base class for data read from files in ``data_dir`` that torchvision can download.
 
-    Looked for in ``data_dir`` itself (for instance Debian's ``/usr/share/datasets/fashion-mnist``)
-    and in torchvision's layout ``data_dir/<Name>/raw``. ``download=True`` fetches them with
-    torchvision in ``prepare_data``.
+    Subclasses implement :meth:`_locate` (``None`` when the files are missing) and :meth:`_download`.
     """
 
-    input_shape = (1, 28, 28)
-    num_classes = 10
     _name = ""
-    _files: ClassVar[dict[str, tuple[str, str]]] = {
-        "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-        "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-    }
-    _hint = ""
 
     def __init__(
         self,
@@ -215,16 +206,41 @@ class _IDXDataModule(_TensorDataModule):
         self.data_dir = Path(data_dir)
         self.download = download
 
-    def _dataset_class(self):
-        import torchvision.datasets
+    def _locate(self) -> object | None:
+        raise NotImplementedError
 
-        return getattr(torchvision.datasets, self._name)
+    def _download(self) -> None:
+        raise NotImplementedError
 
     def prepare_data(self) -> None:
         if self.download and self._locate() is None:
             with _download_errors(self._name, self.data_dir):
-                for train in (True, False):
-                    self._dataset_class()(str(self.data_dir), train=train, download=True)
+                self._download()
+
+
+class _IDXDataModule(_FileDataModule):
+    """MNIST-format data from IDX files (``.gz`` or not) in ``data_dir``.
+
+    Looked for in ``data_dir`` itself (for instance Debian's ``/usr/share/datasets/fashion-mnist``)
+    and in torchvision's layout ``data_dir/<Name>/raw``. ``download=True`` fetches them with
+    torchvision in ``prepare_data``.
+    """
+
+    input_shape = (1, 28, 28)
+    num_classes = 10
+    _files: ClassVar[dict[str, tuple[str, str]]] = {
+        "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+        "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+    }
+    _hint = ""
+
+    def _download(self) -> None:
+        import torchvision.datasets
+
+        for train in (True, False):
+            getattr(torchvision.datasets, self._name)(
+                str(self.data_dir), train=train, download=True
+            )
 
     def _candidates(self) -> list[Path]:
         return [self.data_dir, self.data_dir / self._name / "raw"]
@@ -287,7 +303,7 @@ class FashionMNISTDataModule(_IDXDataModule):
     )
 
 
-class CIFAR10DataModule(_TensorDataModule):
+class CIFAR10DataModule(_FileDataModule):
     """CIFAR-10 from its python-format batches (``cifar-10-batches-py``) in ``data_dir``.
 
     Looked for in ``data_dir/cifar-10-batches-py`` and ``data_dir``; ``download=True`` fetches them
@@ -296,20 +312,8 @@ class CIFAR10DataModule(_TensorDataModule):
 
     input_shape = (3, 32, 32)
     num_classes = 10
+    _name = "CIFAR10"
     _train_files = tuple(f"data_batch_{i}" for i in range(1, 6))
-
-    def __init__(
-        self,
-        data_dir: str | Path = "data",
-        download: bool = False,
-        batch_size: int = 128,
-        val_fraction: float = 0.1,
-        num_workers: int = 0,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(batch_size, val_fraction, num_workers, seed)
-        self.data_dir = Path(data_dir)
-        self.download = download
 
     def _candidates(self) -> list[Path]:
         return [self.data_dir / "cifar-10-batches-py", self.data_dir]
@@ -320,12 +324,10 @@ class CIFAR10DataModule(_TensorDataModule):
                 return folder
         return None
 
-    def prepare_data(self) -> None:
-        if self.download and self._locate() is None:
-            import torchvision.datasets
+    def _download(self) -> None:
+        import torchvision.datasets
 
-            with _download_errors("CIFAR10", self.data_dir):
-                torchvision.datasets.CIFAR10(str(self.data_dir), train=True, download=True)
+        torchvision.datasets.CIFAR10(str(self.data_dir), train=True, download=True)
 
     @staticmethod
     def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
