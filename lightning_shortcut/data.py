@@ -166,7 +166,7 @@ def _download_errors(name: str, data_dir: Path) -> Iterator[None]:
         raise RuntimeError(
             f"Could not download {name} into {data_dir} ({type(error).__name__}: {error}). Without "
             f"network access, put the dataset's files into {data_dir} yourself and pass "
-            f"download=False (--data.download false)."
+            f"download=False (--data.init_args.download false)."
         ) from None
 
 
@@ -265,7 +265,7 @@ class _IDXDataModule(_FileDataModule):
                 f"{type(self).__name__}: no {self._name} IDX files (train-images-idx3-ubyte[.gz], "
                 f"train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], "
                 f"t10k-labels-idx1-ubyte[.gz]) in {searched}. With internet, pass download=True "
-                f"(--data.download true) to fetch them with torchvision into {self.data_dir}; "
+                f"(--data.init_args.download true) to fetch them with torchvision into {self.data_dir}; "
                 f"offline, point data_dir at a folder that holds them.{self._hint}"
             )
         arrays = {name: read_idx(path) for name, path in found.items()}
@@ -342,7 +342,7 @@ class CIFAR10DataModule(_FileDataModule):
             searched = ", ".join(str(p) for p in self._candidates())
             raise FileNotFoundError(
                 f"CIFAR10DataModule: no CIFAR-10 python batches (data_batch_1..5, test_batch) in "
-                f"{searched}. With internet, pass download=True (--data.download true) to fetch "
+                f"{searched}. With internet, pass download=True (--data.init_args.download true) to fetch "
                 f"them with torchvision into {self.data_dir}; offline, point data_dir at the "
                 f"extracted cifar-10-batches-py folder."
             )

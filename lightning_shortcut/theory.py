@@ -95,8 +95,12 @@ def condition_number(eigenvalues: Tensor, atol: float = 0.0) -> float:
     ``|lambda| <= atol`` counts as zero.
     """
     magnitudes = eigenvalues.abs()
-    largest = float(magnitudes.max())
-    smallest = float(magnitudes.min())
+    return magnitude_ratio(float(magnitudes.max()), float(magnitudes.min()), atol)
+
+
+def magnitude_ratio(largest: float, smallest: float, atol: float = 0.0) -> float:
+    """``largest / smallest`` of eigenvalue magnitudes, ``nan`` if ``largest <= atol`` (a zero
+    spectrum) and ``inf`` if only ``smallest <= atol`` (a singular one)."""
     if largest <= atol:
         return math.nan
     if smallest <= atol:

@@ -22,6 +22,7 @@ from lightning_shortcut.hessian.operator import (
     resolve_params,
 )
 from lightning_shortcut.hessian.solvers import Extremes, lanczos_extremes, power_extremes
+from lightning_shortcut.theory import magnitude_ratio
 
 __all__ = ["METHODS", "HessianSpectrum", "hessian_eigenvalues"]
 
@@ -236,12 +237,8 @@ def _assemble(
         largest = extremes.scale
         if nonfinite or smallest is None or math.isnan(smallest) or math.isnan(largest):
             smallest, condition = nan, nan
-        elif largest == 0.0:
-            condition = nan
-        elif smallest == 0.0:
-            condition = math.inf
         else:
-            condition = largest / smallest
+            condition = magnitude_ratio(largest, smallest)
     return HessianSpectrum(
         top=top,
         bottom=bottom,
