@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import Callback
 sys.path.insert(0, str(Path(__file__).parent))
 from lightning_models import Classifier, loader, trainer_kwargs
 
-from lightning_shortcut.callbacks import HessianEigenvalueMonitor
+from lightning_shortcut.callbacks import HessianEigenvalueMonitor, hessian_monitor
 
 
 class SaveStart(Callback):
@@ -25,9 +25,28 @@ class SaveStart(Callback):
 
     def on_train_end(self, trainer, pl_module):
         torch.save(
-            {"batches": self.monitor._batches["fit"], "history": self.monitor.history},
+            {
+                "batches": self.monitor._batches["fit"],
+                "history": self.monitor.history,
+                "budgeted": self.budgeted.history,
+            },
             self.out / f"rank_{trainer.global_rank}.pt",
         )
+
+
+class RankClock(Callback):
+    """A fake clock on which measurements cost 0.5 s on rank 0 but 5 s on rank 1 (steps: 1 s),
+    so the ranks agree on the budgeted schedule only if rank 0 decides for both."""
+
+    def __init__(self, monitor: HessianEigenvalueMonitor) -> None:
+        self.monitor, self.trainer = monitor, None
+
+    def setup(self, trainer, pl_module, stage):
+        self.trainer = trainer
+
+    def __call__(self) -> float:
+        cost = 0.5 if self.trainer.global_rank == 0 else 5.0
+        return self.trainer.global_step + cost * len(self.monitor.history)
 
 
 if __name__ == "__main__":
@@ -36,7 +55,14 @@ if __name__ == "__main__":
     monitor = HessianEigenvalueMonitor(
         num_samples=42, batch_size=8, top_k=2, tol=1e-6, every_n_epochs=None
     )
-    kwargs = trainer_kwargs(out, callbacks=[SaveStart(out, monitor), monitor], max_steps=2)
+    # self-scheduling within half of the training time: rank 0's clock allows steps 2 and 3
+    budgeted = HessianEigenvalueMonitor(num_samples=42, max_overhead=0.5, log_prefix="budgeted/")
+    clock = RankClock(budgeted)
+    hessian_monitor._clock = clock
+    save = SaveStart(out, monitor)
+    save.budgeted = budgeted
+    callbacks = [clock, save, monitor, budgeted]
+    kwargs = trainer_kwargs(out, callbacks=callbacks, max_steps=3)
     kwargs.update(strategy="ddp", devices=2, deterministic=False)
     trainer = pl.Trainer(**kwargs)
     trainer.fit(Classifier(), loader(shuffle=True))

@@ -7,12 +7,12 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning_models import Classifier, dataset, loader, trainer_kwargs
 
 from lightning_shortcut import OrthogonalInit, ZeroInit, residual_parameters
-from lightning_shortcut.callbacks import HessianEigenvalueMonitor, ResidualInit
+from lightning_shortcut.callbacks import HessianEigenvalueMonitor, ResidualInit, hessian_monitor
 
 
 def _fit(tmp_path, callbacks, seed=0, ckpt_path=None, model=Classifier, shuffle=True, **overrides):
@@ -61,10 +61,10 @@ def test_logs_expected_keys_to_csv(tmp_path):
 
 
 def test_tensorboard_and_no_logger(tmp_path):
-    monitor = HessianEigenvalueMonitor(num_samples=32)
+    monitor = HessianEigenvalueMonitor(num_samples=32, every_n_epochs=1)
     _fit(tmp_path, [monitor], logger=TensorBoardLogger(tmp_path), max_epochs=1)
     assert len(monitor.history) == 2
-    monitor = HessianEigenvalueMonitor(num_samples=32)
+    monitor = HessianEigenvalueMonitor(num_samples=32, every_n_epochs=1)
     trainer, _ = _fit(tmp_path, [monitor], max_epochs=1)
     assert len(monitor.history) == 2
     assert "hessian/max_eigenvalue" in trainer.callback_metrics
@@ -143,6 +143,84 @@ def test_resume_continues_schedule_and_history(tmp_path):
     assert len(steps) == len(set(steps))
     for a, b in zip(resumed.history, full.history, strict=True):
         assert a["max_eigenvalue"] == pytest.approx(b["max_eigenvalue"], rel=1e-5)
+
+
+class FakeClock(Callback):
+    """A deterministic wall clock: each optimizer step takes 1 s, each measurement ``cost`` s."""
+
+    def __init__(self, monitor: HessianEigenvalueMonitor, cost: float) -> None:
+        self.monitor, self.cost, self.trainer = monitor, cost, None
+
+    def setup(self, trainer, pl_module, stage):
+        self.trainer = trainer
+
+    def __call__(self) -> float:
+        return self.trainer.global_step + self.cost * len(self.monitor.history)
+
+
+def _fit_with_clock(monkeypatch, tmp_path, monitor, cost=0.5, extra=(), **kwargs):
+    clock = FakeClock(monitor, cost)
+    monkeypatch.setattr(hessian_monitor, "_clock", clock)
+    return _fit(tmp_path, [clock, monitor, *extra], **kwargs)
+
+
+def test_default_schedule_measures_as_often_as_the_budget_allows(monkeypatch, tmp_path):
+    monitor = HessianEigenvalueMonitor(num_samples=16)
+    assert monitor.self_scheduling and monitor.overhead_budget == 0.05
+    _fit_with_clock(monkeypatch, tmp_path, monitor, max_epochs=10)  # 60 steps of 1 s
+    # a measurement costs 0.5 s: the next one is due once 5% of the training time covers the
+    # time measured so far plus 0.5 s (step 20: 0.5 + 0.5 <= 1.0; step 30: 1.0 + 0.5 <= 1.5; ...)
+    assert [r["step"] for r in monitor.history] == [0, 20, 30, 40, 50, 60]
+    assert monitor._monitor_seconds == pytest.approx(3.0)
+    assert monitor._train_seconds == pytest.approx(60.0)
+
+
+def test_costlier_measurements_are_fewer(monkeypatch, tmp_path):
+    monitor = HessianEigenvalueMonitor(num_samples=16, max_overhead=0.2)
+    _fit_with_clock(monkeypatch, tmp_path, monitor, cost=2.0, max_epochs=5)
+    assert [r["step"] for r in monitor.history] == [0, 20, 30]
+    monitor = HessianEigenvalueMonitor(num_samples=16, max_overhead=0, at_fit_start=True)
+    _fit_with_clock(monkeypatch, tmp_path, monitor, max_epochs=2)
+    assert [r["step"] for r in monitor.history] == [0]
+
+
+def test_budget_cuts_a_fixed_schedule_only_when_asked(monkeypatch, tmp_path):
+    fixed = HessianEigenvalueMonitor(num_samples=16, every_n_steps=2)
+    assert fixed.overhead_budget is None
+    _fit_with_clock(monkeypatch, tmp_path, fixed, cost=5.0, max_epochs=2)
+    assert [r["step"] for r in fixed.history] == [0, 2, 4, 6, 8, 10, 12]
+    capped = HessianEigenvalueMonitor(num_samples=16, every_n_steps=2, max_overhead=0.25)
+    _fit_with_clock(monkeypatch, tmp_path, capped, max_epochs=2)
+    # 0.5 + 0.5 <= 0.25 * 4; then every 2 steps 0.5 more is allowed
+    assert [r["step"] for r in capped.history] == [0, 4, 6, 8, 10, 12]
+
+
+def test_resume_keeps_the_time_budget(monkeypatch, tmp_path):
+    model = lambda: Classifier(dropout=0.0)  # noqa: E731
+
+    def monitor():
+        return HessianEigenvalueMonitor(num_samples=16, max_overhead=0.1)
+
+    full = monitor()
+    _fit_with_clock(monkeypatch, tmp_path / "full", full, max_epochs=5, model=model, shuffle=False)
+    first = monitor()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    common = dict(model=model, shuffle=False, enable_checkpointing=True)
+    _fit_with_clock(monkeypatch, tmp_path / "a", first, extra=[checkpoint], max_epochs=2, **common)
+    assert [r["step"] for r in first.history] == [0, 10]
+    resumed = monitor()
+    _fit_with_clock(
+        monkeypatch,
+        tmp_path / "b",
+        resumed,
+        extra=[ModelCheckpoint(dirpath=tmp_path / "ckpt2")],
+        max_epochs=5,
+        ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"),
+        **common,
+    )
+    assert [r["step"] for r in full.history] == [0, 10, 15, 20, 25, 30]
+    assert [r["step"] for r in resumed.history] == [r["step"] for r in full.history]
+    assert resumed._train_seconds == pytest.approx(full._train_seconds)
 
 
 def test_distinct_state_keys():
@@ -232,7 +310,7 @@ def test_residual_params_and_attention_model(tmp_path):
 
 
 def test_residual_params_need_a_stack(tmp_path):
-    monitor = HessianEigenvalueMonitor(params="residual", num_samples=16)
+    monitor = HessianEigenvalueMonitor(params="residual", num_samples=16, every_n_epochs=1)
     _trainer, _model = _fit(tmp_path, [monitor], max_epochs=1)
     assert len(monitor.history) == 2
 
@@ -278,6 +356,9 @@ def test_fsdp_is_refused_at_setup():
     [
         ({"every_n_steps": 0}, "every_n_steps"),
         ({"every_n_epochs": -1}, "every_n_epochs"),
+        ({"max_overhead": -0.1}, "max_overhead"),
+        ({"max_overhead": float("inf")}, "max_overhead"),
+        ({"max_overhead": "10%"}, "max_overhead"),
         ({"num_samples": 0}, "num_samples"),
         ({"method": "exact"}, "exact"),
         ({"top_k": -1}, "top_k"),

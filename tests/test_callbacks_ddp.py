@@ -22,6 +22,9 @@ def test_ddp_ranks_agree_with_a_single_process_on_the_union(tmp_path):
         return [{k: v for k, v in record.items() if k != "seconds"} for record in history]
 
     assert values(ranks[0]["history"]) == values(ranks[1]["history"])  # identical on every rank
+    # the time budget is rank 0's decision (rank 1's own clock would skip steps 2 and 3)
+    assert [r["step"] for r in ranks[0]["budgeted"]] == [0, 2, 3]
+    assert values(ranks[0]["budgeted"]) == values(ranks[1]["budgeted"])
     shares = [sum(len(b[0]) for b in rank["batches"]) for rank in ranks]
     assert shares == [21, 21]  # each rank holds its share of the 42 samples
     union_x = torch.cat([b[0] for rank in ranks for b in rank["batches"]])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, Literal
@@ -33,6 +34,11 @@ __all__ = ["HessianEigenvalueMonitor"]
 
 ParamsSpec = Literal["all", "residual"] | Callable[[nn.Module], Iterable[Tensor]] | None
 _STAGES = ("fit", "validate", "test")
+#: The share of training wall time a self-scheduling monitor plans for by default: half the 10% it
+#: may add, leaving room for estimates that miss and for costs its clock cannot see.
+DEFAULT_MAX_OVERHEAD = 0.05
+# The time budget's clock; a module attribute so tests can make the schedule deterministic.
+_clock = time.perf_counter
 
 
 class HessianEigenvalueMonitor(Callback):
@@ -61,15 +67,34 @@ class HessianEigenvalueMonitor(Callback):
     or a solver that did not converge is logged (NaN where there is no value) and warned about once;
     training goes on.
 
+    Schedule: by default (neither ``every_n_steps`` nor ``every_n_epochs``) the monitor schedules
+    itself within a time budget: after an optimizer step it measures if the wall time spent measuring
+    so far, plus the previous measurement's time as the estimate of this one, stays within
+    ``max_overhead`` (5%) of the training wall time so far (everything else the run did since
+    ``on_train_start``: steps, validation, checkpoints). It thus measures as often as the budget
+    allows: often when measurements are cheap next to training steps, rarely when they are not. The
+    measurement at the initial point is always made and counts against the budget, so a run shorter
+    than ``1 / max_overhead`` times that measurement exceeds the budget by it. The budget is kept in checkpoints;
+    under DDP rank zero decides and broadcasts, so every rank measures at the same steps. Which steps
+    are measured depends on timing; for the same steps in every run, give ``every_n_steps`` or
+    ``every_n_epochs``, a fixed schedule that the budget does not cut unless ``max_overhead`` is set.
+
     Cost: one measurement costs about ``num_hvps`` Hessian-vector products on ``num_samples``
-    samples, each about 2-2.5 times a training step's forward and backward on that many samples (see
-    ``benchmarks/``). Lanczos needs roughly 10-40 products at ``tol=1e-2`` for one eigenvalue at each
-    end, grows slowly as ``tol`` shrinks, runs once more per extra ``top_k``/``bottom_k``, and
-    ``min_abs`` can need hundreds. Cost is linear in ``num_samples``; ``batch_size`` bounds memory.
+    samples, each about 1.5-2.5 times a training step's forward and backward on that many samples
+    (more for convolutions on a GPU; see ``benchmarks/``). Lanczos needs roughly 10-40 products at
+    ``tol=1e-2`` for one eigenvalue at each end, grows slowly as ``tol`` shrinks, runs once more per
+    extra ``top_k``/``bottom_k``, and ``min_abs`` can need hundreds. Cost is linear in
+    ``num_samples``; ``batch_size`` bounds memory. Under the time budget a costlier measurement means
+    fewer measurements, not a slower run.
 
     Args:
         every_n_steps: measure every this many optimizer steps (``None``: not by steps).
         every_n_epochs: measure at the end of every this many training epochs (``None``: not by epochs).
+        max_overhead: the share of training wall time the monitor may use, e.g. ``0.05``; a due
+            measurement that would exceed it is skipped, and ``0`` keeps only the one at fit start.
+            ``None`` (default): ``0.05`` when the monitor schedules itself (measured wall-time cost on
+            the recipes: at most about 10%, see ``benchmarks/``), no limit for a fixed
+            ``every_n_steps``/``every_n_epochs`` schedule.
         at_fit_start: measure at the initial point, before the first step (the paper's moment).
         num_samples: size of the Hessian batch (over all ranks).
         batch_size: chunk size of the Hessian batch, to bound memory (default: one chunk, whose
@@ -94,19 +119,23 @@ class HessianEigenvalueMonitor(Callback):
         seed: seed of the solver's private generator.
 
     Raises:
-        ValueError: on a bad argument, naming it; at the start of fitting, on a batch the default loss
-            cannot read or a ``params="residual"`` model without ResidualStack.
+        ValueError: on a bad argument, naming it and what is accepted; at the start of fitting, on a
+            batch the default loss cannot read or a ``params="residual"`` model without ResidualStack.
         MisconfigurationException: under FSDP or DeepSpeed, which do not support double backward.
 
     Example::
 
-        trainer = Trainer(callbacks=[HessianEigenvalueMonitor(every_n_steps=100, params="residual")])
+        # as often as 5% of the training time allows
+        trainer = Trainer(callbacks=[HessianEigenvalueMonitor(params="residual")])
+        # every 100 steps, whatever it costs
+        trainer = Trainer(callbacks=[HessianEigenvalueMonitor(every_n_steps=100)])
     """
 
     def __init__(
         self,
         every_n_steps: int | None = None,
-        every_n_epochs: int | None = 1,
+        every_n_epochs: int | None = None,
+        max_overhead: float | None = None,
         at_fit_start: bool = True,
         num_samples: int = 512,
         batch_size: int | None = None,
@@ -128,6 +157,15 @@ class HessianEigenvalueMonitor(Callback):
         for name, value in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
             if value is not None:
                 check_positive_int(name, value)
+        if max_overhead is not None and not (
+            isinstance(max_overhead, int | float)
+            and not isinstance(max_overhead, bool)
+            and 0 <= max_overhead < math.inf
+        ):
+            raise ValueError(
+                "`max_overhead` must be None or a non-negative finite share of training time "
+                f"(such as 0.05), got {max_overhead!r}."
+            )
         check_positive_int("num_samples", num_samples)
         if batch_size is not None:
             check_positive_int("batch_size", batch_size)
@@ -150,6 +188,7 @@ class HessianEigenvalueMonitor(Callback):
             )
         self.every_n_steps = every_n_steps
         self.every_n_epochs = every_n_epochs
+        self.max_overhead = max_overhead
         self.at_fit_start = at_fit_start
         self.num_samples = num_samples
         self.batch_size = batch_size
@@ -168,8 +207,26 @@ class HessianEigenvalueMonitor(Callback):
         self.seed = seed
         self.history: list[dict[str, Any]] = []
         self._last_step: int = -1
+        self._last_checked_step: int = -1
+        # the time budget: wall seconds of training and of the monitor, the last measurement's cost
+        self._train_seconds = 0.0
+        self._monitor_seconds = 0.0
+        self._last_cost = 0.0
+        self._mark = 0.0
         self._batches: dict[str, list[Any]] = {}
         self._warned: set[str] = set()
+
+    @property
+    def self_scheduling(self) -> bool:
+        """Whether the monitor picks its steps within the time budget (no fixed schedule given)."""
+        return self.every_n_steps is None and self.every_n_epochs is None
+
+    @property
+    def overhead_budget(self) -> float | None:
+        """The share of training time the monitor may use (``None``: no limit)."""
+        if self.max_overhead is not None:
+            return float(self.max_overhead)
+        return DEFAULT_MAX_OVERHEAD if self.self_scheduling else None
 
     @property
     @override
@@ -195,7 +252,9 @@ class HessianEigenvalueMonitor(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._should_skip(trainer, "fit"):
             return
+        self._mark = _clock()
         self._batches["fit"] = self._gather(trainer, pl_module, "fit")
+        self._account(monitor=True)
         if self.at_fit_start and trainer.global_step == 0:
             self._measure(trainer, pl_module, "fit")
 
@@ -208,17 +267,21 @@ class HessianEigenvalueMonitor(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if self._should_skip(trainer, "fit") or self.every_n_steps is None:
-            return
         step = trainer.global_step
-        if step > 0 and step % self.every_n_steps == 0:
+        if self._should_skip(trainer, "fit") or step in (0, self._last_checked_step):
+            return
+        self._last_checked_step = step  # gradient accumulation calls this hook several times a step
+        due = self.self_scheduling or (
+            self.every_n_steps is not None and step % self.every_n_steps == 0
+        )
+        if due and self._within_budget(trainer):
             self._measure(trainer, pl_module, "fit")
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._should_skip(trainer, "fit") or self.every_n_epochs is None:
             return
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0 and self._within_budget(trainer):
             self._measure(trainer, pl_module, "fit")
 
     @override
@@ -235,17 +298,49 @@ class HessianEigenvalueMonitor(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"history": [dict(record) for record in self.history], "last_step": self._last_step}
+        return {
+            "history": [dict(record) for record in self.history],
+            "last_step": self._last_step,
+            "train_seconds": self._train_seconds,
+            "monitor_seconds": self._monitor_seconds,
+            "last_cost": self._last_cost,
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [dict(record) for record in state_dict.get("history", [])]
         self._last_step = int(state_dict.get("last_step", -1))
+        self._train_seconds = float(state_dict.get("train_seconds", 0.0))
+        self._monitor_seconds = float(state_dict.get("monitor_seconds", 0.0))
+        self._last_cost = float(state_dict.get("last_cost", 0.0))
 
     # ----------------------------------------------------------------------------- decisions
 
     def _should_skip(self, trainer: pl.Trainer, stage: str) -> bool:
         return stage not in self.stages or trainer.sanity_checking or bool(trainer.fast_dev_run)
+
+    def _account(self, monitor: bool) -> float:
+        """Book the wall time since the last mark to the monitor or to training; return it."""
+        now = _clock()
+        seconds, self._mark = now - self._mark, now
+        if monitor:
+            self._monitor_seconds += seconds
+        else:
+            self._train_seconds += seconds
+        return seconds
+
+    def _within_budget(self, trainer: pl.Trainer) -> bool:
+        """Whether a measurement now keeps the monitor within its share of training time."""
+        budget = self.overhead_budget
+        if budget is None:
+            return True
+        self._account(monitor=False)
+        allowed = budget > 0 and (
+            self._monitor_seconds + self._last_cost <= budget * self._train_seconds
+        )
+        if trainer.world_size > 1:  # every rank must take part in the products, or none
+            allowed = trainer.strategy.broadcast(allowed, src=0)
+        return bool(allowed)
 
     # ----------------------------------------------------------------------------- data
 
@@ -321,6 +416,14 @@ class HessianEigenvalueMonitor(Callback):
             if step == self._last_step:
                 return
             self._last_step = step
+            self._account(monitor=False)
+            self._compute(trainer, pl_module, stage)
+            self._last_cost = self._account(monitor=True)
+        else:
+            self._compute(trainer, pl_module, stage)
+
+    def _compute(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        step = trainer.global_step
         batches = self._batches.get(stage)
         if batches is None:
             batches = self._batches[stage] = self._gather(trainer, pl_module, stage)
