@@ -134,7 +134,7 @@ trainer:
       init_args:
         params: residual
         num_samples: 512
-        every_n_epochs: 1
+        max_overhead: 0.05
         at_fit_start: true
         top_k: 1
         bottom_k: 1
