@@ -6,10 +6,10 @@ alternating order (without first, then with first: the wall clock of a shared ma
 Printed: the median wall times, the overhead as the median over repeats of the ratio of the two
 neighbouring runs (which cancels slow drift), the number of measurements made, and the monitor's
 share of the training time by its own clock (``monitor time / (fit time - monitor time)``). The
-monitor is configured as in the recipes (``params="residual"``, 512 samples, top and bottom
-eigenvalue, ``tol=1e-2``) with its default schedule, which plans for ``max_overhead=0.05`` of the
-training time (``--max-overhead`` to change it); ``--schedules budget epoch`` adds the fixed one-measurement-per-epoch schedule for
-comparison. ``digits`` is the real offline recipe data; ``mnist``/``cifar10`` use random data of
+monitor takes the recipes' arguments (``lightning_shortcut.recipes.MONITOR_ARGS``: residual
+parameters, 512 samples, top and bottom eigenvalue, ``tol=1e-2``, self-scheduled within
+``max_overhead=0.05`` of the training time; ``--max-overhead`` to change it); ``--schedules budget
+epoch`` adds the fixed one-measurement-per-epoch schedule for comparison. ``digits`` is the real offline recipe data; ``mnist``/``cifar10`` use random data of
 the recipes' shapes (``--mnist-samples``/``--cifar-samples`` to shrink them). Fewer ``--epochs``
 than the recipe make the measurement at fit start weigh more, so the overhead printed is then an
 upper bound for the recipe.
@@ -33,11 +33,10 @@ from lightning_shortcut import ZeroInit
 from lightning_shortcut.callbacks import HessianEigenvalueMonitor, ResidualInit
 from lightning_shortcut.data import DigitsDataModule
 from lightning_shortcut.models import ResidualClassifier
-from lightning_shortcut.recipes import DATASETS
+from lightning_shortcut.recipes import DATASETS, INITS, MONITOR_ARGS
 
-# the recipes' monitor arguments (see lightning_shortcut/recipes.py); the schedule is added per run
-RECIPE_MONITOR = dict(params="residual", num_samples=512, top_k=1, bottom_k=1, tol=1e-2)
-SCHEDULES = {"budget": {}, "epoch": {"every_n_epochs": 1}}
+# "budget" is the recipes' own schedule; "epoch" replaces it with one uncapped measurement per epoch
+SCHEDULES = {"budget": {}, "epoch": {"every_n_epochs": 1, "max_overhead": None}}
 
 
 def _loader(dataset: str, samples: int) -> DataLoader:
@@ -67,11 +66,13 @@ def _fit(
         spec.input_shape, 10, width=spec.width, num_units=spec.num_units, shortcut_depth=2,
         layer=spec.layer, activation="relu", lr=spec.lr, momentum=0.9,
     )  # fmt: skip
-    callbacks: list[pl.Callback] = [ResidualInit(ZeroInit(scale=0.001))]
+    callbacks: list[pl.Callback] = [ResidualInit(ZeroInit(**INITS["small"][1]))]
     monitor = None
     if schedule is not None:
-        budget = {"max_overhead": max_overhead} if schedule == "budget" else {}
-        monitor = HessianEigenvalueMonitor(**RECIPE_MONITOR, **SCHEDULES[schedule], **budget)
+        monitor_args = {**MONITOR_ARGS, **SCHEDULES[schedule]}
+        if schedule == "budget" and max_overhead is not None:
+            monitor_args["max_overhead"] = max_overhead
+        monitor = HessianEigenvalueMonitor(**monitor_args)
         callbacks.append(monitor)
     trainer = pl.Trainer(
         max_epochs=epochs, accelerator=accelerator, devices=1, logger=False, callbacks=callbacks,
@@ -92,14 +93,14 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["digits", "mnist", "cifar10"])
     parser.add_argument("--schedules", nargs="+", default=["budget"], choices=list(SCHEDULES))
     parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
-    parser.add_argument("--max-overhead", type=float, default=None, help="default: the monitor's")
+    parser.add_argument("--max-overhead", type=float, default=None, help="default: the recipes'")
     parser.add_argument("--mnist-samples", type=int, default=60000)
     parser.add_argument("--cifar-samples", type=int, default=50000)
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     accelerator = "gpu" if args.device == "cuda" else "cpu"
-    budget = "default" if args.max_overhead is None else args.max_overhead
+    budget = MONITOR_ARGS["max_overhead"] if args.max_overhead is None else args.max_overhead
     print(f"# Monitor overhead ({args.device}, median of {args.repeats}, budget {budget})\n")
     print(
         "| recipe data | samples | epochs | schedule | without (s) | with (s) | measurements "
