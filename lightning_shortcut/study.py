@@ -221,7 +221,6 @@ def _train_one(
     recorder = _Recorder()
     monitor = HessianEigenvalueMonitor(
         every_n_steps=config.hessian_every,
-        every_n_epochs=None,
         num_samples=config.hessian_samples,
         params="residual",
         loss_fn=_loss_fn(config),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
@@ -46,6 +48,24 @@ class Classifier(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+
+class FakeClock(pl.Callback):
+    """A deterministic wall clock for the monitor's time budget (install it as
+    ``hessian_monitor._clock``): an optimizer step takes 1 s and each of ``monitor``'s measurements
+    ``cost`` s, or ``cost[global_rank]`` s when one cost is given per rank."""
+
+    def __init__(self, monitor, cost: float | Sequence[float]) -> None:
+        self.monitor, self.cost, self.trainer = monitor, cost, None
+
+    def setup(self, trainer, pl_module, stage):
+        self.trainer = trainer
+
+    def __call__(self) -> float:
+        cost = (
+            self.cost if isinstance(self.cost, int | float) else self.cost[self.trainer.global_rank]
+        )
+        return self.trainer.global_step + cost * len(self.monitor.history)
 
 
 def dataset(

@@ -7,9 +7,9 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning_models import Classifier, dataset, loader, trainer_kwargs
+from lightning_models import Classifier, FakeClock, dataset, loader, trainer_kwargs
 
 from lightning_shortcut import OrthogonalInit, ZeroInit, residual_parameters
 from lightning_shortcut.callbacks import HessianEigenvalueMonitor, ResidualInit, hessian_monitor
@@ -145,19 +145,6 @@ def test_resume_continues_schedule_and_history(tmp_path):
         assert a["max_eigenvalue"] == pytest.approx(b["max_eigenvalue"], rel=1e-5)
 
 
-class FakeClock(Callback):
-    """A deterministic wall clock: each optimizer step takes 1 s, each measurement ``cost`` s."""
-
-    def __init__(self, monitor: HessianEigenvalueMonitor, cost: float) -> None:
-        self.monitor, self.cost, self.trainer = monitor, cost, None
-
-    def setup(self, trainer, pl_module, stage):
-        self.trainer = trainer
-
-    def __call__(self) -> float:
-        return self.trainer.global_step + self.cost * len(self.monitor.history)
-
-
 def _fit_with_clock(monkeypatch, tmp_path, monitor, cost=0.5, extra=(), **kwargs):
     clock = FakeClock(monitor, cost)
     monkeypatch.setattr(hessian_monitor, "_clock", clock)
@@ -259,7 +246,8 @@ def test_nan_loss_warns_once_and_training_continues(tmp_path):
 
 
 def test_non_convergence_warns_and_logs_estimates(tmp_path):
-    monitor = HessianEigenvalueMonitor(num_samples=32, tol=1e-12, max_iter=3, every_n_epochs=None)
+    # at the initial point only
+    monitor = HessianEigenvalueMonitor(num_samples=32, tol=1e-12, max_iter=3, max_overhead=0)
     with pytest.warns(UserWarning, match="did not reach"):
         _fit(tmp_path, [monitor], max_epochs=1)
     assert monitor.history[0]["converged"] == 0.0 and math.isfinite(
