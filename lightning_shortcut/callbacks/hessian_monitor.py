@@ -332,12 +332,10 @@ class HessianEigenvalueMonitor(Callback):
     def _within_budget(self, trainer: pl.Trainer) -> bool:
         """Whether a measurement now keeps the monitor within its share of training time."""
         budget = self.overhead_budget
-        if budget is None:
-            return True
+        if budget is None or budget == 0:  # the same on every rank: no clock, no collective
+            return budget is None
         self._account(monitor=False)
-        allowed = budget > 0 and (
-            self._monitor_seconds + self._last_cost <= budget * self._train_seconds
-        )
+        allowed = self._monitor_seconds + self._last_cost <= budget * self._train_seconds
         if trainer.world_size > 1:  # every rank must take part in the products, or none
             allowed = trainer.strategy.broadcast(allowed, src=0)
         return bool(allowed)
