@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from lightning_shortcut.hessian.solvers import lanczos_extremes, power_extremes
+from lightning_shortcut.hessian import LambdaOperator, MatrixOperator
+from lightning_shortcut.hessian.solvers import lanczos, power_iteration
 
 
 def _matrix(eigenvalues, seed=0):
@@ -21,15 +22,17 @@ SPECTRA = {
 }
 
 
-@pytest.mark.parametrize("solver", [lanczos_extremes, power_extremes])
+def _solve(solver, matrix, **kwargs):
+    options = {"top_k": 1, "bottom_k": 1, "min_abs": False, "start": None} | kwargs
+    return solver(MatrixOperator(matrix), generator=torch.Generator().manual_seed(0), **options)
+
+
+@pytest.mark.parametrize("solver", [lanczos, power_iteration])
 @pytest.mark.parametrize("name", list(SPECTRA))
 def test_extremes_with_multiplicity(solver, name):
     matrix = _matrix(SPECTRA[name])
     exact = torch.linalg.eigvalsh(matrix)
-    result = solver(
-        lambda v: matrix @ v, matrix.shape[0], torch.zeros(matrix.shape[0], dtype=torch.float64),
-        torch.Generator().manual_seed(0), top_k=3, bottom_k=3, tol=1e-10, max_iter=5000,
-    )  # fmt: skip
+    result = _solve(solver, matrix, top_k=3, bottom_k=3, tol=1e-10, max_iter=5000)
     assert result.converged
     assert result.top == pytest.approx(exact.flip(0)[:3].tolist(), abs=1e-8)
     assert result.bottom == pytest.approx(exact[:3].tolist(), abs=1e-8)
@@ -38,10 +41,7 @@ def test_extremes_with_multiplicity(solver, name):
 @pytest.mark.parametrize("name", ["symmetric_repeated", "indefinite"])
 def test_lanczos_min_abs(name):
     matrix = _matrix(SPECTRA[name])
-    result = lanczos_extremes(
-        lambda v: matrix @ v, matrix.shape[0], torch.zeros(matrix.shape[0], dtype=torch.float64),
-        torch.Generator().manual_seed(0), top_k=1, bottom_k=1, min_abs=True, tol=1e-10, max_iter=500,
-    )  # fmt: skip
+    result = _solve(lanczos, matrix, min_abs=True, tol=1e-10, max_iter=500)
     assert result.min_abs == pytest.approx(
         float(torch.linalg.eigvalsh(matrix).abs().min()), abs=1e-8
     )
@@ -50,9 +50,12 @@ def test_lanczos_min_abs(name):
 def test_max_iter_budget_reports_not_converged():
     matrix = _matrix([float(i) for i in range(200)])
     calls = []
-    result = lanczos_extremes(
-        lambda v: calls.append(1) or matrix @ v, 200, torch.zeros(200, dtype=torch.float64),
-        torch.Generator().manual_seed(0), top_k=1, bottom_k=1, tol=1e-12, max_iter=5,
+    operator = LambdaOperator(
+        lambda v: calls.append(1) or matrix @ v, 200, torch.zeros(200, dtype=torch.float64)
+    )
+    result = lanczos(
+        operator, generator=torch.Generator().manual_seed(0), top_k=1, bottom_k=1, min_abs=False,
+        tol=1e-12, max_iter=5, start=None,
     )  # fmt: skip
     assert len(calls) == 5
     assert not result.converged
