@@ -78,3 +78,74 @@ def test_pyhessian_stopping_rule_is_fooled_at_the_zero_point():
     assert abs(raw[0]) < 0.9 * sigma_max  # a Rayleigh quotient that never moves
     for param in model.parameters():
         param.grad = None
+
+
+@pytest.fixture
+def scipy_solver():
+    """A user's own solver (scipy's ARPACK), registered for the test and removed afterwards."""
+    import numpy as np
+    from scipy.sparse.linalg import LinearOperator as ScipyOperator
+    from scipy.sparse.linalg import eigsh
+
+    from lightning_shortcut.hessian import SOLVERS, EigenResult, register_solver
+
+    @register_solver("scipy_eigsh", description="scipy.sparse.linalg.eigsh (ARPACK)")
+    def scipy_eigsh(operator, *, generator, top_k, bottom_k, min_abs, tol, max_iter, start):
+        def matvec(v):
+            vector = torch.from_numpy(np.asarray(v).reshape(-1)).to(operator.like)
+            return operator(vector).double().cpu().numpy()
+
+        wrapped = ScipyOperator((operator.dim, operator.dim), matvec=matvec, dtype=np.float64)
+        result = EigenResult()
+        for count, which, values, errors in (
+            (top_k, "LA", result.top, result.top_errors),
+            (bottom_k, "SA", result.bottom, result.bottom_errors),
+        ):
+            if count:
+                found = eigsh(
+                    wrapped, k=count, which=which, tol=tol * 1e-3, return_eigenvectors=False
+                )
+                values.extend(sorted(found.tolist(), reverse=which == "LA"))
+                errors.extend([0.0] * count)
+        result.scale = max(abs(v) for v in result.top + result.bottom)
+        return result
+
+    yield "scipy_eigsh"
+    SOLVERS.pop("scipy_eigsh")
+
+
+def test_a_registered_solver_works_by_name(scipy_solver):
+    from helpers import dense_eigenvalues
+    from models import ce_loss, classification_data, mlp
+
+    from lightning_shortcut.hessian import METHODS, hessian_eigenvalues
+
+    assert scipy_solver in METHODS
+    model = mlp().double()
+    x, y = classification_data((4,))
+    reference = dense_eigenvalues(model, ce_loss(x, y))
+    spectrum = hessian_eigenvalues(model, (x, y), method=scipy_solver, top_k=2, bottom_k=2)
+    assert spectrum.method == scipy_solver and spectrum.num_hvps > 0
+    assert spectrum.top == pytest.approx(reference.flip(0)[:2].tolist(), abs=1e-6)
+    assert spectrum.bottom == pytest.approx(reference[:2].tolist(), abs=1e-6)
+    with pytest.raises(ValueError, match=r"min_abs.*lanczos"):
+        hessian_eigenvalues(model, (x, y), method=scipy_solver, min_abs=True)
+
+
+def test_unknown_method_lists_the_registry():
+    from models import classification_data, mlp
+
+    from lightning_shortcut.hessian import SOLVERS, hessian_eigenvalues
+
+    with pytest.raises(ValueError, match="expected one of") as info:
+        hessian_eigenvalues(mlp(), classification_data((4,), dtype=torch.float32), method="eigsh")
+    assert all(name in str(info.value) for name in SOLVERS)
+
+
+def test_every_builtin_solver_reports_error_bounds():
+    matrix = _matrix(SPECTRA["indefinite"])
+    exact = torch.linalg.eigvalsh(matrix)
+    for solver in (lanczos, power_iteration):
+        result = _solve(solver, matrix, tol=1e-6, max_iter=5000)
+        assert abs(result.top[0] - float(exact[-1])) <= result.top_errors[0] + 1e-12
+        assert abs(result.bottom[0] - float(exact[0])) <= result.bottom_errors[0] + 1e-12

@@ -17,9 +17,9 @@ import pytest
 import torch
 from torch import nn
 
+from lightning_shortcut.hessian import MatrixOperator
 from lightning_shortcut.hessian.stability import (
     UnsupportedOptimizerError,
-    preconditioned_matvec,
     select_optimizer,
     step_preconditioner,
 )
@@ -127,9 +127,7 @@ def _make(name, scale):
 
 
 def _dense(preconditioner, dim=DIM, curvature=CURVATURE):
-    product = preconditioned_matvec(
-        lambda v: curvature @ v, preconditioner, torch.zeros(dim, dtype=F64)
-    )
+    product = preconditioner.operator(MatrixOperator(curvature))
     return torch.stack([product(basis) for basis in torch.eye(dim, dtype=F64)], dim=1)
 
 
@@ -207,7 +205,7 @@ def test_uniform_sgd_needs_no_extra_eigenvalue_run():
     )
     unequal, _ = _stability("sgd_unequal_lrs", 1.0)
     assert unequal.uniform_step is None and unequal.needs_preconditioned_run
-    with pytest.raises(ValueError, match="preconditioned_matvec"):
+    with pytest.raises(ValueError, match=r"operator\(hessian\)"):
         unequal.stability_from_hessian(hessian_top)
 
 
@@ -249,7 +247,7 @@ def test_adam_step_sizes_match_its_state(kind, amsgrad):
 
 
 @pytest.mark.parametrize("kind", ["sgd", "adam"])
-def test_preconditioned_matvec_matches_dense(kind):
+def test_preconditioned_operator_matches_dense(kind):
     weight, bias, held_only = (
         nn.Parameter(torch.randn(*shape, dtype=F64)) for shape in [(2, 3), (4,), (5,)]
     )

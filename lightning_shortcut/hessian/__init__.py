@@ -12,6 +12,7 @@ from lightning_shortcut.hessian.density import (
     hessian_trace,
     spectral_density,
 )
+from lightning_shortcut.hessian.edge_of_stability import EdgeOfStability, edge_of_stability
 from lightning_shortcut.hessian.linear_operator import (
     LambdaOperator,
     LinearOperator,
@@ -21,10 +22,17 @@ from lightning_shortcut.hessian.linear_operator import (
 from lightning_shortcut.hessian.operator import HessianOperator, cross_entropy_loss
 from lightning_shortcut.hessian.solvers import SOLVERS, EigenResult, register_solver
 from lightning_shortcut.hessian.spectrum import METHODS, HessianSpectrum, hessian_eigenvalues
+from lightning_shortcut.hessian.stability import (
+    StepPreconditioner,
+    UnsupportedOptimizerError,
+    select_optimizer,
+    step_preconditioner,
+)
 
 __all__ = [
     "METHODS",
     "SOLVERS",
+    "EdgeOfStability",
     "EigenResult",
     "HessianOperator",
     "HessianSpectrum",
@@ -33,10 +41,15 @@ __all__ = [
     "MatrixOperator",
     "ScaledOperator",
     "SpectralDensity",
+    "StepPreconditioner",
     "TraceEstimate",
+    "UnsupportedOptimizerError",
     "cross_entropy_loss",
+    "edge_of_stability",
     "hessian_eigenvalues",
     "hessian_trace",
     "register_solver",
+    "select_optimizer",
     "spectral_density",
+    "step_preconditioner",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_shortcut.hessian._state import autograd_enabled, preserved_state
-from lightning_shortcut.hessian.linear_operator import NonFiniteProductError
+from lightning_shortcut.hessian.linear_operator import LinearOperator, NonFiniteProductError
 from lightning_shortcut.hessian.operator import (
     AllReduce,
     HessianOperator,
@@ -264,6 +264,33 @@ def hessian_eigenvalues(
         spectrum = hessian_eigenvalues(model, (x, y), top_k=2, params="residual")
         spectrum.max, spectrum.min, spectrum.top_errors
     """
+    return solve_hessian(
+        model, data, loss_fn, method=method, top_k=top_k, bottom_k=bottom_k, min_abs=min_abs,
+        params=params, tol=tol, max_iter=max_iter, seed=seed, mode=mode, all_reduce=all_reduce,
+        start=start, solver_options=solver_options,
+    )  # fmt: skip
+
+
+def solve_hessian(
+    model: nn.Module,
+    data: Any,
+    loss_fn: LossFn | None = None,
+    *,
+    method: str = "lanczos",
+    top_k: int = 1,
+    bottom_k: int = 1,
+    min_abs: bool = False,
+    params: ParamsSpec = None,
+    tol: float = 1e-3,
+    max_iter: int | None = None,
+    seed: int = 0,
+    mode: Mode = "eval",
+    all_reduce: AllReduce | None = None,
+    start: Sequence[Tensor] | None = None,
+    solver_options: Mapping[str, Any] | None = None,
+    transform: Callable[[HessianOperator], LinearOperator] | None = None,
+) -> HessianSpectrum:
+    """:func:`hessian_eigenvalues` on ``transform(H)`` (for instance a preconditioned Hessian)."""
     validate_solver_args(method, top_k, bottom_k, min_abs, tol, max_iter)
     spec = SOLVERS[method]
     begin = time.perf_counter()
@@ -272,7 +299,7 @@ def hessian_eigenvalues(
         operator = build_operator(model, data, loss_fn, params, all_reduce, mode, seed)
         try:
             result = spec.solve(
-                operator,
+                transform(operator) if transform is not None else operator,
                 generator=generator,
                 top_k=top_k,
                 bottom_k=bottom_k,

@@ -53,10 +53,11 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from lightning_shortcut.hessian.linear_operator import LinearOperator, ScaledOperator
+
 __all__ = [
     "StepPreconditioner",
     "UnsupportedOptimizerError",
-    "preconditioned_matvec",
     "select_optimizer",
     "step_preconditioner",
 ]
@@ -122,9 +123,18 @@ class StepPreconditioner:
         shifts = like.new_tensor(self.curvature_shifts)
         return torch.repeat_interleave(shifts, torch.tensor(sizes, device=like.device))
 
+    def operator(self, hessian: LinearOperator) -> ScaledOperator:
+        """The step-preconditioned operator ``S^1/2 (H + W) S^1/2``, ``S = D c / c_g``, over
+        ``hessian`` (whose flat vectors follow the order of the ``params`` given to
+        :func:`step_preconditioner`, as :class:`~lightning_shortcut.hessian.HessianOperator`'s do).
+        Its largest eigenvalue goes to :meth:`stability`."""
+        return ScaledOperator(
+            hessian, self.flat_scales(hessian.like), self.flat_shifts(hessian.like)
+        )
+
     def stability(self, preconditioned_max_eigenvalue: float) -> float:
         """``lambda_max / c``: 1.0 is the edge of stability. ``preconditioned_max_eigenvalue`` is
-        the largest eigenvalue of the operator of :func:`preconditioned_matvec`."""
+        the largest eigenvalue of :meth:`operator`."""
         return preconditioned_max_eigenvalue / self.threshold
 
     def stability_from_hessian(self, hessian_max_eigenvalue: float) -> float:
@@ -136,7 +146,7 @@ class StepPreconditioner:
         if self.needs_preconditioned_run or self.uniform_step is None:
             raise ValueError(
                 f"{self.optimizer}'s step is not one number times the Hessian (a preconditioner, "
-                "unequal groups or weight decays); run the eigensolver on `preconditioned_matvec`."
+                "unequal groups or weight decays); run the eigensolver on `operator(hessian)`."
             )
         shifted = hessian_max_eigenvalue + self.curvature_shifts[0]
         return self.uniform_step * shifted / self.threshold
@@ -156,27 +166,6 @@ class StepPreconditioner:
             return math.inf
         bounds = {1 / (ratio * (1 - k) + k) for k in (min(self.decay_rates), max(self.decay_rates))}
         return self.lr * min(bounds)
-
-
-def preconditioned_matvec(
-    matvec: Callable[[Tensor], Tensor], preconditioner: StepPreconditioner, like: Tensor
-) -> Callable[[Tensor], Tensor]:
-    """``v -> S^1/2 (H + W) S^1/2 v`` from ``matvec: v -> H v``, ``S = D c / c_g``.
-
-    Flat vectors concatenate the parameters in the order given to :func:`step_preconditioner`
-    (that of :class:`~lightning_shortcut.hessian.operator.HessianOperator`). The largest eigenvalue
-    of this operator goes to :meth:`StepPreconditioner.stability`. A non-finite product stays
-    non-finite.
-    """
-    scales = preconditioner.flat_scales(like)
-    shifts = preconditioner.flat_shifts(like) * scales.square()
-    has_shift = any(shift != 0 for shift in preconditioner.curvature_shifts)
-
-    def product(vector: Tensor) -> Tensor:
-        result = scales * matvec(scales * vector)
-        return result + shifts * vector if has_shift else result
-
-    return product
 
 
 def select_optimizer(optimizers: Sequence[Optimizer], params: Sequence[Tensor]) -> Optimizer:
@@ -227,8 +216,7 @@ def step_preconditioner(
 
         preconditioner = step_preconditioner(select_optimizer(trainer.optimizers, params), params)
         if preconditioner is not None:
-            product = preconditioned_matvec(operator, preconditioner, operator.like)
-            top = ...  # the largest eigenvalue of `product`, e.g. with lanczos_extremes
+            top = ...  # the largest eigenvalue of preconditioner.operator(hessian_operator)
             stability, max_lr = preconditioner.stability(top), preconditioner.max_stable_lr(top)
 
     Raises:

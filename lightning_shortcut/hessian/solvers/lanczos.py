@@ -12,7 +12,8 @@ For a Ritz pair ``(theta, y)`` with residual ``rho = ||A y - theta y||`` there i
 it (``|theta - theta'| - rho' > rho``), the Kato-Temple inequality tightens this to
 ``rho^2 / (|theta - theta'| - rho')`` (Parlett, "The Symmetric Eigenvalue Problem", ch. 10-11). Both
 assume, as every Krylov method must, that no eigenvalue beyond the extreme Ritz values is missing from
-the Krylov space. The bound is reported per value and the run stops as soon as every requested value
+the Krylov space; in a cluster of eigenvalues closer together than ``tol * max|lambda|`` a neighbour
+of the wanted one may be returned in its place. The bound is reported per value and the run stops as soon as every requested value
 is within ``tol * max|lambda|``.
 
 The smallest ``|eigenvalue|`` is found through ``A^2``: with ``A V_{m-1} = V_m G`` (``G`` is ``T``'s
