@@ -35,7 +35,7 @@ class LinearOperator:
 
     Attributes:
         dim: the operator's size.
-        like: a zero vector of the dtype and device the solvers should use for their vectors.
+        like: an empty tensor of the dtype and device the solvers should use for their vectors.
         num_products: products computed so far.
     """
 
@@ -59,7 +59,7 @@ class MatrixOperator(LinearOperator):
     def __init__(self, matrix: Tensor) -> None:
         if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
             raise ValueError(f"`matrix` must be square, got shape {tuple(matrix.shape)}.")
-        super().__init__(matrix.shape[0], matrix.new_zeros(matrix.shape[0]))
+        super().__init__(matrix.shape[0], matrix.new_zeros(0))
         self.matrix = matrix
 
     def _matvec(self, vector: Tensor) -> Tensor:

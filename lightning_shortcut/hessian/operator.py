@@ -178,7 +178,7 @@ class HessianOperator(LinearOperator):
         # are taken in the parameters' dtype
         dtype = first.dtype if first.dtype in (torch.float32, torch.float64) else torch.float32
         dim = sum(self.numels)
-        super().__init__(dim, torch.zeros(dim, dtype=dtype, device=first.device))
+        super().__init__(dim, torch.zeros(0, dtype=dtype, device=first.device))
         self.nonfinite = False
         self.loss: float | None = None
         self._cached: list[Tensor | None] | None = None
@@ -203,9 +203,8 @@ class HessianOperator(LinearOperator):
     def _product(self, grads: list[Tensor | None], vector: Tensor, retain: bool) -> Tensor:
         chunks = torch.split(vector, self.numels)
         used = [i for i, g in enumerate(grads) if g is not None]
-        result = torch.zeros_like(vector)
         if not used:
-            return result
+            return torch.zeros_like(vector)
         products = torch.autograd.grad(
             [grads[i] for i in used],
             self.params,
@@ -213,11 +212,15 @@ class HessianOperator(LinearOperator):
             retain_graph=retain,
             allow_unused=True,
         )
-        pieces = [
-            (p.reshape(-1).to(vector) if p is not None else torch.zeros_like(c))
-            for p, c in zip(products, chunks, strict=True)
-        ]
-        return torch.cat(pieces)
+        result = torch.empty_like(vector)
+        pieces = list(products)
+        for index, piece in enumerate(torch.split(result, self.numels)):
+            if pieces[index] is None:
+                piece.zero_()
+            else:
+                piece.copy_(pieces[index].reshape(-1))
+                pieces[index] = None  # free each product once copied: one vector at the peak
+        return result
 
     @property
     def num_hvps(self) -> int:
@@ -225,12 +228,12 @@ class HessianOperator(LinearOperator):
         return self.num_products
 
     def _matvec(self, vector: Tensor) -> Tensor:
-        total = torch.zeros_like(vector)
         if len(self.batches) == 1:
             if self._cached is None:
                 self._cached = self._gradients(0)
-            total += self.sizes[0] * self._product(self._cached, vector, retain=True)
+            total = self._product(self._cached, vector, retain=True).mul_(self.sizes[0])
         else:
+            total = torch.zeros_like(vector)
             for index, size in enumerate(self.sizes):
                 total += size * self._product(self._gradients(index), vector, retain=False)
         count = float(sum(self.sizes))
@@ -240,7 +243,7 @@ class HessianOperator(LinearOperator):
             total, count, self.nonfinite = packed[:-2], float(packed[-2]), bool(packed[-1] > 0)
         if self.nonfinite:
             return torch.full_like(vector, float("nan"))
-        return total / count
+        return total.div_(count)
 
     def unflatten(self, vector: Tensor) -> list[Tensor]:
         """Split a flat vector into tensors shaped like :attr:`params`."""

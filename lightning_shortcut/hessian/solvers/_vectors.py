@@ -8,9 +8,9 @@ import torch
 from torch import Tensor
 
 
-def stack_rows(vectors: Sequence[Tensor], like: Tensor) -> Tensor:
+def stack_rows(vectors: Sequence[Tensor], like: Tensor, dim: int) -> Tensor:
     """The vectors as the rows of a matrix (``0 x dim`` for none)."""
-    return torch.stack(list(vectors)) if vectors else like.new_zeros(0, like.numel())
+    return torch.stack(list(vectors)) if vectors else like.new_zeros(0, dim)
 
 
 def orthogonalize(vector: Tensor, *bases: Tensor) -> Tensor:

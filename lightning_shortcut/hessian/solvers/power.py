@@ -92,7 +92,7 @@ def power_iteration(
         (bottom_k, -1.0, result.bottom, result.bottom_vectors, result.bottom_errors),
     ):
         for _ in range(count):
-            against = stack_rows(vectors, like)
+            against = stack_rows(vectors, like, dim)
             begin = random_unit_vector(dim, like, generator, against)
             theta, found, residual, converged = _shifted_power_iteration(
                 operator, begin, sign * shift, against, tol * rho, max_iter
