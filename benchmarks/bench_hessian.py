@@ -11,7 +11,7 @@
 6. Warm starts: products of cold and warm-started measurements every 20 SGD steps.
 
 Run: ``python benchmarks/bench_hessian.py [--device cuda] [--repeats 3] [--skip memory]``. The
-reference for the errors is our Lanczos at ``tol=1e-9`` (checked against dense Hessians in the
+reference for the errors is our Lanczos at ``tol=1e-6`` (float32 products: no tighter bound holds) (checked against dense Hessians in the
 tests). ``--models`` picks from the recipe models and ``tanh_mlp`` (64-128-128-10, 1024 samples).
 """
 
@@ -75,7 +75,7 @@ def _pyhessian_top(model, batch, device, tol, max_iter=100):
 
 def _reference_top(model, batch):
     return hessian_eigenvalues(
-        model, batch, top_k=1, bottom_k=0, tol=1e-9, max_iter=500, solver_options={"max_basis": 500}
+        model, batch, top_k=1, bottom_k=0, tol=1e-6, max_iter=500, solver_options={"max_basis": 100}
     ).max
 
 
@@ -139,7 +139,7 @@ def bench_top(name, device, repeats):
 
 def bench_bottom(name, device, repeats):
     model, batch = bench_model(name, device)
-    reference = hessian_eigenvalues(model, batch, top_k=0, bottom_k=1, tol=1e-9, max_iter=500).min
+    reference = hessian_eigenvalues(model, batch, top_k=0, bottom_k=1, tol=1e-6, max_iter=500).min
     row = {"model": name, "lambda_min": reference}
     for method in ("lanczos", "power"):
         seconds, spectrum = _timed(

@@ -5,6 +5,7 @@ Usage::
     lightning-shortcut fit --config digits/shortcut2_small_relu      # a shipped recipe, by name
     lightning-shortcut fit --config path/to/recipe.yaml --trainer.max_epochs 5
     lightning-shortcut recipes                                       # list the shipped recipes
+    lightning-shortcut plot lightning_logs/version_0 --out hessian.png  # draw a run's hessian/* curves
 
 Models and datamodules are chosen by class path (``--model lightning_shortcut.models.ResidualClassifier``)
 and callbacks are configured in YAML, as with any LightningCLI.
@@ -12,15 +13,17 @@ and callbacks are configured in YAML, as with any LightningCLI.
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 import lightning.pytorch as pl
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_shortcut.recipes import list_recipes, resolve_recipe
 
-__all__ = ["cli", "main"]
+__all__ = ["ShortcutCLI", "cli", "main"]
 
 
 def _resolve_configs(args: list[str]) -> list[str]:
@@ -33,25 +36,74 @@ def _resolve_configs(args: list[str]) -> list[str]:
     return resolved
 
 
-def cli(args: Sequence[str]) -> LightningCLI:
-    """Build and run the LightningCLI on ``args`` (recipe names resolved); returns it."""
-    return LightningCLI(
+class ShortcutCLI(LightningCLI):
+    """LightningCLI that accepts recipe names for ``--config`` (from the command line or ``args``)."""
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Sequence[str] | None) -> None:
+        # LightningCLI warns when `args` is given while sys.argv has arguments; here both are one
+        # command line, resolved once.
+        self.config = parser.parse_args(
+            _resolve_configs(list(sys.argv[1:] if args is None else args))
+        )
+
+
+def cli(args: Sequence[str] | None = None) -> LightningCLI:
+    """Build and run the LightningCLI on ``args`` (default: the command line); returns it."""
+    return ShortcutCLI(
         pl.LightningModule,
         pl.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        args=_resolve_configs(list(args)),
+        args=None if args is None else list(args),
         save_config_kwargs={"overwrite": True},
     )
 
 
+def _print_lines(lines: Sequence[str]) -> None:
+    """Print, and exit quietly when the reader closes the pipe (``lightning-shortcut recipes | head``)."""
+    try:
+        print("\n".join(lines))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit either
+        sys.exit(0)
+
+
+def _plot(args: Sequence[str]) -> None:
+    from lightning_shortcut.plot import load_hessian_metrics, plot_hessian_metrics
+
+    parser = argparse.ArgumentParser(
+        prog="lightning-shortcut plot",
+        description="Draw the hessian/* curves of a run: eigenvalues, condition number (resolved "
+        "values) and stability with the edge at 1.",
+    )
+    parser.add_argument("source", help="a CSVLogger metrics.csv, a log folder or event file")
+    parser.add_argument("--out", default="hessian.png", help="the image to write")
+    parser.add_argument("--prefix", default="hessian/", help="the monitor's log_prefix")
+    parser.add_argument("--title", default=None)
+    options = parser.parse_args(args)
+    try:
+        series = load_hessian_metrics(options.source, prefix=options.prefix)
+        out = plot_hessian_metrics(series, options.out, title=options.title or options.source)
+    except (FileNotFoundError, ValueError, ImportError) as error:
+        parser.exit(2, f"lightning-shortcut plot: error: {error}\n")
+    print(f"wrote {out} ({', '.join(sorted(series))})")
+
+
 def main(args: Sequence[str] | None = None) -> None:
-    """Console entry point: ``args`` default to ``sys.argv[1:]``; ``recipes`` lists the recipes."""
+    """Console entry point: ``args`` default to the command line.
+
+    ``recipes`` lists the shipped recipes, ``plot`` draws a run's logged curves; anything else goes
+    to LightningCLI (``fit``, ``validate``, ``test``, ``predict``).
+    """
     arguments = list(sys.argv[1:] if args is None else args)
     if arguments[:1] == ["recipes"]:
-        print("\n".join(list_recipes()))
+        _print_lines(list_recipes())
         return
-    cli(arguments)
+    if arguments[:1] == ["plot"]:
+        _plot(arguments[1:])
+        return
+    cli(args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,78 @@
+"""The monitor's stability ratio: the run's optimizer read at each measurement, warned about once."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+
+from lightning_shortcut.hessian.edge_of_stability import edge_of_stability
+from lightning_shortcut.hessian.spectrum import HessianSpectrum
+from lightning_shortcut.hessian.stability import UnsupportedOptimizerError
+
+#: Measurements in a row above ``warn_above`` before the monitor warns.
+CONSECUTIVE_ABOVE = 3
+
+
+class StabilityTracker:
+    """Computes ``stability`` and ``max_stable_lr`` for each fit measurement.
+
+    Args:
+        warn_above: warn once (rank zero) when ``stability`` exceeds this for
+            :data:`CONSECUTIVE_ABOVE` measurements in a row (``None``: never).
+        warn: ``warn(kind, message)``, the monitor's warn-once.
+    """
+
+    def __init__(self, warn_above: float | None, warn: Callable[[str, str], None]) -> None:
+        self.warn_above = warn_above
+        self.warn = warn
+        self.above_in_a_row = 0
+        self.skip_reason: str | None = None
+
+    def measure(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        spectrum: HessianSpectrum,
+        **hessian_args: Any,
+    ) -> tuple[dict[str, float], int, float]:
+        """``({"stability": ..., "max_stable_lr": ...}, extra products, extra seconds)``.
+
+        Empty where the ratio is unavailable: no optimizer (validate/test), an optimizer without a
+        known threshold (said once, then skipped), or an adaptive optimizer before its first step.
+        """
+        if self.skip_reason is not None or not trainer.optimizers:
+            return {}, 0, 0.0
+        known = spectrum.max if spectrum.max is not None and math.isfinite(spectrum.max) else None
+        try:
+            report = edge_of_stability(
+                pl_module, optimizer=trainer.optimizers, hessian_max_eigenvalue=known, **hessian_args
+            )
+        except (UnsupportedOptimizerError, ValueError) as error:
+            self.skip_reason = str(error)
+            self.warn(
+                "stability",
+                f"HessianEigenvalueMonitor logs eigenvalues but no stability ratio: {error}",
+            )
+            return {}, 0, 0.0
+        if report.reason and math.isnan(report.stability):
+            self.warn("stability_unavailable", f"HessianEigenvalueMonitor: {report.reason}.")
+            return {}, report.num_hvps, report.seconds
+        self._check_level(trainer.global_step, report.stability, report.max_stable_lr, report.lr)
+        return report.as_dict(), report.num_hvps, report.seconds
+
+    def _check_level(self, step: int, stability: float, max_stable_lr: float, lr: float) -> None:
+        if self.warn_above is None or not stability > self.warn_above:
+            self.above_in_a_row = 0
+            return
+        self.above_in_a_row += 1
+        if self.above_in_a_row >= CONSECUTIVE_ABOVE:
+            self.warn(
+                "stability_above",
+                f"HessianEigenvalueMonitor: at step {step} the stability ratio is {stability:.3g}, "
+                f"above warn_above={self.warn_above} for {self.above_in_a_row} measurements in a row: "
+                f"a step of lr={lr:.3g} is beyond the edge of stability of the local quadratic "
+                f"(max_stable_lr={max_stable_lr:.3g}).",
+            )
