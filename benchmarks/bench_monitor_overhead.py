@@ -83,7 +83,7 @@ def _fit(
     seconds = time.perf_counter() - start
     if monitor is None:
         return seconds, 0, 0.0
-    return seconds, len(monitor.history), monitor._monitor_seconds
+    return seconds, len(monitor.history), monitor.budget.monitor_seconds
 
 
 def main() -> None:
