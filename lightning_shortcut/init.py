@@ -19,7 +19,14 @@ from torch import Tensor, nn
 from lightning_shortcut._validation import check_choice, check_non_negative_float
 from lightning_shortcut.residual import residual_weight_layers
 
-__all__ = ["InitStrategy", "OrthogonalInit", "XavierInit", "ZeroInit"]
+__all__ = [
+    "INIT_STRATEGIES",
+    "InitStrategy",
+    "OrthogonalInit",
+    "XavierInit",
+    "ZeroInit",
+    "init_strategy",
+]
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
@@ -147,3 +154,23 @@ class OrthogonalInit(InitStrategy):
 
     def _repr_fields(self) -> dict[str, object]:
         return {"gain": self.gain}
+
+
+#: The named initializations of the recipes and the study: name -> (strategy class, arguments).
+INIT_STRATEGIES: dict[str, tuple[type[InitStrategy], dict[str, float]]] = {
+    "zero": (ZeroInit, {"scale": 0.0}),
+    "small": (ZeroInit, {"scale": 0.001}),
+    "xavier": (XavierInit, {}),
+    "orthogonal": (OrthogonalInit, {}),
+}
+
+
+def init_strategy(name: str, **overrides: float) -> InitStrategy:
+    """The strategy :data:`INIT_STRATEGIES` names ``name``, its arguments updated by ``overrides``.
+
+    Example::
+
+        init_strategy("small", scale=1e-4)  # ZeroInit(scale=0.0001)
+    """
+    strategy, arguments = INIT_STRATEGIES[check_choice("init", name, INIT_STRATEGIES)]
+    return strategy(**{**arguments, **overrides})
