@@ -1,8 +1,9 @@
-"""The recipe models and data shared by the benchmarks (random data of the recipes' shapes)."""
+"""The models and data shared by the benchmarks (random data of the recipes' shapes)."""
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from lightning_shortcut.models import ResidualClassifier
 
@@ -29,3 +30,28 @@ def recipe_model(name: str, device: torch.device, seed: int = 0):
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+# name -> (input features, hidden widths, activation, samples): plain MLPs of the engine issue
+PLAIN_MLPS = {
+    "tanh_mlp": (64, (128, 128), nn.Tanh, 1024),
+    "wide_mlp": (1024, (2048, 2048), nn.ReLU, 256),  # 6.3M parameters
+}
+BENCH_MODELS = [*RECIPE_MODELS, *PLAIN_MLPS]
+
+
+def bench_model(name: str, device: torch.device, seed: int = 0):
+    """A recipe model or a plain MLP at PyTorch's default init with a random batch."""
+    if name in RECIPE_MODELS:
+        return recipe_model(name, device, seed)
+    features, widths, activation, samples = PLAIN_MLPS[name]
+    torch.manual_seed(seed)
+    layers, previous = [], features
+    for width in widths:
+        layers += [nn.Linear(previous, width), activation()]
+        previous = width
+    model = nn.Sequential(*layers, nn.Linear(previous, 10)).to(device)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(samples, features, generator=generator).to(device)
+    y = torch.randint(0, 10, (samples,), generator=generator).to(device)
+    return model, (x, y)

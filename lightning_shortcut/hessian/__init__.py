@@ -1,7 +1,9 @@
 """The Hessian spectrum engine: plain PyTorch functions, no Lightning required.
 
 The callbacks in :mod:`lightning_shortcut.callbacks` only schedule, gather data and log; everything
-numerical lives here (the torchmetrics pattern of a thin class over functional code).
+numerical lives here (the torchmetrics pattern of a thin class over functional code). Operators
+(:mod:`~lightning_shortcut.hessian.linear_operator`, :class:`HessianOperator`) are separate from the
+solvers (:mod:`~lightning_shortcut.hessian.solvers`, one registry :data:`SOLVERS`).
 """
 
 from lightning_shortcut.hessian.density import (
@@ -10,17 +12,44 @@ from lightning_shortcut.hessian.density import (
     hessian_trace,
     spectral_density,
 )
+from lightning_shortcut.hessian.edge_of_stability import EdgeOfStability, edge_of_stability
+from lightning_shortcut.hessian.linear_operator import (
+    LambdaOperator,
+    LinearOperator,
+    MatrixOperator,
+    ScaledOperator,
+)
 from lightning_shortcut.hessian.operator import HessianOperator, cross_entropy_loss
+from lightning_shortcut.hessian.solvers import SOLVERS, EigenResult, register_solver
 from lightning_shortcut.hessian.spectrum import METHODS, HessianSpectrum, hessian_eigenvalues
+from lightning_shortcut.hessian.stability import (
+    StepPreconditioner,
+    UnsupportedOptimizerError,
+    select_optimizer,
+    step_preconditioner,
+)
 
 __all__ = [
     "METHODS",
+    "SOLVERS",
+    "EdgeOfStability",
+    "EigenResult",
     "HessianOperator",
     "HessianSpectrum",
+    "LambdaOperator",
+    "LinearOperator",
+    "MatrixOperator",
+    "ScaledOperator",
     "SpectralDensity",
+    "StepPreconditioner",
     "TraceEstimate",
+    "UnsupportedOptimizerError",
     "cross_entropy_loss",
+    "edge_of_stability",
     "hessian_eigenvalues",
     "hessian_trace",
+    "register_solver",
+    "select_optimizer",
     "spectral_density",
+    "step_preconditioner",
 ]

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from lightning_shortcut.hessian.operator import AllReduce, LossFn
-from lightning_shortcut.hessian.solvers import LanczosProcess, _tridiagonal, random_unit_vector
+from lightning_shortcut.hessian.solvers import LanczosProcess
+from lightning_shortcut.hessian.solvers._vectors import random_unit_vector
 from lightning_shortcut.hessian.spectrum import Mode, build_operator, hessian_context
 from lightning_shortcut.residual import check_positive_int
 
@@ -148,16 +149,16 @@ def spectral_density(
     with hessian_context(model, mode):
         operator = build_operator(model, data, loss_fn, params, all_reduce, mode, seed)
         steps = min(num_steps, operator.dim)
+        buffer = operator.like.new_empty(steps, operator.dim)
+        no_lock = operator.like.new_zeros(0, operator.dim)
         for _ in range(num_probes):
-            process = LanczosProcess(
-                operator, random_unit_vector(operator.dim, operator.like, generator), None, steps
-            )
-            while process.steps < process.budget and process.step():
-                if process.betas[-1] <= 1e-12 * max(abs(a) for a in process.alphas):
-                    break
-                if process.steps < process.budget:
-                    process.advance()
-            values, vectors = torch.linalg.eigh(_tridiagonal(process.alphas, process.betas))
+            start = random_unit_vector(operator.dim, operator.like, generator)
+            process = LanczosProcess(operator, start, buffer, no_lock)
+            for _ in range(steps):
+                process.step()
+                if process.beta <= 1e-12 * float(process.projected.abs().max()):
+                    break  # an invariant subspace: its Ritz values are exact
+            values, vectors = torch.linalg.eigh(process.projected)
             nodes = torch.full((steps,), math.nan, dtype=torch.float64)
             weights = torch.zeros(steps, dtype=torch.float64)
             nodes[: values.numel()] = values

@@ -2,18 +2,40 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map
 
+from lightning_shortcut.hessian.linear_operator import LinearOperator
+from lightning_shortcut.residual import residual_parameters
+
 LossFn = Callable[[nn.Module, Any], Tensor]
 AllReduce = Callable[[Tensor], Tensor]
+#: Which parameters to take the Hessian over: all trainable ones (``None`` or ``"all"``), the
+#: ResidualStack branches (``"residual"``), a callable ``model -> parameters`` or the parameters.
+ParamsSpec = (
+    Literal["all", "residual"] | Callable[[nn.Module], Iterable[Tensor]] | Iterable[Tensor] | None
+)
 
-__all__ = ["AllReduce", "HessianOperator", "LossFn", "cross_entropy_loss", "normalize_batches"]
+__all__ = [
+    "AllReduce",
+    "HessianOperator",
+    "LossFn",
+    "ParamsSpec",
+    "cross_entropy_loss",
+    "normalize_batches",
+    "resolve_params",
+]
+
+_PASS_LOSS_FN = (
+    "Pass `loss_fn=lambda model, batch: ...` returning the scalar mean loss of a batch (or, in "
+    "Lightning, define `hessian_loss(self, batch)` on the LightningModule)."
+)
 
 
 def cross_entropy_loss(model: nn.Module, batch: Any) -> Tensor:
@@ -30,10 +52,40 @@ def cross_entropy_loss(model: nn.Module, batch: Any) -> Tensor:
     ):
         raise ValueError(
             "The default loss reads a batch as (inputs, targets) and computes the cross-entropy of "
-            f"model(inputs); got a batch of type {type(batch).__name__}. Pass "
-            "`loss_fn=lambda model, batch: ...` returning the scalar mean loss of a batch."
+            f"model(inputs); got a batch of type {type(batch).__name__}. {_PASS_LOSS_FN}"
         )
-    return F.cross_entropy(model(batch[0]), batch[1])
+    inputs, targets = batch[0], batch[1]
+    logits = model(inputs)
+    if not isinstance(logits, Tensor):
+        raise ValueError(
+            "The default loss is the cross-entropy of model(inputs), which must be a tensor of "
+            f"logits; the model returned a {type(logits).__name__}. {_PASS_LOSS_FN}"
+        )
+    if targets.is_floating_point():
+        _check_soft_labels(logits, targets)
+    return F.cross_entropy(logits, targets)
+
+
+def _check_soft_labels(logits: Tensor, targets: Tensor) -> None:
+    """Float targets are valid for cross-entropy only as class probabilities; say so either way."""
+    probabilities = (
+        targets.shape == logits.shape
+        and targets.ndim >= 2
+        and bool((targets >= 0).all())
+        and bool(torch.allclose(targets.sum(dim=1), targets.new_ones(())))
+    )
+    if not probabilities:
+        raise ValueError(
+            f"The default loss is classification cross-entropy, but the targets are floats of shape "
+            f"{tuple(targets.shape)} that are not class probabilities (a regression?). "
+            f"{_PASS_LOSS_FN}"
+        )
+    warnings.warn(
+        "The default loss reads float targets as class probabilities (soft labels); if that is not "
+        f"what the model is trained on, pass `loss_fn`. {_PASS_LOSS_FN[5:]}",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _is_single_batch(data: Any) -> bool:
@@ -82,7 +134,7 @@ def _detach_inference(batch: Any) -> Any:
     )
 
 
-class HessianOperator:
+class HessianOperator(LinearOperator):
     """Products ``H v`` with the Hessian of the size-weighted mean loss over ``batches``.
 
     ``H = sum_b n_b H_b / sum_b n_b`` where ``H_b`` is the Hessian of batch ``b``'s mean loss, so
@@ -121,10 +173,12 @@ class HessianOperator:
         self.all_reduce = all_reduce
         self.shapes = [p.shape for p in self.params]
         self.numels = [p.numel() for p in self.params]
-        self.dim = sum(self.numels)
         first = self.params[0]
-        self.like = torch.zeros(self.dim, dtype=first.dtype, device=first.device)
-        self.num_hvps = 0
+        # half-precision parameters: the solvers' vectors stay in float32 (orthogonality), products
+        # are taken in the parameters' dtype
+        dtype = first.dtype if first.dtype in (torch.float32, torch.float64) else torch.float32
+        dim = sum(self.numels)
+        super().__init__(dim, torch.zeros(0, dtype=dtype, device=first.device))
         self.nonfinite = False
         self.loss: float | None = None
         self._cached: list[Tensor | None] | None = None
@@ -149,9 +203,8 @@ class HessianOperator:
     def _product(self, grads: list[Tensor | None], vector: Tensor, retain: bool) -> Tensor:
         chunks = torch.split(vector, self.numels)
         used = [i for i, g in enumerate(grads) if g is not None]
-        result = torch.zeros_like(vector)
         if not used:
-            return result
+            return torch.zeros_like(vector)
         products = torch.autograd.grad(
             [grads[i] for i in used],
             self.params,
@@ -159,21 +212,28 @@ class HessianOperator:
             retain_graph=retain,
             allow_unused=True,
         )
-        pieces = [
-            (p.reshape(-1).to(vector) if p is not None else torch.zeros_like(c))
-            for p, c in zip(products, chunks, strict=True)
-        ]
-        return torch.cat(pieces)
+        result = torch.empty_like(vector)
+        pieces = list(products)
+        for index, piece in enumerate(torch.split(result, self.numels)):
+            if pieces[index] is None:
+                piece.zero_()
+            else:
+                piece.copy_(pieces[index].reshape(-1))
+                pieces[index] = None  # free each product once copied: one vector at the peak
+        return result
 
-    def __call__(self, vector: Tensor) -> Tensor:
-        """``H @ vector`` for a flat vector of length :attr:`dim`."""
-        self.num_hvps += 1
-        total = torch.zeros_like(vector)
+    @property
+    def num_hvps(self) -> int:
+        """Hessian-vector products so far."""
+        return self.num_products
+
+    def _matvec(self, vector: Tensor) -> Tensor:
         if len(self.batches) == 1:
             if self._cached is None:
                 self._cached = self._gradients(0)
-            total += self.sizes[0] * self._product(self._cached, vector, retain=True)
+            total = self._product(self._cached, vector, retain=True).mul_(self.sizes[0])
         else:
+            total = torch.zeros_like(vector)
             for index, size in enumerate(self.sizes):
                 total += size * self._product(self._gradients(index), vector, retain=False)
         count = float(sum(self.sizes))
@@ -183,7 +243,7 @@ class HessianOperator:
             total, count, self.nonfinite = packed[:-2], float(packed[-2]), bool(packed[-1] > 0)
         if self.nonfinite:
             return torch.full_like(vector, float("nan"))
-        return total / count
+        return total.div_(count)
 
     def unflatten(self, vector: Tensor) -> list[Tensor]:
         """Split a flat vector into tensors shaped like :attr:`params`."""
@@ -196,19 +256,47 @@ class HessianOperator:
         self._cached = None
 
 
-def resolve_params(model: nn.Module, params: Iterable[Tensor] | None) -> list[Tensor]:
-    """The parameters to differentiate: ``params`` checked against ``model``, or all trainable ones.
+def resolve_params(model: nn.Module, params: ParamsSpec) -> list[Tensor]:
+    """The parameters to differentiate, checked against ``model``.
+
+    ``None`` or ``"all"``: every parameter that requires grad; ``"residual"``: the branch parameters
+    of every :class:`~lightning_shortcut.ResidualStack` in the model (the paper's Hessian); a callable
+    ``model -> parameters``; or the parameters themselves.
 
     Raises:
-        ValueError: if a parameter is not one of the model's, or none requires grad.
+        ValueError: if a parameter is not one of the model's, none requires grad, or
+            ``"residual"`` finds no ResidualStack.
+        TypeError: if ``params`` is none of the above.
     """
-    owned = {id(p) for p in model.parameters()}
-    if params is None:
+    if params is None or params == "all":
         chosen = [p for p in model.parameters() if p.requires_grad]
         if not chosen:
             raise ValueError(f"{type(model).__name__} has no parameter that requires grad.")
         return chosen
-    chosen = list(params)
+    if params == "residual":
+        chosen = residual_parameters(model)
+        if not chosen:
+            raise ValueError(
+                f"params='residual' but {type(model).__name__} contains no ResidualStack; pass "
+                "params='all', a callable or the parameters."
+            )
+        return _checked(model, chosen)
+    if isinstance(params, str):
+        raise ValueError(
+            f"`params` must be 'all', 'residual', a callable or parameters, got {params!r}."
+        )
+    if callable(params) and not isinstance(params, Tensor):
+        return _checked(model, list(params(model)))
+    if isinstance(params, Tensor) or not isinstance(params, Iterable):
+        raise TypeError(
+            "`params` must be 'all', 'residual', a callable or an iterable of parameters, got "
+            f"{type(params).__name__}."
+        )
+    return _checked(model, list(params))
+
+
+def _checked(model: nn.Module, chosen: list[Tensor]) -> list[Tensor]:
+    owned = {id(p) for p in model.parameters()}
     if not chosen:
         raise ValueError("`params` is empty; pass None for all trainable parameters.")
     for index, param in enumerate(chosen):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -13,40 +13,54 @@ import torch
 from torch import Tensor, nn
 
 from lightning_shortcut.hessian._state import autograd_enabled, preserved_state
+from lightning_shortcut.hessian.linear_operator import LinearOperator, NonFiniteProductError
 from lightning_shortcut.hessian.operator import (
     AllReduce,
     HessianOperator,
     LossFn,
+    ParamsSpec,
     cross_entropy_loss,
     normalize_batches,
     resolve_params,
 )
-from lightning_shortcut.hessian.solvers import Extremes, lanczos_extremes, power_extremes
+from lightning_shortcut.hessian.solvers import SOLVERS, EigenResult
 from lightning_shortcut.theory import magnitude_ratio
 
 __all__ = ["METHODS", "HessianSpectrum", "hessian_eigenvalues"]
 
-METHODS = ("lanczos", "power", "pyhessian")
-Method = Literal["lanczos", "power", "pyhessian"]
+#: The registered solvers' names, a live view of :data:`~lightning_shortcut.hessian.SOLVERS`.
+METHODS = SOLVERS.keys()
 Mode = Literal["eval", "train"]
 
 
 @dataclass
 class HessianSpectrum:
-    """The extreme eigenvalues of a loss Hessian.
+    """The extreme eigenvalues of a loss Hessian, with bounds on their errors.
 
     Attributes:
         top: the ``top_k`` largest eigenvalues, descending.
         bottom: the ``bottom_k`` smallest eigenvalues, ascending.
         max: the largest algebraic eigenvalue (``None`` when ``top_k = 0``).
         min: the smallest algebraic eigenvalue (``None`` when ``bottom_k = 0``).
-        min_abs: the smallest ``|eigenvalue|`` (``None`` unless ``min_abs=True``).
-        condition_number: ``max|lambda| / min_abs`` (``inf`` for a singular Hessian, ``nan`` for a
-            zero one; ``None`` unless ``min_abs=True``).
+        min_abs: the smallest ``|eigenvalue|`` (``None`` unless ``min_abs=True``); where not
+            resolved, an upper bound on it.
+        min_abs_resolved: whether ``min_abs`` is known to relative accuracy ``tol``; ``False`` when it
+            is below what the tolerance resolves (``<= tol * max|lambda|``: the Hessian is singular
+            to within ``tol``) or the solver ran out of products (``None`` unless ``min_abs=True``).
+        condition_number: ``max|lambda| / min_abs`` when ``min_abs`` is resolved; ``inf`` when it is
+            below resolution (the condition number is at least about ``1 / tol``); ``nan`` for a
+            zero Hessian (``None`` unless ``min_abs=True``). Where the solver ran out of products, a
+            lower bound (with ``converged=False``).
+        top_errors: for each value of ``top``, a bound on its error (see the solver).
+        bottom_errors: the same for ``bottom``.
+        min_abs_error: a bound on the error of ``min_abs``.
         num_hvps: Hessian-vector products used.
-        converged: whether every requested value met the residual tolerance.
+        converged: whether every requested value met the tolerance.
+        reason: why not, in words (empty when converged).
         seconds: wall time of the call.
         method: the solver used.
+        vectors: the unit eigenvector estimates of ``top`` then ``bottom``, flat over the parameters
+            (pass them as ``start`` to the next call for a warm start).
     """
 
     top: list[float] = field(default_factory=list)
@@ -54,11 +68,40 @@ class HessianSpectrum:
     max: float | None = None
     min: float | None = None
     min_abs: float | None = None
+    min_abs_resolved: bool | None = None
     condition_number: float | None = None
+    top_errors: list[float] = field(default_factory=list)
+    bottom_errors: list[float] = field(default_factory=list)
+    min_abs_error: float | None = None
     num_hvps: int = 0
     converged: bool = True
+    reason: str = ""
     seconds: float = 0.0
     method: str = "lanczos"
+    vectors: list[Tensor] = field(default_factory=list, repr=False, compare=False)
+
+    @classmethod
+    def nan(
+        cls, top_k: int, bottom_k: int, min_abs: bool, method: str, reason: str, num_hvps: int = 0
+    ) -> HessianSpectrum:
+        """The result of a computation that failed: NaN for every requested value."""
+        nan = math.nan
+        return cls(
+            top=[nan] * top_k,
+            bottom=[nan] * bottom_k,
+            max=nan if top_k else None,
+            min=nan if bottom_k else None,
+            min_abs=nan if min_abs else None,
+            min_abs_resolved=False if min_abs else None,
+            condition_number=nan if min_abs else None,
+            top_errors=[nan] * top_k,
+            bottom_errors=[nan] * bottom_k,
+            min_abs_error=nan if min_abs else None,
+            num_hvps=num_hvps,
+            converged=False,
+            reason=reason,
+            method=method,
+        )
 
     def as_dict(self) -> dict[str, float]:
         """Flat ``name -> float`` view for logging (``top_<i>``/``bottom_<i>`` when ``k > 1``)."""
@@ -67,6 +110,7 @@ class HessianSpectrum:
             "min_eigenvalue": self.min,
             "min_abs_eigenvalue": self.min_abs,
             "condition_number": self.condition_number,
+            "min_abs_resolved": self.min_abs_resolved,
         }
         if len(self.top) > 1:
             values.update({f"top_{i}": v for i, v in enumerate(self.top, start=1)})
@@ -88,14 +132,17 @@ def validate_solver_args(
     method: str, top_k: int, bottom_k: int, min_abs: bool, tol: float, max_iter: int | None
 ) -> None:
     """Raise a ``ValueError`` naming the first bad solver argument."""
-    if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}; expected one of {list(METHODS)}.")
+    if method not in SOLVERS:
+        raise ValueError(f"Unknown method {method!r}; expected one of {list(SOLVERS)}.")
     _check_count("top_k", top_k)
     _check_count("bottom_k", bottom_k)
     if top_k == 0 and bottom_k == 0 and not min_abs:
         raise ValueError("Nothing to compute: `top_k` and `bottom_k` are 0 and `min_abs` is False.")
-    if min_abs and method != "lanczos":
-        raise ValueError(f"`min_abs=True` needs method='lanczos', got method={method!r}.")
+    if min_abs and not SOLVERS[method].supports_min_abs:
+        supported = [name for name, spec in SOLVERS.items() if spec.supports_min_abs]
+        raise ValueError(
+            f"`min_abs=True` needs a solver that computes it ({supported}), got method={method!r}."
+        )
     if isinstance(tol, bool) or not isinstance(tol, int | float) or not 0 < tol < 1:
         raise ValueError(f"`tol` must be a float in (0, 1), got {tol!r}.")
     if max_iter is not None and (
@@ -106,10 +153,18 @@ def validate_solver_args(
 
 @contextmanager
 def hessian_context(model: nn.Module, mode: Mode, *, clone_grads: bool = False):
-    """Guard state, enable double backward and put the model in ``mode`` for a computation."""
+    """Guard state, enable double backward and put the model in ``mode`` for a computation.
+
+    Compiled modules (``torch.compile``, whole model or submodules) run eagerly inside: compiled
+    autograd graphs have no double backward, and the eager model computes the same function.
+    """
     if mode not in ("eval", "train"):
         raise ValueError(f"Unknown mode {mode!r}; expected 'eval' or 'train'.")
-    with preserved_state(model, clone_grads=clone_grads), autograd_enabled():
+    with (
+        preserved_state(model, clone_grads=clone_grads),
+        autograd_enabled(),
+        torch.compiler.set_stance("force_eager"),
+    ):
         model.train(mode == "train")
         yield
 
@@ -118,7 +173,7 @@ def build_operator(
     model: nn.Module,
     data: Any,
     loss_fn: LossFn | None,
-    params: Iterable[Tensor] | None,
+    params: ParamsSpec,
     all_reduce: AllReduce | None,
     mode: Mode,
     seed: int,
@@ -137,7 +192,7 @@ def build_operator(
 
 
 def _default_max_iter(dim: int, min_abs: bool) -> int:
-    return min(dim, 1000 if min_abs else 300)
+    return 1000 if min_abs else 300
 
 
 def hessian_eigenvalues(
@@ -145,44 +200,56 @@ def hessian_eigenvalues(
     data: Any,
     loss_fn: LossFn | None = None,
     *,
-    method: Method = "lanczos",
+    method: str = "lanczos",
     top_k: int = 1,
     bottom_k: int = 1,
     min_abs: bool = False,
-    params: Iterable[Tensor] | None = None,
+    params: ParamsSpec = None,
     tol: float = 1e-3,
     max_iter: int | None = None,
     seed: int = 0,
     mode: Mode = "eval",
     all_reduce: AllReduce | None = None,
+    start: Sequence[Tensor] | None = None,
+    solver_options: Mapping[str, Any] | None = None,
 ) -> HessianSpectrum:
     """Top and bottom eigenvalues of the Hessian of ``model``'s mean loss on ``data``.
 
     Nothing about the model or the run changes: every ``.grad``, every buffer, the train/eval mode
     of every submodule and the global RNG states are as they were, and no tensor keeps a graph.
-    Random start vectors come from a private generator seeded with ``seed``.
+    Random start vectors come from a private generator seeded with ``seed``. A compiled model
+    (``torch.compile``) is differentiated eagerly; half-precision parameters give products in their
+    precision (expect about 2-3 correct digits in bfloat16, whatever ``tol``).
 
     Args:
         model: the model.
         data: one batch ``(inputs, targets)`` or an iterable of batches; the Hessian is that of the
             mean loss over all samples (batches weighted by size).
         loss_fn: ``loss_fn(model, batch) -> scalar`` mean loss of a batch; default: cross-entropy of
-            ``model(inputs)`` against ``targets``.
-        method: ``"lanczos"`` (full reorthogonalization; the default and the fastest),
-            ``"power"`` (power iteration on ``H +- s I``) or ``"pyhessian"`` (pyhessian's power
-            iteration on shifted losses; see :mod:`lightning_shortcut.hessian.pyhessian_backend`).
+            ``model(inputs)`` (a tensor of logits) against ``targets`` (class indices or class
+            probabilities).
+        method: a solver registered in :data:`~lightning_shortcut.hessian.SOLVERS`: ``"lanczos"``
+            (thick-restart Lanczos; the default and the fastest), ``"power"`` (power iteration on
+            ``H +- s I``), ``"pyhessian"`` (pyhessian's power iteration, wrapped) or your own.
         top_k: number of largest eigenvalues.
         bottom_k: number of smallest eigenvalues.
-        min_abs: also compute the smallest ``|eigenvalue|`` and the condition number (Lanczos only).
-        params: the parameters to take the Hessian over (for instance
-            :func:`~lightning_shortcut.residual_parameters`); default: all that require grad.
-        tol: residual tolerance relative to the largest ``|eigenvalue|``: a value is converged when
-            ``||H y - theta y|| <= tol * max|lambda|``, which bounds its error by the same amount.
+        min_abs: also compute the smallest ``|eigenvalue|`` and the condition number (solvers that
+            support it: ``"lanczos"``).
+        params: the parameters to take the Hessian over: ``None``/``"all"`` (all that require grad),
+            ``"residual"`` (the ResidualStack branches, the paper's Hessian), a callable
+            ``model -> parameters`` or the parameters themselves.
+        tol: the accuracy asked for: every returned eigenvalue is within ``tol * max|lambda|`` of the
+            true one (by the solver's error bound, reported in ``top_errors``/``bottom_errors``);
+            ``min_abs`` is resolved to relative accuracy ``tol`` or reported as below resolution.
         max_iter: products per eigenvalue run (default ``min(dim, 300)``, ``1000`` with ``min_abs``).
         seed: seed of the private generator for start vectors.
         mode: ``"eval"`` (default; dropout off, BatchNorm on running statistics) or ``"train"``
             (buffers are restored afterwards, dropout masks are fixed for the call).
         all_reduce: sum across processes for distributed data (see :class:`HessianOperator`).
+        start: start vectors for a warm start, such as a previous result's ``vectors``.
+        solver_options: extra keyword arguments for the solver, e.g. ``{"max_basis": 10}`` for
+            ``"lanczos"`` (the basis vectors held; the call's extra memory is about this many
+            parameter vectors, default 20).
 
     Returns:
         A :class:`HessianSpectrum`. A non-finite loss gives NaN values with ``converged=False``.
@@ -194,60 +261,118 @@ def hessian_eigenvalues(
 
     Example::
 
-        spectrum = hessian_eigenvalues(model, (x, y), top_k=2, params=residual_parameters(model))
-        spectrum.max, spectrum.min
+        spectrum = hessian_eigenvalues(model, (x, y), top_k=2, params="residual")
+        spectrum.max, spectrum.min, spectrum.top_errors
     """
-    validate_solver_args(method, top_k, bottom_k, min_abs, tol, max_iter)
-    start = time.perf_counter()
-    generator = torch.Generator().manual_seed(seed)
-    with hessian_context(model, mode, clone_grads=method == "pyhessian"):
-        operator = build_operator(model, data, loss_fn, params, all_reduce, mode, seed)
-        iterations = max_iter or _default_max_iter(operator.dim, min_abs)
-        try:
-            if method == "pyhessian":
-                from lightning_shortcut.hessian.pyhessian_backend import pyhessian_extremes
+    return solve_hessian(
+        model, data, loss_fn, method=method, top_k=top_k, bottom_k=bottom_k, min_abs=min_abs,
+        params=params, tol=tol, max_iter=max_iter, seed=seed, mode=mode, all_reduce=all_reduce,
+        start=start, solver_options=solver_options,
+    )  # fmt: skip
 
-                extremes = pyhessian_extremes(operator, top_k, bottom_k, tol, iterations)
-            elif method == "power":
-                extremes = power_extremes(
-                    operator, operator.dim, operator.like, generator,
-                    top_k=top_k, bottom_k=bottom_k, tol=tol, max_iter=iterations,
-                )  # fmt: skip
-            else:
-                extremes = lanczos_extremes(
-                    operator, operator.dim, operator.like, generator,
-                    top_k=top_k, bottom_k=bottom_k, min_abs=min_abs, tol=tol, max_iter=iterations,
-                )  # fmt: skip
+
+def solve_hessian(
+    model: nn.Module,
+    data: Any,
+    loss_fn: LossFn | None = None,
+    *,
+    method: str = "lanczos",
+    top_k: int = 1,
+    bottom_k: int = 1,
+    min_abs: bool = False,
+    params: ParamsSpec = None,
+    tol: float = 1e-3,
+    max_iter: int | None = None,
+    seed: int = 0,
+    mode: Mode = "eval",
+    all_reduce: AllReduce | None = None,
+    start: Sequence[Tensor] | None = None,
+    solver_options: Mapping[str, Any] | None = None,
+    transform: Callable[[HessianOperator], LinearOperator] | None = None,
+) -> HessianSpectrum:
+    """:func:`hessian_eigenvalues` on ``transform(H)`` (for instance a preconditioned Hessian)."""
+    validate_solver_args(method, top_k, bottom_k, min_abs, tol, max_iter)
+    spec = SOLVERS[method]
+    begin = time.perf_counter()
+    generator = torch.Generator().manual_seed(seed)
+    with hessian_context(model, mode, clone_grads=spec.touches_grads):
+        operator = build_operator(model, data, loss_fn, params, all_reduce, mode, seed)
+        try:
+            result = spec.solve(
+                transform(operator) if transform is not None else operator,
+                generator=generator,
+                top_k=top_k,
+                bottom_k=bottom_k,
+                min_abs=min_abs,
+                tol=tol,
+                max_iter=max_iter or _default_max_iter(operator.dim, min_abs),
+                start=_start_vectors(start, operator.dim),
+                **dict(solver_options or {}),
+            )
+        except NonFiniteProductError:
+            result = None
         finally:
             operator.release()
-        num_hvps = operator.num_hvps
-        nonfinite = operator.nonfinite
-    return _assemble(extremes, method, min_abs, num_hvps, nonfinite, time.perf_counter() - start)
+    seconds = time.perf_counter() - begin
+    if result is None:
+        return HessianSpectrum.nan(
+            top_k, bottom_k, min_abs, method, "non-finite loss or Hessian-vector product",
+            operator.num_hvps,
+        )  # fmt: skip
+    return _assemble(result, method, min_abs, tol, operator.num_hvps, seconds)
+
+
+def _start_vectors(start: Sequence[Tensor] | None, dim: int) -> list[Tensor] | None:
+    if start is None:
+        return None
+    vectors = [start] if isinstance(start, Tensor) else list(start)
+    for index, vector in enumerate(vectors):
+        if not isinstance(vector, Tensor) or vector.numel() != dim:
+            shape = tuple(getattr(vector, "shape", ()))
+            raise ValueError(
+                f"`start[{index}]` must be a flat vector of the {dim} parameters, got shape {shape}."
+            )
+    return [vector.reshape(-1).detach() for vector in vectors] or None
+
+
+def _sorted(values: list[float], errors: list[float], vectors: list[Tensor], descending: bool):
+    order = sorted(range(len(values)), key=lambda i: values[i], reverse=descending)
+    return (
+        [values[i] for i in order],
+        [errors[i] for i in order],
+        [vectors[i].detach() for i in order if i < len(vectors)],
+    )
 
 
 def _assemble(
-    extremes: Extremes, method: str, min_abs: bool, num_hvps: int, nonfinite: bool, seconds: float
+    result: EigenResult, method: str, min_abs: bool, tol: float, num_hvps: int, seconds: float
 ) -> HessianSpectrum:
-    nan = math.nan
-    top = sorted(extremes.top, reverse=True) if not nonfinite else [nan] * len(extremes.top)
-    bottom = sorted(extremes.bottom) if not nonfinite else [nan] * len(extremes.bottom)
-    smallest = extremes.min_abs if min_abs else None
-    condition = None
+    top, top_errors, top_vectors = _sorted(
+        result.top, result.top_errors, result.top_vectors, descending=True
+    )
+    bottom, bottom_errors, bottom_vectors = _sorted(
+        result.bottom, result.bottom_errors, result.bottom_vectors, descending=False
+    )
+    resolved = condition = None
     if min_abs:
-        largest = extremes.scale
-        if nonfinite or smallest is None or math.isnan(smallest) or math.isnan(largest):
-            smallest, condition = nan, nan
-        else:
-            condition = magnitude_ratio(largest, smallest)
+        smallest, error, largest = result.min_abs, result.min_abs_error, result.scale
+        resolved = smallest > tol * largest and error <= tol * smallest
+        condition = magnitude_ratio(largest, smallest, atol=tol * largest)
     return HessianSpectrum(
         top=top,
         bottom=bottom,
         max=top[0] if top else None,
         min=bottom[0] if bottom else None,
-        min_abs=smallest,
+        min_abs=result.min_abs if min_abs else None,
+        min_abs_resolved=resolved,
         condition_number=condition,
+        top_errors=top_errors,
+        bottom_errors=bottom_errors,
+        min_abs_error=result.min_abs_error if min_abs else None,
         num_hvps=num_hvps,
-        converged=extremes.converged and not nonfinite,
+        converged=result.converged,
+        reason=result.reason,
         seconds=seconds,
         method=method,
+        vectors=top_vectors + bottom_vectors,
     )

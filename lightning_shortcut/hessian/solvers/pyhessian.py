@@ -1,8 +1,9 @@
-"""The ``method="pyhessian"`` backend: pyhessian 0.1's power iteration, wrapped so it has no side effects.
+"""The ``method="pyhessian"`` solver: pyhessian 0.1's power iteration, wrapped so it has no side effects.
 
 pyhessian calls ``.backward(create_graph=True)`` (graph-holding ``.grad``), calls ``model.eval()``
 and never restores train mode, and draws start vectors from the global RNG. Here it runs inside
-:func:`~lightning_shortcut.hessian.spectrum.hessian_context` with gradients cloned, so none of that
+:func:`~lightning_shortcut.hessian.spectrum.hessian_context` with gradients cloned (it is
+registered with ``touches_grads=True``), so none of that
 survives the call, and it sees a stand-in module whose output is our loss, so any ``loss_fn`` and
 parameter subset work.
 
@@ -22,13 +23,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from lightning_shortcut.hessian.linear_operator import LinearOperator, check_finite
 from lightning_shortcut.hessian.operator import HessianOperator
-from lightning_shortcut.hessian.solvers import Extremes
+from lightning_shortcut.hessian.solvers.base import EigenResult, register_solver
 
 
 class _BatchRef:
@@ -131,30 +133,57 @@ def _flat(vectors: list[Tensor], like: Tensor) -> Tensor:
     return torch.cat([v.reshape(-1) for v in vectors]).to(like).detach()
 
 
-def pyhessian_extremes(
-    operator: HessianOperator, top_k: int, bottom_k: int, tol: float, max_iter: int
-) -> Extremes:
-    """Top and bottom eigenvalues with pyhessian's solver on ``H +- s I``; see the module docstring."""
-    result = Extremes()
+@register_solver(
+    "pyhessian",
+    touches_grads=True,
+    description="pyhessian 0.1's power iteration on shifted losses, wrapped (a baseline)",
+)
+def pyhessian_power_iteration(
+    operator: LinearOperator,
+    *,
+    generator: torch.Generator,
+    top_k: int,
+    bottom_k: int,
+    min_abs: bool = False,
+    tol: float,
+    max_iter: int,
+    start: Sequence[Tensor] | None = None,
+) -> EigenResult:
+    """Top and bottom eigenvalues with pyhessian's solver on ``H +- s I``; see the module docstring.
+
+    pyhessian draws its own start vectors (from the global RNG, restored afterwards); ``generator``
+    and ``start`` are not used. Errors are bounded by the residuals of its vectors.
+    """
+    if not isinstance(operator, HessianOperator):
+        raise TypeError(
+            "method='pyhessian' needs a model's Hessian (a HessianOperator), got "
+            f"{type(operator).__name__}; use method='lanczos' or 'power' for other operators."
+        )
     dominant, _, products = _run_pyhessian(operator, 0.0, 1, tol, max_iter)
     total_products = products
     rho = abs(dominant[0])
-    result.scale = rho
-    for count, sign, values in ((top_k, 1.0, result.top), (bottom_k, -1.0, result.bottom)):
+    check_finite(torch.tensor(rho))
+    if rho == 0.0:
+        operator.num_products += total_products
+        return EigenResult.zeros(top_k, bottom_k, min_abs=False)
+    result = EigenResult(scale=rho)
+    for count, sign, values, errors in (
+        (top_k, 1.0, result.top, result.top_errors),
+        (bottom_k, -1.0, result.bottom, result.bottom_errors),
+    ):
         if count == 0:
             continue
-        if rho == 0.0:
-            values.extend([0.0] * count)
-            continue
-        shift = 1.1 * rho
-        _, vectors, products = _run_pyhessian(operator, sign * shift, count, tol, max_iter)
+        _, vectors, products = _run_pyhessian(operator, sign * 1.1 * rho, count, tol, max_iter)
         total_products += products
         for vector in vectors:
             flat = _flat(vector, operator.like)
             flat = flat / flat.norm()
-            product = operator(flat)
+            product = check_finite(operator(flat))
             theta = float(flat @ product)
+            residual = float((product - theta * flat).norm())
             values.append(theta)
-            result.converged &= float((product - theta * flat).norm()) <= tol * rho
-    operator.num_hvps += total_products
+            errors.append(residual)
+            if residual > tol * rho:
+                result.fail(f"pyhessian's vectors have residuals above tol={tol}")
+    operator.num_products += total_products
     return result

@@ -1,0 +1,346 @@
+"""Thick-restart Lanczos with full reorthogonalization, error bounds and locking.
+
+Memory is bounded: the basis holds at most ``max_basis`` vectors. When it is full, the Ritz vectors
+nearest the wanted ends are kept and the rest dropped (thick restart: Wu and Simon, "Thick-restart
+Lanczos method for large symmetric eigenvalue problems", SIAM J. Matrix Anal. Appl. 22, 2000; the
+scheme of TRLan and, in Krylov-Schur form, ARPACK's successors). With full reorthogonalization the
+projected matrix ``T = V^T A V`` is kept dense, which covers the arrowhead a restart leaves.
+
+Stopping rule: ``tol`` bounds the *error of the returned eigenvalues*, relative to ``max|lambda|``.
+For a Ritz pair ``(theta, y)`` with residual ``rho = ||A y - theta y||`` there is an eigenvalue within
+``rho`` of ``theta``; once the neighbouring Ritz value ``theta'`` (residual ``rho'``) is separated from
+it (``|theta - theta'| - rho' > rho``), the Kato-Temple inequality tightens this to
+``rho^2 / (|theta - theta'| - rho')`` (Parlett, "The Symmetric Eigenvalue Problem", ch. 10-11). Both
+assume, as every Krylov method must, that no eigenvalue beyond the extreme Ritz values is missing from
+the Krylov space; in a cluster of eigenvalues closer together than ``tol * max|lambda|`` a neighbour
+of the wanted one may be returned in its place. The bound is reported per value and the run stops as soon as every requested value
+is within ``tol * max|lambda|``.
+
+The smallest ``|eigenvalue|`` is found through ``A^2``: with ``A V_{m-1} = V_m G`` (``G`` is ``T``'s
+first ``m - 1`` columns), the smallest singular value ``sigma`` of ``G`` is the Rayleigh-Ritz value of
+``A^2`` (``sigma >= min|lambda|``), and ``T`` with the residual norm gives ``A^2 y`` exactly, hence
+its residual and the same two bounds. Finding the smallest magnitude is an interior problem, which
+thick restarts serve poorly (kept Ritz vectors of ``A`` lose the directions near zero), so a run that
+wants ``min_abs`` does not restart: its basis grows, by doubling, up to ``max_iter`` vectors.
+``min_abs`` is *resolved* when its error is at most
+``tol * sigma`` (so the condition number is right to about ``tol``); it is *below resolution* as soon
+as ``sigma <= tol * max|lambda|``: the operator is singular to within the tolerance, and the
+condition number is reported as ``inf`` (at least ``1 / tol``) instead of a number that would only
+echo ``tol``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lightning_shortcut.hessian.linear_operator import LinearOperator, check_finite
+from lightning_shortcut.hessian.solvers._vectors import stack_rows, start_vector
+from lightning_shortcut.hessian.solvers.base import EigenResult, register_solver
+
+__all__ = ["DEFAULT_MAX_BASIS", "LanczosProcess", "lanczos"]
+
+#: Basis vectors kept by default: the extra memory of a call is about this many parameter vectors.
+DEFAULT_MAX_BASIS = 20
+# Rotating the basis at a restart works on column blocks of this many entries, so the restart needs
+# no second basis-sized buffer.
+_ROTATE_BLOCK = 1 << 16
+
+
+class LanczosProcess:
+    """The Lanczos process with full reorthogonalization on a preallocated, restartable basis.
+
+    After each :meth:`step`, ``A V = V T + r e_m^T`` holds with ``V`` = :attr:`basis` (rows),
+    ``T`` = :attr:`projected` and ``r`` = :attr:`residual` (``||r||`` = :attr:`beta`).
+
+    Args:
+        operator: the symmetric operator.
+        start: a unit start vector, orthogonal to ``locked``.
+        buffer: ``capacity x dim`` storage for the basis (reused across runs).
+        locked: rows the process stays orthogonal to (eigenvectors already found).
+    """
+
+    def __init__(
+        self, operator: LinearOperator, start: Tensor, buffer: Tensor, locked: Tensor
+    ) -> None:
+        self.operator = operator
+        self.buffer = buffer
+        self.locked = locked
+        self.capacity = buffer.shape[0]
+        self.size = 0
+        self.residual = start
+        self.beta = 1.0
+        self._projected = torch.zeros(self.capacity, self.capacity, dtype=torch.float64)
+
+    @property
+    def basis(self) -> Tensor:
+        return self.buffer[: self.size]
+
+    @property
+    def projected(self) -> Tensor:
+        """``T = V^T A V`` (float64)."""
+        return self._projected[: self.size, : self.size]
+
+    def step(self) -> None:
+        """Add the normalized residual to the basis and apply the operator to it (one product).
+
+        Raises:
+            NonFiniteProductError: if the product is not finite.
+        """
+        vector = torch.div(self.residual, self.beta, out=self.buffer[self.size])
+        self.size += 1
+        product = check_finite(self.operator(vector))
+        basis = self.basis
+        coefficients = torch.zeros(self.size, dtype=torch.float64)
+        for _ in range(2):  # twice is enough
+            projection = basis @ product
+            product = torch.addmv(product, basis.T, projection, alpha=-1)
+            coefficients += projection.double().cpu()
+            if self.locked.shape[0]:
+                product = torch.addmv(product, self.locked.T, self.locked @ product, alpha=-1)
+        last = self.size - 1
+        self._projected[: self.size, last] = coefficients
+        self._projected[last, : self.size] = coefficients
+        self.residual = product
+        self.beta = float(product.norm())
+
+    def ritz(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Ritz values (ascending), their coordinate vectors (columns) and residual norms."""
+        values, vectors = torch.linalg.eigh(self.projected)
+        return values, vectors, self.beta * vectors[-1].abs()
+
+    def ritz_vector(self, coordinates: Tensor) -> Tensor:
+        vector = coordinates.to(self.buffer) @ self.basis
+        return vector / vector.norm()
+
+    def grow(self, capacity: int) -> None:
+        """Enlarge the basis storage to ``capacity`` vectors (a copy; only ``min_abs`` runs grow)."""
+        buffer = self.buffer.new_empty(capacity, self.buffer.shape[1])
+        buffer[: self.size] = self.basis
+        projected = torch.zeros(capacity, capacity, dtype=torch.float64)
+        projected[: self.size, : self.size] = self.projected
+        self.buffer, self._projected, self.capacity = buffer, projected, capacity
+
+    def restart(self, coordinates: Tensor, values: Tensor) -> None:
+        """Keep the Ritz vectors ``V coordinates`` (columns) with Ritz values ``values``."""
+        keep = coordinates.shape[1]
+        rotation = coordinates.T.to(self.buffer)
+        for begin in range(0, self.buffer.shape[1], _ROTATE_BLOCK):
+            block = self.buffer[: self.size, begin : begin + _ROTATE_BLOCK]
+            self.buffer[:keep, begin : begin + _ROTATE_BLOCK] = rotation @ block
+        self._projected.zero_()
+        self._projected[:keep, :keep] = torch.diag(values)
+        self.size = keep  # A Y = Y diag(values) + r s^T: the next step adds r / beta
+
+
+def _error_bound(residual: float, gap: float) -> float:
+    """Kato-Temple where the gap is reliable (larger than the residual), else the residual."""
+    return min(residual, residual**2 / gap) if gap > residual else residual
+
+
+def _end_errors(values: Tensor, residuals: Tensor) -> tuple[float, float]:
+    """Error bounds of the largest and the smallest Ritz value."""
+    top_residual, bottom_residual = float(residuals[-1]), float(residuals[0])
+    if values.numel() < 2:
+        return top_residual, bottom_residual
+    top_gap = float(values[-1] - values[-2] - residuals[-2])
+    bottom_gap = float(values[1] - residuals[1] - values[0])
+    return _error_bound(top_residual, top_gap), _error_bound(bottom_residual, bottom_gap)
+
+
+def _min_abs_estimate(projected: Tensor, beta: float) -> tuple[float, float] | None:
+    """``(sigma, error)``: the Rayleigh-Ritz estimate of ``min|lambda|`` through ``A^2`` and a bound.
+
+    ``sigma`` is an upper bound on ``min|lambda|``; ``sigma - error`` a lower bound (see the module
+    docstring).
+    """
+    size = projected.shape[0]
+    if size < 2:
+        return None
+    full = torch.zeros(size + 1, size, dtype=torch.float64)
+    full[:size] = projected
+    full[size, size - 1] = beta
+    previous = full[:size, : size - 1]  # A V_{m-1} = V_m previous
+    _, singular_values, right = torch.linalg.svd(previous, full_matrices=False)
+
+    def pair(index: int) -> tuple[float, float]:
+        sigma, coordinates = float(singular_values[index]), right[index]
+        squared = full @ (previous @ coordinates)  # A^2 y in the basis V_{m+1}
+        squared[: size - 1] -= sigma**2 * coordinates
+        return sigma, float(squared.norm())
+
+    sigma, residual = pair(-1)
+    gap = math.inf
+    if singular_values.numel() >= 2:
+        neighbour, neighbour_residual = pair(-2)
+        gap = neighbour**2 - neighbour_residual - sigma**2
+    squared_error = _error_bound(residual, gap) if math.isfinite(gap) else residual
+    lower = math.sqrt(max(sigma**2 - squared_error, 0.0))
+    return sigma, sigma - lower
+
+
+def _restart_coordinates(
+    values: Tensor, vectors: Tensor, ends: Sequence[str], count: int
+) -> tuple[Tensor, Tensor]:
+    """The Ritz coordinates to keep: ``count`` of them, taken in turn from each wanted end."""
+    orders = {
+        "top": torch.argsort(values, descending=True),
+        "bottom": torch.argsort(values),
+        "min_abs": torch.argsort(values.abs()),
+    }
+    chosen: list[int] = []
+    position = 0
+    while len(chosen) < count:
+        for end in ends:
+            index = int(orders[end][position])
+            if index not in chosen and len(chosen) < count:
+                chosen.append(index)
+        position += 1
+    chosen.sort()
+    return vectors[:, chosen], values[chosen]
+
+
+@dataclass
+class _Run:
+    """One Lanczos run's answer at both ends (and ``min_abs``)."""
+
+    largest: float = math.nan
+    smallest: float = math.nan
+    top_vector: Tensor | None = None
+    bottom_vector: Tensor | None = None
+    top_error: float = math.inf
+    bottom_error: float = math.inf
+    min_abs: float | None = None
+    min_abs_error: float | None = None
+    scale: float = 0.0
+    converged: bool = False
+    size: int = 0
+
+
+def _run(
+    operator: LinearOperator,
+    start: Tensor,
+    buffer: Tensor,
+    locked: Tensor,
+    *,
+    ends: Sequence[str],
+    tol: float,
+    max_iter: int,
+) -> _Run:
+    """One restarted Lanczos run on the complement of ``locked``, until the wanted ends converge."""
+    room = operator.dim - locked.shape[0]
+    process = LanczosProcess(operator, start, buffer[: min(buffer.shape[0], room)], locked)
+    keep = max(1, process.capacity // 2)
+    # no bound is tighter than the products' rounding (float32 models: about 5e-7 relative)
+    floor = 4 * torch.finfo(operator.like.dtype).eps
+    run = _Run()
+    for products in range(1, max_iter + 1):
+        process.step()
+        values, vectors, residuals = process.ritz()
+        run.scale = float(values.abs().max())
+        exact = process.beta <= 1e-12 * max(run.scale, 1e-300) or process.size == room
+        if exact:  # an invariant subspace: the Ritz values are eigenvalues
+            residuals = torch.zeros_like(residuals)
+        run.top_error, run.bottom_error = (
+            max(error, floor * run.scale) for error in _end_errors(values, residuals)
+        )
+        threshold = tol * run.scale
+        done = ("top" not in ends or run.top_error <= threshold) and (
+            "bottom" not in ends or run.bottom_error <= threshold
+        )
+        if "min_abs" in ends:
+            if exact:
+                run.min_abs, run.min_abs_error = float(values.abs().min()), 0.0
+            else:
+                estimate = _min_abs_estimate(process.projected, process.beta)
+                run.min_abs, run.min_abs_error = estimate or (math.inf, math.inf)
+            below_resolution = run.min_abs <= threshold
+            done = done and (below_resolution or run.min_abs_error <= tol * run.min_abs)
+        run.converged = done or exact
+        if run.converged or products == max_iter:
+            break
+        if process.size < process.capacity:
+            continue
+        if "min_abs" in ends:  # an interior problem: restarts lose it, so the basis grows
+            process.grow(min(2 * process.capacity, room, max_iter + 1))
+        else:
+            process.restart(*_restart_coordinates(values, vectors, ends, keep))
+    run.largest, run.smallest = float(values[-1]), float(values[0])
+    run.top_vector = process.ritz_vector(vectors[:, -1])
+    run.bottom_vector = process.ritz_vector(vectors[:, 0])
+    run.size = process.size
+    return run
+
+
+@register_solver(
+    "lanczos",
+    supports_min_abs=True,
+    description="thick-restart Lanczos with full reorthogonalization and locking (the default)",
+)
+def lanczos(
+    operator: LinearOperator,
+    *,
+    generator: torch.Generator,
+    top_k: int,
+    bottom_k: int,
+    min_abs: bool,
+    tol: float,
+    max_iter: int,
+    start: Sequence[Tensor] | None = None,
+    max_basis: int = DEFAULT_MAX_BASIS,
+) -> EigenResult:
+    """Top-k and bottom-k eigenvalues by restarted Lanczos runs with locking.
+
+    Each run converges only the current extremes and locks their Ritz vectors; the next run starts
+    from a fresh vector orthogonal to everything locked. A single Krylov space holds one copy of a
+    repeated eigenvalue, so locking one pair per run is what finds multiplicities (at the paper's zero
+    point every eigenvalue is repeated ``num_units * width`` times). ``start`` vectors (a previous
+    call's eigenvectors) seed the first run, mixed with a random vector. ``max_iter`` bounds the
+    products of each run; ``max_basis`` the vectors held (``>= 3``), except in the run that finds
+    ``min_abs``, whose basis grows up to ``max_iter`` vectors (see the module docstring).
+    """
+    if isinstance(max_basis, bool) or not isinstance(max_basis, int) or max_basis < 3:
+        raise ValueError(f"`max_basis` must be an int >= 3, got {max_basis!r}.")
+    like = operator.like
+    buffer = like.new_empty(min(max_basis, operator.dim, max_iter + 1), operator.dim)
+    result = EigenResult()
+    locked: list[Tensor] = []
+    first = True
+    while first or len(result.top) < top_k or len(result.bottom) < bottom_k:
+        want_top, want_bottom = len(result.top) < top_k, len(result.bottom) < bottom_k
+        if operator.dim - len(locked) <= 0:
+            break
+        ends = [
+            end
+            for end, wanted in (
+                ("top", want_top or (first and min_abs)),
+                ("bottom", want_bottom or (first and min_abs)),
+                ("min_abs", first and min_abs),
+            )
+            if wanted
+        ]
+        against = stack_rows(locked, like, operator.dim)
+        begin = start_vector(operator.dim, like, generator, against, start if first else None)
+        run = _run(operator, begin, buffer, against, ends=ends, tol=tol, max_iter=max_iter)
+        if not run.converged:
+            result.fail(f"not converged to tol={tol} within max_iter={max_iter} products")
+        result.scale = max(result.scale, run.scale)
+        if first and min_abs:
+            result.min_abs, result.min_abs_error = run.min_abs, run.min_abs_error
+        first = False
+        if want_top:
+            result.top.append(run.largest)
+            result.top_errors.append(run.top_error)
+            result.top_vectors.append(run.top_vector)
+            locked.append(run.top_vector)
+        if want_bottom:
+            result.bottom.append(run.smallest)
+            result.bottom_errors.append(run.bottom_error)
+            result.bottom_vectors.append(run.bottom_vector)
+            if not want_top or run.size > 1:  # a one-vector run has a single Ritz vector
+                locked.append(run.bottom_vector)
+    return result

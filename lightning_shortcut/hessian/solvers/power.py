@@ -1,0 +1,105 @@
+"""Shifted power iteration with deflation: the simple baseline the Lanczos solver is measured against."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from lightning_shortcut.hessian.linear_operator import LinearOperator, check_finite
+from lightning_shortcut.hessian.solvers._vectors import (
+    orthogonalize,
+    random_unit_vector,
+    stack_rows,
+)
+from lightning_shortcut.hessian.solvers.base import EigenResult, register_solver
+
+__all__ = ["power_iteration"]
+
+
+def _normalized(vector: Tensor) -> Tensor:
+    norm = vector.norm()
+    return vector / norm if float(norm) > 0 else vector
+
+
+def _shifted_power_iteration(
+    operator: LinearOperator,
+    start: Tensor,
+    shift: float,
+    locked: Tensor,
+    threshold: float,
+    max_iter: int,
+) -> tuple[float, Tensor, float, bool]:
+    """Power iteration on ``A + shift * I`` on the complement of ``locked``.
+
+    Returns the Rayleigh quotient of ``A`` at the final vector, the vector, its residual
+    ``||A v - theta v||`` (a bound on the error of ``theta``) and whether that reached ``threshold``.
+    """
+    vector = _normalized(orthogonalize(start, locked))
+    theta, residual = math.nan, math.inf
+    for _ in range(max_iter):
+        product = check_finite(operator(vector))
+        theta = float(vector @ product)
+        residual = float((product - theta * vector).norm())
+        if residual <= threshold:
+            return theta, vector, residual, True
+        vector = _normalized(orthogonalize(product + shift * vector, locked))
+    return theta, vector, residual, False
+
+
+@register_solver("power", description="power iteration on A +- s I with deflation (a baseline)")
+def power_iteration(
+    operator: LinearOperator,
+    *,
+    generator: torch.Generator,
+    top_k: int,
+    bottom_k: int,
+    min_abs: bool = False,
+    tol: float,
+    max_iter: int,
+    start: Sequence[Tensor] | None = None,
+) -> EigenResult:
+    """Top-k and bottom-k eigenvalues by power iteration on shifted operators, with deflation.
+
+    A first power iteration estimates ``rho = max|lambda|`` (from ``||A v||``, which converges even
+    for a symmetric ``+-sigma`` spectrum where the Rayleigh quotient does not). Then the largest
+    eigenvalue is the dominant one of ``A + s I`` and the smallest that of ``A - s I``,
+    ``s = 1.1 rho``. Each further eigenvalue is found on the complement of the ones already found.
+    Errors are bounded by the residuals (no gap is known). ``start`` is not used.
+    """
+    dim, like = operator.dim, operator.like
+    vector = random_unit_vector(dim, like, generator)
+    rho = 0.0
+    norm_tol = max(tol, 1e-3)
+    for _ in range(max_iter):
+        product = check_finite(operator(vector))
+        estimate = float(product.norm())
+        if estimate == 0.0:
+            break
+        vector = product / estimate
+        settled = abs(estimate - rho) <= norm_tol * estimate
+        rho = estimate
+        if settled:
+            break
+    if rho == 0.0:  # A v = 0 for a random v: the operator is (numerically) zero
+        return EigenResult.zeros(top_k, bottom_k, min_abs=False)
+    result = EigenResult(scale=rho)
+    shift = 1.1 * rho
+    for count, sign, values, vectors, errors in (
+        (top_k, 1.0, result.top, result.top_vectors, result.top_errors),
+        (bottom_k, -1.0, result.bottom, result.bottom_vectors, result.bottom_errors),
+    ):
+        for _ in range(count):
+            against = stack_rows(vectors, like, dim)
+            begin = random_unit_vector(dim, like, generator, against)
+            theta, found, residual, converged = _shifted_power_iteration(
+                operator, begin, sign * shift, against, tol * rho, max_iter
+            )
+            if not converged:
+                result.fail(f"not converged to tol={tol} within max_iter={max_iter} products")
+            values.append(theta)
+            vectors.append(found)
+            errors.append(residual)
+    return result
