@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -11,7 +11,7 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
@@ -22,12 +22,6 @@ from lightning_shortcut.callbacks._hessian_batch import (
     stage_dataloader,
 )
 from lightning_shortcut.callbacks._schedule import DEFAULT_MAX_OVERHEAD, ScheduledMonitor
-from lightning_shortcut.callbacks._spectrum import (
-    ParamsSpec,
-    check_params,
-    nan_spectrum,
-    resolve_params,
-)
 from lightning_shortcut.hessian.operator import cross_entropy_loss
 from lightning_shortcut.hessian.spectrum import (
     HessianSpectrum,
@@ -38,6 +32,7 @@ from lightning_shortcut.hessian.spectrum import (
 __all__ = ["DEFAULT_MAX_OVERHEAD", "HessianEigenvalueMonitor"]
 
 LossFn = Callable[[pl.LightningModule, Any], Tensor]
+ParamsSpec = Literal["all", "residual"] | Callable[[nn.Module], Iterable[Tensor]] | None
 # values of a measurement that are not eigenvalues: NaN there is no reason to warn
 _BOOKKEEPING = ("seconds", "num_hvps", "converged")
 
@@ -197,7 +192,10 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         validate_solver_args(
             self.method, self.top_k, self.bottom_k, self.min_abs, self.tol, self.max_iter
         )
-        check_params(self.params)
+        if not (self.params is None or self.params in ("all", "residual") or callable(self.params)):
+            raise ValueError(
+                f"`params` must be None, 'all', 'residual' or a callable, got {self.params!r}."
+            )
         check_choice("mode", self.mode, ("eval", "train"))
         if self.data is not None and not isinstance(self.data, DataLoader | pl.LightningDataModule):
             raise TypeError(
@@ -277,7 +275,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
                 top_k=self.top_k,
                 bottom_k=self.bottom_k,
                 min_abs=self.min_abs,
-                params=resolve_params(self.params, pl_module),
+                params=self.params,
                 tol=self.tol,
                 max_iter=self.max_iter,
                 seed=self.seed,
@@ -291,7 +289,9 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
                 f"HessianEigenvalueMonitor could not compute the spectrum at step "
                 f"{trainer.global_step}: {error}",
             )
-            return nan_spectrum(self.top_k, self.bottom_k, self.min_abs, self.method)
+            return HessianSpectrum.nan(
+                self.top_k, self.bottom_k, self.min_abs, self.method, reason=str(error)
+            )
 
     def _collect_metrics(self, trainer: pl.Trainer, spectrum: HessianSpectrum) -> dict[str, float]:
         """Every value a measurement logs, by name without prefix: the one place to add one (and
