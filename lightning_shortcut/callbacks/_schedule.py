@@ -32,7 +32,8 @@ class ScheduledMonitor(Callback):
     ``trainer.test``. :attr:`history`, the last measured step and the budget are kept in checkpoints.
 
     A subclass implements :meth:`_prepare` (called at the start of each stage, booked to the
-    monitor) and :meth:`_measure_and_log`, which appends a record to :attr:`history`.
+    monitor in fit) and :meth:`_measure_and_log`, which appends a record to :attr:`history`, and may
+    implement :meth:`_on_fit_started`.
 
     Args:
         every_n_steps, every_n_epochs, max_overhead, at_fit_start, stages, clock: as in
@@ -93,6 +94,10 @@ class ScheduledMonitor(Callback):
     ) -> None:
         """Measure, append a record to :attr:`history` and log it."""
         raise NotImplementedError
+
+    def _on_fit_started(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Called once fit has started: after :meth:`_prepare` and the measurement at the initial
+        point, if one was made (for instance, to report what a measurement costs)."""
 
     # Lightning hooks: one line each
 
@@ -159,6 +164,7 @@ class ScheduledMonitor(Callback):
         self.budget.book(monitor=True)
         if self.at_fit_start and trainer.global_step == 0:
             self._measure_in_fit(trainer, pl_module)
+        self._on_fit_started(trainer, pl_module)
 
     def _measure_if_due_after_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule

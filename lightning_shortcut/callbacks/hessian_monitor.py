@@ -55,6 +55,8 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     - ``{log_prefix}min_abs_eigenvalue``: the smallest ``|eigenvalue|`` (with ``min_abs=True``).
     - ``{log_prefix}condition_number``: largest over smallest ``|eigenvalue|`` (with
       ``min_abs=True``).
+    - ``{log_prefix}min_abs_resolved``: ``1.0`` if the smallest ``|eigenvalue|`` is known to
+      relative accuracy ``tol``, ``0.0`` if it is below resolution (with ``min_abs=True``).
     - ``{log_prefix}top_<i>``, ``{log_prefix}bottom_<i>``: the ``i``-th largest and smallest
       eigenvalues, ``i = 1 ... k`` (when ``top_k > 1``, ``bottom_k > 1``).
     - ``{log_prefix}num_hvps``: Hessian-vector products used.
