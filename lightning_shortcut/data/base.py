@@ -115,8 +115,8 @@ class FileDataModule(TensorDataModule):
 
     A subclass names the dataset (``_name``, as torchvision spells it) and implements three hooks:
     :meth:`_candidates` (the folders searched, in order), :meth:`_locate` (the files found there, or
-    ``None``) and :meth:`_download`; :meth:`_load` reads what :meth:`_locate` found and raises the
-    missing-files error naming the candidates.
+    ``None``) and :meth:`_download`; its :meth:`_load` reads what :meth:`_locate` found, or raises
+    :meth:`_missing`, which names the candidates and how to get the files.
 
     Args:
         data_dir: the folder the files are in (or downloaded to).
@@ -151,8 +151,14 @@ class FileDataModule(TensorDataModule):
     def _download(self) -> None:
         """Fetch the files into ``data_dir`` (with torchvision)."""
 
-    def _searched(self) -> str:
-        return ", ".join(str(path) for path in self._candidates())
+    def _missing(self, files: str, where: str) -> FileNotFoundError:
+        """The error for missing ``files``: where they were looked for and how to get them."""
+        searched = ", ".join(str(path) for path in self._candidates())
+        return FileNotFoundError(
+            f"{type(self).__name__}: no {files} in {searched}. With internet, pass download=True "
+            f"(--data.init_args.download true) to fetch them with torchvision into "
+            f"{self.data_dir}; offline, point data_dir at {where}."
+        )
 
     def prepare_data(self) -> None:
         if self.download and self._locate() is None:

@@ -50,12 +50,9 @@ class CIFAR10DataModule(FileDataModule):
     def _load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         folder = self._locate()
         if folder is None:
-            raise FileNotFoundError(
-                f"CIFAR10DataModule: no CIFAR-10 python batches (data_batch_1..5, test_batch) in "
-                f"{self._searched()}. With internet, pass download=True "
-                f"(--data.init_args.download true) to fetch them with torchvision into "
-                f"{self.data_dir}; offline, point data_dir at the extracted cifar-10-batches-py "
-                f"folder."
+            raise self._missing(
+                "CIFAR-10 python batches (data_batch_1..5, test_batch)",
+                "the extracted cifar-10-batches-py folder",
             )
         parts = [self._read(folder / name) for name in self._train_files]
         train_x = torch.tensor(np.concatenate([p[0] for p in parts]), dtype=torch.float32) / 255.0

@@ -72,14 +72,9 @@ class _IDXDataModule(FileDataModule):
     def _load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         found = self._locate()
         if found is None:
-            raise FileNotFoundError(
-                f"{type(self).__name__}: no {self._name} IDX files (train-images-idx3-ubyte[.gz], "
-                f"train-labels-idx1-ubyte[.gz], t10k-images-idx3-ubyte[.gz], "
-                f"t10k-labels-idx1-ubyte[.gz]) in {self._searched()}. With internet, pass "
-                f"download=True (--data.init_args.download true) to fetch them with torchvision "
-                f"into {self.data_dir}; offline, point data_dir at a folder that holds them."
-                f"{self._hint}"
-            )
+            files = ", ".join(f"{name}[.gz]" for pair in self._files.values() for name in pair)
+            missing = self._missing(f"{self._name} IDX files ({files})", "a folder that holds them")
+            raise FileNotFoundError(f"{missing}{self._hint}")
         arrays = {name: read_idx(path) for name, path in found.items()}
         (train_images, train_labels), (test_images, test_labels) = (
             (arrays[images], arrays[labels]) for images, labels in self._files.values()
