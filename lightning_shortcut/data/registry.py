@@ -110,19 +110,17 @@ register_dataset(
         recipe=RecipeDefaults({"batch_size": 64}, width=32, num_units=16, max_epochs=40, lr=0.05),
     )
 )
+# what the MNIST-format recipes share: 28x28 digits or clothes through a linear projection
+_IDX_RECIPE = {"width": 64, "num_units": 16, "max_epochs": 10, "lr": 0.05}
+_DOWNLOAD = {"data_dir": "data", "download": True, "batch_size": 128}
+
 register_dataset(
     DatasetInfo(
         "mnist",
         MNISTDataModule,
         task=CLASSIFICATION,
         layer="linear",
-        recipe=RecipeDefaults(
-            {"data_dir": "data", "download": True, "batch_size": 128},
-            width=64,
-            num_units=16,
-            max_epochs=10,
-            lr=0.05,
-        ),
+        recipe=RecipeDefaults(_DOWNLOAD, **_IDX_RECIPE),
     )
 )
 register_dataset(
@@ -133,10 +131,7 @@ register_dataset(
         layer="linear",
         recipe=RecipeDefaults(
             {"data_dir": "/usr/share/datasets/fashion-mnist", "download": False, "batch_size": 128},
-            width=64,
-            num_units=16,
-            max_epochs=10,
-            lr=0.05,
+            **_IDX_RECIPE,
         ),
     )
 )
@@ -146,12 +141,6 @@ register_dataset(
         CIFAR10DataModule,
         task=CLASSIFICATION,
         layer="conv",
-        recipe=RecipeDefaults(
-            {"data_dir": "data", "download": True, "batch_size": 128},
-            width=32,
-            num_units=8,
-            max_epochs=30,
-            lr=0.05,
-        ),
+        recipe=RecipeDefaults(_DOWNLOAD, width=32, num_units=8, max_epochs=30, lr=0.05),
     )
 )
