@@ -42,13 +42,15 @@ SCHEDULES = {"budget": {}, "epoch": {"every_n_epochs": 1, "max_overhead": None}}
 def _loader(dataset: str, samples: int) -> DataLoader:
     spec = DATASETS[dataset]
     if dataset == "digits":
-        datamodule = DigitsDataModule(batch_size=spec.data_args["batch_size"])
+        datamodule = DigitsDataModule(batch_size=spec.recipe.data_args["batch_size"])
         datamodule.setup("fit")
         return datamodule.train_dataloader()
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(samples, *spec.input_shape, generator=generator)
     y = torch.randint(0, 10, (samples,), generator=generator)
-    return DataLoader(TensorDataset(x, y), batch_size=spec.data_args["batch_size"], shuffle=True)
+    return DataLoader(
+        TensorDataset(x, y), batch_size=spec.recipe.data_args["batch_size"], shuffle=True
+    )
 
 
 def _fit(
@@ -62,10 +64,18 @@ def _fit(
     """Wall seconds of one fit, the number of measurements and the monitor's own seconds."""
     spec = DATASETS[dataset]
     pl.seed_everything(0, verbose=False)
+    recipe = spec.recipe
     model = ResidualClassifier(
-        spec.input_shape, 10, width=spec.width, num_units=spec.num_units, shortcut_depth=2,
-        layer=spec.layer, activation="relu", lr=spec.lr, momentum=0.9,
-    )  # fmt: skip
+        spec.input_shape,
+        spec.num_classes,
+        width=recipe.width,
+        num_units=recipe.num_units,
+        shortcut_depth=2,
+        layer=spec.layer,
+        activation="relu",
+        lr=recipe.lr,
+        momentum=0.9,
+    )
     callbacks: list[pl.Callback] = [ResidualInit(ZeroInit(**INITS["small"][1]))]
     monitor = None
     if schedule is not None:
@@ -75,15 +85,21 @@ def _fit(
         monitor = HessianEigenvalueMonitor(**monitor_args)
         callbacks.append(monitor)
     trainer = pl.Trainer(
-        max_epochs=epochs, accelerator=accelerator, devices=1, logger=False, callbacks=callbacks,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-    )  # fmt: skip
+        max_epochs=epochs,
+        accelerator=accelerator,
+        devices=1,
+        logger=False,
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     start = time.perf_counter()
     trainer.fit(model, loader)
     seconds = time.perf_counter() - start
     if monitor is None:
         return seconds, 0, 0.0
-    return seconds, len(monitor.history), monitor._monitor_seconds
+    return seconds, len(monitor.history), monitor.budget.monitor_seconds
 
 
 def main() -> None:
@@ -110,7 +126,7 @@ def main() -> None:
     for dataset in args.datasets:
         samples = {"mnist": args.mnist_samples, "cifar10": args.cifar_samples}.get(dataset, 0)
         loader = _loader(dataset, samples)
-        epochs = args.epochs or DATASETS[dataset].max_epochs
+        epochs = args.epochs or DATASETS[dataset].recipe.max_epochs
         plain: list[float] = []
         monitored: dict[str, list[float]] = {s: [] for s in args.schedules}
         counts: dict[str, int] = {}

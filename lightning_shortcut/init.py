@@ -10,26 +10,25 @@ same seed gives the same weights on every device.
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from typing import Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
 
+from lightning_shortcut._validation import check_choice, check_non_negative_float
 from lightning_shortcut.residual import residual_weight_layers
 
-__all__ = ["InitStrategy", "OrthogonalInit", "XavierInit", "ZeroInit"]
+__all__ = [
+    "INIT_STRATEGIES",
+    "InitStrategy",
+    "OrthogonalInit",
+    "XavierInit",
+    "ZeroInit",
+    "init_strategy",
+]
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
-
-
-def _check_scale(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"`{name}` must be a non-negative float, got {value!r}.")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"`{name}` must be a finite float >= 0, got {value!r}.")
-    return float(value)
 
 
 class InitStrategy(ABC):
@@ -93,7 +92,7 @@ class ZeroInit(InitStrategy):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(zero_bias=zero_bias, generator=generator)
-        self.scale = _check_scale("scale", scale)
+        self.scale = check_non_negative_float("scale", scale)
 
     def sample(self, shape: torch.Size, generator: torch.Generator | None) -> Tensor:
         if self.scale == 0.0:
@@ -121,12 +120,8 @@ class XavierInit(InitStrategy):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(zero_bias=zero_bias, generator=generator)
-        self.gain = _check_scale("gain", gain)
-        if distribution not in ("uniform", "normal"):
-            raise ValueError(
-                f"Unknown distribution {distribution!r}; expected 'uniform' or 'normal'."
-            )
-        self.distribution = distribution
+        self.gain = check_non_negative_float("gain", gain)
+        self.distribution = check_choice("distribution", distribution, ("uniform", "normal"))
 
     def sample(self, shape: torch.Size, generator: torch.Generator | None) -> Tensor:
         weight = torch.empty(shape)
@@ -152,10 +147,30 @@ class OrthogonalInit(InitStrategy):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(zero_bias=zero_bias, generator=generator)
-        self.gain = _check_scale("gain", gain)
+        self.gain = check_non_negative_float("gain", gain)
 
     def sample(self, shape: torch.Size, generator: torch.Generator | None) -> Tensor:
         return nn.init.orthogonal_(torch.empty(shape), gain=self.gain, generator=generator)
 
     def _repr_fields(self) -> dict[str, object]:
         return {"gain": self.gain}
+
+
+#: The named initializations of the recipes and the study: name -> (strategy class, arguments).
+INIT_STRATEGIES: dict[str, tuple[type[InitStrategy], dict[str, float]]] = {
+    "zero": (ZeroInit, {"scale": 0.0}),
+    "small": (ZeroInit, {"scale": 0.001}),
+    "xavier": (XavierInit, {}),
+    "orthogonal": (OrthogonalInit, {}),
+}
+
+
+def init_strategy(name: str, **overrides: float) -> InitStrategy:
+    """The strategy :data:`INIT_STRATEGIES` names ``name``, its arguments updated by ``overrides``.
+
+    Example::
+
+        init_strategy("small", scale=1e-4)  # ZeroInit(scale=0.0001)
+    """
+    strategy, arguments = INIT_STRATEGIES[check_choice("init", name, INIT_STRATEGIES)]
+    return strategy(**{**arguments, **overrides})

@@ -12,23 +12,62 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_shortcut.residual import ActivationSpec, ResidualStack, check_positive_int
+from lightning_shortcut._validation import (
+    check_choice,
+    check_positive_float,
+    check_positive_int,
+    check_positive_ints,
+)
+from lightning_shortcut.residual import ActivationSpec, ResidualStack
 from lightning_shortcut.theory import half_mse_loss
 
-__all__ = ["ResidualClassifier", "ResidualRegressor", "regression_loss"]
+__all__ = ["ResidualClassifier", "ResidualRegressor", "one_hot_accuracy", "regression_loss"]
 
 _OPTIMIZERS = ("sgd", "adam")
 
 
-def _check_optimizer(optimizer: str, lr: float) -> None:
-    if optimizer not in _OPTIMIZERS:
-        raise ValueError(f"Unknown optimizer {optimizer!r}; expected one of {list(_OPTIMIZERS)}.")
-    if not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"`lr` must be a finite float > 0, got {lr!r}.")
+class _ResidualModule(pl.LightningModule):
+    """The step logic both modules share: a subclass defines ``forward``, :meth:`loss`,
+    :meth:`_accuracy` and :meth:`_predict`, and saves ``optimizer``, ``lr``, ``momentum`` and
+    ``weight_decay`` as hyperparameters.
 
+    Every stage logs ``{stage}_loss`` (``train``, ``val``, ``test``) and, where the subclass has an
+    accuracy, ``{stage}_acc``.
+    """
 
-class _OptimizerMixin:
-    hparams: Any
+    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """The training loss of ``outputs`` against ``targets``."""
+        raise NotImplementedError
+
+    def _accuracy(self, stage: str, outputs: Tensor, targets: Tensor) -> Any:
+        """What ``{stage}_acc`` logs (``None``: nothing)."""
+        return None
+
+    def _predict(self, outputs: Tensor) -> Tensor:
+        return outputs
+
+    def _step(self, batch: Any, stage: str) -> Tensor:
+        inputs, targets = batch
+        outputs = self(inputs)
+        loss = self.loss(outputs, targets)
+        self.log(f"{stage}_loss", loss, prog_bar=stage != "test")
+        accuracy = self._accuracy(stage, outputs, targets)
+        if accuracy is not None:
+            self.log(f"{stage}_acc", accuracy, prog_bar=stage == "val")
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+        inputs = batch[0] if isinstance(batch, list | tuple) else batch
+        return self._predict(self(inputs))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         hp = self.hparams
@@ -39,7 +78,12 @@ class _OptimizerMixin:
         )
 
 
-class ResidualClassifier(_OptimizerMixin, pl.LightningModule):
+def _check_optimizer(optimizer: str, lr: float) -> None:
+    check_choice("optimizer", optimizer, _OPTIMIZERS)
+    check_positive_float("lr", lr)
+
+
+class ResidualClassifier(_ResidualModule):
     """Input projection, a :class:`~lightning_shortcut.ResidualStack`, and a linear head.
 
     With ``layer="linear"`` inputs are flattened and projected by ``nn.Linear``; with
@@ -83,11 +127,7 @@ class ResidualClassifier(_OptimizerMixin, pl.LightningModule):
         super().__init__()
         _check_optimizer(optimizer, lr)
         check_positive_int("num_classes", num_classes)
-        input_shape = tuple(input_shape)
-        if not input_shape or any(
-            isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in input_shape
-        ):
-            raise ValueError(f"`input_shape` must be positive ints, got {input_shape!r}.")
+        input_shape = check_positive_ints("input_shape", tuple(input_shape))
         if layer == "conv" and len(input_shape) != 3:
             raise ValueError(f"layer='conv' needs input_shape (C, H, W), got {input_shape!r}.")
         self.save_hyperparameters()
@@ -109,27 +149,17 @@ class ResidualClassifier(_OptimizerMixin, pl.LightningModule):
             h = h.mean(dim=(-2, -1))
         return self.head(h)
 
-    def _step(self, batch: Any, stage: str, accuracy: MulticlassAccuracy) -> Tensor:
-        inputs, targets = batch
-        logits = self(inputs)
-        loss = F.cross_entropy(logits, targets)
-        accuracy(logits, targets)
-        self.log(f"{stage}_loss", loss, prog_bar=stage != "test")
-        self.log(f"{stage}_acc", accuracy, prog_bar=stage == "val")
-        return loss
+    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """Cross-entropy of the logits against integer labels."""
+        return F.cross_entropy(outputs, targets)
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._step(batch, "train", self.train_accuracy)
+    def _accuracy(self, stage: str, outputs: Tensor, targets: Tensor) -> MulticlassAccuracy:
+        metric = getattr(self, f"{stage}_accuracy")
+        metric(outputs, targets)
+        return metric
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, "val", self.val_accuracy)
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, "test", self.test_accuracy)
-
-    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
-        inputs = batch[0] if isinstance(batch, list | tuple) else batch
-        return self(inputs).argmax(dim=-1)
+    def _predict(self, outputs: Tensor) -> Tensor:
+        return outputs.argmax(dim=-1)
 
 
 def regression_loss(module: nn.Module, batch: Any) -> Tensor:
@@ -138,7 +168,13 @@ def regression_loss(module: nn.Module, batch: Any) -> Tensor:
     return half_mse_loss(module(inputs), targets)
 
 
-class ResidualRegressor(_OptimizerMixin, pl.LightningModule):
+def one_hot_accuracy(outputs: Tensor, targets: Tensor, num_classes: int) -> Tensor:
+    """Share of samples whose largest output among the first ``num_classes`` is the target's one."""
+    correct = outputs[:, :num_classes].argmax(dim=1) == targets[:, :num_classes].argmax(dim=1)
+    return correct.float().mean()
+
+
+class ResidualRegressor(_ResidualModule):
     """The exact setting of the theory: ``f(x) = ResidualStack(x)`` on ``0.5 * mean ||f(x) - y||^2``.
 
     Inputs and targets are ``(N, width)``. With a linear branch and no biases the Hessian at the zero
@@ -179,26 +215,10 @@ class ResidualRegressor(_OptimizerMixin, pl.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.stack(x)
 
-    def _step(self, batch: Any, stage: str) -> Tensor:
-        inputs, targets = batch
-        outputs = self(inputs)
-        loss = half_mse_loss(outputs, targets)
-        self.log(f"{stage}_loss", loss, prog_bar=stage != "test")
+    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """The theory's ``0.5 * mean ||f(x) - y||^2``."""
+        return half_mse_loss(outputs, targets)
+
+    def _accuracy(self, stage: str, outputs: Tensor, targets: Tensor) -> Tensor | None:
         classes = self.hparams.num_classes
-        if classes is not None:
-            correct = outputs[:, :classes].argmax(dim=1) == targets[:, :classes].argmax(dim=1)
-            self.log(f"{stage}_acc", correct.float().mean(), prog_bar=stage == "val")
-        return loss
-
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, "test")
-
-    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
-        inputs = batch[0] if isinstance(batch, list | tuple) else batch
-        return self(inputs)
+        return None if classes is None else one_hot_accuracy(outputs, targets, classes)

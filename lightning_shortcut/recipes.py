@@ -1,6 +1,7 @@
 """The YAML recipes: one per experiment of the paper, and how the CLI finds them.
 
-The grid is dataset x shortcut depth (1, 2, 3) x init (zero, small, xavier, orthogonal) x branch
+The grid is dataset (each entry of :data:`~lightning_shortcut.data.DATASETS`, whose ``recipe``
+holds its settings) x shortcut depth (1, 2, 3) x init (zero, small, xavier, orthogonal) x branch
 (linear, relu). The files in ``recipes/`` are written by :func:`write_recipes` (run
 ``python -m lightning_shortcut.recipes``) and a test keeps them in sync with :func:`recipe_text`.
 A recipe is given to the CLI by path or by name (``digits/shortcut2_small_relu``); names resolve in
@@ -10,8 +11,10 @@ the checkout's ``recipes/`` or, in an installed wheel, in the package's copy.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 from pathlib import Path
+
+from lightning_shortcut.data.registry import DATASETS
+from lightning_shortcut.init import INIT_STRATEGIES
 
 __all__ = [
     "DATASETS",
@@ -24,12 +27,8 @@ __all__ = [
     "write_recipes",
 ]
 
-INITS = {
-    "zero": ("lightning_shortcut.ZeroInit", {"scale": 0.0}),
-    "small": ("lightning_shortcut.ZeroInit", {"scale": 0.001}),
-    "xavier": ("lightning_shortcut.XavierInit", {}),
-    "orthogonal": ("lightning_shortcut.OrthogonalInit", {}),
-}
+#: The recipes' initializations by name (the same table the study reads).
+INITS = INIT_STRATEGIES
 #: Every recipe's HessianEigenvalueMonitor arguments (self-scheduled within 5% of training time).
 MONITOR_ARGS = {
     "params": "residual",
@@ -40,64 +39,9 @@ MONITOR_ARGS = {
     "bottom_k": 1,
     "tol": 0.01,
 }
+#: The grid: every registered dataset x these shortcut depths x :data:`INITS` x these branches.
 SHORTCUT_DEPTHS = (1, 2, 3)
 ACTIVATIONS = ("linear", "relu")
-
-
-@dataclass(frozen=True)
-class _Dataset:
-    datamodule: str
-    data_args: dict[str, object]
-    input_shape: tuple[int, ...]
-    layer: str
-    width: int
-    num_units: int
-    max_epochs: int
-    lr: float
-
-
-DATASETS = {
-    "digits": _Dataset(
-        "DigitsDataModule",
-        {"batch_size": 64},
-        input_shape=(1, 8, 8),
-        layer="linear",
-        width=32,
-        num_units=16,
-        max_epochs=40,
-        lr=0.05,
-    ),
-    "mnist": _Dataset(
-        "MNISTDataModule",
-        {"data_dir": "data", "download": True, "batch_size": 128},
-        input_shape=(1, 28, 28),
-        layer="linear",
-        width=64,
-        num_units=16,
-        max_epochs=10,
-        lr=0.05,
-    ),
-    "fashion_mnist": _Dataset(
-        "FashionMNISTDataModule",
-        {"data_dir": "/usr/share/datasets/fashion-mnist", "download": False, "batch_size": 128},
-        input_shape=(1, 28, 28),
-        layer="linear",
-        width=64,
-        num_units=16,
-        max_epochs=10,
-        lr=0.05,
-    ),
-    "cifar10": _Dataset(
-        "CIFAR10DataModule",
-        {"data_dir": "data", "download": True, "batch_size": 128},
-        input_shape=(3, 32, 32),
-        layer="conv",
-        width=32,
-        num_units=8,
-        max_epochs=30,
-        lr=0.05,
-    ),
-}
 
 
 def _yaml_value(value: object) -> str:
@@ -116,7 +60,8 @@ def recipe_name(dataset: str, shortcut_depth: int, init: str, activation: str) -
 
 def recipe_text(dataset: str, shortcut_depth: int, init: str, activation: str) -> str:
     """The YAML of one experiment."""
-    spec = DATASETS[dataset]
+    info = DATASETS[dataset]
+    spec = info.recipe
     init_class, init_args = INITS[init]
     name = recipe_name(dataset, shortcut_depth, init, activation)
     init_block = "".join(f"\n            {k}: {_yaml_value(v)}" for k, v in init_args.items())
@@ -141,24 +86,24 @@ trainer:
     - class_path: lightning_shortcut.callbacks.ResidualInit
       init_args:
         strategy:
-          class_path: {init_class}{init_section}
+          class_path: lightning_shortcut.{init_class.__name__}{init_section}
     - class_path: lightning_shortcut.callbacks.HessianEigenvalueMonitor
       init_args:{monitor_block}
 model:
   class_path: lightning_shortcut.models.ResidualClassifier
   init_args:
-    input_shape: {_yaml_value(spec.input_shape)}
-    num_classes: 10
+    input_shape: {_yaml_value(info.input_shape)}
+    num_classes: {info.num_classes}
     width: {spec.width}
     num_units: {spec.num_units}
     shortcut_depth: {shortcut_depth}
-    layer: {spec.layer}
+    layer: {info.layer}
     activation: {"null" if activation == "linear" else activation}
     optimizer: sgd
     lr: {spec.lr}
     momentum: 0.9
 data:
-  class_path: lightning_shortcut.data.{spec.datamodule}
+  class_path: lightning_shortcut.data.{info.datamodule.__name__}
   init_args:{data_block}
 """
 

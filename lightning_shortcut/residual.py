@@ -13,6 +13,9 @@ from typing import Literal
 
 from torch import Tensor, nn
 
+# check_positive_int lived here first; other modules may still import it from here
+from lightning_shortcut._validation import check_choice, check_positive_int
+
 __all__ = [
     "ResidualStack",
     "ResidualUnit",
@@ -35,15 +38,6 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "identity": nn.Identity,
 }
 _LAYERS = ("linear", "conv")
-
-
-def check_positive_int(name: str, value: object) -> int:
-    """Return ``value`` if it is a positive ``int`` (``bool`` excluded), else raise naming it."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"`{name}` must be a positive int, got {value!r} ({type(value).__name__}).")
-    if value < 1:
-        raise ValueError(f"`{name}` must be a positive int (>= 1), got {value!r}.")
-    return value
 
 
 def make_activation(activation: ActivationSpec) -> nn.Module | None:
@@ -109,8 +103,7 @@ class ResidualUnit(nn.Module):
         super().__init__()
         self.width = check_positive_int("width", width)
         self.shortcut_depth = check_positive_int("shortcut_depth", shortcut_depth)
-        if layer not in _LAYERS:
-            raise ValueError(f"Unknown layer {layer!r}; expected one of {list(_LAYERS)}.")
+        check_choice("layer", layer, _LAYERS)
         check_positive_int("kernel_size", kernel_size)
         if kernel_size % 2 == 0:
             raise ValueError(f"`kernel_size` must be odd to keep the shape, got {kernel_size}.")

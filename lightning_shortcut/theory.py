@@ -41,7 +41,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lightning_shortcut.residual import ActivationSpec, check_positive_int, make_activation
+from lightning_shortcut._validation import check_positive_int
+from lightning_shortcut.residual import ActivationSpec, make_activation
 
 __all__ = [
     "ZeroPointSpectrum",

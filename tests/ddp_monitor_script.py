@@ -1,4 +1,4 @@
-"""Run by test_callbacks_ddp.py: a 2-process CPU (gloo) DDP fit with the monitor.
+"""Run by test_hessian_monitor_ddp.py: a 2-process CPU (gloo) DDP fit with the monitor.
 
 Lightning's DDP launcher starts rank 1 by running this same command again.
 """
@@ -11,9 +11,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 sys.path.insert(0, str(Path(__file__).parent))
-from lightning_models import Classifier, FakeClock, loader, trainer_kwargs
+from helpers.lightning_models import Classifier, clocked_monitor, loader, trainer_kwargs
 
-from lightning_shortcut.callbacks import HessianEigenvalueMonitor, hessian_monitor
+from lightning_shortcut.callbacks import HessianEigenvalueMonitor
 
 
 class SaveStart(Callback):
@@ -43,12 +43,12 @@ if __name__ == "__main__":
     monitor = HessianEigenvalueMonitor(
         num_samples=42, batch_size=8, top_k=2, tol=1e-6, max_overhead=0
     )
-    # self-scheduling within half of the training time: rank 0's clock allows steps 2 and 3
-    budgeted = HessianEigenvalueMonitor(num_samples=42, max_overhead=0.5, log_prefix="budgeted/")
+    # self-scheduling within half of the training time: rank 0's clock allows steps 2 and 3;
     # measurements cost 0.5 s on rank 0 but 5 s on rank 1 (steps: 1 s), so the ranks agree on the
     # budgeted schedule only if rank 0 decides for both
-    clock = FakeClock(budgeted, cost=(0.5, 5.0))
-    hessian_monitor._clock = clock
+    budgeted, clock = clocked_monitor(
+        cost=(0.5, 5.0), num_samples=42, max_overhead=0.5, log_prefix="budgeted/"
+    )
     callbacks = [clock, SaveStart(out, monitor, budgeted), monitor, budgeted]
     kwargs = trainer_kwargs(out, callbacks=callbacks, max_steps=3)
     kwargs.update(strategy="ddp", devices=2, deterministic=False)

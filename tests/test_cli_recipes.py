@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fake_data import write_cifar10, write_mnist
+from helpers.fake_data import write_cifar10, write_mnist
 
 from lightning_shortcut.cli import cli, main
 from lightning_shortcut.recipes import (

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from models import TinyCNN, classification_data
+from helpers.models import TinyCNN, classification_data
 
 from lightning_shortcut.hessian import hessian_eigenvalues
 
@@ -34,7 +34,7 @@ def test_cuda_matches_cpu_and_keeps_cuda_rng(method):
 
 def test_monitor_on_gpu_trainer(tmp_path):
     import lightning.pytorch as pl
-    from lightning_models import Classifier, loader
+    from helpers.lightning_models import Classifier, loader
 
     from lightning_shortcut.callbacks import HessianEigenvalueMonitor
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from fake_data import write_cifar10, write_mnist
+from helpers.fake_data import write_cifar10, write_mnist
 
 from lightning_shortcut.data import (
     CIFAR10DataModule,

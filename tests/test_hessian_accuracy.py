@@ -5,8 +5,8 @@ import math
 
 import pytest
 import torch
-from helpers import dense_eigenvalues
-from models import TinyCNN, ce_loss, classification_data, mlp
+from helpers.models import TinyCNN, ce_loss, classification_data, mlp
+from helpers.reference import dense_eigenvalues
 
 from lightning_shortcut import ResidualStack, ZeroInit, half_mse_loss, residual_parameters
 from lightning_shortcut.hessian import hessian_eigenvalues

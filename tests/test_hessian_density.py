@@ -2,8 +2,8 @@ import math
 
 import pytest
 import torch
-from helpers import dense_hessian
-from models import ce_loss, classification_data, mlp
+from helpers.models import ce_loss, classification_data, mlp
+from helpers.reference import dense_hessian
 
 from lightning_shortcut.hessian import hessian_trace, spectral_density
 

@@ -5,7 +5,7 @@ import os
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from models import classification_data, mlp
+from helpers.models import classification_data, mlp
 
 from lightning_shortcut.hessian import hessian_eigenvalues
 

@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-from helpers import dense_hessian
-from models import ce_loss, classification_data, mlp
+from helpers.models import ce_loss, classification_data, mlp
+from helpers.reference import dense_hessian
 
 from lightning_shortcut.hessian.edge_of_stability import edge_of_stability
 from lightning_shortcut.hessian.stability import UnsupportedOptimizerError

@@ -3,8 +3,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import dense_eigenvalues
-from models import ce_loss, classification_data, mlp
+from helpers.models import ce_loss, classification_data, mlp
+from helpers.reference import dense_eigenvalues
 from torch import nn
 
 from lightning_shortcut import ResidualStack, ZeroInit, half_mse_loss, residual_parameters

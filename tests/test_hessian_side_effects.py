@@ -5,7 +5,7 @@ import weakref
 
 import pytest
 import torch
-from models import TinyCNN, classification_data
+from helpers.models import TinyCNN, classification_data
 
 from lightning_shortcut.hessian import hessian_eigenvalues, hessian_trace, spectral_density
 

@@ -115,8 +115,8 @@ def scipy_solver():
 
 
 def test_a_registered_solver_works_by_name(scipy_solver):
-    from helpers import dense_eigenvalues
-    from models import ce_loss, classification_data, mlp
+    from helpers.models import ce_loss, classification_data, mlp
+    from helpers.reference import dense_eigenvalues
 
     from lightning_shortcut.hessian import METHODS, hessian_eigenvalues
 
@@ -133,7 +133,7 @@ def test_a_registered_solver_works_by_name(scipy_solver):
 
 
 def test_unknown_method_lists_the_registry():
-    from models import classification_data, mlp
+    from helpers.models import classification_data, mlp
 
     from lightning_shortcut.hessian import SOLVERS, hessian_eigenvalues
 

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import dense_eigenvalues, finite_difference_eigenvalues
-from models import TinyCNN, TinyTransformer, ce_loss, classification_data, mlp
+from helpers.models import TinyCNN, TinyTransformer, ce_loss, classification_data, mlp
+from helpers.reference import dense_eigenvalues, finite_difference_eigenvalues
 
 from lightning_shortcut import (
     ResidualStack,

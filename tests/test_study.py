@@ -1,9 +1,13 @@
 import csv
+import dataclasses
 import math
+import shlex
+from pathlib import Path
 
 import pytest
 
-from lightning_shortcut.study import StudyConfig, main, run_study
+from lightning_shortcut.study import BUDGETS, StudyConfig, main, run_study
+from lightning_shortcut.study.cli import build_parser
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +99,36 @@ def test_cli_arguments_and_bad_data(tmp_path):
         )
     with pytest.raises(ValueError, match="budget"):
         StudyConfig(budget="huge")
+
+
+def _config(args):
+    namespace = build_parser().parse_args(args)
+    return StudyConfig(**{f.name: namespace[f.name] for f in dataclasses.fields(StudyConfig)})
+
+
+def test_flags_keep_their_spelling():
+    config = _config(
+        shlex.split(
+            "--out o --data mnist --data-dir d --budget quick --max-steps 7 --num-units 2 8 "
+            "--shortcut-depths 1 2 --inits small orthogonal --lr 0.3 --seed 1"
+        )
+    )
+    assert config.out == Path("o") and config.data == "mnist" and config.data_dir == Path("d")
+    assert (config.max_steps, config.num_units, config.shortcut_depths) == (7, (2, 8), (1, 2))
+    assert config.inits == ("small", "orthogonal") and (config.lr, config.seed) == (0.3, 1)
+    assert config.kappa_units == BUDGETS["quick"]["kappa_units"]  # filled from the budget
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--inits", "gaussian"])
+
+
+def test_print_config_then_config(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--print_config", "--num-units", "2", "8"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "num_units:" in printed and "budget: default" in printed
+    (tmp_path / "study.yaml").write_text(printed)
+    config = _config(["--config", str(tmp_path / "study.yaml"), "--budget", "quick", "--out", "x"])
+    assert config.budget == "quick" and config.out == Path("x") and config.num_units == (2, 8)
+    assert config.max_steps == BUDGETS["quick"]["max_steps"]  # null in the file: the budget's
+    assert config == StudyConfig(budget="quick", out=Path("x"), num_units=(2, 8))

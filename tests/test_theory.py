@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from helpers import dense_eigenvalues
+from helpers.reference import dense_eigenvalues
 
 from lightning_shortcut import (
     ResidualStack,

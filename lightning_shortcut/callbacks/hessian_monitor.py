@@ -3,45 +3,41 @@
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterable, Sequence
-from functools import partial
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
-from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
-from torch.utils._pytree import tree_map
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from lightning_shortcut.hessian._state import preserved_rng, preserved_state
-from lightning_shortcut.hessian.operator import batch_size as count_samples
+from lightning_shortcut._validation import check_choice, check_positive_int
+from lightning_shortcut.callbacks._hessian_batch import (
+    check_loss,
+    gather_hessian_batch,
+    stage_dataloader,
+)
+from lightning_shortcut.callbacks._schedule import DEFAULT_MAX_OVERHEAD, ScheduledMonitor
 from lightning_shortcut.hessian.operator import cross_entropy_loss
 from lightning_shortcut.hessian.spectrum import (
     HessianSpectrum,
     hessian_eigenvalues,
     validate_solver_args,
 )
-from lightning_shortcut.residual import check_positive_int, residual_parameters
 
-__all__ = ["HessianEigenvalueMonitor"]
+__all__ = ["DEFAULT_MAX_OVERHEAD", "HessianEigenvalueMonitor"]
 
+LossFn = Callable[[pl.LightningModule, Any], Tensor]
 ParamsSpec = Literal["all", "residual"] | Callable[[nn.Module], Iterable[Tensor]] | None
-_STAGES = ("fit", "validate", "test")
-#: The share of training wall time a self-scheduling monitor plans for by default: half the 10% it
-#: may add, leaving room for estimates that miss and for costs its clock cannot see.
-DEFAULT_MAX_OVERHEAD = 0.05
-# The time budget's clock; a module attribute so tests can make the schedule deterministic.
-_clock = time.perf_counter
+# values of a measurement that are not eigenvalues: NaN there is no reason to warn
+_BOOKKEEPING = ("seconds", "num_hvps", "converged")
 
 
-class HessianEigenvalueMonitor(Callback):
+class HessianEigenvalueMonitor(ScheduledMonitor):
     r"""Compute and log the top and bottom eigenvalues of the loss Hessian during training.
 
     Add it to any ``Trainer``: it needs no change to the model and does not change training. The
@@ -51,13 +47,27 @@ class HessianEigenvalueMonitor(Callback):
     weights. Everything numerical is :func:`~lightning_shortcut.hessian.hessian_eigenvalues`; this
     class schedules, gathers data and logs.
 
-    Logged at ``step = trainer.global_step`` to every logger of the Trainer (rank zero only):
-    ``{log_prefix}max_eigenvalue``, ``min_eigenvalue``, ``condition_number`` and
-    ``min_abs_eigenvalue`` (with ``min_abs=True``), ``top_<i>``/``bottom_<i>`` (for ``k > 1``),
-    ``num_hvps``, ``seconds`` and ``converged``. Measurements made inside ``trainer.validate`` or
-    ``trainer.test`` use ``{log_prefix}validate/...`` and ``{log_prefix}test/...``. Every measurement
-    is also appended to :attr:`history` (a list of dicts with ``step``, ``epoch``, ``stage`` and the
-    values), which is saved in checkpoints, so a resumed run continues the same schedule and history.
+    Logged metrics, at ``step = trainer.global_step`` to every logger of the Trainer (rank zero
+    only), each a float:
+
+    - ``{log_prefix}max_eigenvalue``: the largest eigenvalue (when ``top_k >= 1``).
+    - ``{log_prefix}min_eigenvalue``: the smallest eigenvalue (when ``bottom_k >= 1``).
+    - ``{log_prefix}min_abs_eigenvalue``: the smallest ``|eigenvalue|`` (with ``min_abs=True``).
+    - ``{log_prefix}condition_number``: largest over smallest ``|eigenvalue|`` (with
+      ``min_abs=True``).
+    - ``{log_prefix}min_abs_resolved``: ``1.0`` if the smallest ``|eigenvalue|`` is known to
+      relative accuracy ``tol``, ``0.0`` if it is below resolution (with ``min_abs=True``).
+    - ``{log_prefix}top_<i>``, ``{log_prefix}bottom_<i>``: the ``i``-th largest and smallest
+      eigenvalues, ``i = 1 ... k`` (when ``top_k > 1``, ``bottom_k > 1``).
+    - ``{log_prefix}num_hvps``: Hessian-vector products used.
+    - ``{log_prefix}seconds``: wall time of the measurement.
+    - ``{log_prefix}converged``: ``1.0`` if every value met ``tol``, else ``0.0``.
+
+    Measurements made inside ``trainer.validate`` or ``trainer.test`` use
+    ``{log_prefix}validate/...`` and ``{log_prefix}test/...``. The same values go into
+    ``trainer.callback_metrics`` on every rank and into :attr:`history` (a list of dicts with
+    ``step``, ``epoch``, ``stage`` and the values), which is saved in checkpoints, so a resumed run
+    continues the same schedule and history.
 
     Guarantees: training is bit-for-bit the same with or without the monitor (no global RNG draws, no
     buffer, ``.grad`` or optimizer change, train/eval modes restored); at most one measurement per
@@ -117,10 +127,14 @@ class HessianEigenvalueMonitor(Callback):
             ``"validate"``/``"test"`` (on the first ``num_samples`` samples of their dataloader).
         mode: ``"eval"`` (dropout off, BatchNorm running statistics) or ``"train"``.
         seed: seed of the solver's private generator.
+        clock: the time budget's wall clock in seconds (default :func:`time.perf_counter`); for tests
+            and simulations that need a deterministic schedule.
 
     Raises:
-        ValueError: on a bad argument, naming it and what is accepted; at the start of fitting, on a
-            batch the default loss cannot read or a ``params="residual"`` model without ResidualStack.
+        TypeError: on an argument of the wrong type, naming it and what is accepted.
+        ValueError: on a bad argument value, naming it and what is accepted; at the start of
+            fitting, on a batch the default loss cannot read or a ``params="residual"`` model
+            without ResidualStack.
         MisconfigurationException: under FSDP or DeepSpeed, which do not support double backward.
 
     Example::
@@ -146,50 +160,15 @@ class HessianEigenvalueMonitor(Callback):
         params: ParamsSpec = None,
         tol: float = 1e-2,
         max_iter: int | None = 100,
-        loss_fn: Callable[[pl.LightningModule, Any], Tensor] | None = None,
+        loss_fn: LossFn | None = None,
         log_prefix: str = "hessian/",
         data: DataLoader | pl.LightningDataModule | None = None,
         stages: Sequence[str] = ("fit",),
         mode: Literal["eval", "train"] = "eval",
         seed: int = 0,
+        clock: Callable[[], float] | None = None,
     ) -> None:
-        super().__init__()
-        for name, value in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
-            if value is not None:
-                check_positive_int(name, value)
-        if max_overhead is not None and not (
-            isinstance(max_overhead, int | float)
-            and not isinstance(max_overhead, bool)
-            and 0 <= max_overhead < math.inf
-        ):
-            raise ValueError(
-                "`max_overhead` must be None or a non-negative finite share of training time "
-                f"(such as 0.05), got {max_overhead!r}."
-            )
-        check_positive_int("num_samples", num_samples)
-        if batch_size is not None:
-            check_positive_int("batch_size", batch_size)
-        validate_solver_args(method, top_k, bottom_k, min_abs, tol, max_iter)
-        if not (params is None or params in ("all", "residual") or callable(params)):
-            raise ValueError(
-                f"`params` must be None, 'all', 'residual' or a callable, got {params!r}."
-            )
-        stages = (stages,) if isinstance(stages, str) else tuple(stages)
-        unknown = [s for s in stages if s not in _STAGES]
-        if unknown or not stages:
-            raise ValueError(
-                f"`stages` must be a non-empty subset of {list(_STAGES)}, got {stages!r}."
-            )
-        if mode not in ("eval", "train"):
-            raise ValueError(f"Unknown mode {mode!r}; expected 'eval' or 'train'.")
-        if data is not None and not isinstance(data, DataLoader | pl.LightningDataModule):
-            raise TypeError(
-                f"`data` must be a DataLoader or a LightningDataModule, got {type(data).__name__}."
-            )
-        self.every_n_steps = every_n_steps
-        self.every_n_epochs = every_n_epochs
-        self.max_overhead = max_overhead
-        self.at_fit_start = at_fit_start
+        super().__init__(every_n_steps, every_n_epochs, max_overhead, at_fit_start, stages, clock)
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.method = method
@@ -202,31 +181,29 @@ class HessianEigenvalueMonitor(Callback):
         self.loss_fn = loss_fn
         self.log_prefix = log_prefix
         self.data = data
-        self.stages = stages
         self.mode = mode
         self.seed = seed
-        self.history: list[dict[str, Any]] = []
-        self._last_step: int = -1
-        self._last_checked_step: int = -1
-        # the time budget: wall seconds of training and of the monitor, the last measurement's cost
-        self._train_seconds = 0.0
-        self._monitor_seconds = 0.0
-        self._last_cost = 0.0
-        self._mark = 0.0
-        self._batches: dict[str, list[Any]] = {}
+        self.__validate_init_configuration()
+        self._batches: dict[str, list[Any]] = {}  # the Hessian batch of each stage
         self._warned: set[str] = set()
 
-    @property
-    def self_scheduling(self) -> bool:
-        """Whether the monitor picks its steps within the time budget (no fixed schedule given)."""
-        return self.every_n_steps is None and self.every_n_epochs is None
-
-    @property
-    def overhead_budget(self) -> float | None:
-        """The share of training time the monitor may use (``None``: no limit)."""
-        if self.max_overhead is not None:
-            return float(self.max_overhead)
-        return DEFAULT_MAX_OVERHEAD if self.self_scheduling else None
+    def __validate_init_configuration(self) -> None:
+        check_positive_int("num_samples", self.num_samples)
+        if self.batch_size is not None:
+            check_positive_int("batch_size", self.batch_size)
+        validate_solver_args(
+            self.method, self.top_k, self.bottom_k, self.min_abs, self.tol, self.max_iter
+        )
+        if not (self.params is None or self.params in ("all", "residual") or callable(self.params)):
+            raise ValueError(
+                f"`params` must be None, 'all', 'residual' or a callable, got {self.params!r}."
+            )
+        check_choice("mode", self.mode, ("eval", "train"))
+        if self.data is not None and not isinstance(self.data, DataLoader | pl.LightningDataModule):
+            raise TypeError(
+                "`data` must be a DataLoader or a LightningDataModule, "
+                f"got {type(self.data).__name__}."
+            )
 
     @property
     @override
@@ -238,228 +215,93 @@ class HessianEigenvalueMonitor(Callback):
             log_prefix=self.log_prefix,
         )
 
-    # ----------------------------------------------------------------------------- Lightning hooks
-
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._refuse_strategies_without_double_backward(trainer)
+
+    def _refuse_strategies_without_double_backward(self, trainer: pl.Trainer) -> None:
         if isinstance(trainer.strategy, FSDPStrategy | DeepSpeedStrategy):
             raise MisconfigurationException(
                 f"HessianEigenvalueMonitor needs double backward, which "
                 f"{type(trainer.strategy).__name__} does not support; use DDP or a single device."
             )
 
-    @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._should_skip(trainer, "fit"):
-            return
-        self._mark = _clock()
-        self._batches["fit"] = self._gather(trainer, pl_module, "fit")
-        self._account(monitor=True)
-        if self.at_fit_start and trainer.global_step == 0:
-            self._measure(trainer, pl_module, "fit")
+    # the Hessian batch and the loss
 
     @override
-    def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        step = trainer.global_step
-        if self._should_skip(trainer, "fit") or step in (0, self._last_checked_step):
-            return
-        self._last_checked_step = step  # gradient accumulation calls this hook several times a step
-        due = self.self_scheduling or (
-            self.every_n_steps is not None and step % self.every_n_steps == 0
-        )
-        if due and self._within_budget(trainer):
-            self._measure(trainer, pl_module, "fit")
+    def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._batches[stage] = self._gather_hessian_batch(trainer, pl_module, stage)
 
-    @override
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._should_skip(trainer, "fit") or self.every_n_epochs is None:
-            return
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0 and self._within_budget(trainer):
-            self._measure(trainer, pl_module, "fit")
-
-    @override
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.state.fn == TrainerFn.VALIDATING and not self._should_skip(trainer, "validate"):
-            self._batches["validate"] = self._gather(trainer, pl_module, "validate")
-            self._measure(trainer, pl_module, "validate")
-
-    @override
-    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._should_skip(trainer, "test"):
-            self._batches["test"] = self._gather(trainer, pl_module, "test")
-            self._measure(trainer, pl_module, "test")
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "history": [dict(record) for record in self.history],
-            "last_step": self._last_step,
-            "train_seconds": self._train_seconds,
-            "monitor_seconds": self._monitor_seconds,
-            "last_cost": self._last_cost,
-        }
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = [dict(record) for record in state_dict.get("history", [])]
-        self._last_step = int(state_dict.get("last_step", -1))
-        self._train_seconds = float(state_dict.get("train_seconds", 0.0))
-        self._monitor_seconds = float(state_dict.get("monitor_seconds", 0.0))
-        self._last_cost = float(state_dict.get("last_cost", 0.0))
-
-    # ----------------------------------------------------------------------------- decisions
-
-    def _should_skip(self, trainer: pl.Trainer, stage: str) -> bool:
-        return stage not in self.stages or trainer.sanity_checking or bool(trainer.fast_dev_run)
-
-    def _account(self, monitor: bool) -> float:
-        """Book the wall time since the last mark to the monitor or to training; return it."""
-        now = _clock()
-        seconds, self._mark = now - self._mark, now
-        if monitor:
-            self._monitor_seconds += seconds
-        else:
-            self._train_seconds += seconds
-        return seconds
-
-    def _within_budget(self, trainer: pl.Trainer) -> bool:
-        """Whether a measurement now keeps the monitor within its share of training time."""
-        budget = self.overhead_budget
-        if budget is None or budget == 0:  # the same on every rank: no clock, no collective
-            return budget is None
-        self._account(monitor=False)
-        allowed = self._monitor_seconds + self._last_cost <= budget * self._train_seconds
-        if trainer.world_size > 1:  # every rank must take part in the products, or none
-            allowed = trainer.strategy.broadcast(allowed, src=0)
-        return bool(allowed)
-
-    # ----------------------------------------------------------------------------- data
-
-    def _source(self, trainer: pl.Trainer, stage: str) -> Any:
-        if self.data is not None:
-            if isinstance(self.data, pl.LightningDataModule):
-                self.data.setup(stage)
-                return {
-                    "fit": self.data.train_dataloader,
-                    "validate": self.data.val_dataloader,
-                    "test": self.data.test_dataloader,
-                }[stage]()
-            return self.data
-        loaders = {
-            "fit": trainer.train_dataloader,
-            "validate": trainer.val_dataloaders,
-            "test": trainer.test_dataloaders,
-        }[stage]
-        if isinstance(loaders, Sequence) and not isinstance(loaders, DataLoader):
-            loaders = loaders[0] if loaders else None
-        elif isinstance(loaders, dict):
-            loaders = next(iter(loaders.values()), None)
-        if loaders is None:
-            raise ValueError(f"HessianEigenvalueMonitor found no {stage} dataloader; pass `data=`.")
-        return loaders
-
-    def _gather(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> list[Any]:
-        """This rank's share of the first ``num_samples`` samples, on the module's device."""
-        loader = self._source(trainer, stage)
-        rank, world = trainer.global_rank, trainer.world_size
-        chunk = self.batch_size or self.num_samples
-        with preserved_rng():
-            if isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset):
-                total = min(self.num_samples, len(loader.dataset))
-                indices = list(range(rank, total, world))
-                subset = DataLoader(
-                    loader.dataset, batch_size=chunk, sampler=indices, collate_fn=loader.collate_fn
-                )
-                batches = list(subset)
-            else:
-                batches = _take(loader, math.ceil(self.num_samples / world))
-        if not batches:
-            raise ValueError(f"The {stage} data holds no sample for the Hessian batch.")
-        batches = [trainer.strategy.batch_to_device(batch) for batch in batches]
-        self._check_loss(pl_module, batches[0])
+    def _gather_hessian_batch(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str
+    ) -> list[Any]:
+        """This rank's share of the stage's Hessian batch, checked against the loss."""
+        loader = stage_dataloader(trainer, self.data, stage)
+        batches = gather_hessian_batch(trainer, loader, self.num_samples, self.batch_size, stage)
+        check_loss(self._resolve_loss_fn(pl_module), pl_module, batches[0])
         return batches
 
-    def _check_loss(self, pl_module: pl.LightningModule, batch: Any) -> None:
-        loss_fn = self.loss_fn or cross_entropy_loss
-        with torch.no_grad(), preserved_state(pl_module):
-            pl_module.eval()
-            loss = loss_fn(pl_module, batch)
-        if not isinstance(loss, Tensor) or loss.numel() != 1:
-            raise ValueError("`loss_fn` must return a scalar tensor for a batch.")
+    def _resolve_loss_fn(self, pl_module: pl.LightningModule) -> LossFn:
+        return self.loss_fn or cross_entropy_loss
 
-    # ----------------------------------------------------------------------------- measuring
+    # measuring and logging
 
-    def _resolve_params(self, pl_module: pl.LightningModule) -> list[Tensor] | None:
-        if self.params is None or self.params == "all":
-            return None
-        if self.params == "residual":
-            params = residual_parameters(pl_module)
-            if not params:
-                raise ValueError(
-                    f"params='residual' but {type(pl_module).__name__} contains no ResidualStack."
-                )
-            return params
-        return list(self.params(pl_module))
+    @override
+    def _measure_and_log(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str
+    ) -> None:
+        spectrum = self._compute_spectrum(trainer, pl_module, stage)
+        metrics = self._collect_metrics(trainer, spectrum)
+        self._warn_about(spectrum, metrics, trainer.global_step)
+        self.history.append(
+            {"step": trainer.global_step, "epoch": trainer.current_epoch, "stage": stage, **metrics}
+        )
+        self._log_metrics(trainer, stage, metrics)
 
-    def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        step = trainer.global_step
-        if stage == "fit":
-            if step == self._last_step:
-                return
-            self._last_step = step
-            self._account(monitor=False)
-            self._compute(trainer, pl_module, stage)
-            self._last_cost = self._account(monitor=True)
-        else:
-            self._compute(trainer, pl_module, stage)
-
-    def _compute(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        step = trainer.global_step
+    def _compute_spectrum(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str
+    ) -> HessianSpectrum:
+        """The spectrum on the stage's Hessian batch; NaN (and a warning) if the solver fails."""
         batches = self._batches.get(stage)
         if batches is None:
-            batches = self._batches[stage] = self._gather(trainer, pl_module, stage)
-        world_size = trainer.world_size
-        all_reduce = (
-            (lambda t: trainer.strategy.reduce(t, reduce_op="sum")) if world_size > 1 else None
-        )
+            batches = self._batches[stage] = self._gather_hessian_batch(trainer, pl_module, stage)
+        all_reduce = None
+        if trainer.world_size > 1:
+            all_reduce = lambda t: trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
         try:
-            spectrum = hessian_eigenvalues(
+            return hessian_eigenvalues(
                 pl_module,
                 batches,
-                self.loss_fn or cross_entropy_loss,
+                self._resolve_loss_fn(pl_module),
                 method=self.method,
                 top_k=self.top_k,
                 bottom_k=self.bottom_k,
                 min_abs=self.min_abs,
-                params=self._resolve_params(pl_module),
+                params=self.params,
                 tol=self.tol,
                 max_iter=self.max_iter,
                 seed=self.seed,
                 mode=self.mode,
                 all_reduce=all_reduce,
             )
-        except (
-            RuntimeError,
-            torch.OutOfMemoryError,
-        ) as error:  # numerical or memory: keep training
+        # a numerical or memory error is logged as NaN: training goes on
+        except (RuntimeError, torch.OutOfMemoryError) as error:
             self._warn_once(
                 "error",
-                f"HessianEigenvalueMonitor could not compute the spectrum at step {step}: {error}",
+                f"HessianEigenvalueMonitor could not compute the spectrum at step "
+                f"{trainer.global_step}: {error}",
             )
-            spectrum = self._nan_spectrum()
-        values = spectrum.as_dict()
-        if any(
-            math.isnan(v)
-            for k, v in values.items()
-            if k not in ("seconds", "num_hvps", "converged")
-        ):
+            return HessianSpectrum.nan(
+                self.top_k, self.bottom_k, self.min_abs, self.method, reason=str(error)
+            )
+
+    def _collect_metrics(self, trainer: pl.Trainer, spectrum: HessianSpectrum) -> dict[str, float]:
+        """Every value a measurement logs, by name without prefix: the one place to add one (and
+        to list it under "Logged metrics" in the class docstring)."""
+        return spectrum.as_dict()
+
+    def _warn_about(self, spectrum: HessianSpectrum, metrics: dict[str, float], step: int) -> None:
+        if any(math.isnan(v) for k, v in metrics.items() if k not in _BOOKKEEPING):
             self._warn_once(
                 "nan",
                 f"HessianEigenvalueMonitor: non-finite loss or spectrum at step {step}; logged as NaN.",
@@ -470,54 +312,17 @@ class HessianEigenvalueMonitor(Callback):
                 f"HessianEigenvalueMonitor: the solver did not reach tol={self.tol} within "
                 f"max_iter={self.max_iter} at step {step}; the logged values are its best estimates.",
             )
-        self.history.append(
-            {"step": step, "epoch": trainer.current_epoch, "stage": stage, **values}
-        )
-        self._log(trainer, stage, values)
-
-    def _nan_spectrum(self) -> HessianSpectrum:
-        nan = math.nan
-        return HessianSpectrum(
-            top=[nan] * self.top_k,
-            bottom=[nan] * self.bottom_k,
-            max=nan if self.top_k else None,
-            min=nan if self.bottom_k else None,
-            min_abs=nan if self.min_abs else None,
-            condition_number=nan if self.min_abs else None,
-            converged=False,
-            method=self.method,
-        )
-
-    def _log(self, trainer: pl.Trainer, stage: str, values: dict[str, float]) -> None:
-        prefix = self.log_prefix if stage == "fit" else f"{self.log_prefix}{stage}/"
-        metrics = {f"{prefix}{name}": value for name, value in values.items()}
-        for name, value in metrics.items():
-            trainer.callback_metrics[name] = torch.tensor(value)
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=trainer.global_step)
 
     def _warn_once(self, kind: str, message: str) -> None:
         if kind not in self._warned:
             self._warned.add(kind)
             rank_zero_warn(message)
 
-
-def _head(leaf: Any, count: int) -> Any:
-    return leaf[:count] if isinstance(leaf, Tensor) and leaf.ndim > 0 else leaf
-
-
-def _take(loader: Iterable[Any], num_samples: int) -> list[Any]:
-    """Iterate ``loader`` until ``num_samples`` samples, trimming the last batch."""
-    batches: list[Any] = []
-    count = 0
-    for batch in loader:
-        size = count_samples(batch)
-        keep = min(size, num_samples - count)
-        if keep < size:
-            batch = tree_map(partial(_head, count=keep), batch)
-        batches.append(batch)
-        count += keep
-        if count >= num_samples:
-            break
-    return batches
+    def _log_metrics(self, trainer: pl.Trainer, stage: str, metrics: dict[str, float]) -> None:
+        prefix = self.log_prefix if stage == "fit" else f"{self.log_prefix}{stage}/"
+        prefixed = {f"{prefix}{name}": value for name, value in metrics.items()}
+        for name, value in prefixed.items():
+            trainer.callback_metrics[name] = torch.tensor(value)
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(prefixed, step=trainer.global_step)

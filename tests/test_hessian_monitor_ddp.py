@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 import torch
-from lightning_models import Classifier
+from helpers.lightning_models import Classifier
 
 from lightning_shortcut.hessian import hessian_eigenvalues
 

@@ -6,29 +6,26 @@ from types import SimpleNamespace
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers.lightning_models import (
+    Classifier,
+    clocked_monitor,
+    dataset,
+    fit,
+    loader,
+    trainer_kwargs,
+)
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning_models import Classifier, FakeClock, dataset, loader, trainer_kwargs
 
-from lightning_shortcut import OrthogonalInit, ZeroInit, residual_parameters
-from lightning_shortcut.callbacks import HessianEigenvalueMonitor, ResidualInit, hessian_monitor
-
-
-def _fit(tmp_path, callbacks, seed=0, ckpt_path=None, model=Classifier, shuffle=True, **overrides):
-    """Seed, then build ``model`` (a class or factory) and fit it."""
-    pl.seed_everything(seed, verbose=False)
-    model = model()
-    trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=callbacks, **overrides))
-    trainer.fit(model, train_dataloaders=loader(shuffle=shuffle), ckpt_path=ckpt_path)
-    return trainer, model
+from lightning_shortcut.callbacks import HessianEigenvalueMonitor
 
 
 def test_logs_expected_keys_to_csv(tmp_path):
     monitor = HessianEigenvalueMonitor(
         every_n_steps=3, top_k=2, bottom_k=2, min_abs=True, num_samples=40, max_iter=40
     )
-    trainer, _ = _fit(tmp_path, [monitor], logger=CSVLogger(tmp_path), max_epochs=1)
+    trainer, _ = fit(tmp_path, [monitor], logger=CSVLogger(tmp_path), max_epochs=1)
     with open(trainer.logger.log_dir + "/metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     keys = set(rows[0])
@@ -62,17 +59,17 @@ def test_logs_expected_keys_to_csv(tmp_path):
 
 def test_tensorboard_and_no_logger(tmp_path):
     monitor = HessianEigenvalueMonitor(num_samples=32, every_n_epochs=1)
-    _fit(tmp_path, [monitor], logger=TensorBoardLogger(tmp_path), max_epochs=1)
+    fit(tmp_path, [monitor], logger=TensorBoardLogger(tmp_path), max_epochs=1)
     assert len(monitor.history) == 2
     monitor = HessianEigenvalueMonitor(num_samples=32, every_n_epochs=1)
-    trainer, _ = _fit(tmp_path, [monitor], max_epochs=1)
+    trainer, _ = fit(tmp_path, [monitor], max_epochs=1)
     assert len(monitor.history) == 2
     assert "hessian/max_eigenvalue" in trainer.callback_metrics
 
 
 def test_training_is_bit_identical_with_and_without_the_monitor(tmp_path):
     def run(callbacks):
-        trainer, model = _fit(tmp_path, callbacks, max_epochs=2, accumulate_grad_batches=1)
+        trainer, model = fit(tmp_path, callbacks, max_epochs=2, accumulate_grad_batches=1)
         optimizer = trainer.optimizers[0]
         state = [
             t
@@ -102,7 +99,7 @@ def test_training_is_bit_identical_with_and_without_the_monitor(tmp_path):
 
 def test_gradient_accumulation_measures_once_per_step(tmp_path):
     monitor = HessianEigenvalueMonitor(every_n_steps=1, every_n_epochs=None, num_samples=32)
-    _fit(tmp_path, [monitor], max_epochs=1, accumulate_grad_batches=2)
+    fit(tmp_path, [monitor], max_epochs=1, accumulate_grad_batches=2)
     assert [r["step"] for r in monitor.history] == [0, 1, 2, 3]
 
 
@@ -113,7 +110,7 @@ def test_resume_continues_schedule_and_history(tmp_path):
     # no shuffling and no dropout: training after a resume is then the same as without one
     common = dict(shuffle=False, enable_checkpointing=True)
     full = monitor()
-    _fit(
+    fit(
         tmp_path / "full",
         [full],
         max_epochs=4,
@@ -122,7 +119,7 @@ def test_resume_continues_schedule_and_history(tmp_path):
     )
     first = monitor()
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
-    _fit(
+    fit(
         tmp_path / "a",
         [first, checkpoint],
         max_epochs=2,
@@ -130,7 +127,7 @@ def test_resume_continues_schedule_and_history(tmp_path):
         **common,
     )
     resumed = monitor()
-    _fit(
+    fit(
         tmp_path / "b",
         [resumed, ModelCheckpoint(dirpath=tmp_path / "ckpt2")],
         max_epochs=4,
@@ -145,61 +142,59 @@ def test_resume_continues_schedule_and_history(tmp_path):
         assert a["max_eigenvalue"] == pytest.approx(b["max_eigenvalue"], rel=1e-5)
 
 
-def _fit_with_clock(monkeypatch, tmp_path, monitor, cost=0.5, extra=(), **kwargs):
-    clock = FakeClock(monitor, cost)
-    monkeypatch.setattr(hessian_monitor, "_clock", clock)
-    return _fit(tmp_path, [clock, monitor, *extra], **kwargs)
+def _fit_with_clock(tmp_path, monitor, clock, extra=(), **kwargs):
+    return fit(tmp_path, [clock, monitor, *extra], **kwargs)
 
 
-def test_default_schedule_measures_as_often_as_the_budget_allows(monkeypatch, tmp_path):
-    monitor = HessianEigenvalueMonitor(num_samples=16)
+def test_default_schedule_measures_as_often_as_the_budget_allows(tmp_path):
+    monitor, clock = clocked_monitor(0.5, num_samples=16)
     assert monitor.self_scheduling and monitor.overhead_budget == 0.05
-    _fit_with_clock(monkeypatch, tmp_path, monitor, max_epochs=10)  # 60 steps of 1 s
+    _fit_with_clock(tmp_path, monitor, clock, max_epochs=10)  # 60 steps of 1 s
     # a measurement costs 0.5 s: the next one is due once 5% of the training time covers the
     # time measured so far plus 0.5 s (step 20: 0.5 + 0.5 <= 1.0; step 30: 1.0 + 0.5 <= 1.5; ...)
     assert [r["step"] for r in monitor.history] == [0, 20, 30, 40, 50, 60]
-    assert monitor._monitor_seconds == pytest.approx(3.0)
-    assert monitor._train_seconds == pytest.approx(60.0)
+    assert monitor.budget.monitor_seconds == pytest.approx(3.0)
+    assert monitor.budget.train_seconds == pytest.approx(60.0)
 
 
-def test_costlier_measurements_are_fewer(monkeypatch, tmp_path):
-    monitor = HessianEigenvalueMonitor(num_samples=16, max_overhead=0.2)
-    _fit_with_clock(monkeypatch, tmp_path, monitor, cost=2.0, max_epochs=5)
+def test_costlier_measurements_are_fewer(tmp_path):
+    monitor, clock = clocked_monitor(2.0, num_samples=16, max_overhead=0.2)
+    _fit_with_clock(tmp_path, monitor, clock, max_epochs=5)
     assert [r["step"] for r in monitor.history] == [0, 20, 30]
-    monitor = HessianEigenvalueMonitor(num_samples=16, max_overhead=0, at_fit_start=True)
-    _fit_with_clock(monkeypatch, tmp_path, monitor, max_epochs=2)
+    monitor, clock = clocked_monitor(0.5, num_samples=16, max_overhead=0, at_fit_start=True)
+    _fit_with_clock(tmp_path, monitor, clock, max_epochs=2)
     assert [r["step"] for r in monitor.history] == [0]
 
 
-def test_budget_cuts_a_fixed_schedule_only_when_asked(monkeypatch, tmp_path):
-    fixed = HessianEigenvalueMonitor(num_samples=16, every_n_steps=2)
+def test_budget_cuts_a_fixed_schedule_only_when_asked(tmp_path):
+    fixed, clock = clocked_monitor(5.0, num_samples=16, every_n_steps=2)
     assert fixed.overhead_budget is None
-    _fit_with_clock(monkeypatch, tmp_path, fixed, cost=5.0, max_epochs=2)
+    _fit_with_clock(tmp_path, fixed, clock, max_epochs=2)
     assert [r["step"] for r in fixed.history] == [0, 2, 4, 6, 8, 10, 12]
-    capped = HessianEigenvalueMonitor(num_samples=16, every_n_steps=2, max_overhead=0.25)
-    _fit_with_clock(monkeypatch, tmp_path, capped, max_epochs=2)
+    capped, clock = clocked_monitor(0.5, num_samples=16, every_n_steps=2, max_overhead=0.25)
+    _fit_with_clock(tmp_path, capped, clock, max_epochs=2)
     # 0.5 + 0.5 <= 0.25 * 4; then every 2 steps 0.5 more is allowed
     assert [r["step"] for r in capped.history] == [0, 4, 6, 8, 10, 12]
 
 
-def test_resume_keeps_the_time_budget(monkeypatch, tmp_path):
+def test_resume_keeps_the_time_budget(tmp_path):
     model = lambda: Classifier(dropout=0.0)  # noqa: E731
 
     def monitor():
-        return HessianEigenvalueMonitor(num_samples=16, max_overhead=0.1)
+        return clocked_monitor(0.5, num_samples=16, max_overhead=0.1)
 
-    full = monitor()
-    _fit_with_clock(monkeypatch, tmp_path / "full", full, max_epochs=5, model=model, shuffle=False)
-    first = monitor()
+    full, clock = monitor()
+    _fit_with_clock(tmp_path / "full", full, clock, max_epochs=5, model=model, shuffle=False)
+    first, clock = monitor()
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     common = dict(model=model, shuffle=False, enable_checkpointing=True)
-    _fit_with_clock(monkeypatch, tmp_path / "a", first, extra=[checkpoint], max_epochs=2, **common)
+    _fit_with_clock(tmp_path / "a", first, clock, extra=[checkpoint], max_epochs=2, **common)
     assert [r["step"] for r in first.history] == [0, 10]
-    resumed = monitor()
+    resumed, clock = monitor()
     _fit_with_clock(
-        monkeypatch,
         tmp_path / "b",
         resumed,
+        clock,
         extra=[ModelCheckpoint(dirpath=tmp_path / "ckpt2")],
         max_epochs=5,
         ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"),
@@ -207,7 +202,7 @@ def test_resume_keeps_the_time_budget(monkeypatch, tmp_path):
     )
     assert [r["step"] for r in full.history] == [0, 10, 15, 20, 25, 30]
     assert [r["step"] for r in resumed.history] == [r["step"] for r in full.history]
-    assert resumed._train_seconds == pytest.approx(full._train_seconds)
+    assert resumed.budget.train_seconds == pytest.approx(full.budget.train_seconds)
 
 
 def test_distinct_state_keys():
@@ -239,7 +234,7 @@ def test_nan_loss_warns_once_and_training_continues(tmp_path):
     monitor = HessianEigenvalueMonitor(every_n_steps=1, num_samples=16, loss_fn=nan_loss)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer, _ = _fit(tmp_path, [monitor], max_epochs=1)
+        trainer, _ = fit(tmp_path, [monitor], max_epochs=1)
     assert trainer.global_step == 6
     assert all(math.isnan(r["max_eigenvalue"]) for r in monitor.history)
     assert sum("non-finite" in str(w.message) for w in caught) == 1
@@ -249,7 +244,7 @@ def test_non_convergence_warns_and_logs_estimates(tmp_path):
     # at the initial point only
     monitor = HessianEigenvalueMonitor(num_samples=32, tol=1e-12, max_iter=3, max_overhead=0)
     with pytest.warns(UserWarning, match="did not reach"):
-        _fit(tmp_path, [monitor], max_epochs=1)
+        fit(tmp_path, [monitor], max_epochs=1)
     assert monitor.history[0]["converged"] == 0.0 and math.isfinite(
         monitor.history[0]["max_eigenvalue"]
     )
@@ -257,7 +252,7 @@ def test_non_convergence_warns_and_logs_estimates(tmp_path):
 
 def test_fast_dev_run_and_sanity_check_are_skipped(tmp_path):
     monitor = HessianEigenvalueMonitor(every_n_steps=1, num_samples=16)
-    _fit(tmp_path, [monitor], fast_dev_run=2)
+    fit(tmp_path, [monitor], fast_dev_run=2)
     assert monitor.history == []
 
 
@@ -299,7 +294,7 @@ def test_residual_params_and_attention_model(tmp_path):
 
 def test_residual_params_need_a_stack(tmp_path):
     monitor = HessianEigenvalueMonitor(params="residual", num_samples=16, every_n_epochs=1)
-    _trainer, _model = _fit(tmp_path, [monitor], max_epochs=1)
+    _trainer, _model = fit(tmp_path, [monitor], max_epochs=1)
     assert len(monitor.history) == 2
 
     class NoStack(Classifier):
@@ -308,7 +303,7 @@ def test_residual_params_need_a_stack(tmp_path):
             self.stack = torch.nn.Identity()
 
     with pytest.raises(ValueError, match="contains no ResidualStack"):
-        _fit(
+        fit(
             tmp_path,
             [HessianEigenvalueMonitor(params="residual", num_samples=16)],
             max_epochs=1,
@@ -359,32 +354,3 @@ def test_fsdp_is_refused_at_setup():
 def test_bad_arguments(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         HessianEigenvalueMonitor(**kwargs)
-
-
-def test_residual_init_applies_from_scratch_only(tmp_path):
-    init = ResidualInit(ZeroInit())
-    _trainer, model = _fit(
-        tmp_path,
-        [init, ModelCheckpoint(dirpath=tmp_path / "c", save_last=True)],
-        max_epochs=1,
-        enable_checkpointing=True,
-        model=lambda: Classifier(lr=0.0),
-    )
-    assert init.applied
-    assert all(bool((p == 0).all()) for p in residual_parameters(model))
-    # resume: the checkpoint's weights win, the strategy does not run
-    resumed_init = ResidualInit(OrthogonalInit())
-    _, resumed = _fit(
-        tmp_path,
-        [resumed_init],
-        max_epochs=2,
-        model=lambda: Classifier(lr=0.0),
-        ckpt_path=str(tmp_path / "c" / "last.ckpt"),
-    )
-    assert not resumed_init.applied
-    assert all(bool((p == 0).all()) for p in residual_parameters(resumed))
-
-
-def test_residual_init_rejects_non_strategies():
-    with pytest.raises(TypeError, match="InitStrategy"):
-        ResidualInit("zero")

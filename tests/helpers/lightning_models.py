@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_shortcut import ResidualStack
+from lightning_shortcut.callbacks import HessianEigenvalueMonitor
 
 
 class Classifier(pl.LightningModule):
@@ -51,12 +52,13 @@ class Classifier(pl.LightningModule):
 
 
 class FakeClock(pl.Callback):
-    """A deterministic wall clock for the monitor's time budget (install it as
-    ``hessian_monitor._clock``): an optimizer step takes 1 s and each of ``monitor``'s measurements
-    ``cost`` s, or ``cost[global_rank]`` s when one cost is given per rank."""
+    """A deterministic wall clock for a monitor's time budget: an optimizer step takes 1 s and each
+    of the monitor's measurements ``cost`` s, or ``cost[global_rank]`` s when one cost is given per
+    rank. Build both with :func:`clocked_monitor` and put the clock in the Trainer's callbacks too
+    (it reads the step from the Trainer)."""
 
-    def __init__(self, monitor, cost: float | Sequence[float]) -> None:
-        self.monitor, self.cost, self.trainer = monitor, cost, None
+    def __init__(self, cost: float | Sequence[float]) -> None:
+        self.cost, self.monitor, self.trainer = cost, None, None
 
     def setup(self, trainer, pl_module, stage):
         self.trainer = trainer
@@ -66,6 +68,15 @@ class FakeClock(pl.Callback):
             self.cost if isinstance(self.cost, int | float) else self.cost[self.trainer.global_rank]
         )
         return self.trainer.global_step + cost * len(self.monitor.history)
+
+
+def clocked_monitor(
+    cost: float | Sequence[float], **kwargs
+) -> tuple[HessianEigenvalueMonitor, FakeClock]:
+    """A ``HessianEigenvalueMonitor(**kwargs)`` on a :class:`FakeClock` of ``cost``, and the clock."""
+    clock = FakeClock(cost)
+    clock.monitor = HessianEigenvalueMonitor(clock=clock, **kwargs)
+    return clock.monitor, clock
 
 
 def dataset(
@@ -95,3 +106,12 @@ def trainer_kwargs(tmp_path, **overrides):
     )
     kwargs.update(overrides)
     return kwargs
+
+
+def fit(tmp_path, callbacks, seed=0, ckpt_path=None, model=Classifier, shuffle=True, **overrides):
+    """Seed, then build ``model`` (a class or factory) and fit it."""
+    pl.seed_everything(seed, verbose=False)
+    model = model()
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=callbacks, **overrides))
+    trainer.fit(model, train_dataloaders=loader(shuffle=shuffle), ckpt_path=ckpt_path)
+    return trainer, model

@@ -1,0 +1,80 @@
+"""``OverheadBudget``: the wall time a callback spends next to training, and whether it may spend more."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import lightning.pytorch as pl
+
+__all__ = ["OverheadBudget"]
+
+
+class OverheadBudget:
+    """Books wall time to training or to the callback and decides whether one more measurement fits.
+
+    Time between two calls is booked to whichever side the second call names: :meth:`start` sets the
+    mark, :meth:`measuring` books the time before it to training and its own time to the callback.
+    A measurement fits when the callback's time so far plus the last measurement's cost (the
+    estimate of the next one) stays within ``share`` of the training time so far.
+
+    Args:
+        clock: wall clock in seconds (default :func:`time.perf_counter`); tests pass a fake one.
+    """
+
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        self.clock = clock or time.perf_counter
+        self.train_seconds = 0.0
+        self.monitor_seconds = 0.0
+        self.last_cost = 0.0
+        self._mark = 0.0
+
+    def start(self) -> None:
+        """Set the mark: time from now on is booked by the next call."""
+        self._mark = self.clock()
+
+    def book(self, *, monitor: bool) -> float:
+        """Book the time since the mark to the callback (``monitor=True``) or to training."""
+        now = self.clock()
+        seconds, self._mark = now - self._mark, now
+        if monitor:
+            self.monitor_seconds += seconds
+        else:
+            self.train_seconds += seconds
+        return seconds
+
+    @contextmanager
+    def measuring(self) -> Iterator[None]:
+        """Book the time before the block to training and the block's time to the callback."""
+        self.book(monitor=False)
+        yield
+        self.last_cost = self.book(monitor=True)
+
+    def allows(self, share: float | None, trainer: pl.Trainer) -> bool:
+        """Whether a measurement now keeps the callback within ``share`` of training time.
+
+        ``None`` allows everything and ``0`` nothing, the same on every rank without reading the
+        clock. Otherwise rank zero's books decide and its answer is broadcast, so every rank takes
+        part in the same measurements (each Hessian-vector product is a collective).
+        """
+        if share is None or share == 0:
+            return share is None
+        self.book(monitor=False)
+        allowed = self.monitor_seconds + self.last_cost <= share * self.train_seconds
+        if trainer.world_size > 1:
+            allowed = trainer.strategy.broadcast(allowed, src=0)
+        return bool(allowed)
+
+    def state_dict(self) -> dict[str, float]:
+        return {
+            "train_seconds": self.train_seconds,
+            "monitor_seconds": self.monitor_seconds,
+            "last_cost": self.last_cost,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.train_seconds = float(state_dict.get("train_seconds", 0.0))
+        self.monitor_seconds = float(state_dict.get("monitor_seconds", 0.0))
+        self.last_cost = float(state_dict.get("last_cost", 0.0))

@@ -1,0 +1,120 @@
+"""The Hessian batch: a fixed set of samples a monitor measures the Hessian on.
+
+It is the first ``num_samples`` samples of a stage's data in dataset order (so no RNG is drawn),
+split across ranks, cut into chunks of ``batch_size`` and moved to the strategy's device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+from torch.utils._pytree import tree_map
+from torch.utils.data import DataLoader, IterableDataset
+
+from lightning_shortcut.hessian._state import preserved_rng, preserved_state
+from lightning_shortcut.hessian.operator import batch_size as count_samples
+
+__all__ = ["check_loss", "gather_hessian_batch", "stage_dataloader"]
+
+
+def stage_dataloader(
+    trainer: pl.Trainer, data: DataLoader | pl.LightningDataModule | None, stage: str
+) -> Any:
+    """The dataloader of ``stage`` (``"fit"``, ``"validate"``, ``"test"``): from ``data`` if given
+    (a ``DataLoader``, or a datamodule's loader for the stage), else the Trainer's (the first one).
+
+    Raises:
+        ValueError: if the Trainer has no dataloader for the stage.
+    """
+    if isinstance(data, pl.LightningDataModule):
+        data.setup(stage)
+        return {
+            "fit": data.train_dataloader,
+            "validate": data.val_dataloader,
+            "test": data.test_dataloader,
+        }[stage]()
+    if data is not None:
+        return data
+    loaders = {
+        "fit": trainer.train_dataloader,
+        "validate": trainer.val_dataloaders,
+        "test": trainer.test_dataloaders,
+    }[stage]
+    if isinstance(loaders, Sequence) and not isinstance(loaders, DataLoader):
+        loaders = loaders[0] if loaders else None
+    elif isinstance(loaders, dict):
+        loaders = next(iter(loaders.values()), None)
+    if loaders is None:
+        raise ValueError(f"HessianEigenvalueMonitor found no {stage} dataloader; pass `data=`.")
+    return loaders
+
+
+def gather_hessian_batch(
+    trainer: pl.Trainer, loader: Any, num_samples: int, batch_size: int | None, stage: str
+) -> list[Any]:
+    """This rank's share of the first ``num_samples`` samples of ``loader``, on the device.
+
+    A map-style dataset is indexed directly (rank ``r`` of ``w`` takes samples ``r, r + w, ...``)
+    and chunked by ``batch_size`` (default: one chunk); any other loader is iterated until this
+    rank's ``ceil(num_samples / w)`` samples, trimming the last batch.
+
+    Raises:
+        ValueError: if the data holds no sample.
+    """
+    rank, world = trainer.global_rank, trainer.world_size
+    with preserved_rng():
+        if isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset):
+            total = min(num_samples, len(loader.dataset))
+            share = DataLoader(
+                loader.dataset,
+                batch_size=batch_size or num_samples,
+                sampler=list(range(rank, total, world)),
+                collate_fn=loader.collate_fn,
+            )
+            batches = list(share)
+        else:
+            batches = _take(loader, math.ceil(num_samples / world))
+    if not batches:
+        raise ValueError(f"The {stage} data holds no sample for the Hessian batch.")
+    return [trainer.strategy.batch_to_device(batch) for batch in batches]
+
+
+def check_loss(
+    loss_fn: Callable[[Any, Any], Any], pl_module: pl.LightningModule, batch: Any
+) -> None:
+    """Raise a ``ValueError`` unless ``loss_fn(pl_module, batch)`` is a scalar tensor.
+
+    Evaluated once, in eval mode and without gradients, with the module's state restored, so that a
+    batch the loss cannot read fails at the start rather than inside the solver.
+    """
+    with torch.no_grad(), preserved_state(pl_module):
+        pl_module.eval()
+        loss = loss_fn(pl_module, batch)
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        raise ValueError("`loss_fn` must return a scalar tensor for a batch.")
+
+
+def _head(leaf: Any, count: int) -> Any:
+    return leaf[:count] if isinstance(leaf, Tensor) and leaf.ndim > 0 else leaf
+
+
+def _take(loader: Iterable[Any], num_samples: int) -> list[Any]:
+    """Iterate ``loader`` until ``num_samples`` samples, trimming the last batch."""
+    batches: list[Any] = []
+    count = 0
+    for batch in loader:
+        size = count_samples(batch)
+        keep = min(size, num_samples - count)
+        if keep < size:
+            batch = tree_map(partial(_head, count=keep), batch)
+        batches.append(batch)
+        count += keep
+        if count >= num_samples:
+            break
+    return batches

@@ -1,0 +1,203 @@
+"""``ScheduledMonitor``: when a monitoring callback measures, and within what share of the time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
+from typing_extensions import override
+
+from lightning_shortcut._validation import check_non_negative_float, check_positive_int
+from lightning_shortcut.callbacks._budget import OverheadBudget
+
+__all__ = ["DEFAULT_MAX_OVERHEAD", "STAGES", "ScheduledMonitor"]
+
+#: The share of training wall time a self-scheduling monitor plans for by default: half the 10% it
+#: may add, leaving room for estimates that miss and for costs its clock cannot see.
+DEFAULT_MAX_OVERHEAD = 0.05
+STAGES = ("fit", "validate", "test")
+
+
+class ScheduledMonitor(Callback):
+    """Base class of a callback that measures the model during fitting: it decides when.
+
+    In fit it measures at the initial point (``at_fit_start``), after every ``every_n_steps``
+    optimizer steps and at the end of every ``every_n_epochs`` epochs, or, with neither, after any
+    step that the time budget allows (:class:`~lightning_shortcut.callbacks._budget.OverheadBudget`);
+    at most once per global step, and never in sanity checking or ``fast_dev_run``. With
+    ``"validate"``/``"test"`` in ``stages`` it also measures at the start of ``trainer.validate`` and
+    ``trainer.test``. :attr:`history`, the last measured step and the budget are kept in checkpoints.
+
+    A subclass implements :meth:`_prepare` (called at the start of each stage, booked to the
+    monitor in fit) and :meth:`_measure_and_log`, which appends a record to :attr:`history`, and may
+    implement :meth:`_on_fit_started`.
+
+    Args:
+        every_n_steps, every_n_epochs, max_overhead, at_fit_start, stages, clock: as in
+            :class:`~lightning_shortcut.callbacks.HessianEigenvalueMonitor`.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int | None,
+        every_n_epochs: int | None,
+        max_overhead: float | None,
+        at_fit_start: bool,
+        stages: Sequence[str],
+        clock: Callable[[], float] | None,
+    ) -> None:
+        super().__init__()
+        self.every_n_steps = every_n_steps
+        self.every_n_epochs = every_n_epochs
+        self.max_overhead = max_overhead
+        self.at_fit_start = at_fit_start
+        self.stages = (stages,) if isinstance(stages, str) else tuple(stages)
+        self.__validate_schedule()
+        self.history: list[dict[str, Any]] = []
+        self.budget = OverheadBudget(clock)
+        self._last_step: int = -1  # the last global step measured in fit
+        self._last_checked_step: int = -1  # the last global step the schedule was asked about
+
+    def __validate_schedule(self) -> None:
+        for name in ("every_n_steps", "every_n_epochs"):
+            if getattr(self, name) is not None:
+                check_positive_int(name, getattr(self, name))
+        if self.max_overhead is not None:
+            check_non_negative_float("max_overhead", self.max_overhead)
+        if not self.stages or any(stage not in STAGES for stage in self.stages):
+            raise ValueError(
+                f"`stages` must be a non-empty subset of {list(STAGES)}, got {self.stages!r}."
+            )
+
+    @property
+    def self_scheduling(self) -> bool:
+        """Whether the monitor picks its steps within the time budget (no fixed schedule given)."""
+        return self.every_n_steps is None and self.every_n_epochs is None
+
+    @property
+    def overhead_budget(self) -> float | None:
+        """The share of training time the monitor may use (``None``: no limit)."""
+        if self.max_overhead is not None:
+            return float(self.max_overhead)
+        return DEFAULT_MAX_OVERHEAD if self.self_scheduling else None
+
+    # to implement
+
+    def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Get ready to measure in ``stage`` (for instance, take the data)."""
+
+    def _measure_and_log(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str
+    ) -> None:
+        """Measure, append a record to :attr:`history` and log it."""
+        raise NotImplementedError
+
+    def _on_fit_started(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Called once fit has started: after :meth:`_prepare` and the measurement at the initial
+        point, if one was made (for instance, to report what a measurement costs)."""
+
+    # Lightning hooks: one line each
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start_fit(trainer, pl_module)
+
+    @override
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self._measure_if_due_after_step(trainer, pl_module)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._measure_if_due_after_epoch(trainer, pl_module)
+
+    @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._measure_at_evaluation_start(trainer, pl_module, "validate")
+
+    @override
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._measure_at_evaluation_start(trainer, pl_module, "test")
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "history": [dict(record) for record in self.history],
+            "last_step": self._last_step,
+            **self.budget.state_dict(),
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [dict(record) for record in state_dict.get("history", [])]
+        self._last_step = int(state_dict.get("last_step", -1))
+        self.budget.load_state_dict(state_dict)
+
+    # decisions
+
+    def _should_skip(self, trainer: pl.Trainer, stage: str) -> bool:
+        return stage not in self.stages or trainer.sanity_checking or bool(trainer.fast_dev_run)
+
+    def _step_is_due(self, step: int) -> bool:
+        return self.self_scheduling or (
+            self.every_n_steps is not None and step % self.every_n_steps == 0
+        )
+
+    def _within_budget(self, trainer: pl.Trainer) -> bool:
+        return self.budget.allows(self.overhead_budget, trainer)
+
+    def _start_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Start the time budget, prepare (booked to the monitor), measure at the initial point."""
+        if self._should_skip(trainer, "fit"):
+            return
+        self.budget.start()
+        self._prepare(trainer, pl_module, "fit")
+        self.budget.book(monitor=True)
+        if self.at_fit_start and trainer.global_step == 0:
+            self._measure_in_fit(trainer, pl_module)
+        self._on_fit_started(trainer, pl_module)
+
+    def _measure_if_due_after_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> None:
+        step = trainer.global_step
+        if self._should_skip(trainer, "fit") or step in (0, self._last_checked_step):
+            return
+        self._last_checked_step = step  # gradient accumulation calls this hook several times a step
+        if self._step_is_due(step) and self._within_budget(trainer):
+            self._measure_in_fit(trainer, pl_module)
+
+    def _measure_if_due_after_epoch(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> None:
+        if self._should_skip(trainer, "fit") or self.every_n_epochs is None:
+            return
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0 and self._within_budget(trainer):
+            self._measure_in_fit(trainer, pl_module)
+
+    def _measure_at_evaluation_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str
+    ) -> None:
+        if self._should_skip(trainer, stage):
+            return
+        if stage == "validate" and trainer.state.fn != TrainerFn.VALIDATING:
+            return  # the validation loop inside fit is not a stage of its own
+        self._prepare(trainer, pl_module, stage)
+        self._measure_and_log(trainer, pl_module, stage)
+
+    def _measure_in_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Measure once per global step, booking the time to the budget."""
+        if trainer.global_step == self._last_step:
+            return
+        self._last_step = trainer.global_step
+        with self.budget.measuring():
+            self._measure_and_log(trainer, pl_module, "fit")

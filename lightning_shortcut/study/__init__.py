@@ -1,0 +1,31 @@
+"""``shortcut-study``: the paper's comparisons as a table and figures.
+
+Two parts, both written into ``--out``:
+
+1. The zero point: the condition number of the Hessian over the residual parameters of exactly
+   zero-initialized stacks, measured with the Lanczos engine, against the number of units for each
+   shortcut depth, beside the theory's prediction (``kappa_zero_point.csv/png``).
+2. Training: a grid shortcut depth x init x number of units, each run a Lightning ``Trainer`` with
+   :class:`~lightning_shortcut.callbacks.HessianEigenvalueMonitor`; ``summary.csv``/``summary.md``
+   hold the condition number at the initial point (``kappa_init``), the eigenvalues at the first and
+   last measurement, the final loss over the training set and the validation accuracy;
+   ``loss_curves.png`` and ``eigenvalue_trajectories.png`` show the runs.
+
+The default runs offline on scikit-learn's ``digits`` in the theory's exact setting: inputs are
+the images' whitened PCA coordinates in 16 dimensions, targets the one-hot labels in the first 10 of
+16 outputs, the model a bias-free linear :class:`~lightning_shortcut.ResidualStack` on
+``0.5 * mean ||f(x) - y||^2`` trained by SGD. ``--data mnist|fashion_mnist|cifar10`` runs the
+classifier (input projection, stack, head) on those datasets instead.
+
+The package: :mod:`~.config` (``StudyConfig``, the budgets), :mod:`~.parts` (``StudyPart``, the
+base of a part, and ``Table``), :mod:`~.zero_point` and :mod:`~.training` (the two parts),
+:mod:`~.report` (CSV and Markdown), :mod:`~.figures`, :mod:`~.runner` (``run_study`` and ``PARTS``,
+the parts in order) and :mod:`~.cli` (``main``, the command line).
+"""
+
+from lightning_shortcut.study.cli import main
+from lightning_shortcut.study.config import BUDGETS, INIT_NAMES, StudyConfig
+from lightning_shortcut.study.runner import run_study
+from lightning_shortcut.study.training import RunResult
+
+__all__ = ["BUDGETS", "INIT_NAMES", "RunResult", "StudyConfig", "main", "run_study"]

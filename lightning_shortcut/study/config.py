@@ -1,0 +1,102 @@
+"""``StudyConfig``: what the study runs, the one source of its defaults and of its command line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightning_shortcut._validation import (
+    check_choice,
+    check_non_negative_float,
+    check_positive_float,
+    check_positive_int,
+)
+from lightning_shortcut.data.registry import DATASETS
+
+__all__ = ["BUDGETS", "INIT_NAMES", "StudyConfig"]
+
+#: The sizes of the study: the grid's depths, the zero point's depths, steps and measurements.
+BUDGETS: dict[str, dict[str, Any]] = {
+    # for tests and smoke runs: seconds
+    "quick": {"num_units": (1, 4), "kappa_units": (1, 2, 4), "max_steps": 30, "hessian_every": 15},
+    # the README's default: a few minutes on two CPU cores
+    "default": {
+        "num_units": (2, 8, 32),
+        "kappa_units": (1, 2, 4, 8, 16, 32, 64),
+        "max_steps": 600,
+        "hessian_every": 50,
+    },
+    "full": {
+        "num_units": (1, 4, 16, 64),
+        "kappa_units": (1, 2, 4, 8, 16, 32, 64),
+        "max_steps": 3000,
+        "hessian_every": 100,
+    },
+}
+#: The initializations the study trains from (names of :data:`~lightning_shortcut.init.INIT_STRATEGIES`).
+INIT_NAMES = ("small", "xavier", "orthogonal")
+
+
+@dataclass
+class StudyConfig:
+    """What the study runs. ``budget`` fills ``num_units``, ``kappa_units``, ``max_steps`` and
+    ``hessian_every`` unless they are given.
+
+    Every field is a flag of ``shortcut-study`` (``--data_dir`` or ``--data-dir``; a tuple takes
+    several values, ``--num-units 2 8``) and a key of its ``--config`` YAML.
+
+    Args:
+        out: output folder.
+        data: dataset (digits: offline).
+        data_dir: where MNIST/CIFAR files are.
+        budget: size of the grid.
+        shortcut_depths: shortcut depths n to compare.
+        inits: initializations to train from.
+        num_units: depths to train (default: the budget's).
+        kappa_units: depths of the zero-point sweep (default: the budget's).
+        max_steps: SGD steps per run (default: the budget's).
+        hessian_every: steps between Hessian measurements during training (default: the budget's).
+        lr: SGD learning rate.
+        small_scale: standard deviation of the small initialization.
+        batch_size: SGD batch size.
+        hessian_samples: training samples of the Hessian batch.
+        seed: seed of the data split, the initialization and training.
+    """
+
+    out: Path = Path("study_out")
+    data: str = field(default="digits", metadata={"choices": DATASETS})
+    data_dir: Path = Path("data")
+    budget: str = field(default="default", metadata={"choices": BUDGETS})
+    shortcut_depths: tuple[int, ...] = (1, 2, 3)
+    inits: tuple[str, ...] = field(default=INIT_NAMES, metadata={"choices": INIT_NAMES})
+    num_units: tuple[int, ...] | None = None
+    kappa_units: tuple[int, ...] | None = None
+    max_steps: int | None = None
+    hessian_every: int | None = None
+    lr: float = 0.1
+    small_scale: float = 1e-3
+    batch_size: int = 64
+    hessian_samples: int = 512
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_choice("budget", self.budget, BUDGETS)
+        check_choice("data", self.data, DATASETS)
+        unknown = [i for i in self.inits if i not in INIT_NAMES]
+        if unknown:
+            raise ValueError(f"Unknown inits {unknown}; expected some of {list(INIT_NAMES)}.")
+        for key, value in BUDGETS[self.budget].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        for name in ("shortcut_depths", "inits", "num_units", "kappa_units"):
+            setattr(self, name, tuple(getattr(self, name)))  # a YAML or CLI list, say
+        for name in ("shortcut_depths", "num_units", "kappa_units"):
+            for value in getattr(self, name):
+                check_positive_int(name, value)
+        for name in ("max_steps", "hessian_every", "batch_size", "hessian_samples"):
+            check_positive_int(name, getattr(self, name))
+        check_positive_float("lr", self.lr)
+        check_non_negative_float("small_scale", self.small_scale)
+        self.out = Path(self.out)
+        self.data_dir = Path(self.data_dir)

@@ -1,0 +1,106 @@
+"""The study's figures, one function each, written with matplotlib's Agg backend."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lightning_shortcut.study.training import RunResult
+
+__all__ = ["plot_eigenvalue_trajectories", "plot_loss_curves", "plot_zero_point"]
+
+# one color per shortcut depth, one line style per initialization
+COLORS = {1: "tab:red", 2: "tab:blue", 3: "tab:green"}
+STYLES = {"small": "-", "xavier": "--", "orthogonal": ":"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path, dpi: int) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    _pyplot().close(fig)
+    return path
+
+
+def _run_label(run: RunResult) -> str:
+    return f"n={run.shortcut_depth}, {run.init}" + (" (diverged)" if run.diverged else "")
+
+
+def plot_zero_point(
+    out: Path, shortcut_depths: Sequence[int], kappas: Sequence[dict[str, Any]]
+) -> Path:
+    """``kappa_zero_point.png``: measured and predicted condition numbers against the depth."""
+    fig, ax = _pyplot().subplots(figsize=(6, 4.2))
+    for depth in shortcut_depths:
+        rows = [r for r in kappas if r["shortcut_depth"] == depth]
+        finite = [r for r in rows if math.isfinite(r["kappa_measured"])]
+        theory = [r for r in finite if math.isfinite(r["kappa_theory"])]
+        color = COLORS.get(depth)
+        if finite:
+            units = [r["num_units"] for r in finite]
+            measured = [r["kappa_measured"] for r in finite]
+            ax.plot(units, measured, "o", color=color, label=f"n = {depth}, measured (Lanczos)")
+        if theory:
+            units = [r["num_units"] for r in theory]
+            predicted = [r["kappa_theory"] for r in theory]
+            ax.plot(units, predicted, "-", color=color, alpha=0.6, label=f"n = {depth}, theory")
+        if rows and not finite:
+            ax.plot([], [], " ", label=f"n = {depth}: Hessian is exactly 0 (no condition number)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("number of residual units")
+    ax.set_ylabel("condition number at the zero point")
+    ax.set_title("Hessian over the residual weights at the zero point")
+    ax.legend(fontsize=8)
+    return _save(fig, out / "kappa_zero_point.png", dpi=120)
+
+
+def plot_loss_curves(out: Path, runs: Sequence[RunResult]) -> Path:
+    """``loss_curves.png``: the minibatch loss of every run, one panel per number of units."""
+    units = sorted({r.num_units for r in runs})
+    fig, axes = _pyplot().subplots(
+        1, len(units), figsize=(4.2 * len(units), 3.8), squeeze=False, sharey=True
+    )
+    for ax, count in zip(axes[0], units, strict=True):
+        for run in (r for r in runs if r.num_units == count):
+            steps, losses = zip(*run.losses, strict=True) if run.losses else ((), ())
+            style, color = STYLES.get(run.init, "-"), COLORS.get(run.shortcut_depth)
+            ax.plot(steps, losses, style, color=color, label=_run_label(run))
+        ax.set_yscale("log")
+        stable = [loss for r in runs if not r.diverged for _, loss in r.losses[:1]]
+        if stable:  # diverged runs leave the plot at the top instead of squashing it
+            ax.set_ylim(top=3 * max(stable))
+        ax.set_title(f"{count} units")
+        ax.set_xlabel("step")
+    axes[0][0].set_ylabel("training loss (minibatch)")
+    axes[0][-1].legend(fontsize=7)
+    return _save(fig, out / "loss_curves.png", dpi=110)
+
+
+def plot_eigenvalue_trajectories(out: Path, runs: Sequence[RunResult]) -> Path:
+    """``eigenvalue_trajectories.png``: the extreme eigenvalues along training, deepest runs."""
+    deepest = max(r.num_units for r in runs)
+    fig, axes = _pyplot().subplots(1, 2, figsize=(10, 3.8))
+    for run in (r for r in runs if r.num_units == deepest):
+        steps = [s["step"] for s in run.spectra]
+        style, color = STYLES.get(run.init, "-") + "o", COLORS.get(run.shortcut_depth)
+        for ax, key in zip(axes, ("max_eigenvalue", "min_eigenvalue"), strict=True):
+            values = [s[key] for s in run.spectra]
+            ax.plot(steps, values, style, markersize=3, color=color, label=_run_label(run))
+    for ax, title in zip(axes, ("largest eigenvalue", "smallest eigenvalue"), strict=True):
+        ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_title(f"{title}, {deepest} units")
+        ax.set_xlabel("step")
+    axes[1].legend(fontsize=7)
+    return _save(fig, out / "eigenvalue_trajectories.png", dpi=110)

@@ -1,0 +1,90 @@
+"""``StudyPart``: one part of the study, which runs in steps and reports tables and figures.
+
+The study runs its parts in order (:data:`~lightning_shortcut.study.runner.PARTS`); a new kind of
+run is one :class:`StudyPart` subclass in a module of its own and one entry there.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from torch import Tensor
+
+from lightning_shortcut.data.base import TensorDataModule
+from lightning_shortcut.data.registry import DatasetInfo
+from lightning_shortcut.study.config import StudyConfig
+
+__all__ = ["Step", "StudyPart", "Table"]
+
+#: a unit of work and the progress bar's description of it
+Step = tuple[str, Callable[[], None]]
+
+
+@dataclass
+class Table:
+    """One table of the study: a CSV file and a section of ``summary.md``.
+
+    Attributes:
+        file_name: the CSV file written into the output folder.
+        title: the section's heading in ``summary.md``.
+        label: the table's name on the console.
+        rows: the rows, dicts with the same keys.
+        columns: the columns ``summary.md`` shows (default: all).
+    """
+
+    file_name: str
+    title: str
+    label: str
+    rows: list[dict[str, Any]]
+    columns: Sequence[str] | None = None
+
+
+class StudyPart(ABC):
+    """A part of the study on one dataset: its :meth:`steps` run first, in order (each one tick of
+    the progress bar), then :meth:`tables` and :meth:`figures` report what they found.
+
+    Args:
+        config: the study's settings.
+        dataset: the dataset's registry entry (task, layer).
+        datamodule: its datamodule, set up for ``"fit"``.
+    """
+
+    def __init__(
+        self, config: StudyConfig, dataset: DatasetInfo, datamodule: TensorDataModule
+    ) -> None:
+        self.config = config
+        self.dataset = dataset
+        self.datamodule = datamodule
+
+    @abstractmethod
+    def steps(self) -> list[Step]:
+        """The work, as (description, callable) pairs; the callables keep their results."""
+
+    @abstractmethod
+    def tables(self) -> list[Table]:
+        """The results as tables."""
+
+    def figures(self) -> list[Path]:
+        """Write the part's figures into ``config.out``; returns their paths."""
+        return []
+
+    def _model(self, shortcut_depth: int, num_units: int) -> pl.LightningModule:
+        """The dataset's task's model at PyTorch's default initialization."""
+        return self.dataset.task.build_model(
+            self.datamodule,
+            layer=self.dataset.layer,
+            num_units=num_units,
+            shortcut_depth=shortcut_depth,
+            lr=self.config.lr,
+        )
+
+    def _hessian_batch(self) -> tuple[Tensor, Tensor]:
+        """The first ``hessian_samples`` training samples: the batch every Hessian is taken on."""
+        inputs, targets = self.datamodule.train_set.tensors
+        count = self.config.hessian_samples
+        return inputs[:count], targets[:count]

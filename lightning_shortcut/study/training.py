@@ -1,0 +1,180 @@
+"""Training runs: shortcut depth x init x number of units, each a Trainer with the Hessian monitor."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+
+from lightning_shortcut.callbacks import HessianEigenvalueMonitor
+from lightning_shortcut.hessian import hessian_eigenvalues
+from lightning_shortcut.init import init_strategy
+from lightning_shortcut.residual import residual_parameters
+from lightning_shortcut.study.figures import plot_eigenvalue_trajectories, plot_loss_curves
+from lightning_shortcut.study.parts import Step, StudyPart, Table
+
+__all__ = ["RunResult", "TrainingGrid"]
+
+# the columns of summary.md (summary.csv has every field but the curves)
+_SUMMARY_COLUMNS = (
+    "shortcut_depth",
+    "init",
+    "num_units",
+    "kappa_init",
+    "kappa_init_converged",
+    "max_eigenvalue_start",
+    "min_eigenvalue_start",
+    "max_eigenvalue_end",
+    "min_eigenvalue_end",
+    "final_loss",
+    "accuracy",
+)
+
+
+@dataclass
+class RunResult:
+    """One training run: the Hessian at the start and end, the final loss and accuracy, the curves."""
+
+    shortcut_depth: int
+    init: str
+    num_units: int
+    kappa_init: float
+    kappa_init_converged: bool
+    max_eigenvalue_start: float
+    min_eigenvalue_start: float
+    max_eigenvalue_end: float
+    min_eigenvalue_end: float
+    final_loss: float
+    accuracy: float
+    diverged: bool
+    seconds: float
+    losses: list[tuple[int, float]] = field(default_factory=list, repr=False)
+    spectra: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+
+class _LossRecorder(Callback):
+    """Keeps the training loss per step and stops a run whose loss is no longer finite."""
+
+    def __init__(self) -> None:
+        self.losses: list[tuple[int, float]] = []
+        self.diverged = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = float(outputs["loss"]) if isinstance(outputs, dict) else float(outputs)
+        self.losses.append((trainer.global_step, loss))
+        if not math.isfinite(loss) or loss > 1e6:
+            self.diverged = True
+            trainer.should_stop = True
+
+
+class TrainingGrid(StudyPart):
+    """SGD from each initialization, for every shortcut depth and ``num_units`` number of units:
+    ``summary.csv`` (the condition number at the initial point, the eigenvalues at the first and
+    last measurement, the final loss over the training set, the validation accuracy),
+    ``loss_curves.png`` and ``eigenvalue_trajectories.png``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.runs: list[RunResult] = []
+
+    def steps(self) -> list[Step]:
+        return [
+            (
+                f"training n={depth} {init:<10} {units:>3} units",
+                partial(self._train, depth, init, units),
+            )
+            for depth in self.config.shortcut_depths
+            for init in self.config.inits
+            for units in self.config.num_units
+        ]
+
+    def tables(self) -> list[Table]:
+        rows = [
+            {k: v for k, v in asdict(run).items() if k not in ("losses", "spectra")}
+            for run in self.runs
+        ]
+        return [Table("summary.csv", "Training runs", "Training", rows, columns=_SUMMARY_COLUMNS)]
+
+    def figures(self) -> list[Path]:
+        out = self.config.out
+        return [plot_loss_curves(out, self.runs), plot_eigenvalue_trajectories(out, self.runs)]
+
+    def _train(self, shortcut_depth: int, init: str, num_units: int) -> None:
+        config, task = self.config, self.dataset.task
+        start = time.perf_counter()
+        pl.seed_everything(config.seed, verbose=False)
+        overrides = {"scale": config.small_scale} if init == "small" else {}
+        model = init_strategy(init, **overrides)(self._model(shortcut_depth, num_units))
+        initial = hessian_eigenvalues(
+            model,
+            self._hessian_batch(),
+            task.loss_fn,
+            params=residual_parameters(model),
+            min_abs=True,
+            tol=1e-6,
+            max_iter=500,
+        )
+        monitor, recorder = self._fit(model)
+        num_classes = self.datamodule.num_classes
+        final_loss, _ = task.evaluate(model, self.datamodule.train_set, num_classes)
+        _, accuracy = task.evaluate(model, self.datamodule.val_set, num_classes)
+        first, last = monitor.history[0], monitor.history[-1]
+        self.runs.append(
+            RunResult(
+                shortcut_depth=shortcut_depth,
+                init=init,
+                num_units=num_units,
+                kappa_init=math.nan
+                if initial.condition_number is None
+                else initial.condition_number,
+                kappa_init_converged=initial.converged,
+                max_eigenvalue_start=first["max_eigenvalue"],
+                min_eigenvalue_start=first["min_eigenvalue"],
+                max_eigenvalue_end=last["max_eigenvalue"],
+                min_eigenvalue_end=last["min_eigenvalue"],
+                final_loss=final_loss if not recorder.diverged else math.inf,
+                accuracy=accuracy if not recorder.diverged else math.nan,
+                diverged=recorder.diverged,
+                seconds=time.perf_counter() - start,
+                losses=recorder.losses,
+                spectra=monitor.history,
+            )
+        )
+
+    def _fit(self, model: pl.LightningModule) -> tuple[HessianEigenvalueMonitor, _LossRecorder]:
+        """Train ``model`` for ``max_steps`` SGD steps, measuring every ``hessian_every``."""
+        config = self.config
+        recorder = _LossRecorder()
+        monitor = HessianEigenvalueMonitor(
+            every_n_steps=config.hessian_every,
+            num_samples=config.hessian_samples,
+            params="residual",
+            loss_fn=self.dataset.task.loss_fn,
+            tol=1e-2,
+            max_iter=60,
+            data=self.datamodule.train_dataloader(),
+        )
+        trainer = pl.Trainer(
+            max_steps=config.max_steps,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            callbacks=[monitor, recorder],
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(model, train_dataloaders=self.datamodule.train_dataloader())
+        return monitor, recorder

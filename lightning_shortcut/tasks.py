@@ -1,0 +1,103 @@
+"""Tasks: how the study learns a dataset, that is the model it builds, the loss and the evaluation.
+
+A :class:`~lightning_shortcut.data.DatasetInfo` names its task; the study reads everything that
+depends on it from there instead of asking which dataset it runs on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import TensorDataset
+
+from lightning_shortcut.hessian.operator import cross_entropy_loss
+from lightning_shortcut.models import (
+    ResidualClassifier,
+    ResidualRegressor,
+    one_hot_accuracy,
+    regression_loss,
+)
+from lightning_shortcut.theory import half_mse_loss
+
+__all__ = ["CLASSIFICATION", "REGRESSION", "Task"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """How a dataset is learned.
+
+    Attributes:
+        name: ``"classification"`` or ``"regression"``.
+        loss_fn: ``loss_fn(module, batch) -> scalar``, the mean loss of a batch: the Hessian's.
+        metrics: ``metrics(outputs, targets, num_classes) -> (loss, accuracy)`` over a whole set.
+        build_model: ``build_model(datamodule, layer=, num_units=, shortcut_depth=, lr=)``, the
+            LightningModule for a set-up datamodule (its ``input_shape`` and ``num_classes``).
+        closed_form: whether :func:`~lightning_shortcut.zero_point_hessian` predicts the model's
+            Hessian at the zero point (the theory's setting).
+    """
+
+    name: str
+    loss_fn: Callable[[nn.Module, Any], Tensor]
+    metrics: Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor]]
+    build_model: Callable[..., pl.LightningModule]
+    closed_form: bool = False
+
+    def evaluate(
+        self, model: nn.Module, dataset: TensorDataset, num_classes: int
+    ) -> tuple[float, float]:
+        """The loss and the accuracy of ``model`` (put in eval mode) on all of ``dataset``."""
+        inputs, targets = dataset.tensors
+        with torch.no_grad():
+            model.eval()
+            loss, accuracy = self.metrics(model(inputs), targets, num_classes)
+        return float(loss), float(accuracy)
+
+
+def _classification_metrics(
+    outputs: Tensor, targets: Tensor, num_classes: int
+) -> tuple[Tensor, Tensor]:
+    return F.cross_entropy(outputs, targets), (outputs.argmax(1) == targets).float().mean()
+
+
+def _regression_metrics(
+    outputs: Tensor, targets: Tensor, num_classes: int
+) -> tuple[Tensor, Tensor]:
+    return half_mse_loss(outputs, targets), one_hot_accuracy(outputs, targets, num_classes)
+
+
+def _classifier(
+    datamodule: Any, *, layer: str, num_units: int, shortcut_depth: int, lr: float, width: int = 32
+) -> ResidualClassifier:
+    """Input projection, a linear-branch stack of ``width`` and a head."""
+    return ResidualClassifier(
+        datamodule.input_shape,
+        datamodule.num_classes,
+        width=width,
+        num_units=num_units,
+        shortcut_depth=shortcut_depth,
+        layer=layer,
+        activation=None,
+        lr=lr,
+    )
+
+
+def _regressor(
+    datamodule: Any, *, layer: str, num_units: int, shortcut_depth: int, lr: float
+) -> ResidualRegressor:
+    """The theory's bias-free linear stack on inputs of ``datamodule.input_shape = (width,)``."""
+    (width,) = datamodule.input_shape
+    return ResidualRegressor(
+        width, num_units, shortcut_depth, num_classes=datamodule.num_classes, lr=lr
+    )
+
+
+#: cross-entropy on integer labels; accuracy of the largest logit
+CLASSIFICATION = Task("classification", cross_entropy_loss, _classification_metrics, _classifier)
+#: ``0.5 * mean ||f(x) - y||^2`` on one-hot targets; accuracy of the largest of the class outputs
+REGRESSION = Task("regression", regression_loss, _regression_metrics, _regressor, closed_form=True)

@@ -1,0 +1,1 @@
+"""Shared test helpers: small models, fake data files, reference Hessians and a fake clock."""

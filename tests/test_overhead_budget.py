@@ -1,0 +1,41 @@
+from types import SimpleNamespace
+
+from lightning_shortcut.callbacks import HessianEigenvalueMonitor
+from lightning_shortcut.callbacks._budget import OverheadBudget
+
+
+class Ticks:
+    """A clock that returns the values it is given, one per call."""
+
+    def __init__(self, *times):
+        self.times = list(times)
+
+    def __call__(self):
+        return self.times.pop(0)
+
+
+def test_books_time_to_training_and_measurements():
+    budget = OverheadBudget(clock=Ticks(0.0, 10.0, 12.0, 30.0))
+    trainer = SimpleNamespace(world_size=1)
+    budget.start()  # 0
+    with budget.measuring():  # 10 s of training, then a measurement of 2 s
+        pass
+    assert (budget.train_seconds, budget.monitor_seconds, budget.last_cost) == (10.0, 2.0, 2.0)
+    # at 30 s: 28 s of training; 2 + 2 <= 0.15 * 28 but not <= 0.1 * 28
+    assert budget.allows(0.15, trainer)
+    assert not OverheadBudget(clock=Ticks(1.0)).allows(0, trainer)  # reads no clock
+    assert OverheadBudget(clock=Ticks()).allows(None, trainer)
+
+
+def test_a_checkpoint_of_the_flat_state_loads():
+    state = {
+        "history": [{"step": 0, "epoch": 0, "stage": "fit", "max_eigenvalue": 1.0}],
+        "last_step": 0,
+        "train_seconds": 4.0,
+        "monitor_seconds": 0.5,
+        "last_cost": 0.5,
+    }
+    monitor = HessianEigenvalueMonitor()
+    monitor.load_state_dict(state)
+    assert monitor.state_dict() == state
+    assert monitor.budget.train_seconds == 4.0 and monitor.history == state["history"]
