@@ -1,7 +1,8 @@
 """The Hessian batch: a fixed set of samples a monitor measures the Hessian on.
 
 It is the first ``num_samples`` samples of a stage's data in dataset order (so no RNG is drawn),
-split across ranks, cut into chunks of ``batch_size`` and moved to the strategy's device.
+split across ranks, cut into chunks of ``batch_size``, moved to the strategy's device and converted
+to the precision plugin's input dtype.
 """
 
 from __future__ import annotations
@@ -82,7 +83,10 @@ def gather_hessian_batch(
             batches = _take(loader, math.ceil(num_samples / world))
     if not batches:
         raise ValueError(f"The {stage} data holds no sample for the Hessian batch.")
-    return [trainer.strategy.batch_to_device(batch) for batch in batches]
+    # as the Trainer prepares training batches: to the device, then the precision's input dtype
+    # (64-true: float64, bf16-true: bfloat16)
+    convert = trainer.precision_plugin.convert_input
+    return [convert(trainer.strategy.batch_to_device(batch)) for batch in batches]
 
 
 def check_loss(

@@ -8,10 +8,12 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
 
 from lightning_shortcut._validation import check_non_negative_float, check_positive_int
 from lightning_shortcut.callbacks._budget import OverheadBudget
+from lightning_shortcut.callbacks._cost_report import CostReport
 
 __all__ = ["DEFAULT_MAX_OVERHEAD", "STAGES", "ScheduledMonitor"]
 
@@ -58,6 +60,7 @@ class ScheduledMonitor(Callback):
         self.__validate_schedule()
         self.history: list[dict[str, Any]] = []
         self.budget = OverheadBudget(clock)
+        self._cost_report = CostReport(self.budget.clock)
         self._last_step: int = -1  # the last global step measured in fit
         self._last_checked_step: int = -1  # the last global step the schedule was asked about
 
@@ -97,7 +100,11 @@ class ScheduledMonitor(Callback):
 
     def _on_fit_started(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Called once fit has started: after :meth:`_prepare` and the measurement at the initial
-        point, if one was made (for instance, to report what a measurement costs)."""
+        point, if one was made."""
+
+    def _describe_cost(self, record: dict[str, float]) -> tuple[str, str]:
+        """For the cost report: what a measurement did (from its ``record``) and the levers."""
+        return "", "max_overhead"
 
     # Lightning hooks: one line each
 
@@ -115,10 +122,12 @@ class ScheduledMonitor(Callback):
         batch_idx: int,
     ) -> None:
         self._measure_if_due_after_step(trainer, pl_module)
+        self._report_cost_once(trainer, epoch_end=False)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._measure_if_due_after_epoch(trainer, pl_module)
+        self._report_cost_once(trainer, epoch_end=True)
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -165,6 +174,7 @@ class ScheduledMonitor(Callback):
         if self.at_fit_start and trainer.global_step == 0:
             self._measure_in_fit(trainer, pl_module)
         self._on_fit_started(trainer, pl_module)
+        self._cost_report.start(trainer, self.budget.monitor_seconds)
 
     def _measure_if_due_after_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule
@@ -201,3 +211,24 @@ class ScheduledMonitor(Callback):
         self._last_step = trainer.global_step
         with self.budget.measuring():
             self._measure_and_log(trainer, pl_module, "fit")
+
+    def _report_cost_once(self, trainer: pl.Trainer, epoch_end: bool) -> None:
+        """Once, after the first training steps: a measurement's cost in training steps, what the
+        schedule implies and the levers (rank zero, Lightning's logging)."""
+        if self._should_skip(trainer, "fit") or not self.history:
+            return
+        if self._cost_report.ready(trainer, epoch_end):
+            what, levers = self._describe_cost(self.history[-1])
+            rank_zero_info(
+                self._cost_report.message(
+                    trainer,
+                    self.budget.monitor_seconds,
+                    self.history[-1]["seconds"],
+                    name=type(self).__name__,
+                    what=what,
+                    levers=levers,
+                    budget=self.overhead_budget,
+                    every_n_steps=self.every_n_steps,
+                    every_n_epochs=self.every_n_epochs,
+                )
+            )

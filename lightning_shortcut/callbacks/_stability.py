@@ -48,7 +48,10 @@ class StabilityTracker:
         known = spectrum.max if spectrum.max is not None and math.isfinite(spectrum.max) else None
         try:
             report = edge_of_stability(
-                pl_module, optimizer=trainer.optimizers, hessian_max_eigenvalue=known, **hessian_args
+                pl_module,
+                optimizer=trainer.optimizers,
+                hessian_max_eigenvalue=known,
+                **hessian_args,
             )
         except (UnsupportedOptimizerError, ValueError) as error:
             self.skip_reason = str(error)

@@ -15,13 +15,18 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from lightning_shortcut._validation import check_choice, check_positive_int
+from lightning_shortcut._validation import (
+    check_choice,
+    check_non_negative_float,
+    check_positive_int,
+)
 from lightning_shortcut.callbacks._hessian_batch import (
     check_loss,
     gather_hessian_batch,
     stage_dataloader,
 )
 from lightning_shortcut.callbacks._schedule import DEFAULT_MAX_OVERHEAD, ScheduledMonitor
+from lightning_shortcut.callbacks._stability import StabilityTracker
 from lightning_shortcut.hessian.operator import cross_entropy_loss
 from lightning_shortcut.hessian.spectrum import (
     HessianSpectrum,
@@ -54,7 +59,9 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     - ``{log_prefix}min_eigenvalue``: the smallest eigenvalue (when ``bottom_k >= 1``).
     - ``{log_prefix}min_abs_eigenvalue``: the smallest ``|eigenvalue|`` (with ``min_abs=True``).
     - ``{log_prefix}condition_number``: largest over smallest ``|eigenvalue|`` (with
-      ``min_abs=True``).
+      ``min_abs=True``); ``inf`` when the smallest is below what ``tol`` resolves (the Hessian is
+      singular to within ``tol``, as a network's full Hessian usually is; ``params="residual"`` at
+      the paper's zero point is well conditioned), never a number that only reflects ``tol``.
     - ``{log_prefix}min_abs_resolved``: ``1.0`` if the smallest ``|eigenvalue|`` is known to
       relative accuracy ``tol``, ``0.0`` if it is below resolution (with ``min_abs=True``).
     - ``{log_prefix}top_<i>``, ``{log_prefix}bottom_<i>``: the ``i``-th largest and smallest
@@ -62,6 +69,14 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     - ``{log_prefix}num_hvps``: Hessian-vector products used.
     - ``{log_prefix}seconds``: wall time of the measurement.
     - ``{log_prefix}converged``: ``1.0`` if every value met ``tol``, else ``0.0``.
+    - ``{log_prefix}stability`` (fit, ``stability=True``): the largest eigenvalue of the
+      step-preconditioned Hessian over the optimizer's threshold; 1.0 is the edge of stability
+      (see :func:`~lightning_shortcut.hessian.edge_of_stability`). Free for SGD with one learning
+      rate (``lr * lambda_max / c``); one more eigenvalue run for Adam, AdamW, RMSprop or unequal
+      groups (counted in ``num_hvps`` and ``seconds``). Not logged for an optimizer without a known
+      threshold (said once) or an adaptive one before its first step.
+    - ``{log_prefix}max_stable_lr``: the first group's learning rate at which ``stability`` is 1.
+    - ``epoch``: the epoch, with every row.
 
     Measurements made inside ``trainer.validate`` or ``trainer.test`` use
     ``{log_prefix}validate/...`` and ``{log_prefix}test/...``. The same values go into
@@ -77,25 +92,23 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     or a solver that did not converge is logged (NaN where there is no value) and warned about once;
     training goes on.
 
-    Schedule: by default (neither ``every_n_steps`` nor ``every_n_epochs``) the monitor schedules
-    itself within a time budget: after an optimizer step it measures if the wall time spent measuring
-    so far, plus the previous measurement's time as the estimate of this one, stays within
-    ``max_overhead`` (5%) of the training wall time so far (everything else the run did since
-    ``on_train_start``: steps, validation, checkpoints). It thus measures as often as the budget
-    allows: often when measurements are cheap next to training steps, rarely when they are not. The
-    measurement at the initial point is always made and counts against the budget, so a run shorter
-    than ``1 / max_overhead`` times that measurement exceeds the budget by it. The budget is kept in checkpoints;
-    under DDP rank zero decides and broadcasts, so every rank measures at the same steps. Which steps
-    are measured depends on timing; for the same steps in every run, give ``every_n_steps`` or
-    ``every_n_epochs``, a fixed schedule that the budget does not cut unless ``max_overhead`` is set.
+    Schedule: by default the monitor measures after any optimizer step where its wall time so far,
+    plus the last measurement's, stays within ``max_overhead`` (5%) of the training wall time so far
+    (everything else since ``on_train_start``). The measurement at the initial point is always made
+    and counts against the budget. The budget is kept in checkpoints; under DDP rank zero decides and
+    broadcasts. For the same steps in every run, give ``every_n_steps`` or ``every_n_epochs``, a fixed
+    schedule that the budget does not cut unless ``max_overhead`` is set.
 
-    Cost: one measurement costs about ``num_hvps`` Hessian-vector products on ``num_samples``
-    samples, each about 1.5-2.5 times a training step's forward and backward on that many samples
-    (more for convolutions on a GPU; see ``benchmarks/``). Lanczos needs roughly 10-40 products at
-    ``tol=1e-2`` for one eigenvalue at each end, grows slowly as ``tol`` shrinks, runs once more per
-    extra ``top_k``/``bottom_k``, and ``min_abs`` can need hundreds. Cost is linear in
-    ``num_samples``; ``batch_size`` bounds memory. Under the time budget a costlier measurement means
-    fewer measurements, not a slower run.
+    Cost: ``num_hvps`` Hessian-vector products on ``num_samples`` samples, each 1.5-2.5 training
+    steps' forward and backward on that many samples (see ``benchmarks/``); about 10-40 at
+    ``tol=1e-2``, hundreds for ``min_abs``. After the first training steps the monitor says once
+    (Lightning's logging) what one measurement costs in training steps and what the schedule implies.
+
+    Loss: ``loss_fn`` if given, else the module's ``hessian_loss(self, batch)`` (returning the scalar
+    mean loss: the way to use a model's own loss with dict batches or other losses), else the
+    cross-entropy of ``pl_module(inputs)`` against ``targets``. The Hessian batch is converted as the
+    Trainer converts training batches (``precision="64-true"``, ``"bf16-true"``); in bfloat16 expect
+    about 2-3 correct digits.
 
     Args:
         every_n_steps: measure every this many optimizer steps (``None``: not by steps).
@@ -110,16 +123,16 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         batch_size: chunk size of the Hessian batch, to bound memory (default: one chunk, whose
             first-order graph is then built once per measurement and reused by every product;
             with several chunks each product recomputes it for every chunk).
-        method: ``"lanczos"``, ``"power"`` or ``"pyhessian"``.
+        method: a solver of :data:`~lightning_shortcut.hessian.SOLVERS`: ``"lanczos"``, ``"power"``,
+            ``"pyhessian"`` or one you registered.
         top_k: number of largest eigenvalues.
         bottom_k: number of smallest eigenvalues.
         min_abs: also the smallest ``|eigenvalue|`` and the condition number (Lanczos only).
         params: ``"all"``/``None`` (every trainable parameter), ``"residual"`` (the ResidualStack
             branch parameters, the paper's quantity) or a callable ``module -> parameters``.
-        tol: residual tolerance relative to the largest ``|eigenvalue|``.
+        tol: the error allowed in each eigenvalue, relative to the largest ``|eigenvalue|``.
         max_iter: products per eigenvalue run.
-        loss_fn: ``loss_fn(pl_module, batch) -> scalar`` (default: cross-entropy of
-            ``pl_module(inputs)`` against ``targets``).
+        loss_fn: ``loss_fn(pl_module, batch) -> scalar`` (see Loss).
         log_prefix: prefix of the logged names.
         data: a ``DataLoader`` or ``LightningDataModule`` to draw the Hessian batch from instead of the
             Trainer's train dataloader.
@@ -127,6 +140,11 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
             ``"validate"``/``"test"`` (on the first ``num_samples`` samples of their dataloader).
         mode: ``"eval"`` (dropout off, BatchNorm running statistics) or ``"train"``.
         seed: seed of the solver's private generator.
+        stability: log ``stability`` and ``max_stable_lr`` from the run's optimizer.
+        warn_above: warn once when ``stability`` stays above this for 3 measurements (``None``: never).
+        warm_start: start each measurement from the previous one's eigenvectors (holds
+            ``top_k + bottom_k`` parameter-sized vectors between measurements).
+        solver_options: extra arguments of the solver, e.g. ``{"max_basis": 10}``.
         clock: the time budget's wall clock in seconds (default :func:`time.perf_counter`); for tests
             and simulations that need a deterministic schedule.
 
@@ -153,7 +171,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         at_fit_start: bool = True,
         num_samples: int = 512,
         batch_size: int | None = None,
-        method: Literal["lanczos", "power", "pyhessian"] = "lanczos",
+        method: str = "lanczos",
         top_k: int = 1,
         bottom_k: int = 1,
         min_abs: bool = False,
@@ -166,6 +184,10 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         stages: Sequence[str] = ("fit",),
         mode: Literal["eval", "train"] = "eval",
         seed: int = 0,
+        stability: bool = True,
+        warn_above: float | None = 2.0,
+        warm_start: bool = False,
+        solver_options: dict[str, Any] | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         super().__init__(every_n_steps, every_n_epochs, max_overhead, at_fit_start, stages, clock)
@@ -183,9 +205,15 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         self.data = data
         self.mode = mode
         self.seed = seed
+        self.stability = stability
+        self.warn_above = warn_above
+        self.warm_start = warm_start
+        self.solver_options = dict(solver_options or {})
         self.__validate_init_configuration()
         self._batches: dict[str, list[Any]] = {}  # the Hessian batch of each stage
         self._warned: set[str] = set()
+        self._stability = StabilityTracker(warn_above, self._warn_once)
+        self._start_vectors: list[Tensor] | None = None  # the last fit measurement's eigenvectors
 
     def __validate_init_configuration(self) -> None:
         check_positive_int("num_samples", self.num_samples)
@@ -199,6 +227,8 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
                 f"`params` must be None, 'all', 'residual' or a callable, got {self.params!r}."
             )
         check_choice("mode", self.mode, ("eval", "train"))
+        if self.warn_above is not None:
+            check_non_negative_float("warn_above", self.warn_above)
         if self.data is not None and not isinstance(self.data, DataLoader | pl.LightningDataModule):
             raise TypeError(
                 "`data` must be a DataLoader or a LightningDataModule, "
@@ -242,7 +272,19 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         return batches
 
     def _resolve_loss_fn(self, pl_module: pl.LightningModule) -> LossFn:
-        return self.loss_fn or cross_entropy_loss
+        """``loss_fn`` if given, else the module's ``hessian_loss(batch)``, else cross-entropy."""
+        if self.loss_fn is not None:
+            return self.loss_fn
+        if callable(getattr(pl_module, "hessian_loss", None)):
+            return _call_hessian_loss
+        return cross_entropy_loss
+
+    @override
+    def _describe_cost(self, record: dict[str, float]) -> tuple[str, str]:
+        return (
+            f"{int(record['num_hvps'])} Hessian-vector products on {self.num_samples} samples",
+            f"num_samples (the cost is linear in it), tol (now {self.tol:g})",
+        )
 
     # measuring and logging
 
@@ -251,7 +293,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str
     ) -> None:
         spectrum = self._compute_spectrum(trainer, pl_module, stage)
-        metrics = self._collect_metrics(trainer, spectrum)
+        metrics = self._collect_metrics(trainer, pl_module, stage, spectrum)
         self._warn_about(spectrum, metrics, trainer.global_step)
         self.history.append(
             {"step": trainer.global_step, "epoch": trainer.current_epoch, "stage": stage, **metrics}
@@ -265,25 +307,18 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         batches = self._batches.get(stage)
         if batches is None:
             batches = self._batches[stage] = self._gather_hessian_batch(trainer, pl_module, stage)
-        all_reduce = None
-        if trainer.world_size > 1:
-            all_reduce = lambda t: trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
         try:
-            return hessian_eigenvalues(
+            spectrum = hessian_eigenvalues(
                 pl_module,
-                batches,
-                self._resolve_loss_fn(pl_module),
-                method=self.method,
                 top_k=self.top_k,
                 bottom_k=self.bottom_k,
                 min_abs=self.min_abs,
-                params=self.params,
-                tol=self.tol,
-                max_iter=self.max_iter,
-                seed=self.seed,
-                mode=self.mode,
-                all_reduce=all_reduce,
+                start=self._start_vectors if stage == "fit" else None,
+                **self._hessian_args(trainer, pl_module, batches),
             )
+            if self.warm_start and stage == "fit":
+                self._start_vectors = spectrum.vectors
+            return spectrum
         # a numerical or memory error is logged as NaN: training goes on
         except (RuntimeError, torch.OutOfMemoryError) as error:
             self._warn_once(
@@ -295,16 +330,61 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
                 self.top_k, self.bottom_k, self.min_abs, self.method, reason=str(error)
             )
 
-    def _collect_metrics(self, trainer: pl.Trainer, spectrum: HessianSpectrum) -> dict[str, float]:
+    def _hessian_args(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batches: list[Any]
+    ) -> dict[str, Any]:
+        """What every solver call of a measurement shares: data, loss, parameters, settings."""
+        all_reduce = None
+        if trainer.world_size > 1:
+            all_reduce = lambda t: trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
+        return {
+            "data": batches,
+            "loss_fn": self._resolve_loss_fn(pl_module),
+            "params": self.params,
+            "method": self.method,
+            "tol": self.tol,
+            "max_iter": self.max_iter,
+            "seed": self.seed,
+            "mode": self.mode,
+            "all_reduce": all_reduce,
+            "solver_options": self.solver_options,
+        }
+
+    def _collect_metrics(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        stage: str,
+        spectrum: HessianSpectrum,
+    ) -> dict[str, float]:
         """Every value a measurement logs, by name without prefix: the one place to add one (and
         to list it under "Logged metrics" in the class docstring)."""
-        return spectrum.as_dict()
+        metrics = spectrum.as_dict()
+        if self.stability and stage == "fit" and spectrum.converged is not None:
+            ratio, products, seconds = self._stability.measure(
+                trainer,
+                pl_module,
+                spectrum,
+                **self._hessian_args(trainer, pl_module, self._batches[stage]),
+            )
+            metrics.update(ratio)
+            metrics["num_hvps"] += products
+            metrics["seconds"] += seconds
+        return metrics
 
     def _warn_about(self, spectrum: HessianSpectrum, metrics: dict[str, float], step: int) -> None:
         if any(math.isnan(v) for k, v in metrics.items() if k not in _BOOKKEEPING):
             self._warn_once(
                 "nan",
                 f"HessianEigenvalueMonitor: non-finite loss or spectrum at step {step}; logged as NaN.",
+            )
+        elif spectrum.min_abs_resolved is False and spectrum.converged:
+            self._warn_once(
+                "unresolved",
+                f"HessianEigenvalueMonitor: at step {step} the smallest |eigenvalue| is below what "
+                f"tol={self.tol} resolves (<= tol * max|eigenvalue|): the Hessian is singular to "
+                "within tol, so condition_number is logged as inf. A network's full Hessian usually "
+                "is; params='residual' gives the paper's well-conditioned one.",
             )
         elif not spectrum.converged:
             self._warn_once(
@@ -325,4 +405,10 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
             trainer.callback_metrics[name] = torch.tensor(value)
         if trainer.is_global_zero:
             for logger in trainer.loggers:
-                logger.log_metrics(prefixed, step=trainer.global_step)
+                logger.log_metrics(
+                    {**prefixed, "epoch": float(trainer.current_epoch)}, step=trainer.global_step
+                )
+
+
+def _call_hessian_loss(pl_module: pl.LightningModule, batch: Any) -> Tensor:
+    return pl_module.hessian_loss(batch)
