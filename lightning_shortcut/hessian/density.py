@@ -158,7 +158,7 @@ def spectral_density(
                 process.step()
                 if process.beta <= 1e-12 * float(process.projected.abs().max()):
                     break  # an invariant subspace: its Ritz values are exact
-            values, vectors = torch.linalg.eigh(process.projected)
+            values, vectors, _ = process.ritz()
             nodes = torch.full((steps,), math.nan, dtype=torch.float64)
             weights = torch.zeros(steps, dtype=torch.float64)
             nodes[: values.numel()] = values

@@ -19,19 +19,30 @@ __all__ = ["BUDGETS", "INIT_NAMES", "StudyConfig"]
 #: The sizes of the study: the grid's depths, the zero point's depths, steps and measurements.
 BUDGETS: dict[str, dict[str, Any]] = {
     # for tests and smoke runs: seconds
-    "quick": {"num_units": (1, 4), "kappa_units": (1, 2, 4), "max_steps": 30, "hessian_every": 15},
+    "quick": {
+        "num_units": (1, 4),
+        "kappa_units": (1, 2, 4),
+        "max_steps": 30,
+        "hessian_every": 15,
+        "sweep_lrs": (0.01, 0.3, 3.0),
+        "sweep_steps": 20,
+    },
     # the README's default: a few minutes on two CPU cores
     "default": {
         "num_units": (2, 8, 32),
         "kappa_units": (1, 2, 4, 8, 16, 32, 64),
         "max_steps": 600,
         "hessian_every": 50,
+        "sweep_lrs": (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
+        "sweep_steps": 300,
     },
     "full": {
         "num_units": (1, 4, 16, 64),
         "kappa_units": (1, 2, 4, 8, 16, 32, 64),
         "max_steps": 3000,
         "hessian_every": 100,
+        "sweep_lrs": (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 1.5, 2.0, 3.0),
+        "sweep_steps": 1000,
     },
 }
 #: The initializations the study trains from (names of :data:`~lightning_shortcut.init.INIT_STRATEGIES`).
@@ -57,6 +68,8 @@ class StudyConfig:
         kappa_units: depths of the zero-point sweep (default: the budget's).
         max_steps: SGD steps per run (default: the budget's).
         hessian_every: steps between Hessian measurements during training (default: the budget's).
+        sweep_lrs: the learning rates of the sweep (default: the budget's; 0.01 to 2).
+        sweep_steps: SGD steps per run of the sweep (default: the budget's).
         lr: SGD learning rate.
         small_scale: standard deviation of the small initialization.
         batch_size: SGD batch size.
@@ -74,6 +87,8 @@ class StudyConfig:
     kappa_units: tuple[int, ...] | None = None
     max_steps: int | None = None
     hessian_every: int | None = None
+    sweep_lrs: tuple[float, ...] | None = None
+    sweep_steps: int | None = None
     lr: float = 0.1
     small_scale: float = 1e-3
     batch_size: int = 64
@@ -89,12 +104,14 @@ class StudyConfig:
         for key, value in BUDGETS[self.budget].items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
-        for name in ("shortcut_depths", "inits", "num_units", "kappa_units"):
+        for name in ("shortcut_depths", "inits", "num_units", "kappa_units", "sweep_lrs"):
             setattr(self, name, tuple(getattr(self, name)))  # a YAML or CLI list, say
         for name in ("shortcut_depths", "num_units", "kappa_units"):
             for value in getattr(self, name):
                 check_positive_int(name, value)
-        for name in ("max_steps", "hessian_every", "batch_size", "hessian_samples"):
+        for value in self.sweep_lrs:
+            check_positive_float("sweep_lrs", value)
+        for name in ("max_steps", "hessian_every", "sweep_steps", "batch_size", "hessian_samples"):
             check_positive_int(name, getattr(self, name))
         check_positive_float("lr", self.lr)
         check_non_negative_float("small_scale", self.small_scale)

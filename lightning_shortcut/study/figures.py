@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from lightning_shortcut.study.lr_sweep import SweepResult
     from lightning_shortcut.study.training import RunResult
 
-__all__ = ["plot_eigenvalue_trajectories", "plot_loss_curves", "plot_zero_point"]
+__all__ = ["plot_eigenvalue_trajectories", "plot_loss_curves", "plot_lr_sweep", "plot_zero_point"]
 
 # one color per shortcut depth, one line style per initialization
 COLORS = {1: "tab:red", 2: "tab:blue", 3: "tab:green"}
@@ -91,16 +92,50 @@ def plot_loss_curves(out: Path, runs: Sequence[RunResult]) -> Path:
 def plot_eigenvalue_trajectories(out: Path, runs: Sequence[RunResult]) -> Path:
     """``eigenvalue_trajectories.png``: the extreme eigenvalues along training, deepest runs."""
     deepest = max(r.num_units for r in runs)
-    fig, axes = _pyplot().subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = _pyplot().subplots(1, 3, figsize=(15, 3.8))
+    keys = ("max_eigenvalue", "min_eigenvalue", "stability")
     for run in (r for r in runs if r.num_units == deepest):
-        steps = [s["step"] for s in run.spectra]
         style, color = STYLES.get(run.init, "-") + "o", COLORS.get(run.shortcut_depth)
-        for ax, key in zip(axes, ("max_eigenvalue", "min_eigenvalue"), strict=True):
-            values = [s[key] for s in run.spectra]
-            ax.plot(steps, values, style, markersize=3, color=color, label=_run_label(run))
-    for ax, title in zip(axes, ("largest eigenvalue", "smallest eigenvalue"), strict=True):
+        for ax, key in zip(axes, keys, strict=True):
+            points = [(s["step"], s[key]) for s in run.spectra if key in s]
+            if points:
+                steps, values = zip(*points, strict=True)
+                ax.plot(steps, values, style, markersize=3, color=color, label=_run_label(run))
+    titles = ("largest eigenvalue", "smallest eigenvalue", "stability (lr * curvature / 2)")
+    for ax, title in zip(axes, titles, strict=True):
         ax.set_yscale("symlog", linthresh=1e-3)
         ax.set_title(f"{title}, {deepest} units")
         ax.set_xlabel("step")
+    axes[2].axhline(1.0, color="black", linestyle="--", linewidth=1)
     axes[1].legend(fontsize=7)
     return _save(fig, out / "eigenvalue_trajectories.png", dpi=110)
+
+
+def plot_lr_sweep(out: Path, results: Sequence[SweepResult]) -> Path:
+    """``lr_sweep.png``: final loss against learning rate, a panel per depth, a line per ``n``, the
+    learning rate where the initial stability ratio is 1 (``2 / lambda_max`` for SGD) dashed."""
+    depths = sorted({r.num_units for r in results})
+    fig, axes = _pyplot().subplots(1, len(depths), figsize=(4.2 * len(depths), 3.6), squeeze=False)
+    finite = [r.final_loss for r in results if math.isfinite(r.final_loss)]
+    ceiling = 2 * max(finite) if finite else 1.0
+    for ax, units in zip(axes[0], depths, strict=True):
+        for n in sorted({r.shortcut_depth for r in results}):
+            runs = sorted(
+                (r for r in results if r.num_units == units and r.shortcut_depth == n),
+                key=lambda r: r.lr,
+            )
+            color = COLORS.get(n)
+            lrs = [r.lr for r in runs]
+            losses = [r.final_loss if not r.diverged else math.nan for r in runs]
+            ax.plot(lrs, losses, "o-", color=color, markersize=4, label=f"n={n}")
+            diverged = [r.lr for r in runs if r.diverged]
+            ax.plot(diverged, [ceiling] * len(diverged), "x", color=color, markersize=7)
+            if runs and runs[0].stability_init > 0:
+                ax.axvline(runs[0].lr / runs[0].stability_init, color=color, linestyle="--", lw=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"{units} units (x: diverged; dashed: 2 / lambda_max)", fontsize=9)
+        ax.set_xlabel("learning rate")
+    axes[0][0].set_ylabel("final training loss")
+    axes[0][0].legend(fontsize=8)
+    return _save(fig, out / "lr_sweep.png", dpi=110)

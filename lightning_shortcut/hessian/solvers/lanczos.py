@@ -32,7 +32,8 @@ echo ``tol``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +50,18 @@ DEFAULT_MAX_BASIS = 20
 # Rotating the basis at a restart works on column blocks of this many entries, so the restart needs
 # no second basis-sized buffer.
 _ROTATE_BLOCK = 1 << 16
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Run the small dense algebra (``eigh`` and ``svd`` of a matrix of the basis' size) on one
+    thread: multithreaded LAPACK on such matrices is 10-100 times slower, far more on a busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class LanczosProcess:
@@ -110,7 +123,8 @@ class LanczosProcess:
 
     def ritz(self) -> tuple[Tensor, Tensor, Tensor]:
         """Ritz values (ascending), their coordinate vectors (columns) and residual norms."""
-        values, vectors = torch.linalg.eigh(self.projected)
+        with single_thread():
+            values, vectors = torch.linalg.eigh(self.projected)
         return values, vectors, self.beta * vectors[-1].abs()
 
     def ritz_vector(self, coordinates: Tensor) -> Tensor:
@@ -135,6 +149,12 @@ class LanczosProcess:
         self._projected.zero_()
         self._projected[:keep, :keep] = torch.diag(values)
         self.size = keep  # A Y = Y diag(values) + r s^T: the next step adds r / beta
+
+
+def _check_now(size: int) -> bool:
+    # A check costs O(size^3) (a dense eigh and, for min_abs, an SVD): every step while the basis
+    # is small, then about every 5% of its size, so that long min_abs runs stay products-bound.
+    return size <= 40 or size % max(1, size // 20) == 0
 
 
 def _error_bound(residual: float, gap: float) -> float:
@@ -165,7 +185,8 @@ def _min_abs_estimate(projected: Tensor, beta: float) -> tuple[float, float] | N
     full[:size] = projected
     full[size, size - 1] = beta
     previous = full[:size, : size - 1]  # A V_{m-1} = V_m previous
-    _, singular_values, right = torch.linalg.svd(previous, full_matrices=False)
+    with single_thread():
+        _, singular_values, right = torch.linalg.svd(previous, full_matrices=False)
 
     def pair(index: int) -> tuple[float, float]:
         sigma, coordinates = float(singular_values[index]), right[index]
@@ -240,6 +261,10 @@ def _run(
     run = _Run()
     for products in range(1, max_iter + 1):
         process.step()
+        full = process.size == process.capacity or process.size == room
+        invariant = process.beta <= 1e-10 * float(process.projected.abs().max())
+        if not (full or invariant or products == max_iter or _check_now(process.size)):
+            continue
         values, vectors, residuals = process.ritz()
         run.scale = float(values.abs().max())
         exact = process.beta <= 1e-12 * max(run.scale, 1e-300) or process.size == room

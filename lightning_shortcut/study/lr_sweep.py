@@ -1,0 +1,174 @@
+"""The learning rate against depth: where each shortcut depth diverges, and what ``2 / lambda_max`` said.
+
+Gradient descent on a quadratic is stable only while ``lr * lambda_max < 2``. The paper's practical
+message is that a shortcut depth whose initial curvature grows with depth (``n = 1``) forces a
+smaller step as the network deepens, while ``n = 2`` does not. This part trains each shortcut depth
+from small weights over a geometric grid of learning rates and records the final loss, divergence,
+``lambda_max`` at the start and the stability ratio at the start (the monitor's ``stability``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from lightning_shortcut.hessian import edge_of_stability, hessian_eigenvalues
+from lightning_shortcut.init import init_strategy
+from lightning_shortcut.study.figures import plot_lr_sweep
+from lightning_shortcut.study.parts import Step, StudyPart, Table
+
+__all__ = ["LearningRateSweep", "SweepResult"]
+
+#: A run diverged when its training loss is not finite or exceeds this.
+DIVERGED_LOSS = 1e6
+INIT = "small"
+
+
+@dataclass
+class SweepResult:
+    """One run of the sweep (the CSV's columns)."""
+
+    shortcut_depth: int
+    init: str
+    num_units: int
+    lr: float
+    final_loss: float
+    diverged: bool
+    max_eigenvalue_init: float
+    stability_init: float
+
+
+class LearningRateSweep(StudyPart):
+    """SGD from small weights at every learning rate of ``sweep_lrs`` for every shortcut depth and
+    ``num_units``, ``sweep_steps`` steps each: ``lr_sweep.csv``, ``lr_sweep_summary.csv`` (per depth:
+    the predicted ``2 / lambda_max``, the largest learning rate that trained and the best one) and
+    ``lr_sweep.png``. Runs are plain PyTorch loops on the study's data and model, so the sweep costs
+    seconds; ``lambda_max`` at the start is one Hessian measurement per configuration (the same
+    initial weights for every learning rate).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.results: list[SweepResult] = []
+
+    def steps(self) -> list[Step]:
+        return [
+            (f"lr sweep n={depth} {units:>3} units", partial(self._sweep, depth, units))
+            for depth in self.config.shortcut_depths
+            for units in self.config.num_units
+        ]
+
+    def tables(self) -> list[Table]:
+        rows = [asdict(result) for result in self.results]
+        return [
+            Table("lr_sweep.csv", "Learning rate sweep", "LR sweep", rows),
+            Table(
+                "lr_sweep_summary.csv",
+                "Learning rate against depth",
+                "LR vs depth",
+                self._summary(),
+            ),
+        ]
+
+    def figures(self) -> list[Path]:
+        return [plot_lr_sweep(self.config.out, self.results)] if self.results else []
+
+    def _sweep(self, shortcut_depth: int, num_units: int) -> None:
+        loss_fn, max_eigenvalue = self.dataset.task.loss_fn, None
+        for lr in self.config.sweep_lrs:
+            model = self._initial_model(shortcut_depth, num_units, lr)
+            optimizer = model.configure_optimizers()
+            if max_eigenvalue is None:  # the same initial weights at every learning rate
+                batch = self._hessian_batch()
+                max_eigenvalue = hessian_eigenvalues(model, batch, loss_fn, bottom_k=0).max
+            report = edge_of_stability(  # SGD: lr * lambda_max / c, no product
+                model, batch, optimizer, loss_fn, hessian_max_eigenvalue=max_eigenvalue
+            )
+            final_loss, diverged = self._train(model, optimizer)
+            self.results.append(
+                SweepResult(
+                    shortcut_depth=shortcut_depth,
+                    init=INIT,
+                    num_units=num_units,
+                    lr=lr,
+                    final_loss=final_loss,
+                    diverged=diverged,
+                    max_eigenvalue_init=max_eigenvalue,
+                    stability_init=report.stability,
+                )
+            )
+
+    def _initial_model(self, shortcut_depth: int, num_units: int, lr: float) -> pl.LightningModule:
+        pl.seed_everything(self.config.seed, verbose=False)
+        model = self.dataset.task.build_model(
+            self.datamodule,
+            layer=self.dataset.layer,
+            num_units=num_units,
+            shortcut_depth=shortcut_depth,
+            lr=lr,
+        )
+        return init_strategy(INIT, scale=self.config.small_scale)(model)
+
+    def _train(
+        self, model: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> tuple[float, bool]:
+        """``sweep_steps`` SGD steps on the study's shuffled batches; (final train loss, diverged)."""
+        task, steps = self.dataset.task, self.config.sweep_steps
+        generator = torch.Generator().manual_seed(self.config.seed)
+        inputs, targets = self.datamodule.train_set.tensors
+        batch_size = self.config.batch_size
+        model.train()
+        taken = 0
+        while taken < steps:
+            order = torch.randperm(len(inputs), generator=generator)
+            for begin in range(0, len(order) - batch_size + 1, batch_size):
+                index = order[begin : begin + batch_size]
+                loss = task.loss_fn(model, (inputs[index], targets[index]))
+                if not math.isfinite(float(loss)) or float(loss) > DIVERGED_LOSS:
+                    return math.inf, True
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                taken += 1
+                if taken == steps:
+                    break
+        final, _ = task.evaluate(model, self.datamodule.train_set, self.datamodule.num_classes)
+        diverged = not math.isfinite(final) or final > DIVERGED_LOSS
+        return (math.inf if diverged else final), diverged
+
+    def _summary(self) -> list[dict[str, Any]]:
+        rows = []
+        for depth in self.config.shortcut_depths:
+            for units in self.config.num_units:
+                runs = [
+                    r for r in self.results if r.shortcut_depth == depth and r.num_units == units
+                ]
+                if not runs:
+                    continue
+                trained = [r for r in runs if not r.diverged]
+                best = min(trained, key=lambda r: r.final_loss) if trained else None
+                first = runs[0]
+                rows.append(
+                    {
+                        "shortcut_depth": depth,
+                        "num_units": units,
+                        "max_eigenvalue_init": first.max_eigenvalue_init,
+                        # the learning rate at which the initial stability ratio is 1
+                        "predicted_max_lr": first.lr / first.stability_init
+                        if first.stability_init > 0
+                        else math.inf,
+                        "largest_lr_trained": max((r.lr for r in trained), default=math.nan),
+                        "smallest_lr_diverged": min(
+                            (r.lr for r in runs if r.diverged), default=math.nan
+                        ),
+                        "best_lr": best.lr if best else math.nan,
+                        "best_final_loss": best.final_loss if best else math.nan,
+                    }
+                )
+        return rows
