@@ -69,28 +69,18 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     - ``{log_prefix}num_hvps``: Hessian-vector products used.
     - ``{log_prefix}seconds``: wall time of the measurement.
     - ``{log_prefix}converged``: ``1.0`` if every value met ``tol``, else ``0.0``.
-    - ``{log_prefix}stability`` (fit, ``stability=True``): the largest eigenvalue of the
-      step-preconditioned Hessian over the optimizer's threshold; 1.0 is the edge of stability
-      (see :func:`~lightning_shortcut.hessian.edge_of_stability`). Free for SGD with one learning
-      rate (``lr * lambda_max / c``); one more eigenvalue run for Adam, AdamW, RMSprop or unequal
-      groups (counted in ``num_hvps`` and ``seconds``). Not logged for an optimizer without a known
-      threshold (said once) or an adaptive one before its first step.
+    - ``{log_prefix}stability`` (fit): the step-preconditioned Hessian's largest eigenvalue over the
+      optimizer's threshold, 1.0 the edge of stability (:func:`~lightning_shortcut.hessian.edge_of_stability`);
+      free for SGD with one lr, one more eigenvalue run for Adam/AdamW/RMSprop or unequal groups.
     - ``{log_prefix}max_stable_lr``: the first group's learning rate at which ``stability`` is 1.
     - ``epoch``: the epoch, with every row.
 
-    Measurements made inside ``trainer.validate`` or ``trainer.test`` use
-    ``{log_prefix}validate/...`` and ``{log_prefix}test/...``. The same values go into
-    ``trainer.callback_metrics`` on every rank and into :attr:`history` (a list of dicts with
-    ``step``, ``epoch``, ``stage`` and the values), which is saved in checkpoints, so a resumed run
-    continues the same schedule and history.
-
-    Guarantees: training is bit-for-bit the same with or without the monitor (no global RNG draws, no
-    buffer, ``.grad`` or optimizer change, train/eval modes restored); at most one measurement per
-    ``global_step`` (gradient accumulation calls batch hooks several times); sanity checking and
-    ``fast_dev_run`` are skipped. Under DDP each rank holds its share of the Hessian batch and every
-    product is all-reduced, so every rank gets the spectrum of the union of the data. A non-finite loss
-    or a solver that did not converge is logged (NaN where there is no value) and warned about once;
-    training goes on.
+    Inside ``trainer.validate``/``test`` the names are ``{log_prefix}validate/...``/``test/...``. The
+    values also go to ``trainer.callback_metrics`` and :attr:`history` (kept in checkpoints).
+    Guarantees: training is bit-for-bit the same with or without the monitor; at most one measurement
+    per ``global_step``; sanity checking and ``fast_dev_run`` are skipped; under DDP every product is
+    all-reduced over the ranks' shares; a non-finite loss or a solver that did not converge is logged
+    (NaN where there is no value) and warned about once, and training goes on.
 
     Schedule: by default the monitor measures after any optimizer step where its wall time so far,
     plus the last measurement's, stays within ``max_overhead`` (5%) of the training wall time so far
@@ -99,16 +89,12 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     broadcasts. For the same steps in every run, give ``every_n_steps`` or ``every_n_epochs``, a fixed
     schedule that the budget does not cut unless ``max_overhead`` is set.
 
-    Cost: ``num_hvps`` Hessian-vector products on ``num_samples`` samples, each 1.5-2.5 training
-    steps' forward and backward on that many samples (see ``benchmarks/``); about 10-40 at
-    ``tol=1e-2``, hundreds for ``min_abs``. After the first training steps the monitor says once
-    (Lightning's logging) what one measurement costs in training steps and what the schedule implies.
+    Cost: ``num_hvps`` products on ``num_samples`` samples, each 1.5-2.5 training steps' forward and
+    backward on them; after the first steps the monitor says once what a measurement costs.
 
-    Loss: ``loss_fn`` if given, else the module's ``hessian_loss(self, batch)`` (returning the scalar
-    mean loss: the way to use a model's own loss with dict batches or other losses), else the
-    cross-entropy of ``pl_module(inputs)`` against ``targets``. The Hessian batch is converted as the
-    Trainer converts training batches (``precision="64-true"``, ``"bf16-true"``); in bfloat16 expect
-    about 2-3 correct digits.
+    Loss: ``loss_fn`` if given, else the module's ``hessian_loss(self, batch)`` (the scalar mean loss:
+    the way to use a model's own loss), else the cross-entropy of ``pl_module(inputs)``. The batch is
+    converted as the Trainer converts training batches (``precision``; bfloat16 gives 2-3 digits).
 
     Args:
         every_n_steps: measure every this many optimizer steps (``None``: not by steps).
