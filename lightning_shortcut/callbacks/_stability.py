@@ -45,7 +45,9 @@ class StabilityTracker:
         """
         if self.skip_reason is not None or not trainer.optimizers:
             return {}, 0, 0.0
-        known = spectrum.max if spectrum.max is not None and math.isfinite(spectrum.max) else None
+        if spectrum.max is not None and not math.isfinite(spectrum.max):
+            return {}, 0, 0.0  # a non-finite loss: the monitor warns about it already
+        known = spectrum.max
         try:
             report = edge_of_stability(
                 pl_module,
