@@ -34,6 +34,9 @@ def test_outputs_are_written(quick_study):
         "kappa_zero_point.png",
         "loss_curves.png",
         "eigenvalue_trajectories.png",
+        "lr_sweep.csv",
+        "lr_sweep_summary.csv",
+        "lr_sweep.png",
     ):
         assert (out / name).stat().st_size > 0, name
     rows = _rows(out / "summary.csv")
@@ -81,6 +84,53 @@ def test_shortcut_three_barely_moves(quick_study):
         r for r in runs if r.shortcut_depth == 1 and r.init == "small" and r.num_units == 1
     )
     assert moving.final_loss < 0.5 * moving.losses[0][1]
+
+
+def test_lr_sweep_finds_the_edge_of_stability(quick_study):
+    out, _ = quick_study
+    rows = _rows(out / "lr_sweep.csv")
+    assert list(rows[0]) == [
+        "shortcut_depth",
+        "init",
+        "num_units",
+        "lr",
+        "final_loss",
+        "diverged",
+        "peak_loss",
+        "max_eigenvalue_init",
+        "stability_init",
+    ]
+    lrs = BUDGETS["quick"]["sweep_lrs"]
+    assert len(rows) == 3 * 2 * len(lrs)  # n x units x lr, from small weights
+    zero_point = {
+        (int(r["shortcut_depth"]), int(r["num_units"])): r
+        for r in _rows(out / "kappa_zero_point.csv")
+    }
+    for row in rows:
+        lr, top, ratio = (float(row[k]) for k in ("lr", "max_eigenvalue_init", "stability_init"))
+        assert ratio == pytest.approx(lr * top / 2, rel=1e-9)  # SGD: lr * lambda_max / 2
+        diverged = row["diverged"] == "True"
+        if ratio >= 2:  # well past the edge: a quadratic model predicts divergence
+            assert diverged, row
+        if ratio <= 0.5:
+            assert not diverged, row
+        depth, units = int(row["shortcut_depth"]), int(row["num_units"])
+        if depth == 2:  # small weights: the zero point's +-sigma_max(C), at every depth
+            expected = float(zero_point[(2, units)]["max_abs_eigenvalue"])
+            assert top == pytest.approx(expected, rel=1e-3)
+        if depth == 3:  # the flat saddle: no learning rate of the grid moves it
+            assert float(row["final_loss"]) == pytest.approx(8.32, rel=1e-3)
+    summary = _rows(out / "lr_sweep_summary.csv")
+    assert len(summary) == 3 * 2
+    one = {
+        int(r["num_units"]): float(r["predicted_max_lr"])
+        for r in summary
+        if r["shortcut_depth"] == "1"
+    }
+    assert one[4] < one[1] / 3  # n = 1: the predicted largest step falls with depth
+    two = [float(r["predicted_max_lr"]) for r in summary if r["shortcut_depth"] == "2"]
+    assert max(two) == pytest.approx(min(two), rel=1e-3)  # n = 2: it does not
+    assert "## Learning rate against depth" in (out / "summary.md").read_text()
 
 
 def test_cli_arguments_and_bad_data(tmp_path):

@@ -118,8 +118,10 @@ def plot_lr_sweep(out: Path, results: Sequence[SweepResult]) -> Path:
     fig, axes = _pyplot().subplots(1, len(depths), figsize=(4.2 * len(depths), 3.6), squeeze=False)
     finite = [r.final_loss for r in results if math.isfinite(r.final_loss)]
     ceiling = 2 * max(finite) if finite else 1.0
+    low, high = min(r.lr for r in results) / 1.5, max(r.lr for r in results) * 1.5
     for ax, units in zip(axes[0], depths, strict=True):
-        for n in sorted({r.shortcut_depth for r in results}):
+        beyond = []
+        for offset, n in enumerate(sorted({r.shortcut_depth for r in results})):
             runs = sorted(
                 (r for r in results if r.num_units == units and r.shortcut_depth == n),
                 key=lambda r: r.lr,
@@ -128,13 +130,19 @@ def plot_lr_sweep(out: Path, results: Sequence[SweepResult]) -> Path:
             lrs = [r.lr for r in runs]
             losses = [r.final_loss if not r.diverged else math.nan for r in runs]
             ax.plot(lrs, losses, "o-", color=color, markersize=4, label=f"n={n}")
-            diverged = [r.lr for r in runs if r.diverged]
-            ax.plot(diverged, [ceiling] * len(diverged), "x", color=color, markersize=7)
+            diverged = [r.lr for r in runs if r.diverged]  # one row of crosses per n, at the top
+            ax.plot(diverged, [ceiling * 1.3**offset] * len(diverged), "x", color=color)
             if runs and runs[0].stability_init > 0:
-                ax.axvline(runs[0].lr / runs[0].stability_init, color=color, linestyle="--", lw=1)
+                predicted = runs[0].lr / runs[0].stability_init
+                if predicted <= high:
+                    ax.axvline(predicted, color=color, linestyle="--", lw=1)
+                else:
+                    beyond.append(f"n={n}: {predicted:.3g}")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_title(f"{units} units (x: diverged; dashed: 2 / lambda_max)", fontsize=9)
+        ax.set_xlim(low, high)
+        note = f"\n2 / lambda_max off the axis: {', '.join(beyond)}" if beyond else ""
+        ax.set_title(f"{units} units (x: diverged; dashed: 2 / lambda_max){note}", fontsize=8)
         ax.set_xlabel("learning rate")
     axes[0][0].set_ylabel("final training loss")
     axes[0][0].legend(fontsize=8)

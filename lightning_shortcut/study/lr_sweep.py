@@ -40,6 +40,7 @@ class SweepResult:
     lr: float
     final_loss: float
     diverged: bool
+    peak_loss: float
     max_eigenvalue_init: float
     stability_init: float
 
@@ -90,7 +91,7 @@ class LearningRateSweep(StudyPart):
             report = edge_of_stability(  # SGD: lr * lambda_max / c, no product
                 model, batch, optimizer, loss_fn, hessian_max_eigenvalue=max_eigenvalue
             )
-            final_loss, diverged = self._train(model, optimizer)
+            final_loss, diverged, peak_loss = self._train(model, optimizer)
             self.results.append(
                 SweepResult(
                     shortcut_depth=shortcut_depth,
@@ -99,6 +100,7 @@ class LearningRateSweep(StudyPart):
                     lr=lr,
                     final_loss=final_loss,
                     diverged=diverged,
+                    peak_loss=peak_loss,
                     max_eigenvalue_init=max_eigenvalue,
                     stability_init=report.stability,
                 )
@@ -117,21 +119,25 @@ class LearningRateSweep(StudyPart):
 
     def _train(
         self, model: pl.LightningModule, optimizer: torch.optim.Optimizer
-    ) -> tuple[float, bool]:
-        """``sweep_steps`` SGD steps on the study's shuffled batches; (final train loss, diverged)."""
+    ) -> tuple[float, bool, float]:
+        """``sweep_steps`` SGD steps on the study's shuffled batches; (final train loss, diverged,
+        largest minibatch loss on the way: a spike that came back down is a catapult, not a
+        divergence)."""
         task, steps = self.dataset.task, self.config.sweep_steps
         generator = torch.Generator().manual_seed(self.config.seed)
         inputs, targets = self.datamodule.train_set.tensors
         batch_size = self.config.batch_size
         model.train()
-        taken = 0
+        taken, peak = 0, -math.inf
         while taken < steps:
             order = torch.randperm(len(inputs), generator=generator)
             for begin in range(0, len(order) - batch_size + 1, batch_size):
                 index = order[begin : begin + batch_size]
                 loss = task.loss_fn(model, (inputs[index], targets[index]))
-                if not math.isfinite(float(loss)) or float(loss) > DIVERGED_LOSS:
-                    return math.inf, True
+                value = float(loss.detach())
+                peak = max(peak, value)
+                if not math.isfinite(value) or value > DIVERGED_LOSS:
+                    return math.inf, True, peak
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -140,7 +146,7 @@ class LearningRateSweep(StudyPart):
                     break
         final, _ = task.evaluate(model, self.datamodule.train_set, self.datamodule.num_classes)
         diverged = not math.isfinite(final) or final > DIVERGED_LOSS
-        return (math.inf if diverged else final), diverged
+        return (math.inf if diverged else final), diverged, peak
 
     def _summary(self) -> list[dict[str, Any]]:
         rows = []
