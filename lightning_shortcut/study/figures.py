@@ -56,10 +56,15 @@ def plot_zero_point(
             units = [r["num_units"] for r in theory]
             predicted = [r["kappa_theory"] for r in theory]
             ax.plot(units, predicted, "-", color=color, alpha=0.6, label=f"n = {depth}, theory")
-        if rows and not finite:
+        singular = [r for r in rows if r["kappa_measured"] == math.inf]
+        if singular:  # min|lambda| below tol * max|lambda|: no finite condition number
+            units = ", ".join(str(r["num_units"]) for r in singular)
+            ax.plot([], [], " ", label=f"n = {depth}: singular Hessian at {units} units (inf)")
+        if rows and all(r["max_abs_eigenvalue"] == 0 for r in rows):
             ax.plot([], [], " ", label=f"n = {depth}: Hessian is exactly 0 (no condition number)")
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
+    if any(math.isfinite(r["kappa_measured"]) for r in kappas):  # else no log axis: nothing to draw
+        ax.set_yscale("log")
     ax.set_xlabel("number of residual units")
     ax.set_ylabel("condition number at the zero point")
     ax.set_title("Hessian over the residual weights at the zero point")

@@ -48,7 +48,8 @@ class SweepResult:
 class LearningRateSweep(StudyPart):
     """SGD from small weights at every learning rate of ``sweep_lrs`` for every shortcut depth and
     ``num_units``, ``sweep_steps`` steps each: ``lr_sweep.csv``, ``lr_sweep_summary.csv`` (per depth:
-    the predicted ``2 / lambda_max``, the largest learning rate that trained and the best one) and
+    the predicted ``2 / lambda_max``, the largest learning rate that did not diverge and the best
+    one; a run that did not diverge may still have collapsed, see ``final_loss``) and
     ``lr_sweep.png``. Runs are plain PyTorch loops on the study's data and model, so the sweep costs
     seconds; ``lambda_max`` at the start is one Hessian measurement per configuration (the same
     initial weights for every learning rate).
@@ -169,7 +170,7 @@ class LearningRateSweep(StudyPart):
                         "predicted_max_lr": first.lr / first.stability_init
                         if first.stability_init > 0
                         else math.inf,
-                        "largest_lr_trained": max((r.lr for r in trained), default=math.nan),
+                        "largest_lr_not_diverged": max((r.lr for r in trained), default=math.nan),
                         "smallest_lr_diverged": min(
                             (r.lr for r in runs if r.diverged), default=math.nan
                         ),

@@ -119,7 +119,7 @@ class TrainingGrid(StudyPart):
             task.loss_fn,
             params=residual_parameters(model),
             min_abs=True,
-            tol=1e-6,
+            tol=self.kappa_tol,
             max_iter=500,
         )
         monitor, recorder = self._fit(model)

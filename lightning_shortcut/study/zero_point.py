@@ -65,7 +65,7 @@ class ZeroPoint(StudyPart):
             self.dataset.task.loss_fn,
             params=residual_parameters(model),
             min_abs=True,
-            tol=1e-6,
+            tol=self.kappa_tol,
             max_iter=3000,
         )
         theory = math.nan
