@@ -182,3 +182,20 @@ def test_print_config_then_config(tmp_path, capsys):
     assert config.budget == "quick" and config.out == Path("x") and config.num_units == (2, 8)
     assert config.max_steps == BUDGETS["quick"]["max_steps"]  # null in the file: the budget's
     assert config == StudyConfig(budget="quick", out=Path("x"), num_units=(2, 8))
+
+
+def test_zero_point_figure_with_singular_hessians(tmp_path):
+    from lightning_shortcut.study.figures import plot_zero_point
+
+    rows = [  # a classifier's zero point: singular (inf) for n = 1, 2; exactly 0 for n = 3
+        {
+            "shortcut_depth": n,
+            "num_units": k,
+            "kappa_measured": kappa,
+            "kappa_theory": math.nan,
+            "max_abs_eigenvalue": 0.0 if n == 3 else 0.2,
+        }
+        for n, kappa in ((1, math.inf), (2, math.inf), (3, math.nan))
+        for k in (1, 2)
+    ]
+    assert plot_zero_point(tmp_path, (1, 2, 3), rows).stat().st_size > 0
