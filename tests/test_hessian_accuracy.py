@@ -207,3 +207,19 @@ def test_warm_start_saves_products():
     assert warm.num_hvps < again_cold.num_hvps
     with pytest.raises(ValueError, match="start"):
         hessian_eigenvalues(model, data, start=[torch.zeros(3)])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_far_end_is_not_mistaken_for_the_bulk_at_a_loose_tol(seed):
+    """A trained network's spectrum: one large outlier, a dense bulk near zero and a negative
+    outlier 13 times smaller than the top. At tol = 1e-2 a Ritz value in the bulk has a residual
+    below ``tol * max|lambda|`` after a few products, long before the Krylov space reaches -12
+    (seen on a BatchNorm CNN: -0.055 returned for -12.4). The returned bottom must be the
+    spectrum's."""
+    bulk = torch.linspace(-0.5, 0.5, 400, dtype=torch.float64).tolist()
+    model = Quadratic(_matrix([160.0, 40.0, *bulk, -12.0], seed=seed))
+    spectrum = hessian_eigenvalues(
+        model, (torch.zeros(1, 1),), _quadratic_loss, tol=1e-2, seed=seed
+    )
+    assert spectrum.max == pytest.approx(160.0, abs=1.6)
+    assert spectrum.min == pytest.approx(-12.0, abs=1.6)
