@@ -9,10 +9,13 @@
 5. Extra peak memory of a default spectrum call vs a training step (SGD with momentum): on CUDA from
    the allocator, on the CPU as the peak resident memory of a fresh process for each.
 6. Warm starts: products of cold and warm-started measurements every 20 SGD steps.
+7. The stability ratio's extra cost over a measurement: SGD with momentum (none) and Adam (one
+   more eigenvalue run on the step-preconditioned operator).
 
 Run: ``python benchmarks/bench_hessian.py [--device cuda] [--repeats 3] [--skip memory]``. The
-reference for the errors is our Lanczos at ``tol=1e-6`` (float32 products: no tighter bound holds) (checked against dense Hessians in the
-tests). ``--models`` picks from the recipe models and ``tanh_mlp`` (64-128-128-10, 1024 samples).
+reference for the errors is our Lanczos at ``tol=1e-6`` (float32 products: no tighter bound
+holds; checked against dense Hessians in the tests). ``--models`` picks from the recipe models and
+``tanh_mlp`` (64-128-128-10, 1024 samples).
 """
 
 from __future__ import annotations
@@ -306,6 +309,44 @@ def bench_warm_start(name, device, repeats, measurements=6, every=20):
     }
 
 
+def _stability_cost(name, device, repeats, optimizer_class, steps, **optimizer_args):
+    """(products of the measurement + of the ratio, time of the ratio over the measurement's)."""
+    from lightning_shortcut.hessian import edge_of_stability
+
+    model, batch = bench_model(name, device)
+    optimizer = optimizer_class(model.parameters(), **optimizer_args)
+    for _ in range(steps):  # so that an adaptive optimizer has its state
+        cross_entropy_loss(model, batch).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    base_s, spectrum = _timed(lambda: hessian_eigenvalues(model, batch, tol=1e-2), device, repeats)
+    extra_s, report = _timed(
+        lambda: edge_of_stability(  # what the monitor adds after its measurement
+            model, batch, optimizer, tol=1e-2, hessian_max_eigenvalue=spectrum.max
+        ),
+        device,
+        repeats,
+    )
+    return f"{spectrum.num_hvps} + {report.num_hvps}", extra_s / base_s
+
+
+def bench_stability(name, device, repeats, steps=5):
+    """The stability ratio's extra cost on top of the monitor's default measurement (top and bottom,
+    tol 1e-2): SGD with momentum reuses lambda_max (no product), Adam needs one more eigenvalue run
+    on the preconditioned operator."""
+    sgd_hvps, sgd_extra = _stability_cost(
+        name, device, repeats, torch.optim.SGD, steps, lr=0.02, momentum=0.9
+    )
+    adam_hvps, adam_extra = _stability_cost(name, device, repeats, torch.optim.Adam, steps, lr=1e-3)
+    return {
+        "model": name,
+        "sgd_hvps": sgd_hvps,
+        "sgd_extra_time": sgd_extra,
+        "adam_hvps": adam_hvps,
+        "adam_extra_time": adam_extra,
+    }
+
+
 def _print_table(title, rows):
     rows = [r for r in rows if r]
     if not rows:
@@ -326,7 +367,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="also print each table as JSON")
     parser.add_argument("--models", nargs="+", default=[m for m in BENCH_MODELS if m != "wide_mlp"])
     parser.add_argument("--memory-models", nargs="+", default=["wide_mlp", "mnist_mlp"])
-    parts = ["default", "top", "bottom", "hvp", "memory", "warm"]
+    parts = ["default", "top", "bottom", "hvp", "memory", "warm", "stability"]
     parser.add_argument("--skip", nargs="*", default=[], choices=parts)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -346,6 +387,10 @@ def main() -> None:
             lambda m, d, _: bench_memory(m, d),
         ),
         "warm": ("Warm starts: measurements every 20 SGD steps", bench_warm_start),
+        "stability": (
+            "Stability ratio: extra products and time over the measurement (SGD momentum, Adam)",
+            bench_stability,
+        ),
     }
     for key, (title, bench) in parts.items():
         if key not in args.skip:

@@ -3,6 +3,7 @@
 import csv
 import logging
 import math
+import warnings
 
 import lightning.pytorch as pl
 import pytest
@@ -60,10 +61,13 @@ def test_sgd_stability_is_lr_times_lambda_max_over_the_momentum_constant(tmp_pat
     assert record["max_stable_lr"] == pytest.approx(0.05 / record["stability"], rel=1e-9)
 
 
-def test_adam_stability_needs_state_and_costs_one_more_run(tmp_path):
+def test_adam_stability_needs_state_and_costs_one_more_run(tmp_path, caplog):
     monitor = HessianEigenvalueMonitor(every_n_steps=3, num_samples=48)
-    with pytest.warns(UserWarning, match="no state yet"):
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+        warnings.filterwarnings("error", message=".*no state yet")  # expected at step 0: info
         fit(tmp_path, [monitor], model=AdamClassifier, max_epochs=1)
+    said = [r.getMessage() for r in caplog.records if "no stability at step 0" in r.getMessage()]
+    assert len(said) == 1 and "Adam has no state yet" in said[0]
     first, later = monitor.history[0], monitor.history[-1]
     assert "stability" not in first  # the fit-start measurement: Adam has taken no step
     assert later["stability"] > 0 and later["max_stable_lr"] > 0

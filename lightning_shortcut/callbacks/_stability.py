@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from lightning_shortcut.hessian.edge_of_stability import edge_of_stability
 from lightning_shortcut.hessian.spectrum import HessianSpectrum
@@ -30,6 +31,7 @@ class StabilityTracker:
         self.warn = warn
         self.above_in_a_row = 0
         self.skip_reason: str | None = None
+        self.said_before_first_step = False
 
     def measure(
         self,
@@ -63,7 +65,15 @@ class StabilityTracker:
             )
             return {}, 0, 0.0
         if report.reason and math.isnan(report.stability):
-            self.warn("stability_unavailable", f"HessianEigenvalueMonitor: {report.reason}.")
+            if trainer.global_step == 0:  # an adaptive optimizer before its first step: expected
+                if not self.said_before_first_step:
+                    self.said_before_first_step = True
+                    rank_zero_info(
+                        f"HessianEigenvalueMonitor: no stability at step 0 ({report.reason}); "
+                        "it is logged from the next measurement on."
+                    )
+            else:
+                self.warn("stability_unavailable", f"HessianEigenvalueMonitor: {report.reason}.")
             return {}, report.num_hvps, report.seconds
         self._check_level(trainer.global_step, report.stability, report.max_stable_lr, report.lr)
         return report.as_dict(), report.num_hvps, report.seconds
