@@ -69,8 +69,8 @@ class StabilityTracker:
                 if not self.said_before_first_step:
                     self.said_before_first_step = True
                     rank_zero_info(
-                        f"HessianEigenvalueMonitor: no stability at step 0 ({report.reason}); "
-                        "it is logged from the next measurement on."
+                        f"HessianEigenvalueMonitor: {report.reason}, so stability is logged from "
+                        "the next measurement on."
                     )
             else:
                 self.warn("stability_unavailable", f"HessianEigenvalueMonitor: {report.reason}.")
