@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from lightning_shortcut.hessian.operator import AllReduce, LossFn, ParamsSpec, resolve_params
-from lightning_shortcut.hessian.spectrum import Mode, solve_hessian
+from lightning_shortcut.hessian.spectrum import Mode, hessian_eigenvalues
 from lightning_shortcut.hessian.stability import select_optimizer, step_preconditioner
 
 __all__ = ["EdgeOfStability", "edge_of_stability"]
@@ -132,11 +132,13 @@ def edge_of_stability(
     )  # fmt: skip
     spectrum = None
     if preconditioner.needs_preconditioned_run:
-        spectrum = solve_hessian(model, data, loss_fn, transform=preconditioner.operator, **solve)
+        spectrum = hessian_eigenvalues(
+            model, data, loss_fn, transform=preconditioner.operator, **solve
+        )
         top, top_error = spectrum.max, spectrum.top_errors[0]
     else:  # the step is lr times the gradient: the preconditioned operator is lr (H + wd I)
         if hessian_max_eigenvalue is None:
-            spectrum = solve_hessian(model, data, loss_fn, **solve)
+            spectrum = hessian_eigenvalues(model, data, loss_fn, **solve)
             hessian_max_eigenvalue = spectrum.max
         step = preconditioner.uniform_step
         top = (

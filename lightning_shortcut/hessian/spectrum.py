@@ -212,6 +212,7 @@ def hessian_eigenvalues(
     all_reduce: AllReduce | None = None,
     start: Sequence[Tensor] | None = None,
     solver_options: Mapping[str, Any] | None = None,
+    transform: Callable[[HessianOperator], LinearOperator] | None = None,
 ) -> HessianSpectrum:
     """Top and bottom eigenvalues of the Hessian of ``model``'s mean loss on ``data``.
 
@@ -250,6 +251,9 @@ def hessian_eigenvalues(
         solver_options: extra keyword arguments for the solver, e.g. ``{"max_basis": 10}`` for
             ``"lanczos"`` (the basis vectors held; the call's extra memory is about this many
             parameter vectors, default 20).
+        transform: solve for ``transform(H)`` instead of ``H``, a :class:`LinearOperator` of the
+            same size (:func:`~lightning_shortcut.hessian.edge_of_stability` passes the
+            step-preconditioned Hessian ``D^1/2 H D^1/2``).
 
     Returns:
         A :class:`HessianSpectrum`. A non-finite loss gives NaN values with ``converged=False``.
@@ -264,33 +268,6 @@ def hessian_eigenvalues(
         spectrum = hessian_eigenvalues(model, (x, y), top_k=2, params="residual")
         spectrum.max, spectrum.min, spectrum.top_errors
     """
-    return solve_hessian(
-        model, data, loss_fn, method=method, top_k=top_k, bottom_k=bottom_k, min_abs=min_abs,
-        params=params, tol=tol, max_iter=max_iter, seed=seed, mode=mode, all_reduce=all_reduce,
-        start=start, solver_options=solver_options,
-    )  # fmt: skip
-
-
-def solve_hessian(
-    model: nn.Module,
-    data: Any,
-    loss_fn: LossFn | None = None,
-    *,
-    method: str = "lanczos",
-    top_k: int = 1,
-    bottom_k: int = 1,
-    min_abs: bool = False,
-    params: ParamsSpec = None,
-    tol: float = 1e-3,
-    max_iter: int | None = None,
-    seed: int = 0,
-    mode: Mode = "eval",
-    all_reduce: AllReduce | None = None,
-    start: Sequence[Tensor] | None = None,
-    solver_options: Mapping[str, Any] | None = None,
-    transform: Callable[[HessianOperator], LinearOperator] | None = None,
-) -> HessianSpectrum:
-    """:func:`hessian_eigenvalues` on ``transform(H)`` (for instance a preconditioned Hessian)."""
     validate_solver_args(method, top_k, bottom_k, min_abs, tol, max_iter)
     spec = SOLVERS[method]
     begin = time.perf_counter()
