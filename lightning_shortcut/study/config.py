@@ -51,8 +51,8 @@ INIT_NAMES = ("small", "xavier", "orthogonal")
 
 @dataclass
 class StudyConfig:
-    """What the study runs. ``budget`` fills ``num_units``, ``kappa_units``, ``max_steps`` and
-    ``hessian_every`` unless they are given.
+    """What the study runs. ``budget`` fills ``num_units``, ``kappa_units``, ``max_steps``,
+    ``hessian_every``, ``sweep_lrs`` and ``sweep_steps`` unless they are given.
 
     Every field is a flag of ``shortcut-study`` (``--data_dir`` or ``--data-dir``; a tuple takes
     several values, ``--num-units 2 8``) and a key of its ``--config`` YAML.
