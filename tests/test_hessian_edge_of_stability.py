@@ -79,3 +79,25 @@ def test_unknown_optimizers_and_several_optimizers():
     assert report.optimizer == "SGD" and report.stability > 0
     with pytest.raises(ValueError, match="several"):
         edge_of_stability(model, batch, [sgd, other])
+
+
+def test_transform_is_checked_where_it_enters():
+    from lightning_shortcut.hessian import hessian_eigenvalues
+    from lightning_shortcut.hessian.linear_operator import MatrixOperator, ScaledOperator
+
+    model, batch = mlp().double(), classification_data((4,))
+    with pytest.raises(ValueError, match="LinearOperator of size"):
+        hessian_eigenvalues(model, batch, transform=lambda h: MatrixOperator(torch.eye(3)))
+    with pytest.raises(ValueError, match="method='pyhessian'"):
+        hessian_eigenvalues(model, batch, method="pyhessian", transform=lambda h: h)
+    with pytest.raises(ValueError, match="transform='scaled'"):
+        hessian_eigenvalues(model, batch, transform="scaled")
+    assert all(p.grad is None for p in model.parameters())  # nothing left behind
+
+    def doubled(h):  # sqrt(2) H sqrt(2)
+        return ScaledOperator(h, h.like.new_full((h.dim,), 2**0.5), h.like.new_zeros(h.dim))
+
+    plain = hessian_eigenvalues(model, batch, tol=1e-8)
+    scaled = hessian_eigenvalues(model, batch, tol=1e-8, transform=doubled)
+    assert scaled.max == pytest.approx(2 * plain.max, rel=1e-6)
+    assert scaled.min == pytest.approx(2 * plain.min, rel=1e-6)

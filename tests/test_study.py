@@ -117,7 +117,7 @@ def test_lr_sweep_finds_the_edge_of_stability(quick_study):
         depth, units = int(row["shortcut_depth"]), int(row["num_units"])
         if depth == 2:  # small weights: the zero point's +-sigma_max(C), at every depth
             expected = float(zero_point[(2, units)]["max_abs_eigenvalue"])
-            assert top == pytest.approx(expected, rel=1e-3)
+            assert top == pytest.approx(expected, rel=2e-3)  # the sweep's tol is 1e-3
         if depth == 3:  # the flat saddle: no learning rate of the grid moves it
             assert float(row["final_loss"]) == pytest.approx(8.32, rel=1e-3)
     summary = _rows(out / "lr_sweep_summary.csv")

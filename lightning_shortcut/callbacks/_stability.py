@@ -65,7 +65,7 @@ class StabilityTracker:
             )
             return {}, 0, 0.0
         if report.reason and math.isnan(report.stability):
-            if trainer.global_step == 0:  # an adaptive optimizer before its first step: expected
+            if report.before_first_step:  # an adaptive optimizer without state: expected at first
                 if not self.said_before_first_step:
                     self.said_before_first_step = True
                     rank_zero_info(

@@ -45,6 +45,8 @@ class EdgeOfStability:
         converged: whether the eigenvalue met the tolerance.
         reason: why ``stability`` is ``nan`` or not converged (empty otherwise).
         seconds: wall time.
+        before_first_step: ``stability`` is ``nan`` because an adaptive optimizer has no state
+            yet (it has taken no step): expected at the start of training.
     """
 
     stability: float
@@ -58,6 +60,7 @@ class EdgeOfStability:
     converged: bool = True
     reason: str = ""
     seconds: float = 0.0
+    before_first_step: bool = False
 
     def as_dict(self) -> dict[str, float]:
         """``stability`` and ``max_stable_lr``, for logging."""
@@ -125,6 +128,7 @@ def edge_of_stability(
         return EdgeOfStability(
             math.nan, math.nan, math.nan, math.nan, lr, name, math.nan, converged=False,
             reason=f"{name} has no state yet (before its first step): its step size is undefined",
+            before_first_step=True,
         )  # fmt: skip
     solve = dict(
         params=chosen, method=method, top_k=1, bottom_k=0, tol=tol, max_iter=max_iter, seed=seed,

@@ -251,17 +251,19 @@ def hessian_eigenvalues(
         solver_options: extra keyword arguments for the solver, e.g. ``{"max_basis": 10}`` for
             ``"lanczos"`` (the basis vectors held; the call's extra memory is about this many
             parameter vectors, default 20).
-        transform: solve for ``transform(H)`` instead of ``H``, a :class:`LinearOperator` of the
-            same size (:func:`~lightning_shortcut.hessian.edge_of_stability` passes the
-            step-preconditioned Hessian ``D^1/2 H D^1/2``).
+        transform: solve for ``transform(H)``, a :class:`LinearOperator` of the same size, instead
+            of ``H``; the spectrum then holds its eigenvalues (:func:`~lightning_shortcut.hessian.
+            edge_of_stability` passes the step-preconditioned ``S^1/2 (H + W) S^1/2``). Solvers
+            that run on the model (``"pyhessian"``) cannot take one.
 
     Returns:
         A :class:`HessianSpectrum`. A non-finite loss gives NaN values with ``converged=False``.
 
     Raises:
         ValueError: on an unknown method, negative or all-zero counts, empty data, a batch the
-            default loss cannot read, parameters not in the model, a non-scalar loss or a model with
-            no trainable parameters.
+            default loss cannot read, parameters not in the model, a non-scalar loss, a model with
+            no trainable parameters, or a ``transform`` that is not callable, changes the size or
+            goes to a solver that runs on the model.
 
     Example::
 
@@ -270,13 +272,19 @@ def hessian_eigenvalues(
     """
     validate_solver_args(method, top_k, bottom_k, min_abs, tol, max_iter)
     spec = SOLVERS[method]
+    if transform is not None and (not callable(transform) or spec.touches_grads):
+        raise ValueError(
+            f"`transform` must be a callable and `method` a solver of the operator; got "
+            f"transform={transform!r} with method={method!r}."
+        )
     begin = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     with hessian_context(model, mode, clone_grads=spec.touches_grads):
         operator = build_operator(model, data, loss_fn, params, all_reduce, mode, seed)
+        solved = operator if transform is None else _transformed(transform, operator)
         try:
             result = spec.solve(
-                transform(operator) if transform is not None else operator,
+                solved,
                 generator=generator,
                 top_k=top_k,
                 bottom_k=bottom_k,
@@ -297,6 +305,19 @@ def hessian_eigenvalues(
             operator.num_hvps,
         )  # fmt: skip
     return _assemble(result, method, min_abs, tol, operator.num_hvps, seconds)
+
+
+def _transformed(
+    transform: Callable[[HessianOperator], LinearOperator], operator: HessianOperator
+) -> LinearOperator:
+    solved = transform(operator)
+    if not isinstance(solved, LinearOperator) or solved.dim != operator.dim:
+        operator.release()
+        raise ValueError(
+            f"`transform` must return a LinearOperator of size {operator.dim} (the Hessian's), "
+            f"got {solved!r}."
+        )
+    return solved
 
 
 def _start_vectors(start: Sequence[Tensor] | None, dim: int) -> list[Tensor] | None:

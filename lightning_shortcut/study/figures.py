@@ -117,14 +117,17 @@ def plot_eigenvalue_trajectories(out: Path, runs: Sequence[RunResult]) -> Path:
 
 
 def plot_lr_sweep(out: Path, results: Sequence[SweepResult]) -> Path:
-    """``lr_sweep.png``: final loss against learning rate, a panel per depth, a line per ``n``, the
-    learning rate where the initial stability ratio is 1 (``2 / lambda_max`` for SGD) dashed."""
-    depths = sorted({r.num_units for r in results})
-    fig, axes = _pyplot().subplots(1, len(depths), figsize=(4.2 * len(depths), 3.6), squeeze=False)
+    """``lr_sweep.png``: final loss against learning rate, a line per ``n``, the
+    learning rate where the initial stability ratio is 1 (``2 / lambda_max`` for SGD) dashed; a
+    panel per number of units."""
+    unit_counts = sorted({r.num_units for r in results})
+    fig, axes = _pyplot().subplots(
+        1, len(unit_counts), figsize=(4.2 * len(unit_counts), 3.6), squeeze=False
+    )
     finite = [r.final_loss for r in results if math.isfinite(r.final_loss)]
     ceiling = 2 * max(finite) if finite else 1.0
     low, high = min(r.lr for r in results) / 1.5, max(r.lr for r in results) * 1.5
-    for ax, units in zip(axes[0], depths, strict=True):
+    for ax, units in zip(axes[0], unit_counts, strict=True):
         beyond = []
         for offset, n in enumerate(sorted({r.shortcut_depth for r in results})):
             runs = sorted(
@@ -139,7 +142,7 @@ def plot_lr_sweep(out: Path, results: Sequence[SweepResult]) -> Path:
             ax.plot(diverged, [ceiling * 1.3**offset] * len(diverged), "x", color=color)
             if runs and runs[0].stability_init > 0:
                 predicted = runs[0].lr / runs[0].stability_init
-                if predicted <= high:
+                if low <= predicted <= high:
                     ax.axvline(predicted, color=color, linestyle="--", lw=1)
                 else:
                     beyond.append(f"n={n}: {predicted:.3g}")

@@ -4,7 +4,8 @@ Gradient descent on a quadratic is stable only while ``lr * lambda_max < 2``. Th
 message is that a shortcut depth whose initial curvature grows with depth (``n = 1``) forces a
 smaller step as the network deepens, while ``n = 2`` does not. This part trains each shortcut depth
 from small weights over a geometric grid of learning rates and records the final loss, divergence,
-``lambda_max`` at the start and the stability ratio at the start (the monitor's ``stability``).
+``lambda_max`` at the start, the stability ratio at the start (the monitor's ``stability``) and the
+largest minibatch loss on the way (``peak_loss``).
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ class LearningRateSweep(StudyPart):
                 index = order[begin : begin + batch_size]
                 loss = task.loss_fn(model, (inputs[index], targets[index]))
                 value = float(loss.detach())
-                peak = max(peak, value)
+                peak = max(peak, value) if math.isfinite(value) else math.inf
                 if not math.isfinite(value) or value > DIVERGED_LOSS:
                     return math.inf, True, peak
                 optimizer.zero_grad(set_to_none=True)
@@ -158,8 +159,8 @@ class LearningRateSweep(StudyPart):
                 ]
                 if not runs:
                     continue
-                trained = [r for r in runs if not r.diverged]
-                best = min(trained, key=lambda r: r.final_loss) if trained else None
+                not_diverged = [r for r in runs if not r.diverged]
+                best = min(not_diverged, key=lambda r: r.final_loss) if not_diverged else None
                 first = runs[0]
                 rows.append(
                     {
@@ -170,7 +171,9 @@ class LearningRateSweep(StudyPart):
                         "predicted_max_lr": first.lr / first.stability_init
                         if first.stability_init > 0
                         else math.inf,
-                        "largest_lr_not_diverged": max((r.lr for r in trained), default=math.nan),
+                        "largest_lr_not_diverged": max(
+                            (r.lr for r in not_diverged), default=math.nan
+                        ),
                         "smallest_lr_diverged": min(
                             (r.lr for r in runs if r.diverged), default=math.nan
                         ),

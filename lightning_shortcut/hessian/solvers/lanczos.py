@@ -15,8 +15,8 @@ assume, as every Krylov method must, that no eigenvalue beyond the extreme Ritz 
 the Krylov space; in a cluster of eigenvalues closer together than ``tol * max|lambda|`` a neighbour
 of the wanted one may be returned in its place. The bound is reported per value and the run stops as
 soon as every requested value is within ``tol * max|lambda|``, but never before ``MIN_PRODUCTS``
-products, and only once the wanted extremes have moved by less than that since the run had half its
-products: a residual says an eigenvalue is near, not that none lies beyond (at a loose ``tol`` a Ritz
+products (or ``max_iter``), and only once the wanted extremes have moved by at most that since the
+run had half its products: a residual says an eigenvalue is near, not that none lies beyond (at a loose ``tol`` a Ritz
 value in a network's bulk near zero passes the residual test after four products, while the
 spectrum's negative end is an order of magnitude further out).
 
@@ -301,7 +301,10 @@ def _run(
         threshold = tol * run.scale
         history.append((products, float(values[-1]), float(values[0])))
         done = (
-            (exact or (products >= MIN_PRODUCTS and _settled(history, ends, threshold)))
+            (
+                exact
+                or (products >= min(MIN_PRODUCTS, max_iter) and _settled(history, ends, threshold))
+            )
             and ("top" not in ends or run.top_error <= threshold)
             and ("bottom" not in ends or run.bottom_error <= threshold)
         )
