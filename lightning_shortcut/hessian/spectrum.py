@@ -240,8 +240,10 @@ def hessian_eigenvalues(
             ``"residual"`` (the ResidualStack branches, the paper's Hessian), a callable
             ``model -> parameters`` or the parameters themselves.
         tol: the accuracy asked for: every returned eigenvalue is within ``tol * max|lambda|`` of the
-            true one (by the solver's error bound, reported in ``top_errors``/``bottom_errors``);
-            ``min_abs`` is resolved to relative accuracy ``tol`` or reported as below resolution.
+            true one (by the solver's error bound, reported in ``top_errors``/``bottom_errors``;
+            it assumes the Krylov space has reached the extreme: at the edge of a dense bulk a
+            value inside it may come back, see the README); ``min_abs`` is resolved to relative
+            accuracy ``tol`` or reported as below resolution.
         max_iter: products per eigenvalue run (default ``min(dim, 300)``, ``1000`` with ``min_abs``).
         seed: seed of the private generator for start vectors.
         mode: ``"eval"`` (default; dropout off, BatchNorm on running statistics) or ``"train"``

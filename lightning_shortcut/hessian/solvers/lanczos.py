@@ -12,8 +12,9 @@ For a Ritz pair ``(theta, y)`` with residual ``rho = ||A y - theta y||`` there i
 it (``|theta - theta'| - rho' > rho``), the Kato-Temple inequality tightens this to
 ``rho^2 / (|theta - theta'| - rho')`` (Parlett, "The Symmetric Eigenvalue Problem", ch. 10-11). Both
 assume, as every Krylov method must, that no eigenvalue beyond the extreme Ritz values is missing from
-the Krylov space; in a cluster of eigenvalues closer together than ``tol * max|lambda|`` a neighbour
-of the wanted one may be returned in its place. The bound is reported per value and the run stops as
+the Krylov space; in a cluster of eigenvalues closer together than ``tol * max|lambda|``, or at the
+edge of a dense bulk (a trained network's smallest eigenvalue next to thousands near zero), a
+neighbour of the wanted one may be returned in its place. The bound is reported per value and the run stops as
 soon as every requested value is within ``tol * max|lambda|``, but never before ``MIN_PRODUCTS``
 products (or ``max_iter``), and only once the wanted extremes have moved by at most that since the
 run had half its products: a residual says an eigenvalue is near, not that none lies beyond (at a loose ``tol`` a Ritz
@@ -51,10 +52,12 @@ __all__ = ["DEFAULT_MAX_BASIS", "LanczosProcess", "lanczos"]
 
 #: Basis vectors kept by default: the extra memory of a call is about this many parameter vectors.
 DEFAULT_MAX_BASIS = 20
-#: No run stops before this many products (or the whole space): a Krylov space of a few vectors has
-#: not yet met an eigenvalue at the far end of a spectrum dominated by one outlier, although its
-#: Ritz value there has a small residual (ARPACK's first check comes after ``ncv >= 20`` products).
-MIN_PRODUCTS = 10
+#: No run stops before this many products (or ``max_iter``, or the whole space): a Krylov space of a
+#: few vectors has not yet met an eigenvalue at the far end of a spectrum dominated by one outlier,
+#: although its Ritz value there has a small residual (ARPACK's first check comes after its default
+#: ``ncv = 20`` products). At 10, 2 of 10 calls at tol 1e-2 on an MLP after 600 SGD steps returned a
+#: neighbour 4% of max|lambda| away; at 20, none.
+MIN_PRODUCTS = 20
 # Rotating the basis at a restart works on column blocks of this many entries, so the restart needs
 # no second basis-sized buffer.
 _ROTATE_BLOCK = 1 << 16
