@@ -283,10 +283,9 @@ def hessian_eigenvalues(
     generator = torch.Generator().manual_seed(seed)
     with hessian_context(model, mode, clone_grads=spec.touches_grads):
         operator = build_operator(model, data, loss_fn, params, all_reduce, mode, seed)
-        solved = operator if transform is None else _transformed(transform, operator)
         try:
             result = spec.solve(
-                solved,
+                operator if transform is None else _transformed(transform, operator),
                 generator=generator,
                 top_k=top_k,
                 bottom_k=bottom_k,
@@ -314,7 +313,6 @@ def _transformed(
 ) -> LinearOperator:
     solved = transform(operator)
     if not isinstance(solved, LinearOperator) or solved.dim != operator.dim:
-        operator.release()
         raise ValueError(
             f"`transform` must return a LinearOperator of size {operator.dim} (the Hessian's), "
             f"got {solved!r}."

@@ -22,12 +22,10 @@ import torch
 from lightning_shortcut.hessian import edge_of_stability, hessian_eigenvalues
 from lightning_shortcut.init import init_strategy
 from lightning_shortcut.study.figures import plot_lr_sweep
-from lightning_shortcut.study.parts import Step, StudyPart, Table
+from lightning_shortcut.study.parts import Step, StudyPart, Table, diverged
 
 __all__ = ["LearningRateSweep", "SweepResult"]
 
-#: A run diverged when its training loss is not finite or exceeds this.
-DIVERGED_LOSS = 1e6
 INIT = "small"
 
 
@@ -83,17 +81,18 @@ class LearningRateSweep(StudyPart):
         return [plot_lr_sweep(self.config.out, self.results)] if self.results else []
 
     def _sweep(self, shortcut_depth: int, num_units: int) -> None:
-        loss_fn, max_eigenvalue = self.dataset.task.loss_fn, None
+        loss_fn, batch, max_eigenvalue = self.dataset.task.loss_fn, self._hessian_batch(), None
         for lr in self.config.sweep_lrs:
-            model = self._initial_model(shortcut_depth, num_units, lr)
+            pl.seed_everything(self.config.seed, verbose=False)
+            initial = init_strategy(INIT, scale=self.config.small_scale)
+            model = initial(self._model(shortcut_depth, num_units, lr))
             optimizer = model.configure_optimizers()
             if max_eigenvalue is None:  # the same initial weights at every learning rate
-                batch = self._hessian_batch()
                 max_eigenvalue = hessian_eigenvalues(model, batch, loss_fn, bottom_k=0).max
             report = edge_of_stability(  # SGD: lr * lambda_max / c, no product
                 model, batch, optimizer, loss_fn, hessian_max_eigenvalue=max_eigenvalue
             )
-            final_loss, diverged, peak_loss = self._train(model, optimizer)
+            final_loss, run_diverged, peak_loss = self._train(model, optimizer)
             self.results.append(
                 SweepResult(
                     shortcut_depth=shortcut_depth,
@@ -101,23 +100,12 @@ class LearningRateSweep(StudyPart):
                     num_units=num_units,
                     lr=lr,
                     final_loss=final_loss,
-                    diverged=diverged,
+                    diverged=run_diverged,
                     peak_loss=peak_loss,
                     max_eigenvalue_init=max_eigenvalue,
                     stability_init=report.stability,
                 )
             )
-
-    def _initial_model(self, shortcut_depth: int, num_units: int, lr: float) -> pl.LightningModule:
-        pl.seed_everything(self.config.seed, verbose=False)
-        model = self.dataset.task.build_model(
-            self.datamodule,
-            layer=self.dataset.layer,
-            num_units=num_units,
-            shortcut_depth=shortcut_depth,
-            lr=lr,
-        )
-        return init_strategy(INIT, scale=self.config.small_scale)(model)
 
     def _train(
         self, model: pl.LightningModule, optimizer: torch.optim.Optimizer
@@ -138,7 +126,7 @@ class LearningRateSweep(StudyPart):
                 loss = task.loss_fn(model, (inputs[index], targets[index]))
                 value = float(loss.detach())
                 peak = max(peak, value) if math.isfinite(value) else math.inf
-                if not math.isfinite(value) or value > DIVERGED_LOSS:
+                if diverged(value):
                     return math.inf, True, peak
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -147,8 +135,7 @@ class LearningRateSweep(StudyPart):
                 if taken == steps:
                     break
         final, _ = task.evaluate(model, self.datamodule.train_set, self.datamodule.num_classes)
-        diverged = not math.isfinite(final) or final > DIVERGED_LOSS
-        return (math.inf if diverged else final), diverged, peak
+        return (math.inf, True, peak) if diverged(final) else (final, False, peak)
 
     def _summary(self) -> list[dict[str, Any]]:
         rows = []

@@ -6,6 +6,7 @@ run is one :class:`StudyPart` subclass in a module of its own and one entry ther
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,16 @@ from lightning_shortcut.data.base import TensorDataModule
 from lightning_shortcut.data.registry import DatasetInfo
 from lightning_shortcut.study.config import StudyConfig
 
-__all__ = ["Step", "StudyPart", "Table"]
+__all__ = ["DIVERGED_LOSS", "Step", "StudyPart", "Table", "diverged"]
+
+#: A run diverged when its training loss is not finite or exceeds this.
+DIVERGED_LOSS = 1e6
+
+
+def diverged(loss: float) -> bool:
+    """Whether a training loss says the run diverged (not finite, or above :data:`DIVERGED_LOSS`)."""
+    return not math.isfinite(loss) or loss > DIVERGED_LOSS
+
 
 #: a unit of work and the progress bar's description of it
 Step = tuple[str, Callable[[], None]]
@@ -73,14 +83,17 @@ class StudyPart(ABC):
         """Write the part's figures into ``config.out``; returns their paths."""
         return []
 
-    def _model(self, shortcut_depth: int, num_units: int) -> pl.LightningModule:
-        """The dataset's task's model at PyTorch's default initialization."""
+    def _model(
+        self, shortcut_depth: int, num_units: int, lr: float | None = None
+    ) -> pl.LightningModule:
+        """The dataset's task's model at PyTorch's default initialization (SGD at ``lr``, default
+        the study's)."""
         return self.dataset.task.build_model(
             self.datamodule,
             layer=self.dataset.layer,
             num_units=num_units,
             shortcut_depth=shortcut_depth,
-            lr=self.config.lr,
+            lr=self.config.lr if lr is None else lr,
         )
 
     @property

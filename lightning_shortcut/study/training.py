@@ -18,7 +18,7 @@ from lightning_shortcut.hessian import hessian_eigenvalues
 from lightning_shortcut.init import init_strategy
 from lightning_shortcut.residual import residual_parameters
 from lightning_shortcut.study.figures import plot_eigenvalue_trajectories, plot_loss_curves
-from lightning_shortcut.study.parts import Step, StudyPart, Table
+from lightning_shortcut.study.parts import Step, StudyPart, Table, diverged
 
 __all__ = ["RunResult", "TrainingGrid"]
 
@@ -69,7 +69,7 @@ class _LossRecorder(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = float(outputs["loss"]) if isinstance(outputs, dict) else float(outputs)
         self.losses.append((trainer.global_step, loss))
-        if not math.isfinite(loss) or loss > 1e6:
+        if diverged(loss):
             self.diverged = True
             trainer.should_stop = True
 
