@@ -28,6 +28,7 @@ from lightning_shortcut.hessian.stability import (
     select_optimizer,
     step_preconditioner,
 )
+from lightning_shortcut.hessian.tracking import SpectrumTracker
 
 __all__ = [
     "METHODS",
@@ -41,6 +42,7 @@ __all__ = [
     "MatrixOperator",
     "ScaledOperator",
     "SpectralDensity",
+    "SpectrumTracker",
     "StepPreconditioner",
     "TraceEstimate",
     "UnsupportedOptimizerError",

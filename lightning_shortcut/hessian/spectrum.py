@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -23,6 +23,7 @@ from lightning_shortcut.hessian.operator import (
     normalize_batches,
     resolve_params,
 )
+from lightning_shortcut.hessian.sampling import rayleigh_stderr
 from lightning_shortcut.hessian.solvers import SOLVERS, EigenResult
 from lightning_shortcut.theory import magnitude_ratio
 
@@ -59,8 +60,14 @@ class HessianSpectrum:
         reason: why not, in words (empty when converged).
         seconds: wall time of the call.
         method: the solver used.
-        vectors: the unit eigenvector estimates of ``top`` then ``bottom``, flat over the parameters
-            (pass them as ``start`` to the next call for a warm start).
+        warm_start: whether the call started from ``start`` vectors (a warm run); ``False`` for a
+            cold run from a random vector.
+        max_stderr: the standard error of ``max`` over Hessian batches of the same size (the
+            sampling error of the batch; ``None`` unless ``stderr=True``, see
+            :func:`~lightning_shortcut.hessian.sampling.rayleigh_stderr`).
+        min_stderr: the same for ``min``.
+        vectors: the unit eigenvector estimates of ``top`` then ``bottom``, flat over the parameters.
+        neighbours: the Ritz vectors next to the extremes (kept for warm starts).
     """
 
     top: list[float] = field(default_factory=list)
@@ -78,15 +85,34 @@ class HessianSpectrum:
     reason: str = ""
     seconds: float = 0.0
     method: str = "lanczos"
+    warm_start: bool = False
+    max_stderr: float | None = None
+    min_stderr: float | None = None
     vectors: list[Tensor] = field(default_factory=list, repr=False, compare=False)
+    neighbours: list[Tensor] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def tracking_vectors(self) -> list[Tensor]:
+        """What to pass as ``start`` to the next measurement: :attr:`vectors`, then
+        :attr:`neighbours`."""
+        return self.vectors + self.neighbours
 
     @classmethod
     def nan(
-        cls, top_k: int, bottom_k: int, min_abs: bool, method: str, reason: str, num_hvps: int = 0
+        cls,
+        top_k: int,
+        bottom_k: int,
+        min_abs: bool,
+        method: str,
+        reason: str,
+        num_hvps: int = 0,
+        stderr: bool = False,
     ) -> HessianSpectrum:
         """The result of a computation that failed: NaN for every requested value."""
         nan = math.nan
         return cls(
+            max_stderr=nan if stderr and top_k else None,
+            min_stderr=nan if stderr and bottom_k else None,
             top=[nan] * top_k,
             bottom=[nan] * bottom_k,
             max=nan if top_k else None,
@@ -107,7 +133,9 @@ class HessianSpectrum:
         """Flat ``name -> float`` view for logging (``top_<i>``/``bottom_<i>`` when ``k > 1``)."""
         values: dict[str, float | None] = {
             "max_eigenvalue": self.max,
+            "max_eigenvalue_stderr": self.max_stderr,
             "min_eigenvalue": self.min,
+            "min_eigenvalue_stderr": self.min_stderr,
             "min_abs_eigenvalue": self.min_abs,
             "condition_number": self.condition_number,
             "min_abs_resolved": self.min_abs_resolved,
@@ -119,6 +147,7 @@ class HessianSpectrum:
         values["num_hvps"] = float(self.num_hvps)
         values["seconds"] = self.seconds
         values["converged"] = float(self.converged)
+        values["warm_start"] = float(self.warm_start)
         return {key: float(value) for key, value in values.items() if value is not None}
 
 
@@ -191,6 +220,28 @@ def build_operator(
     )
 
 
+@contextmanager
+def hessian_operator(
+    model: nn.Module,
+    data: Any,
+    loss_fn: LossFn | None,
+    *,
+    params: ParamsSpec,
+    all_reduce: AllReduce | None,
+    mode: Mode,
+    seed: int,
+    clone_grads: bool = False,
+) -> Iterator[HessianOperator]:
+    """The Hessian operator of a computation, inside :func:`hessian_context`, released on exit:
+    the one sequence every public function of the engine runs its products in."""
+    with hessian_context(model, mode, clone_grads=clone_grads):
+        operator = build_operator(model, data, loss_fn, params, all_reduce, mode, seed)
+        try:
+            yield operator
+        finally:
+            operator.release()
+
+
 def _default_max_iter(dim: int, min_abs: bool) -> int:
     return 1000 if min_abs else 300
 
@@ -211,6 +262,7 @@ def hessian_eigenvalues(
     mode: Mode = "eval",
     all_reduce: AllReduce | None = None,
     start: Sequence[Tensor] | None = None,
+    stderr: bool = False,
     solver_options: Mapping[str, Any] | None = None,
     transform: Callable[[HessianOperator], LinearOperator] | None = None,
 ) -> HessianSpectrum:
@@ -249,7 +301,16 @@ def hessian_eigenvalues(
         mode: ``"eval"`` (default; dropout off, BatchNorm on running statistics) or ``"train"``
             (buffers are restored afterwards, dropout masks are fixed for the call).
         all_reduce: sum across processes for distributed data (see :class:`HessianOperator`).
-        start: start vectors for a warm start, such as a previous result's ``vectors``.
+        start: a previous result's ``tracking_vectors`` (or ``vectors``) at nearby weights, for a
+            warm run: Lanczos starts from
+            them and may stop after 4 products where a cold run pays 20, because the previous
+            result certified those directions (the rule and its limits:
+            :mod:`~lightning_shortcut.hessian.solvers._stopping`; along training, audit with a cold
+            run now and then, as :class:`~lightning_shortcut.hessian.SpectrumTracker` does).
+            Pass only such vectors: the warm rule trusts them.
+        stderr: also estimate the sampling error of ``max`` and ``min`` over Hessian batches of
+            the same size (``max_stderr``, ``min_stderr``; :mod:`~lightning_shortcut.hessian.sampling`),
+            at the cost of about one product per value; needs ``mode="eval"`` and no ``transform``.
         solver_options: extra keyword arguments for the solver, e.g. ``{"max_basis": 10}`` for
             ``"lanczos"`` (the basis vectors held; the call's extra memory is about this many
             parameter vectors, default 20).
@@ -264,8 +325,9 @@ def hessian_eigenvalues(
     Raises:
         ValueError: on an unknown method, negative or all-zero counts, empty data, a batch the
             default loss cannot read, parameters not in the model, a non-scalar loss, a model with
-            no trainable parameters, or a ``transform`` that is not callable, changes the size or
-            goes to a solver that runs on the model.
+            no trainable parameters, a ``start`` vector of the wrong size, ``stderr=True`` in train
+            mode or with a ``transform``, or a ``transform`` that is not callable, changes the
+            size or goes to a solver that runs on the model.
 
     Example::
 
@@ -279,10 +341,17 @@ def hessian_eigenvalues(
             f"`transform` must be a callable and `method` a solver of the operator; got "
             f"transform={transform!r} with method={method!r}."
         )
+    if stderr and (mode != "eval" or transform is not None):
+        raise ValueError(
+            f"`stderr=True` needs mode='eval' and no transform (a loss that is a mean over samples, "
+            f"of the Hessian itself), got mode={mode!r}, transform={transform!r}."
+        )
     begin = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
-    with hessian_context(model, mode, clone_grads=spec.touches_grads):
-        operator = build_operator(model, data, loss_fn, params, all_reduce, mode, seed)
+    context = dict(params=params, all_reduce=all_reduce, mode=mode, seed=seed)
+    with hessian_operator(
+        model, data, loss_fn, clone_grads=spec.touches_grads, **context
+    ) as operator:
         try:
             result = spec.solve(
                 operator if transform is None else _transformed(transform, operator),
@@ -297,15 +366,23 @@ def hessian_eigenvalues(
             )
         except NonFiniteProductError:
             result = None
-        finally:
-            operator.release()
+        products = operator.num_hvps
+        if result is not None and stderr:
+            # the extreme vectors' quotients over the batch's chunks: one product's samples each
+            ends = [vectors[:1] for vectors in (result.top_vectors, result.bottom_vectors)]
+            errors = iter(rayleigh_stderr(operator, [v for end in ends for v in end]))
+            result_stderr = [next(errors) if end else None for end in ends]
+            products += sum(map(len, ends))
     seconds = time.perf_counter() - begin
     if result is None:
         return HessianSpectrum.nan(
             top_k, bottom_k, min_abs, method, "non-finite loss or Hessian-vector product",
-            operator.num_hvps,
+            operator.num_hvps, stderr,
         )  # fmt: skip
-    return _assemble(result, method, min_abs, tol, operator.num_hvps, seconds)
+    spectrum = _assemble(result, method, min_abs, tol, products, seconds)
+    if stderr:
+        spectrum.max_stderr, spectrum.min_stderr = result_stderr
+    return spectrum
 
 
 def _transformed(
@@ -372,5 +449,7 @@ def _assemble(
         reason=result.reason,
         seconds=seconds,
         method=method,
+        warm_start=result.warm,
         vectors=top_vectors + bottom_vectors,
+        neighbours=[vector.detach() for vector in result.neighbours],
     )

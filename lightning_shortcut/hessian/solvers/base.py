@@ -39,6 +39,11 @@ class EigenResult:
         scale: the largest ``|eigenvalue|`` seen, the scale of the tolerance.
         converged: whether every requested value met the tolerance.
         reason: why not, in words (empty when converged).
+        neighbours: the Ritz vectors next to the extremes of the first run, kept for the next warm
+            start (see :mod:`~lightning_shortcut.hessian.solvers._stopping`).
+        warm: whether the solver started from the given ``start`` vectors.
+        stopped_warm: whether a run stopped on the evidence of its start vectors, before the
+            products a cold run needs (see :mod:`~lightning_shortcut.hessian.solvers._stopping`).
     """
 
     top: list[float] = field(default_factory=list)
@@ -52,6 +57,9 @@ class EigenResult:
     scale: float = 0.0
     converged: bool = True
     reason: str = ""
+    neighbours: list[Tensor] = field(default_factory=list)
+    warm: bool = False
+    stopped_warm: bool = False
 
     def fail(self, reason: str) -> None:
         """Mark the result as not converged, keeping the first reason given."""

@@ -14,12 +14,11 @@ it (``|theta - theta'| - rho' > rho``), the Kato-Temple inequality tightens this
 assume, as every Krylov method must, that no eigenvalue beyond the extreme Ritz values is missing from
 the Krylov space; in a cluster of eigenvalues closer together than ``tol * max|lambda|``, or at the
 edge of a dense bulk (a trained network's smallest eigenvalue next to thousands near zero), a
-neighbour of the wanted one may be returned in its place. The bound is reported per value and the run stops as
-soon as every requested value is within ``tol * max|lambda|``, but never before ``MIN_PRODUCTS``
-products (or ``max_iter``), and only once the wanted extremes have moved by at most that since the
-run had half its products: a residual says an eigenvalue is near, not that none lies beyond (at a loose ``tol`` a Ritz
-value in a network's bulk near zero passes the residual test after four products, while the
-spectrum's negative end is an order of magnitude further out).
+neighbour of the wanted one may be returned in its place. The bound is reported per value and the run
+stops as soon as every requested value is within ``tol * max|lambda|`` and the run has the evidence
+that the extremes are the spectrum's: a cold run after ``MIN_PRODUCTS`` products, a run warm-started
+from a previous measurement's eigenvectors after as few as ``WARM_MIN_PRODUCTS``
+(:mod:`~lightning_shortcut.hessian.solvers._stopping` derives both rules).
 
 The smallest ``|eigenvalue|`` is found through ``A^2``: with ``A V_{m-1} = V_m G`` (``G`` is ``T``'s
 first ``m - 1`` columns), the smallest singular value ``sigma`` of ``G`` is the Rayleigh-Ritz value of
@@ -39,25 +38,27 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from lightning_shortcut.hessian.linear_operator import LinearOperator, check_finite
+from lightning_shortcut.hessian.solvers._stopping import (
+    MIN_PRODUCTS,
+    WARM_NEIGHBOURS,
+    Ends,
+    StoppingRule,
+    end_errors,
+    error_bound,
+)
 from lightning_shortcut.hessian.solvers._vectors import stack_rows, start_vector
 from lightning_shortcut.hessian.solvers.base import EigenResult, register_solver
 
-__all__ = ["DEFAULT_MAX_BASIS", "LanczosProcess", "lanczos"]
+__all__ = ["DEFAULT_MAX_BASIS", "MIN_PRODUCTS", "LanczosProcess", "lanczos"]
 
 #: Basis vectors kept by default: the extra memory of a call is about this many parameter vectors.
 DEFAULT_MAX_BASIS = 20
-#: No run stops before this many products (or ``max_iter``, or the whole space): a Krylov space of a
-#: few vectors has not yet met an eigenvalue at the far end of a spectrum dominated by one outlier,
-#: although its Ritz value there has a small residual (ARPACK's first check comes after its default
-#: ``ncv = 20`` products). At 10, 2 of 10 calls at tol 1e-2 on an MLP after 600 SGD steps returned a
-#: neighbour 4% of max|lambda| away; at 20, none.
-MIN_PRODUCTS = 20
 # Rotating the basis at a restart works on column blocks of this many entries, so the restart needs
 # no second basis-sized buffer.
 _ROTATE_BLOCK = 1 << 16
@@ -168,37 +169,6 @@ def _check_now(size: int) -> bool:
     return size <= 40 or size % max(1, size // 20) == 0
 
 
-def _settled(
-    history: Sequence[tuple[int, float, float]], ends: Sequence[str], threshold: float
-) -> bool:
-    """Whether the wanted extreme Ritz values moved by at most ``threshold`` since the run had half
-    its products. A small residual says an eigenvalue is near; only a Krylov space that has grown
-    without finding anything beyond says it is the extreme one (a heuristic safeguard: an
-    eigenvalue the start vector barely touches can still be missed, as by every Krylov method)."""
-    products, largest, smallest = history[-1]
-    _, then_largest, then_smallest = next(
-        (h for h in reversed(history) if h[0] <= products // 2), history[0]
-    )
-    return ("top" not in ends or abs(largest - then_largest) <= threshold) and (
-        "bottom" not in ends or abs(smallest - then_smallest) <= threshold
-    )
-
-
-def _error_bound(residual: float, gap: float) -> float:
-    """Kato-Temple where the gap is reliable (larger than the residual), else the residual."""
-    return min(residual, residual**2 / gap) if gap > residual else residual
-
-
-def _end_errors(values: Tensor, residuals: Tensor) -> tuple[float, float]:
-    """Error bounds of the largest and the smallest Ritz value."""
-    top_residual, bottom_residual = float(residuals[-1]), float(residuals[0])
-    if values.numel() < 2:
-        return top_residual, bottom_residual
-    top_gap = float(values[-1] - values[-2] - residuals[-2])
-    bottom_gap = float(values[1] - residuals[1] - values[0])
-    return _error_bound(top_residual, top_gap), _error_bound(bottom_residual, bottom_gap)
-
-
 def _min_abs_estimate(projected: Tensor, beta: float) -> tuple[float, float] | None:
     """``(sigma, error)``: the Rayleigh-Ritz estimate of ``min|lambda|`` through ``A^2`` and a bound.
 
@@ -226,25 +196,29 @@ def _min_abs_estimate(projected: Tensor, beta: float) -> tuple[float, float] | N
     if singular_values.numel() >= 2:
         neighbour, neighbour_residual = pair(-2)
         gap = neighbour**2 - neighbour_residual - sigma**2
-    squared_error = _error_bound(residual, gap) if math.isfinite(gap) else residual
+    squared_error = error_bound(residual, gap) if math.isfinite(gap) else residual
     lower = math.sqrt(max(sigma**2 - squared_error, 0.0))
     return sigma, sigma - lower
 
 
 def _restart_coordinates(
-    values: Tensor, vectors: Tensor, ends: Sequence[str], count: int
+    values: Tensor, vectors: Tensor, ends: Ends, count: int
 ) -> tuple[Tensor, Tensor]:
     """The Ritz coordinates to keep: ``count`` of them, taken in turn from each wanted end."""
-    orders = {
-        "top": torch.argsort(values, descending=True),
-        "bottom": torch.argsort(values),
-        "min_abs": torch.argsort(values.abs()),
-    }
+    orders = [
+        order
+        for wanted, order in (
+            (ends.top, torch.argsort(values, descending=True)),
+            (ends.bottom, torch.argsort(values)),
+            (ends.min_abs, torch.argsort(values.abs())),
+        )
+        if wanted
+    ]
     chosen: list[int] = []
     position = 0
     while len(chosen) < count:
-        for end in ends:
-            index = int(orders[end][position])
+        for order in orders:
+            index = int(order[position])
             if index not in chosen and len(chosen) < count:
                 chosen.append(index)
         position += 1
@@ -266,32 +240,26 @@ class _Run:
     min_abs_error: float | None = None
     scale: float = 0.0
     converged: bool = False
+    stopped_warm: bool = False
+    neighbours: list[Tensor] = field(default_factory=list)
     size: int = 0
 
 
 def _run(
-    operator: LinearOperator,
-    start: Tensor,
-    buffer: Tensor,
-    locked: Tensor,
-    *,
-    ends: Sequence[str],
-    tol: float,
-    max_iter: int,
+    operator: LinearOperator, start: Tensor, buffer: Tensor, locked: Tensor, rule: StoppingRule
 ) -> _Run:
-    """One restarted Lanczos run on the complement of ``locked``, until the wanted ends converge."""
+    """One restarted Lanczos run on the complement of ``locked``, until ``rule`` lets it stop."""
     room = operator.dim - locked.shape[0]
     process = LanczosProcess(operator, start, buffer[: min(buffer.shape[0], room)], locked)
     keep = max(1, process.capacity // 2)
     # no bound is tighter than the products' rounding (float32 models: about 5e-7 relative)
     floor = 4 * torch.finfo(operator.like.dtype).eps
-    run = _Run()
-    history: list[tuple[int, float, float]] = []  # (products, largest, smallest) at each check
-    for products in range(1, max_iter + 1):
+    ends, run = rule.ends, _Run()
+    for products in range(1, rule.max_iter + 1):
         process.step()
         full = process.size == process.capacity or process.size == room
         invariant = process.beta <= 1e-10 * float(process.projected.abs().max())
-        if not (full or invariant or products == max_iter or _check_now(process.size)):
+        if not (full or invariant or products == rule.max_iter or _check_now(process.size)):
             continue
         values, vectors, residuals = process.ritz()
         run.scale = float(values.abs().max())
@@ -299,40 +267,78 @@ def _run(
         if exact:  # an invariant subspace: the Ritz values are eigenvalues
             residuals = torch.zeros_like(residuals)
         run.top_error, run.bottom_error = (
-            max(error, floor * run.scale) for error in _end_errors(values, residuals)
+            max(error, floor * run.scale) for error in end_errors(values, residuals)
         )
-        threshold = tol * run.scale
-        history.append((products, float(values[-1]), float(values[0])))
-        done = (
-            (
-                exact
-                or (products >= min(MIN_PRODUCTS, max_iter) and _settled(history, ends, threshold))
+        threshold = rule.tol * run.scale
+        rule.record(products, float(values[-1]), float(values[0]))
+        done = rule.bounds_met(run.top_error, run.bottom_error, threshold) and (
+            exact
+            or rule.may_stop(
+                products,
+                threshold,
+                lambda end, ritz=vectors: process.ritz_vector(ritz[:, -1 if end == "top" else 0]),
             )
-            and ("top" not in ends or run.top_error <= threshold)
-            and ("bottom" not in ends or run.bottom_error <= threshold)
         )
-        if "min_abs" in ends:
+        if ends.min_abs:
             if exact:
                 run.min_abs, run.min_abs_error = float(values.abs().min()), 0.0
             else:
                 estimate = _min_abs_estimate(process.projected, process.beta)
                 run.min_abs, run.min_abs_error = estimate or (math.inf, math.inf)
             below_resolution = run.min_abs <= threshold
-            done = done and (below_resolution or run.min_abs_error <= tol * run.min_abs)
+            done = done and (below_resolution or run.min_abs_error <= rule.tol * run.min_abs)
         run.converged = done or exact
-        if run.converged or products == max_iter:
+        if run.converged or products == rule.max_iter:
             break
         if process.size < process.capacity:
             continue
-        if "min_abs" in ends:  # an interior problem: restarts lose it, so the basis grows
-            process.grow(min(2 * process.capacity, room, max_iter + 1))
+        if ends.min_abs:  # an interior problem: restarts lose it, so the basis grows
+            process.grow(min(2 * process.capacity, room, rule.max_iter + 1))
         else:
             process.restart(*_restart_coordinates(values, vectors, ends, keep))
     run.largest, run.smallest = float(values[-1]), float(values[0])
     run.top_vector = process.ritz_vector(vectors[:, -1])
     run.bottom_vector = process.ritz_vector(vectors[:, 0])
+    run.stopped_warm = rule.stopped_warm
+    run.neighbours = [process.ritz_vector(vectors[:, i]) for i in _neighbours(ends, process.size)]
     run.size = process.size
     return run
+
+
+def _neighbours(ends: Ends, size: int) -> list[int]:
+    """The columns of the Ritz vectors next to the wanted extremes (ascending Ritz values)."""
+    columns = []
+    for offset in range(1, WARM_NEIGHBOURS + 1):
+        if ends.top:
+            columns.append(size - 1 - offset)
+        if ends.bottom:
+            columns.append(offset)
+    extremes = {0, size - 1}
+    return sorted({c for c in columns if 0 <= c < size and c not in extremes})
+
+
+def _warm_vectors(
+    start: Sequence[Tensor] | None, top_k: int, bottom_k: int
+) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    """Split start vectors into those of the top runs, the bottom runs and the first run's extras.
+
+    ``start`` laid out as a previous result's (``top_k`` top vectors, ``bottom_k`` bottom ones, then
+    any neighbours: :attr:`HessianSpectrum.tracking_vectors`) gives each locking run its own pair
+    and the first run the rest; a shorter list seeds the first run with all of its vectors.
+    """
+    start = list(start or [])
+    if len(start) < top_k + bottom_k:
+        return [], [], start
+    return start[:top_k], start[top_k : top_k + bottom_k], start[top_k + bottom_k :]
+
+
+def _inherited(vectors: Sequence[Tensor], like: Tensor) -> Tensor | None:
+    """Orthonormal rows spanning the finite, non-zero inherited vectors (``None`` if none)."""
+    usable = [v.to(like) for v in vectors if bool(torch.isfinite(v).all()) and float(v.norm()) > 0]
+    if not usable:
+        return None
+    rows, _ = torch.linalg.qr(torch.stack(usable).T)
+    return rows.T
 
 
 @register_solver(
@@ -357,40 +363,59 @@ def lanczos(
     Each run converges only the current extremes and locks their Ritz vectors; the next run starts
     from a fresh vector orthogonal to everything locked. A single Krylov space holds one copy of a
     repeated eigenvalue, so locking one pair per run is what finds multiplicities (at the paper's zero
-    point every eigenvalue is repeated ``num_units * width`` times). ``start`` vectors (a previous
-    call's eigenvectors) seed the first run, mixed with a random vector. ``max_iter`` bounds the
-    products of each run; ``max_basis`` the vectors held (``>= 3``), except in the run that finds
-    ``min_abs``, whose basis grows up to ``max_iter`` vectors (see the module docstring).
+    point every eigenvalue is repeated ``num_units * width`` times).
+
+    ``start`` vectors, a previous call's eigenvectors at nearby weights (``top_k`` top ones,
+    ``bottom_k`` bottom ones, then the first run's neighbours, as
+    :attr:`HessianSpectrum.tracking_vectors`), make a *warm* run: run ``i`` starts from the ``i``-th
+    top and bottom vectors (the first run also from the neighbours) plus a random part, and may
+    stop after as few as
+    ``WARM_MIN_PRODUCTS`` products where a cold run pays ``MIN_PRODUCTS`` (the rule and why it is
+    safe: :mod:`~lightning_shortcut.hessian.solvers._stopping`). Vectors that are not such
+    evidence should not be passed: the warm rule trusts them. ``max_iter`` bounds the products of
+    each run; ``max_basis`` the vectors held (``>= 3``), except in the run that finds ``min_abs``,
+    whose basis grows up to ``max_iter`` vectors (see the module docstring).
     """
     if isinstance(max_basis, bool) or not isinstance(max_basis, int) or max_basis < 3:
         raise ValueError(f"`max_basis` must be an int >= 3, got {max_basis!r}.")
     like = operator.like
     buffer = like.new_empty(min(max_basis, operator.dim, max_iter + 1), operator.dim)
     result = EigenResult()
+    warm_top, warm_bottom, extras = _warm_vectors(start, top_k, bottom_k)
+    result.warm = bool(warm_top or warm_bottom or extras)
     locked: list[Tensor] = []
-    first = True
-    while first or len(result.top) < top_k or len(result.bottom) < bottom_k:
+    runs = 0
+    while runs == 0 or len(result.top) < top_k or len(result.bottom) < bottom_k:
         want_top, want_bottom = len(result.top) < top_k, len(result.bottom) < bottom_k
         if operator.dim - len(locked) <= 0:
             break
-        ends = [
-            end
-            for end, wanted in (
-                ("top", want_top or (first and min_abs)),
-                ("bottom", want_bottom or (first and min_abs)),
-                ("min_abs", first and min_abs),
+        first = runs == 0
+        ends = Ends(
+            top=want_top or (first and min_abs),
+            bottom=want_bottom or (first and min_abs),
+            min_abs=first and min_abs,
+        )
+        warm = [
+            vectors[len(found)]
+            for wanted, vectors, found in (
+                (ends.top, warm_top, result.top),
+                (ends.bottom, warm_bottom, result.bottom),
             )
-            if wanted
-        ]
+            if wanted and len(found) < len(vectors)
+        ] + (extras if first else [])
         against = stack_rows(locked, like, operator.dim)
-        begin = start_vector(operator.dim, like, generator, against, start if first else None)
-        run = _run(operator, begin, buffer, against, ends=ends, tol=tol, max_iter=max_iter)
+        begin = start_vector(operator.dim, like, generator, against, warm)
+        rule = StoppingRule(ends, tol, max_iter, _inherited(warm, like) if warm else None)
+        run = _run(operator, begin, buffer, against, rule)
+        runs += 1
         if not run.converged:
             result.fail(f"not converged to tol={tol} within max_iter={max_iter} products")
         result.scale = max(result.scale, run.scale)
+        result.stopped_warm = result.stopped_warm or run.stopped_warm
         if first and min_abs:
             result.min_abs, result.min_abs_error = run.min_abs, run.min_abs_error
-        first = False
+        if first:
+            result.neighbours = run.neighbours
         if want_top:
             result.top.append(run.largest)
             result.top_errors.append(run.top_error)
