@@ -10,8 +10,10 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from lightning_shortcut.hessian.edge_of_stability import edge_of_stability
+from lightning_shortcut.hessian.operator import resolve_params
 from lightning_shortcut.hessian.spectrum import HessianSpectrum
 from lightning_shortcut.hessian.stability import UnsupportedOptimizerError
+from lightning_shortcut.hessian.tracking import SpectrumTracker
 
 #: Measurements in a row above ``warn_above`` before the monitor warns.
 CONSECUTIVE_ABOVE = 3
@@ -24,11 +26,19 @@ class StabilityTracker:
         warn_above: warn once (rank zero) when ``stability`` exceeds this for
             :data:`CONSECUTIVE_ABOVE` measurements in a row (``None``: never).
         warn: ``warn(kind, message)``, the monitor's warn-once.
+        tracker: the warm starts of the preconditioned eigenvalue run (Adam, RMSprop, unequal
+            groups), which has vectors of its own.
     """
 
-    def __init__(self, warn_above: float | None, warn: Callable[[str, str], None]) -> None:
+    def __init__(
+        self,
+        warn_above: float | None,
+        warn: Callable[[str, str], None],
+        tracker: SpectrumTracker,
+    ) -> None:
         self.warn_above = warn_above
         self.warn = warn
+        self.tracker = tracker
         self.above_in_a_row = 0
         self.skip_reason: str | None = None
         self.said_before_first_step = False
@@ -50,11 +60,13 @@ class StabilityTracker:
         if spectrum.max is not None and not math.isfinite(spectrum.max):
             return {}, 0, 0.0  # a non-finite loss: the monitor warns about it already
         known = spectrum.max
+        params = resolve_params(pl_module, hessian_args.get("params"))
         try:
             report = edge_of_stability(
                 pl_module,
                 optimizer=trainer.optimizers,
                 hessian_max_eigenvalue=known,
+                start=self.tracker.start(params),
                 **hessian_args,
             )
         except (UnsupportedOptimizerError, ValueError) as error:
@@ -64,6 +76,8 @@ class StabilityTracker:
                 f"HessianEigenvalueMonitor logs eigenvalues but no stability ratio: {error}",
             )
             return {}, 0, 0.0
+        if report.num_hvps:  # an eigenvalue run was made: its vectors start the next one
+            self.tracker.update(report, params)
         if report.reason and math.isnan(report.stability):
             if report.before_first_step:  # an adaptive optimizer without state: expected at first
                 if not self.said_before_first_step:

@@ -27,19 +27,21 @@ from lightning_shortcut.callbacks._hessian_batch import (
 )
 from lightning_shortcut.callbacks._schedule import DEFAULT_MAX_OVERHEAD, ScheduledMonitor
 from lightning_shortcut.callbacks._stability import StabilityTracker
-from lightning_shortcut.hessian.operator import cross_entropy_loss
+from lightning_shortcut.hessian.operator import cross_entropy_loss, resolve_params
 from lightning_shortcut.hessian.spectrum import (
     HessianSpectrum,
     hessian_eigenvalues,
     validate_solver_args,
 )
+from lightning_shortcut.hessian.tracking import DEFAULT_AUDIT_EVERY, SpectrumTracker
 
 __all__ = ["DEFAULT_MAX_OVERHEAD", "HessianEigenvalueMonitor"]
 
 LossFn = Callable[[pl.LightningModule, Any], Tensor]
 ParamsSpec = Literal["all", "residual"] | Callable[[nn.Module], Iterable[Tensor]] | None
 # values of a measurement that are not eigenvalues: NaN there is no reason to warn
-_BOOKKEEPING = ("seconds", "num_hvps", "converged")
+_BOOKKEEPING = ("seconds", "num_hvps", "converged", "warm_start")
+_STDERR = ("max_eigenvalue_stderr", "min_eigenvalue_stderr")
 
 
 class HessianEigenvalueMonitor(ScheduledMonitor):
@@ -56,7 +58,11 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     only), each a float:
 
     - ``{log_prefix}max_eigenvalue``: the largest eigenvalue (when ``top_k >= 1``).
-    - ``{log_prefix}min_eigenvalue``: the smallest eigenvalue (when ``bottom_k >= 1``).
+    - ``{log_prefix}max_eigenvalue_stderr``: its standard error over Hessian batches of
+      ``num_samples`` samples: the sampling error of the batch, estimated from 16 chunks of it
+      (:mod:`~lightning_shortcut.hessian.sampling`; with ``stderr=True`` in ``mode="eval"``).
+    - ``{log_prefix}min_eigenvalue``, ``{log_prefix}min_eigenvalue_stderr``: the same for the
+      smallest eigenvalue (when ``bottom_k >= 1``).
     - ``{log_prefix}min_abs_eigenvalue``: the smallest ``|eigenvalue|`` (with ``min_abs=True``).
     - ``{log_prefix}condition_number``: largest over smallest ``|eigenvalue|`` (with
       ``min_abs=True``); ``inf`` when the smallest is below what ``tol`` resolves (the Hessian is
@@ -66,9 +72,13 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
       relative accuracy ``tol``, ``0.0`` if it is below resolution (with ``min_abs=True``).
     - ``{log_prefix}top_<i>``, ``{log_prefix}bottom_<i>``: the ``i``-th largest and smallest
       eigenvalues, ``i = 1 ... k`` (when ``top_k > 1``, ``bottom_k > 1``).
-    - ``{log_prefix}num_hvps``: Hessian-vector products used.
+    - ``{log_prefix}num_hvps``: Hessian-vector products used (with the stability ratio's and the
+      standard errors').
     - ``{log_prefix}seconds``: wall time of the measurement.
     - ``{log_prefix}converged``: ``1.0`` if every value met ``tol``, else ``0.0``.
+    - ``{log_prefix}warm_start``: ``1.0`` for a warm measurement (started from the previous one's
+      vectors), ``0.0`` for a cold one (the first, every ``audit_every``-th, and any after a
+      failure or a change of parameters).
     - ``{log_prefix}stability`` (fit): the step-preconditioned Hessian's largest eigenvalue over the
       optimizer's threshold, 1.0 the edge of stability (:func:`~lightning_shortcut.hessian.edge_of_stability`);
       free for SGD with one lr, one more eigenvalue run for Adam/AdamW/RMSprop or unequal groups.
@@ -90,50 +100,74 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     schedule that the budget does not cut unless ``max_overhead`` is set.
 
     Cost: ``num_hvps`` products on ``num_samples`` samples, each 1.5-2.5 forward-backward passes on
-    them; after the first steps the monitor says once what a measurement costs.
+    them. A cold measurement takes at least 20 products per eigenvalue run; a warm one, started from
+    the previous measurement's vectors, as few as 4 (the rule, and why it keeps ``tol``:
+    :mod:`~lightning_shortcut.hessian.solvers._stopping`). After the first steps the monitor says
+    once what a measurement costs.
+
+    Memory between measurements (``warm_start=True``): the previous fit measurement's eigenvectors
+    and the Ritz vectors next to them, at most ``top_k + bottom_k + 4`` vectors of the size of
+    ``params`` (6 by default), plus one for Adam's stability run; a measurement itself holds a
+    Lanczos basis of 20 such vectors (``solver_options={"max_basis": ...}``).
 
     Loss: ``loss_fn`` if given, else the module's ``hessian_loss(self, batch)`` (the scalar mean loss:
     the way to use a model's own loss), else the cross-entropy of ``pl_module(inputs)``. The batch is
     converted as the Trainer converts training batches (``precision``; bfloat16 gives 2-3 digits).
 
+    Every argument is keyword-only.
+
     Args:
-        every_n_steps: measure every this many optimizer steps (``None``: not by steps).
-        every_n_epochs: measure at the end of every this many training epochs (``None``: not by epochs).
-        max_overhead: the share of training wall time the monitor may use, e.g. ``0.05``; a due
-            measurement that would exceed it is skipped, and ``0`` keeps only the one at fit start.
-            ``None`` (default): ``0.05`` when the monitor schedules itself (measured wall-time cost on
-            the recipes: at most about 10%, see ``benchmarks/``), no limit for a fixed
-            ``every_n_steps``/``every_n_epochs`` schedule.
-        at_fit_start: measure at the initial point, before the first step (the paper's moment).
-        num_samples: size of the Hessian batch (over all ranks); 256 matched a 2048-sample
-            Hessian's extremes as well as 512 at half the cost on a BatchNorm CNN (README).
-        batch_size: chunk size of the Hessian batch, to bound memory (default: one chunk, whose
+        every_n_steps: *Schedule.* Measure every this many optimizer steps (``None``: not by steps).
+        every_n_epochs: *Schedule.* Measure at the end of every this many training epochs (``None``:
+            not by epochs).
+        max_overhead: *Schedule.* The share of training wall time the monitor may use, e.g.
+            ``0.05``; a due measurement that would exceed it is skipped, and ``0`` keeps only the
+            one at fit start. ``None`` (default): ``0.05`` when the monitor schedules itself, no
+            limit for a fixed ``every_n_steps``/``every_n_epochs`` schedule.
+        at_fit_start: *Schedule.* Measure at the initial point, before the first step (the paper's
+            moment).
+        stages: *Schedule.* Where to measure: ``"fit"`` and, at the start of
+            ``trainer.validate``/``trainer.test``, ``"validate"``/``"test"`` (on the first
+            ``num_samples`` samples of their dataloader).
+        num_samples: *Hessian batch.* Its size (over all ranks): the first ``num_samples`` samples
+            of the train dataloader's dataset. 256 matched a 2048-sample Hessian's extremes as well
+            as 512 at half the cost on a BatchNorm CNN; the logged ``*_stderr`` says how much the
+            choice of samples moves the values.
+        batch_size: *Hessian batch.* Chunk size, to bound memory (default: one chunk, whose
             first-order graph is then built once per measurement and reused by every product;
             with several chunks each product recomputes it for every chunk).
-        method: a solver of :data:`~lightning_shortcut.hessian.SOLVERS`: ``"lanczos"``, ``"power"``,
-            ``"pyhessian"`` or one you registered.
-        top_k: number of largest eigenvalues.
-        bottom_k: number of smallest eigenvalues.
-        min_abs: also the smallest ``|eigenvalue|`` and the condition number (Lanczos only).
-        params: ``"all"``/``None`` (every trainable parameter), ``"residual"`` (the ResidualStack
-            branch parameters, the paper's quantity) or a callable ``module -> parameters``.
-        tol: the error allowed in each eigenvalue, relative to the largest ``|eigenvalue|``.
-        max_iter: products per eigenvalue run.
-        loss_fn: ``loss_fn(pl_module, batch) -> scalar`` (see Loss).
-        log_prefix: prefix of the logged names.
-        data: a ``DataLoader`` or ``LightningDataModule`` to draw the Hessian batch from instead of the
-            Trainer's train dataloader.
-        stages: where to measure: ``"fit"`` and, at the start of ``trainer.validate``/``trainer.test``,
-            ``"validate"``/``"test"`` (on the first ``num_samples`` samples of their dataloader).
-        mode: ``"eval"`` (dropout off, BatchNorm running statistics) or ``"train"``.
-        seed: seed of the solver's private generator.
-        stability: log ``stability`` and ``max_stable_lr`` from the run's optimizer.
-        warn_above: warn once when ``stability`` stays above this for 3 measurements (``None``: never).
-        warm_start: start each measurement from the previous one's eigenvectors (holds
-            ``top_k + bottom_k`` parameter-sized vectors between measurements).
-        solver_options: extra arguments of the solver, e.g. ``{"max_basis": 10}``.
-        clock: the time budget's wall clock in seconds (default :func:`time.perf_counter`); for tests
-            and simulations that need a deterministic schedule.
+        data: *Hessian batch.* A ``DataLoader`` or ``LightningDataModule`` to draw it from instead of
+            the Trainer's train dataloader.
+        params: *Hessian batch.* ``"all"``/``None`` (every trainable parameter), ``"residual"`` (the
+            ResidualStack branch parameters, the paper's quantity) or a callable
+            ``module -> parameters``.
+        loss_fn: *Hessian batch.* ``loss_fn(pl_module, batch) -> scalar`` (see Loss).
+        mode: *Hessian batch.* ``"eval"`` (dropout off, BatchNorm running statistics) or ``"train"``.
+        method: *Solver.* A solver of :data:`~lightning_shortcut.hessian.SOLVERS`: ``"lanczos"``,
+            ``"power"``, ``"pyhessian"`` or one you registered.
+        top_k: *Solver.* Number of largest eigenvalues.
+        bottom_k: *Solver.* Number of smallest eigenvalues.
+        min_abs: *Solver.* Also the smallest ``|eigenvalue|`` and the condition number (Lanczos
+            only).
+        tol: *Solver.* The error allowed in each eigenvalue, relative to the largest
+            ``|eigenvalue|``.
+        max_iter: *Solver.* The products one eigenvalue run may use (``None``: 300, 1000 with
+            ``min_abs``); a run that reaches it returns its best estimates with ``converged=0``.
+        warm_start: *Solver.* Start each fit measurement from the previous one's vectors (see Cost
+            and Memory); ``False``: every measurement is cold.
+        audit_every: *Solver.* With ``warm_start``, every this many fit measurements one is cold, so
+            that an eigenvalue crossing (a new direction rising above the tracked one, which warm
+            runs cannot see) is caught within this many measurements.
+        seed: *Solver.* Seed of the solver's private generator.
+        solver_options: *Solver.* Extra arguments of the solver, e.g. ``{"max_basis": 10}``.
+        stderr: *Output.* Log the standard errors of the extreme eigenvalues over Hessian batches of
+            the same size (about one product each; only in ``mode="eval"``).
+        stability: *Output.* Log ``stability`` and ``max_stable_lr`` from the run's optimizer.
+        warn_above: *Output.* Warn once when ``stability`` stays above this for 3 measurements
+            (``None``: never).
+        log_prefix: *Output.* Prefix of the logged names.
+        clock: The time budget's wall clock in seconds (default :func:`time.perf_counter`); for
+            simulations and tests that need a deterministic schedule.
 
     Raises:
         TypeError: on an argument of the wrong type, naming it and what is accepted.
@@ -152,54 +186,62 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
 
     def __init__(
         self,
+        *,
         every_n_steps: int | None = None,
         every_n_epochs: int | None = None,
         max_overhead: float | None = None,
         at_fit_start: bool = True,
+        stages: Sequence[str] = ("fit",),
         num_samples: int = 256,
         batch_size: int | None = None,
+        data: DataLoader | pl.LightningDataModule | None = None,
+        params: ParamsSpec = None,
+        loss_fn: LossFn | None = None,
+        mode: Literal["eval", "train"] = "eval",
         method: str = "lanczos",
         top_k: int = 1,
         bottom_k: int = 1,
         min_abs: bool = False,
-        params: ParamsSpec = None,
         tol: float = 1e-2,
         max_iter: int | None = 100,
-        loss_fn: LossFn | None = None,
-        log_prefix: str = "hessian/",
-        data: DataLoader | pl.LightningDataModule | None = None,
-        stages: Sequence[str] = ("fit",),
-        mode: Literal["eval", "train"] = "eval",
+        warm_start: bool = True,
+        audit_every: int = DEFAULT_AUDIT_EVERY,
         seed: int = 0,
+        solver_options: dict[str, Any] | None = None,
+        stderr: bool = True,
         stability: bool = True,
         warn_above: float | None = 2.0,
-        warm_start: bool = False,
-        solver_options: dict[str, Any] | None = None,
+        log_prefix: str = "hessian/",
         clock: Callable[[], float] | None = None,
     ) -> None:
         super().__init__(every_n_steps, every_n_epochs, max_overhead, at_fit_start, stages, clock)
         self.num_samples = num_samples
         self.batch_size = batch_size
+        self.data = data
+        self.params = params
+        self.loss_fn = loss_fn
+        self.mode = mode
         self.method = method
         self.top_k, self.bottom_k = top_k, bottom_k
         self.min_abs = min_abs
-        self.params = params
         self.tol = tol
         self.max_iter = max_iter
-        self.loss_fn = loss_fn
-        self.log_prefix = log_prefix
-        self.data = data
-        self.mode = mode
+        self.warm_start = warm_start
+        self.audit_every = audit_every
         self.seed = seed
+        self.solver_options = dict(solver_options or {})
+        self.stderr = stderr
         self.stability = stability
         self.warn_above = warn_above
-        self.warm_start = warm_start
-        self.solver_options = dict(solver_options or {})
+        self.log_prefix = log_prefix
         self.__validate_init_configuration()
         self._batches: dict[str, list[Any]] = {}  # the Hessian batch of each stage
         self._warned: set[str] = set()
-        self._stability = StabilityTracker(warn_above, self._warn_once)
-        self._start_vectors: list[Tensor] | None = None  # the last fit measurement's eigenvectors
+        # warm starts of the fit measurements (audit_every=1 when off: every one is cold)
+        self._tracker = SpectrumTracker(audit_every if warm_start else 1)
+        self._stability = StabilityTracker(
+            warn_above, self._warn_once, SpectrumTracker(audit_every if warm_start else 1)
+        )
 
     def __validate_init_configuration(self) -> None:
         check_positive_int("num_samples", self.num_samples)
@@ -213,6 +255,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
                 f"`params` must be None, 'all', 'residual' or a callable, got {self.params!r}."
             )
         check_choice("mode", self.mode, ("eval", "train"))
+        check_positive_int("audit_every", self.audit_every)
         if self.warn_above is not None:
             check_non_negative_float("warn_above", self.warn_above)
         if self.data is not None and not isinstance(self.data, DataLoader | pl.LightningDataModule):
@@ -230,6 +273,20 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
             method=self.method,
             log_prefix=self.log_prefix,
         )
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "tracker": self._tracker.state_dict(),
+            "stability_tracker": self._stability.tracker.state_dict(),
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._tracker.load_state_dict(state_dict.get("tracker", {}))
+        self._stability.tracker.load_state_dict(state_dict.get("stability_tracker", {}))
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -267,8 +324,10 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
 
     @override
     def _describe_cost(self, record: dict[str, float]) -> tuple[str, str]:
+        start = "warm" if record.get("warm_start") else "cold"
         return (
-            f"{int(record['num_hvps'])} Hessian-vector products on {self.num_samples} samples",
+            f"{int(record['num_hvps'])} Hessian-vector products on {self.num_samples} samples, "
+            f"{start}",
             f"num_samples (the cost is linear in it), tol (now {self.tol:g})",
         )
 
@@ -293,17 +352,19 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         batches = self._batches.get(stage)
         if batches is None:
             batches = self._batches[stage] = self._gather_hessian_batch(trainer, pl_module, stage)
+        params = resolve_params(pl_module, self.params) if stage == "fit" else None
         try:
             spectrum = hessian_eigenvalues(
                 pl_module,
                 top_k=self.top_k,
                 bottom_k=self.bottom_k,
                 min_abs=self.min_abs,
-                start=self._start_vectors if stage == "fit" else None,
+                start=self._tracker.start(params) if stage == "fit" else None,
+                stderr=self.stderr and self.mode == "eval",
                 **self._hessian_args(trainer, pl_module, batches),
             )
-            if self.warm_start and stage == "fit":
-                self._start_vectors = spectrum.vectors
+            if stage == "fit":
+                self._tracker.update(spectrum, params)
             return spectrum
         # a numerical or memory error is logged as NaN: training goes on
         except (RuntimeError, torch.OutOfMemoryError) as error:
@@ -312,8 +373,15 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
                 f"HessianEigenvalueMonitor could not compute the spectrum at step "
                 f"{trainer.global_step}: {error}",
             )
+            if stage == "fit":
+                self._tracker.reset()
             return HessianSpectrum.nan(
-                self.top_k, self.bottom_k, self.min_abs, self.method, reason=str(error)
+                self.top_k,
+                self.bottom_k,
+                self.min_abs,
+                self.method,
+                reason=str(error),
+                stderr=self.stderr and self.mode == "eval",
             )
 
     def _hessian_args(
@@ -359,10 +427,18 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         return metrics
 
     def _warn_about(self, spectrum: HessianSpectrum, metrics: dict[str, float], step: int) -> None:
-        if any(math.isnan(v) for k, v in metrics.items() if k not in _BOOKKEEPING):
+        values = {k: v for k, v in metrics.items() if k not in _BOOKKEEPING and k not in _STDERR}
+        if any(math.isnan(v) for v in values.values()):
             self._warn_once(
                 "nan",
                 f"HessianEigenvalueMonitor: non-finite loss or spectrum at step {step}; logged as NaN.",
+            )
+        elif any(math.isnan(metrics.get(key, 0.0)) for key in _STDERR):
+            self._warn_once(
+                "stderr",
+                f"HessianEigenvalueMonitor: at step {step} the standard error of the eigenvalues is "
+                f"NaN: it needs a Hessian batch of at least 2 samples (num_samples="
+                f"{self.num_samples}) and finite products on each chunk of it.",
             )
         elif spectrum.min_abs_resolved is False and spectrum.converged:
             self._warn_once(

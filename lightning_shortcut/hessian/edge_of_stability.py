@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor, nn
@@ -47,6 +47,9 @@ class EdgeOfStability:
         seconds: wall time.
         before_first_step: ``stability`` is ``nan`` because an adaptive optimizer has no state
             yet (it has taken no step): expected at the start of training.
+        warm_start: whether the eigenvalue run started from ``start`` vectors.
+        tracking_vectors: the eigenvalue run's vectors, to pass as ``start`` next time (empty when
+            no run was needed).
     """
 
     stability: float
@@ -61,6 +64,8 @@ class EdgeOfStability:
     reason: str = ""
     seconds: float = 0.0
     before_first_step: bool = False
+    warm_start: bool = False
+    tracking_vectors: list[Tensor] = field(default_factory=list, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, float]:
         """``stability`` and ``max_stable_lr``, for logging."""
@@ -99,6 +104,8 @@ def edge_of_stability(
         loss_fn: as for ``hessian_eigenvalues``.
         params: the parameters, as for ``hessian_eigenvalues`` (all trainable ones by default).
         hessian_max_eigenvalue: ``lambda_max`` of the Hessian, if already known.
+        start: a previous report's ``tracking_vectors`` for a warm eigenvalue run (see
+            :func:`~lightning_shortcut.hessian.hessian_eigenvalues`).
         Other arguments: as for :func:`~lightning_shortcut.hessian.hessian_eigenvalues`.
 
     Returns:
@@ -162,4 +169,6 @@ def edge_of_stability(
         converged=spectrum.converged if spectrum is not None else True,
         reason=spectrum.reason if spectrum is not None else "",
         seconds=time.perf_counter() - begin,
+        warm_start=spectrum.warm_start if spectrum is not None else False,
+        tracking_vectors=spectrum.tracking_vectors if spectrum is not None else [],
     )
