@@ -68,3 +68,11 @@ def test_smoothed_density_integrates_to_one():
     assert integral == pytest.approx(1.0, abs=1e-3)
     with pytest.raises(ValueError, match="sigma"):
         density.density(grid, sigma=0.0)
+
+
+def test_reported_wall_times_are_seconds():
+    model, data, _ = _case()
+    density = spectral_density(model, data, num_probes=2, num_steps=5)
+    estimate = hessian_trace(model, data, num_probes=3)
+    for seconds in (density.seconds, estimate.seconds):
+        assert type(seconds) is float and seconds >= 0.0
