@@ -58,9 +58,22 @@ def test_logs_expected_keys_to_csv(tmp_path):
 
 
 def test_tensorboard_and_no_logger(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     monitor = HessianEigenvalueMonitor(num_samples=32, every_n_epochs=1)
-    fit(tmp_path, [monitor], logger=TensorBoardLogger(tmp_path), max_epochs=1)
+    trainer, _ = fit(tmp_path, [monitor], logger=TensorBoardLogger(tmp_path), max_epochs=1)
     assert len(monitor.history) == 2
+    events = EventAccumulator(trainer.logger.log_dir)
+    events.Reload()
+    measured = [key for key in monitor.history[0] if key not in ("step", "epoch", "stage")]
+    assert {"max_eigenvalue", "min_eigenvalue", "num_hvps", "stability"} <= set(measured)
+    assert {f"hessian/{key}" for key in measured} <= set(events.Tags()["scalars"])
+    for key in measured:
+        logged = [(e.step, e.value) for e in events.Scalars(f"hessian/{key}")]
+        assert [step for step, _ in logged] == [r["step"] for r in monitor.history] == [0, 6]
+        for (_, value), record in zip(logged, monitor.history, strict=True):
+            # TensorBoard stores float32
+            assert value == pytest.approx(record[key], rel=1e-6, abs=1e-30, nan_ok=True), key
     monitor = HessianEigenvalueMonitor(num_samples=32, every_n_epochs=1)
     trainer, _ = fit(tmp_path, [monitor], max_epochs=1)
     assert len(monitor.history) == 2
