@@ -81,10 +81,12 @@ def hessian_trace(
 ) -> TraceEstimate:
     """Hutchinson's estimate of the Hessian trace with Rademacher probes.
 
+    The arguments not listed below are those of
+    :func:`~lightning_shortcut.hessian.hessian_eigenvalues`.
+
     Args:
         num_probes: the maximum number of probes.
         rtol: stop early once the standard error is at most ``rtol * |trace|`` (at least 2 probes).
-        Other arguments as in :func:`~lightning_shortcut.hessian.hessian_eigenvalues`.
 
     Example::
 
