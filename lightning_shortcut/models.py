@@ -188,7 +188,10 @@ class ResidualRegressor(_ResidualModule):
         shortcut_depth: weight layers per branch.
         activation: nonlinearity between branch layers.
         num_classes: if given, accuracy of ``argmax`` over the first ``num_classes`` outputs.
-        optimizer, lr, momentum, weight_decay: the optimizer.
+        optimizer: ``"sgd"`` or ``"adam"``.
+        lr: learning rate.
+        momentum: SGD momentum.
+        weight_decay: weight decay.
     """
 
     def __init__(

@@ -54,9 +54,22 @@ def test_slq_with_full_steps_recovers_the_spectrum():
     distance = (used[:, None] - eigenvalues[None]).abs().min(dim=1).values
     assert float(distance.max()) < 1e-6
     assert float(density.nodes.max()) == pytest.approx(float(eigenvalues[-1]), abs=1e-8)
-    # first moment: E[v^T H v] for a unit Gaussian probe is tr(H) / d, and within a few sigma
-    mean = float((density.nodes * density.weights).sum(dim=1).mean())
-    assert math.isfinite(mean)
+
+
+def test_slq_first_moment_is_the_trace_over_the_dimension():
+    # Per probe v the quadrature's first moment sum_j w_j theta_j is v^T H v exactly (Gauss
+    # quadrature with k >= 1 nodes integrates degree-1 polynomials exactly), and for v uniform on the
+    # unit sphere in R^d: E[v^T H v] = tr(H) / d, Var[v^T H v] = 2 (d tr(H^2) - tr(H)^2) / (d^2 (d+2)).
+    model, data, hessian = _case()
+    dim = hessian.shape[0]
+    trace, trace_of_square = float(hessian.trace()), float((hessian @ hessian).trace())
+    variance = 2 * (dim * trace_of_square - trace**2) / (dim**2 * (dim + 2))
+    num_probes = 300
+    density = spectral_density(model, data, num_probes=num_probes, num_steps=4, seed=3)
+    moments = (density.nodes * density.weights).sum(dim=1)
+    assert abs(float(moments.mean()) - trace / dim) < 4 * math.sqrt(variance / num_probes)
+    # the probes are independent draws: their spread is the sphere's, not zero and not larger
+    assert float(moments.std()) == pytest.approx(math.sqrt(variance), rel=0.25)
 
 
 def test_smoothed_density_integrates_to_one():
@@ -68,3 +81,11 @@ def test_smoothed_density_integrates_to_one():
     assert integral == pytest.approx(1.0, abs=1e-3)
     with pytest.raises(ValueError, match="sigma"):
         density.density(grid, sigma=0.0)
+
+
+def test_reported_wall_times_are_seconds():
+    model, data, _ = _case()
+    density = spectral_density(model, data, num_probes=2, num_steps=5)
+    estimate = hessian_trace(model, data, num_probes=3)
+    for seconds in (density.seconds, estimate.seconds):
+        assert type(seconds) is float and seconds >= 0.0

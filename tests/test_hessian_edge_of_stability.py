@@ -75,8 +75,14 @@ def test_unknown_optimizers_and_several_optimizers():
     first, second = model[0], model[2]
     sgd = torch.optim.SGD(first.parameters(), lr=0.1)
     other = torch.optim.SGD(second.parameters(), lr=0.1)
-    report = edge_of_stability(model, batch, [other, sgd], params=list(first.parameters()))
-    assert report.optimizer == "SGD" and report.stability > 0
+    chosen = list(first.parameters())
+    report = edge_of_stability(model, batch, [other, sgd], params=chosen, tol=1e-8)
+    # the Hessian over exactly the first layer's weight and bias, not over the whole model
+    only_first = float(torch.linalg.eigvalsh(dense_hessian(model, ce_loss(*batch), chosen)).max())
+    whole = float(torch.linalg.eigvalsh(dense_hessian(model, ce_loss(*batch))).max())
+    assert abs(whole - only_first) > 0.1 * whole
+    assert report.optimizer == "SGD"
+    assert report.stability == pytest.approx(0.1 * only_first / 2, rel=1e-6)
     with pytest.raises(ValueError, match="several"):
         edge_of_stability(model, batch, [sgd, other])
 

@@ -14,10 +14,12 @@ from helpers.lightning_models import (
     loader,
     trainer_kwargs,
 )
+from helpers.reference import dense_hessian
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from lightning_shortcut import residual_parameters
 from lightning_shortcut.callbacks import HessianEigenvalueMonitor
 
 
@@ -58,9 +60,22 @@ def test_logs_expected_keys_to_csv(tmp_path):
 
 
 def test_tensorboard_and_no_logger(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     monitor = HessianEigenvalueMonitor(num_samples=32, every_n_epochs=1)
-    fit(tmp_path, [monitor], logger=TensorBoardLogger(tmp_path), max_epochs=1)
+    trainer, _ = fit(tmp_path, [monitor], logger=TensorBoardLogger(tmp_path), max_epochs=1)
     assert len(monitor.history) == 2
+    events = EventAccumulator(trainer.logger.log_dir)
+    events.Reload()
+    measured = [key for key in monitor.history[0] if key not in ("step", "epoch", "stage")]
+    assert {"max_eigenvalue", "min_eigenvalue", "num_hvps", "stability"} <= set(measured)
+    assert {f"hessian/{key}" for key in measured} <= set(events.Tags()["scalars"])
+    for key in measured:
+        logged = [(e.step, e.value) for e in events.Scalars(f"hessian/{key}")]
+        assert [step for step, _ in logged] == [r["step"] for r in monitor.history] == [0, 6]
+        for (_, value), record in zip(logged, monitor.history, strict=True):
+            # TensorBoard stores float32
+            assert value == pytest.approx(record[key], rel=1e-6, abs=1e-30, nan_ok=True), key
     monitor = HessianEigenvalueMonitor(num_samples=32, every_n_epochs=1)
     trainer, _ = fit(tmp_path, [monitor], max_epochs=1)
     assert len(monitor.history) == 2
@@ -292,10 +307,32 @@ def test_residual_params_and_attention_model(tmp_path):
     )
 
 
+def _initial_extremes(params_of) -> tuple[float, float, float]:
+    """The extreme eigenvalues of the Hessian over ``params_of(model)`` at the initial weights of
+    :func:`fit`'s model, on the monitor's Hessian batch (the first 16 samples, eval mode), in
+    float64, and ``max|lambda|`` over all parameters."""
+    pl.seed_everything(0, verbose=False)
+    model = Classifier().double().eval()
+    x, y = dataset()[:16]
+    loss = lambda m: torch.nn.functional.cross_entropy(m(x.double()), y)  # noqa: E731
+    chosen = torch.linalg.eigvalsh(dense_hessian(model, loss, params_of(model)))
+    every = torch.linalg.eigvalsh(dense_hessian(model, loss))
+    return float(chosen[-1]), float(chosen[0]), float(every.abs().max())
+
+
 def test_residual_params_need_a_stack(tmp_path):
     monitor = HessianEigenvalueMonitor(params="residual", num_samples=16, every_n_epochs=1)
     _trainer, _model = fit(tmp_path, [monitor], max_epochs=1)
     assert len(monitor.history) == 2
+    # the first measurement is of the Hessian over exactly the stack's branch weights
+    top, bottom, _ = _initial_extremes(residual_parameters)
+    top_all, bottom_all, scale = _initial_extremes(lambda m: list(m.parameters()))
+    first = monitor.history[0]
+    assert first["step"] == 0
+    resolution = 1e-2 * max(abs(top), abs(bottom))  # the monitor's tol, relative to max|lambda|
+    assert first["max_eigenvalue"] == pytest.approx(top, abs=resolution)
+    assert first["min_eigenvalue"] == pytest.approx(bottom, abs=resolution)
+    assert abs(top - top_all) > 0.1 * scale or abs(bottom - bottom_all) > 0.1 * scale
 
     class NoStack(Classifier):
         def __init__(self):

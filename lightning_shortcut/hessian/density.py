@@ -81,10 +81,12 @@ def hessian_trace(
 ) -> TraceEstimate:
     """Hutchinson's estimate of the Hessian trace with Rademacher probes.
 
+    The arguments not listed below are those of
+    :func:`~lightning_shortcut.hessian.hessian_eigenvalues`.
+
     Args:
         num_probes: the maximum number of probes.
         rtol: stop early once the standard error is at most ``rtol * |trace|`` (at least 2 probes).
-        Other arguments as in :func:`~lightning_shortcut.hessian.hessian_eigenvalues`.
 
     Example::
 
@@ -152,8 +154,8 @@ def spectral_density(
         buffer = operator.like.new_empty(steps, operator.dim)
         no_lock = operator.like.new_zeros(0, operator.dim)
         for _ in range(num_probes):
-            start = random_unit_vector(operator.dim, operator.like, generator)
-            process = LanczosProcess(operator, start, buffer, no_lock)
+            probe = random_unit_vector(operator.dim, operator.like, generator)
+            process = LanczosProcess(operator, probe, buffer, no_lock)
             for _ in range(steps):
                 process.step()
                 if process.beta <= 1e-12 * float(process.projected.abs().max()):

@@ -97,6 +97,9 @@ def edge_of_stability(
     same data and parameters) and it costs nothing, else one eigenvalue run. Adam, AdamW, RMSprop and
     unequal groups cost one eigenvalue run on the preconditioned operator.
 
+    The arguments not listed below are those of
+    :func:`~lightning_shortcut.hessian.hessian_eigenvalues`.
+
     Args:
         model: the model.
         data: the batch or batches, as for ``hessian_eigenvalues``.
@@ -106,7 +109,6 @@ def edge_of_stability(
         hessian_max_eigenvalue: ``lambda_max`` of the Hessian, if already known.
         start: a previous report's ``tracking_vectors`` for a warm eigenvalue run (see
             :func:`~lightning_shortcut.hessian.hessian_eigenvalues`).
-        Other arguments: as for :func:`~lightning_shortcut.hessian.hessian_eigenvalues`.
 
     Returns:
         An :class:`EdgeOfStability`; ``stability`` is ``nan`` with a ``reason`` while an adaptive
