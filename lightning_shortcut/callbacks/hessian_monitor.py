@@ -27,7 +27,7 @@ from lightning_shortcut.callbacks._hessian_batch import (
 )
 from lightning_shortcut.callbacks._schedule import DEFAULT_MAX_OVERHEAD, ScheduledMonitor
 from lightning_shortcut.callbacks._stability import StabilityTracker
-from lightning_shortcut.hessian.operator import cross_entropy_loss, resolve_params
+from lightning_shortcut.hessian.operator import batch_size, cross_entropy_loss, resolve_params
 from lightning_shortcut.hessian.spectrum import (
     HessianSpectrum,
     hessian_eigenvalues,
@@ -99,8 +99,8 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     broadcasts. For the same steps in every run, give ``every_n_steps`` or ``every_n_epochs``, a fixed
     schedule that the budget does not cut unless ``max_overhead`` is set.
 
-    Cost: ``num_hvps`` products on ``num_samples`` samples, each 1.5-2.5 forward-backward passes on
-    them. A cold measurement takes at least 20 products per eigenvalue run; a warm one, started from
+    Cost: ``num_hvps`` products on ``num_samples`` samples, each as costly as 1.6-4.3 gradients on
+    them (``benchmarks/bench_hessian.py``). A cold measurement takes at least 20 products per eigenvalue run; a warm one, started from
     the previous measurement's vectors, as few as 4 (the rule, and why it keeps ``tol``:
     :mod:`~lightning_shortcut.hessian.solvers._stopping`). After the first steps the monitor says
     once what a measurement costs.
@@ -236,6 +236,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         self.log_prefix = log_prefix
         self.__validate_init_configuration()
         self._batches: dict[str, list[Any]] = {}  # the Hessian batch of each stage
+        self._samples = num_samples  # in the last Hessian batch gathered
         self._warned: set[str] = set()
         # warm starts of the fit measurements (audit_every=1 when off: every one is cold)
         self._tracker = SpectrumTracker(audit_every if warm_start else 1)
@@ -312,6 +313,8 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         loader = stage_dataloader(trainer, self.data, stage)
         batches = gather_hessian_batch(trainer, loader, self.num_samples, self.batch_size, stage)
         check_loss(self._resolve_loss_fn(pl_module), pl_module, batches[0])
+        # the samples there are (a dataset smaller than num_samples gives fewer), over all ranks
+        self._samples = sum(batch_size(batch) for batch in batches) * trainer.world_size
         return batches
 
     def _resolve_loss_fn(self, pl_module: pl.LightningModule) -> LossFn:
@@ -326,7 +329,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     def _describe_cost(self, record: dict[str, float]) -> tuple[str, str]:
         start = "warm" if record.get("warm_start") else "cold"
         return (
-            f"{int(record['num_hvps'])} Hessian-vector products on {self.num_samples} samples, "
+            f"{int(record['num_hvps'])} Hessian-vector products on {self._samples} samples, "
             f"{start}",
             f"num_samples (the cost is linear in it), tol (now {self.tol:g})",
         )
