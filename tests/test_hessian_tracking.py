@@ -216,3 +216,37 @@ def test_stderr_is_checked_where_it_enters():
     keys = spectrum.as_dict()
     assert "max_eigenvalue_stderr" in keys and "min_eigenvalue_stderr" not in keys
     assert keys["warm_start"] == 0.0
+
+
+def test_monitor_tracks_warm_with_cold_audits_and_stderr_on_cold_rows(tmp_path):
+    """The default monitor on a fixed schedule: the first measurement and every ``audit_every``-th
+    are cold and carry standard errors; the others are warm and cheaper; every value agrees with a
+    cold reference at the same weights (recomputed from a checkpoint of each step's weights)."""
+    from helpers.lightning_models import Classifier, fit
+
+    from lightning_shortcut.callbacks import HessianEigenvalueMonitor
+
+    weights = {}
+
+    class Snapshot(Classifier):
+        def on_train_batch_end(self, outputs, batch, batch_idx):
+            weights[self.trainer.global_step] = {k: v.clone() for k, v in self.state_dict().items()}
+
+    monitor = HessianEigenvalueMonitor(every_n_steps=2, audit_every=3, num_samples=64)
+    fit(tmp_path, [monitor], model=Snapshot, max_epochs=2)  # 12 steps: measurements 0, 2, ..., 12
+    rows = [row for row in monitor.history if row["stage"] == "fit"]
+    assert [row["warm_start"] for row in rows] == [0.0, 1.0, 1.0] * 2 + [0.0]
+    cold = [row for row in rows if row["warm_start"] == 0.0]
+    warm = [row for row in rows if row["warm_start"] == 1.0]
+    assert all("max_eigenvalue_stderr" in row and row["max_eigenvalue_stderr"] > 0 for row in cold)
+    assert all("max_eigenvalue_stderr" not in row for row in warm)
+    assert max(row["num_hvps"] for row in warm) < min(row["num_hvps"] for row in cold)
+    # each warm value is within tol of a cold measurement at the same weights and Hessian batch
+    batch = monitor._batches["fit"]
+    for row in warm:
+        model = Snapshot()
+        model.load_state_dict(weights[row["step"]])
+        reference = hessian_eigenvalues(model, batch, tol=1e-6)
+        scale = max(abs(reference.max), abs(reference.min))
+        assert abs(row["max_eigenvalue"] - reference.max) <= 1e-2 * scale
+        assert abs(row["min_eigenvalue"] - reference.min) <= 1e-2 * scale

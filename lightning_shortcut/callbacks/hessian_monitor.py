@@ -60,7 +60,9 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     - ``{log_prefix}max_eigenvalue``: the largest eigenvalue (when ``top_k >= 1``).
     - ``{log_prefix}max_eigenvalue_stderr``: its standard error over Hessian batches of
       ``num_samples`` samples: the sampling error of the batch, estimated from 16 chunks of it
-      (:mod:`~lightning_shortcut.hessian.sampling`; with ``stderr=True`` in ``mode="eval"``).
+      (:mod:`~lightning_shortcut.hessian.sampling`; with ``stderr=True`` in ``mode="eval"``, at
+      every cold measurement: the first, every ``audit_every``-th, each in validate/test, and every
+      one with ``warm_start=False``).
     - ``{log_prefix}min_eigenvalue``, ``{log_prefix}min_eigenvalue_stderr``: the same for the
       smallest eigenvalue (when ``bottom_k >= 1``).
     - ``{log_prefix}min_abs_eigenvalue``: the smallest ``|eigenvalue|`` (with ``min_abs=True``).
@@ -161,7 +163,10 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         seed: *Solver.* Seed of the solver's private generator.
         solver_options: *Solver.* Extra arguments of the solver, e.g. ``{"max_basis": 10}``.
         stderr: *Output.* Log the standard errors of the extreme eigenvalues over Hessian batches of
-            the same size (about one product each; only in ``mode="eval"``).
+            the same size with every cold measurement (only in ``mode="eval"``). Each costs a
+            gradient and a product on 16 chunks of the Hessian batch, about as much as a cold
+            measurement on small models, so it comes with the audits rather than every
+            measurement.
         stability: *Output.* Log ``stability`` and ``max_stable_lr`` from the run's optimizer.
         warn_above: *Output.* Warn once when ``stability`` stays above this for 3 measurements
             (``None``: never).
@@ -356,14 +361,15 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         if batches is None:
             batches = self._batches[stage] = self._gather_hessian_batch(trainer, pl_module, stage)
         params = resolve_params(pl_module, self.params) if stage == "fit" else None
+        start = self._tracker.start(params) if stage == "fit" else None
         try:
             spectrum = hessian_eigenvalues(
                 pl_module,
                 top_k=self.top_k,
                 bottom_k=self.bottom_k,
                 min_abs=self.min_abs,
-                start=self._tracker.start(params) if stage == "fit" else None,
-                stderr=self.stderr and self.mode == "eval",
+                start=start,
+                stderr=self._wants_stderr(start),
                 **self._hessian_args(trainer, pl_module, batches),
             )
             if stage == "fit":
@@ -384,8 +390,12 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
                 self.min_abs,
                 self.method,
                 reason=str(error),
-                stderr=self.stderr and self.mode == "eval",
+                stderr=self._wants_stderr(start),
             )
+
+    def _wants_stderr(self, start: list[Tensor] | None) -> bool:
+        """The standard errors come with cold measurements: they cost about as much as one."""
+        return self.stderr and self.mode == "eval" and start is None
 
     def _hessian_args(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batches: list[Any]

@@ -15,8 +15,11 @@ the reported eigenvalue over Hessian batches of the same size drawn from the sam
 selection bias of a maximum, which makes ``lambda_max`` of a small batch too large on average, is
 not included). It needs a loss that is a mean over samples: in ``mode="eval"`` every standard loss
 is; BatchNorm in train mode couples the samples of a batch, and the callers do not report it there.
-Cost: each chunk builds its own first-order graph, so the estimate costs about as much as one or two
-products on the whole batch, whatever the number of vectors.
+Cost: each chunk builds its own first-order graph and takes one Hessian-vector product per vector,
+so the estimate costs a gradient and a product on the whole batch per vector, plus the overhead of
+``m`` small passes instead of one large one (on a 16-unit MLP on 256 samples, about 25 products'
+time; on larger models and batches, less). Computing the chunks' quotients by forward-mode
+derivatives, vmapped over the chunks, gives the same values and was slower still here.
 """
 
 from __future__ import annotations
@@ -69,6 +72,22 @@ def _chunks(operator: HessianOperator, num_chunks: int) -> list[Any]:
     ]
 
 
+def _chunk_quotients(operator: HessianOperator, vectors: Sequence[Tensor], num_chunks: int):
+    """``(quotients, sizes)``: each vector's ``q_c`` by a Hessian-vector product on each chunk."""
+    rows, sizes = [[] for _ in vectors], []
+    for batch in _chunks(operator, num_chunks):
+        chunk = HessianOperator(
+            operator.model, [batch], operator.loss_fn, operator.params, None, operator.fixed_seed
+        )
+        try:
+            for index, vector in enumerate(vectors):
+                rows[index].append(float(torch.dot(vector, chunk(vector).to(vector))))
+        finally:
+            chunk.release()
+        sizes.append(chunk.sizes[0])
+    return rows, sizes
+
+
 def rayleigh_stderr(
     operator: HessianOperator, vectors: Sequence[Tensor], num_chunks: int = STDERR_CHUNKS
 ) -> list[float]:
@@ -82,29 +101,21 @@ def rayleigh_stderr(
 
     Returns:
         One standard error per vector; ``nan`` where there are fewer than two chunks (over all
-        ranks) or a chunk's product is not finite.
+        ranks) or a chunk's quotient is not finite.
     """
     if not vectors:
         return []
+    rows, sizes = _chunk_quotients(operator, vectors, num_chunks)
     moments = torch.zeros(len(vectors), 5, dtype=torch.float64)
-    chunks = _chunks(operator, num_chunks)
-    for batch in chunks:
-        chunk = HessianOperator(
-            operator.model, [batch], operator.loss_fn, operator.params, None, operator.fixed_seed
-        )
-        size = float(chunk.sizes[0])
-        try:
-            for index, vector in enumerate(vectors):
-                quotient = float(torch.dot(vector, chunk(vector).to(vector)))
-                # sums of n q, n, n^2 q^2, n^2 q, n^2: enough for the weighted spread after a sum
-                # over ranks
-                moments[index] += torch.tensor(
-                    [size * quotient, size, size**2 * quotient**2, size**2 * quotient, size**2],
-                    dtype=torch.float64,
-                )
-        finally:
-            chunk.release()
-    packed = torch.cat([moments.flatten(), moments.new_tensor([float(len(chunks))])])
+    for index, quotients in enumerate(rows):
+        for size, quotient in zip(sizes, quotients, strict=True):
+            # sums of n q, n, n^2 q^2, n^2 q, n^2: enough for the weighted spread after a sum
+            # over ranks
+            moments[index] += torch.tensor(
+                [size * quotient, size, size**2 * quotient**2, size**2 * quotient, size**2],
+                dtype=torch.float64,
+            )
+    packed = torch.cat([moments.flatten(), moments.new_tensor([float(len(sizes))])])
     if operator.all_reduce is not None:
         packed = operator.all_reduce(packed.to(operator.like.device)).double().cpu()
     moments, count = packed[:-1].view(len(vectors), 5), float(packed[-1])
