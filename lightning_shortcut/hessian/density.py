@@ -152,7 +152,7 @@ def spectral_density(
         buffer = operator.like.new_empty(steps, operator.dim)
         no_lock = operator.like.new_zeros(0, operator.dim)
         for _ in range(num_probes):
-            start = random_unit_vector(operator.dim, operator.like, generator)
+            start = random_unit_vector(operator, generator)
             process = LanczosProcess(operator, start, buffer, no_lock)
             for _ in range(steps):
                 process.step()

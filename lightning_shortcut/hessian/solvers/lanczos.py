@@ -120,17 +120,19 @@ class LanczosProcess:
         product = check_finite(self.operator(vector))
         basis = self.basis
         coefficients = torch.zeros(self.size, dtype=torch.float64)
+        reduce = self.operator.reduce  # inner products of sharded vectors are summed over ranks
         for _ in range(2):  # twice is enough
-            projection = basis @ product
+            projection = reduce(basis @ product)
             product = torch.addmv(product, basis.T, projection, alpha=-1)
             coefficients += projection.double().cpu()
             if self.locked.shape[0]:
-                product = torch.addmv(product, self.locked.T, self.locked @ product, alpha=-1)
+                locked = reduce(self.locked @ product)
+                product = torch.addmv(product, self.locked.T, locked, alpha=-1)
         last = self.size - 1
         self._projected[: self.size, last] = coefficients
         self._projected[last, : self.size] = coefficients
         self.residual = product
-        self.beta = float(product.norm())
+        self.beta = float(self.operator.norm(product))
 
     def ritz(self) -> tuple[Tensor, Tensor, Tensor]:
         """Ritz values (ascending), their coordinate vectors (columns) and residual norms."""
@@ -140,7 +142,7 @@ class LanczosProcess:
 
     def ritz_vector(self, coordinates: Tensor) -> Tensor:
         vector = coordinates.to(self.buffer) @ self.basis
-        return vector / vector.norm()
+        return vector / self.operator.norm(vector)
 
     def grow(self, capacity: int) -> None:
         """Enlarge the basis storage to ``capacity`` vectors (a copy; only ``min_abs`` runs grow)."""
@@ -365,7 +367,7 @@ def lanczos(
     if isinstance(max_basis, bool) or not isinstance(max_basis, int) or max_basis < 3:
         raise ValueError(f"`max_basis` must be an int >= 3, got {max_basis!r}.")
     like = operator.like
-    buffer = like.new_empty(min(max_basis, operator.dim, max_iter + 1), operator.dim)
+    buffer = like.new_empty(min(max_basis, operator.dim, max_iter + 1), operator.local_dim)
     result = EigenResult()
     locked: list[Tensor] = []
     first = True
@@ -382,8 +384,8 @@ def lanczos(
             )
             if wanted
         ]
-        against = stack_rows(locked, like, operator.dim)
-        begin = start_vector(operator.dim, like, generator, against, start if first else None)
+        against = stack_rows(locked, operator)
+        begin = start_vector(operator, generator, against, start if first else None)
         run = _run(operator, begin, buffer, against, ends=ends, tol=tol, max_iter=max_iter)
         if not run.converged:
             result.fail(f"not converged to tol={tol} within max_iter={max_iter} products")
