@@ -27,7 +27,9 @@ from lightning_shortcut.callbacks._hessian_batch import (
 )
 from lightning_shortcut.callbacks._schedule import DEFAULT_MAX_OVERHEAD, ScheduledMonitor
 from lightning_shortcut.callbacks._stability import StabilityTracker
-from lightning_shortcut.hessian.operator import cross_entropy_loss
+from lightning_shortcut.hessian.operator import cross_entropy_loss, resolve_params
+from lightning_shortcut.hessian.sharded import check_fully_sharded, is_sharded
+from lightning_shortcut.hessian.solvers import SOLVERS
 from lightning_shortcut.hessian.spectrum import (
     HessianSpectrum,
     hessian_eigenvalues,
@@ -239,13 +241,42 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         if isinstance(trainer.strategy, FSDPStrategy | DeepSpeedStrategy):
             raise MisconfigurationException(
                 f"HessianEigenvalueMonitor needs double backward, which "
-                f"{type(trainer.strategy).__name__} does not support; use DDP or a single device."
+                f"{type(trainer.strategy).__name__} does not support. For a sharded model use "
+                "ModelParallelStrategy with fully_shard (FSDP2), where the products are exact; "
+                "otherwise DDP or a single device. hvp='finite_difference' needs only first "
+                f"derivatives, but it has not been verified under {type(trainer.strategy).__name__}, "
+                "which stays refused."
+            )
+
+    def _check_sharding(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Refuse, at the start of a stage, a sharded model the engine would get wrong."""
+        params = resolve_params(pl_module, self.params)
+        if not is_sharded(params):
+            return
+        names = {id(p): name for name, p in pl_module.named_parameters()}
+        try:
+            check_fully_sharded(params, [names[id(p)] for p in params])
+        except ValueError as error:
+            raise MisconfigurationException(f"HessianEigenvalueMonitor: {error}") from error
+        mesh_size = params[0].device_mesh.size()
+        if mesh_size != trainer.world_size:
+            raise MisconfigurationException(
+                f"HessianEigenvalueMonitor: the parameters are sharded over {mesh_size} of the "
+                f"{trainer.world_size} ranks, which hold different Hessian samples; shard them "
+                "over all ranks (fully_shard over the whole world, or data_parallel_size equal "
+                "to the number of processes)."
+            )
+        if SOLVERS[self.method].touches_grads:
+            raise MisconfigurationException(
+                f"HessianEigenvalueMonitor: method={self.method!r} runs on the model's gradients, "
+                "which fully_shard reduces and shards; use an operator solver such as 'lanczos'."
             )
 
     # the Hessian batch and the loss
 
     @override
     def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._check_sharding(trainer, pl_module)
         self._batches[stage] = self._gather_hessian_batch(trainer, pl_module, stage)
 
     def _gather_hessian_batch(
@@ -321,7 +352,8 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     ) -> dict[str, Any]:
         """What every solver call of a measurement shares: data, loss, parameters, settings."""
         all_reduce = None
-        if trainer.world_size > 1:
+        # fully_shard parameters: the engine sums over their device mesh itself
+        if trainer.world_size > 1 and not is_sharded(list(pl_module.parameters())):
             all_reduce = lambda t: trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
         return {
             "data": batches,

@@ -227,15 +227,19 @@ class HessianOperator(LinearOperator):
         """Hessian-vector products so far."""
         return self.num_products
 
-    def _matvec(self, vector: Tensor) -> Tensor:
+    def _local_sum(self, vector: Tensor) -> Tensor:
+        """``sum_b n_b H_b vector`` over this process's batches (``vector`` over all parameters)."""
         if len(self.batches) == 1:
             if self._cached is None:
                 self._cached = self._gradients(0)
-            total = self._product(self._cached, vector, retain=True).mul_(self.sizes[0])
-        else:
-            total = torch.zeros_like(vector)
-            for index, size in enumerate(self.sizes):
-                total += size * self._product(self._gradients(index), vector, retain=False)
+            return self._product(self._cached, vector, retain=True).mul_(self.sizes[0])
+        total = torch.zeros_like(vector)
+        for index, size in enumerate(self.sizes):
+            total += size * self._product(self._gradients(index), vector, retain=False)
+        return total
+
+    def _matvec(self, vector: Tensor) -> Tensor:
+        total = self._local_sum(vector)
         count = float(sum(self.sizes))
         if self.all_reduce is not None:
             packed = torch.cat([total, total.new_tensor([count, float(self.nonfinite)])])

@@ -23,6 +23,7 @@ from lightning_shortcut.hessian.operator import (
     normalize_batches,
     resolve_params,
 )
+from lightning_shortcut.hessian.sharded import FullyShardedHessianOperator, is_sharded
 from lightning_shortcut.hessian.solvers import SOLVERS, EigenResult
 from lightning_shortcut.theory import magnitude_ratio
 
@@ -182,10 +183,22 @@ def build_operator(
 
     In train mode the global RNG is reseeded before each forward so that dropout masks are the same
     in every product; :func:`hessian_context` restores the global RNG state afterwards.
+    Parameters sharded by ``fully_shard`` (FSDP2) give a
+    :class:`~lightning_shortcut.hessian.sharded.FullyShardedHessianOperator`, which holds the model
+    unsharded until its ``release()``.
     """
     chosen = resolve_params(model, params)
     batches = normalize_batches(data)
     fixed_seed = seed if mode == "train" else None
+    if is_sharded(chosen):
+        if all_reduce is not None:
+            raise ValueError(
+                "The parameters are sharded by fully_shard: products are summed over their device "
+                "mesh, so `all_reduce` must be None (each rank passes its own share of the data)."
+            )
+        return FullyShardedHessianOperator(
+            model, batches, loss_fn or cross_entropy_loss, chosen, fixed_seed
+        )
     return HessianOperator(
         model, batches, loss_fn or cross_entropy_loss, chosen, all_reduce, fixed_seed
     )
@@ -292,7 +305,7 @@ def hessian_eigenvalues(
                 min_abs=min_abs,
                 tol=tol,
                 max_iter=max_iter or _default_max_iter(operator.dim, min_abs),
-                start=_start_vectors(start, operator.dim),
+                start=_start_vectors(start, operator.local_dim),
                 **dict(solver_options or {}),
             )
         except NonFiniteProductError:
@@ -328,7 +341,8 @@ def _start_vectors(start: Sequence[Tensor] | None, dim: int) -> list[Tensor] | N
         if not isinstance(vector, Tensor) or vector.numel() != dim:
             shape = tuple(getattr(vector, "shape", ()))
             raise ValueError(
-                f"`start[{index}]` must be a flat vector of the {dim} parameters, got shape {shape}."
+                f"`start[{index}]` must be a flat vector of {dim} entries (the parameters; this "
+                f"rank's part of them under fully_shard), got shape {shape}."
             )
     return [vector.reshape(-1).detach() for vector in vectors] or None
 

@@ -1,0 +1,314 @@
+"""Hessian-vector products of a model sharded by FSDP2 (``fully_shard``), with sharded vectors.
+
+Under ``fully_shard`` each parameter is a ``DTensor`` whose rows are split over the ranks of a
+device mesh; forward and backward all-gather the rows into plain tensors and free them again.
+Gradients with respect to the sharded parameters do not exist in autograd (FSDP moves them by
+hooks), so a product by double backward differentiates the *unsharded* parameters. For the length
+of a measurement every ``fully_shard`` module is unsharded once, with resharding and gradient
+reduction off (the graph of the first derivatives must stay valid for every product); the modules'
+settings and sharding are restored afterwards.
+
+The solver's vectors stay sharded like the parameters: each rank holds its rows of every
+parameter, flattened in the order of the parameters. A product all-gathers the vector (one
+collective), takes this rank's ``sum_b n_b H_b v`` over its share of the data and reduce-scatters
+it (one collective); inner products and norms are sums over the ranks. The solver's memory per rank
+(``max_basis`` vectors, Ritz and warm-start vectors) is then about ``1 / world_size`` of a single
+process's; a product still needs two full-length vectors and, as every double backward does, the
+unsharded parameters and the first-order graph on every rank.
+
+Supported: every parameter the Hessian is over is a ``DTensor`` sharded on dim 0 over one 1-D
+mesh (plain FSDP2, as Lightning's ``ModelParallelStrategy`` sets it up with ``fully_shard``).
+Tensor parallelism and HSDP (2-D meshes) are refused with a message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from lightning_shortcut.hessian.operator import HessianOperator, LossFn
+
+__all__ = [
+    "FullyShardedHessianOperator",
+    "ShardLayout",
+    "is_sharded",
+    "unsharded_parameters",
+]
+
+
+def _dtensor_type() -> type | None:
+    if not dist.is_available():
+        return None
+    from torch.distributed.tensor import DTensor
+
+    return DTensor
+
+
+def is_sharded(params: Sequence[Tensor]) -> bool:
+    """Whether any of ``params`` is a ``DTensor`` (sharded by ``fully_shard`` or tensor parallel)."""
+    dtensor = _dtensor_type()
+    return dtensor is not None and any(isinstance(p, dtensor) for p in params)
+
+
+def check_fully_sharded(params: Sequence[Tensor], names: Sequence[str]) -> None:
+    """Raise a ``ValueError`` unless every parameter is sharded on dim 0 over one 1-D mesh.
+
+    Args:
+        params: the parameters the Hessian is over.
+        names: their names in the model, for the message.
+    """
+    from torch.distributed.tensor import DTensor, Shard
+
+    mesh = None
+    for param, name in zip(params, names, strict=True):
+        if not isinstance(param, DTensor):
+            raise ValueError(
+                f"Parameter {name!r} is a plain tensor while others are sharded by fully_shard; "
+                "the Hessian of a partly sharded model is not supported: apply fully_shard to the "
+                "whole model (the root module too) or pass `params` that are all sharded."
+            )
+        placements = tuple(param.placements)
+        if param.device_mesh.ndim != 1 or placements != (Shard(0),):
+            raise ValueError(
+                f"Parameter {name!r} is a DTensor with placements {placements} on a "
+                f"{param.device_mesh.ndim}-D mesh; the Hessian supports plain FSDP2 (Shard(0) on "
+                "a 1-D mesh), not tensor parallelism or HSDP."
+            )
+        if mesh is None:
+            mesh = param.device_mesh
+        elif param.device_mesh != mesh:
+            raise ValueError(
+                f"Parameter {name!r} is sharded over another device mesh than the first "
+                "parameter's; the Hessian supports one mesh."
+            )
+
+
+def _fsdp_modules(model: nn.Module) -> list[nn.Module]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [module for module in model.modules() if isinstance(module, FSDPModule)]
+
+
+# FSDP2 has setters for these settings but no getters: they are read and restored from its state.
+_GROUP_SETTINGS = (
+    "post_forward_mesh_info",
+    "reshard_after_backward",
+    "reduce_grads",
+    "all_reduce_grads",
+)
+
+
+def _param_groups(module: nn.Module) -> list[Any]:
+    return list(module._get_fsdp_state()._fsdp_param_groups)
+
+
+@contextmanager
+def _fsdp_unsharded(modules: list[nn.Module]):
+    """All-gather every module's parameters and keep them: no reshard after forward or backward,
+    no gradient reduction. On exit the settings are restored and the modules that were sharded on
+    entry are resharded."""
+    if modules:
+        # the first module forward runs through becomes FSDP's root, which does not reshard after
+        # forward; initialize it as training would before changing settings, so that the root's
+        # setting restored on exit is the one training uses
+        modules[0]._get_fsdp_state()._lazy_init()
+    saved = [
+        (
+            module,
+            module._get_fsdp_state()._auto_reshard_after_forward,
+            [
+                (group, {name: getattr(group, name) for name in _GROUP_SETTINGS})
+                for group in _param_groups(module)
+            ],
+            all(group.is_unsharded for group in _param_groups(module)),
+        )
+        for module in modules
+    ]
+    try:
+        for module in modules:
+            module.set_reshard_after_forward(False, recurse=False)
+            module.set_reshard_after_backward(False, recurse=False)
+            module.set_requires_gradient_sync(False, recurse=False)
+        for module in modules:
+            module.unshard()
+        yield
+    finally:
+        for module, auto, groups, was_unsharded in saved:
+            if not was_unsharded:
+                module.reshard()
+            module._get_fsdp_state()._auto_reshard_after_forward = auto
+            for group, settings in groups:
+                for name, value in settings.items():
+                    setattr(group, name, value)
+
+
+@contextmanager
+def unsharded_parameters(model: nn.Module, params: Sequence[Tensor]):
+    """Unshard ``model``'s ``fully_shard`` modules and yield the unsharded tensor of each of
+    ``params`` (sharded parameters of ``model``), in order; everything is restored on exit.
+
+    Raises:
+        ValueError: if a parameter is not sharded on dim 0 over one 1-D mesh, or no
+            ``fully_shard`` module manages it.
+    """
+    names = {id(param): name for name, param in model.named_parameters()}
+    chosen = [names[id(param)] for param in params]
+    check_fully_sharded(params, chosen)
+    with _fsdp_unsharded(_fsdp_modules(model)):
+        unsharded = dict(model.named_parameters())
+        dtensor = _dtensor_type()
+        for name in chosen:
+            if isinstance(unsharded[name], dtensor):
+                raise ValueError(
+                    f"Parameter {name!r} is a DTensor that no fully_shard module manages; the "
+                    "Hessian supports parameters sharded by fully_shard."
+                )
+        yield [unsharded[name] for name in chosen]
+
+
+class ShardLayout:
+    """Where this rank's part of a flat vector over ``fully_shard`` parameters lies.
+
+    A flat vector is, on each rank, the concatenation of its rows of every parameter, flattened,
+    in the order of the parameters (its ``local_dim`` entries); the whole vector is, parameter by
+    parameter, the ranks' rows in the order of the mesh.
+
+    Args:
+        params: the sharded parameters (``DTensor``, ``Shard(0)`` on one 1-D mesh).
+    """
+
+    def __init__(self, params: Sequence[Tensor]) -> None:
+        mesh = params[0].device_mesh
+        self.group = mesh.get_group()
+        self.world_size = mesh.size()
+        self.rank = mesh.get_local_rank()
+        local = torch.tensor([param.to_local().numel() for param in params], dtype=torch.int64)
+        gathered = [torch.empty_like(local) for _ in range(self.world_size)]
+        dist.all_gather(gathered, local, group=self.group)
+        #: ``numels[r][i]``: the entries of parameter ``i`` that rank ``r`` holds
+        self.numels = [counts.tolist() for counts in gathered]
+        self.full_numels = [param.numel() for param in params]
+        self.local_dim = sum(self.numels[self.rank])
+        self.padded = max(sum(counts) for counts in self.numels)
+
+    def _pieces_in_full_order(self) -> list[int]:
+        return [
+            self.numels[rank][index]
+            for index in range(len(self.full_numels))
+            for rank in range(self.world_size)
+        ]
+
+    def gather(self, local: Tensor) -> Tensor:
+        """The whole vector (parameters in order, each as its unsharded flat tensor) on every rank."""
+        padded = local.new_zeros(self.padded)
+        padded[: local.numel()] = local
+        rows = local.new_empty(self.world_size, self.padded)
+        dist.all_gather_single(rows.view(-1), padded, group=self.group)
+        by_rank = [
+            torch.split(rows[rank, : sum(counts)], counts)
+            for rank, counts in enumerate(self.numels)
+        ]
+        return torch.cat(
+            [
+                by_rank[rank][index]
+                for index in range(len(self.full_numels))
+                for rank in range(self.world_size)
+            ]
+        )
+
+    def reduce_scatter(self, full: Tensor) -> Tensor:
+        """This rank's part of the sum over ranks of ``full`` (a whole vector on each rank)."""
+        pieces = torch.split(full, self._pieces_in_full_order())
+        rows = full.new_zeros(self.world_size, self.padded)
+        count = len(self.full_numels)
+        for rank in range(self.world_size):
+            mine = [pieces[index * self.world_size + rank] for index in range(count)]
+            torch.cat(mine, out=rows[rank, : sum(self.numels[rank])])
+        local = full.new_empty(self.padded)
+        dist.reduce_scatter_single(local, rows.view(-1), group=self.group)
+        return local[: self.local_dim]
+
+    def all_reduce(self, tensor: Tensor) -> Tensor:
+        """The sum of ``tensor`` over the ranks (a new tensor)."""
+        summed = tensor.clone()
+        dist.all_reduce(summed, group=self.group)
+        return summed
+
+    def random_vector(self, generator: torch.Generator, like: Tensor) -> Tensor:
+        """This rank's part of a Gaussian vector that is the same for any number of ranks: each
+        parameter's entries are drawn in turn (float64, CPU) and each rank keeps its rows."""
+        parts = []
+        for index, numel in enumerate(self.full_numels):
+            draw = torch.randn(numel, generator=generator, dtype=torch.float64)
+            begin = sum(self.numels[rank][index] for rank in range(self.rank))
+            parts.append(draw[begin : begin + self.numels[self.rank][index]].to(like))
+        return torch.cat(parts) if parts else like.new_zeros(0)
+
+
+class FullyShardedHessianOperator(HessianOperator):
+    """:class:`HessianOperator` of a model sharded by ``fully_shard``, on sharded vectors.
+
+    Every rank calls it with its own share of the data and its part of the vector (see
+    :class:`ShardLayout`); the product is that of the Hessian of the mean loss over all ranks'
+    samples. The ``fully_shard`` modules are unsharded from construction to :meth:`release`.
+
+    Args:
+        model: the model (its ``fully_shard`` modules are found in it).
+        batches: this rank's batches.
+        loss_fn: ``loss_fn(model, batch) -> scalar`` mean loss of a batch.
+        params: the sharded parameters the Hessian is over.
+        fixed_seed: as in :class:`HessianOperator`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        batches: Sequence[Any],
+        loss_fn: LossFn,
+        params: Sequence[Tensor],
+        fixed_seed: int | None = None,
+    ) -> None:
+        self.layout = ShardLayout(params)
+        self.sharded_params = list(params)
+        self._unsharded = ExitStack()
+        unsharded = self._unsharded.enter_context(unsharded_parameters(model, params))
+        try:
+            super().__init__(model, batches, loss_fn, unsharded, None, fixed_seed)
+        except BaseException:
+            self._unsharded.close()
+            raise
+        self.local_dim = self.layout.local_dim
+
+    @property
+    def sharded(self) -> bool:
+        return True
+
+    def _matvec(self, vector: Tensor) -> Tensor:
+        total = self._local_sum(self.layout.gather(vector))
+        flags = self.layout.all_reduce(
+            total.new_tensor([float(sum(self.sizes)), float(self.nonfinite)])
+        )
+        count, self.nonfinite = float(flags[0]), bool(flags[1] > 0)
+        local = self.layout.reduce_scatter(total)
+        if self.nonfinite:
+            return torch.full_like(vector, float("nan"))
+        return local.div_(count)
+
+    def reduce(self, partial: Tensor) -> Tensor:
+        return self.layout.all_reduce(partial)
+
+    def norm(self, vector: Tensor) -> Tensor:
+        return self.layout.all_reduce(vector.norm().square()).sqrt()
+
+    def random_vector(self, generator: torch.Generator) -> Tensor:
+        return self.layout.random_vector(generator, self.like)
+
+    def release(self) -> None:
+        """Drop the cached first-order graph and reshard the model (restoring its settings)."""
+        super().release()
+        self._unsharded.close()
