@@ -28,7 +28,7 @@ from lightning_shortcut.callbacks._hessian_batch import (
 from lightning_shortcut.callbacks._schedule import DEFAULT_MAX_OVERHEAD, ScheduledMonitor
 from lightning_shortcut.callbacks._stability import StabilityTracker
 from lightning_shortcut.hessian.operator import cross_entropy_loss, resolve_params
-from lightning_shortcut.hessian.sharded import check_fully_sharded, is_sharded
+from lightning_shortcut.hessian.sharded import check_fully_sharded, fsdp_modules, reshard
 from lightning_shortcut.hessian.solvers import SOLVERS
 from lightning_shortcut.hessian.spectrum import (
     HessianSpectrum,
@@ -250,9 +250,10 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
 
     def _check_sharding(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Refuse, at the start of a stage, a sharded model the engine would get wrong."""
-        params = resolve_params(pl_module, self.params)
-        if not is_sharded(params):
+        if not fsdp_modules(pl_module):
             return
+        reshard(pl_module)
+        params = resolve_params(pl_module, self.params)
         names = {id(p): name for name, p in pl_module.named_parameters()}
         try:
             check_fully_sharded(params, [names[id(p)] for p in params])
@@ -353,7 +354,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         """What every solver call of a measurement shares: data, loss, parameters, settings."""
         all_reduce = None
         # fully_shard parameters: the engine sums over their device mesh itself
-        if trainer.world_size > 1 and not is_sharded(list(pl_module.parameters())):
+        if trainer.world_size > 1 and not fsdp_modules(pl_module):
             all_reduce = lambda t: trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
         return {
             "data": batches,

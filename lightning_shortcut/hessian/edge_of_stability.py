@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from lightning_shortcut.hessian.operator import AllReduce, LossFn, ParamsSpec, resolve_params
+from lightning_shortcut.hessian.sharded import reshard
 from lightning_shortcut.hessian.spectrum import Mode, hessian_eigenvalues
 from lightning_shortcut.hessian.stability import select_optimizer, step_preconditioner
 
@@ -118,6 +119,7 @@ def edge_of_stability(
         report.stability, report.max_stable_lr
     """
     begin = time.perf_counter()
+    reshard(model)  # fully_shard modules: the parameters are the sharded ones the optimizer holds
     chosen = resolve_params(model, params)
     optimizers = [optimizer] if isinstance(optimizer, Optimizer) else list(optimizer)
     optimizer = select_optimizer(optimizers, chosen)

@@ -36,7 +36,9 @@ from lightning_shortcut.hessian.operator import HessianOperator, LossFn
 __all__ = [
     "FullyShardedHessianOperator",
     "ShardLayout",
-    "is_sharded",
+    "check_fully_sharded",
+    "fsdp_modules",
+    "reshard",
     "unsharded_parameters",
 ]
 
@@ -47,12 +49,6 @@ def _dtensor_type() -> type | None:
     from torch.distributed.tensor import DTensor
 
     return DTensor
-
-
-def is_sharded(params: Sequence[Tensor]) -> bool:
-    """Whether any of ``params`` is a ``DTensor`` (sharded by ``fully_shard`` or tensor parallel)."""
-    dtensor = _dtensor_type()
-    return dtensor is not None and any(isinstance(p, dtensor) for p in params)
 
 
 def check_fully_sharded(params: Sequence[Tensor], names: Sequence[str]) -> None:
@@ -88,10 +84,21 @@ def check_fully_sharded(params: Sequence[Tensor], names: Sequence[str]) -> None:
             )
 
 
-def _fsdp_modules(model: nn.Module) -> list[nn.Module]:
+def fsdp_modules(model: nn.Module) -> list[nn.Module]:
+    """The ``fully_shard`` modules of ``model`` (FSDP2), outermost first."""
+    if not dist.is_available():
+        return []
     from torch.distributed.fsdp import FSDPModule
 
     return [module for module in model.modules() if isinstance(module, FSDPModule)]
+
+
+def reshard(model: nn.Module) -> None:
+    """Reshard every ``fully_shard`` module of ``model``, so that its parameters are the sharded
+    ``DTensor`` s the optimizer steps. A module can be left unsharded by a forward without backward
+    (the root after validation); its next forward all-gathers the same values again."""
+    for module in fsdp_modules(model):
+        module.reshard()
 
 
 # FSDP2 has setters for these settings but no getters: they are read and restored from its state.
@@ -110,8 +117,7 @@ def _param_groups(module: nn.Module) -> list[Any]:
 @contextmanager
 def _fsdp_unsharded(modules: list[nn.Module]):
     """All-gather every module's parameters and keep them: no reshard after forward or backward,
-    no gradient reduction. On exit the settings are restored and the modules that were sharded on
-    entry are resharded."""
+    no gradient reduction. On exit the modules are resharded and their settings restored."""
     if modules:
         # the first module forward runs through becomes FSDP's root, which does not reshard after
         # forward; initialize it as training would before changing settings, so that the root's
@@ -125,7 +131,6 @@ def _fsdp_unsharded(modules: list[nn.Module]):
                 (group, {name: getattr(group, name) for name in _GROUP_SETTINGS})
                 for group in _param_groups(module)
             ],
-            all(group.is_unsharded for group in _param_groups(module)),
         )
         for module in modules
     ]
@@ -138,9 +143,8 @@ def _fsdp_unsharded(modules: list[nn.Module]):
             module.unshard()
         yield
     finally:
-        for module, auto, groups, was_unsharded in saved:
-            if not was_unsharded:
-                module.reshard()
+        for module, auto, groups in saved:
+            module.reshard()
             module._get_fsdp_state()._auto_reshard_after_forward = auto
             for group, settings in groups:
                 for name, value in settings.items():
@@ -159,7 +163,7 @@ def unsharded_parameters(model: nn.Module, params: Sequence[Tensor]):
     names = {id(param): name for name, param in model.named_parameters()}
     chosen = [names[id(param)] for param in params]
     check_fully_sharded(params, chosen)
-    with _fsdp_unsharded(_fsdp_modules(model)):
+    with _fsdp_unsharded(fsdp_modules(model)):
         unsharded = dict(model.named_parameters())
         dtensor = _dtensor_type()
         for name in chosen:

@@ -23,7 +23,7 @@ from lightning_shortcut.hessian.operator import (
     normalize_batches,
     resolve_params,
 )
-from lightning_shortcut.hessian.sharded import FullyShardedHessianOperator, is_sharded
+from lightning_shortcut.hessian.sharded import FullyShardedHessianOperator, fsdp_modules, reshard
 from lightning_shortcut.hessian.solvers import SOLVERS, EigenResult
 from lightning_shortcut.theory import magnitude_ratio
 
@@ -158,9 +158,12 @@ def hessian_context(model: nn.Module, mode: Mode, *, clone_grads: bool = False):
 
     Compiled modules (``torch.compile``, whole model or submodules) run eagerly inside: compiled
     autograd graphs have no double backward, and the eager model computes the same function.
+    ``fully_shard`` (FSDP2) modules are resharded on entry (see
+    :func:`~lightning_shortcut.hessian.sharded.reshard`).
     """
     if mode not in ("eval", "train"):
         raise ValueError(f"Unknown mode {mode!r}; expected 'eval' or 'train'.")
+    reshard(model)  # fully_shard modules: the parameters are the sharded ones the optimizer holds
     with (
         preserved_state(model, clone_grads=clone_grads),
         autograd_enabled(),
@@ -183,14 +186,14 @@ def build_operator(
 
     In train mode the global RNG is reseeded before each forward so that dropout masks are the same
     in every product; :func:`hessian_context` restores the global RNG state afterwards.
-    Parameters sharded by ``fully_shard`` (FSDP2) give a
+    A model with ``fully_shard`` (FSDP2) modules gives a
     :class:`~lightning_shortcut.hessian.sharded.FullyShardedHessianOperator`, which holds the model
     unsharded until its ``release()``.
     """
     chosen = resolve_params(model, params)
     batches = normalize_batches(data)
     fixed_seed = seed if mode == "train" else None
-    if is_sharded(chosen):
+    if fsdp_modules(model):
         if all_reduce is not None:
             raise ValueError(
                 "The parameters are sharded by fully_shard: products are summed over their device "

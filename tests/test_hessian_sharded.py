@@ -1,0 +1,118 @@
+"""FSDP2 (fully_shard) with 2 gloo processes: the engine's products and sharded solver vectors."""
+
+import importlib
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from lightning_shortcut.hessian import hessian_eigenvalues
+
+# the module (the package re-exports the function of the same name)
+lanczos_module = importlib.import_module("lightning_shortcut.hessian.solvers.lanczos")
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    layers = [nn.Linear(6, 10), nn.Tanh(), nn.Linear(10, 10), nn.Tanh(), nn.Linear(10, 3)]
+    return nn.Sequential(*layers).double()
+
+
+def _data():
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(30, 6, generator=generator, dtype=torch.float64)
+    return x, torch.randint(0, 3, (30,), generator=generator)
+
+
+def _record_buffers(sizes: list[int]):
+    """Wrap LanczosProcess so that the bytes of each basis buffer it gets are recorded."""
+    original = lanczos_module.LanczosProcess.__init__
+
+    def init(self, operator, start, buffer, locked):
+        sizes.append(buffer.nbytes)
+        original(self, operator, start, buffer, locked)
+
+    lanczos_module.LanczosProcess.__init__ = init
+
+
+def _settings(model):
+    from lightning_shortcut.hessian.sharded import _param_groups
+
+    return [
+        (g.post_forward_mesh_info, g.reshard_after_backward, g.reduce_grads, g.is_unsharded)
+        for module in model.modules()
+        if hasattr(module, "unshard")
+        for g in _param_groups(module)
+    ]
+
+
+def _worker(rank, world_size, port, out_dir):
+    from torch.distributed.fsdp import fully_shard
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    model = _model()
+    fully_shard(model[0])
+    fully_shard(model[2])
+    fully_shard(model)  # the root holds the head's parameters
+    model[2].set_reshard_after_forward(False)  # a user's setting, to be kept
+    x, y = _data()
+    share = (x[rank::world_size], y[rank::world_size])
+    torch.nn.functional.cross_entropy(model(share[0]), share[1]).backward()  # gradients to keep
+    weights = [p.to_local().clone() for p in model.parameters()]
+    grads = [p.grad for p in model.parameters()]
+    grad_values = [g.to_local().clone() for g in grads]
+    settings = _settings(model)
+    with torch.no_grad():
+        model(share[0])  # leaves the root unsharded, as validation does
+    buffers: list[int] = []
+    _record_buffers(buffers)
+    lanczos = hessian_eigenvalues(model, share, top_k=2, bottom_k=1, min_abs=True, tol=1e-10)
+    power = hessian_eigenvalues(model, share, method="power", top_k=1, bottom_k=0, tol=1e-5)
+    assert all(
+        torch.equal(w, p.to_local()) for w, p in zip(weights, model.parameters(), strict=True)
+    )
+    assert all(p.grad is g for p, g in zip(model.parameters(), grads, strict=True))
+    assert all(torch.equal(v, g.to_local()) for v, g in zip(grad_values, grads, strict=True))
+    assert _settings(model) == settings
+    torch.save(
+        {
+            "lanczos": (lanczos.top, lanczos.bottom, lanczos.min_abs),
+            "power": power.top,
+            "vectors": [v.numel() for v in lanczos.vectors],
+            "buffer_bytes": buffers[0],
+        },
+        os.path.join(out_dir, f"{rank}.pt"),
+    )
+    dist.destroy_process_group()
+
+
+def test_sharded_products_agree_with_one_process_and_the_basis_is_sharded(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"{rank}.pt") for rank in range(2)]
+    assert ranks[0]["lanczos"] == ranks[1]["lanczos"]  # identical on every rank
+    x, y = _data()
+    buffers: list[int] = []
+    original = lanczos_module.LanczosProcess.__init__
+    try:
+        _record_buffers(buffers)
+        single = hessian_eigenvalues(_model(), (x, y), top_k=2, bottom_k=1, min_abs=True, tol=1e-10)
+    finally:
+        lanczos_module.LanczosProcess.__init__ = original
+    top, bottom, min_abs = ranks[0]["lanczos"]
+    scale = single.top[0]
+    assert max(abs(a - b) for a, b in zip(top, single.top, strict=True)) < 1e-9 * scale
+    assert abs(bottom[0] - single.bottom[0]) < 1e-9 * scale
+    assert min_abs < 1e-9 * scale and single.min_abs < 1e-9 * scale  # a singular Hessian
+    assert abs(ranks[0]["power"][0] - single.top[0]) < 1e-5 * scale
+    # each rank holds its rows of the 213 parameters: the solver's memory per rank halves
+    assert [rank["vectors"] for rank in ranks] == [[112] * 3, [101] * 3]
+    assert max(rank["buffer_bytes"] for rank in ranks) <= 0.6 * buffers[0]
