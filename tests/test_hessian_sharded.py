@@ -3,13 +3,17 @@
 import importlib
 import os
 import socket
+from types import SimpleNamespace
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch import nn
 
-from lightning_shortcut.hessian import hessian_eigenvalues
+from lightning_shortcut.callbacks import HessianEigenvalueMonitor
+from lightning_shortcut.hessian import hessian_eigenvalues, hessian_trace
 
 # the module (the package re-exports the function of the same name)
 lanczos_module = importlib.import_module("lightning_shortcut.hessian.solvers.lanczos")
@@ -74,6 +78,9 @@ def _worker(rank, world_size, port, out_dir):
     _record_buffers(buffers)
     lanczos = hessian_eigenvalues(model, share, top_k=2, bottom_k=1, min_abs=True, tol=1e-10)
     power = hessian_eigenvalues(model, share, method="power", top_k=1, bottom_k=0, tol=1e-5)
+    difference = hessian_eigenvalues(
+        model, share, top_k=1, bottom_k=0, tol=1e-6, hvp="finite_difference"
+    )
     assert all(
         torch.equal(w, p.to_local()) for w, p in zip(weights, model.parameters(), strict=True)
     )
@@ -84,6 +91,7 @@ def _worker(rank, world_size, port, out_dir):
         {
             "lanczos": (lanczos.top, lanczos.bottom, lanczos.min_abs),
             "power": power.top,
+            "difference": (difference.max, difference.top_errors[0], difference.hvp_error),
             "vectors": [v.numel() for v in lanczos.vectors],
             "buffer_bytes": buffers[0],
         },
@@ -113,6 +121,66 @@ def test_sharded_products_agree_with_one_process_and_the_basis_is_sharded(tmp_pa
     assert abs(bottom[0] - single.bottom[0]) < 1e-9 * scale
     assert min_abs < 1e-9 * scale and single.min_abs < 1e-9 * scale  # a singular Hessian
     assert abs(ranks[0]["power"][0] - single.top[0]) < 1e-5 * scale
+    # finite differences on the unsharded copies of the weights (restored, checked above)
+    value, error, hvp_error = ranks[0]["difference"]
+    assert 0 < hvp_error < 1e-8 and abs(value - single.top[0]) <= error
     # each rank holds its rows of the 213 parameters: the solver's memory per rank halves
     assert [rank["vectors"] for rank in ranks] == [[112] * 3, [101] * 3]
     assert max(rank["buffer_bytes"] for rank in ranks) <= 0.6 * buffers[0]
+
+
+@pytest.fixture
+def one_process_group():
+    """A 1-rank gloo group in this process (fully_shard needs one), destroyed afterwards."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_shardings_the_engine_would_get_wrong_are_refused(one_process_group):
+    from torch.distributed.fsdp import fully_shard
+
+    partly = _model()
+    fully_shard(partly[0])  # the other layers stay plain tensors
+    x, y = _data()
+    with pytest.raises(ValueError, match="'2.weight' is a plain tensor"):
+        hessian_eigenvalues(partly, (x, y))
+    with pytest.raises(ValueError, match="does not support models sharded"):
+        hessian_trace(partly, (x, y))
+    sharded = _model()
+    fully_shard(sharded)
+    with pytest.raises(ValueError, match="all_reduce` must be None"):
+        hessian_eigenvalues(sharded, (x, y), all_reduce=lambda t: t)
+
+
+def test_the_monitor_refuses_at_fit_start_what_it_cannot_measure(one_process_group):
+    from torch.distributed.fsdp import fully_shard
+
+    model = _model()
+    fully_shard(model)
+    trainer = SimpleNamespace(world_size=2)  # the model is sharded over 1 of 2 ranks
+    with pytest.raises(MisconfigurationException, match="sharded over 1 of the 2 ranks"):
+        HessianEigenvalueMonitor()._check_sharding(trainer, model)
+    trainer = SimpleNamespace(world_size=1)
+    with pytest.raises(MisconfigurationException, match="pyhessian"):
+        HessianEigenvalueMonitor(method="pyhessian")._check_sharding(trainer, model)
+    partly = _model()
+    fully_shard(partly[4])
+    with pytest.raises(MisconfigurationException, match="partly sharded"):
+        HessianEigenvalueMonitor()._check_sharding(trainer, partly)
+
+
+def test_strategies_without_double_backward_are_refused_with_the_ways_forward():
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+
+    for strategy in (FSDPStrategy, DeepSpeedStrategy):
+        trainer = SimpleNamespace(strategy=strategy.__new__(strategy))
+        with pytest.raises(MisconfigurationException) as error:
+            HessianEigenvalueMonitor().setup(trainer, None, "fit")
+        assert "ModelParallelStrategy" in str(error.value)
+        assert "hvp='finite_difference'" in str(error.value)

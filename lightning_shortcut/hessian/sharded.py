@@ -31,12 +31,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from lightning_shortcut.hessian.operator import HessianOperator, LossFn
+from lightning_shortcut.hessian.operator import HessianOperator, Hvp, LossFn
 
 __all__ = [
     "FullyShardedHessianOperator",
     "ShardLayout",
-    "check_fully_sharded",
+    "check_sharding",
     "fsdp_modules",
     "reshard",
     "unsharded_parameters",
@@ -51,21 +51,36 @@ def _dtensor_type() -> type | None:
     return DTensor
 
 
-def check_fully_sharded(params: Sequence[Tensor], names: Sequence[str]) -> None:
-    """Raise a ``ValueError`` unless every parameter is sharded on dim 0 over one 1-D mesh.
+def check_sharding(model: nn.Module, params: Sequence[Tensor]) -> bool:
+    """Whether the Hessian of ``model`` over ``params`` is taken the ``fully_shard`` way.
 
-    Args:
-        params: the parameters the Hessian is over.
-        names: their names in the model, for the message.
+    ``True`` when ``model`` has ``fully_shard`` modules and every parameter is sharded on dim 0
+    over one 1-D mesh; ``False`` when it has none and no parameter is a ``DTensor``.
+
+    Raises:
+        ValueError: for any other sharding (partly sharded parameters, tensor parallelism, HSDP,
+            several meshes), naming the parameter.
     """
-    from torch.distributed.tensor import DTensor, Shard
+    names = {id(param): name for name, param in model.named_parameters()}
+    dtensor = _dtensor_type()
+    if not fsdp_modules(model):
+        for param in params:
+            if dtensor is not None and isinstance(param, dtensor):
+                raise ValueError(
+                    f"Parameter {names.get(id(param))!r} is a DTensor but the model has no "
+                    "fully_shard module (tensor parallelism?); the Hessian supports FSDP2 "
+                    "sharding (fully_shard) only."
+                )
+        return False
+    from torch.distributed.tensor import Shard
 
     mesh = None
-    for param, name in zip(params, names, strict=True):
-        if not isinstance(param, DTensor):
+    for param in params:
+        name = names.get(id(param))
+        if not isinstance(param, dtensor):
             raise ValueError(
-                f"Parameter {name!r} is a plain tensor while others are sharded by fully_shard; "
-                "the Hessian of a partly sharded model is not supported: apply fully_shard to the "
+                f"Parameter {name!r} is a plain tensor in a model sharded by fully_shard; the "
+                "Hessian of a partly sharded model is not supported: apply fully_shard to the "
                 "whole model (the root module too) or pass `params` that are all sharded."
             )
         placements = tuple(param.placements)
@@ -82,6 +97,7 @@ def check_fully_sharded(params: Sequence[Tensor], names: Sequence[str]) -> None:
                 f"Parameter {name!r} is sharded over another device mesh than the first "
                 "parameter's; the Hessian supports one mesh."
             )
+    return True
 
 
 def fsdp_modules(model: nn.Module) -> list[nn.Module]:
@@ -160,9 +176,10 @@ def unsharded_parameters(model: nn.Module, params: Sequence[Tensor]):
         ValueError: if a parameter is not sharded on dim 0 over one 1-D mesh, or no
             ``fully_shard`` module manages it.
     """
+    if not check_sharding(model, params):
+        raise ValueError("The model has no fully_shard module.")
     names = {id(param): name for name, param in model.named_parameters()}
     chosen = [names[id(param)] for param in params]
-    check_fully_sharded(params, chosen)
     with _fsdp_unsharded(fsdp_modules(model)):
         unsharded = dict(model.named_parameters())
         dtensor = _dtensor_type()
@@ -267,6 +284,8 @@ class FullyShardedHessianOperator(HessianOperator):
         loss_fn: ``loss_fn(model, batch) -> scalar`` mean loss of a batch.
         params: the sharded parameters the Hessian is over.
         fixed_seed: as in :class:`HessianOperator`.
+        hvp: as in :class:`HessianOperator` (finite differences perturb the unsharded copies of
+            the weights, which are restored from kept values, and never the shards).
     """
 
     def __init__(
@@ -276,13 +295,14 @@ class FullyShardedHessianOperator(HessianOperator):
         loss_fn: LossFn,
         params: Sequence[Tensor],
         fixed_seed: int | None = None,
+        hvp: Hvp = "autograd",
     ) -> None:
-        self.layout = ShardLayout(params)
-        self.sharded_params = list(params)
         self._unsharded = ExitStack()
         unsharded = self._unsharded.enter_context(unsharded_parameters(model, params))
+        self.layout = ShardLayout(params)
+        self.sharded_params = list(params)
         try:
-            super().__init__(model, batches, loss_fn, unsharded, None, fixed_seed)
+            super().__init__(model, batches, loss_fn, unsharded, None, fixed_seed, hvp)
         except BaseException:
             self._unsharded.close()
             raise
@@ -293,7 +313,8 @@ class FullyShardedHessianOperator(HessianOperator):
         return True
 
     def _matvec(self, vector: Tensor) -> Tensor:
-        total = self._local_sum(self.layout.gather(vector))
+        whole = self.layout.gather(vector)
+        total = self._local_sum(whole)
         flags = self.layout.all_reduce(
             total.new_tensor([float(sum(self.sizes)), float(self.nonfinite)])
         )
@@ -301,7 +322,11 @@ class FullyShardedHessianOperator(HessianOperator):
         local = self.layout.reduce_scatter(total)
         if self.nonfinite:
             return torch.full_like(vector, float("nan"))
-        return local.div_(count)
+        product = local.div_(count)
+        if self.hvp == "finite_difference" and self.hvp_error is None:
+            wider = self.layout.reduce_scatter(self._local_sum(whole, scale=2.0))
+            self._estimate_error(product, wider.div_(count))
+        return product
 
     def reduce(self, partial: Tensor) -> Tensor:
         return self.layout.all_reduce(partial)

@@ -15,15 +15,21 @@ from torch import Tensor, nn
 from lightning_shortcut.hessian._state import autograd_enabled, preserved_state
 from lightning_shortcut.hessian.linear_operator import LinearOperator, NonFiniteProductError
 from lightning_shortcut.hessian.operator import (
+    HVPS,
     AllReduce,
     HessianOperator,
+    Hvp,
     LossFn,
     ParamsSpec,
     cross_entropy_loss,
     normalize_batches,
     resolve_params,
 )
-from lightning_shortcut.hessian.sharded import FullyShardedHessianOperator, fsdp_modules, reshard
+from lightning_shortcut.hessian.sharded import (
+    FullyShardedHessianOperator,
+    check_sharding,
+    reshard,
+)
 from lightning_shortcut.hessian.solvers import SOLVERS, EigenResult
 from lightning_shortcut.theory import magnitude_ratio
 
@@ -60,6 +66,10 @@ class HessianSpectrum:
         reason: why not, in words (empty when converged).
         seconds: wall time of the call.
         method: the solver used.
+        hvp: how the products were taken: ``"autograd"`` (exact) or ``"finite_difference"``.
+        hvp_error: with finite differences, the estimated relative error of a product (see
+            :class:`~lightning_shortcut.hessian.HessianOperator`), included in the error bounds as
+            ``hvp_error * max|lambda|``; ``None`` for exact products.
         vectors: the unit eigenvector estimates of ``top`` then ``bottom``, flat over the parameters
             (pass them as ``start`` to the next call for a warm start).
     """
@@ -79,6 +89,8 @@ class HessianSpectrum:
     reason: str = ""
     seconds: float = 0.0
     method: str = "lanczos"
+    hvp: str = "autograd"
+    hvp_error: float | None = None
     vectors: list[Tensor] = field(default_factory=list, repr=False, compare=False)
 
     @classmethod
@@ -117,6 +129,8 @@ class HessianSpectrum:
             values.update({f"top_{i}": v for i, v in enumerate(self.top, start=1)})
         if len(self.bottom) > 1:
             values.update({f"bottom_{i}": v for i, v in enumerate(self.bottom, start=1)})
+        if self.hvp_error is not None:
+            values["hvp_error"] = self.hvp_error
         values["num_hvps"] = float(self.num_hvps)
         values["seconds"] = self.seconds
         values["converged"] = float(self.converged)
@@ -181,6 +195,7 @@ def build_operator(
     all_reduce: AllReduce | None,
     mode: Mode,
     seed: int,
+    hvp: Hvp = "autograd",
 ) -> HessianOperator:
     """Validate the inputs and build the :class:`HessianOperator` (inside :func:`hessian_context`).
 
@@ -193,17 +208,17 @@ def build_operator(
     chosen = resolve_params(model, params)
     batches = normalize_batches(data)
     fixed_seed = seed if mode == "train" else None
-    if fsdp_modules(model):
+    if check_sharding(model, chosen):
         if all_reduce is not None:
             raise ValueError(
                 "The parameters are sharded by fully_shard: products are summed over their device "
                 "mesh, so `all_reduce` must be None (each rank passes its own share of the data)."
             )
         return FullyShardedHessianOperator(
-            model, batches, loss_fn or cross_entropy_loss, chosen, fixed_seed
+            model, batches, loss_fn or cross_entropy_loss, chosen, fixed_seed, hvp
         )
     return HessianOperator(
-        model, batches, loss_fn or cross_entropy_loss, chosen, all_reduce, fixed_seed
+        model, batches, loss_fn or cross_entropy_loss, chosen, all_reduce, fixed_seed, hvp
     )
 
 
@@ -229,6 +244,7 @@ def hessian_eigenvalues(
     start: Sequence[Tensor] | None = None,
     solver_options: Mapping[str, Any] | None = None,
     transform: Callable[[HessianOperator], LinearOperator] | None = None,
+    hvp: Hvp = "autograd",
 ) -> HessianSpectrum:
     """Top and bottom eigenvalues of the Hessian of ``model``'s mean loss on ``data``.
 
@@ -273,6 +289,11 @@ def hessian_eigenvalues(
             of ``H``; the spectrum then holds its eigenvalues (:func:`~lightning_shortcut.hessian.
             edge_of_stability` passes the step-preconditioned ``S^1/2 (H + W) S^1/2``). Solvers
             that run on the model (``"pyhessian"``) cannot take one.
+        hvp: ``"autograd"`` (default: double backward, exact) or ``"finite_difference"`` (the
+            central difference of two gradients, for models or strategies without double
+            backward; its estimated error is reported in ``hvp_error`` and added to the error
+            bounds, see :class:`~lightning_shortcut.hessian.HessianOperator`). Not with solvers
+            that run on the model (``"pyhessian"``).
 
     Returns:
         A :class:`HessianSpectrum`. A non-finite loss gives NaN values with ``converged=False``.
@@ -290,6 +311,11 @@ def hessian_eigenvalues(
     """
     validate_solver_args(method, top_k, bottom_k, min_abs, tol, max_iter)
     spec = SOLVERS[method]
+    if hvp not in HVPS or (hvp != "autograd" and spec.touches_grads):
+        raise ValueError(
+            f"`hvp` must be one of {list(HVPS)} ('autograd' with a solver that runs on the "
+            f"model), got hvp={hvp!r} with method={method!r}."
+        )
     if transform is not None and (not callable(transform) or spec.touches_grads):
         raise ValueError(
             f"`transform` must be a callable and `method` a solver of the operator; got "
@@ -298,7 +324,7 @@ def hessian_eigenvalues(
     begin = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     with hessian_context(model, mode, clone_grads=spec.touches_grads):
-        operator = build_operator(model, data, loss_fn, params, all_reduce, mode, seed)
+        operator = build_operator(model, data, loss_fn, params, all_reduce, mode, seed, hvp)
         try:
             result = spec.solve(
                 operator if transform is None else _transformed(transform, operator),
@@ -321,7 +347,35 @@ def hessian_eigenvalues(
             top_k, bottom_k, min_abs, method, "non-finite loss or Hessian-vector product",
             operator.num_hvps,
         )  # fmt: skip
-    return _assemble(result, method, min_abs, tol, operator.num_hvps, seconds)
+    spectrum = _assemble(result, method, min_abs, tol, operator.num_hvps, seconds)
+    return _with_product_error(spectrum, hvp, operator.hvp_error, result.scale, tol)
+
+
+def _with_product_error(
+    spectrum: HessianSpectrum, hvp: str, error: float | None, scale: float, tol: float
+) -> HessianSpectrum:
+    """Fold the finite-difference products' estimated error into the spectrum's error bounds."""
+    spectrum.hvp = hvp
+    if error is None:
+        return spectrum
+    spectrum.hvp_error = error
+    extra = error * scale
+    spectrum.top_errors = [value + extra for value in spectrum.top_errors]
+    spectrum.bottom_errors = [value + extra for value in spectrum.bottom_errors]
+    unresolved = False
+    if spectrum.min_abs_error is not None and spectrum.min_abs is not None:
+        spectrum.min_abs_error += extra
+        unresolved = bool(spectrum.min_abs_resolved) and spectrum.min_abs_error > tol * abs(
+            spectrum.min_abs
+        )
+        spectrum.min_abs_resolved = spectrum.min_abs_resolved and not unresolved
+    if error > tol or unresolved:
+        spectrum.converged = False
+        spectrum.reason = spectrum.reason or (
+            f"finite-difference products are accurate to about {error:.1e} of max|lambda|, "
+            f"not enough for tol={tol}"
+        )
+    return spectrum
 
 
 def _transformed(
