@@ -82,9 +82,10 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     Inside ``trainer.validate``/``test`` the names are ``{log_prefix}validate/...``/``test/...``. The
     values also go to ``trainer.callback_metrics`` and :attr:`history` (kept in checkpoints).
     Guarantees: training is bit-for-bit the same with or without the monitor; at most one measurement
-    per ``global_step``; sanity checking and ``fast_dev_run`` are skipped; under DDP every product is
-    all-reduced over the ranks' shares; a non-finite loss or a solver that did not converge is logged
-    (NaN where there is no value) and warned about once, and training goes on.
+    per ``global_step``; sanity checking and ``fast_dev_run`` are skipped; under DDP and
+    ``fully_shard`` every product is summed over the ranks' shares; a non-finite loss or a solver
+    that did not converge is logged (NaN where there is no value) and warned about once, and
+    training goes on.
 
     Schedule: by default the monitor measures after any optimizer step where its wall time so far,
     plus the last measurement's, stays within ``max_overhead`` (5%) of the training wall time so far
@@ -106,9 +107,9 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
       in a forward-backward without resharding), and restored with their settings afterwards. The
       solver's vectors (Lanczos basis, Ritz and warm-start vectors) stay sharded like the
       parameters, so their memory per rank is about ``1 / world_size`` of one process's
-      (measured: 0.53x at 2 ranks). Refused at fit start: tensor parallelism, HSDP (2-D meshes),
-      a partly sharded model, sharding over fewer ranks than the world and
-      ``method="pyhessian"``.
+      (measured: 0.50x at 2 ranks, ``benchmarks/bench_fsdp_memory.py``). Refused at fit start:
+      tensor parallelism, HSDP (2-D meshes), a partly sharded model, sharding over fewer ranks
+      than the world and ``method="pyhessian"``.
     - ``FSDPStrategy`` (FSDP1) and DeepSpeed: refused at setup; they have no double backward.
       ``hvp="finite_difference"`` needs only first derivatives, but it has not been run under
       them (Lightning runs them only on GPUs), so they stay refused.

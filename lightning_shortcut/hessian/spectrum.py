@@ -71,7 +71,8 @@ class HessianSpectrum:
             :class:`~lightning_shortcut.hessian.HessianOperator`), included in the error bounds as
             ``hvp_error * max|lambda|``; ``None`` for exact products.
         vectors: the unit eigenvector estimates of ``top`` then ``bottom``, flat over the parameters
-            (pass them as ``start`` to the next call for a warm start).
+            (under ``fully_shard``, this rank's rows of them; pass them as ``start`` to the next
+            call for a warm start).
     """
 
     top: list[float] = field(default_factory=list)
