@@ -103,7 +103,13 @@ def fit(out: Path, name: str, monitor, optimizer: str, max_steps: int, ckpt=None
 
 def monitor(**kwargs) -> HessianEigenvalueMonitor:
     return HessianEigenvalueMonitor(
-        every_n_steps=1, num_samples=42, top_k=2, tol=1e-6, warm_start=True, **kwargs
+        every_n_steps=1,
+        num_samples=42,
+        batch_size=16,
+        top_k=2,
+        tol=1e-6,
+        warm_start=True,
+        **kwargs,
     )
 
 

@@ -74,6 +74,18 @@ def _worker(rank, world_size, port, out_dir):
     settings = _settings(model)
     with torch.no_grad():
         model(share[0])  # leaves the root unsharded, as validation does
+    calls = []
+
+    def fail_on_the_third_forward(module, inputs, output):
+        calls.append(1)
+        if len(calls) == 3:  # in the second product, inside FSDP's forward
+            raise RuntimeError("out of memory")
+
+    handle = model[2].register_forward_hook(fail_on_the_third_forward)
+    chunks = [(share[0][:8], share[1][:8]), (share[0][8:], share[1][8:])]
+    with pytest.raises(RuntimeError, match="out of memory"):
+        hessian_eigenvalues(model, chunks)
+    handle.remove()
     buffers: list[int] = []
     _record_buffers(buffers)
     lanczos = hessian_eigenvalues(model, share, top_k=2, bottom_k=1, min_abs=True, tol=1e-10)

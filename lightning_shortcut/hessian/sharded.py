@@ -134,11 +134,16 @@ def _param_groups(module: nn.Module) -> list[Any]:
 def _fsdp_unsharded(modules: list[nn.Module]):
     """All-gather every module's parameters and keep them: no reshard after forward or backward,
     no gradient reduction. On exit the modules are resharded and their settings restored."""
-    if modules:
-        # the first module forward runs through becomes FSDP's root, which does not reshard after
-        # forward; initialize it as training would before changing settings, so that the root's
-        # setting restored on exit is the one training uses
-        modules[0]._get_fsdp_state()._lazy_init()
+    roots = []
+    for module in modules:  # outermost first: an initialized root marks the modules inside it
+        state = module._get_fsdp_state()
+        if state._is_root is None:
+            # the first module forward runs through becomes FSDP's root, which does not reshard
+            # after forward; initialize it as training would before changing settings, so that
+            # the root's setting restored on exit is the one training uses
+            state._lazy_init()
+        if state._is_root:
+            roots.append(module)
     saved = [
         (
             module,
@@ -159,6 +164,12 @@ def _fsdp_unsharded(modules: list[nn.Module]):
             module.unshard()
         yield
     finally:
+        # clear FSDP's per-iteration state, which a forward or backward aborted mid-flight (out
+        # of memory, ...) leaves behind; the operator's release cannot tell that one was
+        for root in roots:
+            reset = getattr(root, "reset_iter_state", None)
+            if callable(reset):
+                reset()
         for module, auto, groups in saved:
             module.reshard()
             module._get_fsdp_state()._auto_reshard_after_forward = auto
