@@ -3,10 +3,15 @@
 Under ``fully_shard`` each parameter is a ``DTensor`` whose rows are split over the ranks of a
 device mesh; forward and backward all-gather the rows into plain tensors and free them again.
 Gradients with respect to the sharded parameters do not exist in autograd (FSDP moves them by
-hooks), so a product by double backward differentiates the *unsharded* parameters. For the length
+hooks: with respect to them ``torch.autograd.grad`` finds nothing, and products taken that way are
+zero), so a product by double backward differentiates the *unsharded* parameters. For the length
 of a measurement every ``fully_shard`` module is unsharded once, with resharding and gradient
-reduction off (the graph of the first derivatives must stay valid for every product); the modules'
-settings and sharding are restored afterwards.
+reduction off (the graph of the first derivatives must stay valid for every product: a reshard
+after the first backward frees the tensors it saved); afterwards FSDP's per-iteration state is
+reset (``reset_iter_state``), every module is resharded and its settings are restored. FSDP2 has
+setters for these settings but no getters, so they are read from, and restored into, its private
+state (``post_forward_mesh_info``, ``reshard_after_backward``, ``reduce_grads``,
+``all_reduce_grads`` of each parameter group), as in torch 2.14; the tests check the restoration.
 
 The solver's vectors stay sharded like the parameters: each rank holds its rows of every
 parameter, flattened in the order of the parameters. A product all-gathers the vector (one

@@ -344,10 +344,12 @@ def hessian_eigenvalues(
             operator.release()
     seconds = time.perf_counter() - begin
     if result is None:
-        return HessianSpectrum.nan(
+        failed = HessianSpectrum.nan(
             top_k, bottom_k, min_abs, method, "non-finite loss or Hessian-vector product",
             operator.num_hvps,
         )  # fmt: skip
+        failed.hvp = hvp
+        return failed
     spectrum = _assemble(result, method, min_abs, tol, operator.num_hvps, seconds)
     return _with_product_error(spectrum, hvp, operator.hvp_error, result.scale, tol)
 
