@@ -196,3 +196,20 @@ def test_strategies_without_double_backward_are_refused_with_the_ways_forward():
             HessianEigenvalueMonitor().setup(trainer, None, "fit")
         assert "ModelParallelStrategy" in str(error.value)
         assert "hvp='finite_difference'" in str(error.value)
+
+
+def test_orthonormal_rows_span_the_finite_vectors_and_drop_the_rest():
+    from lightning_shortcut.hessian import MatrixOperator
+    from lightning_shortcut.hessian.solvers._vectors import orthonormal_rows, projection_norm
+
+    space = MatrixOperator(torch.eye(6, dtype=torch.float64))
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(6, generator=generator, dtype=torch.float64) for _ in range(2))
+    nan = torch.full((6,), float("nan"), dtype=torch.float64)
+    rows = orthonormal_rows(space, [a, nan, torch.zeros(6, dtype=torch.float64), b, a + 2 * b])
+    assert rows.shape == (2, 6)  # the NaN, the zero and the dependent vector are dropped
+    assert torch.allclose(rows @ rows.T, torch.eye(2, dtype=torch.float64), atol=1e-12)
+    reference, _ = torch.linalg.qr(torch.stack([a, b]).T)
+    assert torch.allclose(rows.T @ rows, reference @ reference.T, atol=1e-12)  # the same span
+    assert abs(projection_norm(space, rows, a / a.norm()) - 1.0) < 1e-12
+    assert orthonormal_rows(space, [nan]) is None

@@ -7,6 +7,7 @@ same code runs on whole vectors and on vectors sharded over processes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -30,6 +31,32 @@ def orthogonalize(space: LinearOperator, vector: Tensor, *bases: Tensor) -> Tens
         for basis in bases:
             vector = torch.addmv(vector, basis.T, space.reduce(basis @ vector), alpha=-1)
     return vector
+
+
+def orthonormal_rows(space: LinearOperator, vectors: Sequence[Tensor]) -> Tensor | None:
+    """Orthonormal rows spanning the finite, non-zero ``vectors`` (``None`` if none).
+
+    Gram-Schmidt done twice, in the operator's space: on sharded vectors every decision (finite,
+    non-zero, independent) is taken on reduced norms, so all ranks take it alike (a decision on a
+    rank's own part could differ between ranks and leave them waiting in different collectives).
+    A vector within ``1e-8`` (relative) of the span of those before it is dropped.
+    """
+    rows: list[Tensor] = []
+    for vector in vectors:
+        vector = vector.to(space.like)
+        norm = float(space.norm(vector))
+        if not math.isfinite(norm) or norm == 0.0:
+            continue
+        rest = orthogonalize(space, vector / norm, stack_rows(rows, space))
+        remaining = float(space.norm(rest))
+        if remaining > 1e-8:
+            rows.append(rest / remaining)
+    return torch.stack(rows) if rows else None
+
+
+def projection_norm(space: LinearOperator, rows: Tensor, vector: Tensor) -> float:
+    """The norm of ``vector``'s projection on orthonormal ``rows`` (inner products reduced)."""
+    return float(space.reduce(rows @ vector.to(rows)).norm())
 
 
 def random_unit_vector(
