@@ -1,8 +1,8 @@
 """Run by test_hessian_monitor_fsdp.py: 2-process CPU (gloo) fits under ModelParallelStrategy.
 
 Lightning's launcher starts rank 1 by running this same command again. Three fits in the same
-processes: with the monitor (a checkpoint at step 2), the same without it, and a run resumed from
-the checkpoint. Each rank saves what the test compares.
+processes: with the monitor (a checkpoint at step 2, then ``trainer.validate``), the same without
+it, and a run resumed from the checkpoint. Each rank saves what the test compares.
 """
 
 import sys
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import FSDPModule, fully_shard
 
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers.lightning_models import loader, trainer_kwargs
@@ -33,6 +33,8 @@ class ShardedClassifier(pl.LightningModule):
         self.optimizer = optimizer
 
     def configure_model(self):
+        if isinstance(self, FSDPModule):
+            return  # already sharded (Lightning calls this hook at every entry point)
         for layer in (self.inp, self.hidden, self.head):
             fully_shard(layer)
         fully_shard(self)
@@ -42,6 +44,9 @@ class ShardedClassifier(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         return F.cross_entropy(self(batch[0]), batch[1])
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", F.cross_entropy(self(batch[0]), batch[1]), sync_dist=True)
 
     def configure_optimizers(self):
         if self.optimizer == "adam":
@@ -98,7 +103,9 @@ def fit(out: Path, name: str, monitor, optimizer: str, max_steps: int, ckpt=None
     settings.update(strategy=ModelParallelStrategy(), devices=2, deterministic=False)
     settings["callbacks"] = callbacks + settings.get("callbacks", [])
     trainer = pl.Trainer(**settings)
-    trainer.fit(ShardedClassifier(optimizer), loader(shuffle=True), ckpt_path=ckpt)
+    model = ShardedClassifier(optimizer)
+    trainer.fit(model, loader(shuffle=True), ckpt_path=ckpt)
+    return trainer, model
 
 
 def monitor(**kwargs) -> HessianEigenvalueMonitor:
@@ -116,8 +123,11 @@ def monitor(**kwargs) -> HessianEigenvalueMonitor:
 if __name__ == "__main__":
     out, optimizer = Path(sys.argv[1]), sys.argv[2]
     checkpoint = ModelCheckpoint(dirpath=out / "ckpt", every_n_train_steps=2, save_top_k=-1)
-    fit(
-        out, "monitored", monitor(), optimizer, 4, callbacks=[checkpoint], enable_checkpointing=True
+    monitored = monitor(stages=("fit", "validate"))
+    trainer, model = fit(
+        out, "monitored", monitored, optimizer, 4, callbacks=[checkpoint], enable_checkpointing=True
     )
+    trainer.validate(model, loader(shuffle=False))  # the same first 42 samples, the final weights
+    torch.save(monitored.history, out / f"validated_{trainer.global_rank}.pt")
     fit(out, "plain", None, optimizer, 4)
     fit(out, "resumed", monitor(), optimizer, 4, ckpt=out / "ckpt" / "epoch=0-step=2.ckpt")

@@ -35,7 +35,7 @@ def runs(tmp_path_factory):
     )
     return {
         name: [torch.load(out / f"{name}_{rank}.pt", weights_only=False) for rank in range(2)]
-        for name in ("monitored", "plain", "resumed")
+        for name in ("monitored", "plain", "resumed", "validated")
     }
 
 
@@ -79,6 +79,17 @@ def test_two_sharded_processes_log_what_one_process_logs_on_the_same_samples(run
     # the warm-start vectors are sharded: each rank holds its rows (213 parameters in all)
     sizes = [rank["vectors"] for rank in ranks]
     assert sizes == [[112] * 3, [101] * 3]
+
+
+def test_trainer_validate_measures_the_final_weights(runs):
+    history, other = (
+        [{k: v for k, v in r.items() if k != "seconds"} for r in rank] for rank in runs["validated"]
+    )
+    assert history == other
+    fit, validate = history[-2], history[-1]
+    assert (fit["stage"], fit["step"], validate["stage"]) == ("fit", 4, "validate")
+    for key in ("top_1", "top_2", "min_eigenvalue"):  # the same samples and weights, a cold start
+        assert abs(validate[key] - fit[key]) <= 1e-4 * abs(fit["top_1"])
 
 
 def test_training_is_the_same_with_and_without_the_monitor(runs):
