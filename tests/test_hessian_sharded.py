@@ -168,6 +168,17 @@ def test_shardings_the_engine_would_get_wrong_are_refused(one_process_group):
     fully_shard(sharded)
     with pytest.raises(ValueError, match="all_reduce` must be None"):
         hessian_eigenvalues(sharded, (x, y), all_reduce=lambda t: t)
+    from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
+
+    tensor_parallel = _model()  # a DTensor parameter without fully_shard
+    weight = distribute_tensor(
+        tensor_parallel[0].weight.data, init_device_mesh("cpu", (1,)), [Shard(1)]
+    )
+    tensor_parallel[0].weight = nn.Parameter(weight)
+    with pytest.raises(
+        ValueError, match="'0.weight' is a DTensor but the model has no fully_shard"
+    ):
+        hessian_eigenvalues(tensor_parallel, (x, y))
 
 
 def test_the_monitor_refuses_at_fit_start_what_it_cannot_measure(one_process_group):
