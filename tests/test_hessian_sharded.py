@@ -168,6 +168,8 @@ def test_shardings_the_engine_would_get_wrong_are_refused(one_process_group):
     fully_shard(sharded)
     with pytest.raises(ValueError, match="all_reduce` must be None"):
         hessian_eigenvalues(sharded, (x, y), all_reduce=lambda t: t)
+    with pytest.raises(ValueError, match="pyhessian"):
+        hessian_eigenvalues(sharded, (x, y), method="pyhessian")
     from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
 
     tensor_parallel = _model()  # a DTensor parameter without fully_shard

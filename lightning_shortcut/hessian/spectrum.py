@@ -28,6 +28,7 @@ from lightning_shortcut.hessian.operator import (
 from lightning_shortcut.hessian.sharded import (
     FullyShardedHessianOperator,
     check_sharding,
+    fsdp_modules,
     reshard,
 )
 from lightning_shortcut.hessian.solvers import SOLVERS, EigenResult
@@ -316,6 +317,11 @@ def hessian_eigenvalues(
         raise ValueError(
             f"`hvp` must be one of {list(HVPS)} ('autograd' with a solver that runs on the "
             f"model), got hvp={hvp!r} with method={method!r}."
+        )
+    if spec.touches_grads and fsdp_modules(model):
+        raise ValueError(
+            f"method={method!r} runs on the model's gradients, which fully_shard reduces and "
+            "shards; use a solver of the operator such as 'lanczos'."
         )
     if transform is not None and (not callable(transform) or spec.touches_grads):
         raise ValueError(
