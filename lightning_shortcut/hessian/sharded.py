@@ -224,7 +224,12 @@ class ShardLayout:
         self.group = mesh.get_group()
         self.world_size = mesh.size()
         self.rank = mesh.get_local_rank()
-        local = torch.tensor([param.to_local().numel() for param in params], dtype=torch.int64)
+        # on the parameters' device: NCCL moves only device tensors
+        local = torch.tensor(
+            [param.to_local().numel() for param in params],
+            dtype=torch.int64,
+            device=params[0].to_local().device,
+        )
         gathered = [torch.empty_like(local) for _ in range(self.world_size)]
         dist.all_gather(gathered, local, group=self.group)
         #: ``numels[r][i]``: the entries of parameter ``i`` that rank ``r`` holds
