@@ -27,7 +27,14 @@ from lightning_shortcut.callbacks._hessian_batch import (
 )
 from lightning_shortcut.callbacks._schedule import DEFAULT_MAX_OVERHEAD, ScheduledMonitor
 from lightning_shortcut.callbacks._stability import StabilityTracker
-from lightning_shortcut.hessian.operator import batch_size, cross_entropy_loss, resolve_params
+from lightning_shortcut.hessian.operator import (
+    HVPS,
+    batch_size,
+    cross_entropy_loss,
+    resolve_params,
+)
+from lightning_shortcut.hessian.sharded import check_sharding, fsdp_modules, reshard
+from lightning_shortcut.hessian.solvers import SOLVERS
 from lightning_shortcut.hessian.spectrum import (
     HessianSpectrum,
     hessian_eigenvalues,
@@ -74,6 +81,8 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
       relative accuracy ``tol``, ``0.0`` if it is below resolution (with ``min_abs=True``).
     - ``{log_prefix}top_<i>``, ``{log_prefix}bottom_<i>``: the ``i``-th largest and smallest
       eigenvalues, ``i = 1 ... k`` (when ``top_k > 1``, ``bottom_k > 1``).
+    - ``{log_prefix}hvp_error``: with ``hvp="finite_difference"``, the products' estimated
+      relative error (included in the solver's error bounds).
     - ``{log_prefix}num_hvps``: Hessian-vector products used (with the stability ratio's and the
       standard errors').
     - ``{log_prefix}seconds``: wall time of the measurement.
@@ -90,9 +99,10 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     Inside ``trainer.validate``/``test`` the names are ``{log_prefix}validate/...``/``test/...``. The
     values also go to ``trainer.callback_metrics`` and :attr:`history` (kept in checkpoints).
     Guarantees: training is bit-for-bit the same with or without the monitor; at most one measurement
-    per ``global_step``; sanity checking and ``fast_dev_run`` are skipped; under DDP every product is
-    all-reduced over the ranks' shares; a non-finite loss or a solver that did not converge is logged
-    (NaN where there is no value) and warned about once, and training goes on.
+    per ``global_step``; sanity checking and ``fast_dev_run`` are skipped; under DDP and
+    ``fully_shard`` every product is summed over the ranks' shares; a non-finite loss or a solver
+    that did not converge is logged (NaN where there is no value) and warned about once, and
+    training goes on.
 
     Schedule: by default the monitor measures after any optimizer step where its wall time so far,
     plus the last measurement's, stays within ``max_overhead`` (5%) of the training wall time so far
@@ -111,6 +121,26 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     and the Ritz vectors next to them, at most ``top_k + bottom_k + 4`` vectors of the size of
     ``params`` (6 by default), plus one for Adam's stability run; a measurement itself holds a
     Lanczos basis of 20 such vectors (``solver_options={"max_basis": ...}``).
+
+    Strategies:
+
+    - A single device, DDP and other strategies that keep whole parameters on every rank: exact
+      products; each rank takes its share of the Hessian batch and every product is all-reduced.
+    - ``ModelParallelStrategy`` with ``fully_shard`` (FSDP2) over all ranks: exact products. For a
+      measurement the ``fully_shard`` modules are unsharded once, with resharding and gradient
+      reduction off (every rank then holds the unsharded parameters and the first-order graph, as
+      in a forward-backward without resharding), and restored with their settings afterwards. The
+      solver's vectors (Lanczos basis, Ritz and warm-start vectors) stay sharded like the
+      parameters, so their memory per rank is about ``1 / world_size`` of one process's
+      (measured: 0.50x at 2 ranks, ``benchmarks/bench_fsdp_memory.py``). Refused at fit start:
+      tensor parallelism, HSDP (2-D meshes), a partly sharded model, sharding over fewer ranks
+      than the world and ``method="pyhessian"``.
+    - ``FSDPStrategy`` (FSDP1) and DeepSpeed: refused at setup; they have no double backward.
+      ``hvp="finite_difference"`` needs only first derivatives, but it has not been run under
+      them (Lightning runs them only on GPUs), so they stay refused.
+
+    ``hvp="finite_difference"`` works wherever exact products do (single device, DDP,
+    ``ModelParallelStrategy``), for models without double backward.
 
     Loss: ``loss_fn`` if given, else the module's ``hessian_loss(self, batch)`` (the scalar mean loss:
     the way to use a model's own loss), else the cross-entropy of ``pl_module(inputs)``. The batch is
@@ -160,6 +190,9 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         audit_every: *Solver.* With ``warm_start``, every this many fit measurements one is cold, so
             that an eigenvalue crossing (a new direction rising above the tracked one, which warm
             runs cannot see) is caught within this many measurements.
+        hvp: *Solver.* ``"autograd"`` (double backward, exact) or ``"finite_difference"`` (the
+            central difference of two gradients, its error estimated and logged as ``hvp_error``;
+            see :class:`~lightning_shortcut.hessian.HessianOperator`).
         seed: *Solver.* Seed of the solver's private generator.
         solver_options: *Solver.* Extra arguments of the solver, e.g. ``{"max_basis": 10}``.
         stderr: *Output.* Log the standard errors of the extreme eigenvalues over Hessian batches of
@@ -179,7 +212,9 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         ValueError: on a bad argument value, naming it and what is accepted; at the start of
             fitting, on a batch the default loss cannot read or a ``params="residual"`` model
             without ResidualStack.
-        MisconfigurationException: under FSDP or DeepSpeed, which do not support double backward.
+        MisconfigurationException: under ``FSDPStrategy`` or DeepSpeed, which do not support
+            double backward; at the start of fitting, under a sharding other than ``fully_shard``
+            over all ranks (see Strategies).
 
     Example::
 
@@ -211,6 +246,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         max_iter: int | None = 100,
         warm_start: bool = True,
         audit_every: int = DEFAULT_AUDIT_EVERY,
+        hvp: Literal["autograd", "finite_difference"] = "autograd",
         seed: int = 0,
         solver_options: dict[str, Any] | None = None,
         stderr: bool = True,
@@ -233,6 +269,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         self.max_iter = max_iter
         self.warm_start = warm_start
         self.audit_every = audit_every
+        self.hvp = hvp
         self.seed = seed
         self.solver_options = dict(solver_options or {})
         self.stderr = stderr
@@ -242,6 +279,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         self.__validate_init_configuration()
         self._batches: dict[str, list[Any]] = {}  # the Hessian batch of each stage
         self._samples = num_samples  # in the last Hessian batch gathered
+        self._sharded = False  # the model is sharded by fully_shard (FSDP2)
         self._warned: set[str] = set()
         # warm starts of the fit measurements (audit_every=1 when off: every one is cold)
         self._tracker = SpectrumTracker(audit_every if warm_start else 1)
@@ -262,6 +300,12 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
             )
         check_choice("mode", self.mode, ("eval", "train"))
         check_positive_int("audit_every", self.audit_every)
+        check_choice("hvp", self.hvp, HVPS)
+        if self.hvp != "autograd" and SOLVERS[self.method].touches_grads:
+            raise ValueError(
+                f"hvp={self.hvp!r} needs a solver of the operator; method={self.method!r} runs on "
+                "the model's gradients."
+            )
         if self.warn_above is not None:
             check_non_negative_float("warn_above", self.warn_above)
         if self.data is not None and not isinstance(self.data, DataLoader | pl.LightningDataModule):
@@ -302,13 +346,42 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         if isinstance(trainer.strategy, FSDPStrategy | DeepSpeedStrategy):
             raise MisconfigurationException(
                 f"HessianEigenvalueMonitor needs double backward, which "
-                f"{type(trainer.strategy).__name__} does not support; use DDP or a single device."
+                f"{type(trainer.strategy).__name__} does not support. For a sharded model use "
+                "ModelParallelStrategy with fully_shard (FSDP2), where the products are exact; "
+                "otherwise DDP or a single device. hvp='finite_difference' needs only first "
+                f"derivatives, but it has not been verified under {type(trainer.strategy).__name__}, "
+                "which stays refused."
+            )
+
+    def _check_sharding(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Refuse, at the start of a stage, a sharded model the engine would get wrong."""
+        reshard(pl_module)
+        params = resolve_params(pl_module, self.params)
+        try:
+            self._sharded = check_sharding(pl_module, params)
+            if not self._sharded:
+                return
+        except ValueError as error:
+            raise MisconfigurationException(f"HessianEigenvalueMonitor: {error}") from error
+        mesh_size = params[0].device_mesh.size()
+        if mesh_size != trainer.world_size:
+            raise MisconfigurationException(
+                f"HessianEigenvalueMonitor: the parameters are sharded over {mesh_size} of the "
+                f"{trainer.world_size} ranks, which hold different Hessian samples; shard them "
+                "over all ranks (fully_shard over the whole world, or data_parallel_size equal "
+                "to the number of processes)."
+            )
+        if SOLVERS[self.method].touches_grads:
+            raise MisconfigurationException(
+                f"HessianEigenvalueMonitor: method={self.method!r} runs on the model's gradients, "
+                "which fully_shard reduces and shards; use an operator solver such as 'lanczos'."
             )
 
     # the Hessian batch and the loss
 
     @override
     def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._check_sharding(trainer, pl_module)
         self._batches[stage] = self._gather_hessian_batch(trainer, pl_module, stage)
 
     def _gather_hessian_batch(
@@ -395,14 +468,15 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
 
     def _wants_stderr(self, start: list[Tensor] | None) -> bool:
         """The standard errors come with cold measurements: they cost about as much as one."""
-        return self.stderr and self.mode == "eval" and start is None
+        return self.stderr and self.mode == "eval" and start is None and not self._sharded
 
     def _hessian_args(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batches: list[Any]
     ) -> dict[str, Any]:
         """What every solver call of a measurement shares: data, loss, parameters, settings."""
         all_reduce = None
-        if trainer.world_size > 1:
+        # fully_shard parameters: the engine sums over their device mesh itself
+        if trainer.world_size > 1 and not fsdp_modules(pl_module):
             all_reduce = lambda t: trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
         return {
             "data": batches,
@@ -415,6 +489,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
             "mode": self.mode,
             "all_reduce": all_reduce,
             "solver_options": self.solver_options,
+            "hvp": self.hvp,
         }
 
     def _collect_metrics(

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_shortcut.hessian.operator import AllReduce, LossFn
+from lightning_shortcut.hessian.sharded import fsdp_modules
 from lightning_shortcut.hessian.solvers import LanczosProcess
 from lightning_shortcut.hessian.solvers._vectors import random_unit_vector
 from lightning_shortcut.hessian.spectrum import Mode, build_operator, hessian_context
@@ -94,6 +95,7 @@ def hessian_trace(
         estimate.trace, estimate.standard_error
     """
     check_positive_int("num_probes", num_probes)
+    _refuse_fully_sharded(model, "hessian_trace")
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     samples: list[float] = []
@@ -110,6 +112,14 @@ def hessian_trace(
         operator.release()
     mean, error = _mean_and_error(samples)
     return TraceEstimate(mean, error, len(samples), operator.num_hvps, time.perf_counter() - start)
+
+
+def _refuse_fully_sharded(model: nn.Module, name: str) -> None:
+    if fsdp_modules(model):
+        raise ValueError(
+            f"{name} does not support models sharded by fully_shard (FSDP2); "
+            "hessian_eigenvalues does."
+        )
 
 
 def _mean_and_error(samples: list[float]) -> tuple[float, float]:
@@ -144,6 +154,7 @@ def spectral_density(
     """
     check_positive_int("num_probes", num_probes)
     check_positive_int("num_steps", num_steps)
+    _refuse_fully_sharded(model, "spectral_density")
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     all_nodes: list[Tensor] = []
@@ -154,7 +165,7 @@ def spectral_density(
         buffer = operator.like.new_empty(steps, operator.dim)
         no_lock = operator.like.new_zeros(0, operator.dim)
         for _ in range(num_probes):
-            probe = random_unit_vector(operator.dim, operator.like, generator)
+            probe = random_unit_vector(operator, generator)
             process = LanczosProcess(operator, probe, buffer, no_lock)
             for _ in range(steps):
                 process.step()

@@ -18,7 +18,8 @@ from typing import Any
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lightning_shortcut.hessian.operator import AllReduce, LossFn, ParamsSpec, resolve_params
+from lightning_shortcut.hessian.operator import AllReduce, Hvp, LossFn, ParamsSpec, resolve_params
+from lightning_shortcut.hessian.sharded import reshard
 from lightning_shortcut.hessian.spectrum import Mode, hessian_eigenvalues
 from lightning_shortcut.hessian.stability import select_optimizer, step_preconditioner
 
@@ -88,6 +89,7 @@ def edge_of_stability(
     all_reduce: AllReduce | None = None,
     start: Sequence[Tensor] | None = None,
     solver_options: Mapping[str, Any] | None = None,
+    hvp: Hvp = "autograd",
 ) -> EdgeOfStability:
     """The stability ratio of ``optimizer``'s next step on the Hessian of ``model``'s loss.
 
@@ -127,6 +129,7 @@ def edge_of_stability(
         report.stability, report.max_stable_lr
     """
     begin = time.perf_counter()
+    reshard(model)  # fully_shard modules: the parameters are the sharded ones the optimizer holds
     chosen = resolve_params(model, params)
     optimizers = [optimizer] if isinstance(optimizer, Optimizer) else list(optimizer)
     optimizer = select_optimizer(optimizers, chosen)
@@ -141,7 +144,7 @@ def edge_of_stability(
         )  # fmt: skip
     solve = dict(
         params=chosen, method=method, top_k=1, bottom_k=0, tol=tol, max_iter=max_iter, seed=seed,
-        mode=mode, all_reduce=all_reduce, start=start, solver_options=solver_options,
+        mode=mode, all_reduce=all_reduce, start=start, solver_options=solver_options, hvp=hvp,
     )  # fmt: skip
     spectrum = None
     if preconditioner.needs_preconditioned_run:

@@ -33,24 +33,52 @@ class LinearOperator:
     Subclasses implement :meth:`_matvec`; calling the operator counts the product in
     :attr:`num_products`.
 
+    The solvers hold vectors of length :attr:`local_dim` and compute inner products and norms
+    through :meth:`reduce`, :meth:`norm` and :meth:`random_vector`. Here each process holds whole
+    vectors (``local_dim == dim``, :meth:`reduce` is the identity); an operator whose vectors are
+    sharded over processes (:class:`~lightning_shortcut.hessian.sharded.FullyShardedHessianOperator`)
+    gives each process its shard and sums the partial inner products over the processes, so a
+    solver's memory per process falls with their number.
+
     Attributes:
         dim: the operator's size.
         like: an empty tensor of the dtype and device the solvers should use for their vectors.
+        local_dim: the length of the vectors this process holds (``dim`` unless sharded).
         num_products: products computed so far.
     """
 
-    def __init__(self, dim: int, like: Tensor) -> None:
+    def __init__(self, dim: int, like: Tensor, local_dim: int | None = None) -> None:
         self.dim = dim
         self.like = like
+        self.local_dim = dim if local_dim is None else local_dim
         self.num_products = 0
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the vectors are sharded over processes (:meth:`reduce` is not the identity)."""
+        return False
 
     def _matvec(self, vector: Tensor) -> Tensor:
         raise NotImplementedError
 
     def __call__(self, vector: Tensor) -> Tensor:
-        """``A @ vector`` for a flat vector of length :attr:`dim`."""
+        """``A @ vector`` for a flat vector of length :attr:`local_dim`."""
         self.num_products += 1
         return self._matvec(vector)
+
+    def reduce(self, partial: Tensor) -> Tensor:
+        """Inner products from this process's parts of the vectors (``basis @ vector``): their sum
+        over the processes that hold the other parts. The identity for whole vectors."""
+        return partial
+
+    def norm(self, vector: Tensor) -> Tensor:
+        """The Euclidean norm of a vector of the operator's space (a 0-dim tensor)."""
+        return vector.norm()
+
+    def random_vector(self, generator: torch.Generator) -> Tensor:
+        """A standard Gaussian vector, drawn on the CPU in float64 (device-independent), in the
+        dtype and on the device of :attr:`like`; when sharded, this process's part of it."""
+        return torch.randn(self.dim, generator=generator, dtype=torch.float64).to(self.like)
 
 
 class MatrixOperator(LinearOperator):
@@ -86,16 +114,31 @@ class ScaledOperator(LinearOperator):
     """
 
     def __init__(self, base: LinearOperator, scale: Tensor, shift: Tensor | float = 0.0) -> None:
-        if scale.shape != (base.dim,):
-            raise ValueError(f"`scale` must have shape ({base.dim},), got {tuple(scale.shape)}.")
-        super().__init__(base.dim, base.like)
+        if scale.shape != (base.local_dim,):
+            raise ValueError(
+                f"`scale` must have shape ({base.local_dim},), got {tuple(scale.shape)}."
+            )
+        super().__init__(base.dim, base.like, base.local_dim)
         self.base = base
         self.scale = scale.to(base.like)
         self.shift = shift.to(base.like) if isinstance(shift, Tensor) else float(shift)
 
+    @property
+    def sharded(self) -> bool:
+        return self.base.sharded
+
     def _matvec(self, vector: Tensor) -> Tensor:
         scaled = self.scale * vector
         return self.scale * (self.base(scaled) + self.shift * scaled)
+
+    def reduce(self, partial: Tensor) -> Tensor:
+        return self.base.reduce(partial)
+
+    def norm(self, vector: Tensor) -> Tensor:
+        return self.base.norm(vector)
+
+    def random_vector(self, generator: torch.Generator) -> Tensor:
+        return self.base.random_vector(generator)
 
     @property
     def num_hvps(self) -> int:

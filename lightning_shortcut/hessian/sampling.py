@@ -77,7 +77,13 @@ def _chunk_quotients(operator: HessianOperator, vectors: Sequence[Tensor], num_c
     rows, sizes = [[] for _ in vectors], []
     for batch in _chunks(operator, num_chunks):
         chunk = HessianOperator(
-            operator.model, [batch], operator.loss_fn, operator.params, None, operator.fixed_seed
+            operator.model,
+            [batch],
+            operator.loss_fn,
+            operator.params,
+            None,
+            operator.fixed_seed,
+            operator.hvp,
         )
         try:
             for index, vector in enumerate(vectors):

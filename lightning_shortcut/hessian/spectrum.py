@@ -15,8 +15,10 @@ from torch import Tensor, nn
 from lightning_shortcut.hessian._state import autograd_enabled, preserved_state
 from lightning_shortcut.hessian.linear_operator import LinearOperator, NonFiniteProductError
 from lightning_shortcut.hessian.operator import (
+    HVPS,
     AllReduce,
     HessianOperator,
+    Hvp,
     LossFn,
     ParamsSpec,
     cross_entropy_loss,
@@ -24,6 +26,12 @@ from lightning_shortcut.hessian.operator import (
     resolve_params,
 )
 from lightning_shortcut.hessian.sampling import rayleigh_stderr
+from lightning_shortcut.hessian.sharded import (
+    FullyShardedHessianOperator,
+    check_sharding,
+    fsdp_modules,
+    reshard,
+)
 from lightning_shortcut.hessian.solvers import SOLVERS, EigenResult
 from lightning_shortcut.theory import magnitude_ratio
 
@@ -60,13 +68,18 @@ class HessianSpectrum:
         reason: why not, in words (empty when converged).
         seconds: wall time of the call.
         method: the solver used.
+        hvp: how the products were taken: ``"autograd"`` (exact) or ``"finite_difference"``.
+        hvp_error: with finite differences, the estimated relative error of a product (see
+            :class:`~lightning_shortcut.hessian.HessianOperator`), included in the error bounds as
+            ``hvp_error * max|lambda|``; ``None`` for exact products.
         warm_start: whether the call started from ``start`` vectors (a warm run); ``False`` for a
             cold run from a random vector.
         max_stderr: the standard error of ``max`` over Hessian batches of the same size (the
             sampling error of the batch; ``None`` unless ``stderr=True``, see
             :func:`~lightning_shortcut.hessian.sampling.rayleigh_stderr`).
         min_stderr: the same for ``min``.
-        vectors: the unit eigenvector estimates of ``top`` then ``bottom``, flat over the parameters.
+        vectors: the unit eigenvector estimates of ``top`` then ``bottom``, flat over the parameters
+            (under ``fully_shard``, this rank's rows of them).
         neighbours: the Ritz vectors next to the extremes (kept for warm starts).
     """
 
@@ -85,6 +98,8 @@ class HessianSpectrum:
     reason: str = ""
     seconds: float = 0.0
     method: str = "lanczos"
+    hvp: str = "autograd"
+    hvp_error: float | None = None
     warm_start: bool = False
     max_stderr: float | None = None
     min_stderr: float | None = None
@@ -144,6 +159,8 @@ class HessianSpectrum:
             values.update({f"top_{i}": v for i, v in enumerate(self.top, start=1)})
         if len(self.bottom) > 1:
             values.update({f"bottom_{i}": v for i, v in enumerate(self.bottom, start=1)})
+        if self.hvp_error is not None:
+            values["hvp_error"] = self.hvp_error
         values["num_hvps"] = float(self.num_hvps)
         values["seconds"] = self.seconds
         values["converged"] = float(self.converged)
@@ -186,9 +203,12 @@ def hessian_context(model: nn.Module, mode: Mode, *, clone_grads: bool = False):
 
     Compiled modules (``torch.compile``, whole model or submodules) run eagerly inside: compiled
     autograd graphs have no double backward, and the eager model computes the same function.
+    ``fully_shard`` (FSDP2) modules are resharded on entry (see
+    :func:`~lightning_shortcut.hessian.sharded.reshard`).
     """
     if mode not in ("eval", "train"):
         raise ValueError(f"Unknown mode {mode!r}; expected 'eval' or 'train'.")
+    reshard(model)  # fully_shard modules: the parameters are the sharded ones the optimizer holds
     with (
         preserved_state(model, clone_grads=clone_grads),
         autograd_enabled(),
@@ -206,17 +226,30 @@ def build_operator(
     all_reduce: AllReduce | None,
     mode: Mode,
     seed: int,
+    hvp: Hvp = "autograd",
 ) -> HessianOperator:
     """Validate the inputs and build the :class:`HessianOperator` (inside :func:`hessian_context`).
 
     In train mode the global RNG is reseeded before each forward so that dropout masks are the same
     in every product; :func:`hessian_context` restores the global RNG state afterwards.
+    A model with ``fully_shard`` (FSDP2) modules gives a
+    :class:`~lightning_shortcut.hessian.sharded.FullyShardedHessianOperator`, which holds the model
+    unsharded until its ``release()``.
     """
     chosen = resolve_params(model, params)
     batches = normalize_batches(data)
     fixed_seed = seed if mode == "train" else None
+    if check_sharding(model, chosen):
+        if all_reduce is not None:
+            raise ValueError(
+                "The parameters are sharded by fully_shard: products are summed over their device "
+                "mesh, so `all_reduce` must be None (each rank passes its own share of the data)."
+            )
+        return FullyShardedHessianOperator(
+            model, batches, loss_fn or cross_entropy_loss, chosen, fixed_seed, hvp
+        )
     return HessianOperator(
-        model, batches, loss_fn or cross_entropy_loss, chosen, all_reduce, fixed_seed
+        model, batches, loss_fn or cross_entropy_loss, chosen, all_reduce, fixed_seed, hvp
     )
 
 
@@ -230,12 +263,13 @@ def hessian_operator(
     all_reduce: AllReduce | None,
     mode: Mode,
     seed: int,
+    hvp: Hvp = "autograd",
     clone_grads: bool = False,
 ) -> Iterator[HessianOperator]:
     """The Hessian operator of a computation, inside :func:`hessian_context`, released on exit:
     the one sequence every public function of the engine runs its products in."""
     with hessian_context(model, mode, clone_grads=clone_grads):
-        operator = build_operator(model, data, loss_fn, params, all_reduce, mode, seed)
+        operator = build_operator(model, data, loss_fn, params, all_reduce, mode, seed, hvp)
         try:
             yield operator
         finally:
@@ -265,6 +299,7 @@ def hessian_eigenvalues(
     stderr: bool = False,
     solver_options: Mapping[str, Any] | None = None,
     transform: Callable[[HessianOperator], LinearOperator] | None = None,
+    hvp: Hvp = "autograd",
 ) -> HessianSpectrum:
     """Top and bottom eigenvalues of the Hessian of ``model``'s mean loss on ``data``.
 
@@ -318,6 +353,11 @@ def hessian_eigenvalues(
             of ``H``; the spectrum then holds its eigenvalues (:func:`~lightning_shortcut.hessian.
             edge_of_stability` passes the step-preconditioned ``S^1/2 (H + W) S^1/2``). Solvers
             that run on the model (``"pyhessian"``) cannot take one.
+        hvp: ``"autograd"`` (default: double backward, exact) or ``"finite_difference"`` (the
+            central difference of two gradients, for models or strategies without double
+            backward; its estimated error is reported in ``hvp_error`` and added to the error
+            bounds, see :class:`~lightning_shortcut.hessian.HessianOperator`). Not with solvers
+            that run on the model (``"pyhessian"``).
 
     Returns:
         A :class:`HessianSpectrum`. A non-finite loss gives NaN values with ``converged=False``.
@@ -336,6 +376,16 @@ def hessian_eigenvalues(
     """
     validate_solver_args(method, top_k, bottom_k, min_abs, tol, max_iter)
     spec = SOLVERS[method]
+    if hvp not in HVPS or (hvp != "autograd" and spec.touches_grads):
+        raise ValueError(
+            f"`hvp` must be one of {list(HVPS)} ('autograd' with a solver that runs on the "
+            f"model), got hvp={hvp!r} with method={method!r}."
+        )
+    if spec.touches_grads and fsdp_modules(model):
+        raise ValueError(
+            f"method={method!r} runs on the model's gradients, which fully_shard reduces and "
+            "shards; use a solver of the operator such as 'lanczos'."
+        )
     if transform is not None and (not callable(transform) or spec.touches_grads):
         raise ValueError(
             f"`transform` must be a callable and `method` a solver of the operator; got "
@@ -348,10 +398,15 @@ def hessian_eigenvalues(
         )
     begin = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
-    context = dict(params=params, all_reduce=all_reduce, mode=mode, seed=seed)
+    context = dict(params=params, all_reduce=all_reduce, mode=mode, seed=seed, hvp=hvp)
     with hessian_operator(
         model, data, loss_fn, clone_grads=spec.touches_grads, **context
     ) as operator:
+        if stderr and operator.sharded:
+            raise ValueError(
+                "`stderr=True` is not available on a model sharded by fully_shard (the chunks' "
+                "products would need whole vectors on every rank); pass stderr=False."
+            )
         try:
             result = spec.solve(
                 operator if transform is None else _transformed(transform, operator),
@@ -361,7 +416,7 @@ def hessian_eigenvalues(
                 min_abs=min_abs,
                 tol=tol,
                 max_iter=max_iter or _default_max_iter(operator.dim, min_abs),
-                start=_start_vectors(start, operator.dim),
+                start=_start_vectors(start, operator.local_dim),
                 **dict(solver_options or {}),
             )
         except NonFiniteProductError:
@@ -375,13 +430,42 @@ def hessian_eigenvalues(
             products += sum(map(len, ends))
     seconds = time.perf_counter() - begin
     if result is None:
-        return HessianSpectrum.nan(
+        failed = HessianSpectrum.nan(
             top_k, bottom_k, min_abs, method, "non-finite loss or Hessian-vector product",
             operator.num_hvps, stderr,
         )  # fmt: skip
+        failed.hvp = hvp
+        return failed
     spectrum = _assemble(result, method, min_abs, tol, products, seconds)
     if stderr:
         spectrum.max_stderr, spectrum.min_stderr = result_stderr
+    return _with_product_error(spectrum, hvp, operator.hvp_error, result.scale, tol)
+
+
+def _with_product_error(
+    spectrum: HessianSpectrum, hvp: str, error: float | None, scale: float, tol: float
+) -> HessianSpectrum:
+    """Fold the finite-difference products' estimated error into the spectrum's error bounds."""
+    spectrum.hvp = hvp
+    if error is None:
+        return spectrum
+    spectrum.hvp_error = error
+    extra = error * scale
+    spectrum.top_errors = [value + extra for value in spectrum.top_errors]
+    spectrum.bottom_errors = [value + extra for value in spectrum.bottom_errors]
+    unresolved = False
+    if spectrum.min_abs_error is not None and spectrum.min_abs is not None:
+        spectrum.min_abs_error += extra
+        unresolved = bool(spectrum.min_abs_resolved) and spectrum.min_abs_error > tol * abs(
+            spectrum.min_abs
+        )
+        spectrum.min_abs_resolved = spectrum.min_abs_resolved and not unresolved
+    if error > tol or unresolved:
+        spectrum.converged = False
+        spectrum.reason = spectrum.reason or (
+            f"finite-difference products are accurate to about {error:.1e} of max|lambda|, "
+            f"not enough for tol={tol}"
+        )
     return spectrum
 
 
@@ -405,7 +489,8 @@ def _start_vectors(start: Sequence[Tensor] | None, dim: int) -> list[Tensor] | N
         if not isinstance(vector, Tensor) or vector.numel() != dim:
             shape = tuple(getattr(vector, "shape", ()))
             raise ValueError(
-                f"`start[{index}]` must be a flat vector of the {dim} parameters, got shape {shape}."
+                f"`start[{index}]` must be a flat vector of {dim} entries (the parameters; this "
+                f"rank's part of them under fully_shard), got shape {shape}."
             )
     return [vector.reshape(-1).detach() for vector in vectors] or None
 

@@ -72,7 +72,9 @@ class StepPreconditioner:
     """How one optimizer step scales the gradient, linearized on a quadratic.
 
     All per-parameter fields follow the order of the ``params`` given to
-    :func:`step_preconditioner`, which is also the order of the flat vectors.
+    :func:`step_preconditioner`, which is also the order of the flat vectors. For parameters
+    sharded by ``fully_shard`` (FSDP2), ``step_sizes`` hold this rank's rows, as the flat vectors
+    of :class:`~lightning_shortcut.hessian.sharded.FullyShardedHessianOperator` do.
 
     Attributes:
         optimizer: the optimizer's class name, e.g. ``"AdamW"``.
@@ -247,12 +249,12 @@ def step_preconditioner(
                 f"{type(optimizer).__name__} with maximize=True ascends the loss; its stability "
                 "concerns -H, not the Hessian whose eigenvalues are measured."
             )
-        rows.append(reader(group, optimizer.state.get(param, {}), param))
+        rows.append(reader(group, _local_state(optimizer.state.get(param, {})), _local(param)))
     if all(row[3] is None for row in rows):
         return None
     thresholds, shifts, decays, steps = zip(*rows, strict=True)
     steps = tuple(
-        torch.zeros_like(p, dtype=_dtype(p)) if s is None else s
+        torch.zeros_like(_local(p), dtype=_dtype(p)) if s is None else s
         for p, s in zip(params, steps, strict=True)
     )
     lrs = {float(group_of[id(p)]["lr"]) for p in params}
@@ -334,6 +336,16 @@ def _momentum(group: dict[str, Any], key: str) -> float:
             f"{key}={momentum} (accepted: 0 <= {key} < 1); the step diverges at any learning rate."
         )
     return momentum
+
+
+def _local(tensor: Any) -> Any:
+    """This rank's rows of a tensor sharded by ``fully_shard`` (a DTensor); other values as they are."""
+    to_local = getattr(tensor, "to_local", None)
+    return to_local() if callable(to_local) else tensor
+
+
+def _local_state(state: dict[str, Any]) -> dict[str, Any]:
+    return {key: _local(value) for key, value in state.items()}
 
 
 def _dtype(param: Tensor) -> torch.dtype:

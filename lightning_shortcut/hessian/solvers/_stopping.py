@@ -45,6 +45,9 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
+from lightning_shortcut.hessian.linear_operator import LinearOperator
+from lightning_shortcut.hessian.solvers._vectors import projection_norm
+
 __all__ = [
     "MIN_PRODUCTS",
     "WARM_MIN_OVERLAP",
@@ -123,12 +126,15 @@ class StoppingRule:
             measurement's extreme eigenvectors and their neighbours), or ``None`` for a cold run. A
             ``min_abs`` run is always judged cold (an interior problem gains little from a start
             near the ends).
+        space: the operator whose space the vectors are in (sharded vectors: inner products
+            reduced over processes, so that every rank takes the same decision).
     """
 
     ends: Ends
     tol: float
     max_iter: int
     inherited: Tensor | None = None
+    space: LinearOperator | None = None
     history: list[tuple[int, float, float]] = field(default_factory=list)
     #: whether the run stopped under the warm rule (before the cold floor)
     stopped_warm: bool = False
@@ -174,4 +180,6 @@ class StoppingRule:
 
     def overlap(self, vector: Tensor) -> float:
         """The norm of a unit vector's projection on the inherited directions."""
-        return float((self.inherited @ vector.to(self.inherited)).norm())
+        if self.space is None:
+            return float((self.inherited @ vector.to(self.inherited)).norm())
+        return projection_norm(self.space, self.inherited, vector)

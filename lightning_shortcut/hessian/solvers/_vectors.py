@@ -1,19 +1,27 @@
-"""Vector helpers shared by the solvers: random starts, Gram-Schmidt against row bases."""
+"""Vector helpers shared by the solvers: random starts, Gram-Schmidt against row bases.
+
+Every helper works in the space of an operator (:class:`~lightning_shortcut.hessian.LinearOperator`):
+vectors of its ``local_dim``, inner products and norms through its ``reduce`` and ``norm``, so the
+same code runs on whole vectors and on vectors sharded over processes.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-
-def stack_rows(vectors: Sequence[Tensor], like: Tensor, dim: int) -> Tensor:
-    """The vectors as the rows of a matrix (``0 x dim`` for none)."""
-    return torch.stack(list(vectors)) if vectors else like.new_zeros(0, dim)
+from lightning_shortcut.hessian.linear_operator import LinearOperator
 
 
-def orthogonalize(vector: Tensor, *bases: Tensor) -> Tensor:
+def stack_rows(vectors: Sequence[Tensor], space: LinearOperator) -> Tensor:
+    """The vectors as the rows of a matrix (``0 x local_dim`` for none)."""
+    return torch.stack(list(vectors)) if vectors else space.like.new_zeros(0, space.local_dim)
+
+
+def orthogonalize(space: LinearOperator, vector: Tensor, *bases: Tensor) -> Tensor:
     """``vector`` minus its projection on bases with orthonormal rows.
 
     Classical Gram-Schmidt done twice ("twice is enough", Giraud et al. 2005).
@@ -21,18 +29,44 @@ def orthogonalize(vector: Tensor, *bases: Tensor) -> Tensor:
     bases = tuple(basis for basis in bases if basis.shape[0] > 0)
     for _ in range(2):
         for basis in bases:
-            vector = torch.addmv(vector, basis.T, basis @ vector, alpha=-1)
+            vector = torch.addmv(vector, basis.T, space.reduce(basis @ vector), alpha=-1)
     return vector
 
 
+def orthonormal_rows(space: LinearOperator, vectors: Sequence[Tensor]) -> Tensor | None:
+    """Orthonormal rows spanning the finite, non-zero ``vectors`` (``None`` if none).
+
+    Gram-Schmidt done twice, in the operator's space: on sharded vectors every decision (finite,
+    non-zero, independent) is taken on reduced norms, so all ranks take it alike (a decision on a
+    rank's own part could differ between ranks and leave them waiting in different collectives).
+    A vector within ``1e-8`` (relative) of the span of those before it is dropped.
+    """
+    rows: list[Tensor] = []
+    for vector in vectors:
+        vector = vector.to(space.like)
+        norm = float(space.norm(vector))
+        if not math.isfinite(norm) or norm == 0.0:
+            continue
+        rest = orthogonalize(space, vector / norm, stack_rows(rows, space))
+        remaining = float(space.norm(rest))
+        if remaining > 1e-8:
+            rows.append(rest / remaining)
+    return torch.stack(rows) if rows else None
+
+
+def projection_norm(space: LinearOperator, rows: Tensor, vector: Tensor) -> float:
+    """The norm of ``vector``'s projection on orthonormal ``rows`` (inner products reduced)."""
+    return float(space.reduce(rows @ vector.to(rows)).norm())
+
+
 def random_unit_vector(
-    dim: int, like: Tensor, generator: torch.Generator, against: Tensor | None = None
+    space: LinearOperator, generator: torch.Generator, against: Tensor | None = None
 ) -> Tensor:
     """A Gaussian unit vector drawn on the CPU (device-independent), orthogonal to ``against``'s rows."""
-    vector = torch.randn(dim, generator=generator, dtype=torch.float64).to(like)
+    vector = space.random_vector(generator)
     if against is not None:
-        vector = orthogonalize(vector, against)
-    return vector / vector.norm()
+        vector = orthogonalize(space, vector, against)
+    return vector / space.norm(vector)
 
 
 #: Weight of the random part of a warm start: enough that no eigenvector is missing from the start
@@ -42,21 +76,21 @@ WARM_START_NOISE = 0.3
 
 
 def start_vector(
-    dim: int,
-    like: Tensor,
+    space: LinearOperator,
     generator: torch.Generator,
     against: Tensor,
     warm: Sequence[Tensor] | None = None,
 ) -> Tensor:
     """A unit start vector orthogonal to ``against``: random, or the sum of ``warm`` plus noise."""
-    noise = random_unit_vector(dim, like, generator, against)
+    noise = random_unit_vector(space, generator, against)
     if not warm:
         return noise
-    combined = sum(v.to(like) / v.norm().clamp_min(1e-300) for v in warm)
-    combined = orthogonalize(combined, against)
-    norm = combined.norm()
+    like = space.like
+    combined = sum(v.to(like) / space.norm(v.to(like)).clamp_min(1e-300) for v in warm)
+    combined = orthogonalize(space, combined, against)
+    norm = space.norm(combined)
     if not bool(torch.isfinite(norm)) or float(norm) == 0.0:
         return noise
     mixed = combined / norm + WARM_START_NOISE * noise
-    mixed = orthogonalize(mixed, against)
-    return mixed / mixed.norm()
+    mixed = orthogonalize(space, mixed, against)
+    return mixed / space.norm(mixed)

@@ -52,7 +52,7 @@ from lightning_shortcut.hessian.solvers._stopping import (
     end_errors,
     error_bound,
 )
-from lightning_shortcut.hessian.solvers._vectors import stack_rows, start_vector
+from lightning_shortcut.hessian.solvers._vectors import orthonormal_rows, stack_rows, start_vector
 from lightning_shortcut.hessian.solvers.base import EigenResult, register_solver
 
 __all__ = ["DEFAULT_MAX_BASIS", "MIN_PRODUCTS", "LanczosProcess", "lanczos"]
@@ -121,17 +121,19 @@ class LanczosProcess:
         product = check_finite(self.operator(vector))
         basis = self.basis
         coefficients = torch.zeros(self.size, dtype=torch.float64)
+        reduce = self.operator.reduce  # inner products of sharded vectors are summed over ranks
         for _ in range(2):  # twice is enough
-            projection = basis @ product
+            projection = reduce(basis @ product)
             product = torch.addmv(product, basis.T, projection, alpha=-1)
             coefficients += projection.double().cpu()
             if self.locked.shape[0]:
-                product = torch.addmv(product, self.locked.T, self.locked @ product, alpha=-1)
+                locked = reduce(self.locked @ product)
+                product = torch.addmv(product, self.locked.T, locked, alpha=-1)
         last = self.size - 1
         self._projected[: self.size, last] = coefficients
         self._projected[last, : self.size] = coefficients
         self.residual = product
-        self.beta = float(product.norm())
+        self.beta = float(self.operator.norm(product))
 
     def ritz(self) -> tuple[Tensor, Tensor, Tensor]:
         """Ritz values (ascending), their coordinate vectors (columns) and residual norms."""
@@ -141,7 +143,7 @@ class LanczosProcess:
 
     def ritz_vector(self, coordinates: Tensor) -> Tensor:
         vector = coordinates.to(self.buffer) @ self.basis
-        return vector / vector.norm()
+        return vector / self.operator.norm(vector)
 
     def grow(self, capacity: int) -> None:
         """Enlarge the basis storage to ``capacity`` vectors (a copy; only ``min_abs`` runs grow)."""
@@ -332,15 +334,6 @@ def _warm_vectors(
     return start[:top_k], start[top_k : top_k + bottom_k], start[top_k + bottom_k :]
 
 
-def _inherited(vectors: Sequence[Tensor], like: Tensor) -> Tensor | None:
-    """Orthonormal rows spanning the finite, non-zero inherited vectors (``None`` if none)."""
-    usable = [v.to(like) for v in vectors if bool(torch.isfinite(v).all()) and float(v.norm()) > 0]
-    if not usable:
-        return None
-    rows, _ = torch.linalg.qr(torch.stack(usable).T)
-    return rows.T
-
-
 @register_solver(
     "lanczos",
     supports_min_abs=True,
@@ -379,7 +372,7 @@ def lanczos(
     if isinstance(max_basis, bool) or not isinstance(max_basis, int) or max_basis < 3:
         raise ValueError(f"`max_basis` must be an int >= 3, got {max_basis!r}.")
     like = operator.like
-    buffer = like.new_empty(min(max_basis, operator.dim, max_iter + 1), operator.dim)
+    buffer = like.new_empty(min(max_basis, operator.dim, max_iter + 1), operator.local_dim)
     result = EigenResult()
     warm_top, warm_bottom, extras = _warm_vectors(start, top_k, bottom_k)
     result.warm = bool(warm_top or warm_bottom or extras)
@@ -403,9 +396,10 @@ def lanczos(
             )
             if wanted and len(found) < len(vectors)
         ] + (extras if first else [])
-        against = stack_rows(locked, like, operator.dim)
-        begin = start_vector(operator.dim, like, generator, against, warm)
-        rule = StoppingRule(ends, tol, max_iter, _inherited(warm, like) if warm else None)
+        against = stack_rows(locked, operator)
+        begin = start_vector(operator, generator, against, warm)
+        inherited = orthonormal_rows(operator, warm) if warm else None
+        rule = StoppingRule(ends, tol, max_iter, inherited, space=operator)
         run = _run(operator, begin, buffer, against, rule)
         runs += 1
         if not run.converged:

@@ -19,8 +19,8 @@ from lightning_shortcut.hessian.solvers.base import EigenResult, register_solver
 __all__ = ["power_iteration"]
 
 
-def _normalized(vector: Tensor) -> Tensor:
-    norm = vector.norm()
+def _normalized(operator: LinearOperator, vector: Tensor) -> Tensor:
+    norm = operator.norm(vector)
     return vector / norm if float(norm) > 0 else vector
 
 
@@ -37,15 +37,15 @@ def _shifted_power_iteration(
     Returns the Rayleigh quotient of ``A`` at the final vector, the vector, its residual
     ``||A v - theta v||`` (a bound on the error of ``theta``) and whether that reached ``threshold``.
     """
-    vector = _normalized(orthogonalize(start, locked))
+    vector = _normalized(operator, orthogonalize(operator, start, locked))
     theta, residual = math.nan, math.inf
     for _ in range(max_iter):
         product = check_finite(operator(vector))
-        theta = float(vector @ product)
-        residual = float((product - theta * vector).norm())
+        theta = float(operator.reduce(vector @ product))
+        residual = float(operator.norm(product - theta * vector))
         if residual <= threshold:
             return theta, vector, residual, True
-        vector = _normalized(orthogonalize(product + shift * vector, locked))
+        vector = _normalized(operator, orthogonalize(operator, product + shift * vector, locked))
     return theta, vector, residual, False
 
 
@@ -69,13 +69,12 @@ def power_iteration(
     ``s = 1.1 rho``. Each further eigenvalue is found on the complement of the ones already found.
     Errors are bounded by the residuals (no gap is known). ``start`` is not used.
     """
-    dim, like = operator.dim, operator.like
-    vector = random_unit_vector(dim, like, generator)
+    vector = random_unit_vector(operator, generator)
     rho = 0.0
     norm_tol = max(tol, 1e-3)
     for _ in range(max_iter):
         product = check_finite(operator(vector))
-        estimate = float(product.norm())
+        estimate = float(operator.norm(product))
         if estimate == 0.0:
             break
         vector = product / estimate
@@ -92,8 +91,8 @@ def power_iteration(
         (bottom_k, -1.0, result.bottom, result.bottom_vectors, result.bottom_errors),
     ):
         for _ in range(count):
-            against = stack_rows(vectors, like, dim)
-            begin = random_unit_vector(dim, like, generator, against)
+            against = stack_rows(vectors, operator)
+            begin = random_unit_vector(operator, generator, against)
             theta, found, residual, converged = _shifted_power_iteration(
                 operator, begin, sign * shift, against, tol * rho, max_iter
             )

@@ -1,0 +1,364 @@
+"""Hessian-vector products of a model sharded by FSDP2 (``fully_shard``), with sharded vectors.
+
+Under ``fully_shard`` each parameter is a ``DTensor`` whose rows are split over the ranks of a
+device mesh; forward and backward all-gather the rows into plain tensors and free them again.
+Gradients with respect to the sharded parameters do not exist in autograd (FSDP moves them by
+hooks: with respect to them ``torch.autograd.grad`` finds nothing, and products taken that way are
+zero), so a product by double backward differentiates the *unsharded* parameters. For the length
+of a measurement every ``fully_shard`` module is unsharded once, with resharding and gradient
+reduction off (the graph of the first derivatives must stay valid for every product: a reshard
+after the first backward frees the tensors it saved); afterwards FSDP's per-iteration state is
+reset (``reset_iter_state``), every module is resharded and its settings are restored. FSDP2 has
+setters for these settings but no getters, so they are read from, and restored into, its private
+state (``post_forward_mesh_info``, ``reshard_after_backward``, ``reduce_grads``,
+``all_reduce_grads`` of each parameter group), as in torch 2.14; the tests check the restoration.
+
+The solver's vectors stay sharded like the parameters: each rank holds its rows of every
+parameter, flattened in the order of the parameters. A product all-gathers the vector (one
+collective), takes this rank's ``sum_b n_b H_b v`` over its share of the data and reduce-scatters
+it (one collective); inner products and norms are sums over the ranks. The solver's memory per rank
+(``max_basis`` vectors, Ritz and warm-start vectors) is then about ``1 / world_size`` of a single
+process's; a product still needs two full-length vectors and, as every double backward does, the
+unsharded parameters and the first-order graph on every rank.
+
+Supported: every parameter the Hessian is over is a ``DTensor`` sharded on dim 0 over one 1-D
+mesh (plain FSDP2, as Lightning's ``ModelParallelStrategy`` sets it up with ``fully_shard``).
+Tensor parallelism and HSDP (2-D meshes) are refused with a message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from lightning_shortcut.hessian.operator import HessianOperator, Hvp, LossFn
+
+__all__ = [
+    "FullyShardedHessianOperator",
+    "ShardLayout",
+    "check_sharding",
+    "fsdp_modules",
+    "reshard",
+    "unsharded_parameters",
+]
+
+
+def _dtensor_type() -> type | None:
+    if not dist.is_available():
+        return None
+    from torch.distributed.tensor import DTensor
+
+    return DTensor
+
+
+def check_sharding(model: nn.Module, params: Sequence[Tensor]) -> bool:
+    """Whether the Hessian of ``model`` over ``params`` is taken the ``fully_shard`` way.
+
+    ``True`` when ``model`` has ``fully_shard`` modules and every parameter is sharded on dim 0
+    over one 1-D mesh; ``False`` when it has none and no parameter is a ``DTensor``.
+
+    Raises:
+        ValueError: for any other sharding (partly sharded parameters, tensor parallelism, HSDP,
+            several meshes), naming the parameter.
+    """
+    names = {id(param): name for name, param in model.named_parameters()}
+    dtensor = _dtensor_type()
+    if not fsdp_modules(model):
+        for param in params:
+            if dtensor is not None and isinstance(param, dtensor):
+                raise ValueError(
+                    f"Parameter {names.get(id(param))!r} is a DTensor but the model has no "
+                    "fully_shard module (tensor parallelism?); the Hessian supports FSDP2 "
+                    "sharding (fully_shard) only."
+                )
+        return False
+    from torch.distributed.tensor import Shard
+
+    mesh = None
+    for param in params:
+        name = names.get(id(param))
+        if not isinstance(param, dtensor):
+            raise ValueError(
+                f"Parameter {name!r} is a plain tensor in a model sharded by fully_shard; the "
+                "Hessian of a partly sharded model is not supported: apply fully_shard to the "
+                "whole model (the root module too) or pass `params` that are all sharded."
+            )
+        placements = tuple(param.placements)
+        if param.device_mesh.ndim != 1 or placements != (Shard(0),):
+            raise ValueError(
+                f"Parameter {name!r} is a DTensor with placements {placements} on a "
+                f"{param.device_mesh.ndim}-D mesh; the Hessian supports plain FSDP2 (Shard(0) on "
+                "a 1-D mesh), not tensor parallelism or HSDP."
+            )
+        if mesh is None:
+            mesh = param.device_mesh
+        elif param.device_mesh != mesh:
+            raise ValueError(
+                f"Parameter {name!r} is sharded over another device mesh than the first "
+                "parameter's; the Hessian supports one mesh."
+            )
+    return True
+
+
+def fsdp_modules(model: nn.Module) -> list[nn.Module]:
+    """The ``fully_shard`` modules of ``model`` (FSDP2), outermost first."""
+    if not dist.is_available():
+        return []
+    from torch.distributed.fsdp import FSDPModule
+
+    return [module for module in model.modules() if isinstance(module, FSDPModule)]
+
+
+def reshard(model: nn.Module) -> None:
+    """Reshard every ``fully_shard`` module of ``model``, so that its parameters are the sharded
+    ``DTensor`` s the optimizer steps. A module can be left unsharded by a forward without backward
+    (the root after validation); its next forward all-gathers the same values again."""
+    for module in fsdp_modules(model):
+        module.reshard()
+
+
+# FSDP2 has setters for these settings but no getters: they are read and restored from its state.
+_GROUP_SETTINGS = (
+    "post_forward_mesh_info",
+    "reshard_after_backward",
+    "reduce_grads",
+    "all_reduce_grads",
+)
+
+
+def _param_groups(module: nn.Module) -> list[Any]:
+    return list(module._get_fsdp_state()._fsdp_param_groups)
+
+
+@contextmanager
+def _fsdp_unsharded(modules: list[nn.Module]):
+    """All-gather every module's parameters and keep them: no reshard after forward or backward,
+    no gradient reduction. On exit the modules are resharded and their settings restored."""
+    roots = []
+    for module in modules:  # outermost first: an initialized root marks the modules inside it
+        state = module._get_fsdp_state()
+        if state._is_root is None:
+            # the first module forward runs through becomes FSDP's root, which does not reshard
+            # after forward; initialize it as training would before changing settings, so that
+            # the root's setting restored on exit is the one training uses
+            state._lazy_init()
+        if state._is_root:
+            roots.append(module)
+    saved = [
+        (
+            module,
+            module._get_fsdp_state()._auto_reshard_after_forward,
+            [
+                (group, {name: getattr(group, name) for name in _GROUP_SETTINGS})
+                for group in _param_groups(module)
+            ],
+        )
+        for module in modules
+    ]
+    try:
+        for module in modules:
+            module.set_reshard_after_forward(False, recurse=False)
+            module.set_reshard_after_backward(False, recurse=False)
+            module.set_requires_gradient_sync(False, recurse=False)
+        for module in modules:
+            module.unshard()
+        yield
+    finally:
+        # clear FSDP's per-iteration state, which a forward or backward aborted mid-flight (out
+        # of memory, ...) leaves behind; the operator's release cannot tell that one was
+        for root in roots:
+            reset = getattr(root, "reset_iter_state", None)
+            if callable(reset):
+                reset()
+        for module, auto, groups in saved:
+            module.reshard()
+            module._get_fsdp_state()._auto_reshard_after_forward = auto
+            for group, settings in groups:
+                for name, value in settings.items():
+                    setattr(group, name, value)
+
+
+@contextmanager
+def unsharded_parameters(model: nn.Module, params: Sequence[Tensor]):
+    """Unshard ``model``'s ``fully_shard`` modules and yield the unsharded tensor of each of
+    ``params`` (sharded parameters of ``model``), in order; everything is restored on exit.
+
+    Raises:
+        ValueError: if a parameter is not sharded on dim 0 over one 1-D mesh, or no
+            ``fully_shard`` module manages it.
+    """
+    if not check_sharding(model, params):
+        raise ValueError("The model has no fully_shard module.")
+    names = {id(param): name for name, param in model.named_parameters()}
+    chosen = [names[id(param)] for param in params]
+    with _fsdp_unsharded(fsdp_modules(model)):
+        unsharded = dict(model.named_parameters())
+        dtensor = _dtensor_type()
+        for name in chosen:
+            if isinstance(unsharded[name], dtensor):
+                raise ValueError(
+                    f"Parameter {name!r} is a DTensor that no fully_shard module manages; the "
+                    "Hessian supports parameters sharded by fully_shard."
+                )
+        yield [unsharded[name] for name in chosen]
+
+
+class ShardLayout:
+    """Where this rank's part of a flat vector over ``fully_shard`` parameters lies.
+
+    A flat vector is, on each rank, the concatenation of its rows of every parameter, flattened,
+    in the order of the parameters (its ``local_dim`` entries); the whole vector is, parameter by
+    parameter, the ranks' rows in the order of the mesh.
+
+    Args:
+        params: the sharded parameters (``DTensor``, ``Shard(0)`` on one 1-D mesh).
+    """
+
+    def __init__(self, params: Sequence[Tensor]) -> None:
+        mesh = params[0].device_mesh
+        self.group = mesh.get_group()
+        self.world_size = mesh.size()
+        self.rank = mesh.get_local_rank()
+        # on the parameters' device: NCCL moves only device tensors
+        local = torch.tensor(
+            [param.to_local().numel() for param in params],
+            dtype=torch.int64,
+            device=params[0].to_local().device,
+        )
+        gathered = [torch.empty_like(local) for _ in range(self.world_size)]
+        dist.all_gather(gathered, local, group=self.group)
+        #: ``numels[r][i]``: the entries of parameter ``i`` that rank ``r`` holds
+        self.numels = [counts.tolist() for counts in gathered]
+        self.full_numels = [param.numel() for param in params]
+        self.local_dim = sum(self.numels[self.rank])
+        self.padded = max(sum(counts) for counts in self.numels)
+
+    def _pieces_in_full_order(self) -> list[int]:
+        return [
+            self.numels[rank][index]
+            for index in range(len(self.full_numels))
+            for rank in range(self.world_size)
+        ]
+
+    def gather(self, local: Tensor) -> Tensor:
+        """The whole vector (parameters in order, each as its unsharded flat tensor) on every rank."""
+        padded = local.new_zeros(self.padded)
+        padded[: local.numel()] = local
+        rows = local.new_empty(self.world_size, self.padded)
+        dist.all_gather_single(rows.view(-1), padded, group=self.group)
+        by_rank = [
+            torch.split(rows[rank, : sum(counts)], counts)
+            for rank, counts in enumerate(self.numels)
+        ]
+        return torch.cat(
+            [
+                by_rank[rank][index]
+                for index in range(len(self.full_numels))
+                for rank in range(self.world_size)
+            ]
+        )
+
+    def reduce_scatter(self, full: Tensor) -> Tensor:
+        """This rank's part of the sum over ranks of ``full`` (a whole vector on each rank)."""
+        pieces = torch.split(full, self._pieces_in_full_order())
+        rows = full.new_zeros(self.world_size, self.padded)
+        count = len(self.full_numels)
+        for rank in range(self.world_size):
+            mine = [pieces[index * self.world_size + rank] for index in range(count)]
+            torch.cat(mine, out=rows[rank, : sum(self.numels[rank])])
+        local = full.new_empty(self.padded)
+        dist.reduce_scatter_single(local, rows.view(-1), group=self.group)
+        return local[: self.local_dim]
+
+    def all_reduce(self, tensor: Tensor) -> Tensor:
+        """The sum of ``tensor`` over the ranks (a new tensor)."""
+        summed = tensor.clone()
+        dist.all_reduce(summed, group=self.group)
+        return summed
+
+    def random_vector(self, generator: torch.Generator, like: Tensor) -> Tensor:
+        """This rank's part of a Gaussian vector that is the same for any number of ranks: each
+        parameter's entries are drawn in turn (float64, CPU) and each rank keeps its rows."""
+        parts = []
+        for index, numel in enumerate(self.full_numels):
+            draw = torch.randn(numel, generator=generator, dtype=torch.float64)
+            begin = sum(self.numels[rank][index] for rank in range(self.rank))
+            parts.append(draw[begin : begin + self.numels[self.rank][index]].to(like))
+        return torch.cat(parts) if parts else like.new_zeros(0)
+
+
+class FullyShardedHessianOperator(HessianOperator):
+    """:class:`HessianOperator` of a model sharded by ``fully_shard``, on sharded vectors.
+
+    Every rank calls it with its own share of the data and its part of the vector (see
+    :class:`ShardLayout`); the product is that of the Hessian of the mean loss over all ranks'
+    samples. The ``fully_shard`` modules are unsharded from construction to :meth:`release`.
+
+    Args:
+        model: the model (its ``fully_shard`` modules are found in it).
+        batches: this rank's batches.
+        loss_fn: ``loss_fn(model, batch) -> scalar`` mean loss of a batch.
+        params: the sharded parameters the Hessian is over.
+        fixed_seed: as in :class:`HessianOperator`.
+        hvp: as in :class:`HessianOperator` (finite differences perturb the unsharded copies of
+            the weights, which are restored from kept values, and never the shards).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        batches: Sequence[Any],
+        loss_fn: LossFn,
+        params: Sequence[Tensor],
+        fixed_seed: int | None = None,
+        hvp: Hvp = "autograd",
+    ) -> None:
+        self._unsharded = ExitStack()
+        unsharded = self._unsharded.enter_context(unsharded_parameters(model, params))
+        self.layout = ShardLayout(params)
+        self.sharded_params = list(params)
+        try:
+            super().__init__(model, batches, loss_fn, unsharded, None, fixed_seed, hvp)
+        except BaseException:
+            self._unsharded.close()
+            raise
+        self.local_dim = self.layout.local_dim
+
+    @property
+    def sharded(self) -> bool:
+        return True
+
+    def _matvec(self, vector: Tensor) -> Tensor:
+        whole = self.layout.gather(vector)
+        total = self._local_sum(whole)
+        flags = self.layout.all_reduce(
+            total.new_tensor([float(sum(self.sizes)), float(self.nonfinite)])
+        )
+        count, self.nonfinite = float(flags[0]), bool(flags[1] > 0)
+        local = self.layout.reduce_scatter(total)
+        if self.nonfinite:
+            return torch.full_like(vector, float("nan"))
+        product = local.div_(count)
+        if self.hvp == "finite_difference" and self.hvp_error is None:
+            wider = self.layout.reduce_scatter(self._local_sum(whole, scale=2.0))
+            self._estimate_error(product, wider.div_(count))
+        return product
+
+    def reduce(self, partial: Tensor) -> Tensor:
+        return self.layout.all_reduce(partial)
+
+    def norm(self, vector: Tensor) -> Tensor:
+        return self.layout.all_reduce(vector.norm().square()).sqrt()
+
+    def random_vector(self, generator: torch.Generator) -> Tensor:
+        return self.layout.random_vector(generator, self.like)
+
+    def release(self) -> None:
+        """Drop the cached first-order graph and reshard the model (restoring its settings)."""
+        super().release()
+        self._unsharded.close()
