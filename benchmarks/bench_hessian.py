@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _models import BENCH_MODELS, bench_model, synchronize
 
 from lightning_shortcut.hessian import hessian_eigenvalues
+from lightning_shortcut.hessian.context import hessian_context
 from lightning_shortcut.hessian.operator import HessianOperator, cross_entropy_loss
-from lightning_shortcut.hessian.spectrum import hessian_context
 
 
 def _timed(fn, device, repeats):

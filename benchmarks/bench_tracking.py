@@ -63,7 +63,7 @@ def gd_tanh(steps: int):
 
 def sgd_recipe(name: str):
     def build(steps: int):
-        model, (x, y) = recipe_model(name, torch.device("cpu"))
+        model, (x, _) = recipe_model(name, torch.device("cpu"))
         generator = torch.Generator().manual_seed(1)
         data_x = torch.randn(4096, *x.shape[1:], generator=generator)
         data_y = torch.randint(0, 10, (4096,), generator=generator)

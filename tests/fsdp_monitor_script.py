@@ -89,7 +89,9 @@ class SaveWeights(Callback):
                 "weights": self.weights,
                 "history": monitor.history if monitor else None,
                 "batches": monitor._batches["fit"] if monitor else None,
-                "vectors": [v.numel() for v in monitor._start_vectors or []] if monitor else None,
+                "vectors": [v.numel() for v in monitor._tracker._vectors or []]
+                if monitor
+                else None,
             },
             self.out / f"{self.name}_{trainer.global_rank}.pt",
         )

@@ -8,7 +8,7 @@ from helpers.reference import dense_eigenvalues
 from torch import nn
 
 from lightning_shortcut.hessian import hessian_eigenvalues
-from lightning_shortcut.hessian.spectrum import build_operator, hessian_context
+from lightning_shortcut.hessian.context import build_operator, hessian_context
 
 torch.manual_seed(0)
 

@@ -13,6 +13,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from torch import nn
 
 from lightning_shortcut.callbacks import HessianEigenvalueMonitor
+from lightning_shortcut.callbacks._strategies import check_sharded_model
 from lightning_shortcut.hessian import hessian_eigenvalues, hessian_trace
 
 # the module (the package re-exports the function of the same name)
@@ -190,14 +191,14 @@ def test_the_monitor_refuses_at_fit_start_what_it_cannot_measure(one_process_gro
     fully_shard(model)
     trainer = SimpleNamespace(world_size=2)  # the model is sharded over 1 of 2 ranks
     with pytest.raises(MisconfigurationException, match="sharded over 1 of the 2 ranks"):
-        HessianEigenvalueMonitor()._check_sharding(trainer, model)
+        check_sharded_model(trainer, model, None, "lanczos")
     trainer = SimpleNamespace(world_size=1)
     with pytest.raises(MisconfigurationException, match="pyhessian"):
-        HessianEigenvalueMonitor(method="pyhessian")._check_sharding(trainer, model)
+        check_sharded_model(trainer, model, None, "pyhessian")
     partly = _model()
     fully_shard(partly[4])
     with pytest.raises(MisconfigurationException, match="partly sharded"):
-        HessianEigenvalueMonitor()._check_sharding(trainer, partly)
+        check_sharded_model(trainer, partly, None, "lanczos")
 
 
 def test_strategies_without_double_backward_are_refused_with_the_ways_forward():

@@ -175,7 +175,7 @@ def test_tracker_starts_cold_when_the_parameters_change():
     assert tracker.start(params) is None  # after a failed measurement
     with pytest.raises(ValueError, match="audit_every"):
         SpectrumTracker(audit_every=0)
-    with pytest.raises(ValueError, match=f"{sum(p.numel() for p in params)} parameters"):
+    with pytest.raises(ValueError, match=f"{sum(p.numel() for p in params)} entries"):
         hessian_eigenvalues(model, (x, y), start=[torch.zeros(3, dtype=torch.float64)])
 
 

@@ -20,8 +20,9 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from lightning_shortcut.hessian._state import preserved_rng, preserved_state
 from lightning_shortcut.hessian.operator import batch_size as count_samples
+from lightning_shortcut.hessian.operator import cross_entropy_loss
 
-__all__ = ["check_loss", "gather_hessian_batch", "stage_dataloader"]
+__all__ = ["check_loss", "gather_hessian_batch", "resolve_loss_fn", "stage_dataloader"]
 
 
 def stage_dataloader(
@@ -122,3 +123,16 @@ def _take(loader: Iterable[Any], num_samples: int) -> list[Any]:
         if count >= num_samples:
             break
     return batches
+
+
+def resolve_loss_fn(loss_fn: Callable | None, pl_module: pl.LightningModule) -> Callable:
+    """``loss_fn`` if given, else the module's ``hessian_loss(batch)``, else cross-entropy."""
+    if loss_fn is not None:
+        return loss_fn
+    if callable(getattr(pl_module, "hessian_loss", None)):
+        return _call_hessian_loss
+    return cross_entropy_loss
+
+
+def _call_hessian_loss(pl_module: pl.LightningModule, batch: Any) -> Tensor:
+    return pl_module.hessian_loss(batch)

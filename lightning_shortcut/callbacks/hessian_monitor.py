@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from typing_extensions import override
@@ -23,17 +19,22 @@ from lightning_shortcut._validation import (
 from lightning_shortcut.callbacks._hessian_batch import (
     check_loss,
     gather_hessian_batch,
+    resolve_loss_fn,
     stage_dataloader,
 )
 from lightning_shortcut.callbacks._schedule import DEFAULT_MAX_OVERHEAD, ScheduledMonitor
 from lightning_shortcut.callbacks._stability import StabilityTracker
+from lightning_shortcut.callbacks._strategies import (
+    check_sharded_model,
+    refuse_strategies_without_double_backward,
+)
+from lightning_shortcut.callbacks._warnings import MeasurementWarnings
 from lightning_shortcut.hessian.operator import (
     HVPS,
     batch_size,
-    cross_entropy_loss,
     resolve_params,
 )
-from lightning_shortcut.hessian.sharded import check_sharding, fsdp_modules, reshard
+from lightning_shortcut.hessian.sharded import fsdp_modules
 from lightning_shortcut.hessian.solvers import SOLVERS
 from lightning_shortcut.hessian.spectrum import (
     HessianSpectrum,
@@ -46,9 +47,6 @@ __all__ = ["DEFAULT_MAX_OVERHEAD", "HessianEigenvalueMonitor"]
 
 LossFn = Callable[[pl.LightningModule, Any], Tensor]
 ParamsSpec = Literal["all", "residual"] | Callable[[nn.Module], Iterable[Tensor]] | None
-# values of a measurement that are not eigenvalues: NaN there is no reason to warn
-_BOOKKEEPING = ("seconds", "num_hvps", "converged", "warm_start")
-_STDERR = ("max_eigenvalue_stderr", "min_eigenvalue_stderr")
 
 
 class HessianEigenvalueMonitor(ScheduledMonitor):
@@ -122,25 +120,12 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     ``params`` (6 by default), plus one for Adam's stability run; a measurement itself holds a
     Lanczos basis of 20 such vectors (``solver_options={"max_basis": ...}``).
 
-    Strategies:
-
-    - A single device, DDP and other strategies that keep whole parameters on every rank: exact
-      products; each rank takes its share of the Hessian batch and every product is all-reduced.
-    - ``ModelParallelStrategy`` with ``fully_shard`` (FSDP2) over all ranks: exact products. For a
-      measurement the ``fully_shard`` modules are unsharded once, with resharding and gradient
-      reduction off (every rank then holds the unsharded parameters and the first-order graph, as
-      in a forward-backward without resharding), and restored with their settings afterwards. The
-      solver's vectors (Lanczos basis, Ritz and warm-start vectors) stay sharded like the
-      parameters, so their memory per rank is about ``1 / world_size`` of one process's
-      (measured: 0.50x at 2 ranks, ``benchmarks/bench_fsdp_memory.py``). Refused at fit start:
-      tensor parallelism, HSDP (2-D meshes), a partly sharded model, sharding over fewer ranks
-      than the world and ``method="pyhessian"``.
-    - ``FSDPStrategy`` (FSDP1) and DeepSpeed: refused at setup; they have no double backward.
-      ``hvp="finite_difference"`` needs only first derivatives, but it has not been run under
-      them (Lightning runs them only on GPUs), so they stay refused.
-
-    ``hvp="finite_difference"`` works wherever exact products do (single device, DDP,
-    ``ModelParallelStrategy``), for models without double backward.
+    Strategies: a single device and DDP (each rank takes its share of the Hessian batch; every
+    product is all-reduced), and ``ModelParallelStrategy`` with ``fully_shard`` (FSDP2) over all
+    ranks, where the solver's vectors stay sharded like the parameters (their memory per rank falls
+    as ``1 / world_size``): exact products. ``hvp="finite_difference"`` works wherever exact
+    products do. ``FSDPStrategy`` and DeepSpeed are refused at setup (no double backward); tensor
+    parallelism, HSDP and partly sharded models at fit start. Details: ``docs/strategies.md``.
 
     Loss: ``loss_fn`` if given, else the module's ``hessian_loss(self, batch)`` (the scalar mean loss:
     the way to use a model's own loss), else the cross-entropy of ``pl_module(inputs)``. The batch is
@@ -280,11 +265,11 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         self._batches: dict[str, list[Any]] = {}  # the Hessian batch of each stage
         self._samples = num_samples  # in the last Hessian batch gathered
         self._sharded = False  # the model is sharded by fully_shard (FSDP2)
-        self._warned: set[str] = set()
+        self._warnings = MeasurementWarnings(num_samples, tol, max_iter)
         # warm starts of the fit measurements (audit_every=1 when off: every one is cold)
         self._tracker = SpectrumTracker(audit_every if warm_start else 1)
         self._stability = StabilityTracker(
-            warn_above, self._warn_once, SpectrumTracker(audit_every if warm_start else 1)
+            warn_above, self._warnings.once, SpectrumTracker(audit_every if warm_start else 1)
         )
 
     def __validate_init_configuration(self) -> None:
@@ -340,48 +325,13 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._refuse_strategies_without_double_backward(trainer)
-
-    def _refuse_strategies_without_double_backward(self, trainer: pl.Trainer) -> None:
-        if isinstance(trainer.strategy, FSDPStrategy | DeepSpeedStrategy):
-            raise MisconfigurationException(
-                f"HessianEigenvalueMonitor needs double backward, which "
-                f"{type(trainer.strategy).__name__} does not support. For a sharded model use "
-                "ModelParallelStrategy with fully_shard (FSDP2), where the products are exact; "
-                "otherwise DDP or a single device. hvp='finite_difference' needs only first "
-                f"derivatives, but it has not been verified under {type(trainer.strategy).__name__}, "
-                "which stays refused."
-            )
-
-    def _check_sharding(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Refuse, at the start of a stage, a sharded model the engine would get wrong."""
-        reshard(pl_module)
-        params = resolve_params(pl_module, self.params)
-        try:
-            self._sharded = check_sharding(pl_module, params)
-            if not self._sharded:
-                return
-        except ValueError as error:
-            raise MisconfigurationException(f"HessianEigenvalueMonitor: {error}") from error
-        mesh_size = params[0].device_mesh.size()
-        if mesh_size != trainer.world_size:
-            raise MisconfigurationException(
-                f"HessianEigenvalueMonitor: the parameters are sharded over {mesh_size} of the "
-                f"{trainer.world_size} ranks, which hold different Hessian samples; shard them "
-                "over all ranks (fully_shard over the whole world, or data_parallel_size equal "
-                "to the number of processes)."
-            )
-        if SOLVERS[self.method].touches_grads:
-            raise MisconfigurationException(
-                f"HessianEigenvalueMonitor: method={self.method!r} runs on the model's gradients, "
-                "which fully_shard reduces and shards; use an operator solver such as 'lanczos'."
-            )
+        refuse_strategies_without_double_backward(trainer)
 
     # the Hessian batch and the loss
 
     @override
     def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._check_sharding(trainer, pl_module)
+        self._sharded = check_sharded_model(trainer, pl_module, self.params, self.method)
         self._batches[stage] = self._gather_hessian_batch(trainer, pl_module, stage)
 
     def _gather_hessian_batch(
@@ -390,18 +340,10 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         """This rank's share of the stage's Hessian batch, checked against the loss."""
         loader = stage_dataloader(trainer, self.data, stage)
         batches = gather_hessian_batch(trainer, loader, self.num_samples, self.batch_size, stage)
-        check_loss(self._resolve_loss_fn(pl_module), pl_module, batches[0])
+        check_loss(resolve_loss_fn(self.loss_fn, pl_module), pl_module, batches[0])
         # the samples there are (a dataset smaller than num_samples gives fewer), over all ranks
         self._samples = sum(batch_size(batch) for batch in batches) * trainer.world_size
         return batches
-
-    def _resolve_loss_fn(self, pl_module: pl.LightningModule) -> LossFn:
-        """``loss_fn`` if given, else the module's ``hessian_loss(batch)``, else cross-entropy."""
-        if self.loss_fn is not None:
-            return self.loss_fn
-        if callable(getattr(pl_module, "hessian_loss", None)):
-            return _call_hessian_loss
-        return cross_entropy_loss
 
     @override
     def _describe_cost(self, record: dict[str, float]) -> tuple[str, str]:
@@ -420,7 +362,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     ) -> None:
         spectrum = self._compute_spectrum(trainer, pl_module, stage)
         metrics = self._collect_metrics(trainer, pl_module, stage, spectrum)
-        self._warn_about(spectrum, metrics, trainer.global_step)
+        self._warnings.about(spectrum, metrics, trainer.global_step)
         self.history.append(
             {"step": trainer.global_step, "epoch": trainer.current_epoch, "stage": stage, **metrics}
         )
@@ -450,7 +392,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
             return spectrum
         # a numerical or memory error is logged as NaN: training goes on
         except (RuntimeError, torch.OutOfMemoryError) as error:
-            self._warn_once(
+            self._warnings.once(
                 "error",
                 f"HessianEigenvalueMonitor could not compute the spectrum at step "
                 f"{trainer.global_step}: {error}",
@@ -480,7 +422,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
             all_reduce = lambda t: trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
         return {
             "data": batches,
-            "loss_fn": self._resolve_loss_fn(pl_module),
+            "loss_fn": resolve_loss_fn(self.loss_fn, pl_module),
             "params": self.params,
             "method": self.method,
             "tol": self.tol,
@@ -514,40 +456,6 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
             metrics["seconds"] += seconds
         return metrics
 
-    def _warn_about(self, spectrum: HessianSpectrum, metrics: dict[str, float], step: int) -> None:
-        values = {k: v for k, v in metrics.items() if k not in _BOOKKEEPING and k not in _STDERR}
-        if any(math.isnan(v) for v in values.values()):
-            self._warn_once(
-                "nan",
-                f"HessianEigenvalueMonitor: non-finite loss or spectrum at step {step}; logged as NaN.",
-            )
-        elif any(math.isnan(metrics.get(key, 0.0)) for key in _STDERR):
-            self._warn_once(
-                "stderr",
-                f"HessianEigenvalueMonitor: at step {step} the standard error of the eigenvalues is "
-                f"NaN: it needs a Hessian batch of at least 2 samples (num_samples="
-                f"{self.num_samples}) and finite products on each chunk of it.",
-            )
-        elif spectrum.min_abs_resolved is False and spectrum.converged:
-            self._warn_once(
-                "unresolved",
-                f"HessianEigenvalueMonitor: at step {step} the smallest |eigenvalue| is below what "
-                f"tol={self.tol} resolves (<= tol * max|eigenvalue|): the Hessian is singular to "
-                "within tol, so condition_number is logged as inf. A network's full Hessian usually "
-                "is; params='residual' gives the paper's well-conditioned one.",
-            )
-        elif not spectrum.converged:
-            self._warn_once(
-                "not_converged",
-                f"HessianEigenvalueMonitor: the solver did not reach tol={self.tol} within "
-                f"max_iter={self.max_iter} at step {step}; the logged values are its best estimates.",
-            )
-
-    def _warn_once(self, kind: str, message: str) -> None:
-        if kind not in self._warned:
-            self._warned.add(kind)
-            rank_zero_warn(message)
-
     def _log_metrics(self, trainer: pl.Trainer, stage: str, metrics: dict[str, float]) -> None:
         prefix = self.log_prefix if stage == "fit" else f"{self.log_prefix}{stage}/"
         prefixed = {f"{prefix}{name}": value for name, value in metrics.items()}
@@ -558,7 +466,3 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
                 logger.log_metrics(
                     {**prefixed, "epoch": float(trainer.current_epoch)}, step=trainer.global_step
                 )
-
-
-def _call_hessian_loss(pl_module: pl.LightningModule, batch: Any) -> Tensor:
-    return pl_module.hessian_loss(batch)

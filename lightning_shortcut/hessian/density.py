@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_shortcut.hessian.context import Mode, hessian_operator
 from lightning_shortcut.hessian.operator import AllReduce, LossFn
 from lightning_shortcut.hessian.sharded import fsdp_modules
 from lightning_shortcut.hessian.solvers import LanczosProcess
 from lightning_shortcut.hessian.solvers._vectors import random_unit_vector
-from lightning_shortcut.hessian.spectrum import Mode, build_operator, hessian_context
 from lightning_shortcut.residual import check_positive_int
 
 __all__ = ["SpectralDensity", "TraceEstimate", "hessian_trace", "spectral_density"]
@@ -99,8 +99,8 @@ def hessian_trace(
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     samples: list[float] = []
-    with hessian_context(model, mode):
-        operator = build_operator(model, data, loss_fn, params, all_reduce, mode, seed)
+    context = dict(params=params, all_reduce=all_reduce, mode=mode, seed=seed)
+    with hessian_operator(model, data, loss_fn, **context) as operator:
         for _ in range(num_probes):
             signs = torch.randint(0, 2, (operator.dim,), generator=generator) * 2 - 1
             probe = signs.to(operator.like)
@@ -109,7 +109,6 @@ def hessian_trace(
                 mean, error = _mean_and_error(samples)
                 if error <= rtol * abs(mean):
                     break
-        operator.release()
     mean, error = _mean_and_error(samples)
     return TraceEstimate(mean, error, len(samples), operator.num_hvps, time.perf_counter() - start)
 
@@ -159,8 +158,8 @@ def spectral_density(
     generator = torch.Generator().manual_seed(seed)
     all_nodes: list[Tensor] = []
     all_weights: list[Tensor] = []
-    with hessian_context(model, mode):
-        operator = build_operator(model, data, loss_fn, params, all_reduce, mode, seed)
+    context = dict(params=params, all_reduce=all_reduce, mode=mode, seed=seed)
+    with hessian_operator(model, data, loss_fn, **context) as operator:
         steps = min(num_steps, operator.dim)
         buffer = operator.like.new_empty(steps, operator.dim)
         no_lock = operator.like.new_zeros(0, operator.dim)
@@ -178,7 +177,6 @@ def spectral_density(
             weights[: values.numel()] = vectors[0] ** 2
             all_nodes.append(nodes)
             all_weights.append(weights)
-        operator.release()
     nodes = torch.stack(all_nodes)
     weights = torch.stack(all_weights)
     # Unused slots (an invariant subspace reached early) carry zero weight; park them on a node.

@@ -18,9 +18,10 @@ from typing import Any
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from lightning_shortcut.hessian.context import Mode
 from lightning_shortcut.hessian.operator import AllReduce, Hvp, LossFn, ParamsSpec, resolve_params
 from lightning_shortcut.hessian.sharded import reshard
-from lightning_shortcut.hessian.spectrum import Mode, hessian_eigenvalues
+from lightning_shortcut.hessian.spectrum import hessian_eigenvalues
 from lightning_shortcut.hessian.stability import select_optimizer, step_preconditioner
 
 __all__ = ["EdgeOfStability", "edge_of_stability"]

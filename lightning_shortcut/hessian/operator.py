@@ -3,29 +3,27 @@
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils._pytree import tree_flatten, tree_map
 
+from lightning_shortcut.hessian.batches import (
+    LossFn,
+    batch_size,
+    cross_entropy_loss,
+    detach_inference,
+    normalize_batches,
+)
 from lightning_shortcut.hessian.linear_operator import LinearOperator
-from lightning_shortcut.residual import residual_parameters
+from lightning_shortcut.hessian.params import ParamsSpec, resolve_params
 
-LossFn = Callable[[nn.Module, Any], Tensor]
 AllReduce = Callable[[Tensor], Tensor]
 #: How a Hessian-vector product is taken: by double backward (exact) or by the central difference
 #: of two gradients (first derivatives only).
 Hvp = Literal["autograd", "finite_difference"]
 HVPS = ("autograd", "finite_difference")
-#: Which parameters to take the Hessian over: all trainable ones (``None`` or ``"all"``), the
-#: ResidualStack branches (``"residual"``), a callable ``model -> parameters`` or the parameters.
-ParamsSpec = (
-    Literal["all", "residual"] | Callable[[nn.Module], Iterable[Tensor]] | Iterable[Tensor] | None
-)
 
 __all__ = [
     "HVPS",
@@ -34,111 +32,11 @@ __all__ = [
     "Hvp",
     "LossFn",
     "ParamsSpec",
+    "batch_size",
     "cross_entropy_loss",
     "normalize_batches",
     "resolve_params",
-]
-
-_PASS_LOSS_FN = (
-    "Pass `loss_fn=lambda model, batch: ...` returning the scalar mean loss of a batch (or, in "
-    "Lightning, define `hessian_loss(self, batch)` on the LightningModule)."
-)
-
-
-def cross_entropy_loss(model: nn.Module, batch: Any) -> Tensor:
-    """The default loss: cross-entropy of ``model(inputs)`` against ``targets``.
-
-    Raises:
-        ValueError: if ``batch`` is not an ``(inputs, targets, ...)`` tuple or list of tensors.
-    """
-    if not (
-        isinstance(batch, tuple | list)
-        and len(batch) >= 2
-        and isinstance(batch[0], Tensor)
-        and isinstance(batch[1], Tensor)
-    ):
-        raise ValueError(
-            "The default loss reads a batch as (inputs, targets) and computes the cross-entropy of "
-            f"model(inputs); got a batch of type {type(batch).__name__}. {_PASS_LOSS_FN}"
-        )
-    inputs, targets = batch[0], batch[1]
-    logits = model(inputs)
-    if not isinstance(logits, Tensor):
-        raise ValueError(
-            "The default loss is the cross-entropy of model(inputs), which must be a tensor of "
-            f"logits; the model returned a {type(logits).__name__}. {_PASS_LOSS_FN}"
-        )
-    if targets.is_floating_point():
-        _check_soft_labels(logits, targets)
-    return F.cross_entropy(logits, targets)
-
-
-def _check_soft_labels(logits: Tensor, targets: Tensor) -> None:
-    """Float targets are valid for cross-entropy only as class probabilities; say so either way."""
-    probabilities = (
-        targets.shape == logits.shape
-        and targets.ndim >= 2
-        and bool((targets >= 0).all())
-        and bool(torch.allclose(targets.sum(dim=1), targets.new_ones(())))
-    )
-    if not probabilities:
-        raise ValueError(
-            f"The default loss is classification cross-entropy, but the targets are floats of shape "
-            f"{tuple(targets.shape)} that are not class probabilities (a regression?). "
-            f"{_PASS_LOSS_FN}"
-        )
-    warnings.warn(
-        "The default loss reads float targets as class probabilities (soft labels); if that is not "
-        f"what the model is trained on, pass `loss_fn`. {_PASS_LOSS_FN[5:]}",
-        UserWarning,
-        stacklevel=3,
-    )
-
-
-def _is_single_batch(data: Any) -> bool:
-    if isinstance(data, dict):
-        return True
-    return isinstance(data, tuple | list) and len(data) > 0 and isinstance(data[0], Tensor)
-
-
-def normalize_batches(data: Any) -> list[Any]:
-    """One batch ``(inputs, targets)`` (or a dict) or an iterable of batches, as a list of batches.
-
-    Raises:
-        ValueError: if there is no batch or a batch holds no tensor.
-    """
-    if isinstance(data, Tensor):
-        raise ValueError(
-            "`data` must be a batch such as (inputs, targets) or an iterable of batches, got a "
-            "bare tensor; pass (inputs, targets)."
-        )
-    batches = [data] if _is_single_batch(data) else list(data)
-    if not batches:
-        raise ValueError("`data` holds no batch; pass (inputs, targets) or a non-empty iterable.")
-    for batch in batches:
-        batch_size(batch)
-    return batches
-
-
-def batch_size(batch: Any) -> int:
-    """The number of samples of a batch: the first dimension of its first tensor."""
-    leaves, _ = tree_flatten(batch)
-    for leaf in leaves:
-        if isinstance(leaf, Tensor) and leaf.ndim > 0:
-            if leaf.shape[0] == 0:
-                raise ValueError("`data` holds an empty batch (first dimension 0).")
-            return int(leaf.shape[0])
-    raise ValueError(
-        f"A batch must hold at least one tensor with a batch dimension, got {batch!r}."
-    )
-
-
-def _detach_inference(batch: Any) -> Any:
-    # Tensors made under `torch.inference_mode` cannot be saved for backward; clone them out.
-    return tree_map(
-        lambda leaf: leaf.clone() if isinstance(leaf, Tensor) and leaf.is_inference() else leaf,
-        batch,
-    )
+]  # the batches' and parameters' helpers are re-exported: every product reads them
 
 
 class HessianOperator(LinearOperator):
@@ -194,7 +92,7 @@ class HessianOperator(LinearOperator):
         self.hvp = hvp
         self.hvp_error: float | None = None
         self.fixed_seed = fixed_seed
-        self.batches = [_detach_inference(batch) for batch in batches]
+        self.batches = [detach_inference(batch) for batch in batches]
         self.sizes = [batch_size(batch) for batch in self.batches]
         self.loss_fn = loss_fn
         self.params = list(params)
@@ -345,59 +243,3 @@ class HessianOperator(LinearOperator):
         """Drop the cached first-order graph (and the weights kept for finite differences)."""
         self._cached = None
         self._weights = None
-
-
-def resolve_params(model: nn.Module, params: ParamsSpec) -> list[Tensor]:
-    """The parameters to differentiate, checked against ``model``.
-
-    ``None`` or ``"all"``: every parameter that requires grad; ``"residual"``: the branch parameters
-    of every :class:`~lightning_shortcut.ResidualStack` in the model (the paper's Hessian); a callable
-    ``model -> parameters``; or the parameters themselves.
-
-    Raises:
-        ValueError: if a parameter is not one of the model's, none requires grad, or
-            ``"residual"`` finds no ResidualStack.
-        TypeError: if ``params`` is none of the above.
-    """
-    if params is None or params == "all":
-        chosen = [p for p in model.parameters() if p.requires_grad]
-        if not chosen:
-            raise ValueError(f"{type(model).__name__} has no parameter that requires grad.")
-        return chosen
-    if params == "residual":
-        chosen = residual_parameters(model)
-        if not chosen:
-            raise ValueError(
-                f"params='residual' but {type(model).__name__} contains no ResidualStack; pass "
-                "params='all', a callable or the parameters."
-            )
-        return _checked(model, chosen)
-    if isinstance(params, str):
-        raise ValueError(
-            f"`params` must be 'all', 'residual', a callable or parameters, got {params!r}."
-        )
-    if callable(params) and not isinstance(params, Tensor):
-        return _checked(model, list(params(model)))
-    if isinstance(params, Tensor) or not isinstance(params, Iterable):
-        raise TypeError(
-            "`params` must be 'all', 'residual', a callable or an iterable of parameters, got "
-            f"{type(params).__name__}."
-        )
-    return _checked(model, list(params))
-
-
-def _checked(model: nn.Module, chosen: list[Tensor]) -> list[Tensor]:
-    owned = {id(p) for p in model.parameters()}
-    if not chosen:
-        raise ValueError("`params` is empty; pass None for all trainable parameters.")
-    for index, param in enumerate(chosen):
-        if not isinstance(param, Tensor) or id(param) not in owned:
-            raise ValueError(
-                f"`params[{index}]` (shape {tuple(getattr(param, 'shape', ()))}) is not a parameter "
-                f"of {type(model).__name__}."
-            )
-        if not param.requires_grad:
-            raise ValueError(f"`params[{index}]` does not require grad.")
-    if len({id(p) for p in chosen}) != len(chosen):
-        raise ValueError("`params` lists a parameter more than once.")
-    return chosen

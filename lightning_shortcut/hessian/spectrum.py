@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from lightning_shortcut.hessian._state import autograd_enabled, preserved_state
+from lightning_shortcut.hessian.context import Mode, hessian_operator
 from lightning_shortcut.hessian.linear_operator import LinearOperator, NonFiniteProductError
 from lightning_shortcut.hessian.operator import (
     HVPS,
@@ -21,16 +18,11 @@ from lightning_shortcut.hessian.operator import (
     Hvp,
     LossFn,
     ParamsSpec,
-    cross_entropy_loss,
-    normalize_batches,
-    resolve_params,
 )
+from lightning_shortcut.hessian.results import HessianSpectrum
 from lightning_shortcut.hessian.sampling import rayleigh_stderr
 from lightning_shortcut.hessian.sharded import (
-    FullyShardedHessianOperator,
-    check_sharding,
     fsdp_modules,
-    reshard,
 )
 from lightning_shortcut.hessian.solvers import SOLVERS, EigenResult
 from lightning_shortcut.theory import magnitude_ratio
@@ -39,133 +31,6 @@ __all__ = ["METHODS", "HessianSpectrum", "hessian_eigenvalues"]
 
 #: The registered solvers' names, a live view of :data:`~lightning_shortcut.hessian.SOLVERS`.
 METHODS = SOLVERS.keys()
-Mode = Literal["eval", "train"]
-
-
-@dataclass
-class HessianSpectrum:
-    """The extreme eigenvalues of a loss Hessian, with bounds on their errors.
-
-    Attributes:
-        top: the ``top_k`` largest eigenvalues, descending.
-        bottom: the ``bottom_k`` smallest eigenvalues, ascending.
-        max: the largest algebraic eigenvalue (``None`` when ``top_k = 0``).
-        min: the smallest algebraic eigenvalue (``None`` when ``bottom_k = 0``).
-        min_abs: the smallest ``|eigenvalue|`` (``None`` unless ``min_abs=True``); where not
-            resolved, an upper bound on it.
-        min_abs_resolved: whether ``min_abs`` is known to relative accuracy ``tol``; ``False`` when it
-            is below what the tolerance resolves (``<= tol * max|lambda|``: the Hessian is singular
-            to within ``tol``) or the solver ran out of products (``None`` unless ``min_abs=True``).
-        condition_number: ``max|lambda| / min_abs`` when ``min_abs`` is resolved; ``inf`` when it is
-            below resolution (the condition number is at least about ``1 / tol``); ``nan`` for a
-            zero Hessian (``None`` unless ``min_abs=True``). Where the solver ran out of products, a
-            lower bound (with ``converged=False``).
-        top_errors: for each value of ``top``, a bound on its error (see the solver).
-        bottom_errors: the same for ``bottom``.
-        min_abs_error: a bound on the error of ``min_abs``.
-        num_hvps: Hessian-vector products used.
-        converged: whether every requested value met the tolerance.
-        reason: why not, in words (empty when converged).
-        seconds: wall time of the call.
-        method: the solver used.
-        hvp: how the products were taken: ``"autograd"`` (exact) or ``"finite_difference"``.
-        hvp_error: with finite differences, the estimated relative error of a product (see
-            :class:`~lightning_shortcut.hessian.HessianOperator`), included in the error bounds as
-            ``hvp_error * max|lambda|``; ``None`` for exact products.
-        warm_start: whether the call started from ``start`` vectors (a warm run); ``False`` for a
-            cold run from a random vector.
-        max_stderr: the standard error of ``max`` over Hessian batches of the same size (the
-            sampling error of the batch; ``None`` unless ``stderr=True``, see
-            :func:`~lightning_shortcut.hessian.sampling.rayleigh_stderr`).
-        min_stderr: the same for ``min``.
-        vectors: the unit eigenvector estimates of ``top`` then ``bottom``, flat over the parameters
-            (under ``fully_shard``, this rank's rows of them).
-        neighbours: the Ritz vectors next to the extremes (kept for warm starts).
-    """
-
-    top: list[float] = field(default_factory=list)
-    bottom: list[float] = field(default_factory=list)
-    max: float | None = None
-    min: float | None = None
-    min_abs: float | None = None
-    min_abs_resolved: bool | None = None
-    condition_number: float | None = None
-    top_errors: list[float] = field(default_factory=list)
-    bottom_errors: list[float] = field(default_factory=list)
-    min_abs_error: float | None = None
-    num_hvps: int = 0
-    converged: bool = True
-    reason: str = ""
-    seconds: float = 0.0
-    method: str = "lanczos"
-    hvp: str = "autograd"
-    hvp_error: float | None = None
-    warm_start: bool = False
-    max_stderr: float | None = None
-    min_stderr: float | None = None
-    vectors: list[Tensor] = field(default_factory=list, repr=False, compare=False)
-    neighbours: list[Tensor] = field(default_factory=list, repr=False, compare=False)
-
-    @property
-    def tracking_vectors(self) -> list[Tensor]:
-        """What to pass as ``start`` to the next measurement: :attr:`vectors`, then
-        :attr:`neighbours`."""
-        return self.vectors + self.neighbours
-
-    @classmethod
-    def nan(
-        cls,
-        top_k: int,
-        bottom_k: int,
-        min_abs: bool,
-        method: str,
-        reason: str,
-        num_hvps: int = 0,
-        stderr: bool = False,
-    ) -> HessianSpectrum:
-        """The result of a computation that failed: NaN for every requested value."""
-        nan = math.nan
-        return cls(
-            max_stderr=nan if stderr and top_k else None,
-            min_stderr=nan if stderr and bottom_k else None,
-            top=[nan] * top_k,
-            bottom=[nan] * bottom_k,
-            max=nan if top_k else None,
-            min=nan if bottom_k else None,
-            min_abs=nan if min_abs else None,
-            min_abs_resolved=False if min_abs else None,
-            condition_number=nan if min_abs else None,
-            top_errors=[nan] * top_k,
-            bottom_errors=[nan] * bottom_k,
-            min_abs_error=nan if min_abs else None,
-            num_hvps=num_hvps,
-            converged=False,
-            reason=reason,
-            method=method,
-        )
-
-    def as_dict(self) -> dict[str, float]:
-        """Flat ``name -> float`` view for logging (``top_<i>``/``bottom_<i>`` when ``k > 1``)."""
-        values: dict[str, float | None] = {
-            "max_eigenvalue": self.max,
-            "max_eigenvalue_stderr": self.max_stderr,
-            "min_eigenvalue": self.min,
-            "min_eigenvalue_stderr": self.min_stderr,
-            "min_abs_eigenvalue": self.min_abs,
-            "condition_number": self.condition_number,
-            "min_abs_resolved": self.min_abs_resolved,
-        }
-        if len(self.top) > 1:
-            values.update({f"top_{i}": v for i, v in enumerate(self.top, start=1)})
-        if len(self.bottom) > 1:
-            values.update({f"bottom_{i}": v for i, v in enumerate(self.bottom, start=1)})
-        if self.hvp_error is not None:
-            values["hvp_error"] = self.hvp_error
-        values["num_hvps"] = float(self.num_hvps)
-        values["seconds"] = self.seconds
-        values["converged"] = float(self.converged)
-        values["warm_start"] = float(self.warm_start)
-        return {key: float(value) for key, value in values.items() if value is not None}
 
 
 def _check_count(name: str, value: object) -> int:
@@ -195,85 +60,6 @@ def validate_solver_args(
         isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1
     ):
         raise ValueError(f"`max_iter` must be a positive int or None, got {max_iter!r}.")
-
-
-@contextmanager
-def hessian_context(model: nn.Module, mode: Mode, *, clone_grads: bool = False):
-    """Guard state, enable double backward and put the model in ``mode`` for a computation.
-
-    Compiled modules (``torch.compile``, whole model or submodules) run eagerly inside: compiled
-    autograd graphs have no double backward, and the eager model computes the same function.
-    ``fully_shard`` (FSDP2) modules are resharded on entry (see
-    :func:`~lightning_shortcut.hessian.sharded.reshard`).
-    """
-    if mode not in ("eval", "train"):
-        raise ValueError(f"Unknown mode {mode!r}; expected 'eval' or 'train'.")
-    reshard(model)  # fully_shard modules: the parameters are the sharded ones the optimizer holds
-    with (
-        preserved_state(model, clone_grads=clone_grads),
-        autograd_enabled(),
-        torch.compiler.set_stance("force_eager"),
-    ):
-        model.train(mode == "train")
-        yield
-
-
-def build_operator(
-    model: nn.Module,
-    data: Any,
-    loss_fn: LossFn | None,
-    params: ParamsSpec,
-    all_reduce: AllReduce | None,
-    mode: Mode,
-    seed: int,
-    hvp: Hvp = "autograd",
-) -> HessianOperator:
-    """Validate the inputs and build the :class:`HessianOperator` (inside :func:`hessian_context`).
-
-    In train mode the global RNG is reseeded before each forward so that dropout masks are the same
-    in every product; :func:`hessian_context` restores the global RNG state afterwards.
-    A model with ``fully_shard`` (FSDP2) modules gives a
-    :class:`~lightning_shortcut.hessian.sharded.FullyShardedHessianOperator`, which holds the model
-    unsharded until its ``release()``.
-    """
-    chosen = resolve_params(model, params)
-    batches = normalize_batches(data)
-    fixed_seed = seed if mode == "train" else None
-    if check_sharding(model, chosen):
-        if all_reduce is not None:
-            raise ValueError(
-                "The parameters are sharded by fully_shard: products are summed over their device "
-                "mesh, so `all_reduce` must be None (each rank passes its own share of the data)."
-            )
-        return FullyShardedHessianOperator(
-            model, batches, loss_fn or cross_entropy_loss, chosen, fixed_seed, hvp
-        )
-    return HessianOperator(
-        model, batches, loss_fn or cross_entropy_loss, chosen, all_reduce, fixed_seed, hvp
-    )
-
-
-@contextmanager
-def hessian_operator(
-    model: nn.Module,
-    data: Any,
-    loss_fn: LossFn | None,
-    *,
-    params: ParamsSpec,
-    all_reduce: AllReduce | None,
-    mode: Mode,
-    seed: int,
-    hvp: Hvp = "autograd",
-    clone_grads: bool = False,
-) -> Iterator[HessianOperator]:
-    """The Hessian operator of a computation, inside :func:`hessian_context`, released on exit:
-    the one sequence every public function of the engine runs its products in."""
-    with hessian_context(model, mode, clone_grads=clone_grads):
-        operator = build_operator(model, data, loss_fn, params, all_reduce, mode, seed, hvp)
-        try:
-            yield operator
-        finally:
-            operator.release()
 
 
 def _default_max_iter(dim: int, min_abs: bool) -> int:

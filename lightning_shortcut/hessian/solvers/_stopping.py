@@ -40,13 +40,15 @@ can go unseen.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 
 from lightning_shortcut.hessian.linear_operator import LinearOperator
-from lightning_shortcut.hessian.solvers._vectors import projection_norm
+from lightning_shortcut.hessian.solvers._vectors import projection_norm, single_thread
 
 __all__ = [
     "MIN_PRODUCTS",
@@ -57,7 +59,10 @@ __all__ = [
     "StoppingRule",
     "end_errors",
     "error_bound",
+    "min_abs_estimate",
+    "neighbour_columns",
     "settled",
+    "split_start",
 ]
 
 #: No cold run stops before this many products (or ``max_iter``, or the whole space): a Krylov
@@ -183,3 +188,62 @@ class StoppingRule:
         if self.space is None:
             return float((self.inherited @ vector.to(self.inherited)).norm())
         return projection_norm(self.space, self.inherited, vector)
+
+
+def min_abs_estimate(projected: Tensor, beta: float) -> tuple[float, float] | None:
+    """``(sigma, error)``: the Rayleigh-Ritz estimate of ``min|lambda|`` through ``A^2`` and a bound.
+
+    ``sigma`` is an upper bound on ``min|lambda|``; ``sigma - error`` a lower bound (see the module
+    docstring).
+    """
+    size = projected.shape[0]
+    if size < 2:
+        return None
+    full = torch.zeros(size + 1, size, dtype=torch.float64)
+    full[:size] = projected
+    full[size, size - 1] = beta
+    previous = full[:size, : size - 1]  # A V_{m-1} = V_m previous
+    with single_thread():
+        _, singular_values, right = torch.linalg.svd(previous, full_matrices=False)
+
+    def pair(index: int) -> tuple[float, float]:
+        sigma, coordinates = float(singular_values[index]), right[index]
+        squared = full @ (previous @ coordinates)  # A^2 y in the basis V_{m+1}
+        squared[: size - 1] -= sigma**2 * coordinates
+        return sigma, float(squared.norm())
+
+    sigma, residual = pair(-1)
+    gap = math.inf
+    if singular_values.numel() >= 2:
+        neighbour, neighbour_residual = pair(-2)
+        gap = neighbour**2 - neighbour_residual - sigma**2
+    squared_error = error_bound(residual, gap) if math.isfinite(gap) else residual
+    lower = math.sqrt(max(sigma**2 - squared_error, 0.0))
+    return sigma, sigma - lower
+
+
+def neighbour_columns(ends: Ends, size: int) -> list[int]:
+    """The columns of the Ritz vectors next to the wanted extremes (ascending Ritz values)."""
+    columns = []
+    for offset in range(1, WARM_NEIGHBOURS + 1):
+        if ends.top:
+            columns.append(size - 1 - offset)
+        if ends.bottom:
+            columns.append(offset)
+    extremes = {0, size - 1}
+    return sorted({c for c in columns if 0 <= c < size and c not in extremes})
+
+
+def split_start(
+    start: Sequence[Tensor] | None, top_k: int, bottom_k: int
+) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    """Split start vectors into those of the top runs, the bottom runs and the first run's extras.
+
+    ``start`` laid out as a previous result's (``top_k`` top vectors, ``bottom_k`` bottom ones, then
+    any neighbours: :attr:`HessianSpectrum.tracking_vectors`) gives each locking run its own pair
+    and the first run the rest; a shorter list seeds the first run with all of its vectors.
+    """
+    start = list(start or [])
+    if len(start) < top_k + bottom_k:
+        return [], [], start
+    return start[:top_k], start[top_k : top_k + bottom_k], start[top_k + bottom_k :]

@@ -8,7 +8,8 @@ same code runs on whole vectors and on vectors sharded over processes.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -94,3 +95,15 @@ def start_vector(
     mixed = combined / norm + WARM_START_NOISE * noise
     mixed = orthogonalize(space, mixed, against)
     return mixed / space.norm(mixed)
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Run the small dense algebra (``eigh`` and ``svd`` of a matrix of the basis' size) on one
+    thread: multithreaded LAPACK on such matrices is 10-100 times slower, far more on a busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -36,8 +36,7 @@ echo ``tol``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -46,13 +45,19 @@ from torch import Tensor
 from lightning_shortcut.hessian.linear_operator import LinearOperator, check_finite
 from lightning_shortcut.hessian.solvers._stopping import (
     MIN_PRODUCTS,
-    WARM_NEIGHBOURS,
     Ends,
     StoppingRule,
     end_errors,
-    error_bound,
+    min_abs_estimate,
+    neighbour_columns,
+    split_start,
 )
-from lightning_shortcut.hessian.solvers._vectors import orthonormal_rows, stack_rows, start_vector
+from lightning_shortcut.hessian.solvers._vectors import (
+    orthonormal_rows,
+    single_thread,
+    stack_rows,
+    start_vector,
+)
 from lightning_shortcut.hessian.solvers.base import EigenResult, register_solver
 
 __all__ = ["DEFAULT_MAX_BASIS", "MIN_PRODUCTS", "LanczosProcess", "lanczos"]
@@ -62,18 +67,6 @@ DEFAULT_MAX_BASIS = 20
 # Rotating the basis at a restart works on column blocks of this many entries, so the restart needs
 # no second basis-sized buffer.
 _ROTATE_BLOCK = 1 << 16
-
-
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """Run the small dense algebra (``eigh`` and ``svd`` of a matrix of the basis' size) on one
-    thread: multithreaded LAPACK on such matrices is 10-100 times slower, far more on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class LanczosProcess:
@@ -171,38 +164,6 @@ def _check_now(size: int) -> bool:
     return size <= 40 or size % max(1, size // 20) == 0
 
 
-def _min_abs_estimate(projected: Tensor, beta: float) -> tuple[float, float] | None:
-    """``(sigma, error)``: the Rayleigh-Ritz estimate of ``min|lambda|`` through ``A^2`` and a bound.
-
-    ``sigma`` is an upper bound on ``min|lambda|``; ``sigma - error`` a lower bound (see the module
-    docstring).
-    """
-    size = projected.shape[0]
-    if size < 2:
-        return None
-    full = torch.zeros(size + 1, size, dtype=torch.float64)
-    full[:size] = projected
-    full[size, size - 1] = beta
-    previous = full[:size, : size - 1]  # A V_{m-1} = V_m previous
-    with single_thread():
-        _, singular_values, right = torch.linalg.svd(previous, full_matrices=False)
-
-    def pair(index: int) -> tuple[float, float]:
-        sigma, coordinates = float(singular_values[index]), right[index]
-        squared = full @ (previous @ coordinates)  # A^2 y in the basis V_{m+1}
-        squared[: size - 1] -= sigma**2 * coordinates
-        return sigma, float(squared.norm())
-
-    sigma, residual = pair(-1)
-    gap = math.inf
-    if singular_values.numel() >= 2:
-        neighbour, neighbour_residual = pair(-2)
-        gap = neighbour**2 - neighbour_residual - sigma**2
-    squared_error = error_bound(residual, gap) if math.isfinite(gap) else residual
-    lower = math.sqrt(max(sigma**2 - squared_error, 0.0))
-    return sigma, sigma - lower
-
-
 def _restart_coordinates(
     values: Tensor, vectors: Tensor, ends: Ends, count: int
 ) -> tuple[Tensor, Tensor]:
@@ -285,7 +246,7 @@ def _run(
             if exact:
                 run.min_abs, run.min_abs_error = float(values.abs().min()), 0.0
             else:
-                estimate = _min_abs_estimate(process.projected, process.beta)
+                estimate = min_abs_estimate(process.projected, process.beta)
                 run.min_abs, run.min_abs_error = estimate or (math.inf, math.inf)
             below_resolution = run.min_abs <= threshold
             done = done and (below_resolution or run.min_abs_error <= rule.tol * run.min_abs)
@@ -302,36 +263,11 @@ def _run(
     run.top_vector = process.ritz_vector(vectors[:, -1])
     run.bottom_vector = process.ritz_vector(vectors[:, 0])
     run.stopped_warm = rule.stopped_warm
-    run.neighbours = [process.ritz_vector(vectors[:, i]) for i in _neighbours(ends, process.size)]
+    run.neighbours = [
+        process.ritz_vector(vectors[:, i]) for i in neighbour_columns(ends, process.size)
+    ]
     run.size = process.size
     return run
-
-
-def _neighbours(ends: Ends, size: int) -> list[int]:
-    """The columns of the Ritz vectors next to the wanted extremes (ascending Ritz values)."""
-    columns = []
-    for offset in range(1, WARM_NEIGHBOURS + 1):
-        if ends.top:
-            columns.append(size - 1 - offset)
-        if ends.bottom:
-            columns.append(offset)
-    extremes = {0, size - 1}
-    return sorted({c for c in columns if 0 <= c < size and c not in extremes})
-
-
-def _warm_vectors(
-    start: Sequence[Tensor] | None, top_k: int, bottom_k: int
-) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-    """Split start vectors into those of the top runs, the bottom runs and the first run's extras.
-
-    ``start`` laid out as a previous result's (``top_k`` top vectors, ``bottom_k`` bottom ones, then
-    any neighbours: :attr:`HessianSpectrum.tracking_vectors`) gives each locking run its own pair
-    and the first run the rest; a shorter list seeds the first run with all of its vectors.
-    """
-    start = list(start or [])
-    if len(start) < top_k + bottom_k:
-        return [], [], start
-    return start[:top_k], start[top_k : top_k + bottom_k], start[top_k + bottom_k :]
 
 
 @register_solver(
@@ -374,7 +310,7 @@ def lanczos(
     like = operator.like
     buffer = like.new_empty(min(max_basis, operator.dim, max_iter + 1), operator.local_dim)
     result = EigenResult()
-    warm_top, warm_bottom, extras = _warm_vectors(start, top_k, bottom_k)
+    warm_top, warm_bottom, extras = split_start(start, top_k, bottom_k)
     result.warm = bool(warm_top or warm_bottom or extras)
     locked: list[Tensor] = []
     runs = 0

@@ -2,7 +2,7 @@
 
 pyhessian calls ``.backward(create_graph=True)`` (graph-holding ``.grad``), calls ``model.eval()``
 and never restores train mode, and draws start vectors from the global RNG. Here it runs inside
-:func:`~lightning_shortcut.hessian.spectrum.hessian_context` with gradients cloned (it is
+:func:`~lightning_shortcut.hessian.context.hessian_context` with gradients cloned (it is
 registered with ``touches_grads=True``), so none of that
 survives the call, and it sees a stand-in module whose output is our loss, so any ``loss_fn`` and
 parameter subset work.

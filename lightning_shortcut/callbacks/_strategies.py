@@ -1,0 +1,52 @@
+"""Which distributed strategies the monitor runs under, and the refusals of those it would get wrong."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+
+from lightning_shortcut.hessian.params import ParamsSpec, resolve_params
+from lightning_shortcut.hessian.sharded import check_sharding, reshard
+from lightning_shortcut.hessian.solvers import SOLVERS
+
+
+def refuse_strategies_without_double_backward(trainer: pl.Trainer) -> None:
+    """Refuse, at setup, the strategies whose models have no double backward."""
+    if isinstance(trainer.strategy, FSDPStrategy | DeepSpeedStrategy):
+        raise MisconfigurationException(
+            f"HessianEigenvalueMonitor needs double backward, which "
+            f"{type(trainer.strategy).__name__} does not support. For a sharded model use "
+            "ModelParallelStrategy with fully_shard (FSDP2), where the products are exact; "
+            "otherwise DDP or a single device. hvp='finite_difference' needs only first "
+            f"derivatives, but it has not been verified under {type(trainer.strategy).__name__}, "
+            "which stays refused."
+        )
+
+
+def check_sharded_model(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, params: ParamsSpec, method: str
+) -> bool:
+    """Whether the model is sharded by ``fully_shard``; refuse, at the start of a stage, a sharded
+    model the engine would get wrong."""
+    reshard(pl_module)
+    chosen = resolve_params(pl_module, params)
+    try:
+        if not check_sharding(pl_module, chosen):
+            return False
+    except ValueError as error:
+        raise MisconfigurationException(f"HessianEigenvalueMonitor: {error}") from error
+    mesh_size = chosen[0].device_mesh.size()
+    if mesh_size != trainer.world_size:
+        raise MisconfigurationException(
+            f"HessianEigenvalueMonitor: the parameters are sharded over {mesh_size} of the "
+            f"{trainer.world_size} ranks, which hold different Hessian samples; shard them "
+            "over all ranks (fully_shard over the whole world, or data_parallel_size equal "
+            "to the number of processes)."
+        )
+    if SOLVERS[method].touches_grads:
+        raise MisconfigurationException(
+            f"HessianEigenvalueMonitor: method={method!r} runs on the model's gradients, "
+            "which fully_shard reduces and shards; use an operator solver such as 'lanczos'."
+        )
+    return True

@@ -1,0 +1,74 @@
+"""Which parameters a Hessian is taken over: ``params=`` resolved and checked against the model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Literal
+
+from torch import Tensor, nn
+
+from lightning_shortcut.residual import residual_parameters
+
+#: Which parameters to take the Hessian over: all trainable ones (``None`` or ``"all"``), the
+#: ResidualStack branches (``"residual"``), a callable ``model -> parameters`` or the parameters.
+ParamsSpec = (
+    Literal["all", "residual"] | Callable[[nn.Module], Iterable[Tensor]] | Iterable[Tensor] | None
+)
+
+__all__ = ["ParamsSpec", "resolve_params"]
+
+
+def resolve_params(model: nn.Module, params: ParamsSpec) -> list[Tensor]:
+    """The parameters to differentiate, checked against ``model``.
+
+    ``None`` or ``"all"``: every parameter that requires grad; ``"residual"``: the branch parameters
+    of every :class:`~lightning_shortcut.ResidualStack` in the model (the paper's Hessian); a callable
+    ``model -> parameters``; or the parameters themselves.
+
+    Raises:
+        ValueError: if a parameter is not one of the model's, none requires grad, or
+            ``"residual"`` finds no ResidualStack.
+        TypeError: if ``params`` is none of the above.
+    """
+    if params is None or params == "all":
+        chosen = [p for p in model.parameters() if p.requires_grad]
+        if not chosen:
+            raise ValueError(f"{type(model).__name__} has no parameter that requires grad.")
+        return chosen
+    if params == "residual":
+        chosen = residual_parameters(model)
+        if not chosen:
+            raise ValueError(
+                f"params='residual' but {type(model).__name__} contains no ResidualStack; pass "
+                "params='all', a callable or the parameters."
+            )
+        return _checked(model, chosen)
+    if isinstance(params, str):
+        raise ValueError(
+            f"`params` must be 'all', 'residual', a callable or parameters, got {params!r}."
+        )
+    if callable(params) and not isinstance(params, Tensor):
+        return _checked(model, list(params(model)))
+    if isinstance(params, Tensor) or not isinstance(params, Iterable):
+        raise TypeError(
+            "`params` must be 'all', 'residual', a callable or an iterable of parameters, got "
+            f"{type(params).__name__}."
+        )
+    return _checked(model, list(params))
+
+
+def _checked(model: nn.Module, chosen: list[Tensor]) -> list[Tensor]:
+    owned = {id(p) for p in model.parameters()}
+    if not chosen:
+        raise ValueError("`params` is empty; pass None for all trainable parameters.")
+    for index, param in enumerate(chosen):
+        if not isinstance(param, Tensor) or id(param) not in owned:
+            raise ValueError(
+                f"`params[{index}]` (shape {tuple(getattr(param, 'shape', ()))}) is not a parameter "
+                f"of {type(model).__name__}."
+            )
+        if not param.requires_grad:
+            raise ValueError(f"`params[{index}]` does not require grad.")
+    if len({id(p) for p in chosen}) != len(chosen):
+        raise ValueError("`params` lists a parameter more than once.")
+    return chosen

@@ -1,0 +1,136 @@
+"""``HessianSpectrum``: what :func:`~lightning_shortcut.hessian.hessian_eigenvalues` returns."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+__all__ = ["HessianSpectrum"]
+
+
+@dataclass
+class HessianSpectrum:
+    """The extreme eigenvalues of a loss Hessian, with bounds on their errors.
+
+    Attributes:
+        top: the ``top_k`` largest eigenvalues, descending.
+        bottom: the ``bottom_k`` smallest eigenvalues, ascending.
+        max: the largest algebraic eigenvalue (``None`` when ``top_k = 0``).
+        min: the smallest algebraic eigenvalue (``None`` when ``bottom_k = 0``).
+        min_abs: the smallest ``|eigenvalue|`` (``None`` unless ``min_abs=True``); where not
+            resolved, an upper bound on it.
+        min_abs_resolved: whether ``min_abs`` is known to relative accuracy ``tol``; ``False`` when it
+            is below what the tolerance resolves (``<= tol * max|lambda|``: the Hessian is singular
+            to within ``tol``) or the solver ran out of products (``None`` unless ``min_abs=True``).
+        condition_number: ``max|lambda| / min_abs`` when ``min_abs`` is resolved; ``inf`` when it is
+            below resolution (the condition number is at least about ``1 / tol``); ``nan`` for a
+            zero Hessian (``None`` unless ``min_abs=True``). Where the solver ran out of products, a
+            lower bound (with ``converged=False``).
+        top_errors: for each value of ``top``, a bound on its error (see the solver).
+        bottom_errors: the same for ``bottom``.
+        min_abs_error: a bound on the error of ``min_abs``.
+        num_hvps: Hessian-vector products used.
+        converged: whether every requested value met the tolerance.
+        reason: why not, in words (empty when converged).
+        seconds: wall time of the call.
+        method: the solver used.
+        hvp: how the products were taken: ``"autograd"`` (exact) or ``"finite_difference"``.
+        hvp_error: with finite differences, the estimated relative error of a product (see
+            :class:`~lightning_shortcut.hessian.HessianOperator`), included in the error bounds as
+            ``hvp_error * max|lambda|``; ``None`` for exact products.
+        warm_start: whether the call started from ``start`` vectors (a warm run); ``False`` for a
+            cold run from a random vector.
+        max_stderr: the standard error of ``max`` over Hessian batches of the same size (the
+            sampling error of the batch; ``None`` unless ``stderr=True``, see
+            :func:`~lightning_shortcut.hessian.sampling.rayleigh_stderr`).
+        min_stderr: the same for ``min``.
+        vectors: the unit eigenvector estimates of ``top`` then ``bottom``, flat over the parameters
+            (under ``fully_shard``, this rank's rows of them).
+        neighbours: the Ritz vectors next to the extremes (kept for warm starts).
+    """
+
+    top: list[float] = field(default_factory=list)
+    bottom: list[float] = field(default_factory=list)
+    max: float | None = None
+    min: float | None = None
+    min_abs: float | None = None
+    min_abs_resolved: bool | None = None
+    condition_number: float | None = None
+    top_errors: list[float] = field(default_factory=list)
+    bottom_errors: list[float] = field(default_factory=list)
+    min_abs_error: float | None = None
+    num_hvps: int = 0
+    converged: bool = True
+    reason: str = ""
+    seconds: float = 0.0
+    method: str = "lanczos"
+    hvp: str = "autograd"
+    hvp_error: float | None = None
+    warm_start: bool = False
+    max_stderr: float | None = None
+    min_stderr: float | None = None
+    vectors: list[Tensor] = field(default_factory=list, repr=False, compare=False)
+    neighbours: list[Tensor] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def tracking_vectors(self) -> list[Tensor]:
+        """What to pass as ``start`` to the next measurement: :attr:`vectors`, then
+        :attr:`neighbours`."""
+        return self.vectors + self.neighbours
+
+    @classmethod
+    def nan(
+        cls,
+        top_k: int,
+        bottom_k: int,
+        min_abs: bool,
+        method: str,
+        reason: str,
+        num_hvps: int = 0,
+        stderr: bool = False,
+    ) -> HessianSpectrum:
+        """The result of a computation that failed: NaN for every requested value."""
+        nan = math.nan
+        return cls(
+            max_stderr=nan if stderr and top_k else None,
+            min_stderr=nan if stderr and bottom_k else None,
+            top=[nan] * top_k,
+            bottom=[nan] * bottom_k,
+            max=nan if top_k else None,
+            min=nan if bottom_k else None,
+            min_abs=nan if min_abs else None,
+            min_abs_resolved=False if min_abs else None,
+            condition_number=nan if min_abs else None,
+            top_errors=[nan] * top_k,
+            bottom_errors=[nan] * bottom_k,
+            min_abs_error=nan if min_abs else None,
+            num_hvps=num_hvps,
+            converged=False,
+            reason=reason,
+            method=method,
+        )
+
+    def as_dict(self) -> dict[str, float]:
+        """Flat ``name -> float`` view for logging (``top_<i>``/``bottom_<i>`` when ``k > 1``)."""
+        values: dict[str, float | None] = {
+            "max_eigenvalue": self.max,
+            "max_eigenvalue_stderr": self.max_stderr,
+            "min_eigenvalue": self.min,
+            "min_eigenvalue_stderr": self.min_stderr,
+            "min_abs_eigenvalue": self.min_abs,
+            "condition_number": self.condition_number,
+            "min_abs_resolved": self.min_abs_resolved,
+        }
+        if len(self.top) > 1:
+            values.update({f"top_{i}": v for i, v in enumerate(self.top, start=1)})
+        if len(self.bottom) > 1:
+            values.update({f"bottom_{i}": v for i, v in enumerate(self.bottom, start=1)})
+        if self.hvp_error is not None:
+            values["hvp_error"] = self.hvp_error
+        values["num_hvps"] = float(self.num_hvps)
+        values["seconds"] = self.seconds
+        values["converged"] = float(self.converged)
+        values["warm_start"] = float(self.warm_start)
+        return {key: float(value) for key, value in values.items() if value is not None}
