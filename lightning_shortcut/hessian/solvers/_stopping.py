@@ -6,7 +6,7 @@ is near a Ritz value, not that it is the extreme one). The evidence differs by h
 
 **Cold runs** (a random start vector) pay a floor of :data:`MIN_PRODUCTS` products and stop only
 once the wanted extremes have moved by at most ``tol * max|lambda|`` since the run had half its
-products (:func:`settled`). A random start holds about ``1 / sqrt(dim)`` of every eigenvector; a
+products (:func:`settled`): a Krylov space that has doubled without finding anything beyond. A random start holds about ``1 / sqrt(dim)`` of every eigenvector; a
 Krylov space of a few vectors has not yet amplified the far end of a spectrum dominated by one
 outlier, although its Ritz value there may already have a small residual.
 
@@ -17,8 +17,9 @@ holds a large share of the direction that was extreme a few optimizer steps ago.
 the extreme Ritz value decays with the start's component ``c`` along the extreme eigenvector as
 ``tan^2(angle) = (1 - c^2) / c^2`` times a Chebyshev factor that falls with every product; the cold
 floor exists to pay for ``c ~ 1 / sqrt(dim)``, and a warm start with ``c`` of order one does not owe
-it. The warm rule therefore replaces the floor by :data:`WARM_MIN_PRODUCTS` (enough for the settled
-test to compare two Krylov spaces) and adds one condition that keeps the argument honest: the
+it. The warm rule therefore replaces the floor by :data:`WARM_MIN_PRODUCTS`, and the doubling test
+by convergence (the ends moved by at most ``tol * max|lambda|`` over the last product: the evidence
+that nothing lies beyond is inherited), and adds one condition that keeps the argument honest: the
 returned Ritz vector must lie mostly in the directions the start inherited (its projection on them
 has norm at least :data:`WARM_MIN_OVERLAP`). If the run converged to something else, the previous
 certification says nothing about it, and the run goes on under the cold rule.
@@ -55,6 +56,7 @@ __all__ = [
     "WARM_MIN_OVERLAP",
     "WARM_MIN_PRODUCTS",
     "WARM_NEIGHBOURS",
+    "WARM_NEIGHBOUR_WEIGHT",
     "Ends",
     "StoppingRule",
     "end_errors",
@@ -71,14 +73,19 @@ __all__ = [
 #: default ``ncv = 20`` products). At 10, 2 of 10 calls at tol 1e-2 on an MLP after 600 SGD steps
 #: returned a neighbour 4% of max|lambda| away; at 20, none.
 MIN_PRODUCTS = 20
-#: A warm run may stop from this many products on: the settled test compares the Krylov space of
-#: half the products (2) with the current one (4).
+#: A warm run may stop from this many products on: a Krylov space of 4 holds the start's extreme
+#: directions and has refined them.
 WARM_MIN_PRODUCTS = 4
 #: A warm run stops early only if each returned Ritz vector's projection on the inherited directions
 #: has at least this norm: the inherited evidence is about those directions.
 WARM_MIN_OVERLAP = 0.5
 #: Ritz vectors next to each extreme kept for the next warm start (beside the extreme's own).
 WARM_NEIGHBOURS = 2
+#: Their weight in the start, against 1 for the extremes' own vectors: enough that a neighbour
+#: rising above the extreme is amplified within a few products, small enough that the start stays
+#: mostly the extreme's direction (at weight 1, warm runs on a tanh MLP at the edge of stability
+#: took 8 products instead of 5).
+WARM_NEIGHBOUR_WEIGHT = 0.3
 
 
 @dataclass(frozen=True)
@@ -90,14 +97,14 @@ class Ends:
     min_abs: bool = False
 
 
-def settled(history: Sequence[tuple[int, float, float]], ends: Ends, threshold: float) -> bool:
-    """Whether the wanted extreme Ritz values moved by at most ``threshold`` since the run had half
-    its products. A small residual says an eigenvalue is near; only a Krylov space that has grown
-    without finding anything beyond says it is the extreme one (a heuristic safeguard: an
-    eigenvalue the start vector barely touches can still be missed, as by every Krylov method)."""
-    products, largest, smallest = history[-1]
+def settled(
+    history: Sequence[tuple[int, float, float]], ends: Ends, threshold: float, since: int
+) -> bool:
+    """Whether the wanted extreme Ritz values moved by at most ``threshold`` since the run had
+    ``since`` products (the last check at or before it)."""
+    _, largest, smallest = history[-1]
     _, then_largest, then_smallest = next(
-        (h for h in reversed(history) if h[0] <= products // 2), history[0]
+        (h for h in reversed(history) if h[0] <= since), history[0]
     )
     return (not ends.top or abs(largest - then_largest) <= threshold) and (
         not ends.bottom or abs(smallest - then_smallest) <= threshold
@@ -171,11 +178,14 @@ class StoppingRule:
             ritz_vector: ``ritz_vector(end) -> Tensor``, the current unit Ritz vector of ``"top"``
                 or ``"bottom"`` (only formed when the warm rule needs it).
         """
-        if not settled(self.history, self.ends, threshold):
-            return False
         if products >= self.floor:
-            return True
+            # cold: a Krylov space that has doubled without finding anything beyond
+            return settled(self.history, self.ends, threshold, products // 2)
         if self.inherited is None or products < WARM_MIN_PRODUCTS:
+            return False
+        # warm: the evidence that nothing lies beyond is inherited; the run need only have
+        # converged (its ends no longer move)
+        if not settled(self.history, self.ends, threshold, products - 1):
             return False
         wanted = [end for end in ("top", "bottom") if getattr(self.ends, end)]
         if all(self.overlap(ritz_vector(end)) >= WARM_MIN_OVERLAP for end in wanted):

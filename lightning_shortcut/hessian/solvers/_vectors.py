@@ -81,13 +81,19 @@ def start_vector(
     generator: torch.Generator,
     against: Tensor,
     warm: Sequence[Tensor] | None = None,
+    weights: Sequence[float] | None = None,
 ) -> Tensor:
-    """A unit start vector orthogonal to ``against``: random, or the sum of ``warm`` plus noise."""
+    """A unit start vector orthogonal to ``against``: random, or the sum of ``warm`` (each scaled to
+    norm ``weights[i]``, default 1) plus noise."""
     noise = random_unit_vector(space, generator, against)
     if not warm:
         return noise
     like = space.like
-    combined = sum(v.to(like) / space.norm(v.to(like)).clamp_min(1e-300) for v in warm)
+    weights = [1.0] * len(warm) if weights is None else list(weights)
+    combined = sum(
+        weight * v.to(like) / space.norm(v.to(like)).clamp_min(1e-300)
+        for v, weight in zip(warm, weights, strict=True)
+    )
     combined = orthogonalize(space, combined, against)
     norm = space.norm(combined)
     if not bool(torch.isfinite(norm)) or float(norm) == 0.0:

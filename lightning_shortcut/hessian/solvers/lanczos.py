@@ -45,6 +45,7 @@ from torch import Tensor
 from lightning_shortcut.hessian.linear_operator import LinearOperator, check_finite
 from lightning_shortcut.hessian.solvers._stopping import (
     MIN_PRODUCTS,
+    WARM_NEIGHBOUR_WEIGHT,
     Ends,
     StoppingRule,
     end_errors,
@@ -324,16 +325,18 @@ def lanczos(
             bottom=want_bottom or (first and min_abs),
             min_abs=first and min_abs,
         )
-        warm = [
+        own = [
             vectors[len(found)]
             for wanted, vectors, found in (
                 (ends.top, warm_top, result.top),
                 (ends.bottom, warm_bottom, result.bottom),
             )
             if wanted and len(found) < len(vectors)
-        ] + (extras if first else [])
+        ]
+        warm = own + (extras if first else [])
+        weights = [1.0] * len(own) + [WARM_NEIGHBOUR_WEIGHT] * (len(warm) - len(own))
         against = stack_rows(locked, operator)
-        begin = start_vector(operator, generator, against, warm)
+        begin = start_vector(operator, generator, against, warm, weights)
         inherited = orthonormal_rows(operator, warm) if warm else None
         rule = StoppingRule(ends, tol, max_iter, inherited, space=operator)
         run = _run(operator, begin, buffer, against, rule)
