@@ -20,13 +20,13 @@ Then what a block costs in products: scipy's LOBPCG with blocks of 1, 2, 4, 8 (p
 
 What it shows (one thread of a shared 2-core CPU, torch 2.14.1, November 2026; timings there move by
 up to 2x between runs, hence the interleaved rounds): a block pays only where a product is dominated
-by per-call overhead. ``batched`` is 1.2-2.0x cheaper per vector on ``digits_mlp`` (35k
-parameters), 1.1-1.2x on ``mnist_mlp`` (182k), 0.9-1.1x on ``cifar_conv`` (compute-bound
-convolutions); ``func`` is 0.5-1.1x (it rebuilds the forward and backward for every block), and
-all agree with the sequential products to float32 rounding (relative differences below 1e-6). And a
-block needs more products for the same answer: LOBPCG reached 1e-3 on ``digits_mlp``'s
-``lambda_max`` with 8 products in blocks of 1, 16 of 2, 44 of 4 and 64 of 8, more than the
-per-vector saving gives back. So no block eigensolver is registered: on the CPU a block method
+by per-call overhead. ``batched`` is 1.5-2.0x cheaper per vector on ``digits_mlp`` (35k
+parameters, 256 samples) at k = 4 and 8 but 0.8-1.2x on 512 samples, 0.8-1.2x on ``mnist_mlp``
+(182k, 256 or 512 samples) and 0.9-1.1x on ``cifar_conv`` (compute-bound convolutions); ``func``
+is 0.5-1.2x (it rebuilds the forward and backward for every block). All agree with the sequential
+products to float32 rounding (relative differences below 2e-6). And a block needs more products
+for the same answer: LOBPCG reached 1e-3 on ``digits_mlp``'s ``lambda_max`` with 8 products in
+blocks of 1, 16 of 2, 44 of 4 and 64 of 8, more than the per-vector saving gives back. So no block eigensolver is registered: on the CPU a block method
 does not win in wall time at equal accuracy. On a GPU, where small models are launch-bound, the
 per-vector ratio may be larger; not measured (no GPU was lent).
 
