@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import statistics
 import sys
 import time
@@ -49,7 +48,7 @@ import torch
 from torch.func import functional_call, grad, jvp, vmap
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _models import RECIPE_MODELS, recipe_model, synchronize
+from _models import RECIPE_MODELS, describe_machine, recipe_model, synchronize
 
 from lightning_shortcut.hessian import hessian_eigenvalues
 from lightning_shortcut.hessian.operator import HessianOperator, cross_entropy_loss
@@ -258,11 +257,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    machine = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    )
+    machine = describe_machine(device)
     print(
         f"# Block Hessian-vector products, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC"
     )

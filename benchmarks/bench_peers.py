@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import platform
 import statistics
 import sys
 import time
@@ -48,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _models import bench_model, synchronize
+from _models import bench_model, describe_machine, synchronize
 from bench_hessian import _pyhessian_top
 
 from lightning_shortcut.hessian import hessian_eigenvalues
@@ -340,11 +339,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    machine = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
-    )
+    machine = describe_machine(device)
     now = datetime.datetime.now(datetime.UTC)
     print(f"# Peers: ours vs hessian-eigenthings vs pyhessian, {now:%Y-%m-%d %H:%M} UTC")
     print(f"# {machine}, torch {torch.__version__}")
