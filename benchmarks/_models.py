@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import platform
+
 import torch
 from torch import nn
 
@@ -55,3 +58,19 @@ def bench_model(name: str, device: torch.device, seed: int = 0):
     x = torch.randn(samples, features, generator=generator).to(device)
     y = torch.randint(0, 10, (samples,), generator=generator).to(device)
     return model, (x, y)
+
+
+def describe_machine(device: torch.device) -> str:
+    """The device in words for a benchmark's header: the GPU's name, or the CPU's model, its logical
+    cores and the threads torch uses."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return (
+        f"{model} CPU, {os.cpu_count()} logical cores, torch on {torch.get_num_threads()} threads"
+    )
