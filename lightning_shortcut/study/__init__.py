@@ -19,13 +19,14 @@ classifier (input projection, stack, head) on those datasets instead.
 
 The package: :mod:`~.config` (``StudyConfig``, the budgets), :mod:`~.parts` (``StudyPart``, the
 base of a part, and ``Table``), :mod:`~.zero_point` and :mod:`~.training` (the two parts),
-:mod:`~.report` (CSV and Markdown), :mod:`~.figures`, :mod:`~.runner` (``run_study`` and ``PARTS``,
-the parts in order) and :mod:`~.cli` (``main``, the command line).
+:mod:`~.results` (the parts' result types), :mod:`~.report` (CSV and Markdown), :mod:`~.figures`
+(which reads only :mod:`~.results`), :mod:`~.runner` (``run_study`` and ``PARTS``, the parts in
+order) and :mod:`~.cli` (``main``, the command line).
 """
 
 from lightning_shortcut.study.cli import main
 from lightning_shortcut.study.config import BUDGETS, INIT_NAMES, StudyConfig
+from lightning_shortcut.study.results import RunResult
 from lightning_shortcut.study.runner import run_study
-from lightning_shortcut.study.training import RunResult
 
 __all__ = ["BUDGETS", "INIT_NAMES", "RunResult", "StudyConfig", "main", "run_study"]

@@ -5,11 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from lightning_shortcut.study.lr_sweep import SweepResult
-    from lightning_shortcut.study.training import RunResult
+from lightning_shortcut.study.results import RunResult, SweepResult
 
 __all__ = ["plot_eigenvalue_trajectories", "plot_loss_curves", "plot_lr_sweep", "plot_zero_point"]
 

@@ -9,7 +9,8 @@ from lightning_shortcut.study.config import StudyConfig
 from lightning_shortcut.study.lr_sweep import LearningRateSweep
 from lightning_shortcut.study.parts import StudyPart
 from lightning_shortcut.study.report import write_tables
-from lightning_shortcut.study.training import RunResult, TrainingGrid
+from lightning_shortcut.study.results import RunResult
+from lightning_shortcut.study.training import TrainingGrid
 from lightning_shortcut.study.zero_point import ZeroPoint
 
 __all__ = ["PARTS", "run_study"]
