@@ -7,9 +7,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lightning_shortcut.study.results import RunResult, SweepResult
+from lightning_shortcut.study.results import EdgeResult, RunResult, SweepResult
 
-__all__ = ["plot_eigenvalue_trajectories", "plot_loss_curves", "plot_lr_sweep", "plot_zero_point"]
+__all__ = [
+    "plot_edge_of_stability",
+    "plot_eigenvalue_trajectories",
+    "plot_loss_curves",
+    "plot_lr_sweep",
+    "plot_zero_point",
+]
 
 # one color per shortcut depth, one line style per initialization
 COLORS = {1: "tab:red", 2: "tab:blue", 3: "tab:green"}
@@ -153,3 +159,35 @@ def plot_lr_sweep(out: Path, results: Sequence[SweepResult]) -> Path:
     axes[0][0].set_ylabel("final training loss")
     axes[0][0].legend(fontsize=8)
     return _save(fig, out / "lr_sweep.png", dpi=110)
+
+
+def plot_edge_of_stability(out: Path, results: Sequence[EdgeResult]) -> Path:
+    """``edge_of_stability.png``: the full-batch loss and ``lambda_max`` along training, a color per
+    learning rate, its ``2 / lr`` dashed (Cohen et al. 2021, Fig. 1); a diverged run ends in an x
+    at the top of the ``lambda_max`` panel."""
+    fig, (loss_ax, sharp_ax) = _pyplot().subplots(1, 2, figsize=(11, 3.8))
+    trained = [r for r in results if not r.diverged]
+    values = [v for r in trained for _, v in r.sharpness if math.isfinite(v)]
+    top = 1.25 * max([r.threshold for r in results] + values)
+    for index, result in enumerate(sorted(results, key=lambda r: -r.lr)):
+        color = f"C{index}"
+        label = f"lr {result.lr:.3g} (2 / lr = {result.threshold:.3g})"
+        label += " (diverged)" if result.diverged else ""
+        if result.losses:
+            steps, losses = zip(*result.losses, strict=True)
+            loss_ax.plot(steps, losses, color=color, linewidth=1, label=label)
+        if result.sharpness:
+            steps, sharpness = zip(*result.sharpness, strict=True)
+            sharp_ax.plot(steps, sharpness, "o-", color=color, markersize=2.5, linewidth=1)
+        sharp_ax.axhline(result.threshold, color=color, linestyle="--", linewidth=1)
+        if result.diverged:  # at the edge of the axis instead of stretching it
+            last = result.losses[-1][0] if result.losses else 0
+            sharp_ax.plot([last], [top], "x", color=color, markersize=8, clip_on=False)
+    loss_ax.set_yscale("log")
+    loss_ax.set_xlabel("step")
+    loss_ax.set_title("full-batch training loss")
+    loss_ax.legend(fontsize=8)
+    sharp_ax.set_ylim(0, top)
+    sharp_ax.set_xlabel("step")
+    sharp_ax.set_title("lambda_max (sharpness); dashed: 2 / lr")
+    return _save(fig, out / "edge_of_stability.png", dpi=110)
