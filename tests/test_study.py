@@ -263,3 +263,35 @@ def test_edge_of_stability_tracks_the_full_batch_hessian(tmp_path):
     (reference,) = eigsh(operator, k=1, which="LA", tol=1e-8, return_eigenvectors=False)
     assert result.sharpness[-1][1] == pytest.approx(reference, rel=2e-3)  # the part's tol: 1e-3
     assert result.max_eigenvalue_end == result.sharpness[-1][1]
+
+
+def test_trajectories_keep_the_axes_on_the_runs_that_trained(tmp_path, monkeypatch):
+    from lightning_shortcut.study import figures
+    from lightning_shortcut.study.results import RunResult
+
+    def run(init, diverged, spectra):
+        return RunResult(1, init, 32, 1.0, True, 0, 0, 0, 0, 0.2, 0.9, diverged, 1.0, [], spectra)
+
+    def point(step, top, bottom):
+        return {"step": step, "max_eigenvalue": top, "min_eigenvalue": bottom, "stability": top}
+
+    trained = run("small", False, [point(step, 2.0 + step / 100, -0.5) for step in (0, 50, 100)])
+    blown_up = run("xavier", True, [point(0, 3e12, -2e12), point(50, math.nan, math.nan)])
+    saved = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path, dpi: saved.append(fig) or path)
+    figures.plot_eigenvalue_trajectories(tmp_path, [blown_up, trained])
+    (figure,) = saved
+    top_axis, bottom_axis, _ = figure.axes
+    assert top_axis.get_ylim()[1] < 10 and bottom_axis.get_ylim()[0] > -10  # not 1e12
+    edges = [  # markers on the frame: y in axes coordinates, at the top for +3e12 and for nan
+        (list(line.get_xdata()), list(line.get_ydata()))
+        for line in top_axis.get_lines()
+        if line.get_transform() != top_axis.transData
+    ]
+    assert [y for _, y in edges] == [[1.0], [1.0]] and edges[0][0][0] == 0
+    bottom_edges = [
+        list(line.get_ydata())
+        for line in bottom_axis.get_lines()
+        if line.get_transform() != bottom_axis.transData
+    ]
+    assert bottom_edges == [[0.0], [1.0]]  # -2e12 below, nan at the top

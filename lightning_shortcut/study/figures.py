@@ -20,6 +20,8 @@ __all__ = [
 # one color per shortcut depth, one line style per initialization
 COLORS = {1: "tab:red", 2: "tab:blue", 3: "tab:green"}
 STYLES = {"small": "-", "xavier": "--", "orthogonal": ":"}
+# a diverged run's marker per initialization, at the edge of a panel it would stretch
+DIVERGED_MARKERS = {"small": "*", "xavier": "x", "orthogonal": "+"}
 
 
 def _pyplot():
@@ -99,25 +101,54 @@ def plot_loss_curves(out: Path, runs: Sequence[RunResult]) -> Path:
 
 
 def plot_eigenvalue_trajectories(out: Path, runs: Sequence[RunResult]) -> Path:
-    """``eigenvalue_trajectories.png``: the extreme eigenvalues along training, deepest runs."""
+    """``eigenvalue_trajectories.png``: the extreme eigenvalues along training, deepest runs.
+
+    The axes hold the runs that trained; a diverged run's values beyond them (Xavier's ``1e13`` at
+    the initial point of a deep stack, say) are its marker on the panel's edge, as the crosses of
+    ``lr_sweep.png``.
+    """
     deepest = max(r.num_units for r in runs)
+    shown = sorted((r for r in runs if r.num_units == deepest), key=lambda r: r.diverged)
     fig, axes = _pyplot().subplots(1, 3, figsize=(15, 3.8))
     keys = ("max_eigenvalue", "min_eigenvalue", "stability")
-    for run in (r for r in runs if r.num_units == deepest):
-        style, color = STYLES.get(run.init, "-") + "o", COLORS.get(run.shortcut_depth)
-        for ax, key in zip(axes, keys, strict=True):
-            points = [(s["step"], s[key]) for s in run.spectra if key in s]
-            if points:
-                steps, values = zip(*points, strict=True)
-                ax.plot(steps, values, style, markersize=3, color=color, label=_run_label(run))
     titles = ("largest eigenvalue", "smallest eigenvalue", "stability (lr * curvature / 2)")
-    for ax, title in zip(axes, titles, strict=True):
-        ax.set_yscale("symlog", linthresh=1e-3)
-        ax.set_title(f"{title}, {deepest} units")
-        ax.set_xlabel("step")
     axes[2].axhline(1.0, color="black", linestyle="--", linewidth=1)
+    for ax, key, title in zip(axes, keys, titles, strict=True):
+        ax.set_yscale("symlog", linthresh=1e-3)
+        clip = any(key in s for r in shown if not r.diverged for s in r.spectra)
+        rows = iter(range(len(shown)))
+        for run in shown:  # the trained runs first: they set the axis
+            _plot_trajectory(ax, run, key, next(rows) if run.diverged and clip else None)
+        note = " (diverged runs at the edge)" if any(r.diverged for r in shown) else ""
+        ax.set_title(f"{title}, {deepest} units{note}", fontsize=10)
+        ax.set_xlabel("step")
     axes[1].legend(fontsize=7)
     return _save(fig, out / "eigenvalue_trajectories.png", dpi=110)
+
+
+def _plot_trajectory(ax: Any, run: RunResult, key: str, edge_row: int | None) -> None:
+    """One run's ``key`` along training. With an ``edge_row``, the values beyond the axis's limits
+    (or not finite) are the run's marker on the nearer edge, the ``edge_row``-th beside its step,
+    and the limits stay."""
+    points = [(s["step"], s[key]) for s in run.spectra if key in s]
+    if not points:
+        return
+    marker = DIVERGED_MARKERS.get(run.init, "x") if run.diverged else "o"
+    style, color = STYLES.get(run.init, "-") + marker, COLORS.get(run.shortcut_depth)
+    low, high = ax.get_ylim()
+    inside = [(s, v) for s, v in points if edge_row is None or low <= v <= high]
+    steps, values = zip(*inside, strict=True) if inside else ((), ())
+    ax.plot(steps, values, style, markersize=3, color=color, label=_run_label(run))
+    if edge_row is None:
+        return
+    first, last = ax.get_xlim()
+    dodge = 0.025 * (last - first) * edge_row  # runs off the axis at one step sit side by side
+    for step, value in points:
+        if not low <= value <= high:  # on the frame, in axes coordinates
+            edge = 0.0 if value < low else 1.0
+            transform = ax.get_xaxis_transform()
+            ax.plot([step + dodge], [edge], marker, color=color, clip_on=False, transform=transform)
+    ax.set_ylim(low, high)
 
 
 def plot_lr_sweep(out: Path, results: Sequence[SweepResult]) -> Path:
