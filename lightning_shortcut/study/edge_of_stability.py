@@ -51,6 +51,7 @@ _COLUMNS = (
     "max_eigenvalue_end",
     "first_step_at_edge",
     "median_stability_second_half",
+    "min_stability_second_half",
     "max_stability_second_half",
     "final_loss",
     "measurements",
@@ -67,9 +68,10 @@ def _squared_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
 class EdgeOfStabilityRuns(StudyPart):
     """Full-batch gradient descent at each of ``edge_lrs``, ``lambda_max`` along training against
     ``2 / lr``: ``edge_of_stability.csv`` (per learning rate: ``lambda_max`` at the first and last
-    measurement, the first measured step at which ``lr * lambda_max / 2 >= 0.95``, the median and
-    largest stability ratio ``lr * lambda_max / 2`` over the run's second half, the final loss, the
-    measurements and their mean Hessian-vector products) and ``edge_of_stability.png``.
+    measurement, the first measured step at which ``lr * lambda_max / 2 >= 0.95``, the median,
+    smallest and largest stability ratio ``lr * lambda_max / 2`` over the run's second half, the
+    final loss, the measurements and their mean Hessian-vector products) and
+    ``edge_of_stability.png``.
 
     ``self.models`` keeps each run's final model by learning rate, the weights of its last
     measurement.
@@ -185,6 +187,7 @@ def _result(
         max_eigenvalue_end=sharpness[-1][1] if sharpness else math.nan,
         first_step_at_edge=at_edge[0] if at_edge else None,
         median_stability_second_half=statistics.median(second_half) if second_half else math.nan,
+        min_stability_second_half=min(second_half, default=math.nan),
         max_stability_second_half=max(second_half, default=math.nan),
         final_loss=math.inf if run_diverged else losses[-1][1],
         diverged=run_diverged,

@@ -58,6 +58,7 @@ class EdgeResult:
             (``None``: never).
         median_stability_second_half: the median of ``lr * lambda_max / 2`` over the measurements
             of the run's second half.
+        min_stability_second_half: the smallest of them.
         max_stability_second_half: the largest of them.
         final_loss: the full-batch loss at the last step (``inf`` if the run diverged).
         diverged: whether the loss left the finite range (the run stopped there).
@@ -76,6 +77,7 @@ class EdgeResult:
     max_eigenvalue_end: float
     first_step_at_edge: int | None
     median_stability_second_half: float
+    min_stability_second_half: float
     max_stability_second_half: float
     final_loss: float
     diverged: bool
