@@ -43,18 +43,18 @@ MONITOR_ARGS = {
 }
 #: Measurements after the one at the initial point in a recipe's run: its curves have one more point.
 MEASUREMENTS = 20
-#: What the schedule costs on each dataset's recipes (``shortcut2_small_relu``, cold solves at
-#: ``tol=1e-2``, torch 2.14.1), for the recipe's comment.
+_IDX_COST = (
+    "Estimated on one CPU core (random data of this shape): a measurement, about 40 Hessian-vector "
+    "products on 512 samples, costs as much as 80-110 training steps: +40-55% of the training time."
+)
+#: What the schedule costs on each dataset's recipes (``shortcut2_small_relu``, ``tol=1e-2``,
+#: torch 2.14.1; cold and warm-started monitors alike), for the recipe's comment.
 MEASUREMENT_COST = {
-    "digits": "Measured on 2 shared CPU cores: its 21 measurements, 20-68 (mean 34) Hessian-vector "
-    "products on 512 samples each, take 14 s of CPU time, as much as the 840 training steps "
-    "(+97%).",
-    "mnist": "Estimated on one CPU core (random data of this shape): a measurement, about 40 "
-    "Hessian-vector products on 512 samples, costs 1.5 s, 108 training steps: +54% of the "
-    "training time.",
-    "fashion_mnist": "Estimated on one CPU core (random data of this shape): a measurement, about "
-    "40 Hessian-vector products on 512 samples, costs 1.5 s, 108 training steps: +54% of the "
-    "training time.",
+    "digits": "Measured on 2 shared CPU cores: its 21 measurements, 12-68 (mean 34-36) "
+    "Hessian-vector products on 512 samples each, take 14-22 s of CPU time in a run that trains "
+    "in 12-14 s: the run takes 2-3 times as long.",
+    "mnist": _IDX_COST,
+    "fashion_mnist": _IDX_COST,
     "cifar10": "Estimated from an H200 (a measurement about 4 s, 30 epochs about 160 s of "
     "training): about +50%; on a CPU one measurement takes minutes.",
 }
