@@ -70,7 +70,7 @@ def _print_lines(lines: Sequence[str]) -> None:
 
 
 def _plot(args: Sequence[str]) -> None:
-    from lightning_shortcut.plot import load_hessian_metrics, plot_hessian_metrics
+    from lightning_shortcut.plot import load_hessian_metrics, load_step_range, plot_hessian_metrics
 
     parser = argparse.ArgumentParser(
         prog="lightning-shortcut plot",
@@ -84,7 +84,9 @@ def _plot(args: Sequence[str]) -> None:
     options = parser.parse_args(args)
     try:
         series = load_hessian_metrics(options.source, prefix=options.prefix)
-        out = plot_hessian_metrics(series, options.out, title=options.title or options.source)
+        steps = load_step_range(options.source)  # the run's steps, not only the measured ones
+        title = options.title or options.source
+        out = plot_hessian_metrics(series, options.out, title=title, steps=steps)
     except (FileNotFoundError, ValueError, ImportError) as error:
         parser.exit(2, f"lightning-shortcut plot: error: {error}\n")
     print(f"wrote {out} ({', '.join(sorted(series))})")

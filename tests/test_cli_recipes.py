@@ -1,6 +1,7 @@
 """Every shipped recipe runs through the CLI with a tiny budget on offline data (the TorchGeo pattern)."""
 
 import csv
+import math
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ import yaml
 from helpers.fake_data import write_cifar10, write_mnist
 
 from lightning_shortcut.cli import cli, main
+from lightning_shortcut.data.registry import DATASETS
 from lightning_shortcut.recipes import (
     all_recipes,
     list_recipes,
@@ -93,3 +95,68 @@ def test_unknown_recipe_and_listing(capsys):
         cli(["fit", "--config", "digits/shortcut9_magic_linear"])
     main(["recipes"])
     assert "digits/shortcut2_small_relu" in capsys.readouterr().out
+
+
+def _train_size(dataset, data_args):
+    """Training samples after the validation split, from the dataset's published size (digits:
+    scikit-learn's bundled copy) and the datamodule's own split."""
+    import inspect
+
+    from lightning_shortcut.data import DigitsDataModule
+
+    if dataset == "digits":
+        datamodule = DigitsDataModule(**data_args)
+        datamodule.setup("fit")
+        return len(datamodule.train_set)
+    published = {"mnist": 60_000, "fashion_mnist": 60_000, "cifar10": 50_000}[dataset]
+    parameters = inspect.signature(DATASETS[dataset].datamodule).parameters
+    return published - round(parameters["val_fraction"].default * published)
+
+
+@pytest.mark.parametrize("dataset", sorted({spec[0] for spec in all_recipes()}))
+def test_recipe_schedules_draw_curves_of_20_points(dataset):
+    configs = [
+        yaml.safe_load(resolve_recipe(name).read_text())
+        for name in RECIPES
+        if name.startswith(f"{dataset}/")
+    ]
+    (data_args,) = {yaml.safe_dump(c["data"]["init_args"]) for c in configs}  # one data per dataset
+    data_args = yaml.safe_load(data_args)
+    steps_per_epoch = math.ceil(_train_size(dataset, data_args) / data_args["batch_size"])
+    assert DATASETS[dataset].recipe.steps_per_epoch == steps_per_epoch
+    for config in configs:
+        steps = config["trainer"]["max_epochs"] * steps_per_epoch
+        (monitor,) = [
+            c["init_args"] for c in config["trainer"]["callbacks"] if "Hessian" in c["class_path"]
+        ]
+        assert "max_overhead" not in monitor  # a fixed schedule that no time budget cuts
+        assert monitor["at_fit_start"] and 1 + steps // monitor["every_n_steps"] >= 20
+
+
+def test_digits_recipe_run_logs_a_curve(tmp_path):
+    """The recipe's own schedule, on 4 of its 40 epochs and a model small enough for seconds: the
+    measurements the schedule test counts are the ones a run makes, the last step's included."""
+    args = [
+        "fit",
+        "--config", "digits/shortcut2_small_relu",
+        "--model.init_args.num_units", "1",
+        "--model.init_args.width", "8",
+        "--trainer.max_epochs", "4",
+        "--trainer.limit_val_batches", "0",
+        "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.logger.init_args.save_dir", str(tmp_path),
+        "--trainer.enable_checkpointing", "false",
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false",
+        "--trainer.accelerator", "cpu",
+    ]  # fmt: skip
+    result = cli(args)
+    monitor = next(
+        c for c in result.trainer.callbacks if type(c).__name__ == "HessianEigenvalueMonitor"
+    )
+    every = monitor.every_n_steps
+    assert result.trainer.global_step == 4 * 21 == 2 * every
+    assert [r["step"] for r in monitor.history] == [0, every, 2 * every]
+    with open(Path(result.trainer.logger.log_dir) / "metrics.csv") as handle:
+        logged = [r["step"] for r in csv.DictReader(handle) if r.get("hessian/max_eigenvalue")]
+    assert logged == ["0", str(every), str(2 * every)]

@@ -37,6 +37,8 @@ def test_outputs_are_written(quick_study):
         "lr_sweep.csv",
         "lr_sweep_summary.csv",
         "lr_sweep.png",
+        "edge_of_stability.csv",
+        "edge_of_stability.png",
     ):
         assert (out / name).stat().st_size > 0, name
     rows = _rows(out / "summary.csv")
@@ -199,3 +201,98 @@ def test_zero_point_figure_with_singular_hessians(tmp_path):
         for k in (1, 2)
     ]
     assert plot_zero_point(tmp_path, (1, 2, 3), rows).stat().st_size > 0
+
+
+def test_edge_of_stability_sharpness_rises_to_two_over_lr(quick_study):
+    out, _ = quick_study
+    rows = {float(r["lr"]): r for r in _rows(out / "edge_of_stability.csv")}
+    assert sorted(rows) == sorted(BUDGETS["quick"]["edge_lrs"])
+    largest, smallest = rows[max(rows)], rows[min(rows)]
+    for row in rows.values():
+        assert row["diverged"] == "False" and row["converged"] == "True"
+        assert float(row["threshold"]) == pytest.approx(2 / float(row["lr"]))
+        assert float(row["max_eigenvalue_start"]) < 0.8 * float(row["threshold"])  # starts stable
+    # the largest step: sharpness rose to 2 / lr and stays within a few percent of it
+    assert 0.95 < float(largest["median_stability_second_half"]) < 1.15
+    assert 0.85 < float(largest["min_stability_second_half"])  # it hovers: no way back down
+    assert float(largest["max_eigenvalue_end"]) == pytest.approx(
+        float(largest["threshold"]), rel=0.15
+    )
+    assert int(largest["first_step_at_edge"]) < BUDGETS["quick"]["edge_steps"] / 2
+    # the smallest: still sharpening, below its edge, at the end of the quick budget
+    assert float(smallest["max_eigenvalue_end"]) > 1.5 * float(smallest["max_eigenvalue_start"])
+    assert float(smallest["median_stability_second_half"]) < 0.9
+    assert smallest["first_step_at_edge"] == ""  # None: never at the edge
+    assert "## Edge of stability" in (out / "summary.md").read_text()
+
+
+def test_edge_of_stability_tracks_the_full_batch_hessian(tmp_path):
+    """The warm-started measurements are lambda_max of the full-batch loss: the last one equals
+    scipy's eigsh on Hessian-vector products at the final weights, and the loss is the full batch's."""
+    import numpy as np
+    import torch
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    from lightning_shortcut.data.registry import get_dataset
+    from lightning_shortcut.study.edge_of_stability import EdgeOfStabilityRuns
+    from lightning_shortcut.theory import half_mse_loss
+
+    config = StudyConfig(out=tmp_path, budget="quick", edge_lrs=(0.5,), edge_steps=180)
+    dataset = get_dataset(config.data)
+    datamodule = dataset.study_datamodule(config.data_dir, config.batch_size, config.seed)
+    datamodule.setup("fit")
+    part = EdgeOfStabilityRuns(config, dataset, datamodule)
+    for _, work in part.steps():
+        work()
+    (result,) = part.results
+    assert [step for step, _ in result.sharpness] == [*range(0, 180, 25), 180]
+    model, (inputs, targets) = part.models[0.5], part.full_batch()
+    assert inputs.shape == (1000, 16) and targets.shape == (1000, 16)
+    params = list(model.parameters())
+    loss = half_mse_loss(model(inputs), targets)
+    assert result.losses[-1] == (180, pytest.approx(float(loss.detach()), rel=1e-6))
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    flat = torch.cat([g.reshape(-1) for g in grads])
+
+    def hvp(vector):
+        v = torch.as_tensor(np.asarray(vector).ravel(), dtype=flat.dtype)
+        products = torch.autograd.grad(flat, params, v, retain_graph=True)
+        return torch.cat([p.reshape(-1) for p in products]).double().numpy()
+
+    size = flat.numel()
+    operator = LinearOperator((size, size), matvec=hvp, dtype=np.float64)
+    (reference,) = eigsh(operator, k=1, which="LA", tol=1e-8, return_eigenvectors=False)
+    assert result.sharpness[-1][1] == pytest.approx(reference, rel=2e-3)  # the part's tol: 1e-3
+    assert result.max_eigenvalue_end == result.sharpness[-1][1]
+
+
+def test_trajectories_keep_the_axes_on_the_runs_that_trained(tmp_path, monkeypatch):
+    from lightning_shortcut.study import figures
+    from lightning_shortcut.study.results import RunResult
+
+    def run(init, diverged, spectra):
+        return RunResult(1, init, 32, 1.0, True, 0, 0, 0, 0, 0.2, 0.9, diverged, 1.0, [], spectra)
+
+    def point(step, top, bottom):
+        return {"step": step, "max_eigenvalue": top, "min_eigenvalue": bottom, "stability": top}
+
+    trained = run("small", False, [point(step, 2.0 + step / 100, -0.5) for step in (0, 50, 100)])
+    blown_up = run("xavier", True, [point(0, 3e12, -2e12), point(50, math.nan, math.nan)])
+    saved = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path, dpi: saved.append(fig) or path)
+    figures.plot_eigenvalue_trajectories(tmp_path, [blown_up, trained])
+    (figure,) = saved
+    top_axis, bottom_axis, _ = figure.axes
+    assert top_axis.get_ylim()[1] < 10 and bottom_axis.get_ylim()[0] > -10  # not 1e12
+    edges = [  # markers on the frame: y in axes coordinates, at the top for +3e12 and for nan
+        (list(line.get_xdata()), list(line.get_ydata()))
+        for line in top_axis.get_lines()
+        if line.get_transform() != top_axis.transData
+    ]
+    assert [y for _, y in edges] == [[1.0], [1.0]] and edges[0][0][0] == 0
+    bottom_edges = [
+        list(line.get_ydata())
+        for line in bottom_axis.get_lines()
+        if line.get_transform() != bottom_axis.transData
+    ]
+    assert bottom_edges == [[0.0], [1.0]]  # -2e12 below, nan at the top

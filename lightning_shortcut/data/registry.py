@@ -30,6 +30,8 @@ class RecipeDefaults:
         num_units: residual units.
         max_epochs: training epochs.
         lr: SGD learning rate (with momentum 0.9).
+        steps_per_epoch: batches of the training set at ``data_args``' batch size (the full
+            dataset's, after the validation split): the recipes' measurement schedule is set from it.
     """
 
     data_args: Mapping[str, Any]
@@ -37,6 +39,7 @@ class RecipeDefaults:
     num_units: int
     max_epochs: int
     lr: float
+    steps_per_epoch: int
 
 
 @dataclass(frozen=True)
@@ -107,11 +110,13 @@ register_dataset(
         task=REGRESSION,
         study_args={"task": "regression", "width": 16},
         layer="linear",
-        recipe=RecipeDefaults({"batch_size": 64}, width=32, num_units=16, max_epochs=40, lr=0.05),
+        recipe=RecipeDefaults(
+            {"batch_size": 64}, width=32, num_units=16, max_epochs=40, lr=0.05, steps_per_epoch=21
+        ),
     )
 )
 # what the MNIST-format recipes share: 28x28 digits or clothes through a linear projection
-_IDX_RECIPE = {"width": 64, "num_units": 16, "max_epochs": 10, "lr": 0.05}
+_IDX_RECIPE = {"width": 64, "num_units": 16, "max_epochs": 10, "lr": 0.05, "steps_per_epoch": 422}
 _DOWNLOAD = {"data_dir": "data", "download": True, "batch_size": 128}
 
 register_dataset(
@@ -141,6 +146,8 @@ register_dataset(
         CIFAR10DataModule,
         task=CLASSIFICATION,
         layer="conv",
-        recipe=RecipeDefaults(_DOWNLOAD, width=32, num_units=8, max_epochs=30, lr=0.05),
+        recipe=RecipeDefaults(
+            _DOWNLOAD, width=32, num_units=8, max_epochs=30, lr=0.05, steps_per_epoch=352
+        ),
     )
 )

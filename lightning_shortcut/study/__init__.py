@@ -1,6 +1,6 @@
 """``shortcut-study``: the paper's comparisons as a table and figures.
 
-Two parts, both written into ``--out``:
+Four parts, all written into ``--out``:
 
 1. The zero point: the condition number of the Hessian over the residual parameters of exactly
    zero-initialized stacks, measured with the Lanczos engine, against the number of units for each
@@ -10,6 +10,12 @@ Two parts, both written into ``--out``:
    hold the condition number at the initial point (``kappa_init``), the eigenvalues at the first and
    last measurement, the final loss over the training set and the validation accuracy;
    ``loss_curves.png`` and ``eigenvalue_trajectories.png`` show the runs.
+3. The learning rate against depth: each shortcut depth from small weights over a grid of learning
+   rates, beside the initial ``2 / lambda_max`` (``lr_sweep.csv``, ``lr_sweep_summary.csv``,
+   ``lr_sweep.png``).
+4. The edge of stability (Cohen et al. 2021, Fig. 1): full-batch gradient descent on a tanh MLP at
+   several learning rates, ``lambda_max`` along training against ``2 / lr``
+   (``edge_of_stability.csv``, ``edge_of_stability.png``).
 
 The default runs offline on scikit-learn's ``digits`` in the theory's exact setting: inputs are
 the images' whitened PCA coordinates in 16 dimensions, targets the one-hot labels in the first 10 of
@@ -18,14 +24,15 @@ the images' whitened PCA coordinates in 16 dimensions, targets the one-hot label
 classifier (input projection, stack, head) on those datasets instead.
 
 The package: :mod:`~.config` (``StudyConfig``, the budgets), :mod:`~.parts` (``StudyPart``, the
-base of a part, and ``Table``), :mod:`~.zero_point` and :mod:`~.training` (the two parts),
-:mod:`~.report` (CSV and Markdown), :mod:`~.figures`, :mod:`~.runner` (``run_study`` and ``PARTS``,
-the parts in order) and :mod:`~.cli` (``main``, the command line).
+base of a part, and ``Table``), :mod:`~.zero_point`, :mod:`~.training`, :mod:`~.lr_sweep` and
+:mod:`~.edge_of_stability` (the parts), :mod:`~.results` (their result types), :mod:`~.report`
+(CSV and Markdown), :mod:`~.figures` (which reads only :mod:`~.results`), :mod:`~.runner`
+(``run_study`` and ``PARTS``, the parts in order) and :mod:`~.cli` (``main``, the command line).
 """
 
 from lightning_shortcut.study.cli import main
 from lightning_shortcut.study.config import BUDGETS, INIT_NAMES, StudyConfig
+from lightning_shortcut.study.results import RunResult
 from lightning_shortcut.study.runner import run_study
-from lightning_shortcut.study.training import RunResult
 
 __all__ = ["BUDGETS", "INIT_NAMES", "RunResult", "StudyConfig", "main", "run_study"]

@@ -26,6 +26,9 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "hessian_every": 15,
         "sweep_lrs": (0.01, 0.3, 3.0),
         "sweep_steps": 20,
+        "edge_lrs": (2 / 4, 2 / 8),
+        "edge_steps": 400,
+        "edge_every": 25,
     },
     # the README's default: a few minutes on two CPU cores
     "default": {
@@ -35,6 +38,10 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "hessian_every": 50,
         "sweep_lrs": (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
         "sweep_steps": 300,
+        # 2 / lr = 4, 6, 8: each run reaches its edge within the first half of its steps
+        "edge_lrs": (2 / 4, 2 / 6, 2 / 8),
+        "edge_steps": 2000,
+        "edge_every": 40,
     },
     "full": {
         "num_units": (1, 4, 16, 64),
@@ -43,16 +50,24 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "hessian_every": 100,
         "sweep_lrs": (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 1.5, 2.0, 3.0),
         "sweep_steps": 1000,
+        "edge_lrs": (2 / 4, 2 / 6, 2 / 8, 2 / 10),
+        "edge_steps": 5000,
+        "edge_every": 25,
     },
 }
 #: The initializations the study trains from (names of :data:`~lightning_shortcut.init.INIT_STRATEGIES`).
 INIT_NAMES = ("small", "xavier", "orthogonal")
 
+_TUPLES = ("shortcut_depths", "inits", "num_units", "kappa_units", "sweep_lrs", "edge_lrs")
+_POSITIVE_INTS = ("max_steps", "hessian_every", "sweep_steps", "edge_steps", "edge_every")
+_POSITIVE_INTS += ("edge_samples", "batch_size", "hessian_samples")
+
 
 @dataclass
 class StudyConfig:
     """What the study runs. ``budget`` fills ``num_units``, ``kappa_units``, ``max_steps``,
-    ``hessian_every``, ``sweep_lrs`` and ``sweep_steps`` unless they are given.
+    ``hessian_every``, ``sweep_lrs``, ``sweep_steps``, ``edge_lrs``, ``edge_steps`` and
+    ``edge_every`` unless they are given.
 
     Every field is a flag of ``shortcut-study`` (``--data_dir`` or ``--data-dir``; a tuple takes
     several values, ``--num-units 2 8``) and a key of its ``--config`` YAML.
@@ -70,6 +85,11 @@ class StudyConfig:
         hessian_every: steps between Hessian measurements during training (default: the budget's).
         sweep_lrs: the learning rates of the sweep (default: the budget's; 0.01 to 2).
         sweep_steps: SGD steps per run of the sweep (default: the budget's).
+        edge_lrs: the learning rates of the edge-of-stability runs (default: the budget's).
+        edge_steps: full-batch gradient-descent steps per edge-of-stability run (default: the
+            budget's).
+        edge_every: steps between its lambda_max measurements (default: the budget's).
+        edge_samples: training samples of its full batch.
         lr: SGD learning rate.
         small_scale: standard deviation of the small initialization.
         batch_size: SGD batch size.
@@ -89,6 +109,10 @@ class StudyConfig:
     hessian_every: int | None = None
     sweep_lrs: tuple[float, ...] | None = None
     sweep_steps: int | None = None
+    edge_lrs: tuple[float, ...] | None = None
+    edge_steps: int | None = None
+    edge_every: int | None = None
+    edge_samples: int = 1000
     lr: float = 0.1
     small_scale: float = 1e-3
     batch_size: int = 64
@@ -104,14 +128,15 @@ class StudyConfig:
         for key, value in BUDGETS[self.budget].items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
-        for name in ("shortcut_depths", "inits", "num_units", "kappa_units", "sweep_lrs"):
+        for name in _TUPLES:
             setattr(self, name, tuple(getattr(self, name)))  # a YAML or CLI list, say
         for name in ("shortcut_depths", "num_units", "kappa_units"):
             for value in getattr(self, name):
                 check_positive_int(name, value)
-        for value in self.sweep_lrs:
-            check_positive_float("sweep_lrs", value)
-        for name in ("max_steps", "hessian_every", "sweep_steps", "batch_size", "hessian_samples"):
+        for name in ("sweep_lrs", "edge_lrs"):
+            for value in getattr(self, name):
+                check_positive_float(name, value)
+        for name in _POSITIVE_INTS:
             check_positive_int(name, getattr(self, name))
         check_positive_float("lr", self.lr)
         check_non_negative_float("small_scale", self.small_scale)

@@ -5,17 +5,23 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from lightning_shortcut.study.lr_sweep import SweepResult
-    from lightning_shortcut.study.training import RunResult
+from lightning_shortcut.study.results import EdgeResult, RunResult, SweepResult
 
-__all__ = ["plot_eigenvalue_trajectories", "plot_loss_curves", "plot_lr_sweep", "plot_zero_point"]
+__all__ = [
+    "plot_edge_of_stability",
+    "plot_eigenvalue_trajectories",
+    "plot_loss_curves",
+    "plot_lr_sweep",
+    "plot_zero_point",
+]
 
 # one color per shortcut depth, one line style per initialization
 COLORS = {1: "tab:red", 2: "tab:blue", 3: "tab:green"}
 STYLES = {"small": "-", "xavier": "--", "orthogonal": ":"}
+# a diverged run's marker per initialization, at the edge of a panel it would stretch
+DIVERGED_MARKERS = {"small": "*", "xavier": "x", "orthogonal": "+"}
 
 
 def _pyplot():
@@ -95,25 +101,54 @@ def plot_loss_curves(out: Path, runs: Sequence[RunResult]) -> Path:
 
 
 def plot_eigenvalue_trajectories(out: Path, runs: Sequence[RunResult]) -> Path:
-    """``eigenvalue_trajectories.png``: the extreme eigenvalues along training, deepest runs."""
+    """``eigenvalue_trajectories.png``: the extreme eigenvalues along training, deepest runs.
+
+    The axes hold the runs that trained; a diverged run's values beyond them (Xavier's ``1e13`` at
+    the initial point of a deep stack, say) are its marker on the panel's edge, as the crosses of
+    ``lr_sweep.png``.
+    """
     deepest = max(r.num_units for r in runs)
+    shown = sorted((r for r in runs if r.num_units == deepest), key=lambda r: r.diverged)
     fig, axes = _pyplot().subplots(1, 3, figsize=(15, 3.8))
     keys = ("max_eigenvalue", "min_eigenvalue", "stability")
-    for run in (r for r in runs if r.num_units == deepest):
-        style, color = STYLES.get(run.init, "-") + "o", COLORS.get(run.shortcut_depth)
-        for ax, key in zip(axes, keys, strict=True):
-            points = [(s["step"], s[key]) for s in run.spectra if key in s]
-            if points:
-                steps, values = zip(*points, strict=True)
-                ax.plot(steps, values, style, markersize=3, color=color, label=_run_label(run))
     titles = ("largest eigenvalue", "smallest eigenvalue", "stability (lr * curvature / 2)")
-    for ax, title in zip(axes, titles, strict=True):
-        ax.set_yscale("symlog", linthresh=1e-3)
-        ax.set_title(f"{title}, {deepest} units")
-        ax.set_xlabel("step")
     axes[2].axhline(1.0, color="black", linestyle="--", linewidth=1)
+    for ax, key, title in zip(axes, keys, titles, strict=True):
+        ax.set_yscale("symlog", linthresh=1e-3)
+        clip = any(key in s for r in shown if not r.diverged for s in r.spectra)
+        rows = iter(range(len(shown)))
+        for run in shown:  # the trained runs first: they set the axis
+            _plot_trajectory(ax, run, key, next(rows) if run.diverged and clip else None)
+        note = " (diverged runs at the edge)" if any(r.diverged for r in shown) else ""
+        ax.set_title(f"{title}, {deepest} units{note}", fontsize=10)
+        ax.set_xlabel("step")
     axes[1].legend(fontsize=7)
     return _save(fig, out / "eigenvalue_trajectories.png", dpi=110)
+
+
+def _plot_trajectory(ax: Any, run: RunResult, key: str, edge_row: int | None) -> None:
+    """One run's ``key`` along training. With an ``edge_row``, the values beyond the axis's limits
+    (or not finite) are the run's marker on the nearer edge, the ``edge_row``-th beside its step,
+    and the limits stay."""
+    points = [(s["step"], s[key]) for s in run.spectra if key in s]
+    if not points:
+        return
+    marker = DIVERGED_MARKERS.get(run.init, "x") if run.diverged else "o"
+    style, color = STYLES.get(run.init, "-") + marker, COLORS.get(run.shortcut_depth)
+    low, high = ax.get_ylim()
+    inside = [(s, v) for s, v in points if edge_row is None or low <= v <= high]
+    steps, values = zip(*inside, strict=True) if inside else ((), ())
+    ax.plot(steps, values, style, markersize=3, color=color, label=_run_label(run))
+    if edge_row is None:
+        return
+    first, last = ax.get_xlim()
+    dodge = 0.025 * (last - first) * edge_row  # runs off the axis at one step sit side by side
+    for step, value in points:
+        if not low <= value <= high:  # on the frame, in axes coordinates
+            edge = 0.0 if value < low else 1.0
+            transform = ax.get_xaxis_transform()
+            ax.plot([step + dodge], [edge], marker, color=color, clip_on=False, transform=transform)
+    ax.set_ylim(low, high)
 
 
 def plot_lr_sweep(out: Path, results: Sequence[SweepResult]) -> Path:
@@ -155,3 +190,35 @@ def plot_lr_sweep(out: Path, results: Sequence[SweepResult]) -> Path:
     axes[0][0].set_ylabel("final training loss")
     axes[0][0].legend(fontsize=8)
     return _save(fig, out / "lr_sweep.png", dpi=110)
+
+
+def plot_edge_of_stability(out: Path, results: Sequence[EdgeResult]) -> Path:
+    """``edge_of_stability.png``: the full-batch loss and ``lambda_max`` along training, a color per
+    learning rate, its ``2 / lr`` dashed (Cohen et al. 2021, Fig. 1); a diverged run ends in an x
+    at the top of the ``lambda_max`` panel."""
+    fig, (loss_ax, sharp_ax) = _pyplot().subplots(1, 2, figsize=(11, 3.8))
+    trained = [r for r in results if not r.diverged]
+    values = [v for r in trained for _, v in r.sharpness if math.isfinite(v)]
+    top = 1.25 * max([r.threshold for r in results] + values)
+    for index, result in enumerate(sorted(results, key=lambda r: -r.lr)):
+        color = f"C{index}"
+        label = f"lr {result.lr:.3g} (2 / lr = {result.threshold:.3g})"
+        label += " (diverged)" if result.diverged else ""
+        if result.losses:
+            steps, losses = zip(*result.losses, strict=True)
+            loss_ax.plot(steps, losses, color=color, linewidth=1, label=label)
+        if result.sharpness:
+            steps, sharpness = zip(*result.sharpness, strict=True)
+            sharp_ax.plot(steps, sharpness, "o-", color=color, markersize=2.5, linewidth=1)
+        sharp_ax.axhline(result.threshold, color=color, linestyle="--", linewidth=1)
+        if result.diverged:  # at the edge of the axis instead of stretching it
+            last = result.losses[-1][0] if result.losses else 0
+            sharp_ax.plot([last], [top], "x", color=color, markersize=8, clip_on=False)
+    loss_ax.set_yscale("log")
+    loss_ax.set_xlabel("step")
+    loss_ax.set_title("full-batch training loss")
+    loss_ax.legend(fontsize=8)
+    sharp_ax.set_ylim(0, top)
+    sharp_ax.set_xlabel("step")
+    sharp_ax.set_title("lambda_max (sharpness); dashed: 2 / lr")
+    return _save(fig, out / "edge_of_stability.png", dpi=110)

@@ -11,7 +11,7 @@ largest minibatch loss on the way (``peak_loss``).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,25 +23,11 @@ from lightning_shortcut.hessian import edge_of_stability, hessian_eigenvalues
 from lightning_shortcut.init import init_strategy
 from lightning_shortcut.study.figures import plot_lr_sweep
 from lightning_shortcut.study.parts import Step, StudyPart, Table, diverged
+from lightning_shortcut.study.results import SweepResult
 
-__all__ = ["LearningRateSweep", "SweepResult"]
+__all__ = ["LearningRateSweep"]
 
 INIT = "small"
-
-
-@dataclass
-class SweepResult:
-    """One run of the sweep (the CSV's columns)."""
-
-    shortcut_depth: int
-    init: str
-    num_units: int
-    lr: float
-    final_loss: float
-    diverged: bool
-    peak_loss: float
-    max_eigenvalue_init: float
-    stability_init: float
 
 
 class LearningRateSweep(StudyPart):

@@ -6,16 +6,23 @@ import logging
 
 from lightning_shortcut.data.registry import get_dataset
 from lightning_shortcut.study.config import StudyConfig
+from lightning_shortcut.study.edge_of_stability import EdgeOfStabilityRuns
 from lightning_shortcut.study.lr_sweep import LearningRateSweep
 from lightning_shortcut.study.parts import StudyPart
 from lightning_shortcut.study.report import write_tables
-from lightning_shortcut.study.training import RunResult, TrainingGrid
+from lightning_shortcut.study.results import RunResult
+from lightning_shortcut.study.training import TrainingGrid
 from lightning_shortcut.study.zero_point import ZeroPoint
 
 __all__ = ["PARTS", "run_study"]
 
 #: The parts of the study, run and reported in this order; a new kind of run is one more entry.
-PARTS: tuple[type[StudyPart], ...] = (ZeroPoint, TrainingGrid, LearningRateSweep)
+PARTS: tuple[type[StudyPart], ...] = (
+    ZeroPoint,
+    TrainingGrid,
+    LearningRateSweep,
+    EdgeOfStabilityRuns,
+)
 
 
 def run_study(config: StudyConfig, progress: bool = True) -> list[RunResult]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,9 @@ from lightning_shortcut.init import init_strategy
 from lightning_shortcut.residual import residual_parameters
 from lightning_shortcut.study.figures import plot_eigenvalue_trajectories, plot_loss_curves
 from lightning_shortcut.study.parts import Step, StudyPart, Table, diverged
+from lightning_shortcut.study.results import RunResult
 
-__all__ = ["RunResult", "TrainingGrid"]
+__all__ = ["TrainingGrid"]
 
 # the columns of summary.md (summary.csv has every field but the curves)
 _SUMMARY_COLUMNS = (
@@ -36,27 +37,6 @@ _SUMMARY_COLUMNS = (
     "final_loss",
     "accuracy",
 )
-
-
-@dataclass
-class RunResult:
-    """One training run: the Hessian at the start and end, the final loss and accuracy, the curves."""
-
-    shortcut_depth: int
-    init: str
-    num_units: int
-    kappa_init: float
-    kappa_init_converged: bool
-    max_eigenvalue_start: float
-    min_eigenvalue_start: float
-    max_eigenvalue_end: float
-    min_eigenvalue_end: float
-    final_loss: float
-    accuracy: float
-    diverged: bool
-    seconds: float
-    losses: list[tuple[int, float]] = field(default_factory=list, repr=False)
-    spectra: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
 
 class _LossRecorder(Callback):

@@ -1,0 +1,90 @@
+"""The study's result types: what each part's runs found, read by its tables and its figures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["EdgeResult", "RunResult", "SweepResult"]
+
+
+@dataclass
+class RunResult:
+    """One training run: the Hessian at the start and end, the final loss and accuracy, the curves."""
+
+    shortcut_depth: int
+    init: str
+    num_units: int
+    kappa_init: float
+    kappa_init_converged: bool
+    max_eigenvalue_start: float
+    min_eigenvalue_start: float
+    max_eigenvalue_end: float
+    min_eigenvalue_end: float
+    final_loss: float
+    accuracy: float
+    diverged: bool
+    seconds: float
+    losses: list[tuple[int, float]] = field(default_factory=list, repr=False)
+    spectra: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+
+@dataclass
+class SweepResult:
+    """One run of the learning-rate sweep (the CSV's columns)."""
+
+    shortcut_depth: int
+    init: str
+    num_units: int
+    lr: float
+    final_loss: float
+    diverged: bool
+    peak_loss: float
+    max_eigenvalue_init: float
+    stability_init: float
+
+
+@dataclass
+class EdgeResult:
+    """One full-batch gradient-descent run of the edge-of-stability part.
+
+    Attributes:
+        lr: the learning rate.
+        threshold: ``2 / lr``, the largest ``lambda_max`` at which gradient descent on a quadratic is
+            stable.
+        max_eigenvalue_start: ``lambda_max`` at the initial weights.
+        max_eigenvalue_end: ``lambda_max`` at the last measurement.
+        first_step_at_edge: the first measured step at which ``lr * lambda_max / 2 >= 0.95``
+            (``None``: never).
+        median_stability_second_half: the median of ``lr * lambda_max / 2`` over the measurements
+            of the run's second half.
+        min_stability_second_half: the smallest of them.
+        max_stability_second_half: the largest of them.
+        final_loss: the full-batch loss at the last step (``inf`` if the run diverged).
+        diverged: whether the loss left the finite range (the run stopped there).
+        measurements: the number of ``lambda_max`` measurements.
+        products_per_measurement: their mean number of Hessian-vector products.
+        converged: whether every measurement met its tolerance.
+        seconds: wall time of the run, measurements included.
+        sharpness: ``(step, lambda_max)`` of every measurement.
+        losses: ``(step, full-batch loss)`` of every step.
+        products: the Hessian-vector products of every measurement.
+    """
+
+    lr: float
+    threshold: float
+    max_eigenvalue_start: float
+    max_eigenvalue_end: float
+    first_step_at_edge: int | None
+    median_stability_second_half: float
+    min_stability_second_half: float
+    max_stability_second_half: float
+    final_loss: float
+    diverged: bool
+    measurements: int
+    products_per_measurement: float
+    converged: bool
+    seconds: float
+    sharpness: list[tuple[int, float]] = field(default_factory=list, repr=False)
+    losses: list[tuple[int, float]] = field(default_factory=list, repr=False)
+    products: list[int] = field(default_factory=list, repr=False)
