@@ -9,7 +9,8 @@ share of the training time by its own clock (``monitor time / (fit time - monito
 monitor takes the recipes' arguments (``lightning_shortcut.recipes.MONITOR_ARGS``: residual
 parameters, 512 samples, top and bottom eigenvalue, ``tol=1e-2``, self-scheduled within
 ``max_overhead=0.05`` of the training time; ``--max-overhead`` to change it); ``--schedules budget
-epoch`` adds the fixed one-measurement-per-epoch schedule for comparison. ``digits`` is the real offline recipe data; ``mnist``/``cifar10`` use random data of
+epoch`` adds the fixed one-measurement-per-epoch schedule for comparison, ``budget_cold`` the same
+budget with every measurement cold and no sampling error (the monitor before warm tracking). ``digits`` is the real offline recipe data; ``mnist``/``cifar10`` use random data of
 the recipes' shapes (``--mnist-samples``/``--cifar-samples`` to shrink them). Fewer ``--epochs``
 than the recipe make the measurement at fit start weigh more, so the overhead printed is then an
 upper bound for the recipe.
@@ -35,8 +36,15 @@ from lightning_shortcut.data import DigitsDataModule
 from lightning_shortcut.models import ResidualClassifier
 from lightning_shortcut.recipes import DATASETS, INITS, MONITOR_ARGS
 
-# "budget" is the recipes' own schedule; "epoch" replaces it with one uncapped measurement per epoch
-SCHEDULES = {"budget": {}, "epoch": {"every_n_epochs": 1, "max_overhead": None}}
+# "budget": the monitor's default schedule (within max_overhead of the training time), warm-started
+# with cold audits and the sampling error on cold measurements; "budget_cold": the same budget with
+# every measurement cold and no sampling error (the monitor before warm tracking), for the count of
+# measurements side by side; "epoch": one uncapped measurement per epoch
+SCHEDULES = {
+    "budget": {"max_overhead": 0.05},
+    "budget_cold": {"max_overhead": 0.05, "warm_start": False, "stderr": False},
+    "epoch": {"every_n_epochs": 1, "max_overhead": None},
+}
 
 
 def _loader(dataset: str, samples: int) -> DataLoader:
@@ -80,7 +88,7 @@ def _fit(
     monitor = None
     if schedule is not None:
         monitor_args = {**MONITOR_ARGS, **SCHEDULES[schedule]}
-        if schedule == "budget" and max_overhead is not None:
+        if schedule.startswith("budget") and max_overhead is not None:
             monitor_args["max_overhead"] = max_overhead
         monitor = HessianEigenvalueMonitor(**monitor_args)
         callbacks.append(monitor)
@@ -116,7 +124,7 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     accelerator = "gpu" if args.device == "cuda" else "cpu"
-    budget = MONITOR_ARGS["max_overhead"] if args.max_overhead is None else args.max_overhead
+    budget = 0.05 if args.max_overhead is None else args.max_overhead
     print(f"# Monitor overhead ({args.device}, median of {args.repeats}, budget {budget})\n")
     print(
         "| recipe data | samples | epochs | schedule | without (s) | with (s) | measurements "
