@@ -44,19 +44,20 @@ MONITOR_ARGS = {
 #: Measurements after the one at the initial point in a recipe's run: its curves have one more point.
 MEASUREMENTS = 20
 _IDX_COST = (
-    "Estimated on one CPU core (random data of this shape): a measurement, about 40 Hessian-vector "
-    "products on 512 samples, costs as much as 80-110 training steps: +40-55% of the training time."
+    "Estimated on one CPU core (random data of this shape): a measurement, 22-88 Hessian-vector "
+    "products on 512 samples, costs as much as 50-190 training steps (about 110 on average): "
+    "about +55% of the training time."
 )
-#: What the schedule costs on each dataset's recipes (``shortcut2_small_relu``, ``tol=1e-2``,
-#: torch 2.14.1; cold and warm-started monitors alike), for the recipe's comment.
+#: What the schedule costs on each dataset's recipes (``shortcut2_small_relu``, ``tol=1e-2``, the
+#: monitor's warm starts, torch 2.14.1), for the recipe's comment.
 MEASUREMENT_COST = {
-    "digits": "Measured on 2 shared CPU cores: its 21 measurements, 12-68 (mean 34-36) "
-    "Hessian-vector products on 512 samples each, take 14-22 s of CPU time in a run that trains "
-    "in 12-14 s: the run takes 2-3 times as long.",
+    "digits": "Measured on 2 CPU cores: its 21 measurements, 4-56 (mean 29) Hessian-vector "
+    "products on 512 samples each, take 11-13 s of CPU time in a run that trains in 10-11 s: the "
+    "run takes about twice as long.",
     "mnist": _IDX_COST,
     "fashion_mnist": _IDX_COST,
-    "cifar10": "Estimated from an H200 (a measurement about 4 s, 30 epochs about 160 s of "
-    "training): about +50%; on a CPU one measurement takes minutes.",
+    "cifar10": "Estimated from an H200 (a cold measurement about 4 s, 30 epochs about 160 s of "
+    "training): at most about +50%; on a CPU one measurement takes minutes.",
 }
 #: The grid: every registered dataset x these shortcut depths x :data:`INITS` x these branches.
 SHORTCUT_DEPTHS = (1, 2, 3)
