@@ -8,7 +8,7 @@ from helpers.models import ce_loss, classification_data, mlp
 from helpers.reference import dense_hessian
 
 from lightning_shortcut.hessian.edge_of_stability import edge_of_stability
-from lightning_shortcut.hessian.stability import UnsupportedOptimizerError
+from lightning_shortcut.hessian.optimizers import UnsupportedOptimizerError
 
 
 def _case():

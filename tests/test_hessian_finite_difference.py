@@ -109,7 +109,7 @@ def test_the_monitor_with_finite_differences_logs_the_exact_values_and_keeps_tra
 
     from lightning_shortcut.callbacks import HessianEigenvalueMonitor
 
-    settings = dict(every_n_steps=2, num_samples=48, tol=1e-4, stability=False)
+    settings = dict(every_n_steps=2, num_samples=48, tol=1e-4, edge_of_stability=False)
     difference = HessianEigenvalueMonitor(hvp="finite_difference", log_prefix="fd/", **settings)
     exact = HessianEigenvalueMonitor(**settings)
     _, monitored = fit(tmp_path, [difference, exact], max_steps=4)

@@ -118,9 +118,9 @@ def test_a_registered_solver_works_by_name(scipy_solver):
     from helpers.models import ce_loss, classification_data, mlp
     from helpers.reference import dense_eigenvalues
 
-    from lightning_shortcut.hessian import METHODS, hessian_eigenvalues
+    from lightning_shortcut.hessian import SOLVERS, hessian_eigenvalues
 
-    assert scipy_solver in METHODS
+    assert scipy_solver in SOLVERS
     model = mlp().double()
     x, y = classification_data((4,))
     reference = dense_eigenvalues(model, ce_loss(x, y))

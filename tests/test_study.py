@@ -214,7 +214,7 @@ def test_edge_of_stability_sharpness_rises_to_two_over_lr(quick_study):
         assert float(row["max_eigenvalue_start"]) < 0.8 * float(row["threshold"])  # starts stable
     # the largest step: sharpness rose to 2 / lr and stays within a few percent of it
     assert 0.95 < float(largest["median_stability_second_half"]) < 1.15
-    assert 0.85 < float(largest["min_stability_second_half"])  # it hovers: no way back down
+    assert float(largest["min_stability_second_half"]) > 0.85  # it hovers: no way back down
     assert float(largest["max_eigenvalue_end"]) == pytest.approx(
         float(largest["threshold"]), rel=0.15
     )

@@ -16,6 +16,7 @@ from lightning_shortcut._validation import (
     check_non_negative_float,
     check_positive_int,
 )
+from lightning_shortcut.callbacks._edge_of_stability import EdgeOfStabilityTracker
 from lightning_shortcut.callbacks._hessian_batch import (
     check_loss,
     gather_hessian_batch,
@@ -23,7 +24,6 @@ from lightning_shortcut.callbacks._hessian_batch import (
     stage_dataloader,
 )
 from lightning_shortcut.callbacks._schedule import DEFAULT_MAX_OVERHEAD, ScheduledMonitor
-from lightning_shortcut.callbacks._stability import StabilityTracker
 from lightning_shortcut.callbacks._strategies import (
     check_sharded_model,
     refuse_strategies_without_double_backward,
@@ -117,7 +117,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
 
     Memory between measurements (``warm_start=True``): the previous fit measurement's eigenvectors
     and the Ritz vectors next to them, at most ``top_k + bottom_k + 4`` vectors of the size of
-    ``params`` (6 by default), plus one for Adam's stability run; a measurement itself holds a
+    ``params`` (6 by default), plus one for Adam's edge-of-stability run; a measurement itself holds a
     Lanczos basis of 20 such vectors (``solver_options={"max_basis": ...}``).
 
     Strategies: a single device and DDP (each rank takes its share of the Hessian batch; every
@@ -185,7 +185,8 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
             gradient and a product on 16 chunks of the Hessian batch, about as much as a cold
             measurement on small models, so it comes with the audits rather than every
             measurement.
-        stability: *Output.* Log ``stability`` and ``max_stable_lr`` from the run's optimizer.
+        edge_of_stability: *Output.* Log ``stability`` and ``max_stable_lr`` from the run's
+            optimizer (:func:`~lightning_shortcut.hessian.edge_of_stability`).
         warn_above: *Output.* Warn once when ``stability`` stays above this for 3 measurements
             (``None``: never).
         log_prefix: *Output.* Prefix of the logged names.
@@ -235,7 +236,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         seed: int = 0,
         solver_options: dict[str, Any] | None = None,
         stderr: bool = True,
-        stability: bool = True,
+        edge_of_stability: bool = True,
         warn_above: float | None = 2.0,
         log_prefix: str = "hessian/",
         clock: Callable[[], float] | None = None,
@@ -258,7 +259,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         self.seed = seed
         self.solver_options = dict(solver_options or {})
         self.stderr = stderr
-        self.stability = stability
+        self.edge_of_stability = edge_of_stability
         self.warn_above = warn_above
         self.log_prefix = log_prefix
         self.__validate_init_configuration()
@@ -268,7 +269,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         self._warnings = MeasurementWarnings(num_samples, tol, max_iter)
         # warm starts of the fit measurements (audit_every=1 when off: every one is cold)
         self._tracker = SpectrumTracker(audit_every if warm_start else 1)
-        self._stability = StabilityTracker(
+        self._stability = EdgeOfStabilityTracker(
             warn_above, self._warnings.once, SpectrumTracker(audit_every if warm_start else 1)
         )
 
@@ -444,7 +445,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         """Every value a measurement logs, by name without prefix: the one place to add one (and
         to list it under "Logged metrics" in the class docstring)."""
         metrics = spectrum.as_dict()
-        if self.stability and stage == "fit" and spectrum.converged is not None:
+        if self.edge_of_stability and stage == "fit" and spectrum.converged is not None:
             ratio, products, seconds = self._stability.measure(
                 trainer,
                 pl_module,

@@ -20,18 +20,12 @@ from lightning_shortcut.hessian.linear_operator import (
     ScaledOperator,
 )
 from lightning_shortcut.hessian.operator import HessianOperator, cross_entropy_loss
+from lightning_shortcut.hessian.optimizers import UnsupportedOptimizerError
 from lightning_shortcut.hessian.solvers import SOLVERS, EigenResult, register_solver
-from lightning_shortcut.hessian.spectrum import METHODS, HessianSpectrum, hessian_eigenvalues
-from lightning_shortcut.hessian.stability import (
-    StepPreconditioner,
-    UnsupportedOptimizerError,
-    select_optimizer,
-    step_preconditioner,
-)
+from lightning_shortcut.hessian.spectrum import HessianSpectrum, hessian_eigenvalues
 from lightning_shortcut.hessian.tracking import SpectrumTracker
 
 __all__ = [
-    "METHODS",
     "SOLVERS",
     "EdgeOfStability",
     "EigenResult",
@@ -43,7 +37,6 @@ __all__ = [
     "ScaledOperator",
     "SpectralDensity",
     "SpectrumTracker",
-    "StepPreconditioner",
     "TraceEstimate",
     "UnsupportedOptimizerError",
     "cross_entropy_loss",
@@ -51,7 +44,5 @@ __all__ = [
     "hessian_eigenvalues",
     "hessian_trace",
     "register_solver",
-    "select_optimizer",
     "spectral_density",
-    "step_preconditioner",
 ]

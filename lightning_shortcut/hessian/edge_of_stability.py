@@ -2,7 +2,7 @@
 
 Gradient descent on a quadratic is stable only while ``lr * lambda_max < 2`` (Cohen et al., ICLR
 2021); for momentum, Nesterov and Adam the constant and the step differ (see
-:mod:`lightning_shortcut.hessian.stability`). This function reads the optimizer's current learning
+:mod:`lightning_shortcut.hessian.optimizers`). This function reads the optimizer's current learning
 rates and state and reports the ratio to the edge (1.0 is the edge) and the learning rate that would
 put the run exactly there.
 """
@@ -20,9 +20,9 @@ from torch.optim import Optimizer
 
 from lightning_shortcut.hessian.context import Mode
 from lightning_shortcut.hessian.operator import AllReduce, Hvp, LossFn, ParamsSpec, resolve_params
+from lightning_shortcut.hessian.optimizers import select_optimizer, step_preconditioner
 from lightning_shortcut.hessian.sharded import reshard
 from lightning_shortcut.hessian.spectrum import hessian_eigenvalues
-from lightning_shortcut.hessian.stability import select_optimizer, step_preconditioner
 
 __all__ = ["EdgeOfStability", "edge_of_stability"]
 

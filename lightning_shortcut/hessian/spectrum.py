@@ -27,10 +27,7 @@ from lightning_shortcut.hessian.sharded import (
 from lightning_shortcut.hessian.solvers import SOLVERS, EigenResult
 from lightning_shortcut.theory import magnitude_ratio
 
-__all__ = ["METHODS", "HessianSpectrum", "hessian_eigenvalues"]
-
-#: The registered solvers' names, a live view of :data:`~lightning_shortcut.hessian.SOLVERS`.
-METHODS = SOLVERS.keys()
+__all__ = ["HessianSpectrum", "hessian_eigenvalues"]
 
 
 def _check_count(name: str, value: object) -> int:

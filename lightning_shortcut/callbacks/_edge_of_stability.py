@@ -11,15 +11,15 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from lightning_shortcut.hessian.edge_of_stability import edge_of_stability
 from lightning_shortcut.hessian.operator import resolve_params
+from lightning_shortcut.hessian.optimizers import UnsupportedOptimizerError
 from lightning_shortcut.hessian.spectrum import HessianSpectrum
-from lightning_shortcut.hessian.stability import UnsupportedOptimizerError
 from lightning_shortcut.hessian.tracking import SpectrumTracker
 
 #: Measurements in a row above ``warn_above`` before the monitor warns.
 CONSECUTIVE_ABOVE = 3
 
 
-class StabilityTracker:
+class EdgeOfStabilityTracker:
     """Computes ``stability`` and ``max_stable_lr`` for each fit measurement.
 
     Args:

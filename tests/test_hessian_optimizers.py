@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lightning_shortcut.hessian import MatrixOperator
-from lightning_shortcut.hessian.stability import (
+from lightning_shortcut.hessian.optimizers import (
     UnsupportedOptimizerError,
     select_optimizer,
     step_preconditioner,
