@@ -133,12 +133,14 @@ def main(argv=None) -> None:
     parser.add_argument("--every", type=int, default=25)
     parser.add_argument("--audit-every", type=int, default=10)
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     print(
         f"# bench_tracking, {date.today()}, {platform.machine()} {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}: python benchmarks/bench_tracking.py "
-        f"--tol {args.tol} --steps {args.steps} --every {args.every} --audit-every {args.audit_every}"
+        f"--tol {args.tol} --steps {args.steps} --every {args.every} --audit-every {args.audit_every} "
+        f"--threads {args.threads}"
     )
     print(
         "| run | ends | measurements | cold products/meas. | tracked products/meas. | "

@@ -156,8 +156,13 @@ def test_resume_continues_schedule_and_history(tmp_path):
     steps = [r["step"] for r in resumed.history]
     assert steps == [r["step"] for r in full.history]
     assert len(steps) == len(set(steps))
+    # the warm-start vectors are not checkpointed: the first measurement after the resume is cold,
+    # and its values agree with the uninterrupted run's (warm there) within tol
+    after = [r for r in resumed.history if r["step"] > 12]
+    assert after[0]["warm_start"] == 0.0 and after[1]["warm_start"] == 1.0
     for a, b in zip(resumed.history, full.history, strict=True):
-        assert a["max_eigenvalue"] == pytest.approx(b["max_eigenvalue"], rel=1e-5)
+        scale = max(abs(b["max_eigenvalue"]), abs(b["min_eigenvalue"]))
+        assert abs(a["max_eigenvalue"] - b["max_eigenvalue"]) <= 1e-2 * scale
 
 
 def _fit_with_clock(tmp_path, monitor, clock, extra=(), **kwargs):

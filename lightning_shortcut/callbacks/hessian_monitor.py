@@ -110,10 +110,10 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     schedule that the budget does not cut unless ``max_overhead`` is set.
 
     Cost: ``num_hvps`` products on ``num_samples`` samples, each as costly as 1.6-4.3 gradients on
-    them (``benchmarks/bench_hessian.py``). A cold measurement takes at least 20 products per eigenvalue run; a warm one, started from
-    the previous measurement's vectors, as few as 4 (the rule, and why it keeps ``tol``:
-    :mod:`~lightning_shortcut.hessian.solvers._stopping`). After the first steps the monitor says
-    once what a measurement costs.
+    them (``benchmarks/bench_hessian.py``). A cold measurement takes at least 20 products per
+    eigenvalue run; a warm one, started from the previous measurement's vectors, as few as 4 (the
+    rule, and why it keeps ``tol``: :mod:`~lightning_shortcut.hessian.solvers._stopping`). After
+    the first steps the monitor says once what a measurement costs.
 
     Memory between measurements (``warm_start=True``): the previous fit measurement's eigenvectors
     and the Ritz vectors next to them, at most ``top_k + bottom_k + 4`` vectors of the size of
