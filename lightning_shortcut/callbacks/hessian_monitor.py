@@ -11,11 +11,6 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from lightning_shortcut._validation import (
-    check_choice,
-    check_non_negative_float,
-    check_positive_int,
-)
 from lightning_shortcut.callbacks._edge_of_stability import EdgeOfStabilityTracker
 from lightning_shortcut.callbacks._hessian_batch import (
     check_loss,
@@ -23,6 +18,7 @@ from lightning_shortcut.callbacks._hessian_batch import (
     resolve_loss_fn,
     stage_dataloader,
 )
+from lightning_shortcut.callbacks._options import validate_monitor_options
 from lightning_shortcut.callbacks._schedule import DEFAULT_MAX_OVERHEAD, ScheduledMonitor
 from lightning_shortcut.callbacks._strategies import (
     check_sharded_model,
@@ -30,16 +26,13 @@ from lightning_shortcut.callbacks._strategies import (
 )
 from lightning_shortcut.callbacks._warnings import MeasurementWarnings
 from lightning_shortcut.hessian.operator import (
-    HVPS,
     batch_size,
     resolve_params,
 )
 from lightning_shortcut.hessian.sharded import fsdp_modules
-from lightning_shortcut.hessian.solvers import SOLVERS
 from lightning_shortcut.hessian.spectrum import (
     HessianSpectrum,
     hessian_eigenvalues,
-    validate_solver_args,
 )
 from lightning_shortcut.hessian.tracking import DEFAULT_AUDIT_EVERY, SpectrumTracker
 
@@ -64,10 +57,8 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
 
     - ``{log_prefix}max_eigenvalue``: the largest eigenvalue (when ``top_k >= 1``).
     - ``{log_prefix}max_eigenvalue_stderr``: its standard error over Hessian batches of
-      ``num_samples`` samples: the sampling error of the batch, estimated from 16 chunks of it
-      (:mod:`~lightning_shortcut.hessian.sampling`; with ``stderr=True`` in ``mode="eval"``, at
-      every cold measurement: the first, every ``audit_every``-th, each in validate/test, and every
-      one with ``warm_start=False``).
+      ``num_samples`` samples, from 16 chunks of it (:mod:`~lightning_shortcut.hessian.sampling`;
+      ``stderr=True``, ``mode="eval"``), with every cold measurement.
     - ``{log_prefix}min_eigenvalue``, ``{log_prefix}min_eigenvalue_stderr``: the same for the
       smallest eigenvalue (when ``bottom_k >= 1``).
     - ``{log_prefix}min_abs_eigenvalue``: the smallest ``|eigenvalue|`` (with ``min_abs=True``).
@@ -85,9 +76,8 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
       standard errors').
     - ``{log_prefix}seconds``: wall time of the measurement.
     - ``{log_prefix}converged``: ``1.0`` if every value met ``tol``, else ``0.0``.
-    - ``{log_prefix}warm_start``: ``1.0`` for a warm measurement (started from the previous one's
-      vectors), ``0.0`` for a cold one (the first, every ``audit_every``-th, and any after a
-      failure or a change of parameters).
+    - ``{log_prefix}warm_start``: ``1.0`` for a warm measurement, ``0.0`` for a cold one (the first,
+      every ``audit_every``-th, each after a failure, a resume or a change of parameters).
     - ``{log_prefix}stability`` (fit): the step-preconditioned Hessian's largest eigenvalue over the
       optimizer's threshold, 1.0 the edge of stability (:func:`~lightning_shortcut.hessian.edge_of_stability`);
       free for SGD with one lr, one more eigenvalue run for Adam/AdamW/RMSprop or unequal groups.
@@ -120,12 +110,9 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     ``params`` (6 by default), plus one for Adam's edge-of-stability run; a measurement itself holds a
     Lanczos basis of 20 such vectors (``solver_options={"max_basis": ...}``).
 
-    Strategies: a single device and DDP (each rank takes its share of the Hessian batch; every
-    product is all-reduced), and ``ModelParallelStrategy`` with ``fully_shard`` (FSDP2) over all
-    ranks, where the solver's vectors stay sharded like the parameters (their memory per rank falls
-    as ``1 / world_size``): exact products. ``hvp="finite_difference"`` works wherever exact
-    products do. ``FSDPStrategy`` and DeepSpeed are refused at setup (no double backward); tensor
-    parallelism, HSDP and partly sharded models at fit start. Details: ``docs/strategies.md``.
+    Strategies: one device, DDP and ``ModelParallelStrategy`` with ``fully_shard`` (FSDP2) over all
+    ranks give exact products (solver vectors sharded like the parameters); ``FSDPStrategy`` and
+    DeepSpeed are refused at setup, other shardings at fit start (``docs/strategies.md``).
 
     Loss: ``loss_fn`` if given, else the module's ``hessian_loss(self, batch)`` (the scalar mean loss:
     the way to use a model's own loss), else the cross-entropy of ``pl_module(inputs)``. The batch is
@@ -262,7 +249,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         self.edge_of_stability = edge_of_stability
         self.warn_above = warn_above
         self.log_prefix = log_prefix
-        self.__validate_init_configuration()
+        validate_monitor_options(self)
         self._batches: dict[str, list[Any]] = {}  # the Hessian batch of each stage
         self._samples = num_samples  # in the last Hessian batch gathered
         self._sharded = False  # the model is sharded by fully_shard (FSDP2)
@@ -272,33 +259,6 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         self._stability = EdgeOfStabilityTracker(
             warn_above, self._warnings.once, SpectrumTracker(audit_every if warm_start else 1)
         )
-
-    def __validate_init_configuration(self) -> None:
-        check_positive_int("num_samples", self.num_samples)
-        if self.batch_size is not None:
-            check_positive_int("batch_size", self.batch_size)
-        validate_solver_args(
-            self.method, self.top_k, self.bottom_k, self.min_abs, self.tol, self.max_iter
-        )
-        if not (self.params is None or self.params in ("all", "residual") or callable(self.params)):
-            raise ValueError(
-                f"`params` must be None, 'all', 'residual' or a callable, got {self.params!r}."
-            )
-        check_choice("mode", self.mode, ("eval", "train"))
-        check_positive_int("audit_every", self.audit_every)
-        check_choice("hvp", self.hvp, HVPS)
-        if self.hvp != "autograd" and SOLVERS[self.method].touches_grads:
-            raise ValueError(
-                f"hvp={self.hvp!r} needs a solver of the operator; method={self.method!r} runs on "
-                "the model's gradients."
-            )
-        if self.warn_above is not None:
-            check_non_negative_float("warn_above", self.warn_above)
-        if self.data is not None and not isinstance(self.data, DataLoader | pl.LightningDataModule):
-            raise TypeError(
-                "`data` must be a DataLoader or a LightningDataModule, "
-                f"got {type(self.data).__name__}."
-            )
 
     @property
     @override
