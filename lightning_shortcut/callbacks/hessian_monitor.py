@@ -155,8 +155,9 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
             only).
         tol: *Solver.* The error allowed in each eigenvalue, relative to the largest
             ``|eigenvalue|``.
-        max_iter: *Solver.* The products one eigenvalue run may use (``None``: 300, 1000 with
-            ``min_abs``); a run that reaches it returns its best estimates with ``converged=0``.
+        max_iter: *Solver.* The products one eigenvalue run may use (default 100; ``None``: 300,
+            1000 with ``min_abs``); a run that reaches it returns its best estimates, logged with
+            ``converged=0`` and warned about once.
         warm_start: *Solver.* Start each fit measurement from the previous one's vectors (see Cost
             and Memory); ``False``: every measurement is cold.
         audit_every: *Solver.* With ``warm_start``, every this many fit measurements one is cold, so

@@ -93,7 +93,9 @@ class StudyConfig:
         lr: SGD learning rate.
         small_scale: standard deviation of the small initialization.
         batch_size: SGD batch size.
-        hessian_samples: training samples of the Hessian batch.
+        hessian_samples: training samples of the Hessian batch (512, where the monitor's default is
+            256: the study's curvature figures are its results, so it pays for half the sampling
+            variance).
         seed: seed of the data split, the initialization and training.
     """
 
