@@ -135,19 +135,19 @@ class StoppingRule:
         ends: the wanted ends.
         tol: the error allowed, relative to ``max|lambda|``.
         max_iter: the products the run may use.
+        space: the operator whose space the vectors are in (sharded vectors: inner products
+            reduced over processes, so that every rank takes the same decision).
         inherited: orthonormal rows spanning the start's inherited directions (a previous
             measurement's extreme eigenvectors and their neighbours), or ``None`` for a cold run. A
             ``min_abs`` run is always judged cold (an interior problem gains little from a start
             near the ends).
-        space: the operator whose space the vectors are in (sharded vectors: inner products
-            reduced over processes, so that every rank takes the same decision).
     """
 
     ends: Ends
     tol: float
     max_iter: int
+    space: LinearOperator
     inherited: Tensor | None = None
-    space: LinearOperator | None = None
     history: list[tuple[int, float, float]] = field(default_factory=list)
     #: whether the run stopped under the warm rule (before the cold floor)
     stopped_warm: bool = False
@@ -197,8 +197,6 @@ class StoppingRule:
 
     def overlap(self, vector: Tensor) -> float:
         """The norm of a unit vector's projection on the inherited directions."""
-        if self.space is None:
-            return float((self.inherited @ vector.to(self.inherited)).norm())
         return projection_norm(self.space, self.inherited, vector)
 
 

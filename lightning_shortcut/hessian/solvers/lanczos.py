@@ -338,7 +338,7 @@ def lanczos(
         against = stack_rows(locked, operator)
         begin = start_vector(operator, generator, against, warm, weights)
         inherited = orthonormal_rows(operator, warm) if warm else None
-        rule = StoppingRule(ends, tol, max_iter, inherited, space=operator)
+        rule = StoppingRule(ends, tol, max_iter, operator, inherited)
         run = _run(operator, begin, buffer, against, rule)
         runs += 1
         if not run.converged:
