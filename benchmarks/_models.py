@@ -1,9 +1,13 @@
-"""The models and data shared by the benchmarks (random data of the recipes' shapes)."""
+"""The models and data shared by the benchmarks (random data of the recipes' shapes), and their
+timing and table helpers."""
 
 from __future__ import annotations
 
 import os
 import platform
+import statistics
+import sys
+import time
 
 import torch
 from torch import nn
@@ -74,3 +78,32 @@ def describe_machine(device: torch.device) -> str:
     return (
         f"{model} CPU, {os.cpu_count()} logical cores, torch on {torch.get_num_threads()} threads"
     )
+
+
+def median_time(fn, device: torch.device, repeats: int = 3):
+    """``(median seconds, last result)`` of ``repeats`` calls of ``fn``, synchronized on CUDA."""
+    times, result = [], None
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        result = fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def print_table(title: str, rows: list[dict]) -> None:
+    """A markdown table under a heading: one column per key seen (in order), empty rows left out."""
+    rows = [row for row in rows if row]
+    if not rows:
+        return
+    print(f"\n## {title}\n")
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    print("| " + " | ".join(keys) + " |")
+    print("|" + "---|" * len(keys))
+    for row in rows:
+        cells = [row.get(key, "") for key in keys]
+        print(
+            "| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in cells) + " |"
+        )
+    sys.stdout.flush()

@@ -48,11 +48,18 @@ import torch
 from torch.func import functional_call, grad, jvp, vmap
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _models import RECIPE_MODELS, describe_machine, recipe_model, synchronize
+from _models import (
+    RECIPE_MODELS,
+    describe_machine,
+    median_time,
+    print_table,
+    recipe_model,
+    synchronize,
+)
 
 from lightning_shortcut.hessian import hessian_eigenvalues
 from lightning_shortcut.hessian.operator import HessianOperator, cross_entropy_loss
-from lightning_shortcut.hessian.spectrum import hessian_context
+from lightning_shortcut.hessian.context import hessian_context
 
 
 def _interleaved(methods, device, repeats):
@@ -175,7 +182,7 @@ def bench_lobpcg(name, device, samples, blocks, target=1e-3):
     reference = hessian_eigenvalues(
         model, batch, bottom_k=0, tol=1e-6, max_iter=500, solver_options={"max_basis": 100}
     ).max
-    seconds, ours = _median_time(lambda: hessian_eigenvalues(model, batch, bottom_k=0), device)
+    seconds, ours = median_time(lambda: hessian_eigenvalues(model, batch, bottom_k=0), device)
     rows = [{
         "model": name, "method": "ours (Lanczos, tol=1e-3)", "products": ours.num_hvps,
         "s": seconds, "rel_error": abs(ours.max - reference) / abs(reference),
@@ -207,7 +214,7 @@ def bench_lobpcg(name, device, samples, blocks, target=1e-3):
                         warnings.simplefilter("ignore")  # "not reaching the requested tolerance"
                         return lobpcg(hessian, s, largest=True, maxiter=i, tol=1e-12)[0]
 
-                seconds, values = _median_time(solve, device)
+                seconds, values = median_time(solve, device)
                 error = abs(float(values.max()) - reference) / abs(reference)
                 if error <= target:
                     break
@@ -217,29 +224,6 @@ def bench_lobpcg(name, device, samples, blocks, target=1e-3):
             })  # fmt: skip
         operator.release()
     return rows
-
-
-def _median_time(fn, device, repeats=3):
-    times, result = [], None
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        result = fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
-
-
-def _print_table(title, rows):
-    print(f"\n## {title}\n")
-    keys = list(dict.fromkeys(key for row in rows for key in row))
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
-    for row in rows:
-        cells = [row.get(key, "") for key in keys]
-        cells = [f"{v:.3g}" if isinstance(v, float) else str(v) for v in cells]
-        print("| " + " | ".join(cells) + " |")
-    sys.stdout.flush()
 
 
 def main() -> None:
@@ -266,7 +250,7 @@ def main() -> None:
     for name in args.models:
         samples = args.conv_samples if name == "cifar_conv" else args.samples
         rows = bench_model(name, device, args.repeats, samples, args.sizes)
-        _print_table(f"{name}, {samples} samples: per-vector time, block vs sequential", rows)
+        print_table(f"{name}, {samples} samples: per-vector time, block vs sequential", rows)
 
     rows = [
         row
@@ -274,7 +258,7 @@ def main() -> None:
         for row in bench_lobpcg(name, device, args.samples, args.blocks)
     ]
     if rows:
-        _print_table(
+        print_table(
             f"lambda_max to 1e-3 ({args.samples} samples): LOBPCG's products and time by block size",
             rows,
         )

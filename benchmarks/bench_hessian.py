@@ -24,7 +24,6 @@ import argparse
 import importlib
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -35,22 +34,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _models import BENCH_MODELS, bench_model, synchronize
+from _models import BENCH_MODELS, bench_model, median_time, print_table
 
 from lightning_shortcut.hessian import hessian_eigenvalues
 from lightning_shortcut.hessian.context import hessian_context
 from lightning_shortcut.hessian.operator import HessianOperator, cross_entropy_loss
-
-
-def _timed(fn, device, repeats):
-    times, result = [], None
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        result = fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
 
 
 def _pyhessian_top(model, batch, device, tol, max_iter=100):
@@ -85,9 +73,11 @@ def _reference_top(model, batch):
 def bench_default(name, device, repeats):
     model, batch = bench_model(name, device)
     reference = _reference_top(model, batch)
-    ours_time, ours = _timed(lambda: hessian_eigenvalues(model, batch, bottom_k=0), device, repeats)
+    ours_time, ours = median_time(
+        lambda: hessian_eigenvalues(model, batch, bottom_k=0), device, repeats
+    )
     torch.manual_seed(0)
-    py_time, (py_value, py_hvps) = _timed(
+    py_time, (py_value, py_hvps) = median_time(
         lambda: _pyhessian_top(model, batch, device, 1e-3), device, repeats
     )
     return {
@@ -109,7 +99,7 @@ def bench_top(name, device, repeats):
     # Both solvers get the loosest tol (of a few) whose answer is within 1e-3 of the reference: ours
     # guarantees that at tol=1e-3 and usually does better (the bound is conservative).
     for ours_tol in (1e-2, 3e-3, 1e-3):
-        ours_time, ours = _timed(
+        ours_time, ours = median_time(
             lambda t=ours_tol: hessian_eigenvalues(model, batch, top_k=1, bottom_k=0, tol=t),
             device,
             repeats,
@@ -120,7 +110,7 @@ def bench_top(name, device, repeats):
     # tighten its tol until its answer is within 1e-3 too, for a comparison at equal accuracy.
     for py_tol in (1e-3, 1e-4, 1e-5, 1e-6):
         torch.manual_seed(0)
-        py_time, (py_value, py_hvps) = _timed(
+        py_time, (py_value, py_hvps) = median_time(
             lambda t=py_tol: _pyhessian_top(model, batch, device, t, 1000), device, repeats
         )
         if abs(py_value - reference) <= 1e-3 * abs(reference):
@@ -145,7 +135,7 @@ def bench_bottom(name, device, repeats):
     reference = hessian_eigenvalues(model, batch, top_k=0, bottom_k=1, tol=1e-6, max_iter=500).min
     row = {"model": name, "lambda_min": reference}
     for method in ("lanczos", "power"):
-        seconds, spectrum = _timed(
+        seconds, spectrum = median_time(
             lambda m=method: hessian_eigenvalues(model, batch, method=m, top_k=0, bottom_k=1, tol=1e-3, max_iter=5000),
             device, repeats,
         )  # fmt: skip
@@ -168,7 +158,7 @@ def bench_hvp_vs_gradient(name, device, repeats, inner=20):
             loss = cross_entropy_loss(model, batch)
             torch.autograd.grad(loss, params)
 
-    grad_time, _ = _timed(gradient, device, repeats)
+    grad_time, _ = median_time(gradient, device, repeats)
     with hessian_context(model, "eval"):
         operator = HessianOperator(model, [batch], cross_entropy_loss, params)
         vector = torch.randn(operator.dim, device=device)
@@ -178,14 +168,14 @@ def bench_hvp_vs_gradient(name, device, repeats, inner=20):
             for _ in range(inner):
                 operator(vector)
 
-        hvp_time, _ = _timed(products, device, repeats)
+        hvp_time, _ = median_time(products, device, repeats)
         rebuild = HessianOperator(model, [batch, batch], cross_entropy_loss, params)
 
         def rebuilt_products():
             for _ in range(inner):
                 rebuild(vector)
 
-        rebuild_time, _ = _timed(rebuilt_products, device, repeats)
+        rebuild_time, _ = median_time(rebuilt_products, device, repeats)
         operator.release()
     return {
         "model": name,
@@ -319,8 +309,10 @@ def _stability_cost(name, device, repeats, optimizer_class, steps, **optimizer_a
         cross_entropy_loss(model, batch).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    base_s, spectrum = _timed(lambda: hessian_eigenvalues(model, batch, tol=1e-2), device, repeats)
-    extra_s, report = _timed(
+    base_s, spectrum = median_time(
+        lambda: hessian_eigenvalues(model, batch, tol=1e-2), device, repeats
+    )
+    extra_s, report = median_time(
         lambda: edge_of_stability(  # what the monitor adds after its measurement
             model, batch, optimizer, tol=1e-2, hessian_max_eigenvalue=spectrum.max
         ),
@@ -345,19 +337,6 @@ def bench_stability(name, device, repeats, steps=5):
         "adam_hvps": adam_hvps,
         "adam_extra_time": adam_extra,
     }
-
-
-def _print_table(title, rows):
-    rows = [r for r in rows if r]
-    if not rows:
-        return
-    print(f"\n## {title}\n")
-    keys = list(rows[0])
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
-    for row in rows:
-        cells = [f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()]
-        print("| " + " | ".join(cells) + " |")
 
 
 def main() -> None:
@@ -396,7 +375,7 @@ def main() -> None:
         if key not in args.skip:
             models = args.memory_models if key == "memory" else args.models
             rows = [bench(m, device, args.repeats) for m in models]
-            _print_table(title, rows)
+            print_table(title, rows)
             if args.json:
                 print(json.dumps({key: rows}))
             sys.stdout.flush()

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _models import bench_model, describe_machine, synchronize
+from _models import bench_model, describe_machine, print_table, synchronize
 from bench_hessian import _pyhessian_top
 
 from lightning_shortcut.hessian import hessian_eigenvalues
@@ -315,17 +315,6 @@ def bench_weighting(device):
     }]  # fmt: skip
 
 
-def _print_table(title, rows):
-    print(f"\n## {title}\n")
-    keys = list(rows[0])
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
-    for row in rows:
-        cells = [f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()]
-        print("| " + " | ".join(cells) + " |")
-    sys.stdout.flush()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -351,20 +340,20 @@ def main() -> None:
             for name in args.models
             for row in bench_cold(name, device, args.repeats, args.peer_max_iter)
         ]
-        _print_table("Cold, each stopping by its own convergence test", rows)
+        print_table("Cold, each stopping by its own convergence test", rows)
     if "warm" not in args.skip:
         rows = [
             row
             for name in args.models
             for row in bench_warm(name, device, args.measurements, args.every, args.peer_max_iter)
         ]
-        _print_table(
+        print_table(
             f"Along SGD (batch 64, lr 0.05, momentum 0.9), a measurement every {args.every} steps: "
             "ours warm (start=previous.vectors) and cold, the peers cold",
             rows,
         )
     if "weighting" not in args.skip:
-        _print_table(
+        print_table(
             "Uneven batches: equal weights (eigenthings) vs size weights (ours)",
             bench_weighting(device),
         )
