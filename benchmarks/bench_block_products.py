@@ -58,8 +58,8 @@ from _models import (
 )
 
 from lightning_shortcut.hessian import hessian_eigenvalues
-from lightning_shortcut.hessian.operator import HessianOperator, cross_entropy_loss
 from lightning_shortcut.hessian.context import hessian_context
+from lightning_shortcut.hessian.operator import HessianOperator, cross_entropy_loss
 
 
 def _interleaved(methods, device, repeats):
