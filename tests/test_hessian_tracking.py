@@ -144,9 +144,9 @@ def test_an_eigenvalue_crossing_is_caught_by_the_next_audit():
         rising = 5.0 if step < crossing else 12.0  # the second direction's eigenvalue
         values = torch.tensor([10.0, rising, *bulk], dtype=torch.float64)
         model.matrix = basis @ torch.diag(values) @ basis.T
-        spectrum = hessian_eigenvalues(
-            model, DATA, _loss, bottom_k=0, tol=1e-2, start=tracker.start(params)
-        )
+        start = tracker.start(params)
+        assert tracker.cold_next == (start is None)  # what a time budget estimates the cost by
+        spectrum = hessian_eigenvalues(model, DATA, _loss, bottom_k=0, tol=1e-2, start=start)
         tracker.update(spectrum, params)
         found.append(spectrum.max)
         kinds.append("warm" if spectrum.warm_start else "cold")
@@ -167,12 +167,13 @@ def test_tracker_starts_cold_when_the_parameters_change():
     x, y = classification_data((4,), num_samples=32)
     tracker = SpectrumTracker()
     params = list(model.parameters())
+    assert tracker.cold_next
     spectrum = hessian_eigenvalues(model, (x, y), start=tracker.start(params))
     tracker.update(spectrum, params)
-    assert tracker.start(params) is not None
+    assert tracker.start(params) is not None and not tracker.cold_next
     assert tracker.start(params[:2]) is None  # a different parameter set
     tracker.load_state_dict(tracker.state_dict())  # a resumed run
-    assert tracker.start(params) is None
+    assert tracker.start(params) is None and tracker.cold_next
     failed = type(spectrum).nan(1, 1, False, "lanczos", "non-finite loss")
     tracker.update(failed, params)
     assert tracker.start(params) is None  # after a failed measurement

@@ -27,6 +27,29 @@ def test_books_time_to_training_and_measurements():
     assert OverheadBudget(clock=Ticks()).allows(None, trainer)
 
 
+def test_the_next_measurement_is_estimated_by_its_kind():
+    """A cold measurement costs several warm ones: a warm measurement after a cold one is not
+    estimated at the cold cost (the next one would wait twice as long), and an audit after warm
+    ones is not estimated at the warm cost (it would overrun the budget)."""
+    # training 0-100, cold 100-104, training 104-120, warm 120-121, then the decisions at 150
+    budget = OverheadBudget(clock=Ticks(0.0, 100.0, 104.0, 120.0, 121.0, 150.0, 150.0, 150.0))
+    trainer = SimpleNamespace(world_size=1)
+    budget.start()
+    with budget.measuring("cold"):
+        pass
+    with budget.measuring("warm"):
+        pass
+    assert budget.costs == {"cold": 4.0, "warm": 1.0} and budget.last_cost == 1.0
+    assert budget.estimate("cold") == 4.0 and budget.estimate("warm") == 1.0
+    assert budget.estimate("other") == budget.estimate() == 1.0  # unknown kind: the last cost
+    # 146 s of training, 5 s measured: a warm one fits within 4.5% (5 + 1 <= 6.57), an audit not
+    assert budget.allows(0.045, trainer, "warm")
+    assert not budget.allows(0.045, trainer, "cold")
+    restored = OverheadBudget()
+    restored.load_state_dict(budget.state_dict())
+    assert restored.state_dict() == budget.state_dict()
+
+
 def test_a_checkpoint_of_the_flat_state_loads():
     state = {
         "history": [{"step": 0, "epoch": 0, "stage": "fit", "max_eigenvalue": 1.0}],

@@ -17,8 +17,11 @@ class OverheadBudget:
 
     Time between two calls is booked to whichever side the second call names: :meth:`start` sets the
     mark, :meth:`measuring` books the time before it to training and its own time to the callback.
-    A measurement fits when the callback's time so far plus the last measurement's cost (the
-    estimate of the next one) stays within ``share`` of the training time so far.
+    A measurement fits when the callback's time so far plus the estimate of its cost stays within
+    ``share`` of the training time so far. The estimate is the last cost of a measurement of the
+    same ``kind`` (a callback whose measurements differ in cost names them, such as a cold
+    measurement and a warm-started one, several times cheaper), or the last measurement's cost when
+    none of that kind has been made.
 
     Args:
         clock: wall clock in seconds (default :func:`time.perf_counter`); tests pass a fake one.
@@ -29,6 +32,7 @@ class OverheadBudget:
         self.train_seconds = 0.0
         self.monitor_seconds = 0.0
         self.last_cost = 0.0
+        self.costs: dict[str, float] = {}  # the last cost of each kind of measurement
         self._mark = 0.0
 
     def start(self) -> None:
@@ -46,14 +50,22 @@ class OverheadBudget:
         return seconds
 
     @contextmanager
-    def measuring(self) -> Iterator[None]:
-        """Book the time before the block to training and the block's time to the callback."""
+    def measuring(self, kind: str | None = None) -> Iterator[None]:
+        """Book the time before the block to training and the block's time to the callback (as the
+        cost of a measurement of ``kind``, if given)."""
         self.book(monitor=False)
         yield
         self.last_cost = self.book(monitor=True)
+        if kind is not None:
+            self.costs[kind] = self.last_cost
 
-    def allows(self, share: float | None, trainer: pl.Trainer) -> bool:
-        """Whether a measurement now keeps the callback within ``share`` of training time.
+    def estimate(self, kind: str | None = None) -> float:
+        """The expected cost of the next measurement of ``kind``."""
+        return self.costs.get(kind, self.last_cost) if kind is not None else self.last_cost
+
+    def allows(self, share: float | None, trainer: pl.Trainer, kind: str | None = None) -> bool:
+        """Whether a measurement (of ``kind``) now keeps the callback within ``share`` of training
+        time.
 
         ``None`` allows everything and ``0`` nothing, the same on every rank without reading the
         clock. Otherwise rank zero's books decide and its answer is broadcast, so every rank takes
@@ -62,19 +74,21 @@ class OverheadBudget:
         if share is None or share == 0:
             return share is None
         self.book(monitor=False)
-        allowed = self.monitor_seconds + self.last_cost <= share * self.train_seconds
+        allowed = self.monitor_seconds + self.estimate(kind) <= share * self.train_seconds
         if trainer.world_size > 1:
             allowed = trainer.strategy.broadcast(allowed, src=0)
         return bool(allowed)
 
-    def state_dict(self) -> dict[str, float]:
+    def state_dict(self) -> dict[str, Any]:
         return {
             "train_seconds": self.train_seconds,
             "monitor_seconds": self.monitor_seconds,
             "last_cost": self.last_cost,
+            "costs": dict(self.costs),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.train_seconds = float(state_dict.get("train_seconds", 0.0))
         self.monitor_seconds = float(state_dict.get("monitor_seconds", 0.0))
         self.last_cost = float(state_dict.get("last_cost", 0.0))
+        self.costs = {str(k): float(v) for k, v in state_dict.get("costs", {}).items()}

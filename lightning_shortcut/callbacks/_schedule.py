@@ -102,6 +102,11 @@ class ScheduledMonitor(Callback):
         """Called once fit has started: after :meth:`_prepare` and the measurement at the initial
         point, if one was made."""
 
+    def _next_kind(self) -> str | None:
+        """The kind of the next measurement in fit, when kinds differ in cost (see
+        :class:`~lightning_shortcut.callbacks._budget.OverheadBudget`); ``None``: one kind."""
+        return None
+
     def _describe_cost(self, record: dict[str, float]) -> tuple[str, str]:
         """For the cost report: what a measurement did (from its ``record``) and the levers."""
         return "", "max_overhead"
@@ -162,7 +167,7 @@ class ScheduledMonitor(Callback):
         )
 
     def _within_budget(self, trainer: pl.Trainer) -> bool:
-        return self.budget.allows(self.overhead_budget, trainer)
+        return self.budget.allows(self.overhead_budget, trainer, self._next_kind())
 
     def _start_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Start the time budget, prepare (booked to the monitor), measure at the initial point."""
@@ -209,7 +214,7 @@ class ScheduledMonitor(Callback):
         if trainer.global_step == self._last_step:
             return
         self._last_step = trainer.global_step
-        with self.budget.measuring():
+        with self.budget.measuring(self._next_kind()):
             self._measure_and_log(trainer, pl_module, "fit")
 
     def _report_cost_once(self, trainer: pl.Trainer, epoch_end: bool) -> None:

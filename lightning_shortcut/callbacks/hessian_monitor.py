@@ -93,8 +93,9 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     training goes on.
 
     Schedule: by default the monitor measures after any optimizer step where its wall time so far,
-    plus the last measurement's, stays within ``max_overhead`` (5%) of the training wall time so far
-    (everything else since ``on_train_start``). The measurement at the initial point is always made
+    plus the last cost of a measurement of the kind due (cold or warm), stays within
+    ``max_overhead`` (5%) of the training wall time so far (everything else since
+    ``on_train_start``). The measurement at the initial point is always made
     and counts against the budget. The budget is kept in checkpoints; under DDP rank zero decides and
     broadcasts. For the same steps in every run, give ``every_n_steps`` or ``every_n_epochs``, a fixed
     schedule that the budget does not cut unless ``max_overhead`` is set.
@@ -306,6 +307,10 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         # the samples there are (a dataset smaller than num_samples gives fewer), over all ranks
         self._samples = sum(batch_size(batch) for batch in batches) * trainer.world_size
         return batches
+
+    @override
+    def _next_kind(self) -> str:
+        return "cold" if self._tracker.cold_next else "warm"
 
     @override
     def _describe_cost(self, record: dict[str, float]) -> tuple[str, str]:

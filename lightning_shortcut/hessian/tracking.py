@@ -20,8 +20,9 @@ from lightning_shortcut.residual import check_positive_int
 
 __all__ = ["DEFAULT_AUDIT_EVERY", "SpectrumTracker"]
 
-#: Every this many measurements one is cold. Warm measurements cost about 4 products and a cold one
-#: about 20, so 10 keeps the mean near 6 while a crossing goes unseen for at most 9 measurements.
+#: Every this many measurements one is cold. Warm measurements cost 4-6 products where the spectrum
+#: moves little between measurements and a cold one about 20, so at 10 the audits add about 1.5
+#: products per measurement while a crossing goes unseen for at most 9 measurements.
 DEFAULT_AUDIT_EVERY = 10
 
 
@@ -65,10 +66,15 @@ class SpectrumTracker:
     def _signature_of(params: Sequence[Tensor]) -> tuple[Any, ...]:
         return tuple((id(param), tuple(param.shape)) for param in params)
 
+    @property
+    def cold_next(self) -> bool:
+        """Whether the next measurement is cold (an audit is due or no vectors are kept), given the
+        same parameters."""
+        return self.warm_in_a_row >= self.audit_every - 1 or self._vectors is None
+
     def start(self, params: Sequence[Tensor]) -> list[Tensor] | None:
         """The start vectors for a measurement over ``params``, or ``None`` for a cold one."""
-        audit_due = self.warm_in_a_row >= self.audit_every - 1
-        if audit_due or self._vectors is None or self._signature != self._signature_of(params):
+        if self.cold_next or self._signature != self._signature_of(params):
             return None
         return self._vectors
 
