@@ -4,7 +4,8 @@ Each recipe model (``shortcut2_small_relu``: ResidualInit with small weights, SG
 recipe's batch size and epochs) is trained without the monitor and with it, ``--repeats`` times in
 alternating order (without first, then with first: the wall clock of a shared machine drifts).
 Printed: the median wall times, the overhead as the median over repeats of the ratio of the two
-neighbouring runs (which cancels slow drift), the number of measurements made, and the monitor's
+neighbouring runs (which cancels slow drift), the number of measurements made (and, after the
+table, the steps they were made at, from the last repeat), and the monitor's
 share of the training time by its own clock (``monitor time / (fit time - monitor time)``). The
 monitor takes the recipes' arguments (``lightning_shortcut.recipes.MONITOR_ARGS``: residual
 parameters, 512 samples, top and bottom eigenvalue, ``tol=1e-2``, self-scheduled within
@@ -68,8 +69,8 @@ def _fit(
     schedule: str | None,
     accelerator: str,
     max_overhead: float | None = None,
-) -> tuple[float, int, float]:
-    """Wall seconds of one fit, the number of measurements and the monitor's own seconds."""
+) -> tuple[float, list[int], float]:
+    """Wall seconds of one fit, the steps measured and the monitor's own seconds."""
     spec = DATASETS[dataset]
     pl.seed_everything(0, verbose=False)
     recipe = spec.recipe
@@ -106,8 +107,8 @@ def _fit(
     trainer.fit(model, loader)
     seconds = time.perf_counter() - start
     if monitor is None:
-        return seconds, 0, 0.0
-    return seconds, len(monitor.history), monitor.budget.monitor_seconds
+        return seconds, [], 0.0
+    return seconds, [record["step"] for record in monitor.history], monitor.budget.monitor_seconds
 
 
 def main() -> None:
@@ -137,20 +138,20 @@ def main() -> None:
         epochs = args.epochs or DATASETS[dataset].recipe.max_epochs
         plain: list[float] = []
         monitored: dict[str, list[float]] = {s: [] for s in args.schedules}
-        counts: dict[str, int] = {}
+        steps: dict[str, list[int]] = {}
         shares: dict[str, list[float]] = {s: [] for s in args.schedules}
         _fit(dataset, loader, 1, None, accelerator)  # warm-up (imports, CUDA context), not timed
         for repeat in range(args.repeats):
             order = [None, *args.schedules]
             for schedule in order if repeat % 2 == 0 else reversed(order):
-                seconds, count, own = _fit(
+                seconds, measured, own = _fit(
                     dataset, loader, epochs, schedule, accelerator, args.max_overhead
                 )
                 if schedule is None:
                     plain.append(seconds)
                 else:
                     monitored[schedule].append(seconds)
-                    counts[schedule] = count
+                    steps[schedule] = measured
                     shares[schedule].append(own / (seconds - own))
         a = statistics.median(plain)
         for schedule in args.schedules:
@@ -161,9 +162,11 @@ def main() -> None:
             share = statistics.median(shares[schedule])
             print(
                 f"| {dataset} | {len(loader.dataset)} | {epochs} | {schedule} | {a:.2f} | {b:.2f} "
-                f"| {counts[schedule]} | {100 * (ratio - 1):+.1f}% | {100 * share:.1f}% |",
+                f"| {len(steps[schedule])} | {100 * (ratio - 1):+.1f}% | {100 * share:.1f}% |",
                 flush=True,
             )
+        for schedule in args.schedules:
+            print(f"\n{dataset}, {schedule}: measured at steps {steps[schedule]}", flush=True)
 
 
 if __name__ == "__main__":

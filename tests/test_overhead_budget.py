@@ -50,6 +50,19 @@ def test_the_next_measurement_is_estimated_by_its_kind():
     assert restored.state_dict() == budget.state_dict()
 
 
+def test_time_left_over_is_spread_over_the_run_not_spent_in_a_burst():
+    """After 100 s of training and one 1 s measurement, 5% leaves room for four more at once; the
+    next waits until the training since the last one pays for it (20 s at 5%)."""
+    budget = OverheadBudget(clock=Ticks(0.0, 100.0, 101.0, 111.0, 122.0))
+    trainer = SimpleNamespace(world_size=1)
+    budget.start()
+    with budget.measuring():
+        pass
+    assert budget.monitor_seconds + 4 * budget.estimate() <= 0.05 * 110.0
+    assert not budget.allows(0.05, trainer)  # 10 s of training since the last: not yet
+    assert budget.allows(0.05, trainer)  # 21 s
+
+
 def test_a_checkpoint_of_the_flat_state_loads():
     state = {
         "history": [{"step": 0, "epoch": 0, "stage": "fit", "max_eigenvalue": 1.0}],

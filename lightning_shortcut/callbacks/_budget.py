@@ -18,10 +18,13 @@ class OverheadBudget:
     Time between two calls is booked to whichever side the second call names: :meth:`start` sets the
     mark, :meth:`measuring` books the time before it to training and its own time to the callback.
     A measurement fits when the callback's time so far plus the estimate of its cost stays within
-    ``share`` of the training time so far. The estimate is the last cost of a measurement of the
-    same ``kind`` (a callback whose measurements differ in cost names them, such as a cold
-    measurement and a warm-started one, several times cheaper), or the last measurement's cost when
-    none of that kind has been made.
+    ``share`` of the training time so far, *and* the training time since the last measurement is at
+    least the estimate over ``share``. The first condition keeps the total within budget; the second
+    spreads the measurements over the run, so that time left over when measurements came out cheaper
+    than estimated is not spent in a burst on consecutive steps (a curve, not a cluster of points).
+    The estimate is the last cost of a measurement of the same ``kind`` (a callback whose
+    measurements differ in cost names them, such as a cold measurement and a warm-started one,
+    several times cheaper), or the last measurement's cost when none of that kind has been made.
 
     Args:
         clock: wall clock in seconds (default :func:`time.perf_counter`); tests pass a fake one.
@@ -33,6 +36,7 @@ class OverheadBudget:
         self.monitor_seconds = 0.0
         self.last_cost = 0.0
         self.costs: dict[str, float] = {}  # the last cost of each kind of measurement
+        self.train_seconds_at_last = 0.0  # the training time when the last measurement ended
         self._mark = 0.0
 
     def start(self) -> None:
@@ -56,6 +60,7 @@ class OverheadBudget:
         self.book(monitor=False)
         yield
         self.last_cost = self.book(monitor=True)
+        self.train_seconds_at_last = self.train_seconds
         if kind is not None:
             self.costs[kind] = self.last_cost
 
@@ -74,7 +79,11 @@ class OverheadBudget:
         if share is None or share == 0:
             return share is None
         self.book(monitor=False)
-        allowed = self.monitor_seconds + self.estimate(kind) <= share * self.train_seconds
+        estimate = self.estimate(kind)
+        allowed = (
+            self.monitor_seconds + estimate <= share * self.train_seconds
+            and estimate <= share * (self.train_seconds - self.train_seconds_at_last)
+        )
         if trainer.world_size > 1:
             allowed = trainer.strategy.broadcast(allowed, src=0)
         return bool(allowed)
@@ -85,6 +94,7 @@ class OverheadBudget:
             "monitor_seconds": self.monitor_seconds,
             "last_cost": self.last_cost,
             "costs": dict(self.costs),
+            "train_seconds_at_last": self.train_seconds_at_last,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -92,3 +102,7 @@ class OverheadBudget:
         self.monitor_seconds = float(state_dict.get("monitor_seconds", 0.0))
         self.last_cost = float(state_dict.get("last_cost", 0.0))
         self.costs = {str(k): float(v) for k, v in state_dict.get("costs", {}).items()}
+        # a checkpoint from before the pacing: wait a full interval from the resume
+        self.train_seconds_at_last = float(
+            state_dict.get("train_seconds_at_last", self.train_seconds)
+        )

@@ -95,7 +95,8 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     Schedule: by default the monitor measures after any optimizer step where its wall time so far,
     plus the last cost of a measurement of the kind due (cold or warm), stays within
     ``max_overhead`` (5%) of the training wall time so far (everything else since
-    ``on_train_start``). The measurement at the initial point is always made
+    ``on_train_start``), and where the training since its last measurement pays for the next at that
+    rate (the points spread over the run). The measurement at the initial point is always made
     and counts against the budget. The budget is kept in checkpoints; under DDP rank zero decides and
     broadcasts. For the same steps in every run, give ``every_n_steps`` or ``every_n_epochs``, a fixed
     schedule that the budget does not cut unless ``max_overhead`` is set.
