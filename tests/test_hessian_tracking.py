@@ -210,6 +210,58 @@ def test_stderr_matches_the_spread_over_independent_hessian_batches(case):
     assert loose.max_stderr == pytest.approx(stderrs[-1], rel=0.1)
 
 
+class _Itemized(torch.nn.Module):
+    """An MLP whose forward reads a value out with ``.item()``: ``torch.func.vmap`` cannot run it."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = mlp().double()
+
+    def forward(self, x):
+        return self.net(x) * (1.0 + 0.0 * x.abs().max().item())
+
+
+@pytest.mark.parametrize("case", ["mlp", "cnn", "dict_batch", "itemized", "uneven"])
+def test_stderr_chunks_in_one_vmapped_pass_equal_the_loop_of_chunks(case, monkeypatch):
+    """The chunks' Rayleigh quotients come from one vmapped pass where it can run, and from a loop
+    of per-chunk products where it cannot (``.item()`` in the forward, chunks of unequal size):
+    either way the same numbers as the loop."""
+    from lightning_shortcut.hessian import sampling
+
+    torch.manual_seed(0)
+    samples, loss_fn = 64, None
+    if case == "cnn":
+        model, shape = TinyCNN(dropout=0.0).double().eval(), (1, 6, 6)
+    elif case == "itemized":
+        model, shape = _Itemized(), (4,)
+    else:
+        model, shape = mlp().double(), (4,)
+    if case == "uneven":
+        samples = 61
+    x, y = classification_data(shape, num_samples=samples, seed=2)
+    batch = (x, y)
+    if case == "dict_batch":
+        batch = {"image": x, "label": y, "name": "shared"}
+
+        def loss_fn(model, batch):
+            return torch.nn.functional.cross_entropy(model(batch["image"]), batch["label"])
+
+    spectrum = hessian_eigenvalues(model, batch, loss_fn, bottom_k=1, tol=1e-8, stderr=True)
+    vmapped = []
+    original = sampling._vmapped_quotients
+    monkeypatch.setattr(
+        sampling, "_vmapped_quotients", lambda *a: vmapped.append(original(*a)) or vmapped[-1]
+    )
+    again = hessian_eigenvalues(model, batch, loss_fn, bottom_k=1, tol=1e-8, stderr=True)
+    assert (vmapped[0] is not None) == (case in ("mlp", "cnn", "dict_batch"))
+    monkeypatch.setattr(sampling, "_vmapped_quotients", lambda *a: None)  # the loop only
+    loop = hessian_eigenvalues(model, batch, loss_fn, bottom_k=1, tol=1e-8, stderr=True)
+    for result in (spectrum, again):
+        assert result.max_stderr == pytest.approx(loop.max_stderr, rel=1e-8)
+        assert result.min_stderr == pytest.approx(loop.min_stderr, rel=1e-8)
+    assert loop.max_stderr > 0 and loop.min_stderr > 0
+
+
 def test_stderr_is_checked_where_it_enters():
     model = mlp().double()
     x, y = classification_data((4,), num_samples=32)

@@ -15,31 +15,49 @@ the reported eigenvalue over Hessian batches of the same size drawn from the sam
 selection bias of a maximum, which makes ``lambda_max`` of a small batch too large on average, is
 not included). It needs a loss that is a mean over samples: in ``mode="eval"`` every standard loss
 is; BatchNorm in train mode couples the samples of a batch, and the callers do not report it there.
-Cost: each chunk builds its own first-order graph and takes one Hessian-vector product per vector,
-so the estimate costs a gradient and a product on the whole batch per vector, plus the overhead of
-``m`` small passes instead of one large one (on a 16-unit MLP on 256 samples, about 25 products'
-time; on larger models and batches, less). Computing the chunks' quotients by forward-mode
-derivatives, vmapped over the chunks, gives the same values and was slower still here.
+Cost: where every batch splits into equal chunks and ``chunks * parameters`` is at most
+:data:`VMAP_MAX_ENTRIES`, the chunks' products are taken in one pass, ``torch.func.vmap`` over the
+chunks of a forward-over-reverse product (:func:`_vmapped_quotients`); it holds a gradient and a
+tangent per chunk (``2 m`` parameter-sized tensors), hence the cap. Otherwise, and when the model
+or loss cannot be vmapped (data-dependent control flow, ``.item()``, in-place updates of captured
+tensors), each chunk builds its own first-order graph and takes one product per vector: a gradient
+and a product on the whole batch per vector, plus the overhead of ``m`` small passes instead of one
+large one. Measured on 1 CPU thread, both ends' vectors, 16 chunks: the 16-unit digits MLP on 256
+samples, 0.059 s vmapped against 0.218 s in a loop of chunks (3.7x; one graph and two products
+take 0.026 s); the MNIST-shaped MLP 0.146 against 0.424 s; the conv recipe model on 64 samples,
+where products are compute-bound, 8.6 against 6.2 s (vmapped convolutions are slower on the CPU).
+The two ways agree to 1e-6 relative.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jvp, vmap
 from torch.utils._pytree import tree_map
 
+from lightning_shortcut.hessian.batches import LossFn
 from lightning_shortcut.hessian.operator import HessianOperator
 
-__all__ = ["STDERR_CHUNKS", "rayleigh_stderr", "split_batch"]
+__all__ = ["STDERR_CHUNKS", "VMAP_MAX_ENTRIES", "rayleigh_stderr", "split_batch"]
 
 #: Chunks the Hessian batch is split into: the standard error's own relative error is about
 #: ``1 / sqrt(2 (m - 1))``, 18% for 16 chunks.
 STDERR_CHUNKS = 16
+#: The vmapped products hold ``2 * chunks`` parameter-sized tensors: they are used up to this many
+#: entries in ``chunks * parameters`` (64 MiB per batched tensor in float32).
+VMAP_MAX_ENTRIES = 2**24
+
+
+def _has_samples(leaf: Any, size: int) -> bool:
+    """Whether a batch's leaf is a tensor of ``size`` samples (split into chunks)."""
+    return isinstance(leaf, Tensor) and leaf.ndim > 0 and len(leaf) == size
 
 
 def split_batch(batch: Any, size: int, pieces: int) -> list[Any]:
@@ -51,9 +69,7 @@ def split_batch(batch: Any, size: int, pieces: int) -> list[Any]:
     return [
         tree_map(
             lambda leaf, begin=begin, end=end: (
-                leaf[begin:end]
-                if isinstance(leaf, Tensor) and leaf.ndim and len(leaf) == size
-                else leaf
+                leaf[begin:end] if _has_samples(leaf, size) else leaf
             ),
             batch,
         )
@@ -64,16 +80,97 @@ def split_batch(batch: Any, size: int, pieces: int) -> list[Any]:
 
 def _chunks(operator: HessianOperator, num_chunks: int) -> list[Any]:
     """The operator's batches split into about ``num_chunks`` chunks in all, by size."""
-    total = sum(operator.sizes)
     return [
         chunk
-        for batch, size in zip(operator.batches, operator.sizes, strict=True)
-        for chunk in split_batch(batch, size, max(1, min(size, round(num_chunks * size / total))))
+        for batch, size, count in zip(
+            operator.batches, operator.sizes, _chunk_counts(operator, num_chunks), strict=True
+        )
+        for chunk in split_batch(batch, size, count)
     ]
+
+
+class _LossOf(nn.Module):
+    """``loss_fn(model, batch)`` as a module, for :func:`torch.func.functional_call`."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Any) -> Tensor:
+        return self.loss_fn(self.model, batch)
+
+
+def _chunk_counts(operator: HessianOperator, num_chunks: int) -> list[int]:
+    """How many chunks each of the operator's batches is split into (about ``num_chunks`` in all,
+    by size)."""
+    total = sum(operator.sizes)
+    return [max(1, min(size, round(num_chunks * size / total))) for size in operator.sizes]
+
+
+def _vmapped_quotients(operator: HessianOperator, vectors: Sequence[Tensor], num_chunks: int):
+    """``(quotients, sizes)`` by one vmapped pass per batch and vector, or ``None`` where the
+    batches do not split evenly, the vmapped tensors would pass :data:`VMAP_MAX_ENTRIES` or the
+    model cannot be vmapped."""
+    counts = _chunk_counts(operator, num_chunks)
+    if any(size % count for size, count in zip(operator.sizes, counts, strict=True)):
+        return None
+    if sum(counts) * operator.dim > VMAP_MAX_ENTRIES:
+        return None
+    wrapper = _LossOf(operator.model, operator.loss_fn)
+    names = {id(param): f"model.{name}" for name, param in operator.model.named_parameters()}
+    if any(id(param) not in names for param in operator.params):
+        return None
+    keys = [names[id(param)] for param in operator.params]
+    primals = tuple(param.detach() for param in operator.params)
+
+    def loss(weights, chunk):
+        return functional_call(
+            wrapper, dict(zip(keys, weights, strict=True)), (chunk,), strict=False
+        )
+
+    def quotient(weights, tangent, chunk):
+        _, product = jvp(lambda w: grad(loss)(w, chunk), (weights,), (tangent,))
+        return sum((p * t).sum() for p, t in zip(product, tangent, strict=True))
+
+    rows, sizes = [[] for _ in vectors], []
+    try:
+        with warnings.catch_warnings():
+            # torch.func's first use scripts a helper: its deprecation warning is not the user's
+            warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+            for batch, size, count in zip(operator.batches, operator.sizes, counts, strict=True):
+                # the tensors with a sample dimension gain a chunk dimension; the others are shared
+                chunks = tree_map(
+                    lambda leaf, size=size, count=count: (
+                        leaf.reshape(count, size // count, *leaf.shape[1:])
+                        if _has_samples(leaf, size)
+                        else leaf
+                    ),
+                    batch,
+                )
+                dims = tree_map(
+                    lambda leaf, size=size: 0 if _has_samples(leaf, size) else None, batch
+                )
+                batched = vmap(quotient, in_dims=(None, None, dims))
+                for index, vector in enumerate(vectors):
+                    tangent = tuple(
+                        piece.view(param.shape).to(param)
+                        for piece, param in zip(
+                            torch.split(vector, operator.numels), primals, strict=True
+                        )
+                    )
+                    rows[index].extend(batched(primals, tangent, chunks).tolist())
+                sizes.extend([size // count] * count)
+    except Exception:  # whatever vmap cannot run falls back to the loop of chunks
+        return None
+    return rows, sizes
 
 
 def _chunk_quotients(operator: HessianOperator, vectors: Sequence[Tensor], num_chunks: int):
     """``(quotients, sizes)``: each vector's ``q_c`` by a Hessian-vector product on each chunk."""
+    vmapped = _vmapped_quotients(operator, vectors, num_chunks)
+    if vmapped is not None:
+        return vmapped
     rows, sizes = [[] for _ in vectors], []
     for batch in _chunks(operator, num_chunks):
         chunk = HessianOperator(
