@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,10 +19,15 @@ class OverheadBudget:
     Time between two calls is booked to whichever side the second call names: :meth:`start` sets the
     mark, :meth:`measuring` books the time before it to training and its own time to the callback.
     A measurement fits when the callback's time so far plus the estimate of its cost stays within
-    ``share`` of the training time so far, *and* the training time since the last measurement is at
-    least the estimate over ``share``. The first condition keeps the total within budget; the second
-    spreads the measurements over the run, so that time left over when measurements came out cheaper
-    than estimated is not spent in a burst on consecutive steps (a curve, not a cluster of points).
+    its allowance so far, *and* the training time since the last measurement is at least the
+    estimate over ``share``. Where the Trainer knows the run's length (``max_steps`` or
+    ``max_epochs``), the allowance is ``share`` of the whole run's training time, projected from the
+    steps so far: the time spent before the first step (the measurement at the initial point) is
+    granted at once, and the rest accrues evenly over training, so the measurements spread over the
+    run and the total comes to ``share`` of the training time by its end. Without a known length it
+    is ``share`` of the training time so far. The second condition keeps time left over, when
+    measurements came out cheaper than estimated, from being spent in a burst on consecutive steps
+    (a curve, not a cluster of points).
     The estimate is the last cost of a measurement of the same ``kind`` (a callback whose
     measurements differ in cost names them, such as a cold measurement and a warm-started one,
     several times cheaper), or the last measurement's cost when none of that kind has been made.
@@ -37,6 +43,7 @@ class OverheadBudget:
         self.last_cost = 0.0
         self.costs: dict[str, float] = {}  # the last cost of each kind of measurement
         self.train_seconds_at_last = 0.0  # the training time when the last measurement ended
+        self.initial_seconds = 0.0  # the callback's time before the first training step
         self._mark = 0.0
 
     def start(self) -> None:
@@ -49,6 +56,8 @@ class OverheadBudget:
         seconds, self._mark = now - self._mark, now
         if monitor:
             self.monitor_seconds += seconds
+            if self.train_seconds == 0:
+                self.initial_seconds += seconds
         else:
             self.train_seconds += seconds
         return seconds
@@ -80,13 +89,28 @@ class OverheadBudget:
             return share is None
         self.book(monitor=False)
         estimate = self.estimate(kind)
-        allowed = (
-            self.monitor_seconds + estimate <= share * self.train_seconds
-            and estimate <= share * (self.train_seconds - self.train_seconds_at_last)
-        )
+        allowed = self.monitor_seconds + estimate <= self.allowance(
+            share, trainer
+        ) and estimate <= share * (self.train_seconds - self.train_seconds_at_last)
         if trainer.world_size > 1:
             allowed = trainer.strategy.broadcast(allowed, src=0)
         return bool(allowed)
+
+    def allowance(self, share: float, trainer: pl.Trainer) -> float:
+        """The callback's time allowed so far (see the class docstring)."""
+        total = self.projected_train_seconds(trainer)
+        if total is None:
+            return share * self.train_seconds
+        rate = max(share - self.initial_seconds / total, 0.0)
+        return self.initial_seconds + rate * self.train_seconds
+
+    def projected_train_seconds(self, trainer: pl.Trainer) -> float | None:
+        """The whole run's training time at the pace so far, or ``None`` if its length is unknown."""
+        steps = getattr(trainer, "global_step", 0)
+        total = getattr(trainer, "estimated_stepping_batches", math.inf)
+        if steps <= 0 or not math.isfinite(total) or total <= 0:
+            return None
+        return self.train_seconds * max(total, steps) / steps
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -95,6 +119,7 @@ class OverheadBudget:
             "last_cost": self.last_cost,
             "costs": dict(self.costs),
             "train_seconds_at_last": self.train_seconds_at_last,
+            "initial_seconds": self.initial_seconds,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -102,6 +127,7 @@ class OverheadBudget:
         self.monitor_seconds = float(state_dict.get("monitor_seconds", 0.0))
         self.last_cost = float(state_dict.get("last_cost", 0.0))
         self.costs = {str(k): float(v) for k, v in state_dict.get("costs", {}).items()}
+        self.initial_seconds = float(state_dict.get("initial_seconds", 0.0))
         # a checkpoint from before the pacing: wait a full interval from the resume
         self.train_seconds_at_last = float(
             state_dict.get("train_seconds_at_last", self.train_seconds)

@@ -59,8 +59,16 @@ class CostReport:
             f"as long as about {in_steps:.3g} training steps ({step_seconds * 1e3:.3g} ms each)."
         ]
         if every_n_steps is None and every_n_epochs is None and budget is not None:
-            interval = math.inf if budget == 0 else max(1.0, in_steps / budget)
-            count = "no more" if budget == 0 else f"about {1 + total / interval:.0f} in all"
+            # the budget's plan: the time before the first step is granted, the rest of
+            # ``budget`` of the run accrues evenly (OverheadBudget)
+            initial = self._monitor_seconds / step_seconds if math.isfinite(total) else 0.0
+            rate = budget - initial / total if math.isfinite(total) and total > 0 else budget
+            interval = math.inf if rate <= 0 else max(1.0, in_steps / rate)
+            count = (
+                "no more: the measurement at the initial point used this run's budget"
+                if math.isinf(interval)
+                else f"about {1 + total / interval:.0f} in all"
+            )
             lines.append(
                 f"Within max_overhead={budget} it measures about every {interval:.0f} steps "
                 f"({count} of this run's {total:.0f} steps)."

@@ -93,10 +93,13 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     training goes on.
 
     Schedule: by default the monitor measures after any optimizer step where its wall time so far,
-    plus the last cost of a measurement of the kind due (cold or warm), stays within
-    ``max_overhead`` (5%) of the training wall time so far (everything else since
-    ``on_train_start``), and where the training since its last measurement pays for the next at that
-    rate (the points spread over the run). The measurement at the initial point is always made
+    plus the last cost of a measurement of the kind due (cold or warm), stays within its allowance:
+    ``max_overhead`` (5%) of the run's training wall time (everything else since
+    ``on_train_start``), projected from the steps so far when the Trainer knows the run's length,
+    with the time before the first step granted at once and the rest accruing evenly, so that the
+    points spread over the run (without a known length: 5% of the training time so far); and where
+    the training since its last measurement pays for the next at 5%. The measurement at the initial
+    point is always made
     and counts against the budget. The budget is kept in checkpoints; under DDP rank zero decides and
     broadcasts. For the same steps in every run, give ``every_n_steps`` or ``every_n_epochs``, a fixed
     schedule that the budget does not cut unless ``max_overhead`` is set.
@@ -171,9 +174,9 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         seed: *Solver.* Seed of the solver's private generator.
         solver_options: *Solver.* Extra arguments of the solver, e.g. ``{"max_basis": 10}``.
         stderr: *Output.* Log the standard errors of the extreme eigenvalues over Hessian batches of
-            the same size with every cold measurement (only in ``mode="eval"``). Each costs a
-            gradient and a product on 16 chunks of the Hessian batch, about as much as a cold
-            measurement on small models, so it comes with the audits rather than every
+            the same size with every cold measurement (only in ``mode="eval"``). Each takes a
+            product on each of 16 chunks of the Hessian batch (in one vmapped pass where it can),
+            a fraction of a cold measurement, so it comes with the audits rather than every
             measurement.
         edge_of_stability: *Output.* Log ``stability`` and ``max_stable_lr`` from the run's
             optimizer (:func:`~lightning_shortcut.hessian.edge_of_stability`).
