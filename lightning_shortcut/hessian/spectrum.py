@@ -128,7 +128,8 @@ def hessian_eigenvalues(
             Pass only such vectors: the warm rule trusts them.
         stderr: also estimate the sampling error of ``max`` and ``min`` over Hessian batches of
             the same size (``max_stderr``, ``min_stderr``; :mod:`~lightning_shortcut.hessian.sampling`),
-            at the cost of about one product per value; needs ``mode="eval"`` and no ``transform``.
+            at the cost of a product per value on each of 16 chunks of the batch (one vmapped pass
+            where it can); needs ``mode="eval"`` and no ``transform``.
         solver_options: extra keyword arguments for the solver, e.g. ``{"max_basis": 10}`` for
             ``"lanczos"`` (the basis vectors held; the call's extra memory is about this many
             parameter vectors, default 20).
