@@ -87,7 +87,7 @@ def test_the_cost_report_says_what_the_budget_plan_gives():
 
     for budget, expected in [
         (0.05, "about every 67 steps (about 2 in all of this run's 100 steps)"),
-        (0.01, "no more: the measurement at the initial point used this run's budget"),
+        (0.01, "measures no more: the measurement at the initial point used this run's budget"),
     ]:
         report = CostReport(Ticks(0.0, 10.0))
         trainer = SimpleNamespace(global_step=0, estimated_stepping_batches=100)
@@ -105,3 +105,39 @@ def test_the_cost_report_says_what_the_budget_plan_gives():
             every_n_epochs=None,
         )
         assert expected in message
+    # a run of unknown length: the interval at 5% of the training so far, no count
+    report = CostReport(Ticks(0.0, 10.0))
+    trainer = SimpleNamespace(global_step=0, estimated_stepping_batches=float("inf"))
+    report.start(trainer, monitor_seconds=2.0)
+    trainer.global_step = 10
+    message = report.message(
+        trainer,
+        2.0,
+        2.0,
+        name="Monitor",
+        what="",
+        levers="tol",
+        budget=0.05,
+        every_n_steps=None,
+        every_n_epochs=None,
+    )
+    assert "about every 40 steps." in message and "inf" not in message
+
+
+def test_a_run_whose_length_the_trainer_cannot_estimate_is_budgeted_so_far():
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from lightning_shortcut.callbacks._budget import run_length
+
+    class Scheduled:
+        """A Trainer whose gradient accumulation changes between epochs."""
+
+        global_step = 10
+
+        @property
+        def estimated_stepping_batches(self):
+            raise MisconfigurationException("accumulate_grad_batches differs between epochs")
+
+    assert run_length(Scheduled()) == float("inf")
+    assert run_length(SimpleNamespace(estimated_stepping_batches=-1)) == float("inf")
+    assert OverheadBudget().projected_train_seconds(Scheduled()) is None

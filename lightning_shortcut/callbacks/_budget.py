@@ -10,7 +10,17 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-__all__ = ["OverheadBudget"]
+__all__ = ["OverheadBudget", "run_length"]
+
+
+def run_length(trainer: pl.Trainer) -> float:
+    """The run's optimizer steps as the Trainer estimates them; ``inf`` where it cannot (no
+    ``max_steps``/``max_epochs``, or a gradient accumulation that changes between epochs)."""
+    try:
+        total = float(getattr(trainer, "estimated_stepping_batches", math.inf))
+    except Exception:  # MisconfigurationException: accumulation scheduled per epoch
+        return math.inf
+    return total if total > 0 else math.inf  # -1: an iterable dataset without max_steps
 
 
 class OverheadBudget:
@@ -107,8 +117,8 @@ class OverheadBudget:
     def projected_train_seconds(self, trainer: pl.Trainer) -> float | None:
         """The whole run's training time at the pace so far, or ``None`` if its length is unknown."""
         steps = getattr(trainer, "global_step", 0)
-        total = getattr(trainer, "estimated_stepping_batches", math.inf)
-        if steps <= 0 or not math.isfinite(total) or total <= 0:
+        total = run_length(trainer)
+        if steps <= 0 or not math.isfinite(total):
             return None
         return self.train_seconds * max(total, steps) / steps
 

@@ -6,6 +6,8 @@ import math
 
 import lightning.pytorch as pl
 
+from lightning_shortcut.callbacks._budget import run_length
+
 #: Optimizer steps timed before the report (fewer if the first epoch is shorter).
 STEPS_TO_TIME = 10
 
@@ -53,7 +55,7 @@ class CostReport:
         training = self.clock() - self._start - (monitor_seconds - self._monitor_seconds)
         step_seconds = max(training, 1e-9) / steps
         in_steps = cost / step_seconds
-        total = trainer.estimated_stepping_batches
+        total = run_length(trainer)
         lines = [
             f"{name}: one measurement takes {cost:.3g} s" + (f" ({what})" if what else "") + ", "
             f"as long as about {in_steps:.3g} training steps ({step_seconds * 1e3:.3g} ms each)."
@@ -61,18 +63,23 @@ class CostReport:
         if every_n_steps is None and every_n_epochs is None and budget is not None:
             # the budget's plan: the time before the first step is granted, the rest of
             # ``budget`` of the run accrues evenly (OverheadBudget)
-            initial = self._monitor_seconds / step_seconds if math.isfinite(total) else 0.0
-            rate = budget - initial / total if math.isfinite(total) and total > 0 else budget
+            known = math.isfinite(total)
+            rate = budget - self._monitor_seconds / step_seconds / total if known else budget
             interval = math.inf if rate <= 0 else max(1.0, in_steps / rate)
-            count = (
-                "no more: the measurement at the initial point used this run's budget"
-                if math.isinf(interval)
-                else f"about {1 + total / interval:.0f} in all"
-            )
-            lines.append(
-                f"Within max_overhead={budget} it measures about every {interval:.0f} steps "
-                f"({count} of this run's {total:.0f} steps)."
-            )
+            if math.isinf(interval):
+                lines.append(
+                    f"Within max_overhead={budget} it measures no more: the measurement at the "
+                    "initial point used this run's budget."
+                )
+            else:
+                count = (
+                    f" (about {1 + total / interval:.0f} in all of this run's {total:.0f} steps)"
+                )
+                lines.append(
+                    f"Within max_overhead={budget} it measures about every {interval:.0f} steps"
+                    + (count if known else "")
+                    + "."
+                )
         elif every_n_steps is not None:
             lines.append(
                 f"every_n_steps={every_n_steps} adds about {in_steps / every_n_steps:.0%}."
