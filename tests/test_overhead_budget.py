@@ -1,5 +1,7 @@
 from types import SimpleNamespace
 
+import pytest
+
 from lightning_shortcut.callbacks import HessianEigenvalueMonitor
 from lightning_shortcut.callbacks._budget import OverheadBudget
 
@@ -141,3 +143,21 @@ def test_a_run_whose_length_the_trainer_cannot_estimate_is_budgeted_so_far():
     assert run_length(Scheduled()) == float("inf")
     assert run_length(SimpleNamespace(estimated_stepping_batches=-1)) == float("inf")
     assert OverheadBudget().projected_train_seconds(Scheduled()) is None
+
+
+def test_the_initial_grant_is_what_was_measured_before_the_first_decision():
+    """On a real clock a sliver of time is booked to training between the preparation and the
+    measurement at the initial point; the grant is everything measured before the first decision."""
+    budget = OverheadBudget(clock=Ticks(0.0, 0.5, 0.501, 2.5, 12.5, 24.5))
+    trainer = SimpleNamespace(world_size=1, global_step=10, estimated_stepping_batches=100)
+    budget.start()
+    budget.book(monitor=True)  # preparing: 0.5 s
+    with budget.measuring("cold"):  # 0.001 s of "training", then the measurement: 1.999 s
+        pass
+    # at 12.5: 10 s of training, the run projected at 100 s: 2.5 s granted, 2.5 s more accrue
+    assert not budget.allows(0.05, trainer, "cold")
+    assert budget.initial_seconds == pytest.approx(2.499)
+    projected = 10.001 * 100 / 10
+    assert budget.allowance(0.05, trainer) == pytest.approx(
+        2.499 + (0.05 - 2.499 / projected) * 10.001
+    )

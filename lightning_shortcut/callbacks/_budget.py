@@ -53,7 +53,8 @@ class OverheadBudget:
         self.last_cost = 0.0
         self.costs: dict[str, float] = {}  # the last cost of each kind of measurement
         self.train_seconds_at_last = 0.0  # the training time when the last measurement ended
-        self.initial_seconds = 0.0  # the callback's time before the first training step
+        # the callback's time before the first decision (the measurement at the initial point)
+        self.initial_seconds: float | None = None
         self._mark = 0.0
 
     def start(self) -> None:
@@ -66,8 +67,6 @@ class OverheadBudget:
         seconds, self._mark = now - self._mark, now
         if monitor:
             self.monitor_seconds += seconds
-            if self.train_seconds == 0:
-                self.initial_seconds += seconds
         else:
             self.train_seconds += seconds
         return seconds
@@ -98,6 +97,8 @@ class OverheadBudget:
         if share is None or share == 0:
             return share is None
         self.book(monitor=False)
+        if self.initial_seconds is None:  # the first decision: all measured so far was initial
+            self.initial_seconds = self.monitor_seconds
         estimate = self.estimate(kind)
         allowed = self.monitor_seconds + estimate <= self.allowance(
             share, trainer
@@ -111,8 +112,9 @@ class OverheadBudget:
         total = self.projected_train_seconds(trainer)
         if total is None:
             return share * self.train_seconds
-        rate = max(share - self.initial_seconds / total, 0.0)
-        return self.initial_seconds + rate * self.train_seconds
+        initial = self.initial_seconds or 0.0
+        rate = max(share - initial / total, 0.0)
+        return initial + rate * self.train_seconds
 
     def projected_train_seconds(self, trainer: pl.Trainer) -> float | None:
         """The whole run's training time at the pace so far, or ``None`` if its length is unknown."""
@@ -137,7 +139,9 @@ class OverheadBudget:
         self.monitor_seconds = float(state_dict.get("monitor_seconds", 0.0))
         self.last_cost = float(state_dict.get("last_cost", 0.0))
         self.costs = {str(k): float(v) for k, v in state_dict.get("costs", {}).items()}
-        self.initial_seconds = float(state_dict.get("initial_seconds", 0.0))
+        # a checkpoint from before the plan: nothing granted at once
+        initial = state_dict.get("initial_seconds", 0.0)
+        self.initial_seconds = None if initial is None else float(initial)
         # a checkpoint from before the pacing: wait a full interval from the resume
         self.train_seconds_at_last = float(
             state_dict.get("train_seconds_at_last", self.train_seconds)
