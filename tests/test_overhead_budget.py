@@ -161,3 +161,26 @@ def test_the_initial_grant_is_what_was_measured_before_the_first_decision():
     assert budget.allowance(0.05, trainer) == pytest.approx(
         2.499 + (0.05 - 2.499 / projected) * 10.001
     )
+
+
+def test_a_warm_measurement_not_yet_made_is_expected_at_the_cold_cost_without_its_stderr():
+    monitor = HessianEigenvalueMonitor()
+    monitor.budget.last_cost, monitor.budget.costs = 2.0, {"cold": 2.0}
+    monitor._stderr_seconds = 0.5  # of the cold measurement just made
+    monitor._seed_estimates()
+    assert monitor.budget.estimate("warm") == 1.5
+    monitor.budget.costs["warm"] = 0.2  # once made, its own cost
+    monitor._seed_estimates()
+    assert monitor.budget.estimate("warm") == 0.2
+
+
+def test_the_spectrum_says_what_its_stderr_cost():
+    from helpers.models import classification_data, mlp
+
+    from lightning_shortcut.hessian import hessian_eigenvalues
+
+    model = mlp().double()
+    batch = classification_data((4,), num_samples=32)
+    with_stderr = hessian_eigenvalues(model, batch, stderr=True)
+    assert 0 < with_stderr.stderr_seconds < with_stderr.seconds
+    assert hessian_eigenvalues(model, batch).stderr_seconds == 0.0

@@ -107,6 +107,10 @@ class ScheduledMonitor(Callback):
         :class:`~lightning_shortcut.callbacks._budget.OverheadBudget`); ``None``: one kind."""
         return None
 
+    def _seed_estimates(self) -> None:
+        """After a measurement in fit: seed ``budget.costs`` for kinds not measured yet, where the
+        last measurement says more about them than its whole cost does."""
+
     def _describe_cost(self, record: dict[str, float]) -> tuple[str, str]:
         """For the cost report: what a measurement did (from its ``record``) and the levers."""
         return "", "max_overhead"
@@ -216,6 +220,7 @@ class ScheduledMonitor(Callback):
         self._last_step = trainer.global_step
         with self.budget.measuring(self._next_kind()):
             self._measure_and_log(trainer, pl_module, "fit")
+        self._seed_estimates()
 
     def _report_cost_once(self, trainer: pl.Trainer, epoch_end: bool) -> None:
         """Once, after the first training steps: a measurement's cost in training steps, what the

@@ -93,7 +93,8 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     training goes on.
 
     Schedule: by default the monitor measures after any optimizer step where its wall time so far,
-    plus the last cost of a measurement of the kind due (cold or warm), stays within its allowance:
+    plus the last cost of a measurement of the kind due (cold or warm; before the first warm one,
+    the cold one's without its standard errors), stays within its allowance:
     ``max_overhead`` (5%) of the run's training wall time (everything else since
     ``on_train_start``), projected from the steps so far when the Trainer knows the run's length,
     with the time before the first step granted at once and the rest accruing evenly, so that the
@@ -259,6 +260,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         self._batches: dict[str, list[Any]] = {}  # the Hessian batch of each stage
         self._samples = num_samples  # in the last Hessian batch gathered
         self._sharded = False  # the model is sharded by fully_shard (FSDP2)
+        self._stderr_seconds = 0.0  # of the last measurement in fit
         self._warnings = MeasurementWarnings(num_samples, tol, max_iter)
         # warm starts of the fit measurements (audit_every=1 when off: every one is cold)
         self._tracker = SpectrumTracker(audit_every if warm_start else 1)
@@ -317,6 +319,13 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         return "cold" if self._tracker.cold_next else "warm"
 
     @override
+    def _seed_estimates(self) -> None:
+        # a warm measurement computes no standard errors and stops by the cold rule at the latest:
+        # until one is made, expect the cold one's cost without them
+        if "warm" not in self.budget.costs and self._stderr_seconds:
+            self.budget.costs["warm"] = max(self.budget.last_cost - self._stderr_seconds, 0.0)
+
+    @override
     def _describe_cost(self, record: dict[str, float]) -> tuple[str, str]:
         start = "warm" if record.get("warm_start") else "cold"
         return (
@@ -360,6 +369,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
             )
             if stage == "fit":
                 self._tracker.update(spectrum, params)
+                self._stderr_seconds = spectrum.stderr_seconds
             return spectrum
         # a numerical or memory error is logged as NaN: training goes on
         except (RuntimeError, torch.OutOfMemoryError) as error:

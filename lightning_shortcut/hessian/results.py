@@ -46,6 +46,7 @@ class HessianSpectrum:
             sampling error of the batch; ``None`` unless ``stderr=True``, see
             :func:`~lightning_shortcut.hessian.sampling.rayleigh_stderr`).
         min_stderr: the same for ``min``.
+        stderr_seconds: the part of :attr:`seconds` spent on the standard errors.
         vectors: the unit eigenvector estimates of ``top`` then ``bottom``, flat over the parameters
             (under ``fully_shard``, this rank's rows of them).
         neighbours: the Ritz vectors next to the extremes (kept for warm starts).
@@ -71,6 +72,7 @@ class HessianSpectrum:
     warm_start: bool = False
     max_stderr: float | None = None
     min_stderr: float | None = None
+    stderr_seconds: float = 0.0
     vectors: list[Tensor] = field(default_factory=list, repr=False, compare=False)
     neighbours: list[Tensor] = field(default_factory=list, repr=False, compare=False)
 

@@ -205,11 +205,13 @@ def hessian_eigenvalues(
             )
         except NonFiniteProductError:
             result = None
-        products = operator.num_hvps
+        products, stderr_seconds = operator.num_hvps, 0.0
         if result is not None and stderr:
             # the extreme vectors' quotients over the batch's chunks: one product's samples each
             ends = [vectors[:1] for vectors in (result.top_vectors, result.bottom_vectors)]
+            stderr_begin = time.perf_counter()
             errors = iter(rayleigh_stderr(operator, [v for end in ends for v in end]))
+            stderr_seconds = time.perf_counter() - stderr_begin
             result_stderr = [next(errors) if end else None for end in ends]
             products += sum(map(len, ends))
     seconds = time.perf_counter() - begin
@@ -223,6 +225,7 @@ def hessian_eigenvalues(
     spectrum = _assemble(result, method, min_abs, tol, products, seconds)
     if stderr:
         spectrum.max_stderr, spectrum.min_stderr = result_stderr
+        spectrum.stderr_seconds = stderr_seconds
     return _with_product_error(spectrum, hvp, operator.hvp_error, result.scale, tol)
 
 
