@@ -260,7 +260,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         self._batches: dict[str, list[Any]] = {}  # the Hessian batch of each stage
         self._samples = num_samples  # in the last Hessian batch gathered
         self._sharded = False  # the model is sharded by fully_shard (FSDP2)
-        self._stderr_seconds = 0.0  # of the last measurement in fit
+        self._stderr_share = 0.0  # of the last measurement in fit, in its time
         self._warnings = MeasurementWarnings(num_samples, tol, max_iter)
         # warm starts of the fit measurements (audit_every=1 when off: every one is cold)
         self._tracker = SpectrumTracker(audit_every if warm_start else 1)
@@ -322,8 +322,8 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     def _seed_estimates(self) -> None:
         # a warm measurement computes no standard errors and stops by the cold rule at the latest:
         # until one is made, expect the cold one's cost without them
-        if "warm" not in self.budget.costs and self._stderr_seconds:
-            self.budget.costs["warm"] = max(self.budget.last_cost - self._stderr_seconds, 0.0)
+        if "warm" not in self.budget.costs and self._stderr_share:
+            self.budget.costs["warm"] = self.budget.last_cost * (1 - self._stderr_share)
 
     @override
     def _describe_cost(self, record: dict[str, float]) -> tuple[str, str]:
@@ -369,7 +369,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
             )
             if stage == "fit":
                 self._tracker.update(spectrum, params)
-                self._stderr_seconds = spectrum.stderr_seconds
+                self._stderr_share = spectrum.stderr_seconds / max(spectrum.seconds, 1e-12)
             return spectrum
         # a numerical or memory error is logged as NaN: training goes on
         except (RuntimeError, torch.OutOfMemoryError) as error:

@@ -73,7 +73,11 @@ class FakeClock(pl.Callback):
 def clocked_monitor(
     cost: float | Sequence[float], **kwargs
 ) -> tuple[HessianEigenvalueMonitor, FakeClock]:
-    """A ``HessianEigenvalueMonitor(**kwargs)`` on a :class:`FakeClock` of ``cost``, and the clock."""
+    """A ``HessianEigenvalueMonitor(**kwargs)`` on a :class:`FakeClock` of ``cost``, and the clock.
+
+    Without the standard errors unless asked: the budget would read their share of a measurement
+    from the real clock, and the schedule would not be the fake clock's alone."""
+    kwargs.setdefault("stderr", False)
     clock = FakeClock(cost)
     clock.monitor = HessianEigenvalueMonitor(clock=clock, **kwargs)
     return clock.monitor, clock
