@@ -123,6 +123,10 @@ def _vmapped_quotients(operator: HessianOperator, vectors: Sequence[Tensor], num
         return None
     keys = [names[id(param)] for param in operator.params]
     primals = tuple(param.detach() for param in operator.params)
+    tangents = [
+        tuple(piece.to(param) for piece, param in zip(operator.unflatten(v), primals, strict=True))
+        for v in vectors
+    ]
 
     def loss(weights, chunk):
         return functional_call(
@@ -152,14 +156,8 @@ def _vmapped_quotients(operator: HessianOperator, vectors: Sequence[Tensor], num
                     lambda leaf, size=size: 0 if _has_samples(leaf, size) else None, batch
                 )
                 batched = vmap(quotient, in_dims=(None, None, dims))
-                for index, vector in enumerate(vectors):
-                    tangent = tuple(
-                        piece.view(param.shape).to(param)
-                        for piece, param in zip(
-                            torch.split(vector, operator.numels), primals, strict=True
-                        )
-                    )
-                    rows[index].extend(batched(primals, tangent, chunks).tolist())
+                for row, tangent in zip(rows, tangents, strict=True):
+                    row.extend(batched(primals, tangent, chunks).tolist())
                 sizes.extend([size // count] * count)
     except Exception:  # whatever vmap cannot run falls back to the loop of chunks
         return None
