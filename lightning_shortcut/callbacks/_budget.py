@@ -10,7 +10,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-__all__ = ["OverheadBudget", "run_length"]
+__all__ = ["OverheadBudget", "accrual_rate", "run_length"]
 
 
 def run_length(trainer: pl.Trainer) -> float:
@@ -21,6 +21,13 @@ def run_length(trainer: pl.Trainer) -> float:
     except Exception:  # MisconfigurationException: accumulation scheduled per epoch
         return math.inf
     return total if total > 0 else math.inf  # -1: an iterable dataset without max_steps
+
+
+def accrual_rate(share: float, initial: float, total: float) -> float:
+    """The share of training time that accrues to the callback once ``initial`` (spent before the
+    first step) is granted out of ``share`` of a run of ``total`` (``inf``: of unknown length, the
+    whole ``share``); in any one unit of time or steps, ``0`` when ``initial`` used it all."""
+    return max(share - initial / total, 0.0)
 
 
 class OverheadBudget:
@@ -113,8 +120,7 @@ class OverheadBudget:
         if total is None:
             return share * self.train_seconds
         initial = self.initial_seconds or 0.0
-        rate = max(share - initial / total, 0.0)
-        return initial + rate * self.train_seconds
+        return initial + accrual_rate(share, initial, total) * self.train_seconds
 
     def projected_train_seconds(self, trainer: pl.Trainer) -> float | None:
         """The whole run's training time at the pace so far, or ``None`` if its length is unknown."""

@@ -6,7 +6,7 @@ import math
 
 import lightning.pytorch as pl
 
-from lightning_shortcut.callbacks._budget import run_length
+from lightning_shortcut.callbacks._budget import accrual_rate, run_length
 
 #: Optimizer steps timed before the report (fewer if the first epoch is shorter).
 STEPS_TO_TIME = 10
@@ -64,7 +64,7 @@ class CostReport:
             # the budget's plan: the time before the first step is granted, the rest of
             # ``budget`` of the run accrues evenly (OverheadBudget)
             known = math.isfinite(total)
-            rate = budget - self._monitor_seconds / step_seconds / total if known else budget
+            rate = accrual_rate(budget, self._monitor_seconds / step_seconds, total)
             interval = math.inf if rate <= 0 else max(1.0, in_steps / rate)
             if math.isinf(interval):
                 lines.append(
