@@ -82,47 +82,40 @@ def test_a_checkpoint_of_the_flat_state_loads():
     assert monitor.budget.train_seconds == 4.0 and monitor.history == state["history"]
 
 
-def test_the_cost_report_says_what_the_budget_plan_gives():
-    """2 s at the initial point, then 10 steps of 1 s, in a run of 100 steps: 5% of it leaves 3 s
-    for more measurements of 2 s, one about every 67 steps; at 1% the initial point used it all."""
+def _cost_report(budget, run_steps):
+    """What the cost report says after 2 s at the initial point and 10 training steps of 1 s, each
+    measurement costing 2 s, in a run of ``run_steps``."""
     from lightning_shortcut.callbacks._cost_report import CostReport
 
-    for budget, expected in [
-        (0.05, "about every 67 steps (about 2 in all of this run's 100 steps)"),
-        (0.01, "measures no more: the measurement at the initial point used this run's budget"),
-    ]:
-        report = CostReport(Ticks(0.0, 10.0))
-        trainer = SimpleNamespace(global_step=0, estimated_stepping_batches=100)
-        report.start(trainer, monitor_seconds=2.0)
-        trainer.global_step = 10
-        message = report.message(
-            trainer,
-            2.0,
-            2.0,
-            name="Monitor",
-            what="",
-            levers="tol",
-            budget=budget,
-            every_n_steps=None,
-            every_n_epochs=None,
-        )
-        assert expected in message
-    # a run of unknown length: the interval at 5% of the training so far, no count
     report = CostReport(Ticks(0.0, 10.0))
-    trainer = SimpleNamespace(global_step=0, estimated_stepping_batches=float("inf"))
+    trainer = SimpleNamespace(global_step=0, estimated_stepping_batches=run_steps)
     report.start(trainer, monitor_seconds=2.0)
     trainer.global_step = 10
-    message = report.message(
+    return report.message(
         trainer,
         2.0,
         2.0,
         name="Monitor",
         what="",
         levers="tol",
-        budget=0.05,
+        budget=budget,
         every_n_steps=None,
         every_n_epochs=None,
     )
+
+
+def test_the_cost_report_says_what_the_budget_plan_gives():
+    """2 s at the initial point, then 10 steps of 1 s, in a run of 100 steps: 5% of it leaves 3 s
+    for more measurements of 2 s, one about every 67 steps; at 1% the initial point used it all."""
+    assert "about every 67 steps (about 2 in all of this run's 100 steps)" in _cost_report(
+        0.05, 100
+    )
+    assert (
+        "measures no more: the measurement at the initial point used this run's budget"
+        in _cost_report(0.01, 100)
+    )
+    # a run of unknown length: the interval at 5% of the training so far, no count
+    message = _cost_report(0.05, float("inf"))
     assert "about every 40 steps." in message and "inf" not in message
 
 
