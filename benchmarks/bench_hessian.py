@@ -280,12 +280,12 @@ def bench_warm_start(name, device, repeats, measurements=6, every=20):
     model, batch = bench_model(name, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
     cold_hvps = warm_hvps = 0
-    vectors = None
+    previous = None
     for _ in range(measurements):
         cold = hessian_eigenvalues(model, batch, tol=1e-2)
-        warm = hessian_eigenvalues(model, batch, tol=1e-2, start=vectors)
+        warm = hessian_eigenvalues(model, batch, tol=1e-2, start=previous)
         cold_hvps, warm_hvps = cold_hvps + cold.num_hvps, warm_hvps + warm.num_hvps
-        vectors = warm.vectors
+        previous = warm
         for _ in range(every):
             cross_entropy_loss(model, batch).backward()
             optimizer.step()

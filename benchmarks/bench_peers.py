@@ -17,7 +17,7 @@ Printed per model (a tanh MLP, a small CNN, a 269k-parameter MLP) and case (``la
 both ends): products, median wall time, the true error relative to ``max|lambda|`` of a tight
 reference (our Lanczos in float64 at ``tol=1e-8`` on a float64 copy of the model) and each peer's
 time over ours (above 1: ours is faster). Then the warm-start case: a short minibatch SGD run
-measured every ``--every`` steps, ours with ``start=previous.vectors`` against the peers cold
+measured every ``--every`` steps, ours with ``start=previous`` against the peers cold
 (eigenthings at the ``max_iter`` its first measurement needed; ours cold beside them), with the mean products per
 measurement after the first, total time and the largest error along the run.
 
@@ -279,7 +279,7 @@ def bench_warm(name, device, measurements, every, peer_max_iter):
                     total[1] += seconds
                 total[2] = max(total[2], error)
                 if key == "warm":
-                    previous[case] = spectrum.vectors
+                    previous[case] = spectrum
     rows = []
     for case in cases:
         row = {"model": name, "case": case, "measurements": measurements}
@@ -349,7 +349,7 @@ def main() -> None:
         ]
         print_table(
             f"Along SGD (batch 64, lr 0.05, momentum 0.9), a measurement every {args.every} steps: "
-            "ours warm (start=previous.vectors) and cold, the peers cold",
+            "ours warm (start=previous) and cold, the peers cold",
             rows,
         )
     if "weighting" not in args.skip:

@@ -201,12 +201,14 @@ def test_warm_start_saves_products():
         for param in model.parameters():
             param.add_(1e-3 * torch.randn_like(param))
     again_cold = hessian_eigenvalues(model, data, tol=1e-6)
-    warm = hessian_eigenvalues(model, data, tol=1e-6, start=cold.vectors)
+    warm = hessian_eigenvalues(model, data, tol=1e-6, start=cold)
     assert warm.max == pytest.approx(again_cold.max, abs=1e-5)
     assert warm.min == pytest.approx(again_cold.min, abs=1e-5)
     assert warm.num_hvps < again_cold.num_hvps
     with pytest.raises(ValueError, match="start"):
         hessian_eigenvalues(model, data, start=[torch.zeros(3)])
+    with pytest.raises(ValueError, match="bare vectors"):  # no values for the warm rule
+        hessian_eigenvalues(model, data, start=cold.vectors)
 
 
 @pytest.mark.parametrize("seed", range(5))

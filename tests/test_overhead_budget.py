@@ -78,7 +78,8 @@ def test_a_checkpoint_of_the_flat_state_loads():
     saved = monitor.state_dict()
     assert {key: saved[key] for key in state} == state
     # a checkpoint from before warm tracking: the trackers start cold
-    assert saved["tracker"] == saved["stability_tracker"] == {"warm_in_a_row": 0}
+    fresh = {"warm_in_a_row": 0, "cold_for": 0, "backoff": 0}
+    assert saved["tracker"] == saved["stability_tracker"] == fresh
     assert monitor.budget.train_seconds == 4.0 and monitor.history == state["history"]
 
 

@@ -21,6 +21,7 @@ from lightning_shortcut.hessian.linear_operator import (
 )
 from lightning_shortcut.hessian.operator import HessianOperator, cross_entropy_loss
 from lightning_shortcut.hessian.optimizers import UnsupportedOptimizerError
+from lightning_shortcut.hessian.results import WarmStart
 from lightning_shortcut.hessian.solvers import SOLVERS, EigenResult, register_solver
 from lightning_shortcut.hessian.spectrum import HessianSpectrum, hessian_eigenvalues
 from lightning_shortcut.hessian.tracking import SpectrumTracker
@@ -39,6 +40,7 @@ __all__ = [
     "SpectrumTracker",
     "TraceEstimate",
     "UnsupportedOptimizerError",
+    "WarmStart",
     "cross_entropy_loss",
     "edge_of_stability",
     "hessian_eigenvalues",

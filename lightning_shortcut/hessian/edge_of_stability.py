@@ -15,12 +15,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import Tensor, nn
+from torch import nn
 from torch.optim import Optimizer
 
 from lightning_shortcut.hessian.context import Mode
 from lightning_shortcut.hessian.operator import AllReduce, Hvp, LossFn, ParamsSpec, resolve_params
 from lightning_shortcut.hessian.optimizers import select_optimizer, step_preconditioner
+from lightning_shortcut.hessian.results import WarmStart
 from lightning_shortcut.hessian.sharded import reshard
 from lightning_shortcut.hessian.spectrum import hessian_eigenvalues
 
@@ -49,9 +50,10 @@ class EdgeOfStability:
         seconds: wall time.
         before_first_step: ``stability`` is ``nan`` because an adaptive optimizer has no state
             yet (it has taken no step): expected at the start of training.
-        warm_start: whether the eigenvalue run started from ``start`` vectors.
-        tracking_vectors: the eigenvalue run's vectors, to pass as ``start`` next time (empty when
-            no run was needed).
+        warm_start: whether the eigenvalue run's answer came from a warm run.
+        warm_given_up: whether a warm run was tried and given up for a cold one.
+        tracking_vectors: the eigenvalue run's vectors and values, to pass as ``start`` next time
+            (empty when no run was needed).
     """
 
     stability: float
@@ -67,7 +69,8 @@ class EdgeOfStability:
     seconds: float = 0.0
     before_first_step: bool = False
     warm_start: bool = False
-    tracking_vectors: list[Tensor] = field(default_factory=list, repr=False, compare=False)
+    warm_given_up: bool = False
+    tracking_vectors: WarmStart = field(default_factory=WarmStart, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, float]:
         """``stability`` and ``max_stable_lr``, for logging."""
@@ -88,7 +91,7 @@ def edge_of_stability(
     seed: int = 0,
     mode: Mode = "eval",
     all_reduce: AllReduce | None = None,
-    start: Sequence[Tensor] | None = None,
+    start: EdgeOfStability | WarmStart | None = None,
     solver_options: Mapping[str, Any] | None = None,
     hvp: Hvp = "autograd",
 ) -> EdgeOfStability:
@@ -110,7 +113,7 @@ def edge_of_stability(
         loss_fn: as for ``hessian_eigenvalues``.
         params: the parameters, as for ``hessian_eigenvalues`` (all trainable ones by default).
         hessian_max_eigenvalue: ``lambda_max`` of the Hessian, if already known.
-        start: a previous report's ``tracking_vectors`` for a warm eigenvalue run (see
+        start: a previous report (or its ``tracking_vectors``) for a warm eigenvalue run (see
             :func:`~lightning_shortcut.hessian.hessian_eigenvalues`).
 
     Returns:
@@ -176,5 +179,6 @@ def edge_of_stability(
         reason=spectrum.reason if spectrum is not None else "",
         seconds=time.perf_counter() - begin,
         warm_start=spectrum.warm_start if spectrum is not None else False,
+        warm_given_up=spectrum.warm_given_up if spectrum is not None else False,
         tracking_vectors=spectrum.tracking_vectors if spectrum is not None else [],
     )

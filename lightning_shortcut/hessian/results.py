@@ -3,11 +3,56 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from torch import Tensor
 
-__all__ = ["HessianSpectrum"]
+__all__ = ["HessianSpectrum", "WarmStart"]
+
+
+class WarmStart(list):
+    """What a measurement leaves for the next one to start from: a list of flat vectors (the
+    ``top_k`` top eigenvectors, the ``bottom_k`` bottom ones, then the Ritz vectors next to the
+    ends) with the values that measurement certified.
+
+    The warm rule (:mod:`~lightning_shortcut.hessian.solvers._stopping`) reads the values: a warm
+    run may stop early only while its extremes have not retreated past ``top_frontier`` (the
+    lowest of the top-side values the vectors carry) or ``bottom_frontier`` (the highest of the
+    bottom side's). A bare list of vectors has no values, so it only seeds a run that the cold rule
+    judges.
+
+    Args:
+        vectors: the vectors.
+        top: the eigenvalues of the top vectors, descending.
+        bottom: the eigenvalues of the bottom vectors, ascending.
+        top_frontier: the lowest Ritz value among the top end's vectors (``None``: no top end).
+        bottom_frontier: the highest Ritz value among the bottom end's vectors.
+    """
+
+    def __init__(
+        self,
+        vectors: Iterable[Tensor] = (),
+        top: Iterable[float] = (),
+        bottom: Iterable[float] = (),
+        top_frontier: float | None = None,
+        bottom_frontier: float | None = None,
+    ) -> None:
+        super().__init__(vectors)
+        self.top = list(top)
+        self.bottom = list(bottom)
+        self.top_frontier = top_frontier
+        self.bottom_frontier = bottom_frontier
+
+    def detach(self) -> WarmStart:
+        """The same start with every vector detached."""
+        return WarmStart(
+            (vector.detach() for vector in self),
+            self.top,
+            self.bottom,
+            self.top_frontier,
+            self.bottom_frontier,
+        )
 
 
 @dataclass
@@ -40,8 +85,10 @@ class HessianSpectrum:
         hvp_error: with finite differences, the estimated relative error of a product (see
             :class:`~lightning_shortcut.hessian.HessianOperator`), included in the error bounds as
             ``hvp_error * max|lambda|``; ``None`` for exact products.
-        warm_start: whether the call started from ``start`` vectors (a warm run); ``False`` for a
-            cold run from a random vector.
+        warm_start: whether the answer came from a run started from ``start`` vectors (a warm
+            run); ``False`` for a cold run from a random vector.
+        warm_given_up: whether a warm run was tried and given up by the warm rule, so that a
+            cold run gave the answer (its products are in :attr:`num_hvps`).
         max_stderr: the standard error of ``max`` over Hessian batches of the same size (the
             sampling error of the batch; ``None`` unless ``stderr=True``, see
             :func:`~lightning_shortcut.hessian.sampling.rayleigh_stderr`).
@@ -50,6 +97,8 @@ class HessianSpectrum:
         vectors: the unit eigenvector estimates of ``top`` then ``bottom``, flat over the parameters
             (under ``fully_shard``, this rank's rows of them).
         neighbours: the Ritz vectors next to the extremes (kept for warm starts).
+        frontiers: the lowest top-side and the highest bottom-side Ritz value among
+            :attr:`tracking_vectors` (``None`` for an end not computed).
     """
 
     top: list[float] = field(default_factory=list)
@@ -70,17 +119,21 @@ class HessianSpectrum:
     hvp: str = "autograd"
     hvp_error: float | None = None
     warm_start: bool = False
+    warm_given_up: bool = False
     max_stderr: float | None = None
     min_stderr: float | None = None
     stderr_seconds: float = 0.0
     vectors: list[Tensor] = field(default_factory=list, repr=False, compare=False)
     neighbours: list[Tensor] = field(default_factory=list, repr=False, compare=False)
+    frontiers: tuple[float | None, float | None] = field(
+        default=(None, None), repr=False, compare=False
+    )
 
     @property
-    def tracking_vectors(self) -> list[Tensor]:
+    def tracking_vectors(self) -> WarmStart:
         """What to pass as ``start`` to the next measurement: :attr:`vectors`, then
-        :attr:`neighbours`."""
-        return self.vectors + self.neighbours
+        :attr:`neighbours`, with the values they certified."""
+        return WarmStart(self.vectors + self.neighbours, self.top, self.bottom, *self.frontiers)
 
     @classmethod
     def nan(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -19,7 +19,7 @@ from lightning_shortcut.hessian.operator import (
     LossFn,
     ParamsSpec,
 )
-from lightning_shortcut.hessian.results import HessianSpectrum
+from lightning_shortcut.hessian.results import HessianSpectrum, WarmStart
 from lightning_shortcut.hessian.sampling import rayleigh_stderr
 from lightning_shortcut.hessian.sharded import (
     fsdp_modules,
@@ -78,7 +78,7 @@ def hessian_eigenvalues(
     seed: int = 0,
     mode: Mode = "eval",
     all_reduce: AllReduce | None = None,
-    start: Sequence[Tensor] | None = None,
+    start: HessianSpectrum | WarmStart | None = None,
     stderr: bool = False,
     solver_options: Mapping[str, Any] | None = None,
     transform: Callable[[HessianOperator], LinearOperator] | None = None,
@@ -119,13 +119,15 @@ def hessian_eigenvalues(
         mode: ``"eval"`` (default; dropout off, BatchNorm on running statistics) or ``"train"``
             (buffers are restored afterwards, dropout masks are fixed for the call).
         all_reduce: sum across processes for distributed data (see :class:`HessianOperator`).
-        start: a previous result's ``tracking_vectors`` (or ``vectors``) at nearby weights, for a
-            warm run: Lanczos starts from
-            them and may stop after 4 products where a cold run pays 20, because the previous
-            result certified those directions (the rule and its limits:
-            :mod:`~lightning_shortcut.hessian.solvers._stopping`; along training, audit with a cold
-            run now and then, as :class:`~lightning_shortcut.hessian.SpectrumTracker` does).
-            Pass only such vectors: the warm rule trusts them.
+        start: a previous result at nearby weights (a :class:`HessianSpectrum`, an
+            :class:`~lightning_shortcut.hessian.EdgeOfStability`, or their ``tracking_vectors``),
+            for a warm run: Lanczos starts from its vectors and may stop after 4 products where a
+            cold run pays 20, because the previous result certified those directions and values.
+            A warm run that converges onto something else, or whose extremes retreat past the
+            values the previous result covered, is given up and run again cold (the rule and its
+            limits: :mod:`~lightning_shortcut.hessian.solvers._stopping`; along training, audit
+            with a cold run now and then, as :class:`~lightning_shortcut.hessian.SpectrumTracker`
+            does).
         stderr: also estimate the sampling error of ``max`` and ``min`` over Hessian batches of
             the same size (``max_stderr``, ``min_stderr``; :mod:`~lightning_shortcut.hessian.sampling`),
             at the cost of a product per value on each of 16 chunks of the batch (one vmapped pass
@@ -149,9 +151,10 @@ def hessian_eigenvalues(
     Raises:
         ValueError: on an unknown method, negative or all-zero counts, empty data, a batch the
             default loss cannot read, parameters not in the model, a non-scalar loss, a model with
-            no trainable parameters, a ``start`` vector of the wrong size, ``stderr=True`` in train
-            mode or with a ``transform``, or a ``transform`` that is not callable, changes the
-            size or goes to a solver that runs on the model.
+            no trainable parameters, a ``start`` that is not a previous result or has vectors of
+            the wrong size, ``stderr=True`` in train mode or with a ``transform``, or a
+            ``transform`` that is not callable, changes the size or goes to a solver that runs on
+            the model.
 
     Example::
 
@@ -268,9 +271,11 @@ def _transformed(
     return solved
 
 
-def _start_vectors(start: Sequence[Tensor] | None, dim: int) -> list[Tensor] | None:
+def _start_vectors(start: Any, dim: int) -> WarmStart | None:
+    """The start with flat vectors (``None`` for none)."""
     if start is None:
         return None
+    start = getattr(start, "tracking_vectors", start)  # a previous result itself
     vectors = [start] if isinstance(start, Tensor) else list(start)
     for index, vector in enumerate(vectors):
         if not isinstance(vector, Tensor) or vector.numel() != dim:
@@ -279,7 +284,16 @@ def _start_vectors(start: Sequence[Tensor] | None, dim: int) -> list[Tensor] | N
                 f"`start[{index}]` must be a flat vector of {dim} entries (the parameters; this "
                 f"rank's part of them under fully_shard), got shape {shape}."
             )
-    return [vector.reshape(-1).detach() for vector in vectors] or None
+    if not isinstance(start, WarmStart):
+        raise ValueError(
+            "`start` must be a previous result (a HessianSpectrum or an EdgeOfStability) or its "
+            "`tracking_vectors`, which carry the values the warm rule checks; got bare vectors "
+            f"({type(start).__name__} of {len(vectors)})."
+        )
+    if not vectors:
+        return None
+    flat = (vector.reshape(-1).detach() for vector in vectors)
+    return WarmStart(flat, start.top, start.bottom, start.top_frontier, start.bottom_frontier)
 
 
 def _sorted(values: list[float], errors: list[float], vectors: list[Tensor], descending: bool):
@@ -322,6 +336,8 @@ def _assemble(
         seconds=seconds,
         method=method,
         warm_start=result.warm,
+        warm_given_up=result.abandoned,
         vectors=top_vectors + bottom_vectors,
         neighbours=[vector.detach() for vector in result.neighbours],
+        frontiers=result.frontiers,
     )

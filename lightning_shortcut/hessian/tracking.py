@@ -6,6 +6,12 @@ run cannot see is a crossing: a direction nearly orthogonal to the tracked eigen
 above it between two measurements. Every ``audit_every``-th measurement is therefore cold (a random
 start and the cold floor), so a crossing is caught within ``audit_every`` measurements; a changed
 parameter set, a failed measurement or a resumed run also start cold.
+
+Where the warm rule keeps giving warm runs up (the extremes are a tight cluster whose members
+trade places, common with SGD and momentum, or the spectrum moves far between measurements), a
+warm attempt costs its products on top of the cold run that replaces it. After a given-up attempt
+the tracker therefore measures cold for 1, then 2, 4, ... measurements (at most ``audit_every``)
+before it tries again; a warm run that stops warm ends the back-off.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from lightning_shortcut.hessian.results import WarmStart
 from lightning_shortcut.residual import check_positive_int
 
 __all__ = ["DEFAULT_AUDIT_EVERY", "SpectrumTracker"]
@@ -29,8 +36,9 @@ DEFAULT_AUDIT_EVERY = 10
 class Measurement(Protocol):
     """What the tracker reads of a measurement."""
 
-    tracking_vectors: list[Tensor]
+    tracking_vectors: WarmStart
     warm_start: bool
+    warm_given_up: bool
     converged: bool
 
 
@@ -59,7 +67,9 @@ class SpectrumTracker:
     def __init__(self, audit_every: int = DEFAULT_AUDIT_EVERY) -> None:
         self.audit_every = check_positive_int("audit_every", audit_every)
         self.warm_in_a_row = 0
-        self._vectors: list[Tensor] | None = None
+        self.cold_for = 0  # measurements to make cold before the next warm attempt
+        self.backoff = 0  # the last back-off (0: the last warm attempt stopped warm)
+        self._vectors: WarmStart | None = None
         self._signature: tuple[Any, ...] | None = None
 
     @staticmethod
@@ -70,9 +80,11 @@ class SpectrumTracker:
     def cold_next(self) -> bool:
         """Whether the next measurement is cold (an audit is due or no vectors are kept), given the
         same parameters."""
-        return self.warm_in_a_row >= self.audit_every - 1 or self._vectors is None
+        return (
+            self.warm_in_a_row >= self.audit_every - 1 or self.cold_for > 0 or self._vectors is None
+        )
 
-    def start(self, params: Sequence[Tensor]) -> list[Tensor] | None:
+    def start(self, params: Sequence[Tensor]) -> WarmStart | None:
         """The start vectors for a measurement over ``params``, or ``None`` for a cold one."""
         if self.cold_next or self._signature != self._signature_of(params):
             return None
@@ -88,6 +100,13 @@ class SpectrumTracker:
             params: the parameters it was taken over.
         """
         self.warm_in_a_row = self.warm_in_a_row + 1 if result.warm_start else 0
+        if result.warm_given_up:  # back off: cold for 1, 2, 4, ... measurements
+            self.backoff = min(max(2 * self.backoff, 1), self.audit_every)
+            self.cold_for = self.backoff
+        elif result.warm_start:
+            self.backoff = 0
+        elif self.cold_for > 0:
+            self.cold_for -= 1
         vectors = result.tracking_vectors
         keep = (
             result.converged
@@ -95,7 +114,7 @@ class SpectrumTracker:
             and self.audit_every > 1
             and all(bool(torch.isfinite(vector).all()) for vector in vectors)
         )
-        self._vectors = [vector.detach() for vector in vectors] if keep else None
+        self._vectors = vectors.detach() if keep else None
         self._signature = self._signature_of(params) if keep else None
 
     def reset(self) -> None:
@@ -103,9 +122,16 @@ class SpectrumTracker:
         self._vectors, self._signature = None, None
 
     def state_dict(self) -> dict[str, int]:
-        """The audit counter (the vectors are not saved: a resumed run starts cold)."""
-        return {"warm_in_a_row": self.warm_in_a_row}
+        """The audit counter and the back-off (the vectors are not saved: a resumed run starts
+        cold)."""
+        return {
+            "warm_in_a_row": self.warm_in_a_row,
+            "cold_for": self.cold_for,
+            "backoff": self.backoff,
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.warm_in_a_row = int(state.get("warm_in_a_row", 0))
+        self.cold_for = int(state.get("cold_for", 0))
+        self.backoff = int(state.get("backoff", 0))
         self.reset()

@@ -161,7 +161,7 @@ class EdgeOfStabilityRuns(StudyPart):
             top_k=1,
             bottom_k=0,
             tol=_TOL,
-            start=None if previous is None else previous.vectors,
+            start=previous,
         )
 
 

@@ -41,7 +41,11 @@ class EigenResult:
         reason: why not, in words (empty when converged).
         neighbours: the Ritz vectors next to the extremes of the first run, kept for the next warm
             start (see :mod:`~lightning_shortcut.hessian.solvers._stopping`).
-        warm: whether the solver started from the given ``start`` vectors.
+        frontiers: the lowest top-side and the highest bottom-side Ritz value among the first run's
+            extreme vectors and ``neighbours`` (``None`` for an end it did not compute).
+        warm: whether an answer came from a run started from the given ``start`` vectors (a warm
+            run the warm rule gave up on is run again cold and does not count).
+        abandoned: whether a warm run was given up and run again cold.
         stopped_warm: whether a run stopped on the evidence of its start vectors, before the
             products a cold run needs (see :mod:`~lightning_shortcut.hessian.solvers._stopping`).
     """
@@ -58,8 +62,10 @@ class EigenResult:
     converged: bool = True
     reason: str = ""
     neighbours: list[Tensor] = field(default_factory=list)
+    frontiers: tuple[float | None, float | None] = (None, None)
     warm: bool = False
     stopped_warm: bool = False
+    abandoned: bool = False
 
     def fail(self, reason: str) -> None:
         """Mark the result as not converged, keeping the first reason given."""

@@ -43,9 +43,11 @@ import torch
 from torch import Tensor
 
 from lightning_shortcut.hessian.linear_operator import LinearOperator, check_finite
+from lightning_shortcut.hessian.results import WarmStart
 from lightning_shortcut.hessian.solvers._stopping import (
     MIN_PRODUCTS,
     WARM_NEIGHBOUR_WEIGHT,
+    WARM_NEIGHBOURS,
     Ends,
     StoppingRule,
     end_errors,
@@ -205,7 +207,9 @@ class _Run:
     scale: float = 0.0
     converged: bool = False
     stopped_warm: bool = False
+    abandoned: bool = False
     neighbours: list[Tensor] = field(default_factory=list)
+    frontiers: tuple[float | None, float | None] = (None, None)
     size: int = 0
 
 
@@ -252,7 +256,9 @@ def _run(
             below_resolution = run.min_abs <= threshold
             done = done and (below_resolution or run.min_abs_error <= rule.tol * run.min_abs)
         run.converged = done or exact
-        if run.converged or products == rule.max_iter:
+        if not run.converged and rule.inherited is not None and products >= rule.floor:
+            rule.abandoned = True  # the warm rule has had its chance: a cold run decides
+        if run.converged or rule.abandoned or products == rule.max_iter:
             break
         if process.size < process.capacity:
             continue
@@ -263,12 +269,41 @@ def _run(
     run.largest, run.smallest = float(values[-1]), float(values[0])
     run.top_vector = process.ritz_vector(vectors[:, -1])
     run.bottom_vector = process.ritz_vector(vectors[:, 0])
-    run.stopped_warm = rule.stopped_warm
+    run.stopped_warm, run.abandoned = rule.stopped_warm, rule.abandoned
     run.neighbours = [
         process.ritz_vector(vectors[:, i]) for i in neighbour_columns(ends, process.size)
     ]
+    # the values at the edge of what the extremes and their neighbours cover
+    last = process.size - 1
+    run.frontiers = (
+        float(values[max(last - WARM_NEIGHBOURS, 0)]) if ends.top else None,
+        float(values[min(WARM_NEIGHBOURS, last)]) if ends.bottom else None,
+    )
     run.size = process.size
     return run
+
+
+def _frontiers(
+    start: Sequence[Tensor] | None, ends: Ends, first: bool, found_top: int, found_bottom: int
+) -> tuple[float | None, float | None] | None:
+    """The frontiers of a warm run (see :class:`StoppingRule`), or ``None`` where the start does not
+    carry a value for every wanted end (a bare list of vectors, a ``min_abs`` run): a cold run."""
+    if ends.min_abs or not isinstance(start, WarmStart):
+        return None
+    frontiers: list[float | None] = [None, None]
+    for side, (wanted, values, found, frontier) in enumerate(
+        (
+            (ends.top, start.top, found_top, start.top_frontier),
+            (ends.bottom, start.bottom, found_bottom, start.bottom_frontier),
+        )
+    ):
+        if not wanted:
+            continue
+        if found >= len(values):
+            return None
+        # the first run also inherits the neighbours, whose edge is the frontier
+        frontiers[side] = frontier if first and frontier is not None else values[found]
+    return frontiers[0], frontiers[1]
 
 
 @register_solver(
@@ -295,14 +330,14 @@ def lanczos(
     repeated eigenvalue, so locking one pair per run is what finds multiplicities (at the paper's zero
     point every eigenvalue is repeated ``num_units * width`` times).
 
-    ``start`` vectors, a previous call's eigenvectors at nearby weights (``top_k`` top ones,
-    ``bottom_k`` bottom ones, then the first run's neighbours, as
-    :attr:`HessianSpectrum.tracking_vectors`), make a *warm* run: run ``i`` starts from the ``i``-th
-    top and bottom vectors (the first run also from the neighbours) plus a random part, and may
-    stop after as few as
-    ``WARM_MIN_PRODUCTS`` products where a cold run pays ``MIN_PRODUCTS`` (the rule and why it is
-    safe: :mod:`~lightning_shortcut.hessian.solvers._stopping`). Vectors that are not such
-    evidence should not be passed: the warm rule trusts them. ``max_iter`` bounds the products of
+    ``start``, a previous call's :class:`~lightning_shortcut.hessian.results.WarmStart` at nearby
+    weights (``top_k`` top vectors, ``bottom_k`` bottom ones, then the first run's neighbours, with
+    the values they had: :attr:`HessianSpectrum.tracking_vectors`), makes *warm* runs: run ``i``
+    starts from the ``i``-th top and bottom vectors (the first run also from the neighbours) plus a
+    random part, and may stop after as few as ``WARM_MIN_PRODUCTS`` products where a cold run pays
+    ``MIN_PRODUCTS``; a warm run the rule gives up is run again cold (the rule and why it is safe:
+    :mod:`~lightning_shortcut.hessian.solvers._stopping`). A run whose ends the start carries no
+    values for (bare vectors, ``min_abs``) is cold. ``max_iter`` bounds the products of
     each run; ``max_basis`` the vectors held (``>= 3``), except in the run that finds ``min_abs``,
     whose basis grows up to ``max_iter`` vectors (see the module docstring).
     """
@@ -312,7 +347,6 @@ def lanczos(
     buffer = like.new_empty(min(max_basis, operator.dim, max_iter + 1), operator.local_dim)
     result = EigenResult()
     warm_top, warm_bottom, extras = split_start(start, top_k, bottom_k)
-    result.warm = bool(warm_top or warm_bottom or extras)
     locked: list[Tensor] = []
     runs = 0
     while runs == 0 or len(result.top) < top_k or len(result.bottom) < bottom_k:
@@ -333,13 +367,20 @@ def lanczos(
             )
             if wanted and len(found) < len(vectors)
         ]
-        warm = own + (extras if first else [])
+        frontiers = _frontiers(start, ends, first, len(result.top), len(result.bottom))
+        # a run is warm only where every wanted end inherits a vector and the value it carried
+        warm = own + (extras if first else []) if frontiers is not None else []
         weights = [1.0] * len(own) + [WARM_NEIGHBOUR_WEIGHT] * (len(warm) - len(own))
         against = stack_rows(locked, operator)
         begin = start_vector(operator, generator, against, warm, weights)
         inherited = orthonormal_rows(operator, warm) if warm else None
-        rule = StoppingRule(ends, tol, max_iter, operator, inherited)
+        rule = StoppingRule(ends, tol, max_iter, operator, inherited, frontiers or (None, None))
         run = _run(operator, begin, buffer, against, rule)
+        if run.abandoned:  # the warm rule gave the run up: a cold run from a random start decides
+            cold = StoppingRule(ends, tol, max_iter, operator)
+            run = _run(operator, start_vector(operator, generator, against), buffer, against, cold)
+        result.warm = result.warm or (bool(warm) and not rule.abandoned)
+        result.abandoned = result.abandoned or rule.abandoned
         runs += 1
         if not run.converged:
             result.fail(f"not converged to tol={tol} within max_iter={max_iter} products")
@@ -348,7 +389,7 @@ def lanczos(
         if first and min_abs:
             result.min_abs, result.min_abs_error = run.min_abs, run.min_abs_error
         if first:
-            result.neighbours = run.neighbours
+            result.neighbours, result.frontiers = run.neighbours, run.frontiers
         if want_top:
             result.top.append(run.largest)
             result.top_errors.append(run.top_error)
