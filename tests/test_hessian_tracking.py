@@ -130,6 +130,26 @@ def test_a_warm_run_from_vectors_that_are_no_evidence_is_run_again_cold():
     assert spectrum.min == pytest.approx(-8.0, abs=0.5)
 
 
+def test_stderr_cold_comes_with_cold_answers_only():
+    """``stderr="cold"`` (the monitor's): a warm answer has no error bar, a cold one has, and so
+    does a warm run given up for a cold one."""
+    model, (x, y) = mlp().double(), classification_data((4,), num_samples=64)
+    x = x.double()
+    cold = hessian_eigenvalues(model, (x, y), tol=1e-2, stderr="cold")
+    warm = hessian_eigenvalues(model, (x, y), tol=1e-2, stderr="cold", start=cold)
+    assert cold.max_stderr > 0 and cold.min_stderr > 0
+    assert warm.warm_start and warm.max_stderr is None and warm.min_stderr is None
+    misleading = WarmStart(cold.vectors, [v / 2 for v in cold.top], [v / 2 for v in cold.bottom])
+    with torch.no_grad():
+        for param in model.parameters():  # far from where the vectors came from
+            param.mul_(3.0)
+    given_up = hessian_eigenvalues(model, (x, y), tol=1e-2, stderr="cold", start=misleading)
+    assert given_up.warm_given_up and not given_up.warm_start
+    assert given_up.max_stderr > 0 and given_up.min_stderr > 0
+    with pytest.raises(ValueError, match="'cold'"):
+        hessian_eigenvalues(model, (x, y), stderr="warm")
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_a_tracked_end_that_falls_into_a_cluster_is_not_returned(seed):
     """Found on the digits recipe (SGD with momentum, 42 steps between measurements): the top is a

@@ -364,7 +364,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
                 bottom_k=self.bottom_k,
                 min_abs=self.min_abs,
                 start=start,
-                stderr=self._wants_stderr(start),
+                stderr="cold" if self._wants_stderr() else False,
                 **self._hessian_args(trainer, pl_module, batches),
             )
             if stage == "fit":
@@ -386,12 +386,13 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
                 self.min_abs,
                 self.method,
                 reason=str(error),
-                stderr=self._wants_stderr(start),
+                stderr=self._wants_stderr() and start is None,
             )
 
-    def _wants_stderr(self, start: list[Tensor] | None) -> bool:
-        """The standard errors come with cold measurements: they cost about as much as one."""
-        return self.stderr and self.mode == "eval" and start is None and not self._sharded
+    def _wants_stderr(self) -> bool:
+        """Whether the standard errors are wanted (they come with cold measurements, a warm run
+        given up for a cold one included: on a warm one they cost about as much as it)."""
+        return self.stderr and self.mode == "eval" and not self._sharded
 
     def _hessian_args(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batches: list[Any]

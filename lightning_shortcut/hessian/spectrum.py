@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -79,7 +79,7 @@ def hessian_eigenvalues(
     mode: Mode = "eval",
     all_reduce: AllReduce | None = None,
     start: HessianSpectrum | WarmStart | None = None,
-    stderr: bool = False,
+    stderr: bool | Literal["cold"] = False,
     solver_options: Mapping[str, Any] | None = None,
     transform: Callable[[HessianOperator], LinearOperator] | None = None,
     hvp: Hvp = "autograd",
@@ -131,7 +131,9 @@ def hessian_eigenvalues(
         stderr: also estimate the sampling error of ``max`` and ``min`` over Hessian batches of
             the same size (``max_stderr``, ``min_stderr``; :mod:`~lightning_shortcut.hessian.sampling`),
             at the cost of a product per value on each of 16 chunks of the batch (one vmapped pass
-            where it can); needs ``mode="eval"`` and no ``transform``.
+            where it can); needs ``mode="eval"`` and no ``transform``. ``"cold"``: only when the
+            answer comes from a cold run (a warm run is cheaper than its error bar; this is what
+            the monitor does, a warm run given up for a cold one included).
         solver_options: extra keyword arguments for the solver, e.g. ``{"max_basis": 10}`` for
             ``"lanczos"`` (the basis vectors held; the call's extra memory is about this many
             parameter vectors, default 20).
@@ -178,6 +180,8 @@ def hessian_eigenvalues(
             f"`transform` must be a callable and `method` a solver of the operator; got "
             f"transform={transform!r} with method={method!r}."
         )
+    if stderr not in (True, False, "cold"):
+        raise ValueError(f"`stderr` must be True, False or 'cold', got {stderr!r}.")
     if stderr and (mode != "eval" or transform is not None):
         raise ValueError(
             f"`stderr=True` needs mode='eval' and no transform (a loss that is a mean over samples, "
@@ -209,6 +213,7 @@ def hessian_eigenvalues(
         except NonFiniteProductError:
             result = None
         products, stderr_seconds = operator.num_hvps, 0.0
+        stderr = bool(stderr) and (stderr is True or result is None or not result.warm)
         if result is not None and stderr:
             # the extreme vectors' quotients over the batch's chunks: one product's samples each
             ends = [vectors[:1] for vectors in (result.top_vectors, result.bottom_vectors)]
