@@ -54,9 +54,9 @@ _IDX_COST = (
 #: What the schedule costs on each dataset's recipes (``shortcut2_small_relu``, ``tol=1e-2``, the
 #: monitor's warm starts, torch 2.14.1), for the recipe's comment.
 MEASUREMENT_COST = {
-    "digits": "Measured on 2 CPU cores: its 21 measurements, 4-56 (mean 29) Hessian-vector "
-    "products on 512 samples each, take 11-13 s of CPU time in a run that trains in 10-11 s: the "
-    "run takes about twice as long.",
+    "digits": "Measured on 2 CPU cores (shortcut2_small_relu): its 21 measurements, 8-96 (mean 37) "
+    "Hessian-vector products on 512 samples each, take about 17 s in a run that trains in about "
+    "14 s: the run takes about twice as long.",
     "mnist": _IDX_COST,
     "fashion_mnist": _IDX_COST,
     "cifar10": "Estimated from an H200 (a cold measurement about 4 s, 30 epochs about 160 s of "
