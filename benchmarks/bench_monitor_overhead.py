@@ -140,7 +140,10 @@ def main() -> None:
         monitored: dict[str, list[float]] = {s: [] for s in args.schedules}
         steps: dict[str, list[int]] = {}
         shares: dict[str, list[float]] = {s: [] for s in args.schedules}
-        _fit(dataset, loader, 1, None, accelerator)  # warm-up (imports, CUDA context), not timed
+        # warm-up, not timed: imports, the CUDA context, and the monitor's one-time costs (the
+        # first double-backward and vmapped pass of a process), which would otherwise fall on
+        # whichever schedule runs first
+        _fit(dataset, loader, 1, "budget", accelerator)
         for repeat in range(args.repeats):
             order = [None, *args.schedules]
             for schedule in order if repeat % 2 == 0 else reversed(order):

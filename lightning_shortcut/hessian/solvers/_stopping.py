@@ -32,8 +32,8 @@ top now without any crossing (members of a tight cluster, such as the paper's va
 units, that stayed while the tracked ones fell), and the inherited evidence no longer covers the top.
 
 A warm run that fails either condition once it has converged, or has not stopped by
-:data:`MIN_PRODUCTS`, is *given up* (:attr:`StoppingRule.abandoned`) and run again cold, from a
-random start. (Going on under the cold rule from the warm start is not the same: a start that holds
+:attr:`StoppingRule.warm_limit` products (:data:`WARM_MAX_PRODUCTS` at ``tol = 1e-2``), is *given
+up* (:attr:`StoppingRule.abandoned`) and run again cold, from a random start. (Going on under the cold rule from the warm start is not the same: a start that holds
 mostly the inherited directions amplifies the others slowly, and on the digits recipe such a run
 settled 2.2% below the top at ``tol = 1e-2``.) A warm run therefore never returns a value that
 neither the warm evidence nor a cold run vouches for.
@@ -65,6 +65,7 @@ from lightning_shortcut.hessian.solvers._vectors import projection_norm, single_
 
 __all__ = [
     "MIN_PRODUCTS",
+    "WARM_MAX_PRODUCTS",
     "WARM_MIN_OVERLAP",
     "WARM_MIN_PRODUCTS",
     "WARM_NEIGHBOURS",
@@ -88,6 +89,12 @@ MIN_PRODUCTS = 20
 #: A warm run may stop from this many products on: a Krylov space of 4 holds the start's extreme
 #: directions and has refined them.
 WARM_MIN_PRODUCTS = 4
+#: At ``tol = 1e-2`` a warm run not stopped by this many products is given up (more at tighter
+#: tolerances, :attr:`StoppingRule.warm_limit`): a start that holds the extremes' directions
+#: converges within a few products (5-9 on a tanh MLP at the edge of stability), and one that has
+#: not by then is paying toward the cold run that will replace it (on the digits recipe given-up
+#: runs reached the cold floor of 20 first).
+WARM_MAX_PRODUCTS = 12
 #: A warm run stops early only if each returned Ritz vector's projection on the inherited directions
 #: has at least this norm: the inherited evidence is about those directions.
 WARM_MIN_OVERLAP = 0.5
@@ -177,6 +184,14 @@ class StoppingRule:
         """The products before which the cold rule does not stop."""
         return min(MIN_PRODUCTS, self.max_iter)
 
+    @property
+    def warm_limit(self) -> int:
+        """The products at which a warm run that has not stopped is given up:
+        :data:`WARM_MAX_PRODUCTS` at ``tol = 1e-2``, in proportion to ``log(1 / tol)`` (a Krylov
+        method's error falls geometrically with its products), within ``max_iter``."""
+        scaled = math.ceil(WARM_MAX_PRODUCTS * math.log(1 / self.tol) / math.log(100))
+        return min(max(scaled, WARM_MIN_PRODUCTS + 2), self.max_iter)
+
     def bounds_met(self, top_error: float, bottom_error: float, threshold: float) -> bool:
         return (not self.ends.top or top_error <= threshold) and (
             not self.ends.bottom or bottom_error <= threshold
@@ -200,7 +215,7 @@ class StoppingRule:
             return products >= self.floor and settled(
                 self.history, self.ends, threshold, products // 2
             )
-        if products >= self.floor:  # a warm run that found no warm stop: it is run again cold
+        if products >= self.warm_limit:  # a warm run that found no warm stop: run it again cold
             self.abandoned = True
             return False
         if products < WARM_MIN_PRODUCTS:

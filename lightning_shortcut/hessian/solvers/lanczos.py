@@ -256,7 +256,7 @@ def _run(
             below_resolution = run.min_abs <= threshold
             done = done and (below_resolution or run.min_abs_error <= rule.tol * run.min_abs)
         run.converged = done or exact
-        if not run.converged and rule.inherited is not None and products >= rule.floor:
+        if not run.converged and rule.inherited is not None and products >= rule.warm_limit:
             rule.abandoned = True  # the warm rule has had its chance: a cold run decides
         if run.converged or rule.abandoned or products == rule.max_iter:
             break
