@@ -156,10 +156,11 @@ def test_resume_continues_schedule_and_history(tmp_path):
     steps = [r["step"] for r in resumed.history]
     assert steps == [r["step"] for r in full.history]
     assert len(steps) == len(set(steps))
-    # the warm-start vectors are not checkpointed: the first measurement after the resume is cold,
-    # and its values agree with the uninterrupted run's (warm there) within tol
+    # the warm-start vectors are not checkpointed: the first measurement after the resume is cold
+    # (warm in the uninterrupted run), and the values agree with the uninterrupted run's within tol
     after = [r for r in resumed.history if r["step"] > 12]
-    assert after[0]["warm_start"] == 0.0 and after[1]["warm_start"] == 1.0
+    assert after[0]["warm_start"] == 0.0
+    assert next(r for r in full.history if r["step"] == after[0]["step"])["warm_start"] == 1.0
     for a, b in zip(resumed.history, full.history, strict=True):
         scale = max(abs(b["max_eigenvalue"]), abs(b["min_eigenvalue"]))
         assert abs(a["max_eigenvalue"] - b["max_eigenvalue"]) <= 1e-2 * scale

@@ -108,8 +108,11 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     Cost: ``num_hvps`` products on ``num_samples`` samples, each as costly as 1.6-4.3 gradients on
     them (``benchmarks/bench_hessian.py``). A cold measurement takes at least 20 products per
     eigenvalue run; a warm one, started from the previous measurement's vectors, as few as 4 (the
-    rule, and why it keeps ``tol``: :mod:`~lightning_shortcut.hessian.solvers._stopping`). After
-    the first steps the monitor says once what a measurement costs.
+    rule, and why it keeps ``tol``: :mod:`~lightning_shortcut.hessian.solvers._stopping`). Where
+    the Hessian moves too far between measurements (SGD with momentum on clustered spectra, such as
+    the recipes'), warm runs are given up for cold ones after a few products and the monitor backs
+    off to cold measurements for a while: warm starts then save nothing and cost up to about 7%
+    more. After the first steps the monitor says once what a measurement costs.
 
     Memory between measurements (``warm_start=True``): the previous fit measurement's eigenvectors
     and the Ritz vectors next to them, at most ``top_k + bottom_k + 4`` vectors of the size of
