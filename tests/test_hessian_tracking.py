@@ -130,6 +130,19 @@ def test_a_warm_run_from_vectors_that_are_no_evidence_is_run_again_cold():
     assert spectrum.min == pytest.approx(-8.0, abs=0.5)
 
 
+def test_an_empty_start_is_a_cold_run():
+    """An empty start (a report of SGD's stability ratio that needed no eigenvalue run) is cold."""
+    from lightning_shortcut.hessian import edge_of_stability
+
+    model, (x, y) = mlp().double(), classification_data((4,), num_samples=32)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    report = edge_of_stability(model, (x.double(), y), optimizer, hessian_max_eigenvalue=1.0)
+    assert report.num_hvps == 0 and isinstance(report.tracking_vectors, WarmStart)
+    for start in (report, report.tracking_vectors, []):
+        spectrum = hessian_eigenvalues(model, (x.double(), y), start=start)
+        assert spectrum.converged and not spectrum.warm_start
+
+
 def test_stderr_cold_comes_with_cold_answers_only():
     """``stderr="cold"`` (the monitor's): a warm answer has no error bar, a cold one has, and so
     does a warm run given up for a cold one."""

@@ -77,7 +77,8 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     - ``{log_prefix}seconds``: wall time of the measurement.
     - ``{log_prefix}converged``: ``1.0`` if every value met ``tol``, else ``0.0``.
     - ``{log_prefix}warm_start``: ``1.0`` for a warm measurement, ``0.0`` for a cold one (the first,
-      every ``audit_every``-th, each after a failure, a resume or a change of parameters).
+      every ``audit_every``-th, each after a failure, a resume or a change of parameters, a warm run
+      given up for a cold one, and the cold ones of the back-off after it).
     - ``{log_prefix}stability`` (fit): the step-preconditioned Hessian's largest eigenvalue over the
       optimizer's threshold, 1.0 the edge of stability (:func:`~lightning_shortcut.hessian.edge_of_stability`);
       free for SGD with one lr, one more eigenvalue run for Adam/AdamW/RMSprop or unequal groups.
@@ -323,8 +324,9 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
 
     @override
     def _seed_estimates(self) -> None:
-        # a warm measurement computes no standard errors and stops by the cold rule at the latest:
-        # until one is made, expect the cold one's cost without them
+        # a warm measurement that stops warm computes no standard errors and costs less than a cold
+        # one; one given up costs more (its products, then a cold run). Until one is made, expect
+        # the cold one's cost without the standard errors; the first attempt corrects it.
         if "warm" not in self.budget.costs and self._stderr_share:
             self.budget.costs["warm"] = self.budget.last_cost * (1 - self._stderr_share)
 

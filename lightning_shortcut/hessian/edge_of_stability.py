@@ -180,5 +180,5 @@ def edge_of_stability(
         seconds=time.perf_counter() - begin,
         warm_start=spectrum.warm_start if spectrum is not None else False,
         warm_given_up=spectrum.warm_given_up if spectrum is not None else False,
-        tracking_vectors=spectrum.tracking_vectors if spectrum is not None else [],
+        tracking_vectors=spectrum.tracking_vectors if spectrum is not None else WarmStart(),
     )

@@ -88,9 +88,12 @@ class HessianSpectrum:
         warm_start: whether the answer came from a run started from ``start`` vectors (a warm
             run); ``False`` for a cold run from a random vector.
         warm_given_up: whether a warm run was tried and given up by the warm rule, so that a
-            cold run gave the answer (its products are in :attr:`num_hvps`).
+            cold run gave the answer (its products are in :attr:`num_hvps`). With ``top_k > 1``
+            or ``bottom_k > 1`` each locking run decides for itself, so both this and
+            :attr:`warm_start` can be true.
         max_stderr: the standard error of ``max`` over Hessian batches of the same size (the
-            sampling error of the batch; ``None`` unless ``stderr=True``, see
+            sampling error of the batch; ``None`` unless ``stderr=True``, or ``"cold"`` with a cold
+            answer, see
             :func:`~lightning_shortcut.hessian.sampling.rayleigh_stderr`).
         min_stderr: the same for ``min``.
         stderr_seconds: the part of :attr:`seconds` spent on the standard errors.

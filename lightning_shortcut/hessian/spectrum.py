@@ -132,8 +132,9 @@ def hessian_eigenvalues(
             the same size (``max_stderr``, ``min_stderr``; :mod:`~lightning_shortcut.hessian.sampling`),
             at the cost of a product per value on each of 16 chunks of the batch (one vmapped pass
             where it can); needs ``mode="eval"`` and no ``transform``. ``"cold"``: only when the
-            answer comes from a cold run (a warm run is cheaper than its error bar; this is what
-            the monitor does, a warm run given up for a cold one included).
+            answer comes from a cold run, in part at least with ``top_k > 1`` or ``bottom_k > 1``
+            (a warm run is cheaper than its error bar; this is what the monitor does, a warm run
+            given up for a cold one included).
         solver_options: extra keyword arguments for the solver, e.g. ``{"max_basis": 10}`` for
             ``"lanczos"`` (the basis vectors held; the call's extra memory is about this many
             parameter vectors, default 20).
@@ -184,8 +185,8 @@ def hessian_eigenvalues(
         raise ValueError(f"`stderr` must be True, False or 'cold', got {stderr!r}.")
     if stderr and (mode != "eval" or transform is not None):
         raise ValueError(
-            f"`stderr=True` needs mode='eval' and no transform (a loss that is a mean over samples, "
-            f"of the Hessian itself), got mode={mode!r}, transform={transform!r}."
+            f"`stderr={stderr!r}` needs mode='eval' and no transform (a loss that is a mean over "
+            f"samples, of the Hessian itself), got mode={mode!r}, transform={transform!r}."
         )
     begin = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
@@ -195,8 +196,8 @@ def hessian_eigenvalues(
     ) as operator:
         if stderr and operator.sharded:
             raise ValueError(
-                "`stderr=True` is not available on a model sharded by fully_shard (the chunks' "
-                "products would need whole vectors on every rank); pass stderr=False."
+                f"`stderr={stderr!r}` is not available on a model sharded by fully_shard (the "
+                "chunks' products would need whole vectors on every rank); pass stderr=False."
             )
         try:
             result = spec.solve(
@@ -213,7 +214,9 @@ def hessian_eigenvalues(
         except NonFiniteProductError:
             result = None
         products, stderr_seconds = operator.num_hvps, 0.0
-        stderr = bool(stderr) and (stderr is True or result is None or not result.warm)
+        # "cold": wanted unless every answer came from a warm run
+        cold_answer = result is None or not result.warm or result.abandoned
+        stderr = stderr is True or (stderr == "cold" and cold_answer)
         if result is not None and stderr:
             # the extreme vectors' quotients over the batch's chunks: one product's samples each
             ends = [vectors[:1] for vectors in (result.top_vectors, result.bottom_vectors)]
@@ -289,14 +292,14 @@ def _start_vectors(start: Any, dim: int) -> WarmStart | None:
                 f"`start[{index}]` must be a flat vector of {dim} entries (the parameters; this "
                 f"rank's part of them under fully_shard), got shape {shape}."
             )
+    if not vectors:
+        return None
     if not isinstance(start, WarmStart):
         raise ValueError(
             "`start` must be a previous result (a HessianSpectrum or an EdgeOfStability) or its "
             "`tracking_vectors`, which carry the values the warm rule checks; got bare vectors "
             f"({type(start).__name__} of {len(vectors)})."
         )
-    if not vectors:
-        return None
     flat = (vector.reshape(-1).detach() for vector in vectors)
     return WarmStart(flat, start.top, start.bottom, start.top_frontier, start.bottom_frontier)
 

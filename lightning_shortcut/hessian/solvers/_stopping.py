@@ -6,9 +6,10 @@ is near a Ritz value, not that it is the extreme one). The evidence differs by h
 
 **Cold runs** (a random start vector) pay a floor of :data:`MIN_PRODUCTS` products and stop only
 once the wanted extremes have moved by at most ``tol * max|lambda|`` since the run had half its
-products (:func:`settled`): a Krylov space that has doubled without finding anything beyond. A random start holds about ``1 / sqrt(dim)`` of every eigenvector; a
-Krylov space of a few vectors has not yet amplified the far end of a spectrum dominated by one
-outlier, although its Ritz value there may already have a small residual.
+products (:func:`settled`): a Krylov space that has doubled without finding anything beyond. A
+random start holds about ``1 / sqrt(dim)`` of every eigenvector; a Krylov space of a few vectors has
+not yet amplified the far end of a spectrum dominated by one outlier, although its Ritz value there
+may already have a small residual.
 
 **Warm runs** start from the eigenvectors of the previous measurement (plus a random part, see
 :data:`~lightning_shortcut.hessian.solvers._vectors.WARM_START_NOISE`). That previous measurement
@@ -29,14 +30,16 @@ them (:class:`~lightning_shortcut.hessian.results.WarmStart`). That measurement 
 nothing lay beyond its extreme; eigenvalues it did not carry forward lay below the frontier (within
 its own Krylov space's resolution). If the tracked eigenvalues fell below it, those others can be on
 top now without any crossing (members of a tight cluster, such as the paper's values repeated over
-units, that stayed while the tracked ones fell), and the inherited evidence no longer covers the top.
+units, that stayed while the tracked ones fell), and the inherited evidence no longer covers the
+top.
 
 A warm run that fails either condition once it has converged, or has not stopped by
 :attr:`StoppingRule.warm_limit` products (:data:`WARM_MAX_PRODUCTS` at ``tol = 1e-2``), is *given
-up* (:attr:`StoppingRule.abandoned`) and run again cold, from a random start. (Going on under the cold rule from the warm start is not the same: a start that holds
-mostly the inherited directions amplifies the others slowly, and on the digits recipe such a run
-settled 2.2% below the top at ``tol = 1e-2``.) A warm run therefore never returns a value that
-neither the warm evidence nor a cold run vouches for.
+up* (:attr:`StoppingRule.abandoned`) and run again cold, from a random start. (Going on under the
+cold rule from the warm start is not the same: a start that holds mostly the inherited directions
+amplifies the others slowly, and on the digits recipe such a run settled 2.2% below the top at
+``tol = 1e-2``.) A warm run therefore never returns a value that neither the warm evidence nor a cold run
+vouches for.
 
 The start inherits more than the extreme eigenvectors: the Ritz vectors next to each extreme
 (:data:`WARM_NEIGHBOURS` of them) come along, so that eigenvalues of a cluster at an end that trade
