@@ -19,8 +19,8 @@ class WarmStart(list):
     The warm rule (:mod:`~lightning_shortcut.hessian.solvers._stopping`) reads the values: a warm
     run may stop early only while its extremes have not retreated past ``top_frontier`` (the
     lowest of the top-side values the vectors carry) or ``bottom_frontier`` (the highest of the
-    bottom side's). A bare list of vectors has no values, so it only seeds a run that the cold rule
-    judges.
+    bottom side's). A bare list of vectors has no values: ``hessian_eigenvalues`` refuses it, and
+    the Lanczos solver given one runs cold.
 
     Args:
         vectors: the vectors.
@@ -44,15 +44,13 @@ class WarmStart(list):
         self.top_frontier = top_frontier
         self.bottom_frontier = bottom_frontier
 
+    def replace(self, vectors: Iterable[Tensor]) -> WarmStart:
+        """The same values with ``vectors`` in place of these."""
+        return WarmStart(vectors, self.top, self.bottom, self.top_frontier, self.bottom_frontier)
+
     def detach(self) -> WarmStart:
         """The same start with every vector detached."""
-        return WarmStart(
-            (vector.detach() for vector in self),
-            self.top,
-            self.bottom,
-            self.top_frontier,
-            self.bottom_frontier,
-        )
+        return self.replace(vector.detach() for vector in self)
 
 
 @dataclass

@@ -300,8 +300,7 @@ def _start_vectors(start: Any, dim: int) -> WarmStart | None:
             "`tracking_vectors`, which carry the values the warm rule checks; got bare vectors "
             f"({type(start).__name__} of {len(vectors)})."
         )
-    flat = (vector.reshape(-1).detach() for vector in vectors)
-    return WarmStart(flat, start.top, start.bottom, start.top_frontier, start.bottom_frontier)
+    return start.replace(vector.reshape(-1).detach() for vector in vectors)
 
 
 def _sorted(values: list[float], errors: list[float], vectors: list[Tensor], descending: bool):

@@ -218,10 +218,7 @@ class StoppingRule:
             return products >= self.floor and settled(
                 self.history, self.ends, threshold, products // 2
             )
-        if products >= self.warm_limit:  # a warm run that found no warm stop: run it again cold
-            self.abandoned = True
-            return False
-        if products < WARM_MIN_PRODUCTS:
+        if self.out_of_warm_products(products) or products < WARM_MIN_PRODUCTS:
             return False
         # warm: the evidence that nothing lies beyond is inherited; the run need only have
         # converged (its ends no longer move over two products: over one, a neighbour of a tight
@@ -237,6 +234,13 @@ class StoppingRule:
         # converged onto what the inherited evidence does not cover: run it again cold
         self.abandoned = True
         return False
+
+    def out_of_warm_products(self, products: int) -> bool:
+        """Give a warm run up once it has used :attr:`warm_limit` products without a warm stop (it
+        is then run again cold); ``False`` for a cold run."""
+        if self.inherited is not None and products >= self.warm_limit:
+            self.abandoned = True
+        return self.abandoned
 
     def retreated(self, threshold: float) -> bool:
         """Whether an extreme has retreated past its frontier by more than half the tolerance."""

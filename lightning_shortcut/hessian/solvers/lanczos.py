@@ -207,7 +207,6 @@ class _Run:
     scale: float = 0.0
     converged: bool = False
     stopped_warm: bool = False
-    abandoned: bool = False
     neighbours: list[Tensor] = field(default_factory=list)
     frontiers: tuple[float | None, float | None] = (None, None)
     size: int = 0
@@ -256,9 +255,8 @@ def _run(
             below_resolution = run.min_abs <= threshold
             done = done and (below_resolution or run.min_abs_error <= rule.tol * run.min_abs)
         run.converged = done or exact
-        if not run.converged and rule.inherited is not None and products >= rule.warm_limit:
-            rule.abandoned = True  # the warm rule has had its chance: a cold run decides
-        if run.converged or rule.abandoned or products == rule.max_iter:
+        # a warm run that has had its products without a warm stop: a cold run decides
+        if run.converged or rule.out_of_warm_products(products) or products == rule.max_iter:
             break
         if process.size < process.capacity:
             continue
@@ -269,7 +267,7 @@ def _run(
     run.largest, run.smallest = float(values[-1]), float(values[0])
     run.top_vector = process.ritz_vector(vectors[:, -1])
     run.bottom_vector = process.ritz_vector(vectors[:, 0])
-    run.stopped_warm, run.abandoned = rule.stopped_warm, rule.abandoned
+    run.stopped_warm = rule.stopped_warm
     run.neighbours = [
         process.ritz_vector(vectors[:, i]) for i in neighbour_columns(ends, process.size)
     ]
@@ -376,7 +374,7 @@ def lanczos(
         inherited = orthonormal_rows(operator, warm) if warm else None
         rule = StoppingRule(ends, tol, max_iter, operator, inherited, frontiers or (None, None))
         run = _run(operator, begin, buffer, against, rule)
-        if run.abandoned:  # the warm rule gave the run up: a cold run from a random start decides
+        if rule.abandoned:  # the warm rule gave the run up: a cold run from a random start decides
             cold = StoppingRule(ends, tol, max_iter, operator)
             run = _run(operator, start_vector(operator, generator, against), buffer, against, cold)
         result.warm = result.warm or (bool(warm) and not rule.abandoned)
