@@ -41,7 +41,6 @@ from lightning_shortcut import ZeroInit
 from lightning_shortcut.data import DigitsDataModule
 from lightning_shortcut.hessian import SpectrumTracker, hessian_eigenvalues
 from lightning_shortcut.hessian.operator import resolve_params
-from lightning_shortcut.models import ResidualClassifier
 
 
 def _mse(model, batch):
@@ -89,10 +88,7 @@ def sgd_recipe(name: str):
 
 
 def digits_recipe(steps: int):
-    torch.manual_seed(0)
-    model = ResidualClassifier(
-        (1, 8, 8), 10, width=32, num_units=16, shortcut_depth=2, layer="linear", activation="relu"
-    )
+    model, _ = recipe_model("digits_mlp", torch.device("cpu"))
     ZeroInit(scale=0.001)(model)
     datamodule = DigitsDataModule(batch_size=64)
     datamodule.setup("fit")
