@@ -3,14 +3,20 @@
 A reproduction of Li, Jiao, Han and Weissman, "Demystifying ResNet" (arXiv 1611.01186).
 """
 
-from lightning_shortcut.init import InitStrategy, OrthogonalInit, XavierInit, ZeroInit
-from lightning_shortcut.residual import (
-    ResidualStack,
-    ResidualUnit,
-    residual_parameters,
-    residual_weight_layers,
-)
-from lightning_shortcut.theory import ZeroPointSpectrum, half_mse_loss, zero_point_hessian
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what static tools (and the API docs) read; at run time see `__getattr__`
+    from lightning_shortcut.init import InitStrategy, OrthogonalInit, XavierInit, ZeroInit
+    from lightning_shortcut.residual import (
+        ResidualStack,
+        ResidualUnit,
+        residual_parameters,
+        residual_weight_layers,
+    )
+    from lightning_shortcut.theory import ZeroPointSpectrum, half_mse_loss, zero_point_hessian
 
 __version__ = "0.1.0"
 
@@ -28,3 +34,32 @@ __all__ = [
     "residual_weight_layers",
     "zero_point_hessian",
 ]
+
+# The public names' modules, imported on first use (PEP 562): the command line's `recipes` and
+# `plot` need no torch, and importing torch takes seconds.
+_LAZY = {
+    "InitStrategy": "init",
+    "OrthogonalInit": "init",
+    "XavierInit": "init",
+    "ZeroInit": "init",
+    "ResidualStack": "residual",
+    "ResidualUnit": "residual",
+    "residual_parameters": "residual",
+    "residual_weight_layers": "residual",
+    "ZeroPointSpectrum": "theory",
+    "half_mse_loss": "theory",
+    "zero_point_hessian": "theory",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

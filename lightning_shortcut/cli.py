@@ -14,16 +14,18 @@ and callbacks are configured in YAML, as with any LightningCLI.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-import lightning.pytorch as pl
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning_shortcut.recipes import recipe_listing, resolve_recipe
 
-from lightning_shortcut.recipes import list_recipes, resolve_recipe
+if TYPE_CHECKING:
+    from lightning.pytorch.cli import LightningCLI
 
-__all__ = ["ShortcutCLI", "cli", "main"]
+__all__ = ["ShortcutCLI", "cli", "main"]  # noqa: F822 (ShortcutCLI: module __getattr__)
 
 
 def _resolve_configs(args: list[str]) -> list[str]:
@@ -36,20 +38,41 @@ def _resolve_configs(args: list[str]) -> list[str]:
     return resolved
 
 
-class ShortcutCLI(LightningCLI):
-    """LightningCLI that accepts recipe names for ``--config`` (from the command line or ``args``)."""
+@functools.cache
+def _shortcut_cli_class() -> type[LightningCLI]:
+    # Lightning (and torch under it) is imported here, on first use, rather than with this module:
+    # `recipes` and `plot` need neither, and importing them takes seconds.
+    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-    def parse_arguments(self, parser: LightningArgumentParser, args: Sequence[str] | None) -> None:
-        # LightningCLI warns when `args` is given while sys.argv has arguments; here both are one
-        # command line, resolved once.
-        self.config = parser.parse_args(
-            _resolve_configs(list(sys.argv[1:] if args is None else args))
-        )
+    class ShortcutCLI(LightningCLI):
+        """LightningCLI that accepts recipe names for ``--config`` (from the command line or ``args``)."""
+
+        def parse_arguments(
+            self, parser: LightningArgumentParser, args: Sequence[str] | None
+        ) -> None:
+            # LightningCLI warns when `args` is given while sys.argv has arguments; here both are
+            # one command line, resolved once.
+            self.config = parser.parse_args(
+                _resolve_configs(list(sys.argv[1:] if args is None else args))
+            )
+
+    ShortcutCLI.__module__, ShortcutCLI.__qualname__ = __name__, "ShortcutCLI"
+    return ShortcutCLI
+
+
+def __getattr__(name: str) -> Any:
+    # `ShortcutCLI` is built on first use (PEP 562), so importing this module imports no Lightning.
+    if name != "ShortcutCLI":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = _shortcut_cli_class()
+    return globals()[name]
 
 
 def cli(args: Sequence[str] | None = None) -> LightningCLI:
     """Build and run the LightningCLI on ``args`` (default: the command line); returns it."""
-    return ShortcutCLI(
+    import lightning.pytorch as pl
+
+    return _shortcut_cli_class()(
         pl.LightningModule,
         pl.LightningDataModule,
         subclass_mode_model=True,
@@ -100,7 +123,7 @@ def main(args: Sequence[str] | None = None) -> None:
     """
     arguments = list(sys.argv[1:] if args is None else args)
     if arguments[:1] == ["recipes"]:
-        _print_lines(list_recipes())
+        _print_lines(recipe_listing())
         return
     if arguments[:1] == ["plot"]:
         _plot(arguments[1:])

@@ -4,34 +4,67 @@ The grid is dataset (each entry of :data:`~lightning_shortcut.data.DATASETS`, wh
 holds its settings) x shortcut depth (1, 2, 3) x init (zero, small, xavier, orthogonal) x branch
 (linear, relu). The files in ``recipes/`` are written by :func:`write_recipes` (run
 ``python -m lightning_shortcut.recipes``) and a test keeps them in sync with :func:`recipe_text`.
-A recipe is given to the CLI by path or by name (``digits/shortcut2_small_relu``); names resolve in
-the checkout's ``recipes/`` or, in an installed wheel, in the package's copy.
+Exact zero with shortcut depth >= 2 (:func:`is_saddle_recipe`) stays in the grid as the paper's
+saddle: its branches get exactly zero gradient and never train, which its comment and the CLI's
+listing say. A recipe is given to the CLI by path or by name (``digits/shortcut2_small_relu``);
+names resolve in the checkout's ``recipes/`` or, in an installed wheel, in the package's copy.
 """
 
 from __future__ import annotations
 
+import importlib
 import itertools
+import re
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from lightning_shortcut.data.registry import DATASETS
-from lightning_shortcut.init import INIT_STRATEGIES
+if TYPE_CHECKING:
+    from lightning_shortcut.data.registry import DATASETS
+    from lightning_shortcut.init import INIT_STRATEGIES as INITS
 
 __all__ = [
     "DATASETS",
+    "EXACT_ZERO_INITS",
     "INITS",
     "MEASUREMENTS",
     "MONITOR_ARGS",
+    "SADDLE_TAG",
+    "is_saddle_recipe",
     "list_recipes",
     "monitor_every_n_steps",
+    "recipe_listing",
     "recipe_text",
     "recipes_dir",
     "resolve_recipe",
     "write_recipes",
 ]
 
-#: The recipes' initializations by name (the same table the study reads).
-INITS = INIT_STRATEGIES
+# `DATASETS` (the registry, :data:`lightning_shortcut.data.DATASETS`) and `INITS` (the recipes'
+# initializations by name, :data:`lightning_shortcut.init.INIT_STRATEGIES`, the same table the
+# study reads) are imported on first use (PEP 562): both import torch, which listing and resolving
+# recipes do not need.
+_LAZY = {
+    "DATASETS": ("lightning_shortcut.data.registry", "DATASETS"),
+    "INITS": ("lightning_shortcut.init", "INIT_STRATEGIES"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, attribute = _LAZY[name]
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value
+    return value
+
+
+#: The :data:`INITS` whose branch weights start at exactly zero (``ZeroInit(scale=0.0)``). With a
+#: shortcut depth of 2 or more that point is a saddle of the loss where every branch weight's
+#: gradient is exactly zero (each branch output is a product of two or more zero layers), so SGD
+#: never moves the branches: such recipes show the Hessian at the paper's zero point, and only the
+#: input projection and the head train (:func:`is_saddle_recipe`; :mod:`lightning_shortcut.theory`).
+EXACT_ZERO_INITS = ("zero",)
 #: Every recipe's HessianEigenvalueMonitor arguments but its schedule (:func:`monitor_every_n_steps`).
 #: 512 samples, where the monitor's default is 256: the recipes reproduce the study's measurements
 #: (``StudyConfig.hessian_samples``), and the residual Hessian of a small-init stack is cheap enough
@@ -86,15 +119,59 @@ def recipe_name(dataset: str, shortcut_depth: int, init: str, activation: str) -
     return f"{dataset}/shortcut{shortcut_depth}_{init}_{activation}"
 
 
+# a shipped recipe's name, as `recipe_name` writes it
+_NAME = re.compile(
+    r"(?P<dataset>[^/]+)/shortcut(?P<depth>\d+)_(?P<init>[a-z]+)_(?P<activation>[a-z]+)"
+)
+#: The listing's tag beside a recipe where :func:`is_saddle_recipe` holds.
+SADDLE_TAG = "[saddle: zero gradient, branches never train]"
+_SADDLE_LEGEND = (
+    "[saddle] exact zero init with shortcut depth >= 2: the zero point is a saddle where every "
+    "branch weight gets exactly zero gradient, so the branches never move and only the input "
+    "projection and the head train. These recipes show the Hessian at the paper's zero point; to "
+    "train from near zero, use the matching *_small_* recipe."
+)
+
+
+def is_saddle_recipe(shortcut_depth: int, init: str) -> bool:
+    """Whether a recipe starts at a saddle its branches cannot leave: an exact zero init
+    (:data:`EXACT_ZERO_INITS`) with ``shortcut_depth >= 2``, where every branch weight's gradient is
+    exactly zero. Such a recipe shows the Hessian at the zero point; it does not train the branches."""
+    return init in EXACT_ZERO_INITS and shortcut_depth >= 2
+
+
+def _saddle_note(dataset: str, shortcut_depth: int, activation: str) -> str:
+    """The comment of a recipe where :func:`is_saddle_recipe` holds: what it is for."""
+    if shortcut_depth == 2 and activation == "linear":
+        hessian = "a strict saddle: its eigenvalues come in +- pairs"
+    elif shortcut_depth == 2:
+        hessian = "exactly zero in PyTorch, which takes ReLU's slope at 0 to be 0"
+    else:
+        hessian = "exactly zero: a flat, high-order saddle"
+    return (
+        "A saddle, not a training run: at the exact zero point with shortcut depth >= 2 each branch "
+        f"is a product of {shortcut_depth} zero layers, so every branch weight gets exactly zero "
+        "gradient and SGD never moves the branches; only the input projection and the head train. "
+        "The run measures the residual Hessian at the paper's zero point, where it is "
+        f"{hessian} (lightning_shortcut.theory). To train from near zero, run "
+        f"{recipe_name(dataset, shortcut_depth, 'small', activation)}."
+    )
+
+
 def monitor_every_n_steps(dataset: str) -> int:
     """The recipes' fixed schedule on ``dataset``: :data:`MEASUREMENTS` measurements spread over
     the run's ``max_epochs * steps_per_epoch`` steps (a fixed schedule, so no time budget cuts it)."""
+    from lightning_shortcut.data.registry import DATASETS
+
     spec = DATASETS[dataset].recipe
     return max(1, spec.max_epochs * spec.steps_per_epoch // MEASUREMENTS)
 
 
 def recipe_text(dataset: str, shortcut_depth: int, init: str, activation: str) -> str:
     """The YAML of one experiment."""
+    from lightning_shortcut.data.registry import DATASETS
+    from lightning_shortcut.init import INIT_STRATEGIES as INITS
+
     info = DATASETS[dataset]
     spec = info.recipe
     every = monitor_every_n_steps(dataset)
@@ -106,6 +183,9 @@ def recipe_text(dataset: str, shortcut_depth: int, init: str, activation: str) -
     )
     init_class, init_args = INITS[init]
     name = recipe_name(dataset, shortcut_depth, init, activation)
+    purpose = ""
+    if is_saddle_recipe(shortcut_depth, init):
+        purpose = _comment(_saddle_note(dataset, shortcut_depth, activation)) + "\n"
     init_block = "".join(f"\n            {k}: {_yaml_value(v)}" for k, v in init_args.items())
     init_section = f"\n          init_args:{init_block}" if init_args else ""
     data_block = "".join(f"\n    {k}: {_yaml_value(v)}" for k, v in spec.data_args.items())
@@ -115,7 +195,7 @@ def recipe_text(dataset: str, shortcut_depth: int, init: str, activation: str) -
 # Demystifying ResNet (arXiv 1611.01186): shortcut depth {shortcut_depth}, {init} init, {activation} branches, {dataset}.
 # Generated by `python -m lightning_shortcut.recipes`; run with
 #   lightning-shortcut fit --config {name}
-{_comment(schedule)}
+{purpose}{_comment(schedule)}
 seed_everything: 0
 trainer:
   max_epochs: {spec.max_epochs}
@@ -154,6 +234,9 @@ data:
 
 def all_recipes() -> list[tuple[str, int, str, str]]:
     """Every (dataset, shortcut depth, init, activation) of the grid."""
+    from lightning_shortcut.data.registry import DATASETS
+    from lightning_shortcut.init import INIT_STRATEGIES as INITS
+
     return list(itertools.product(DATASETS, SHORTCUT_DEPTHS, INITS, ACTIVATIONS))
 
 
@@ -170,6 +253,25 @@ def list_recipes() -> list[str]:
     """Names of the shipped recipes, such as ``digits/shortcut2_small_relu``."""
     root = recipes_dir()
     return sorted(str(p.relative_to(root).with_suffix("")) for p in root.glob("*/*.yaml"))
+
+
+def recipe_listing() -> list[str]:
+    """The lines ``lightning-shortcut recipes`` prints: every shipped recipe's name, one a line,
+    those where :func:`is_saddle_recipe` holds followed by :data:`SADDLE_TAG`, and a legend of the
+    tag after them. The name comes first on each line (``awk '{print $1}'`` keeps the names)."""
+    names = list_recipes()
+    width = max((len(name) for name in names), default=0)
+    lines, tagged = [], False
+    for name in names:
+        match = _NAME.fullmatch(name)
+        if match and is_saddle_recipe(int(match["depth"]), match["init"]):
+            lines.append(f"{name:<{width}}  {SADDLE_TAG}")
+            tagged = True
+        else:
+            lines.append(name)
+    if tagged:
+        lines += ["", *textwrap.wrap(_SADDLE_LEGEND, width=100, break_on_hyphens=False)]
+    return lines
 
 
 def resolve_recipe(name_or_path: str) -> Path:
