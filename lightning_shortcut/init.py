@@ -79,9 +79,10 @@ class ZeroInit(InitStrategy):
         zero_bias: zero the branch biases.
         generator: optional CPU generator for the draws.
 
-    Example::
-
+    Example:
+        ```python
         model = ZeroInit(scale=1e-3)(ResidualStack(16, num_units=8))
+        ```
     """
 
     def __init__(
@@ -168,9 +169,10 @@ INIT_STRATEGIES: dict[str, tuple[type[InitStrategy], dict[str, float]]] = {
 def init_strategy(name: str, **overrides: float) -> InitStrategy:
     """The strategy :data:`INIT_STRATEGIES` names ``name``, its arguments updated by ``overrides``.
 
-    Example::
-
+    Example:
+        ```python
         init_strategy("small", scale=1e-4)  # ZeroInit(scale=0.0001)
+        ```
     """
     strategy, arguments = INIT_STRATEGIES[check_choice("init", name, INIT_STRATEGIES)]
     return strategy(**{**arguments, **overrides})

@@ -105,9 +105,10 @@ class ResidualClassifier(_ResidualModule):
         momentum: SGD momentum.
         weight_decay: weight decay.
 
-    Example::
-
+    Example:
+        ```python
         model = ResidualClassifier([1, 28, 28], 10, width=64, num_units=16, activation="relu")
+        ```
     """
 
     def __init__(

@@ -83,10 +83,11 @@ class ResidualUnit(nn.Module):
         TypeError, ValueError: on a bad ``width``, ``shortcut_depth``, ``layer``, ``activation`` or
             ``kernel_size``; the message names the value.
 
-    Example::
-
+    Example:
+        ```python
         unit = ResidualUnit(16, shortcut_depth=2, activation="relu")
         out = unit(torch.randn(8, 16))
+        ```
     """
 
     def __init__(
@@ -175,11 +176,12 @@ class ResidualStack(nn.Module):
         TypeError, ValueError: on a bad argument, naming the value; at call time, on an input whose
             feature or channel size is not ``width``.
 
-    Example::
-
+    Example:
+        ```python
         stack = ResidualStack(width=16, num_units=32, shortcut_depth=2)
         ZeroInit(scale=1e-3)(stack)
         out = stack(torch.randn(64, 16))
+        ```
     """
 
     def __init__(

@@ -176,10 +176,11 @@ def zero_point_hessian(
     Raises:
         ValueError: on inputs and targets of different or non-2D shapes, or bad ints.
 
-    Example::
-
+    Example:
+        ```python
         spectrum = zero_point_hessian(x, y, shortcut_depth=2, num_units=8)
         spectrum.condition_number  # sigma_max(C) / sigma_min(C), the same for every num_units
+        ```
     """
     check_positive_int("shortcut_depth", shortcut_depth)
     check_positive_int("num_units", num_units)

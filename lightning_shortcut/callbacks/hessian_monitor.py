@@ -34,7 +34,7 @@ from lightning_shortcut.hessian.spectrum import (
     HessianSpectrum,
     hessian_eigenvalues,
 )
-from lightning_shortcut.hessian.tracking import DEFAULT_AUDIT_EVERY, SpectrumTracker
+from lightning_shortcut.hessian.tracking import SpectrumTracker
 
 __all__ = ["DEFAULT_MAX_OVERHEAD", "HessianEigenvalueMonitor"]
 
@@ -109,7 +109,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     Cost: ``num_hvps`` products on ``num_samples`` samples, each as costly as 1.6-4.3 gradients on
     them (``benchmarks/bench_hessian.py``). A cold measurement takes at least 20 products per
     eigenvalue run; a warm one, started from the previous measurement's vectors, as few as 4 (the
-    rule, and why it keeps ``tol``: :mod:`~lightning_shortcut.hessian.solvers._stopping`). Where
+    rule, and why it keeps ``tol``: [warm starts][warm-rule] in the docs' engine page). Where
     the Hessian moves too far between measurements (SGD with momentum on clustered spectra, such as
     the recipes'), warm runs are given up for cold ones after a few products and the monitor backs
     off to cold measurements for a while: warm starts then save nothing and cost up to about 7%
@@ -200,12 +200,13 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
             double backward; at the start of fitting, under a sharding other than ``fully_shard``
             over all ranks (see Strategies).
 
-    Example::
-
+    Example:
+        ```python
         # as often as 5% of the training time allows
         trainer = Trainer(callbacks=[HessianEigenvalueMonitor(params="residual")])
         # every 100 steps, whatever it costs
         trainer = Trainer(callbacks=[HessianEigenvalueMonitor(every_n_steps=100)])
+        ```
     """
 
     def __init__(
@@ -229,7 +230,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         tol: float = 1e-2,
         max_iter: int | None = 100,
         warm_start: bool = True,
-        audit_every: int = DEFAULT_AUDIT_EVERY,
+        audit_every: int = 10,
         hvp: Literal["autograd", "finite_difference"] = "autograd",
         seed: int = 0,
         solver_options: dict[str, Any] | None = None,

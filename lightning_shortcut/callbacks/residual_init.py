@@ -28,9 +28,10 @@ class ResidualInit(Callback):
     Args:
         strategy: an :class:`~lightning_shortcut.InitStrategy`; default the exact zero point.
 
-    Example::
-
+    Example:
+        ```python
         trainer = Trainer(callbacks=[ResidualInit(ZeroInit(scale=1e-3))])
+        ```
     """
 
     def __init__(self, strategy: InitStrategy | None = None) -> None:

@@ -89,10 +89,11 @@ def hessian_trace(
         num_probes: the maximum number of probes.
         rtol: stop early once the standard error is at most ``rtol * |trace|`` (at least 2 probes).
 
-    Example::
-
+    Example:
+        ```python
         estimate = hessian_trace(model, (x, y), num_probes=200)
         estimate.trace, estimate.standard_error
+        ```
     """
     check_positive_int("num_probes", num_probes)
     _refuse_fully_sharded(model, "hessian_trace")
@@ -146,10 +147,11 @@ def spectral_density(
     vector; the Ritz values are the quadrature nodes, the squared first components of the Ritz
     vectors the weights.
 
-    Example::
-
+    Example:
+        ```python
         sld = spectral_density(model, (x, y), num_probes=4, num_steps=80)
         curve = sld.density(torch.linspace(-1, 5, 400), sigma=0.05)
+        ```
     """
     check_positive_int("num_probes", num_probes)
     check_positive_int("num_steps", num_steps)

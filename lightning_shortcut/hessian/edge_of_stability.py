@@ -126,11 +126,12 @@ def edge_of_stability(
         ValueError: as ``hessian_eigenvalues``, or if the parameters are spread over several
             optimizers or not held by ``optimizer``.
 
-    Example::
-
+    Example:
+        ```python
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         report = edge_of_stability(model, (x, y), optimizer)
         report.stability, report.max_stable_lr
+        ```
     """
     begin = time.perf_counter()
     reshard(model)  # fully_shard modules: the parameters are the sharded ones the optimizer holds

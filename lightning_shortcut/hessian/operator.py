@@ -45,7 +45,9 @@ class HessianOperator(LinearOperator):
     ``H = sum_b n_b H_b / sum_b n_b`` where ``H_b`` is the Hessian of batch ``b``'s mean loss, so
     batches of unequal size give the exact Hessian of the mean over all samples. Products use double
     backward (``torch.autograd.grad``, never ``.backward``); for a single batch the first-order graph
-    is built once and reused. Must be used inside :func:`~lightning_shortcut.hessian._state.autograd_enabled`.
+    is built once and reused. Use it where gradients are enabled (not under ``torch.no_grad`` or
+    ``torch.inference_mode``) and, for attention, with the math SDPA backend, which has a double
+    backward; :func:`~lightning_shortcut.hessian.hessian_eigenvalues` arranges both.
 
     With ``hvp="finite_difference"`` a product is the central difference of gradients
     ``(g(w + e v) - g(w - e v)) / 2e``, for models or strategies without double backward. The step

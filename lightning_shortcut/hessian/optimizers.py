@@ -214,12 +214,13 @@ def step_preconditioner(
         The preconditioner, or ``None`` while ``D`` is undefined: Adam, AdamW or RMSprop before
         their first step on these parameters (no second-moment state yet). Ask again later.
 
-    Example::
-
+    Example:
+        ```python
         preconditioner = step_preconditioner(select_optimizer(trainer.optimizers, params), params)
         if preconditioner is not None:
             top = ...  # the largest eigenvalue of preconditioner.operator(hessian_operator)
             stability, max_lr = preconditioner.stability(top), preconditioner.max_stable_lr(top)
+        ```
 
     Raises:
         UnsupportedOptimizerError: an unknown optimizer class, ``maximize=True``, ``momentum >= 1``,

@@ -16,7 +16,7 @@ class WarmStart(list):
     ``top_k`` top eigenvectors, the ``bottom_k`` bottom ones, then the Ritz vectors next to the
     ends) with the values that measurement certified.
 
-    The warm rule (:mod:`~lightning_shortcut.hessian.solvers._stopping`) reads the values: a warm
+    The [warm rule][warm-rule] (the docs' engine page) reads the values: a warm
     run may stop early only while its extremes have not retreated past ``top_frontier`` (the
     lowest of the top-side values the vectors carry) or ``bottom_frontier`` (the highest of the
     bottom side's). A bare list of vectors has no values: ``hessian_eigenvalues`` refuses it, and

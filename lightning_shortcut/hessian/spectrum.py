@@ -125,7 +125,7 @@ def hessian_eigenvalues(
             cold run pays 20, because the previous result certified those directions and values.
             A warm run that converges onto something else, or whose extremes retreat past the
             values the previous result covered, is given up and run again cold (the rule and its
-            limits: :mod:`~lightning_shortcut.hessian.solvers._stopping`; along training, audit
+            limits: [warm starts][warm-rule] in the docs' engine page; along training, audit
             with a cold run now and then, as :class:`~lightning_shortcut.hessian.SpectrumTracker`
             does).
         stderr: also estimate the sampling error of ``max`` and ``min`` over Hessian batches of
@@ -159,10 +159,11 @@ def hessian_eigenvalues(
             ``transform`` that is not callable, changes the size or goes to a solver that runs on
             the model.
 
-    Example::
-
+    Example:
+        ```python
         spectrum = hessian_eigenvalues(model, (x, y), top_k=2, params="residual")
         spectrum.max, spectrum.min, spectrum.top_errors
+        ```
     """
     validate_solver_args(method, top_k, bottom_k, min_abs, tol, max_iter)
     spec = SOLVERS[method]

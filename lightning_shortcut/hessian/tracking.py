@@ -29,7 +29,9 @@ __all__ = ["DEFAULT_AUDIT_EVERY", "SpectrumTracker"]
 
 #: Every this many measurements one is cold. Warm measurements cost 4-6 products where the spectrum
 #: moves little between measurements and a cold one about 20, so at 10 the audits add about 1.5
-#: products per measurement while a crossing goes unseen for at most 9 measurements.
+#: products per measurement while a crossing goes unseen for at most 9 measurements. The default of
+#: ``audit_every`` in ``SpectrumTracker`` and ``HessianEigenvalueMonitor``, where it is written as
+#: its value so that the docs show the number (``tests/test_docs.py`` keeps them equal).
 DEFAULT_AUDIT_EVERY = 10
 
 
@@ -54,17 +56,18 @@ class SpectrumTracker:
         audit_every: every this many measurements one is cold (``1``: every measurement is cold,
             no vectors are kept).
 
-    Example::
-
+    Example:
+        ```python
         tracker = SpectrumTracker()
         params = list(model.parameters())
         for step in range(steps):
             ...  # an optimizer step
             spectrum = hessian_eigenvalues(model, batch, start=tracker.start(params))
             tracker.update(spectrum, params)
+        ```
     """
 
-    def __init__(self, audit_every: int = DEFAULT_AUDIT_EVERY) -> None:
+    def __init__(self, audit_every: int = 10) -> None:
         self.audit_every = check_positive_int("audit_every", audit_every)
         self.warm_in_a_row = 0
         self.cold_for = 0  # measurements to make cold before the next warm attempt

@@ -40,14 +40,14 @@ class EigenResult:
         converged: whether every requested value met the tolerance.
         reason: why not, in words (empty when converged).
         neighbours: the Ritz vectors next to the extremes of the first run, kept for the next warm
-            start (see :mod:`~lightning_shortcut.hessian.solvers._stopping`).
+            start (see the [warm rule][warm-rule] in the docs' engine page).
         frontiers: the lowest top-side and the highest bottom-side Ritz value among the first run's
             extreme vectors and ``neighbours`` (``None`` for an end it did not compute).
         warm: whether an answer came from a run started from the given ``start`` vectors (a warm
             run the warm rule gave up on is run again cold and does not count).
         abandoned: whether a warm run was given up and run again cold.
         stopped_warm: whether a run stopped on the evidence of its start vectors, before the
-            products a cold run needs (see :mod:`~lightning_shortcut.hessian.solvers._stopping`).
+            products a cold run needs (see the [warm rule][warm-rule]).
     """
 
     top: list[float] = field(default_factory=list)
@@ -147,14 +147,15 @@ def register_solver(
             snapshots gradient values around it.
         description: one line for the docs and error messages.
 
-    Example::
-
+    Example:
+        ```python
         @register_solver("scipy", description="scipy.sparse.linalg.eigsh")
         def scipy_eigsh(operator, *, generator, top_k, bottom_k, min_abs, tol, max_iter, start):
             ...
             return EigenResult(top=..., bottom=..., top_errors=..., bottom_errors=...)
 
         hessian_eigenvalues(model, batch, method="scipy")
+        ```
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"A solver's name must be a non-empty string, got {name!r}.")
