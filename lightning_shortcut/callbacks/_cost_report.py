@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import lightning.pytorch as pl
 
@@ -10,6 +11,20 @@ from lightning_shortcut.callbacks._budget import accrual_rate, run_length
 
 #: Optimizer steps timed before the report (fewer if the first epoch is shorter).
 STEPS_TO_TIME = 10
+
+
+@dataclass(frozen=True)
+class ExpectedCost:
+    """What a measurement on a fixed schedule is expected to cost, averaged over the kinds of
+    measurement to come (a cold audit costs several warm measurements).
+
+    Attributes:
+        seconds: the expected seconds of one measurement.
+        mix: how the average is made up, in words (empty: every measurement alike).
+    """
+
+    seconds: float
+    mix: str = ""
 
 
 class CostReport:
@@ -48,45 +63,104 @@ class CostReport:
         budget: float | None,
         every_n_steps: int | None,
         every_n_epochs: int | None,
+        expected: ExpectedCost | None = None,
     ) -> str:
-        """The report, once: ``cost`` is the latest measurement's seconds, ``what`` what it did."""
+        """The report, once: ``cost`` is the latest measurement's seconds, ``what`` what it did,
+        ``expected`` what a measurement on a fixed schedule costs on average (default ``cost``)."""
         self.pending = False
         steps = trainer.global_step - self._start_step
         training = self.clock() - self._start - (monitor_seconds - self._monitor_seconds)
         step_seconds = max(training, 1e-9) / steps
         in_steps = cost / step_seconds
-        total = run_length(trainer)
         lines = [
             f"{name}: one measurement takes {cost:.3g} s" + (f" ({what})" if what else "") + ", "
             f"as long as about {in_steps:.3g} training steps ({step_seconds * 1e3:.3g} ms each)."
         ]
-        if every_n_steps is None and every_n_epochs is None and budget is not None:
-            # the budget's plan: the time before the first step is granted, the rest of
-            # ``budget`` of the run accrues evenly (OverheadBudget)
-            known = math.isfinite(total)
-            rate = accrual_rate(budget, self._monitor_seconds / step_seconds, total)
-            interval = math.inf if rate <= 0 else max(1.0, in_steps / rate)
-            if math.isinf(interval):
-                lines.append(
-                    f"Within max_overhead={budget} it measures no more: the measurement at the "
-                    "initial point used this run's budget."
-                )
-            else:
-                count = (
-                    f" (about {1 + total / interval:.0f} in all of this run's {total:.0f} steps)"
-                )
-                lines.append(
-                    f"Within max_overhead={budget} it measures about every {interval:.0f} steps"
-                    + (count if known else "")
-                    + "."
-                )
-        elif every_n_steps is not None:
-            lines.append(
-                f"every_n_steps={every_n_steps} adds about {in_steps / every_n_steps:.0%}."
-            )
+        if every_n_steps is None and every_n_epochs is None:
+            if budget is not None:
+                lines.append(self._budget_plan(trainer, budget, in_steps, step_seconds))
         else:
-            per_epoch = trainer.num_training_batches
-            share = in_steps / (per_epoch * every_n_epochs) if math.isfinite(per_epoch) else 0.0
-            lines.append(f"every_n_epochs={every_n_epochs} adds about {share:.0%}.")
+            lines.append(
+                _fixed_schedule(
+                    trainer,
+                    monitor_seconds,
+                    step_seconds,
+                    expected or ExpectedCost(cost),
+                    every_n_steps,
+                    every_n_epochs,
+                    budget,
+                )
+            )
         lines.append(f"To change it: {levers}, max_overhead, every_n_steps or every_n_epochs.")
         return " ".join(lines)
+
+    def _budget_plan(
+        self, trainer: pl.Trainer, budget: float, in_steps: float, step_seconds: float
+    ) -> str:
+        """How often the budget lets it measure: the time before the first step is granted, the
+        rest of ``budget`` of the run accrues evenly (OverheadBudget)."""
+        total = run_length(trainer)
+        rate = accrual_rate(budget, self._monitor_seconds / step_seconds, total)
+        interval = math.inf if rate <= 0 else max(1.0, in_steps / rate)
+        if math.isinf(interval):
+            return (
+                f"Within max_overhead={budget} it measures no more: the measurement at the "
+                "initial point used this run's budget."
+            )
+        count = f" (about {1 + total / interval:.0f} in all of this run's {total:.0f} steps)"
+        return (
+            f"Within max_overhead={budget} it measures about every {interval:.0f} steps"
+            + (count if math.isfinite(total) else "")
+            + "."
+        )
+
+
+def _steps_per_epoch(trainer: pl.Trainer) -> float:
+    """Optimizer steps in a training epoch (``inf`` where the Trainer does not know its length)."""
+    batches = float(getattr(trainer, "num_training_batches", math.inf))
+    if not math.isfinite(batches) or batches <= 0:
+        return math.inf
+    return float(math.ceil(batches / max(int(getattr(trainer, "accumulate_grad_batches", 1)), 1)))
+
+
+def _fixed_schedule(
+    trainer: pl.Trainer,
+    monitor_seconds: float,
+    step_seconds: float,
+    expected: ExpectedCost,
+    every_n_steps: int | None,
+    every_n_epochs: int | None,
+    budget: float | None,
+) -> str:
+    """What a fixed schedule adds: over the whole run where the Trainer knows its length (the time
+    measured so far, the initial point's included, and the measurements still due at the expected
+    cost), else per training step from here on."""
+    names, intervals = [], []  # the schedule's intervals in optimizer steps
+    if every_n_steps is not None:
+        names.append(f"every_n_steps={every_n_steps}")
+        intervals.append(float(every_n_steps))
+    if every_n_epochs is not None:
+        names.append(f"every_n_epochs={every_n_epochs}")
+        intervals.append(every_n_epochs * _steps_per_epoch(trainer))
+    schedule = " and ".join(names)
+    intervals = [interval for interval in intervals if math.isfinite(interval)]
+    each = f"about {expected.seconds:.3g} s each" + (f" ({expected.mix})" if expected.mix else "")
+    if not intervals:
+        return f"{schedule} adds measurements of {each}; the epochs' length is unknown."
+    total, step = run_length(trainer), trainer.global_step
+    if math.isfinite(total) and total > step:
+        due = sum(math.floor(total / i) - math.floor(step / i) for i in intervals)
+        share = (monitor_seconds + due * expected.seconds) / (total * step_seconds)
+        line = (
+            f"{schedule} adds about {share:.0%} to this run's {total:.0f} steps: "
+            f"{monitor_seconds:.3g} s measured so far and {due} measurements to come at {each}."
+        )
+    else:
+        share = sum(1 / i for i in intervals) * expected.seconds / step_seconds
+        line = (
+            f"{schedule} adds about {share:.0%} to the training time from here on "
+            f"({monitor_seconds:.3g} s measured so far), measurements at {each}."
+        )
+    if budget is not None and share > budget:
+        line += f" max_overhead={budget} skips those beyond it."
+    return line

@@ -13,7 +13,7 @@ from typing_extensions import override
 
 from lightning_shortcut._validation import check_non_negative_float, check_positive_int
 from lightning_shortcut.callbacks._budget import OverheadBudget
-from lightning_shortcut.callbacks._cost_report import CostReport
+from lightning_shortcut.callbacks._cost_report import CostReport, ExpectedCost
 
 __all__ = ["DEFAULT_MAX_OVERHEAD", "STAGES", "ScheduledMonitor"]
 
@@ -63,6 +63,7 @@ class ScheduledMonitor(Callback):
         self._cost_report = CostReport(self.budget.clock)
         self._last_step: int = -1  # the last global step measured in fit
         self._last_checked_step: int = -1  # the last global step the schedule was asked about
+        self._measured_in_fit = 0  # measurements since this fit started
 
     def __validate_schedule(self) -> None:
         for name in ("every_n_steps", "every_n_epochs"):
@@ -114,6 +115,11 @@ class ScheduledMonitor(Callback):
     def _describe_cost(self, record: dict[str, float]) -> tuple[str, str]:
         """For the cost report: what a measurement did (from its ``record``) and the levers."""
         return "", "max_overhead"
+
+    def _expected_cost(self) -> ExpectedCost:
+        """For the cost report of a fixed schedule: what a measurement to come costs on average;
+        by default the last one's cost."""
+        return ExpectedCost(self.budget.last_cost)
 
     # Lightning hooks: one line each
 
@@ -178,6 +184,7 @@ class ScheduledMonitor(Callback):
         if self._should_skip(trainer, "fit"):
             return
         self.budget.start()
+        self._measured_in_fit = 0
         self._prepare(trainer, pl_module, "fit")
         self.budget.book(monitor=True)
         if self.at_fit_start and trainer.global_step == 0:
@@ -218,14 +225,22 @@ class ScheduledMonitor(Callback):
         if trainer.global_step == self._last_step:
             return
         self._last_step = trainer.global_step
+        self._measured_in_fit += 1
         with self.budget.measuring(self._next_kind()):
             self._measure_and_log(trainer, pl_module, "fit")
         self._seed_estimates()
 
+    def _costs_timed(self) -> bool:
+        """Whether the cost report can forecast the schedule: the budget's plan needs one
+        measurement; a fixed schedule two in this fit, since the first carries the process's
+        one-time costs (and, for a monitor with warm starts, is the cold one of a mix)."""
+        return bool(self.history) and (self.self_scheduling or self._measured_in_fit >= 2)
+
     def _report_cost_once(self, trainer: pl.Trainer, epoch_end: bool) -> None:
-        """Once, after the first training steps: a measurement's cost in training steps, what the
-        schedule implies and the levers (rank zero, Lightning's logging)."""
-        if self._should_skip(trainer, "fit") or not self.history:
+        """Once, after the first training steps (and, on a fixed schedule, its first measurement
+        after the first): a measurement's cost in training steps, what the schedule implies and
+        the levers (rank zero, Lightning's logging)."""
+        if self._should_skip(trainer, "fit") or not self._costs_timed():
             return
         if self._cost_report.ready(trainer, epoch_end):
             what, levers = self._describe_cost(self.history[-1])
@@ -240,5 +255,6 @@ class ScheduledMonitor(Callback):
                     budget=self.overhead_budget,
                     every_n_steps=self.every_n_steps,
                     every_n_epochs=self.every_n_epochs,
+                    expected=self._expected_cost(),
                 )
             )

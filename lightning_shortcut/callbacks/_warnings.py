@@ -1,8 +1,10 @@
-"""What the monitor warns about, once per kind: NaN, unresolved or non-converged measurements."""
+"""What the monitor warns about, once per kind: NaN, zero, unresolved or non-converged measurements,
+and a Hessian batch smaller than asked."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
@@ -18,16 +20,31 @@ class MeasurementWarnings:
 
     Args:
         num_samples, tol, max_iter: the monitor's settings, named in the messages.
+        params: the monitor's ``params`` (``None``, ``"all"``, ``"residual"`` or a callable): the
+            advice on a singular Hessian depends on it.
     """
 
-    def __init__(self, num_samples: int, tol: float, max_iter: int | None) -> None:
+    def __init__(
+        self, num_samples: int, tol: float, max_iter: int | None, *, params: Any = None
+    ) -> None:
         self.num_samples, self.tol, self.max_iter = num_samples, tol, max_iter
+        self.params = params
         self._warned: set[str] = set()
 
     def about(self, spectrum: HessianSpectrum, metrics: dict[str, float], step: int) -> None:
         """Warn, once per kind, about a measurement that is not a plain success."""
         values = {k: v for k, v in metrics.items() if k not in _BOOKKEEPING and k not in _STDERR}
-        if any(math.isnan(v) for v in values.values()):
+        undefined = sorted(key for key, value in values.items() if math.isnan(value))
+        if undefined == ["condition_number"]:
+            # every eigenvalue came out finite: only max|lambda| / min|lambda| = 0 / 0 is undefined
+            self.once(
+                "zero",
+                f"HessianEigenvalueMonitor: the Hessian is exactly zero at step {step} (every "
+                "eigenvalue 0: e.g. a ResidualStack of shortcut depth >= 3 at the zero point, "
+                "depth 2 with ReLU there, or branches that are exactly zero): condition_number is "
+                "0/0, logged as NaN; the eigenvalues are logged as 0.",
+            )
+        elif undefined:
             self.once(
                 "nan",
                 f"HessianEigenvalueMonitor: non-finite loss or spectrum at step {step}; logged as NaN.",
@@ -44,8 +61,7 @@ class MeasurementWarnings:
                 "unresolved",
                 f"HessianEigenvalueMonitor: at step {step} the smallest |eigenvalue| is below what "
                 f"tol={self.tol} resolves (<= tol * max|eigenvalue|): the Hessian is singular to "
-                "within tol, so condition_number is logged as inf. A network's full Hessian usually "
-                "is; params='residual' gives the paper's well-conditioned one.",
+                f"within tol, so condition_number is logged as inf. {self._why_singular()}",
             )
         elif not spectrum.converged:
             self.once(
@@ -53,6 +69,29 @@ class MeasurementWarnings:
                 f"HessianEigenvalueMonitor: the solver did not reach tol={self.tol} within "
                 f"max_iter={self.max_iter} at step {step}; the logged values are its best estimates.",
             )
+
+    def _why_singular(self) -> str:
+        """Why a Hessian over the ``params`` in use can be singular, and what to do, if anything."""
+        if self.params == "residual":
+            return (
+                "params='residual' is in use: at the zero point (shortcut depth 2) its eigenvalues "
+                "are +-sigma_i(E[x g^T]), x the stack's input and g the loss's gradient at its "
+                "output, so it is singular where g spans fewer directions than the stack's width: "
+                "a softmax head of c outputs gives at most c - 1 (a 3-class head leaves a stack "
+                "wider than 2 singular) and a Hessian batch of num_samples="
+                f"{self.num_samples} at most {self.num_samples}. Away from the zero point it need "
+                "not be well conditioned."
+            )
+        if callable(self.params):
+            return (
+                "The Hessian over the parameters `params` selects is singular where they are more "
+                "than the outputs times the samples constrain (num_samples="
+                f"{self.num_samples}) or where the loss does not depend on some of them."
+            )
+        return (
+            "A network's full Hessian usually is; on a model with a ResidualStack, "
+            "params='residual' gives the paper's quantity, well conditioned at the zero point."
+        )
 
     def once(self, kind: str, message: str) -> None:
         """Warn (rank zero) the first time a kind of problem is seen."""

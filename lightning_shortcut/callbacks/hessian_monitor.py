@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
+from lightning_shortcut.callbacks._cost_report import ExpectedCost
 from lightning_shortcut.callbacks._edge_of_stability import EdgeOfStabilityTracker
 from lightning_shortcut.callbacks._hessian_batch import (
     check_loss,
@@ -266,7 +267,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         self._samples = num_samples  # in the last Hessian batch gathered
         self._sharded = False  # the model is sharded by fully_shard (FSDP2)
         self._stderr_share = 0.0  # of the last measurement in fit, in its time
-        self._warnings = MeasurementWarnings(num_samples, tol, max_iter)
+        self._warnings = MeasurementWarnings(num_samples, tol, max_iter, params=params)
         # warm starts of the fit measurements (audit_every=1 when off: every one is cold)
         self._tracker = SpectrumTracker(audit_every if warm_start else 1)
         self._stability = EdgeOfStabilityTracker(
@@ -317,6 +318,13 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         check_loss(resolve_loss_fn(self.loss_fn, pl_module), pl_module, batches[0])
         # the samples there are (a dataset smaller than num_samples gives fewer), over all ranks
         self._samples = sum(batch_size(batch) for batch in batches) * trainer.world_size
+        if self._samples < self.num_samples:
+            self._warnings.once(
+                "few_samples",
+                f"HessianEigenvalueMonitor: num_samples={self.num_samples} asked, but the {stage} "
+                f"data holds only {self._samples}: the Hessian batch is those {self._samples} "
+                "samples (the standard errors and the cost are for them).",
+            )
         return batches
 
     @override
@@ -330,6 +338,28 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         # the cold one's cost without the standard errors; the first attempt corrects it.
         if "warm" not in self.budget.costs and self._stderr_share:
             self.budget.costs["warm"] = self.budget.last_cost * (1 - self._stderr_share)
+
+    @override
+    def _expected_cost(self) -> ExpectedCost:
+        # the mix to come, from the last cost of each kind: one cold audit every audit_every
+        # measurements while warm runs stop warm; while the tracker backs off after a warm run
+        # given up (its products, then a cold run), nearly every measurement costs a cold run or
+        # such an attempt
+        cold = self.budget.costs.get("cold", self.budget.last_cost)
+        warm = self.budget.costs.get("warm")
+        audit_every = self._tracker.audit_every
+        if audit_every == 1 or warm is None:
+            return ExpectedCost(cold, "each cold")
+        if self._tracker.backoff:
+            return ExpectedCost(
+                max(cold, warm),
+                f"warm runs are given up for cold ones: a cold one took {cold:.3g} s, a warm "
+                f"attempt {warm:.3g} s",
+            )
+        return ExpectedCost(
+            (cold + (audit_every - 1) * warm) / audit_every,
+            f"on average: 1 in {audit_every} cold at {cold:.3g} s, the others warm at {warm:.3g} s",
+        )
 
     @override
     def _describe_cost(self, record: dict[str, float]) -> tuple[str, str]:
