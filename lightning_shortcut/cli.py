@@ -5,7 +5,7 @@ Usage::
     lightning-shortcut fit --config digits/shortcut2_small_relu      # a shipped recipe, by name
     lightning-shortcut fit --config path/to/recipe.yaml --trainer.max_epochs 5
     lightning-shortcut recipes                                       # list the shipped recipes
-    lightning-shortcut plot lightning_logs/version_0 --out hessian.png  # draw a run's hessian/* curves
+    lightning-shortcut plot lightning_logs/digits/shortcut2_small_relu  # a run's hessian/* curves
 
 Models and datamodules are chosen by class path (``--model lightning_shortcut.models.ResidualClassifier``)
 and callbacks are configured in YAML, as with any LightningCLI.
@@ -93,26 +93,45 @@ def _print_lines(lines: Sequence[str]) -> None:
 
 
 def _plot(args: Sequence[str]) -> None:
-    from lightning_shortcut.plot import load_hessian_metrics, load_step_range, plot_hessian_metrics
+    from lightning_shortcut.plot import drawn_series, plot_hessian_metrics, read_run
 
     parser = argparse.ArgumentParser(
         prog="lightning-shortcut plot",
-        description="Draw the hessian/* curves of a run: eigenvalues, condition number (resolved "
-        "values) and stability with the edge at 1.",
+        description="Draw the hessian/* curves of a run: the extreme eigenvalues with their "
+        "standard errors as error bars, the condition number (resolved values) and the stability "
+        "ratio with the edge at 1 (both on log axes). A run resumed from a checkpoint logs into a "
+        "new version_N folder: given the run's folder (the logger's name folder, holding the "
+        "version_* folders), its versions are merged by step into one run, each resumed version "
+        "holding every step from its first logged one; a version that starts at or before the "
+        "previous one's first step is a new run, and the versions before it are left out. Given a "
+        "version folder or a file, that alone is drawn. The files read are printed.",
     )
-    parser.add_argument("source", help="a CSVLogger metrics.csv, a log folder or event file")
+    parser.add_argument(
+        "source",
+        help="a run's folder (its version_* merged), a version folder, a CSVLogger metrics.csv or "
+        "a TensorBoard event file; a folder above runs: the run of the newest log below it",
+    )
     parser.add_argument("--out", default="hessian.png", help="the image to write")
     parser.add_argument("--prefix", default="hessian/", help="the monitor's log_prefix")
     parser.add_argument("--title", default=None)
     options = parser.parse_args(args)
     try:
-        series = load_hessian_metrics(options.source, prefix=options.prefix)
-        steps = load_step_range(options.source)  # the run's steps, not only the measured ones
+        run = read_run(options.source)
+        series = run.series(options.prefix)
+        if not series:
+            raise ValueError(
+                f"{run.describe()}: no '{options.prefix}*' metric; was HessianEigenvalueMonitor in "
+                "the run (and is its log_prefix the one given)?"
+            )
         title = options.title or options.source
-        out = plot_hessian_metrics(series, options.out, title=title, steps=steps)
+        # the run's steps, not only the measured ones
+        out = plot_hessian_metrics(series, options.out, title=title, steps=run.step_range)
     except (FileNotFoundError, ValueError, ImportError) as error:
         parser.exit(2, f"lightning-shortcut plot: error: {error}\n")
-    print(f"wrote {out} ({', '.join(sorted(series))})")
+    print(run.describe())
+    for note in run.notes:
+        print(f"note: {note}")
+    print(f"wrote {out} ({', '.join(drawn_series(series))})")
 
 
 def main(args: Sequence[str] | None = None) -> None:

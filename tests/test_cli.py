@@ -29,7 +29,9 @@ def _is_saddle(shortcut_depth, init):
 
 def test_exact_zero_inits_are_the_zero_scale_ones():
     assert set(EXACT_ZERO_INITS) == {
-        name for name, (strategy, args) in INITS.items() if strategy is ZeroInit and not args["scale"]
+        name
+        for name, (strategy, args) in INITS.items()
+        if strategy is ZeroInit and not args["scale"]
     }
 
 
