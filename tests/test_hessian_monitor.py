@@ -8,7 +8,6 @@ import pytest
 import torch
 from helpers.lightning_models import (
     Classifier,
-    clocked_monitor,
     dataset,
     fit,
     loader,
@@ -166,88 +165,6 @@ def test_resume_continues_schedule_and_history(tmp_path):
         assert abs(a["max_eigenvalue"] - b["max_eigenvalue"]) <= 1e-2 * scale
 
 
-def _fit_with_clock(tmp_path, monitor, clock, extra=(), **kwargs):
-    return fit(tmp_path, [clock, monitor, *extra], **kwargs)
-
-
-def test_default_schedule_measures_as_often_as_the_budget_allows(tmp_path):
-    monitor, clock = clocked_monitor(0.5, num_samples=16)
-    assert monitor.self_scheduling and monitor.overhead_budget == 0.05
-    _fit_with_clock(tmp_path, monitor, clock, max_epochs=10)  # 60 steps of 1 s
-    # a measurement costs 0.5 s and the run is 60 s: 5% of it is 3 s; the initial measurement's
-    # 0.5 s is granted at once, the other 2.5 s accrue evenly (1/24 s per step), so the next one
-    # fits every 12 steps: the points spread over the run and the total is 5% at its end
-    assert [r["step"] for r in monitor.history] == [0, 12, 24, 36, 48, 60]
-    assert monitor.budget.monitor_seconds == pytest.approx(3.0)
-    assert monitor.budget.train_seconds == pytest.approx(60.0)
-
-
-class _StopAt(pl.Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, *args):
-        if trainer.global_step >= self.step:
-            trainer.should_stop = True
-
-
-def test_a_run_of_unknown_length_keeps_within_budget_so_far(tmp_path):
-    """Without ``max_steps`` or ``max_epochs`` the allowance is 5% of the training time so far: the
-    next measurement is due once it covers the time measured plus 0.5 s (step 20: 0.5 + 0.5 <= 1.0;
-    step 30: 1.0 + 0.5 <= 1.5; ...)."""
-    monitor, clock = clocked_monitor(0.5, num_samples=16)
-    _fit_with_clock(tmp_path, monitor, clock, extra=[_StopAt(60)], max_epochs=-1)
-    assert [r["step"] for r in monitor.history] == [0, 20, 30, 40, 50, 60]
-
-
-def test_costlier_measurements_are_fewer(tmp_path):
-    monitor, clock = clocked_monitor(2.0, num_samples=16, max_overhead=0.2)
-    _fit_with_clock(tmp_path, monitor, clock, max_epochs=5)
-    assert [r["step"] for r in monitor.history] == [0, 15, 30]
-    monitor, clock = clocked_monitor(0.5, num_samples=16, max_overhead=0, at_fit_start=True)
-    _fit_with_clock(tmp_path, monitor, clock, max_epochs=2)
-    assert [r["step"] for r in monitor.history] == [0]
-
-
-def test_budget_cuts_a_fixed_schedule_only_when_asked(tmp_path):
-    fixed, clock = clocked_monitor(5.0, num_samples=16, every_n_steps=2)
-    assert fixed.overhead_budget is None
-    _fit_with_clock(tmp_path, fixed, clock, max_epochs=2)
-    assert [r["step"] for r in fixed.history] == [0, 2, 4, 6, 8, 10, 12]
-    capped, clock = clocked_monitor(0.5, num_samples=16, every_n_steps=2, max_overhead=0.25)
-    _fit_with_clock(tmp_path, capped, clock, max_epochs=2)
-    # 0.5 + 0.5 <= 0.25 * 4; then every 2 steps 0.5 more is allowed
-    assert [r["step"] for r in capped.history] == [0, 4, 6, 8, 10, 12]
-
-
-def test_resume_keeps_the_time_budget(tmp_path):
-    model = lambda: Classifier(dropout=0.0)  # noqa: E731
-
-    def monitor():
-        return clocked_monitor(0.5, num_samples=16, max_overhead=0.1)
-
-    full, clock = monitor()
-    _fit_with_clock(tmp_path / "full", full, clock, max_epochs=5, model=model, shuffle=False)
-    first, clock = monitor()
-    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
-    common = dict(model=model, shuffle=False, enable_checkpointing=True, max_epochs=5)
-    # the same run stopped after two epochs (its plan is the whole run's), then resumed
-    _fit_with_clock(tmp_path / "a", first, clock, extra=[checkpoint, _StopAt(12)], **common)
-    assert [r["step"] for r in first.history] == [0, 6, 12]
-    resumed, clock = monitor()
-    _fit_with_clock(
-        tmp_path / "b",
-        resumed,
-        clock,
-        extra=[ModelCheckpoint(dirpath=tmp_path / "ckpt2")],
-        ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"),
-        **common,
-    )
-    assert [r["step"] for r in full.history] == [0, 6, 12, 18, 24, 30]
-    assert [r["step"] for r in resumed.history] == [r["step"] for r in full.history]
-    assert resumed.budget.train_seconds == pytest.approx(full.budget.train_seconds)
-
-
 def test_distinct_state_keys():
     a = HessianEigenvalueMonitor(every_n_steps=10)
     b = HessianEigenvalueMonitor(
@@ -293,7 +210,9 @@ def test_non_convergence_warns_and_logs_estimates(tmp_path):
     )
 
 
-def test_fast_dev_run_and_sanity_check_are_skipped(tmp_path):
+def test_fast_dev_run_is_skipped(tmp_path):
+    """In a real fit (sanity checking, whose hooks cannot measure in a fit, is checked on the
+    schedule's hooks in test_overhead_budget.py)."""
     monitor = HessianEigenvalueMonitor(every_n_steps=1, num_samples=16)
     fit(tmp_path, [monitor], fast_dev_run=2)
     assert monitor.history == []

@@ -1,6 +1,8 @@
 from types import SimpleNamespace
 
 import pytest
+from helpers.fake_trainer import FakeTrainer, clocked, run_fit
+from lightning.pytorch.trainer.states import TrainerFn
 
 from lightning_shortcut.callbacks import HessianEigenvalueMonitor
 from lightning_shortcut.callbacks._budget import OverheadBudget
@@ -178,3 +180,98 @@ def test_the_spectrum_says_what_its_stderr_cost():
     with_stderr = hessian_eigenvalues(model, batch, stderr=True)
     assert 0 < with_stderr.stderr_seconds < with_stderr.seconds
     assert hessian_eigenvalues(model, batch).stderr_seconds == 0.0
+
+
+# The schedule under the budget, on a fake Trainer loop and a fake clock: an optimizer step takes
+# 1 s and a measurement the given cost (the fit's hooks in Lightning's order, no model).
+
+
+def test_default_schedule_measures_as_often_as_the_budget_allows():
+    trainer = FakeTrainer(steps_per_epoch=6, max_epochs=10)
+    monitor = clocked(trainer, 0.5)
+    assert monitor.self_scheduling and monitor.overhead_budget == 0.05
+    run_fit(monitor, trainer)
+    # a measurement costs 0.5 s and the run is 60 s: 5% of it is 3 s; the initial measurement's
+    # 0.5 s is granted at once, the other 2.5 s accrue evenly (1/24 s per step), so the next one
+    # fits every 12 steps: the points spread over the run and the total is 5% at its end
+    assert [r["step"] for r in monitor.history] == [0, 12, 24, 36, 48, 60]
+    assert monitor.budget.monitor_seconds == pytest.approx(3.0)
+    assert monitor.budget.train_seconds == pytest.approx(60.0)
+
+
+def test_a_run_of_unknown_length_keeps_within_budget_so_far():
+    """Without ``max_steps`` or ``max_epochs`` the allowance is 5% of the training time so far: the
+    next measurement is due once it covers the time measured plus 0.5 s (step 20: 0.5 + 0.5 <= 1.0;
+    step 30: 1.0 + 0.5 <= 1.5; ...)."""
+    trainer = FakeTrainer(steps_per_epoch=6)
+    monitor = clocked(trainer, 0.5)
+    run_fit(monitor, trainer, stop_at=60)
+    assert [r["step"] for r in monitor.history] == [0, 20, 30, 40, 50, 60]
+
+
+def test_costlier_measurements_are_fewer():
+    trainer = FakeTrainer(steps_per_epoch=6, max_epochs=5)
+    monitor = clocked(trainer, 2.0, max_overhead=0.2)
+    run_fit(monitor, trainer)
+    assert [r["step"] for r in monitor.history] == [0, 15, 30]
+    trainer = FakeTrainer(steps_per_epoch=6, max_epochs=2)
+    monitor = clocked(trainer, 0.5, max_overhead=0)
+    run_fit(monitor, trainer)
+    assert [r["step"] for r in monitor.history] == [0]
+
+
+def test_budget_cuts_a_fixed_schedule_only_when_asked():
+    trainer = FakeTrainer(steps_per_epoch=6, max_epochs=2)
+    fixed = clocked(trainer, 5.0, every_n_steps=2)
+    assert fixed.overhead_budget is None
+    run_fit(fixed, trainer)
+    assert [r["step"] for r in fixed.history] == [0, 2, 4, 6, 8, 10, 12]
+    trainer = FakeTrainer(steps_per_epoch=6, max_epochs=2)
+    capped = clocked(trainer, 0.5, every_n_steps=2, max_overhead=0.25)
+    run_fit(capped, trainer)
+    # 0.5 + 0.5 <= 0.25 * 4; then every 2 steps 0.5 more is allowed
+    assert [r["step"] for r in capped.history] == [0, 4, 6, 8, 10, 12]
+
+
+def test_resume_keeps_the_time_budget():
+    """The same run stopped after two epochs (its plan is the whole run's), its state saved and
+    loaded into a new monitor, then resumed: the same steps as without the interruption."""
+    trainer = FakeTrainer(steps_per_epoch=6, max_epochs=5)
+    full = clocked(trainer, 0.5, max_overhead=0.1)
+    run_fit(full, trainer)
+    assert [r["step"] for r in full.history] == [0, 6, 12, 18, 24, 30]
+    trainer = FakeTrainer(steps_per_epoch=6, max_epochs=5)
+    first = clocked(trainer, 0.5, max_overhead=0.1)
+    run_fit(first, trainer, stop_at=12)
+    assert [r["step"] for r in first.history] == [0, 6, 12]
+    state = first.state_dict()
+    trainer = FakeTrainer(steps_per_epoch=6, max_epochs=5, global_step=12, current_epoch=2)
+    resumed = clocked(trainer, 0.5, max_overhead=0.1)
+    resumed.load_state_dict(state)
+    run_fit(resumed, trainer)
+    assert [r["step"] for r in resumed.history] == [r["step"] for r in full.history]
+    assert resumed.budget.train_seconds == pytest.approx(full.budget.train_seconds)
+
+
+def test_sanity_checking_and_fast_dev_run_measure_nothing():
+    """Lightning's skips: every hook that measures does nothing while the Trainer sanity-checks or
+    in ``fast_dev_run`` (a fit whose hooks are called so would measure at every step)."""
+    for skip in ({"sanity_checking": True}, {"fast_dev_run": 2}):
+        trainer = FakeTrainer(steps_per_epoch=3, max_epochs=1, **skip)
+        monitor = clocked(trainer, 0.5, every_n_steps=1, every_n_epochs=1, stages=("fit", "test"))
+        run_fit(monitor, trainer)
+        trainer.state.fn = TrainerFn.TESTING
+        monitor.on_test_start(trainer, None)
+        assert monitor.history == [], skip
+    trainer = FakeTrainer(steps_per_epoch=3, max_epochs=1)
+    monitor = clocked(trainer, 0.5, every_n_steps=1, every_n_epochs=1, stages=("fit", "test"))
+    run_fit(monitor, trainer)
+    trainer.state.fn = TrainerFn.TESTING
+    monitor.on_test_start(trainer, None)
+    assert [(r["step"], r["stage"]) for r in monitor.history] == [
+        (0, "fit"),
+        (1, "fit"),
+        (2, "fit"),
+        (3, "fit"),
+        (3, "test"),
+    ]
