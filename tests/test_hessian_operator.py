@@ -29,7 +29,9 @@ def _stack_case():
 
 
 @pytest.mark.parametrize(
-    "spec", ["residual", "all", None, lambda m: m.head.parameters(), "list"], ids=str
+    "spec",
+    ["residual", "all", None, lambda m: m.head.parameters(), "list"],
+    ids=["residual", "all", "None", "callable", "list"],
 )
 def test_params_specs_match_dense_hessians(spec):
     model, (x, y) = _stack_case()

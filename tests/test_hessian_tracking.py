@@ -81,6 +81,14 @@ def _assert_within_tol(records, tol, bottom=True):
             assert abs(spectrum.min - smallest) <= tol * scale
 
 
+def _assert_warm_after_the_first(records):
+    """The first measurement is cold; every later one stopped warm (none was given up for a cold
+    rerun, which would keep tol without testing the warm rule)."""
+    first, *later = (spectrum for spectrum, *_ in records)
+    assert not first.warm_start
+    assert all(s.warm_start and not s.warm_given_up for s in later)
+
+
 @pytest.mark.parametrize("bottom_k", [0, 1])
 def test_warm_measurements_are_cheap_and_within_tol(bottom_k):
     bulk = torch.linspace(-1.0, 1.0, 300).tolist()
@@ -103,6 +111,7 @@ def test_warm_run_keeps_a_top_cluster_right(seed):
     bulk = torch.linspace(-0.3, 0.3, 300).tolist()
     cluster = [10.0, 9.8, 9.6, 9.5, 9.3]
     records = _track([*cluster, *bulk], tol=1e-2, steps=8, seed=seed, drift=0.003)
+    _assert_warm_after_the_first(records)
     _assert_within_tol(records, 1e-2)
 
 
@@ -112,6 +121,7 @@ def test_warm_run_keeps_the_far_bottom_end(seed):
     near zero, whose Ritz values pass the residual test after a few products."""
     bulk = torch.linspace(-0.5, 0.5, 400).tolist()
     records = _track([160.0, 40.0, *bulk, -12.0], tol=1e-2, steps=8, seed=seed)
+    _assert_warm_after_the_first(records)
     _assert_within_tol(records, 1e-2)
 
 

@@ -18,9 +18,8 @@ def test_the_quickstart_test_command_is_what_ci_runs():
     assert quickstart[1] == ci[-1]
 
 
-def test_front_page_is_short_and_shows_the_monitor_first():
+def test_front_page_shows_the_monitor_first():
     lines = README.splitlines()
-    assert len(lines) <= 160
     first = "\n".join(lines[:60])
     assert "HessianEigenvalueMonitor(" in first and "ResidualInit(" in first
     assert "hessian/max_eigenvalue" in first and "hessian/stability" in first

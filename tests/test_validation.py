@@ -3,7 +3,6 @@ import re
 
 import pytest
 
-from lightning_shortcut import residual
 from lightning_shortcut._validation import (
     check_choice,
     check_float,
@@ -81,7 +80,3 @@ def test_float_range_and_choices():
         check_choice("mode", "test", ("eval", "train"))
     with pytest.raises(ValueError, match="Unknown data"):
         check_choice("data", ["mnist"], {"mnist": 1})  # unhashable: not a choice either
-
-
-def test_residual_keeps_its_import():
-    assert residual.check_positive_int is check_positive_int
