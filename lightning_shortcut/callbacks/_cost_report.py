@@ -91,7 +91,8 @@ class CostReport:
                     budget,
                 )
             )
-        lines.append(f"To change it: {levers}, max_overhead, every_n_steps or every_n_epochs.")
+        levers = f"{levers}, " if levers else ""
+        lines.append(f"To change it: {levers}max_overhead, every_n_steps or every_n_epochs.")
         return " ".join(lines)
 
     def _budget_plan(
@@ -142,23 +143,25 @@ def _fixed_schedule(
     if every_n_epochs is not None:
         names.append(f"every_n_epochs={every_n_epochs}")
         intervals.append(every_n_epochs * _steps_per_epoch(trainer))
-    schedule = " and ".join(names)
+    schedule = " and ".join(names) + (" add" if len(names) > 1 else " adds")
     intervals = [interval for interval in intervals if math.isfinite(interval)]
     each = f"about {expected.seconds:.3g} s each" + (f" ({expected.mix})" if expected.mix else "")
     if not intervals:
-        return f"{schedule} adds measurements of {each}; the epochs' length is unknown."
+        return f"{schedule} measurements of {each}; the epochs' length is unknown."
     total, step = run_length(trainer), trainer.global_step
     if math.isfinite(total) and total > step:
         due = sum(math.floor(total / i) - math.floor(step / i) for i in intervals)
         share = (monitor_seconds + due * expected.seconds) / (total * step_seconds)
         line = (
-            f"{schedule} adds about {share:.0%} to this run's {total:.0f} steps: "
-            f"{monitor_seconds:.3g} s measured so far and {due} measurements to come at {each}."
+            f"{schedule} about {share:.0%} to this run's {total:.0f} steps: "
+            f"{monitor_seconds:.3g} s measured so far and {due} measurement"
+            + ("s" if due != 1 else "")
+            + f" to come at {each}."
         )
     else:
         share = sum(1 / i for i in intervals) * expected.seconds / step_seconds
         line = (
-            f"{schedule} adds about {share:.0%} to the training time from here on "
+            f"{schedule} about {share:.0%} to the training time from here on "
             f"({monitor_seconds:.3g} s measured so far), measurements at {each}."
         )
     if budget is not None and share > budget:

@@ -63,7 +63,8 @@ class ScheduledMonitor(Callback):
         self._cost_report = CostReport(self.budget.clock)
         self._last_step: int = -1  # the last global step measured in fit
         self._last_checked_step: int = -1  # the last global step the schedule was asked about
-        self._measured_in_fit = 0  # measurements since this fit started
+        self._fit_costs: list[float] = []  # of the measurements since this fit started, in order
+        self._steady_cost: float | None = None  # of the last one in this fit of the usual kind
 
     def __validate_schedule(self) -> None:
         for name in ("every_n_steps", "every_n_epochs"):
@@ -113,13 +114,19 @@ class ScheduledMonitor(Callback):
         last measurement says more about them than its whole cost does."""
 
     def _describe_cost(self, record: dict[str, float]) -> tuple[str, str]:
-        """For the cost report: what a measurement did (from its ``record``) and the levers."""
-        return "", "max_overhead"
+        """For the cost report: what a measurement did (from its ``record``) and the levers other
+        than the schedule's."""
+        return "", ""
 
-    def _expected_cost(self) -> ExpectedCost:
-        """For the cost report of a fixed schedule: what a measurement to come costs on average;
-        by default the last one's cost."""
-        return ExpectedCost(self.budget.last_cost)
+    def _cost_cycle(self) -> int:
+        """For the cost report: the measurements over which the kinds of measurement repeat (for
+        instance one cold audit in ``audit_every``); ``1``: every measurement alike."""
+        return 1
+
+    def _is_steady(self) -> bool:
+        """For the cost report: whether the measurement just made is of the kind most of a cycle
+        is (for instance wholly warm); by default every one after the first is."""
+        return True
 
     # Lightning hooks: one line each
 
@@ -184,7 +191,7 @@ class ScheduledMonitor(Callback):
         if self._should_skip(trainer, "fit"):
             return
         self.budget.start()
-        self._measured_in_fit = 0
+        self._fit_costs, self._steady_cost = [], None
         self._prepare(trainer, pl_module, "fit")
         self.budget.book(monitor=True)
         if self.at_fit_start and trainer.global_step == 0:
@@ -225,16 +232,28 @@ class ScheduledMonitor(Callback):
         if trainer.global_step == self._last_step:
             return
         self._last_step = trainer.global_step
-        self._measured_in_fit += 1
         with self.budget.measuring(self._next_kind()):
             self._measure_and_log(trainer, pl_module, "fit")
+        self._fit_costs.append(self.budget.last_cost)
+        if len(self._fit_costs) > 1 and self._is_steady():  # the first: the one-time costs
+            self._steady_cost = self.budget.last_cost
         self._seed_estimates()
 
     def _costs_timed(self) -> bool:
         """Whether the cost report can forecast the schedule: the budget's plan needs one
-        measurement; a fixed schedule two in this fit, since the first carries the process's
-        one-time costs (and, for a monitor with warm starts, is the cold one of a mix)."""
-        return bool(self.history) and (self.self_scheduling or self._measured_in_fit >= 2)
+        measurement; a fixed schedule one of the steady kind after the first in this fit (the
+        first carries the process's one-time costs), or a whole cycle (at least two)."""
+        if self.self_scheduling:
+            return bool(self.history)
+        return self._steady_cost is not None or len(self._fit_costs) >= max(2, self._cost_cycle())
+
+    def _expected_cost(self) -> ExpectedCost:
+        """What a measurement on a fixed schedule costs on average: the last one of the steady kind
+        in this fit, or, where none has been, the mean over the last cycle."""
+        if self._steady_cost is not None:
+            return ExpectedCost(self._steady_cost)
+        cycle = self._fit_costs[-self._cost_cycle() :]
+        return ExpectedCost(sum(cycle) / len(cycle), f"the mean of the last {len(cycle)}")
 
     def _report_cost_once(self, trainer: pl.Trainer, epoch_end: bool) -> None:
         """Once, after the first training steps (and, on a fixed schedule, its first measurement

@@ -267,6 +267,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         self._samples = num_samples  # in the last Hessian batch gathered
         self._sharded = False  # the model is sharded by fully_shard (FSDP2)
         self._stderr_share = 0.0  # of the last measurement in fit, in its time
+        self._wholly_warm = False  # the last fit measurement's eigenvalue runs were all warm
         self._warnings = MeasurementWarnings(num_samples, tol, max_iter, params=params)
         # warm starts of the fit measurements (audit_every=1 when off: every one is cold)
         self._tracker = SpectrumTracker(audit_every if warm_start else 1)
@@ -340,25 +341,32 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
             self.budget.costs["warm"] = self.budget.last_cost * (1 - self._stderr_share)
 
     @override
+    def _cost_cycle(self) -> int:
+        # one cold audit in audit_every measurements (and, under Adam, one cold stability run)
+        return self._tracker.audit_every
+
+    @override
+    def _is_steady(self) -> bool:
+        return self._wholly_warm
+
+    @override
     def _expected_cost(self) -> ExpectedCost:
-        # the mix to come, from the last cost of each kind: one cold audit every audit_every
-        # measurements while warm runs stop warm; while the tracker backs off after a warm run
-        # given up (its products, then a cold run), nearly every measurement costs a cold run or
-        # such an attempt
-        cold = self.budget.costs.get("cold", self.budget.last_cost)
-        warm = self.budget.costs.get("warm")
-        audit_every = self._tracker.audit_every
-        if audit_every == 1 or warm is None:
-            return ExpectedCost(cold, "each cold")
-        if self._tracker.backoff:
+        # one cold audit in audit_every measurements at the last cold one's cost, the others at
+        # the last wholly warm one's; where none has been (warm runs given up), the last cycle's
+        # mean. Warm runs given up later are not foreseen: the message says they cost more.
+        expected = super()._expected_cost()
+        audit_every = self._cost_cycle()
+        if audit_every == 1:
+            return ExpectedCost(expected.seconds, "each cold")
+        if self._steady_cost is None:
             return ExpectedCost(
-                max(cold, warm),
-                f"warm runs are given up for cold ones: a cold one took {cold:.3g} s, a warm "
-                f"attempt {warm:.3g} s",
+                expected.seconds, f"{expected.mix}: warm runs were given up for cold ones"
             )
+        cold = self.budget.costs.get("cold", expected.seconds)
         return ExpectedCost(
-            (cold + (audit_every - 1) * warm) / audit_every,
-            f"on average: 1 in {audit_every} cold at {cold:.3g} s, the others warm at {warm:.3g} s",
+            (cold + (audit_every - 1) * expected.seconds) / audit_every,
+            f"one cold in audit_every={audit_every} at {cold:.3g} s, the others warm at "
+            f"{expected.seconds:.3g} s; a warm run given up for a cold one costs more",
         )
 
     @override
@@ -462,6 +470,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         """Every value a measurement logs, by name without prefix: the one place to add one (and
         to list it under "Logged metrics" in the class docstring)."""
         metrics = spectrum.as_dict()
+        stability_warm = True  # no eigenvalue run of its own (SGD) counts as warm
         if self.edge_of_stability and stage == "fit" and spectrum.converged is not None:
             ratio, products, seconds = self._stability.measure(
                 trainer,
@@ -472,6 +481,9 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
             metrics.update(ratio)
             metrics["num_hvps"] += products
             metrics["seconds"] += seconds
+            stability_warm = products == 0 or self._stability.tracker.warm_in_a_row > 0
+        if stage == "fit":
+            self._wholly_warm = spectrum.warm_start and stability_warm
         return metrics
 
     def _log_metrics(self, trainer: pl.Trainer, stage: str, metrics: dict[str, float]) -> None:
