@@ -16,6 +16,8 @@ from lightning_shortcut.callbacks import HessianEigenvalueMonitor
 from lightning_shortcut.hessian import SpectrumTracker
 from lightning_shortcut.hessian.tracking import DEFAULT_AUDIT_EVERY
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 API_PAGES = [

@@ -2,6 +2,7 @@
 
 import os
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -33,6 +34,7 @@ def _worker(rank, world_size, port, out_dir):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_processes_agree_with_one_process_on_the_union(tmp_path):
     import socket
 

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from helpers.lightning_models import Classifier
 
@@ -12,6 +13,7 @@ from lightning_shortcut.hessian import hessian_eigenvalues
 SCRIPT = Path(__file__).parent / "ddp_monitor_script.py"
 
 
+@pytest.mark.slow
 def test_ddp_ranks_agree_with_a_single_process_on_the_union(tmp_path):
     subprocess.run(
         [sys.executable, str(SCRIPT), str(tmp_path)], check=True, timeout=300, cwd=tmp_path

@@ -11,6 +11,8 @@ from torch import nn
 
 from lightning_shortcut.hessian import edge_of_stability, hessian_eigenvalues
 
+pytestmark = pytest.mark.slow
+
 SCRIPT = Path(__file__).parent / "fsdp_monitor_script.py"
 
 

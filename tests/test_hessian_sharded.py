@@ -113,6 +113,7 @@ def _worker(rank, world_size, port, out_dir):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_sharded_products_agree_with_one_process_and_the_basis_is_sharded(tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -9,6 +9,8 @@ import pytest
 from lightning_shortcut.study import BUDGETS, StudyConfig, main, run_study
 from lightning_shortcut.study.cli import build_parser
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def quick_study(tmp_path_factory):
