@@ -16,7 +16,7 @@ from typing import Literal, TypeVar
 import torch
 from torch import Tensor, nn
 
-from lightning_shortcut._validation import check_choice, check_non_negative_float
+from lightning_shortcut.hessian._validation import check_choice, check_non_negative_float
 from lightning_shortcut.residual import residual_weight_layers
 
 __all__ = [

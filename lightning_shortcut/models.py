@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_shortcut._validation import (
+from lightning_shortcut.hessian._validation import (
     check_choice,
     check_positive_float,
     check_positive_int,

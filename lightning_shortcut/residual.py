@@ -14,7 +14,8 @@ from typing import Literal
 from torch import Tensor, nn
 
 # check_positive_int lived here first; other modules may still import it from here
-from lightning_shortcut._validation import check_choice, check_positive_int
+from lightning_shortcut.hessian._validation import check_choice, check_positive_int
+from lightning_shortcut.hessian.params import branch_parameters
 
 __all__ = [
     "ResidualStack",
@@ -131,6 +132,15 @@ class ResidualUnit(nn.Module):
         """The branch's weight layers, first to last."""
         return [m for m in self.branch if isinstance(m, nn.Linear | nn.Conv2d)]
 
+    def branch_parameters(self) -> list[nn.Parameter]:
+        """The branch's weights (and biases), first layer to last: the paper's parameters.
+
+        The Hessian engine's ``params="residual"`` asks every module of a model that has this
+        method (:func:`~lightning_shortcut.hessian.params.branch_parameters`), so a module of your
+        own can declare its residual branches the same way.
+        """
+        return [param for layer in self.weight_layers for param in layer.parameters()]
+
     def check_input(self, x: Tensor) -> None:
         """Raise a ``ValueError`` that names the shape if ``x`` does not have ``width`` features."""
         if self.layer == "linear":
@@ -244,13 +254,7 @@ def residual_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The residual-branch parameters (weights and biases) of every residual unit in ``model``.
 
     This is the paper's parameter set: the Hessian over these at the zero point is what the theory
-    predicts. Parameters are returned once each, in module order.
+    predicts. Parameters are returned once each, in module order: those of every module with a
+    :meth:`ResidualUnit.branch_parameters` method, as the Hessian engine's ``params="residual"``.
     """
-    seen: set[int] = set()
-    params: list[nn.Parameter] = []
-    for layer in residual_weight_layers(model):
-        for param in layer.parameters():
-            if id(param) not in seen:
-                seen.add(id(param))
-                params.append(param)
-    return params
+    return branch_parameters(model)

@@ -34,14 +34,14 @@ is small weights, ``ZeroInit(scale > 0)``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from lightning_shortcut._validation import check_positive_int
+from lightning_shortcut.hessian._validation import check_positive_int
+from lightning_shortcut.hessian.spectrum import magnitude_ratio
 from lightning_shortcut.residual import ActivationSpec, make_activation
 
 __all__ = [
@@ -97,16 +97,6 @@ def condition_number(eigenvalues: Tensor, atol: float = 0.0) -> float:
     """
     magnitudes = eigenvalues.abs()
     return magnitude_ratio(float(magnitudes.max()), float(magnitudes.min()), atol)
-
-
-def magnitude_ratio(largest: float, smallest: float, atol: float = 0.0) -> float:
-    """``largest / smallest`` of eigenvalue magnitudes, ``nan`` if ``largest <= atol`` (a zero
-    spectrum) and ``inf`` if only ``smallest <= atol`` (a singular one)."""
-    if largest <= atol:
-        return math.nan
-    if smallest <= atol:
-        return math.inf
-    return largest / smallest
 
 
 def activation_slope_at_zero(activation: ActivationSpec) -> float:

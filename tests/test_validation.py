@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from lightning_shortcut._validation import (
+from lightning_shortcut.hessian._validation import (
     check_choice,
     check_float,
     check_fraction,

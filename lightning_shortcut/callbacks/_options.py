@@ -7,7 +7,7 @@ from typing import Any
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
-from lightning_shortcut._validation import (
+from lightning_shortcut.hessian._validation import (
     check_choice,
     check_non_negative_float,
     check_positive_int,

@@ -11,9 +11,9 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
 
-from lightning_shortcut._validation import check_non_negative_float, check_positive_int
 from lightning_shortcut.callbacks._budget import OverheadBudget
 from lightning_shortcut.callbacks._cost_report import CostReport, ExpectedCost
+from lightning_shortcut.hessian._validation import check_non_negative_float, check_positive_int
 
 __all__ = ["DEFAULT_MAX_OVERHEAD", "STAGES", "ScheduledMonitor"]
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_shortcut._validation import (
+from lightning_shortcut.hessian._validation import (
     check_fraction,
     check_non_negative_int,
     check_positive_int,

@@ -7,8 +7,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lightning_shortcut._validation import check_choice, check_fraction, check_positive_int
 from lightning_shortcut.data.base import TensorDataModule
+from lightning_shortcut.hessian._validation import check_choice, check_fraction, check_positive_int
 
 __all__ = ["DigitsDataModule"]
 

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lightning_shortcut._validation import check_choice
 from lightning_shortcut.data.base import FileDataModule, TensorDataModule
 from lightning_shortcut.data.cifar import CIFAR10DataModule
 from lightning_shortcut.data.digits import DigitsDataModule
 from lightning_shortcut.data.mnist import FashionMNISTDataModule, MNISTDataModule
+from lightning_shortcut.hessian._validation import check_choice
 from lightning_shortcut.tasks import CLASSIFICATION, REGRESSION, Task
 
 __all__ = ["DATASETS", "DatasetInfo", "RecipeDefaults", "get_dataset", "register_dataset"]

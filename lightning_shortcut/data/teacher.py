@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_shortcut._validation import check_positive_int
 from lightning_shortcut.data.base import TensorDataModule
+from lightning_shortcut.hessian._validation import check_positive_int
 
 __all__ = ["LinearTeacherDataModule"]
 

@@ -16,12 +16,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_shortcut.hessian._validation import check_positive_int
 from lightning_shortcut.hessian.context import Mode, hessian_operator
 from lightning_shortcut.hessian.operator import AllReduce, LossFn
 from lightning_shortcut.hessian.sharded import fsdp_modules
 from lightning_shortcut.hessian.solvers import LanczosProcess
 from lightning_shortcut.hessian.solvers._vectors import random_unit_vector
-from lightning_shortcut.residual import check_positive_int
 
 __all__ = ["SpectralDensity", "TraceEstimate", "hessian_trace", "spectral_density"]
 

@@ -7,22 +7,42 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from lightning_shortcut.residual import residual_parameters
-
 #: Which parameters to take the Hessian over: all trainable ones (``None`` or ``"all"``), the
 #: ResidualStack branches (``"residual"``), a callable ``model -> parameters`` or the parameters.
 ParamsSpec = (
     Literal["all", "residual"] | Callable[[nn.Module], Iterable[Tensor]] | Iterable[Tensor] | None
 )
 
-__all__ = ["ParamsSpec", "resolve_params"]
+__all__ = ["ParamsSpec", "branch_parameters", "resolve_params"]
+
+
+def branch_parameters(model: nn.Module) -> list[Tensor]:
+    """The residual-branch parameters of ``model``: those that each of its modules (``model``
+    included) with a ``branch_parameters()`` method declares, such as
+    :class:`~lightning_shortcut.ResidualUnit`; once each, in module order.
+
+    The engine asks the modules instead of importing the residual module, so any module can
+    declare its branches.
+    """
+    seen: set[int] = set()
+    params: list[Tensor] = []
+    for module in model.modules():
+        declared = getattr(module, "branch_parameters", None)
+        if not callable(declared):
+            continue
+        for param in declared():
+            if id(param) not in seen:
+                seen.add(id(param))
+                params.append(param)
+    return params
 
 
 def resolve_params(model: nn.Module, params: ParamsSpec) -> list[Tensor]:
     """The parameters to differentiate, checked against ``model``.
 
     ``None`` or ``"all"``: every parameter that requires grad; ``"residual"``: the branch parameters
-    of every :class:`~lightning_shortcut.ResidualStack` in the model (the paper's Hessian); a callable
+    of every :class:`~lightning_shortcut.ResidualStack` in the model (the paper's Hessian; see
+    :func:`branch_parameters`); a callable
     ``model -> parameters``; or the parameters themselves.
 
     Raises:
@@ -36,11 +56,12 @@ def resolve_params(model: nn.Module, params: ParamsSpec) -> list[Tensor]:
             raise ValueError(f"{type(model).__name__} has no parameter that requires grad.")
         return chosen
     if params == "residual":
-        chosen = residual_parameters(model)
+        chosen = branch_parameters(model)
         if not chosen:
             raise ValueError(
-                f"params='residual' but {type(model).__name__} contains no ResidualStack; pass "
-                "params='all', a callable or the parameters."
+                f"params='residual' but {type(model).__name__} contains no ResidualStack (no "
+                "module with a branch_parameters() method); pass params='all', a callable or the "
+                "parameters."
             )
         return _checked(model, chosen)
     if isinstance(params, str):

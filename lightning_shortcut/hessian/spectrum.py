@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -25,9 +26,18 @@ from lightning_shortcut.hessian.sharded import (
     fsdp_modules,
 )
 from lightning_shortcut.hessian.solvers import SOLVERS, EigenResult
-from lightning_shortcut.theory import magnitude_ratio
 
-__all__ = ["HessianSpectrum", "hessian_eigenvalues"]
+__all__ = ["HessianSpectrum", "hessian_eigenvalues", "magnitude_ratio"]
+
+
+def magnitude_ratio(largest: float, smallest: float, atol: float = 0.0) -> float:
+    """``largest / smallest`` of eigenvalue magnitudes, ``nan`` if ``largest <= atol`` (a zero
+    spectrum) and ``inf`` if only ``smallest <= atol`` (a singular one)."""
+    if largest <= atol:
+        return math.nan
+    if smallest <= atol:
+        return math.inf
+    return largest / smallest
 
 
 def _check_count(name: str, value: object) -> int:

@@ -22,8 +22,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from lightning_shortcut.hessian._validation import check_positive_int
 from lightning_shortcut.hessian.results import WarmStart
-from lightning_shortcut.residual import check_positive_int
 
 __all__ = ["DEFAULT_AUDIT_EVERY", "SpectrumTracker"]
 

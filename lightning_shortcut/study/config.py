@@ -6,13 +6,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightning_shortcut._validation import (
+from lightning_shortcut.data.registry import DATASETS
+from lightning_shortcut.hessian._validation import (
     check_choice,
     check_non_negative_float,
     check_positive_float,
     check_positive_int,
 )
-from lightning_shortcut.data.registry import DATASETS
 
 __all__ = ["BUDGETS", "INIT_NAMES", "StudyConfig"]
 

@@ -1,5 +1,9 @@
 """Argument checks shared by the whole package: one function per kind of argument.
 
+They live in the engine, the package's lowest layer, so that ``lightning_shortcut.hessian``
+imports nothing from the rest of the package; the models, data, callbacks and study import them
+from here.
+
 The rule everywhere: a value of the wrong type raises ``TypeError``, a value of the right type
 outside what is accepted raises ``ValueError``; the message names the argument, the value and what
 is accepted. ``bool`` is never accepted as a number. Each check returns the value (floats as
