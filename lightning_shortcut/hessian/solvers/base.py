@@ -11,16 +11,17 @@ registered under a name with :func:`register_solver`. :func:`~lightning_shortcut
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from lightning_shortcut.hessian.linear_operator import LinearOperator
 
-__all__ = ["SOLVERS", "EigenResult", "Solver", "SolverSpec", "register_solver"]
+__all__ = ["COMMON_ARGUMENTS", "SOLVERS", "EigenResult", "Solver", "SolverSpec", "register_solver"]
 
 
 @dataclass
@@ -120,6 +121,12 @@ class Solver(Protocol):
         ...
 
 
+#: The arguments every solver takes (:class:`Solver`); the others of its signature are its options.
+COMMON_ARGUMENTS = frozenset(
+    {"operator", "generator", "top_k", "bottom_k", "min_abs", "tol", "max_iter", "start"}
+)
+
+
 @dataclass(frozen=True)
 class SolverSpec:
     """A registry entry: the solver and what it supports."""
@@ -129,6 +136,34 @@ class SolverSpec:
     supports_min_abs: bool = False
     touches_grads: bool = False
     description: str = ""
+    validate_options: Callable[..., None] | None = None
+
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        """Raise where ``solver_options`` enter: a name the solver does not take, or a value its
+        ``validate_options`` refuses (so nothing fails later, inside a measurement).
+
+        Raises:
+            ValueError: naming the option and what the solver accepts.
+        """
+        parameters = inspect.signature(self.solve).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        accepted = sorted(
+            name
+            for name, parameter in parameters.items()
+            if name not in COMMON_ARGUMENTS
+            and parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+        )
+        for name in options:
+            if name in COMMON_ARGUMENTS:
+                raise ValueError(
+                    f"`solver_options` sets {name!r}, an argument of its own: pass {name}= instead."
+                )
+            if not takes_any and name not in accepted:
+                raise ValueError(
+                    f"Solver {self.name!r} takes no option {name!r}; its options are {accepted}."
+                )
+        if self.validate_options is not None:
+            self.validate_options(**options)
 
 
 #: name -> :class:`SolverSpec`; fill it with :func:`register_solver`.
@@ -136,7 +171,12 @@ SOLVERS: dict[str, SolverSpec] = {}
 
 
 def register_solver(
-    name: str, *, supports_min_abs: bool = False, touches_grads: bool = False, description: str = ""
+    name: str,
+    *,
+    supports_min_abs: bool = False,
+    touches_grads: bool = False,
+    description: str = "",
+    validate_options: Callable[..., None] | None = None,
 ) -> Callable[[Solver], Solver]:
     """Register a solver under ``name`` (a decorator); an existing name is replaced.
 
@@ -146,6 +186,8 @@ def register_solver(
         touches_grads: whether it calls ``.backward`` (accumulating into ``.grad``); the engine then
             snapshots gradient values around it.
         description: one line for the docs and error messages.
+        validate_options: called with the solver's options (``solver_options``) where they enter,
+            before any measurement; raises ``ValueError`` on a bad value.
 
     Example:
         ```python
@@ -161,7 +203,9 @@ def register_solver(
         raise ValueError(f"A solver's name must be a non-empty string, got {name!r}.")
 
     def decorator(solve: Solver) -> Solver:
-        SOLVERS[name] = SolverSpec(name, solve, supports_min_abs, touches_grads, description)
+        SOLVERS[name] = SolverSpec(
+            name, solve, supports_min_abs, touches_grads, description, validate_options
+        )
         return solve
 
     return decorator

@@ -304,10 +304,17 @@ def _frontiers(
     return frontiers[0], frontiers[1]
 
 
+def check_options(max_basis: int = DEFAULT_MAX_BASIS) -> None:
+    """Raise a ``ValueError`` on a bad option of :func:`lanczos` (``solver_options``)."""
+    if isinstance(max_basis, bool) or not isinstance(max_basis, int) or max_basis < 3:
+        raise ValueError(f"`max_basis` must be an int >= 3, got {max_basis!r}.")
+
+
 @register_solver(
     "lanczos",
     supports_min_abs=True,
     description="thick-restart Lanczos with full reorthogonalization and locking (the default)",
+    validate_options=check_options,
 )
 def lanczos(
     operator: LinearOperator,
@@ -339,8 +346,7 @@ def lanczos(
     each run; ``max_basis`` the vectors held (``>= 3``), except in the run that finds ``min_abs``,
     whose basis grows up to ``max_iter`` vectors (see the module docstring).
     """
-    if isinstance(max_basis, bool) or not isinstance(max_basis, int) or max_basis < 3:
-        raise ValueError(f"`max_basis` must be an int >= 3, got {max_basis!r}.")
+    check_options(max_basis)
     like = operator.like
     buffer = like.new_empty(min(max_basis, operator.dim, max_iter + 1), operator.local_dim)
     result = EigenResult()
