@@ -41,7 +41,7 @@ if __name__ == "__main__":
     pl.seed_everything(0)
     # at the initial point only
     monitor = HessianEigenvalueMonitor(
-        num_samples=42, batch_size=8, top_k=2, tol=1e-6, max_overhead=0
+        num_samples=42, chunk_size=8, top_k=2, tol=1e-6, max_overhead=0
     )
     # self-scheduling within half of the training time: rank 0's clock allows steps 2 and 3;
     # measurements cost 0.5 s on rank 0 but 5 s on rank 1 (steps: 1 s), so the ranks agree on the

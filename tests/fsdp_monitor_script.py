@@ -114,7 +114,7 @@ def monitor(**kwargs) -> HessianEigenvalueMonitor:
     return HessianEigenvalueMonitor(
         every_n_steps=1,
         num_samples=42,
-        batch_size=16,
+        chunk_size=16,
         top_k=2,
         tol=1e-6,
         warm_start=True,

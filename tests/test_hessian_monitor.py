@@ -122,7 +122,7 @@ def test_gradient_accumulation_measures_once_per_step(tmp_path):
 
 def test_resume_continues_schedule_and_history(tmp_path):
     def monitor():
-        return HessianEigenvalueMonitor(every_n_steps=4, num_samples=32)
+        return HessianEigenvalueMonitor(every_n_steps=4, num_samples=32, warm_start=True)
 
     # no shuffling and no dropout: training after a resume is then the same as without one
     common = dict(shuffle=False, enable_checkpointing=True)
@@ -333,8 +333,28 @@ def test_fsdp_is_refused_at_setup():
         ({"stages": ("fit", "predict")}, "stages"),
         ({"mode": "inference"}, "inference"),
         ({"data": [1, 2]}, "data"),
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"max_iter": None}, "max_iter"),
+        ({"warm_start": 1}, r"warm_start.*int >= 2 .*got 1"),
+        ({"warm_start": "yes"}, "warm_start"),
+        # solver options are refused where they enter, not at fit start
+        ({"solver_options": {"max_basis": 2}}, r"max_basis.*>= 3, got 2"),
+        ({"solver_options": {"basis": 10}}, r"no option 'basis'; its options are \['max_basis'\]"),
+        ({"solver_options": {"tol": 0.1}}, "pass tol= instead"),
+        ({"method": "power", "solver_options": {"max_basis": 10}}, "no option 'max_basis'"),
     ],
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         HessianEigenvalueMonitor(**kwargs)
+
+
+def test_warm_starts_are_one_option_off_by_default_and_no_clock_is_public():
+    import inspect
+
+    assert HessianEigenvalueMonitor().audit_every == 1  # every measurement cold
+    assert HessianEigenvalueMonitor(warm_start=True).audit_every == 10
+    assert HessianEigenvalueMonitor(warm_start=4).audit_every == 4
+    parameters = inspect.signature(HessianEigenvalueMonitor).parameters
+    assert "clock" not in parameters and "audit_every" not in parameters
+    assert "batch_size" not in parameters and parameters["chunk_size"].default is None

@@ -61,7 +61,7 @@ def test_two_sharded_processes_log_what_one_process_logs_on_the_same_samples(run
     assert records == [{k: v for k, v in r.items() if k != "seconds"} for r in ranks[1]["history"]]
     x = torch.cat([batch[0] for rank in ranks for batch in rank["batches"]])
     y = torch.cat([batch[1] for rank in ranks for batch in rank["batches"]])
-    # each rank holds its 21 of the 42 samples, in chunks of batch_size=16
+    # each rank holds its 21 of the 42 samples, in chunks of chunk_size=16
     assert [len(batch[0]) for rank in ranks for batch in rank["batches"]] == [16, 5, 16, 5]
     assert len({tuple(row.tolist()) for row in x}) == 42  # no sample twice
     for name in ("monitored", "resumed"):

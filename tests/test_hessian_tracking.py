@@ -351,7 +351,7 @@ def test_stderr_is_checked_where_it_enters():
 
 
 def test_monitor_tracks_warm_with_cold_audits_and_stderr_on_cold_rows(tmp_path):
-    """The default monitor on a fixed schedule: the first measurement and every ``audit_every``-th
+    """The monitor with warm starts (a cold audit every 3) on a fixed schedule: the first and every 3rd
     are cold and carry standard errors; the others are warm and cheaper; every value agrees with a
     cold reference at the same weights (recomputed from a checkpoint of each step's weights)."""
     from helpers.lightning_models import Classifier, fit
@@ -364,7 +364,7 @@ def test_monitor_tracks_warm_with_cold_audits_and_stderr_on_cold_rows(tmp_path):
         def on_train_batch_end(self, outputs, batch, batch_idx):
             weights[self.trainer.global_step] = {k: v.clone() for k, v in self.state_dict().items()}
 
-    monitor = HessianEigenvalueMonitor(every_n_steps=2, audit_every=3, num_samples=64)
+    monitor = HessianEigenvalueMonitor(every_n_steps=2, warm_start=3, num_samples=64)
     fit(tmp_path, [monitor], model=Snapshot, max_epochs=2)  # 12 steps: measurements 0, 2, ..., 12
     rows = [row for row in monitor.history if row["stage"] == "fit"]
     assert [row["warm_start"] for row in rows] == [0.0, 1.0, 1.0] * 2 + [0.0]

@@ -149,9 +149,9 @@ class ScriptedMonitor(HessianEigenvalueMonitor):
 
     def __init__(self, cold, warm, given_up=None, stability=None, **kwargs):
         self.now = 0.0
-        super().__init__(
-            clock=lambda: self.now, edge_of_stability=stability is not None, stderr=False, **kwargs
-        )
+        kwargs.setdefault("warm_start", True)
+        super().__init__(edge_of_stability=stability is not None, stderr=False, **kwargs)
+        self._use_clock(lambda: self.now)
         self.cold, self.warm, self.given_up = cold, warm, given_up
         self.colds = 0
         self.params = [torch.zeros(2)]  # the same parameters at every measurement
@@ -237,7 +237,7 @@ def test_the_forecast_of_a_fixed_schedule_matches_the_run(steps_per_epoch, known
     report, overhead = scripted_run(monitor, 100, steps_per_epoch, 0.0124, caplog, known_length)
     assert overhead == pytest.approx((1.8 + 9 * 0.4 + 1.2) / 1.24)
     assert forecast(report) == pytest.approx(overhead, rel=0.3), report
-    assert "one cold in audit_every=10 at 1.8 s, the others warm at 0.4 s" in report
+    assert "one cold in every 10 (warm_start=True) at 1.8 s, the others warm at 0.4 s" in report
     if known_length:
         assert "this run's 100 steps" in report
 

@@ -20,17 +20,25 @@ from lightning_shortcut.hessian.spectrum import validate_solver_args
 def validate_monitor_options(self: Any) -> None:
     """Raise, where the bad value enters, on a ``HessianEigenvalueMonitor`` option."""
     check_positive_int("num_samples", self.num_samples)
-    if self.batch_size is not None:
-        check_positive_int("batch_size", self.batch_size)
+    if self.chunk_size is not None:
+        check_positive_int("chunk_size", self.chunk_size)
+    check_positive_int("max_iter", self.max_iter)  # a monitor's runs are always bounded
     validate_solver_args(
         self.method, self.top_k, self.bottom_k, self.min_abs, self.tol, self.max_iter
     )
+    SOLVERS[self.method].check_options(self.solver_options)
     if not (self.params is None or self.params in ("all", "residual") or callable(self.params)):
         raise ValueError(
             f"`params` must be None, 'all', 'residual' or a callable, got {self.params!r}."
         )
     check_choice("mode", self.mode, ("eval", "train"))
-    check_positive_int("audit_every", self.audit_every)
+    if not isinstance(self.warm_start, bool) and not (
+        isinstance(self.warm_start, int) and self.warm_start >= 2
+    ):
+        raise ValueError(
+            "`warm_start` must be False, True (a cold audit every 10 measurements) or an int >= 2 "
+            f"(a cold audit every that many), got {self.warm_start!r}."
+        )
     check_choice("hvp", self.hvp, HVPS)
     if self.hvp != "autograd" and SOLVERS[self.method].touches_grads:
         raise ValueError(

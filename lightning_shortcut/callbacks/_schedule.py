@@ -38,8 +38,10 @@ class ScheduledMonitor(Callback):
     implement :meth:`_on_fit_started`.
 
     Args:
-        every_n_steps, every_n_epochs, max_overhead, at_fit_start, stages, clock: as in
+        every_n_steps, every_n_epochs, max_overhead, at_fit_start, stages: as in
             :class:`~lightning_shortcut.callbacks.HessianEigenvalueMonitor`.
+        clock: the time budget's wall clock in seconds (default :func:`time.perf_counter`); a
+            fake one gives tests and simulations a deterministic schedule (also :meth:`_use_clock`).
     """
 
     def __init__(
@@ -49,7 +51,7 @@ class ScheduledMonitor(Callback):
         max_overhead: float | None,
         at_fit_start: bool,
         stages: Sequence[str],
-        clock: Callable[[], float] | None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         super().__init__()
         self.every_n_steps = every_n_steps
@@ -65,6 +67,11 @@ class ScheduledMonitor(Callback):
         self._last_checked_step: int = -1  # the last global step the schedule was asked about
         self._fit_costs: list[float] = []  # of the measurements since this fit started, in order
         self._steady_cost: float | None = None  # of the last one in this fit of the usual kind
+
+    def _use_clock(self, clock: Callable[[], float]) -> None:
+        """Time the budget and the cost report by ``clock`` instead of the wall clock (tests and
+        simulations: a monitor's own signature has no clock)."""
+        self.budget.clock = self._cost_report.clock = clock
 
     def __validate_schedule(self) -> None:
         for name in ("every_n_steps", "every_n_epochs"):

@@ -70,6 +70,16 @@ class MeasurementWarnings:
                 f"max_iter={self.max_iter} at step {step}; the logged values are its best estimates.",
             )
 
+    def about_samples(self, samples: int, stage: str) -> None:
+        """Warn once where the data gave fewer samples than ``num_samples`` asked."""
+        if samples < self.num_samples:
+            self.once(
+                "few_samples",
+                f"HessianEigenvalueMonitor: num_samples={self.num_samples} asked, but the {stage} "
+                f"data holds only {samples}: the Hessian batch is those {samples} samples (the "
+                "standard errors and the cost are for them).",
+            )
+
     def _why_singular(self) -> str:
         """Why a Hessian over the ``params`` in use can be singular, and what to do, if anything."""
         if self.params == "residual":

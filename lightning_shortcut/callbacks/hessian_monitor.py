@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from lightning_shortcut.callbacks._cost_report import ExpectedCost
+from lightning_shortcut.callbacks._cold_and_warm import ColdAndWarmCosts
 from lightning_shortcut.callbacks._edge_of_stability import EdgeOfStabilityTracker
 from lightning_shortcut.callbacks._hessian_batch import (
     check_loss,
@@ -20,7 +20,7 @@ from lightning_shortcut.callbacks._hessian_batch import (
     stage_dataloader,
 )
 from lightning_shortcut.callbacks._options import validate_monitor_options
-from lightning_shortcut.callbacks._schedule import DEFAULT_MAX_OVERHEAD, ScheduledMonitor
+from lightning_shortcut.callbacks._schedule import DEFAULT_MAX_OVERHEAD
 from lightning_shortcut.callbacks._strategies import (
     check_sharded_model,
     refuse_strategies_without_double_backward,
@@ -35,7 +35,7 @@ from lightning_shortcut.hessian.spectrum import (
     HessianSpectrum,
     hessian_eigenvalues,
 )
-from lightning_shortcut.hessian.tracking import SpectrumTracker
+from lightning_shortcut.hessian.tracking import DEFAULT_AUDIT_EVERY, SpectrumTracker
 
 __all__ = ["DEFAULT_MAX_OVERHEAD", "HessianEigenvalueMonitor"]
 
@@ -43,154 +43,90 @@ LossFn = Callable[[pl.LightningModule, Any], Tensor]
 ParamsSpec = Literal["all", "residual"] | Callable[[nn.Module], Iterable[Tensor]] | None
 
 
-class HessianEigenvalueMonitor(ScheduledMonitor):
+class HessianEigenvalueMonitor(ColdAndWarmCosts):
     r"""Compute and log the top and bottom eigenvalues of the loss Hessian during training.
 
     Add it to any ``Trainer``: it needs no change to the model and does not change training. The
-    Hessian is that of the mean loss over a fixed *Hessian batch*: the first ``num_samples`` samples
-    of the train dataloader's dataset (in dataset order, so no RNG is drawn), taken once at the start
-    of fitting and kept on the module's device, so successive measurements differ only by the
-    weights. Everything numerical is :func:`~lightning_shortcut.hessian.hessian_eigenvalues`; this
-    class schedules, gathers data and logs.
+    Hessian is that of the mean loss over a fixed *Hessian batch* (the first ``num_samples`` samples
+    of the train dataloader's dataset, taken once at the start of fitting). The numbers come from
+    :func:`~lightning_shortcut.hessian.hessian_eigenvalues`; this class schedules, gathers data and
+    logs. The manual (schedule, cost, warm starts, the Hessian batch, strategies, the loss) is the
+    docs site's "The monitor" page, ``docs/monitor.md``.
 
-    Logged metrics, at ``step = trainer.global_step`` to every logger of the Trainer (rank zero
-    only), each a float:
+    Logged metrics, each a float, at ``step = trainer.global_step`` to every logger (rank zero), in
+    ``trainer.callback_metrics`` and in :attr:`history` (kept in checkpoints); inside
+    ``trainer.validate``/``test`` under ``{log_prefix}validate/``/``test/``:
 
-    - ``{log_prefix}max_eigenvalue``: the largest eigenvalue (when ``top_k >= 1``).
-    - ``{log_prefix}max_eigenvalue_stderr``: its standard error over Hessian batches of
-      ``num_samples`` samples, from 16 chunks of it (:mod:`~lightning_shortcut.hessian.sampling`;
-      ``stderr=True``, ``mode="eval"``), with every cold measurement.
-    - ``{log_prefix}min_eigenvalue``, ``{log_prefix}min_eigenvalue_stderr``: the same for the
-      smallest eigenvalue (when ``bottom_k >= 1``).
-    - ``{log_prefix}min_abs_eigenvalue``: the smallest ``|eigenvalue|`` (with ``min_abs=True``).
-    - ``{log_prefix}condition_number``: largest over smallest ``|eigenvalue|`` (with
-      ``min_abs=True``); ``inf`` when the smallest is below what ``tol`` resolves (the Hessian is
-      singular to within ``tol``, as a network's full Hessian usually is; ``params="residual"`` at
-      the paper's zero point is well conditioned), never a number that only reflects ``tol``.
-    - ``{log_prefix}min_abs_resolved``: ``1.0`` if the smallest ``|eigenvalue|`` is known to
-      relative accuracy ``tol``, ``0.0`` if it is below resolution (with ``min_abs=True``).
-    - ``{log_prefix}top_<i>``, ``{log_prefix}bottom_<i>``: the ``i``-th largest and smallest
-      eigenvalues, ``i = 1 ... k`` (when ``top_k > 1``, ``bottom_k > 1``).
-    - ``{log_prefix}hvp_error``: with ``hvp="finite_difference"``, the products' estimated
-      relative error (included in the solver's error bounds).
-    - ``{log_prefix}num_hvps``: Hessian-vector products used (with the stability ratio's and the
-      standard errors').
-    - ``{log_prefix}seconds``: wall time of the measurement.
-    - ``{log_prefix}converged``: ``1.0`` if every value met ``tol``, else ``0.0``.
-    - ``{log_prefix}warm_start``: ``1.0`` for a warm measurement, ``0.0`` for a cold one (the first,
-      every ``audit_every``-th, each after a failure, a resume or a change of parameters, a warm run
-      given up for a cold one, and the cold ones of the back-off after it).
-    - ``{log_prefix}stability`` (fit): the step-preconditioned Hessian's largest eigenvalue over the
-      optimizer's threshold, 1.0 the edge of stability (:func:`~lightning_shortcut.hessian.edge_of_stability`);
-      free for SGD with one lr, one more eigenvalue run for Adam/AdamW/RMSprop or unequal groups.
-    - ``{log_prefix}max_stable_lr``: the first group's learning rate at which ``stability`` is 1.
+    - ``{log_prefix}max_eigenvalue``, ``min_eigenvalue``: the extremes (``top_k``/``bottom_k >= 1``).
+    - ``{log_prefix}max_eigenvalue_stderr``, ``min_eigenvalue_stderr``: their standard errors over
+      Hessian batches of ``num_samples`` samples (``stderr=True``, ``mode="eval"``, cold ones).
+    - ``{log_prefix}top_<i>``, ``bottom_<i>``: the ``i``-th largest and smallest (``k > 1``).
+    - ``{log_prefix}min_abs_eigenvalue``, ``condition_number``, ``min_abs_resolved`` (``min_abs``):
+      the smallest ``|eigenvalue|``, max over min ``|eigenvalue|`` (``inf`` where the smallest is
+      below what ``tol`` resolves, never a number that only reflects ``tol``), and ``1.0`` if it
+      is resolved.
+    - ``{log_prefix}stability``, ``max_stable_lr`` (fit, ``edge_of_stability``): the
+      step-preconditioned Hessian's largest eigenvalue over the optimizer's threshold (1.0 is the
+      edge of stability), and the first group's learning rate at which it is 1.
+    - ``{log_prefix}hvp_error``: the products' relative error (``hvp="finite_difference"``).
+    - ``{log_prefix}num_hvps``, ``seconds``, ``converged``, ``warm_start``: the products and wall
+      time the measurement took, ``1.0`` if every value met ``tol``, ``1.0`` if it was warm.
     - ``epoch``: the epoch, with every row.
 
-    Inside ``trainer.validate``/``test`` the names are ``{log_prefix}validate/...``/``test/...``. The
-    values also go to ``trainer.callback_metrics`` and :attr:`history` (kept in checkpoints).
-    Guarantees: training is bit-for-bit the same with or without the monitor; at most one measurement
-    per ``global_step``; sanity checking and ``fast_dev_run`` are skipped; under DDP and
+    Guarantees: training is bit-for-bit the same with or without the monitor; at most one
+    measurement per ``global_step``; sanity checking and ``fast_dev_run`` are skipped; under DDP and
     ``fully_shard`` every product is summed over the ranks' shares; a non-finite loss or a solver
     that did not converge is logged (NaN where there is no value) and warned about once, and
     training goes on.
-
-    Schedule: by default the monitor measures after any optimizer step where its wall time so far,
-    plus the last cost of a measurement of the kind due (cold or warm; before the first warm one,
-    the cold one's without its standard errors), stays within its allowance:
-    ``max_overhead`` (5%) of the run's training wall time (everything else since
-    ``on_train_start``), projected from the steps so far when the Trainer knows the run's length,
-    with the time before the first step granted at once and the rest accruing evenly, so that the
-    points spread over the run (without a known length: 5% of the training time so far); and where
-    the training since its last measurement pays for the next at 5%. The measurement at the initial
-    point is always made
-    and counts against the budget. The budget is kept in checkpoints; under DDP rank zero decides and
-    broadcasts. For the same steps in every run, give ``every_n_steps`` or ``every_n_epochs``, a fixed
-    schedule that the budget does not cut unless ``max_overhead`` is set.
-
-    Cost: ``num_hvps`` products on ``num_samples`` samples, each as costly as 1.6-4.3 gradients on
-    them (``benchmarks/bench_hessian.py``). A cold measurement takes at least 20 products per
-    eigenvalue run; a warm one, started from the previous measurement's vectors, as few as 4 (the
-    rule, and why it keeps ``tol``: [warm starts][warm-rule] in the docs' engine page). Where
-    the Hessian moves too far between measurements (SGD with momentum on clustered spectra, such as
-    the recipes'), warm runs are given up for cold ones after a few products and the monitor backs
-    off to cold measurements for a while: warm starts then save nothing and cost up to about 7%
-    more. After the first steps the monitor says once what a measurement costs.
-
-    Memory between measurements (``warm_start=True``): the previous fit measurement's eigenvectors
-    and the Ritz vectors next to them, at most ``top_k + bottom_k + 4`` vectors of the size of
-    ``params`` (6 by default), plus one for Adam's edge-of-stability run; a measurement itself holds a
-    Lanczos basis of 20 such vectors (``solver_options={"max_basis": ...}``).
-
-    Strategies: one device, DDP and ``ModelParallelStrategy`` with ``fully_shard`` (FSDP2) over all
-    ranks give exact products (solver vectors sharded like the parameters); ``FSDPStrategy`` and
-    DeepSpeed are refused at setup, other shardings at fit start (``docs/strategies.md``).
-
-    Loss: ``loss_fn`` if given, else the module's ``hessian_loss(self, batch)`` (the scalar mean loss:
-    the way to use a model's own loss), else the cross-entropy of ``pl_module(inputs)``. The batch is
-    converted as the Trainer converts training batches (``precision``; bfloat16 gives 2-3 digits).
 
     Every argument is keyword-only.
 
     Args:
         every_n_steps: *Schedule.* Measure every this many optimizer steps (``None``: not by steps).
-        every_n_epochs: *Schedule.* Measure at the end of every this many training epochs (``None``:
-            not by epochs).
-        max_overhead: *Schedule.* The share of training wall time the monitor may use, e.g.
-            ``0.05``; a due measurement that would exceed it is skipped, and ``0`` keeps only the
-            one at fit start. ``None`` (default): ``0.05`` when the monitor schedules itself, no
-            limit for a fixed ``every_n_steps``/``every_n_epochs`` schedule.
-        at_fit_start: *Schedule.* Measure at the initial point, before the first step (the paper's
-            moment).
-        stages: *Schedule.* Where to measure: ``"fit"`` and, at the start of
-            ``trainer.validate``/``trainer.test``, ``"validate"``/``"test"`` (on the first
-            ``num_samples`` samples of their dataloader).
-        num_samples: *Hessian batch.* Its size (over all ranks): the first ``num_samples`` samples
-            of the train dataloader's dataset. 256 matched a 2048-sample Hessian's extremes as well
-            as 512 at half the cost on a BatchNorm CNN; the logged ``*_stderr`` says how much the
-            choice of samples moves the values.
-        batch_size: *Hessian batch.* Chunk size, to bound memory (default: one chunk, whose
-            first-order graph is then built once per measurement and reused by every product;
-            with several chunks each product recomputes it for every chunk).
-        data: *Hessian batch.* A ``DataLoader`` or ``LightningDataModule`` to draw it from instead of
-            the Trainer's train dataloader.
+        every_n_epochs: *Schedule.* Measure at the end of every this many epochs (``None``: not).
+        max_overhead: *Schedule.* The share of training wall time the monitor may use (``0``: only
+            the measurement at fit start); ``None``: ``0.05`` when it schedules itself (neither
+            ``every_n_*`` given), no limit on a fixed schedule.
+        at_fit_start: *Schedule.* Measure at the initial point, before the first step.
+        stages: *Schedule.* ``"fit"`` and, at the start of ``trainer.validate``/``test``,
+            ``"validate"``/``"test"`` (on the first ``num_samples`` samples of their dataloader).
+        num_samples: *Hessian batch.* Its size over all ranks (256 matched a 2048-sample Hessian's
+            extremes as well as 512 on a BatchNorm CNN; ``*_stderr`` says how much it matters).
+        chunk_size: *Hessian batch.* Samples per forward-backward pass of a product, to bound
+            memory (default: one chunk, whose first-order graph every product reuses; several
+            chunks recompute it). Not a training batch size: the Hessian is the same either way.
+        data: *Hessian batch.* A ``DataLoader`` or datamodule to draw it from instead.
         params: *Hessian batch.* ``"all"``/``None`` (every trainable parameter), ``"residual"`` (the
-            ResidualStack branch parameters, the paper's quantity) or a callable
-            ``module -> parameters``.
-        loss_fn: *Hessian batch.* ``loss_fn(pl_module, batch) -> scalar`` (see Loss).
+            ResidualStack branches, the paper's quantity) or a callable ``module -> parameters``.
+        loss_fn: *Hessian batch.* ``loss_fn(pl_module, batch) -> scalar``; default the module's
+            ``hessian_loss(batch)``, else the cross-entropy of ``pl_module(inputs)``.
         mode: *Hessian batch.* ``"eval"`` (dropout off, BatchNorm running statistics) or ``"train"``.
-        method: *Solver.* A solver of :data:`~lightning_shortcut.hessian.SOLVERS`: ``"lanczos"``,
-            ``"power"``, ``"pyhessian"`` or one you registered.
+        method: *Solver.* A solver of :data:`~lightning_shortcut.hessian.SOLVERS`.
         top_k: *Solver.* Number of largest eigenvalues.
         bottom_k: *Solver.* Number of smallest eigenvalues.
-        min_abs: *Solver.* Also the smallest ``|eigenvalue|`` and the condition number (Lanczos
-            only).
+        min_abs: *Solver.* Also the smallest ``|eigenvalue|`` and the condition number (Lanczos).
         tol: *Solver.* The error allowed in each eigenvalue, relative to the largest
-            ``|eigenvalue|``.
-        max_iter: *Solver.* The products one eigenvalue run may use (default 100; ``None``: 300,
-            1000 with ``min_abs``); a run that reaches it returns its best estimates, logged with
-            ``converged=0`` and warned about once.
-        warm_start: *Solver.* Start each fit measurement from the previous one's vectors (see Cost
-            and Memory); ``False``: every measurement is cold.
-        audit_every: *Solver.* With ``warm_start``, every this many fit measurements one is cold, so
-            that an eigenvalue crossing (a new direction rising above the tracked one, which warm
-            runs cannot see) is caught within this many measurements.
-        hvp: *Solver.* ``"autograd"`` (double backward, exact) or ``"finite_difference"`` (the
-            central difference of two gradients, its error estimated and logged as ``hvp_error``;
-            see :class:`~lightning_shortcut.hessian.HessianOperator`).
+            ``|eigenvalue|``; ``1e-2`` where the engine's default is ``1e-3``: a curve along
+            training reads 1%, and every factor of ten costs more products per measurement.
+        max_iter: *Solver.* The products one eigenvalue run may use; one that reaches it logs its
+            best estimates with ``converged=0`` and a warning.
+        warm_start: *Solver.* ``False`` (default): every measurement is cold. ``True``: each fit
+            measurement starts from the previous one's vectors and every 10th is cold (an audit:
+            an eigenvalue crossing, which warm runs cannot see, is caught within 10); an int
+            ``n >= 2``: an audit every ``n``. Off by default: on SGD with momentum measured tens of
+            steps apart warm runs are given up and save nothing; they pay on full-batch or slowly
+            moving runs measured often (``docs/benchmarks.md``).
+        hvp: *Solver.* ``"autograd"`` (double backward, exact) or ``"finite_difference"`` (two
+            gradients, its error logged as ``hvp_error``).
         seed: *Solver.* Seed of the solver's private generator.
-        solver_options: *Solver.* Extra arguments of the solver, e.g. ``{"max_basis": 10}``.
-        stderr: *Output.* Log the standard errors of the extreme eigenvalues over Hessian batches of
-            the same size with every cold measurement (only in ``mode="eval"``). Each takes a
-            product on each of 16 chunks of the Hessian batch (in one vmapped pass where it can),
-            a fraction of a cold measurement, so it comes with the audits rather than every
-            measurement.
+        solver_options: *Solver.* Options of the solver, e.g. ``{"max_basis": 10}``, checked here.
+        stderr: *Output.* Log the extremes' standard errors with every cold measurement
+            (``mode="eval"``; a product on each of 16 chunks of the Hessian batch).
         edge_of_stability: *Output.* Log ``stability`` and ``max_stable_lr`` from the run's
             optimizer (:func:`~lightning_shortcut.hessian.edge_of_stability`).
         warn_above: *Output.* Warn once when ``stability`` stays above this for 3 measurements
             (``None``: never).
         log_prefix: *Output.* Prefix of the logged names.
-        clock: The time budget's wall clock in seconds (default :func:`time.perf_counter`); for
-            simulations and tests that need a deterministic schedule.
 
     Raises:
         TypeError: on an argument of the wrong type, naming it and what is accepted.
@@ -199,7 +135,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
             without ResidualStack.
         MisconfigurationException: under ``FSDPStrategy`` or DeepSpeed, which do not support
             double backward; at the start of fitting, under a sharding other than ``fully_shard``
-            over all ranks (see Strategies).
+            over all ranks (``docs/strategies.md``).
 
     Example:
         ```python
@@ -219,7 +155,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         at_fit_start: bool = True,
         stages: Sequence[str] = ("fit",),
         num_samples: int = 256,
-        batch_size: int | None = None,
+        chunk_size: int | None = None,
         data: DataLoader | pl.LightningDataModule | None = None,
         params: ParamsSpec = None,
         loss_fn: LossFn | None = None,
@@ -229,9 +165,8 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         bottom_k: int = 1,
         min_abs: bool = False,
         tol: float = 1e-2,
-        max_iter: int | None = 100,
-        warm_start: bool = True,
-        audit_every: int = 10,
+        max_iter: int = 100,
+        warm_start: bool | int = False,
         hvp: Literal["autograd", "finite_difference"] = "autograd",
         seed: int = 0,
         solver_options: dict[str, Any] | None = None,
@@ -239,11 +174,10 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         edge_of_stability: bool = True,
         warn_above: float | None = 2.0,
         log_prefix: str = "hessian/",
-        clock: Callable[[], float] | None = None,
     ) -> None:
-        super().__init__(every_n_steps, every_n_epochs, max_overhead, at_fit_start, stages, clock)
+        super().__init__(every_n_steps, every_n_epochs, max_overhead, at_fit_start, stages)
         self.num_samples = num_samples
-        self.batch_size = batch_size
+        self.chunk_size = chunk_size
         self.data = data
         self.params = params
         self.loss_fn = loss_fn
@@ -254,7 +188,6 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         self.tol = tol
         self.max_iter = max_iter
         self.warm_start = warm_start
-        self.audit_every = audit_every
         self.hvp = hvp
         self.seed = seed
         self.solver_options = dict(solver_options or {})
@@ -269,11 +202,18 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         self._stderr_share = 0.0  # of the last measurement in fit, in its time
         self._wholly_warm = False  # the last fit measurement's eigenvalue runs were all warm
         self._warnings = MeasurementWarnings(num_samples, tol, max_iter, params=params)
-        # warm starts of the fit measurements (audit_every=1 when off: every one is cold)
-        self._tracker = SpectrumTracker(audit_every if warm_start else 1)
+        # warm starts of the fit measurements (an audit every measurement when off: all cold)
+        self._tracker = SpectrumTracker(self.audit_every)
         self._stability = EdgeOfStabilityTracker(
-            warn_above, self._warnings.once, SpectrumTracker(audit_every if warm_start else 1)
+            warn_above, self._warnings.once, SpectrumTracker(self.audit_every)
         )
+
+    @property
+    def audit_every(self) -> int:
+        """Every this many fit measurements one is cold: 1 (all cold) without warm starts."""
+        if self.warm_start is True:
+            return DEFAULT_AUDIT_EVERY
+        return int(self.warm_start) or 1
 
     @property
     @override
@@ -315,59 +255,12 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     ) -> list[Any]:
         """This rank's share of the stage's Hessian batch, checked against the loss."""
         loader = stage_dataloader(trainer, self.data, stage)
-        batches = gather_hessian_batch(trainer, loader, self.num_samples, self.batch_size, stage)
+        batches = gather_hessian_batch(trainer, loader, self.num_samples, self.chunk_size, stage)
         check_loss(resolve_loss_fn(self.loss_fn, pl_module), pl_module, batches[0])
         # the samples there are (a dataset smaller than num_samples gives fewer), over all ranks
         self._samples = sum(batch_size(batch) for batch in batches) * trainer.world_size
-        if self._samples < self.num_samples:
-            self._warnings.once(
-                "few_samples",
-                f"HessianEigenvalueMonitor: num_samples={self.num_samples} asked, but the {stage} "
-                f"data holds only {self._samples}: the Hessian batch is those {self._samples} "
-                "samples (the standard errors and the cost are for them).",
-            )
+        self._warnings.about_samples(self._samples, stage)
         return batches
-
-    @override
-    def _next_kind(self) -> str:
-        return "cold" if self._tracker.cold_next else "warm"
-
-    @override
-    def _seed_estimates(self) -> None:
-        # a warm measurement that stops warm computes no standard errors and costs less than a cold
-        # one; one given up costs more (its products, then a cold run). Until one is made, expect
-        # the cold one's cost without the standard errors; the first attempt corrects it.
-        if "warm" not in self.budget.costs and self._stderr_share:
-            self.budget.costs["warm"] = self.budget.last_cost * (1 - self._stderr_share)
-
-    @override
-    def _cost_cycle(self) -> int:
-        # one cold audit in audit_every measurements (and, under Adam, one cold stability run)
-        return self._tracker.audit_every
-
-    @override
-    def _is_steady(self) -> bool:
-        return self._wholly_warm
-
-    @override
-    def _expected_cost(self) -> ExpectedCost:
-        # one cold audit in audit_every measurements at the last cold one's cost, the others at
-        # the last wholly warm one's; where none has been (warm runs given up), the last cycle's
-        # mean. Warm runs given up later are not foreseen: the message says they cost more.
-        expected = super()._expected_cost()
-        audit_every = self._cost_cycle()
-        if audit_every == 1:
-            return ExpectedCost(expected.seconds, "each cold")
-        if self._steady_cost is None:
-            return ExpectedCost(
-                expected.seconds, f"{expected.mix}: warm runs were given up for cold ones"
-            )
-        cold = self.budget.costs.get("cold", expected.seconds)
-        return ExpectedCost(
-            (cold + (audit_every - 1) * expected.seconds) / audit_every,
-            f"one cold in audit_every={audit_every} at {cold:.3g} s, the others warm at "
-            f"{expected.seconds:.3g} s; a warm run given up for a cold one costs more",
-        )
 
     @override
     def _describe_cost(self, record: dict[str, float]) -> tuple[str, str]:

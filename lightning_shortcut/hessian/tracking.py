@@ -68,7 +68,8 @@ class SpectrumTracker:
     """
 
     def __init__(self, audit_every: int = 10) -> None:
-        self.audit_every = check_positive_int("audit_every", audit_every)
+        check_positive_int("audit_every", audit_every)
+        self.audit_every = audit_every
         self.warm_in_a_row = 0
         self.cold_for = 0  # measurements to make cold before the next warm attempt
         self.backoff = 0  # the last back-off (0: the last warm attempt stopped warm)

@@ -140,6 +140,7 @@ class TrainingGrid(StudyPart):
             loss_fn=self.dataset.task.loss_fn,
             tol=1e-2,
             max_iter=60,
+            stderr=False,  # the study reads the values alone
             data=self.datamodule.train_dataloader(),
         )
         trainer = pl.Trainer(

@@ -79,7 +79,8 @@ def clocked_monitor(
     from the real clock, and the schedule would not be the fake clock's alone."""
     kwargs.setdefault("stderr", False)
     clock = FakeClock(cost)
-    clock.monitor = HessianEigenvalueMonitor(clock=clock, **kwargs)
+    clock.monitor = HessianEigenvalueMonitor(**kwargs)
+    clock.monitor._use_clock(clock)
     return clock.monitor, clock
 
 
