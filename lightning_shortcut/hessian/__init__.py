@@ -6,6 +6,13 @@ numerical lives here (the torchmetrics pattern of a thin class over functional c
 solvers (:mod:`~lightning_shortcut.hessian.solvers`, one registry :data:`SOLVERS`).
 """
 
+from lightning_shortcut.hessian.blocks import (
+    BlockProfile,
+    BlockSpectra,
+    block_eigenvalues,
+    block_profile,
+    resolve_blocks,
+)
 from lightning_shortcut.hessian.density import (
     SpectralDensity,
     TraceEstimate,
@@ -21,6 +28,7 @@ from lightning_shortcut.hessian.linear_operator import (
 )
 from lightning_shortcut.hessian.operator import HessianOperator, cross_entropy_loss
 from lightning_shortcut.hessian.optimizers import UnsupportedOptimizerError
+from lightning_shortcut.hessian.overlap import GradientOverlap, gradient_overlap
 from lightning_shortcut.hessian.results import WarmStart
 from lightning_shortcut.hessian.solvers import SOLVERS, EigenResult, register_solver
 from lightning_shortcut.hessian.spectrum import HessianSpectrum, hessian_eigenvalues
@@ -28,8 +36,11 @@ from lightning_shortcut.hessian.tracking import SpectrumTracker
 
 __all__ = [
     "SOLVERS",
+    "BlockProfile",
+    "BlockSpectra",
     "EdgeOfStability",
     "EigenResult",
+    "GradientOverlap",
     "HessianOperator",
     "HessianSpectrum",
     "LambdaOperator",
@@ -41,10 +52,14 @@ __all__ = [
     "TraceEstimate",
     "UnsupportedOptimizerError",
     "WarmStart",
+    "block_eigenvalues",
+    "block_profile",
     "cross_entropy_loss",
     "edge_of_stability",
+    "gradient_overlap",
     "hessian_eigenvalues",
     "hessian_trace",
     "register_solver",
+    "resolve_blocks",
     "spectral_density",
 ]
