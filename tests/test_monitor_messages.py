@@ -78,7 +78,13 @@ def test_with_params_residual_it_does_not_advise_params_residual(singular_residu
     assert "gives the paper's" not in messages[0]
     # why a residual Hessian is singular there: rank limited by the head's outputs and the samples
     assert "params='residual' is in use" in messages[0]
-    assert "outputs" in messages[0] and "num_samples=256" in messages[0]
+    assert "outputs" in messages[0] and "a Hessian batch of 256 samples" in messages[0]
+    # the samples the batch holds, where the data gave fewer than num_samples
+    with pytest.warns(UserWarning, match="only 64"):
+        monitor._warnings.about_samples(64, "fit")
+    monitor._warnings._warned.discard("unresolved")
+    messages = said(monitor._warnings, singular_residual_spectrum, step=4)
+    assert "a Hessian batch of 64 samples at most 64" in messages[-1]
 
 
 def test_on_the_full_hessian_it_still_points_to_params_residual(singular_residual_spectrum):

@@ -28,6 +28,7 @@ class MeasurementWarnings:
         self, num_samples: int, tol: float, max_iter: int | None, *, params: Any = None
     ) -> None:
         self.num_samples, self.tol, self.max_iter = num_samples, tol, max_iter
+        self.samples = num_samples  # in the Hessian batch gathered (fewer where the data is small)
         self.params = params
         self._warned: set[str] = set()
 
@@ -72,6 +73,7 @@ class MeasurementWarnings:
 
     def about_samples(self, samples: int, stage: str) -> None:
         """Warn once where the data gave fewer samples than ``num_samples`` asked."""
+        self.samples = samples
         if samples < self.num_samples:
             self.once(
                 "few_samples",
@@ -87,16 +89,15 @@ class MeasurementWarnings:
                 "params='residual' is in use: at the zero point (shortcut depth 2) its eigenvalues "
                 "are +-sigma_i(E[x g^T]), x the stack's input and g the loss's gradient at its "
                 "output, so it is singular where g spans fewer directions than the stack's width: "
-                "a softmax head of c outputs gives at most c - 1 (a 3-class head leaves a stack "
-                "wider than 2 singular) and a Hessian batch of num_samples="
-                f"{self.num_samples} at most {self.num_samples}. Away from the zero point it need "
-                "not be well conditioned."
+                "a head of c outputs gives at most c (c - 1 under a softmax: a 3-class head leaves "
+                f"a stack wider than 2 singular) and a Hessian batch of {self.samples} samples at "
+                f"most {self.samples}. Away from the zero point it need not be well conditioned."
             )
         if callable(self.params):
             return (
                 "The Hessian over the parameters `params` selects is singular where they are more "
-                "than the outputs times the samples constrain (num_samples="
-                f"{self.num_samples}) or where the loss does not depend on some of them."
+                f"than the outputs times the samples constrain ({self.samples} samples) or where "
+                "the loss does not depend on some of them."
             )
         return (
             "A network's full Hessian usually is; on a model with a ResidualStack, "
