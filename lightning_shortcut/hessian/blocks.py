@@ -11,7 +11,7 @@ One measurement runs a solver per block, side by side
 solver itself with its own error bounds and stopping rule, and computes each step's products of all
 runs in one pass: ``H_bb v_b`` for every block's vector ``v_b``, either as one restricted double
 backward per block on the first-order graph they share (``products="loop"``, the default: on the
-CPU 2-3.5 times faster than the alternative, see the docs' blocks page) or as one vmapped double
+CPU 2.7-5 times faster than the alternative, see the docs' blocks page) or as one vmapped double
 backward of the whole batch of vectors (``products="vmap"``: ``torch.autograd.grad`` with
 ``is_grads_batched``), which computes the full ``H v`` of every vector and keeps its block.
 """
@@ -308,7 +308,7 @@ class BlockDiagonalHessian(HessianOperator):
         self, grads: list[Tensor | None], requests: Sequence[tuple[int, Tensor]]
     ) -> list[Tensor]:
         # a double backward from block b's gradient to block b's parameters: autograd visits only
-        # the part of the graph between them (1.4 ms where a whole product takes 6.7 ms on digits)
+        # the part of the graph between them (1.8 ms where a whole product takes 6.7 ms on digits)
         results = []
         for block, vector in requests:
             pieces = self._pieces(block, vector, grads)
