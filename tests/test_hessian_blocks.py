@@ -263,6 +263,8 @@ def test_bad_solver_arguments_are_refused():
         block_eigenvalues(model, data, blocks="modules", products="batched")
     with pytest.raises(ValueError, match="hvp='autograd'"):
         block_eigenvalues(model, data, blocks="modules", hvp="finite_difference")
+    with pytest.raises(ValueError, match="takes no option 'basis'"):
+        block_eigenvalues(model, data, blocks="modules", solver_options={"basis": 5})
     with pytest.raises(ValueError, match="`tol`"):
         block_eigenvalues(model, data, blocks="modules", tol=2.0)
 

@@ -489,8 +489,8 @@ def block_eigenvalues(
         ``converged`` ``False`` (a caller that logs them should warn).
 
     Raises:
-        ValueError: on bad blocks (see :func:`resolve_blocks`), bad solver arguments (as
-            ``hessian_eigenvalues``), a solver that runs on the model, an unknown ``products``,
+        ValueError: on bad blocks (see :func:`resolve_blocks`), bad solver arguments or options
+            (as ``hessian_eigenvalues``), a solver that runs on the model, an unknown ``products``,
             ``hvp="finite_difference"`` or a model sharded by ``fully_shard``.
 
     Example:
@@ -506,6 +506,7 @@ def block_eigenvalues(
             f"method={method!r} runs on the model's gradients; block eigenvalues need a solver of "
             f"the operator, one of {[n for n, s in SOLVERS.items() if not s.touches_grads]}."
         )
+    spec.check_options(dict(solver_options or {}))
     if products not in BLOCK_PRODUCTS:
         raise ValueError(f"`products` must be one of {list(BLOCK_PRODUCTS)}, got {products!r}.")
     if hvp != "autograd":
