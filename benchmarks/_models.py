@@ -44,13 +44,46 @@ PLAIN_MLPS = {
     "tanh_mlp": (64, (128, 128), nn.Tanh, 1024),
     "wide_mlp": (1024, (2048, 2048), nn.ReLU, 256),  # 6.3M parameters
 }
-BENCH_MODELS = [*RECIPE_MODELS, *PLAIN_MLPS]
+# name -> (vocabulary, model width, heads, feed-forward width, layers, sequences, tokens each)
+TRANSFORMERS = {
+    # lightning's demo Transformer (2 encoder and 2 decoder layers), 5.8M parameters of which 2.1M
+    # in the embedding and the output layer: parameter-heavy, like a language model
+    "transformer": (4096, 256, 4, 1024, 2, 16, 32),
+}
+BENCH_MODELS = [*RECIPE_MODELS, *PLAIN_MLPS, *TRANSFORMERS]
+
+
+class NextToken(nn.Module):
+    """Lightning's demo Transformer reading a sequence as both source and target: ``model(tokens)``
+    is the log-probabilities of every position's next token, rows flattened (a language model whose
+    loss is the default cross-entropy against the next tokens)."""
+
+    def __init__(self, vocab: int, width: int, heads: int, hidden: int, layers: int) -> None:
+        super().__init__()
+        from lightning.pytorch.demos import Transformer
+
+        self.transformer = Transformer(vocab, width, heads, hidden, layers, dropout=0.0)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.transformer(tokens, tokens)
+
+
+def _transformer(name: str, device: torch.device, seed: int):
+    vocab, width, heads, hidden, layers, sequences, length = TRANSFORMERS[name]
+    torch.manual_seed(seed)
+    model = NextToken(vocab, width, heads, hidden, layers).to(device)
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, vocab, (sequences, length + 1), generator=generator)
+    inputs, targets = tokens[:, :-1].to(device), tokens[:, 1:].reshape(-1).to(device)
+    return model, (inputs, targets)
 
 
 def bench_model(name: str, device: torch.device, seed: int = 0):
-    """A recipe model or a plain MLP at PyTorch's default init with a random batch."""
+    """A recipe model, a plain MLP or a Transformer at PyTorch's default init with a random batch."""
     if name in RECIPE_MODELS:
         return recipe_model(name, device, seed)
+    if name in TRANSFORMERS:
+        return _transformer(name, device, seed)
     features, widths, activation, samples = PLAIN_MLPS[name]
     torch.manual_seed(seed)
     layers, previous = [], features

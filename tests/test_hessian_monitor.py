@@ -339,7 +339,10 @@ def test_fsdp_is_refused_at_setup():
         ({"warm_start": "yes"}, "warm_start"),
         # solver options are refused where they enter, not at fit start
         ({"solver_options": {"max_basis": 2}}, r"max_basis.*>= 3, got 2"),
-        ({"solver_options": {"basis": 10}}, r"no option 'basis'; its options are \['max_basis'\]"),
+        (
+            {"solver_options": {"basis": 10}},
+            r"no option 'basis'; its options are \['host_basis', 'max_basis'\]",
+        ),
         ({"solver_options": {"tol": 0.1}}, "pass tol= instead"),
         ({"method": "power", "solver_options": {"max_basis": 10}}, "no option 'max_basis'"),
     ],

@@ -9,6 +9,7 @@ same solvers instead of a second engine.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -65,6 +66,10 @@ class LinearOperator:
         """``A @ vector`` for a flat vector of length :attr:`local_dim`."""
         self.num_products += 1
         return self._matvec(vector)
+
+    def free_graph(self) -> None:
+        """Free what products keep from one call to the next (a Hessian's first-order graph), once
+        a solver has taken its last product; a later product builds it again. Nothing here."""
 
     def reduce(self, partial: Tensor) -> Tensor:
         """Inner products from this process's parts of the vectors (``basis @ vector``): their sum
@@ -131,6 +136,9 @@ class ScaledOperator(LinearOperator):
         scaled = self.scale * vector
         return self.scale * (self.base(scaled) + self.shift * scaled)
 
+    def free_graph(self) -> None:
+        self.base.free_graph()
+
     def reduce(self, partial: Tensor) -> Tensor:
         return self.base.reduce(partial)
 
@@ -148,6 +156,7 @@ class ScaledOperator(LinearOperator):
 
 def check_finite(product: Tensor) -> Tensor:
     """Return ``product``, or raise :class:`NonFiniteProductError` if it holds NaN or inf."""
-    if not bool(torch.isfinite(product).all()):
+    # the extremes are NaN where any entry is, infinite where any is: no product-sized temporary
+    if product.numel() and not all(map(math.isfinite, map(float, torch.aminmax(product)))):
         raise NonFiniteProductError("a product held NaN or inf")
     return product

@@ -186,12 +186,13 @@ class HessianOperator(LinearOperator):
         )
         result = torch.empty_like(vector)
         pieces = list(products)
+        del products  # the pieces are freed one by one as they are copied
         for index, piece in enumerate(torch.split(result, self.numels)):
             if pieces[index] is None:
                 piece.zero_()
             else:
                 piece.copy_(pieces[index].reshape(-1))
-                pieces[index] = None  # free each product once copied: one vector at the peak
+                pieces[index] = None
         return result
 
     @property
@@ -241,7 +242,12 @@ class HessianOperator(LinearOperator):
             c.view(s) for c, s in zip(torch.split(vector, self.numels), self.shapes, strict=True)
         ]
 
-    def release(self) -> None:
-        """Drop the cached first-order graph (and the weights kept for finite differences)."""
+    def free_graph(self) -> None:
+        """Drop the cached first-order graph (and the weights kept for finite differences, which
+        are then the model's own again); the next product, if any, builds them again."""
         self._cached = None
         self._weights = None
+
+    def release(self) -> None:
+        """Drop the cached first-order graph (and the weights kept for finite differences)."""
+        self.free_graph()

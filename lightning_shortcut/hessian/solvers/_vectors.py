@@ -17,20 +17,89 @@ from torch import Tensor
 from lightning_shortcut.hessian.linear_operator import LinearOperator
 
 
+class HostMemorySpace(LinearOperator):
+    """The space of ``base`` with its vectors kept in host memory (``home``): a solver working in it
+    holds its basis there, and only the vector of each product and the product itself go to the
+    device of ``base`` (the products' graph and temporaries stay there).
+
+    Inner products are reduced where ``base`` reduces them (on its device: a process group of
+    accelerators takes no host tensors); norms are the square roots of reduced squared norms.
+
+    Args:
+        base: the operator, its vectors on an accelerator.
+        home: an empty tensor of the dtype and device the vectors are kept in (the CPU).
+    """
+
+    def __init__(self, base: LinearOperator, home: Tensor) -> None:
+        super().__init__(base.dim, home, base.local_dim)
+        self.base = base
+        #: whether host buffers should be page-locked (faster copies to and from a CUDA device)
+        self.pinned = base.like.is_cuda and home.device.type == "cpu"
+
+    @property
+    def sharded(self) -> bool:
+        return self.base.sharded
+
+    def _matvec(self, vector: Tensor) -> Tensor:
+        product = self.base(vector.to(self.base.like, non_blocking=self.pinned))
+        return product.to(self.like)
+
+    def reduce(self, partial: Tensor) -> Tensor:
+        if not self.base.sharded:
+            return partial
+        return self.base.reduce(partial.to(self.base.like)).to(partial)
+
+    def norm(self, vector: Tensor) -> Tensor:
+        if not self.base.sharded:
+            return vector.norm()
+        return self.reduce(torch.dot(vector, vector).reshape(1)).sqrt().reshape(())
+
+    def random_vector(self, generator: torch.Generator) -> Tensor:
+        return self.base.random_vector(generator).to(self.like)
+
+    def free_graph(self) -> None:
+        self.base.free_graph()
+
+    def empty(self, rows: int) -> Tensor:
+        """Uninitialized storage for ``rows`` vectors, page-locked where copies go to CUDA."""
+        return torch.empty(
+            rows,
+            self.local_dim,
+            dtype=self.like.dtype,
+            device=self.like.device,
+            pin_memory=self.pinned,
+        )
+
+
+def owned_product(product: Tensor, *held: Tensor) -> Tensor:
+    """A product the solver may change in place: ``product`` itself, or a copy where it shares
+    memory with a tensor the solver holds (an operator that returned its argument, or a view)."""
+    pointer = product.untyped_storage().data_ptr()
+    if any(pointer == tensor.untyped_storage().data_ptr() for tensor in held):
+        return product.clone()
+    return product
+
+
 def stack_rows(vectors: Sequence[Tensor], space: LinearOperator) -> Tensor:
     """The vectors as the rows of a matrix (``0 x local_dim`` for none)."""
     return torch.stack(list(vectors)) if vectors else space.like.new_zeros(0, space.local_dim)
 
 
-def orthogonalize(space: LinearOperator, vector: Tensor, *bases: Tensor) -> Tensor:
-    """``vector`` minus its projection on bases with orthonormal rows.
+def orthogonalize(
+    space: LinearOperator, vector: Tensor, *bases: Tensor, inplace: bool = False
+) -> Tensor:
+    """``vector`` minus its projection on bases with orthonormal rows: a new vector, or ``vector``
+    itself changed where ``inplace`` (no second vector is held).
 
     Classical Gram-Schmidt done twice ("twice is enough", Giraud et al. 2005).
     """
     bases = tuple(basis for basis in bases if basis.shape[0] > 0)
+    if not bases:
+        return vector
+    vector = vector if inplace else vector.clone()
     for _ in range(2):
         for basis in bases:
-            vector = torch.addmv(vector, basis.T, space.reduce(basis @ vector), alpha=-1)
+            vector.addmv_(basis.T, space.reduce(basis @ vector), alpha=-1)
     return vector
 
 
@@ -48,7 +117,7 @@ def orthonormal_rows(space: LinearOperator, vectors: Sequence[Tensor]) -> Tensor
         norm = float(space.norm(vector))
         if not math.isfinite(norm) or norm == 0.0:
             continue
-        rest = orthogonalize(space, vector / norm, stack_rows(rows, space))
+        rest = orthogonalize(space, vector / norm, stack_rows(rows, space), inplace=True)
         remaining = float(space.norm(rest))
         if remaining > 1e-8:
             rows.append(rest / remaining)
@@ -66,7 +135,7 @@ def random_unit_vector(
     """A Gaussian unit vector drawn on the CPU (device-independent), orthogonal to ``against``'s rows."""
     vector = space.random_vector(generator)
     if against is not None:
-        vector = orthogonalize(space, vector, against)
+        vector = orthogonalize(space, vector, against, inplace=True)
     return vector / space.norm(vector)
 
 
@@ -94,12 +163,12 @@ def start_vector(
         weight * v.to(like) / space.norm(v.to(like)).clamp_min(1e-300)
         for v, weight in zip(warm, weights, strict=True)
     )
-    combined = orthogonalize(space, combined, against)
+    combined = orthogonalize(space, combined, against, inplace=True)
     norm = space.norm(combined)
     if not bool(torch.isfinite(norm)) or float(norm) == 0.0:
         return noise
     mixed = combined / norm + WARM_START_NOISE * noise
-    mixed = orthogonalize(space, mixed, against)
+    mixed = orthogonalize(space, mixed, against, inplace=True)
     return mixed / space.norm(mixed)
 
 

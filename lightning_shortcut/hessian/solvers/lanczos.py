@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -56,9 +56,10 @@ from lightning_shortcut.hessian.solvers._stopping import (
     split_start,
 )
 from lightning_shortcut.hessian.solvers._vectors import (
+    HostMemorySpace,
     orthonormal_rows,
+    owned_product,
     single_thread,
-    stack_rows,
     start_vector,
 )
 from lightning_shortcut.hessian.solvers.base import EigenResult, register_solver
@@ -67,9 +68,11 @@ __all__ = ["DEFAULT_MAX_BASIS", "MIN_PRODUCTS", "LanczosProcess", "lanczos"]
 
 #: Basis vectors kept by default: the extra memory of a call is about this many parameter vectors.
 DEFAULT_MAX_BASIS = 20
-# Rotating the basis at a restart works on column blocks of this many entries, so the restart needs
-# no second basis-sized buffer.
+# Rotating the basis at a restart works on column blocks, so the restart needs no second basis-sized
+# buffer: blocks of at most this many columns, and of at most an eighth of a vector in all where
+# that is more than the least (small problems rotate in one block).
 _ROTATE_BLOCK = 1 << 16
+_ROTATE_BLOCK_LEAST = 1 << 12
 
 
 class LanczosProcess:
@@ -113,18 +116,19 @@ class LanczosProcess:
             NonFiniteProductError: if the product is not finite.
         """
         vector = torch.div(self.residual, self.beta, out=self.buffer[self.size])
+        self.residual = None  # now a row of the basis: not held a second time through the product
         self.size += 1
-        product = check_finite(self.operator(vector))
+        product = owned_product(check_finite(self.operator(vector)), self.buffer, self.locked)
         basis = self.basis
         coefficients = torch.zeros(self.size, dtype=torch.float64)
         reduce = self.operator.reduce  # inner products of sharded vectors are summed over ranks
-        for _ in range(2):  # twice is enough
+        for _ in range(2):  # twice is enough; in place: no second vector beside the product
             projection = reduce(basis @ product)
-            product = torch.addmv(product, basis.T, projection, alpha=-1)
+            product.addmv_(basis.T, projection, alpha=-1)
             coefficients += projection.double().cpu()
             if self.locked.shape[0]:
                 locked = reduce(self.locked @ product)
-                product = torch.addmv(product, self.locked.T, locked, alpha=-1)
+                product.addmv_(self.locked.T, locked, alpha=-1)
         last = self.size - 1
         self._projected[: self.size, last] = coefficients
         self._projected[last, : self.size] = coefficients
@@ -137,9 +141,14 @@ class LanczosProcess:
             values, vectors = torch.linalg.eigh(self.projected)
         return values, vectors, self.beta * vectors[-1].abs()
 
-    def ritz_vector(self, coordinates: Tensor) -> Tensor:
-        vector = coordinates.to(self.buffer) @ self.basis
-        return vector / self.operator.norm(vector)
+    def ritz_vector(self, coordinates: Tensor, out: Tensor | None = None) -> Tensor:
+        """The unit Ritz vector ``V^T coordinates``, written into ``out`` where given."""
+        coordinates = coordinates.to(self.buffer)
+        if out is None:
+            vector = coordinates @ self.basis
+        else:
+            vector = torch.mv(self.basis.T, coordinates, out=out)
+        return vector.div_(self.operator.norm(vector))
 
     def grow(self, capacity: int) -> None:
         """Enlarge the basis storage to ``capacity`` vectors (a copy; only ``min_abs`` runs grow)."""
@@ -153,9 +162,11 @@ class LanczosProcess:
         """Keep the Ritz vectors ``V coordinates`` (columns) with Ritz values ``values``."""
         keep = coordinates.shape[1]
         rotation = coordinates.T.to(self.buffer)
-        for begin in range(0, self.buffer.shape[1], _ROTATE_BLOCK):
-            block = self.buffer[: self.size, begin : begin + _ROTATE_BLOCK]
-            self.buffer[:keep, begin : begin + _ROTATE_BLOCK] = rotation @ block
+        width = self.buffer.shape[1]
+        columns = min(_ROTATE_BLOCK, max(width // (8 * keep), _ROTATE_BLOCK_LEAST))
+        for begin in range(0, width, columns):
+            block = self.buffer[: self.size, begin : begin + columns]
+            self.buffer[:keep, begin : begin + columns] = rotation @ block
         self._projected.zero_()
         self._projected[:keep, :keep] = torch.diag(values)
         self.size = keep  # A Y = Y diag(values) + r s^T: the next step adds r / beta
@@ -194,12 +205,17 @@ def _restart_coordinates(
 
 @dataclass
 class _Run:
-    """One Lanczos run's answer at both ends (and ``min_abs``)."""
+    """One Lanczos run's answer at both ends (and ``min_abs``).
+
+    The run ends holding its basis (``process``) and the Ritz coordinates of its last check
+    (``coordinates``, columns by ascending Ritz value), so that the caller forms only the Ritz
+    vectors it keeps, each one parameter-sized vector, and may free memory first.
+    """
 
     largest: float = math.nan
     smallest: float = math.nan
-    top_vector: Tensor | None = None
-    bottom_vector: Tensor | None = None
+    process: LanczosProcess | None = None
+    coordinates: Tensor | None = None
     top_error: float = math.inf
     bottom_error: float = math.inf
     min_abs: float | None = None
@@ -207,9 +223,18 @@ class _Run:
     scale: float = 0.0
     converged: bool = False
     stopped_warm: bool = False
-    neighbours: list[Tensor] = field(default_factory=list)
     frontiers: tuple[float | None, float | None] = (None, None)
     size: int = 0
+
+    def ritz_vector(self, end: str, out: Tensor | None = None) -> Tensor:
+        """The unit Ritz vector of the largest value (``end="top"``) or the smallest
+        (``"bottom"``), written into ``out`` where given."""
+        return self.process.ritz_vector(self.coordinates[:, -1 if end == "top" else 0], out)
+
+    def neighbour_vectors(self, ends: Ends) -> list[Tensor]:
+        """The unit Ritz vectors next to the wanted extremes (:func:`neighbour_columns`)."""
+        columns = neighbour_columns(ends, self.process.size)
+        return [self.process.ritz_vector(self.coordinates[:, i]) for i in columns]
 
 
 def _run(
@@ -220,7 +245,8 @@ def _run(
     process = LanczosProcess(operator, start, buffer[: min(buffer.shape[0], room)], locked)
     keep = max(1, process.capacity // 2)
     # no bound is tighter than the products' rounding (float32 models: about 5e-7 relative)
-    floor = 4 * torch.finfo(operator.like.dtype).eps
+    taken = operator.base if isinstance(operator, HostMemorySpace) else operator
+    floor = 4 * torch.finfo(taken.like.dtype).eps
     ends, run = rule.ends, _Run()
     for products in range(1, rule.max_iter + 1):
         process.step()
@@ -265,12 +291,9 @@ def _run(
         else:
             process.restart(*_restart_coordinates(values, vectors, ends, keep))
     run.largest, run.smallest = float(values[-1]), float(values[0])
-    run.top_vector = process.ritz_vector(vectors[:, -1])
-    run.bottom_vector = process.ritz_vector(vectors[:, 0])
+    process.residual = None  # not needed once the run has ended
+    run.process, run.coordinates = process, vectors
     run.stopped_warm = rule.stopped_warm
-    run.neighbours = [
-        process.ritz_vector(vectors[:, i]) for i in neighbour_columns(ends, process.size)
-    ]
     # the values at the edge of what the extremes and their neighbours cover
     last = process.size - 1
     run.frontiers = (
@@ -304,10 +327,28 @@ def _frontiers(
     return frontiers[0], frontiers[1]
 
 
-def check_options(max_basis: int = DEFAULT_MAX_BASIS) -> None:
+def check_options(max_basis: int = DEFAULT_MAX_BASIS, host_basis: bool = False) -> None:
     """Raise a ``ValueError`` on a bad option of :func:`lanczos` (``solver_options``)."""
     if isinstance(max_basis, bool) or not isinstance(max_basis, int) or max_basis < 3:
         raise ValueError(f"`max_basis` must be an int >= 3, got {max_basis!r}.")
+    if not isinstance(host_basis, bool):
+        raise ValueError(f"`host_basis` must be True or False, got {host_basis!r}.")
+
+
+def _host_like(like: Tensor) -> Tensor:
+    """An empty tensor of the dtype and device a basis kept in host memory has."""
+    return torch.empty(0, dtype=like.dtype)
+
+
+def _space(operator: LinearOperator, host_basis: bool) -> LinearOperator:
+    """The space the solver's vectors live in: the operator's, or host memory where asked for and
+    the operator's vectors are elsewhere."""
+    if not host_basis:
+        return operator
+    home = _host_like(operator.like)
+    if (home.device, home.dtype) == (operator.like.device, operator.like.dtype):
+        return operator  # already there
+    return HostMemorySpace(operator, home)
 
 
 @register_solver(
@@ -327,6 +368,7 @@ def lanczos(
     max_iter: int,
     start: Sequence[Tensor] | None = None,
     max_basis: int = DEFAULT_MAX_BASIS,
+    host_basis: bool = False,
 ) -> EigenResult:
     """Top-k and bottom-k eigenvalues by restarted Lanczos runs with locking.
 
@@ -346,16 +388,19 @@ def lanczos(
     each run; ``max_basis`` the vectors held (``>= 3``), except in the run that finds ``min_abs``,
     whose basis grows up to ``max_iter`` vectors (see the module docstring).
     """
-    check_options(max_basis)
-    like = operator.like
-    buffer = like.new_empty(min(max_basis, operator.dim, max_iter + 1), operator.local_dim)
+    check_options(max_basis, host_basis)
+    given, operator = operator, _space(operator, host_basis)
+    buffer = _empty(operator, min(max_basis, operator.dim, max_iter + 1))
+    # the eigenvectors found, each written once into its row (the locked rows the later runs stay
+    # orthogonal to are a view of it, not a copy), allocated when the first run has ended
+    found = _empty(operator, 0)
     result = EigenResult()
     warm_top, warm_bottom, extras = split_start(start, top_k, bottom_k)
-    locked: list[Tensor] = []
+    locked = 0
     runs = 0
     while runs == 0 or len(result.top) < top_k or len(result.bottom) < bottom_k:
         want_top, want_bottom = len(result.top) < top_k, len(result.bottom) < bottom_k
-        if operator.dim - len(locked) <= 0:
+        if operator.dim - locked <= 0:
             break
         first = runs == 0
         ends = Ends(
@@ -375,14 +420,18 @@ def lanczos(
         # a run is warm only where every wanted end inherits a vector and the value it carried
         warm = own + (extras if first else []) if frontiers is not None else []
         weights = [1.0] * len(own) + [WARM_NEIGHBOUR_WEIGHT] * (len(warm) - len(own))
-        against = stack_rows(locked, operator)
-        begin = start_vector(operator, generator, against, warm, weights)
+        against = found[:locked]
+        # each start is written into the basis' first row, where the run's first step puts it:
+        # no vector beside the basis is held through the run
+        begin = buffer[0].copy_(start_vector(operator, generator, against, warm, weights))
         inherited = orthonormal_rows(operator, warm) if warm else None
         rule = StoppingRule(ends, tol, max_iter, operator, inherited, frontiers or (None, None))
         run = _run(operator, begin, buffer, against, rule)
         if rule.abandoned:  # the warm rule gave the run up: a cold run from a random start decides
+            inherited = rule.inherited = None
+            begin = buffer[0].copy_(start_vector(operator, generator, against))
             cold = StoppingRule(ends, tol, max_iter, operator)
-            run = _run(operator, start_vector(operator, generator, against), buffer, against, cold)
+            run = _run(operator, begin, buffer, against, cold)
         result.warm = result.warm or (bool(warm) and not rule.abandoned)
         result.abandoned = result.abandoned or rule.abandoned
         runs += 1
@@ -392,17 +441,33 @@ def lanczos(
         result.stopped_warm = result.stopped_warm or run.stopped_warm
         if first and min_abs:
             result.min_abs, result.min_abs_error = run.min_abs, run.min_abs_error
-        if first:
-            result.neighbours, result.frontiers = run.neighbours, run.frontiers
+        lock_bottom = want_bottom and (not want_top or run.size > 1)  # one vector: one Ritz vector
+        if first and top_k + bottom_k:
+            found = _empty(operator, top_k + bottom_k)
+        if len(result.top) + want_top >= top_k and len(result.bottom) + want_bottom >= bottom_k:
+            operator.free_graph()  # the last run: no more products; its vectors are formed below
         if want_top:
             result.top.append(run.largest)
             result.top_errors.append(run.top_error)
-            result.top_vectors.append(run.top_vector)
-            locked.append(run.top_vector)
+            result.top_vectors.append(run.ritz_vector("top", out=found[locked]))
+            locked += 1
         if want_bottom:
             result.bottom.append(run.smallest)
             result.bottom_errors.append(run.bottom_error)
-            result.bottom_vectors.append(run.bottom_vector)
-            if not want_top or run.size > 1:  # a one-vector run has a single Ritz vector
-                locked.append(run.bottom_vector)
+            result.bottom_vectors.append(
+                run.ritz_vector("bottom", out=found[locked] if lock_bottom else None)
+            )
+            locked += lock_bottom
+        if first:
+            result.neighbours, result.frontiers = run.neighbour_vectors(ends), run.frontiers
+    if operator is not given:  # the vectors returned are in the given operator's space
+        for vectors in (result.top_vectors, result.bottom_vectors, result.neighbours):
+            vectors[:] = [vector.to(given.like) for vector in vectors]
     return result
+
+
+def _empty(space: LinearOperator, rows: int) -> Tensor:
+    """Uninitialized storage for ``rows`` vectors of ``space``."""
+    if isinstance(space, HostMemorySpace):
+        return space.empty(rows)
+    return space.like.new_empty(rows, space.local_dim)

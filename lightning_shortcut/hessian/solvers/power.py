@@ -11,6 +11,7 @@ from torch import Tensor
 from lightning_shortcut.hessian.linear_operator import LinearOperator, check_finite
 from lightning_shortcut.hessian.solvers._vectors import (
     orthogonalize,
+    owned_product,
     random_unit_vector,
     stack_rows,
 )
@@ -20,32 +21,57 @@ __all__ = ["power_iteration"]
 
 
 def _normalized(operator: LinearOperator, vector: Tensor) -> Tensor:
+    """``vector`` scaled to norm 1 in place (left as it is where it is zero)."""
     norm = operator.norm(vector)
-    return vector / norm if float(norm) > 0 else vector
+    return vector.div_(norm) if float(norm) > 0 else vector
+
+
+def _spectral_radius(
+    operator: LinearOperator, generator: torch.Generator, tol: float, max_iter: int
+) -> float:
+    """``max|lambda|`` estimated from ``||A v||`` along a power iteration from a random start
+    (converges even for a symmetric ``+-sigma`` spectrum, where the Rayleigh quotient does not)."""
+    vector = random_unit_vector(operator, generator)
+    rho = 0.0
+    for _ in range(max_iter):
+        product = owned_product(check_finite(operator(vector)), vector)
+        estimate = float(operator.norm(product))
+        if estimate == 0.0:
+            break
+        vector = product.div_(estimate)
+        settled = abs(estimate - rho) <= tol * estimate
+        rho = estimate
+        if settled:
+            break
+    return rho
 
 
 def _shifted_power_iteration(
     operator: LinearOperator,
-    start: Tensor,
+    generator: torch.Generator,
     shift: float,
     locked: Tensor,
     threshold: float,
     max_iter: int,
 ) -> tuple[float, Tensor, float, bool]:
-    """Power iteration on ``A + shift * I`` on the complement of ``locked``.
+    """Power iteration on ``A + shift * I`` on the complement of ``locked``, from a random start.
 
     Returns the Rayleigh quotient of ``A`` at the final vector, the vector, its residual
     ``||A v - theta v||`` (a bound on the error of ``theta``) and whether that reached ``threshold``.
+    The iteration holds two vectors: the current one and its product, which becomes the next.
     """
-    vector = _normalized(operator, orthogonalize(operator, start, locked))
+    vector = random_unit_vector(operator, generator, locked)
     theta, residual = math.nan, math.inf
     for _ in range(max_iter):
-        product = check_finite(operator(vector))
+        product = owned_product(check_finite(operator(vector)), vector, locked)
         theta = float(operator.reduce(vector @ product))
-        residual = float(operator.norm(product - theta * vector))
+        remainder = product.sub_(vector, alpha=theta)  # A v - theta v, in the product's place
+        residual = float(operator.norm(remainder))
         if residual <= threshold:
             return theta, vector, residual, True
-        vector = _normalized(operator, orthogonalize(operator, product + shift * vector, locked))
+        # (A + shift I) v = remainder + (theta + shift) v
+        shifted = remainder.add_(vector, alpha=theta + shift)
+        vector = _normalized(operator, orthogonalize(operator, shifted, locked, inplace=True))
     return theta, vector, residual, False
 
 
@@ -69,19 +95,7 @@ def power_iteration(
     ``s = 1.1 rho``. Each further eigenvalue is found on the complement of the ones already found.
     Errors are bounded by the residuals (no gap is known). ``start`` is not used.
     """
-    vector = random_unit_vector(operator, generator)
-    rho = 0.0
-    norm_tol = max(tol, 1e-3)
-    for _ in range(max_iter):
-        product = check_finite(operator(vector))
-        estimate = float(operator.norm(product))
-        if estimate == 0.0:
-            break
-        vector = product / estimate
-        settled = abs(estimate - rho) <= norm_tol * estimate
-        rho = estimate
-        if settled:
-            break
+    rho = _spectral_radius(operator, generator, max(tol, 1e-3), max_iter)
     if rho == 0.0:  # A v = 0 for a random v: the operator is (numerically) zero
         return EigenResult.zeros(top_k, bottom_k, min_abs=False)
     result = EigenResult(scale=rho)
@@ -92,9 +106,8 @@ def power_iteration(
     ):
         for _ in range(count):
             against = stack_rows(vectors, operator)
-            begin = random_unit_vector(operator, generator, against)
             theta, found, residual, converged = _shifted_power_iteration(
-                operator, begin, sign * shift, against, tol * rho, max_iter
+                operator, generator, sign * shift, against, tol * rho, max_iter
             )
             if not converged:
                 result.fail(f"not converged to tol={tol} within max_iter={max_iter} products")
