@@ -10,6 +10,7 @@ from helpers.reference import dense_eigenvalues
 
 from lightning_shortcut import ResidualStack, ZeroInit, half_mse_loss, residual_parameters
 from lightning_shortcut.hessian import hessian_eigenvalues
+from lightning_shortcut.hessian.solvers._stopping import MIN_PRODUCTS, SEPARATED_MIN_PRODUCTS
 from lightning_shortcut.hessian.solvers.lanczos import LanczosProcess
 
 
@@ -225,3 +226,34 @@ def test_far_end_is_not_mistaken_for_the_bulk_at_a_loose_tol(seed):
     )
     assert spectrum.max == pytest.approx(160.0, abs=1.6)
     assert spectrum.min == pytest.approx(-12.0, abs=1.6)
+
+
+def _cold(eigenvalues, bottom_k, tol, seed):
+    model = Quadratic(_matrix(eigenvalues, seed=seed))
+    return hessian_eigenvalues(
+        model, (torch.zeros(1, 1),), _quadratic_loss, bottom_k=bottom_k, tol=tol, seed=seed
+    )
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("tol", [1e-2, 1e-3])
+def test_a_separated_top_alone_is_certified_before_the_full_floor(seed, tol):
+    """The top alone, standing far above the rest: the separated floor (10 products, as
+    hessian-eigenthings certifies lambda_max) instead of the full one, and the value within tol."""
+    bulk = torch.linspace(-1.0, 1.0, 300).tolist()
+    spectrum = _cold([30.0, 12.0, *bulk, -6.0], 0, tol, seed)
+    assert SEPARATED_MIN_PRODUCTS <= spectrum.num_hvps < MIN_PRODUCTS
+    assert spectrum.max == pytest.approx(30.0, abs=tol * 30.0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_top_cluster_and_both_ends_keep_the_full_floor(seed):
+    """A top cluster closer than SEPARATION tolerances shows as Ritz values close together: its
+    hidden member may lie above the returned one, so the run pays the full floor; so does a run for
+    both ends (a far end at a bulk's edge looks separated while the bulk is unresolved)."""
+    bulk = torch.linspace(-0.3, 0.3, 300).tolist()
+    cluster = _cold([10.0, 9.98, 9.96, 9.95, 9.93, *bulk], 0, 1e-3, seed)
+    assert cluster.num_hvps >= MIN_PRODUCTS
+    assert cluster.max == pytest.approx(10.0, abs=1e-3 * 10.0)
+    both = _cold([30.0, 12.0, *torch.linspace(-1.0, 1.0, 300).tolist(), -6.0], 1, 1e-2, seed)
+    assert both.num_hvps >= MIN_PRODUCTS

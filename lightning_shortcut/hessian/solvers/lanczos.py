@@ -67,7 +67,7 @@ from lightning_shortcut.hessian.solvers.base import EigenResult, register_solver
 __all__ = ["DEFAULT_MAX_BASIS", "MIN_PRODUCTS", "LanczosProcess", "lanczos"]
 
 #: Basis vectors kept by default: the extra memory of a call is about this many parameter vectors.
-DEFAULT_MAX_BASIS = 20
+DEFAULT_MAX_BASIS = 16
 # Rotating the basis at a restart works on column blocks, so the restart needs no second basis-sized
 # buffer: blocks of at most this many columns, and of at most an eighth of a vector in all where
 # that is more than the least (small problems rotate in one block).
@@ -263,7 +263,8 @@ def _run(
             max(error, floor * run.scale) for error in end_errors(values, residuals)
         )
         threshold = rule.tol * run.scale
-        rule.record(products, float(values[-1]), float(values[0]))
+        top_gap = float(values[-1] - values[-2]) if len(values) > 1 else 0.0
+        rule.record(products, float(values[-1]), float(values[0]), top_gap)
         done = rule.bounds_met(run.top_error, run.bottom_error, threshold) and (
             exact
             or rule.may_stop(
