@@ -94,6 +94,7 @@ def _print_lines(lines: Sequence[str]) -> None:
 
 def _plot(args: Sequence[str]) -> None:
     from lightning_shortcut.plot import drawn_series, plot_hessian_metrics, read_run
+    from lightning_shortcut.plot_curvature import plot_curvature_figures
 
     parser = argparse.ArgumentParser(
         prog="lightning-shortcut plot",
@@ -104,7 +105,10 @@ def _plot(args: Sequence[str]) -> None:
         "version_* folders), its versions are merged by step into one run, each resumed version "
         "holding every step from its first logged one; a version that starts at or before the "
         "previous one's first step is a new run, and the versions before it are left out. Given a "
-        "version folder or a file, that alone is drawn. The files read are printed.",
+        "version folder or a file, that alone is drawn. The files read are printed. A run with "
+        "per-block metrics (the monitor's `blocks`) also gets OUT_blocks (one line per block, a "
+        "heatmap above 8 blocks), one with density snapshots (its hessian_density.csv) "
+        "OUT_density (log density against eigenvalue, the snapshots overlaid).",
     )
     parser.add_argument(
         "source",
@@ -126,12 +130,15 @@ def _plot(args: Sequence[str]) -> None:
         title = options.title or options.source
         # the run's steps, not only the measured ones
         out = plot_hessian_metrics(series, options.out, title=title, steps=run.step_range)
+        curvature = plot_curvature_figures(run, series, options.out, title=title)
     except (FileNotFoundError, ValueError, ImportError) as error:
         parser.exit(2, f"lightning-shortcut plot: error: {error}\n")
     print(run.describe())
     for note in run.notes:
         print(f"note: {note}")
     print(f"wrote {out} ({', '.join(drawn_series(series))})")
+    for path, drawn in curvature:
+        print(f"wrote {path} ({', '.join(drawn)})")
 
 
 def main(args: Sequence[str] | None = None) -> None:

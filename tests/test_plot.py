@@ -204,3 +204,64 @@ def test_a_resumed_tensorboard_run_is_read_whole(tmp_path):
         (s, 1000.0 + s) for s in range(80, 201, 20)
     ]
     assert series["max_eigenvalue"] == expected
+
+
+def _write_block_run(folder, names, steps=(0, 10, 20), density_steps=(0, 20)):
+    """A version folder with per-block metrics of ``names`` at ``steps`` and a density file."""
+    folder.mkdir(parents=True)
+    columns = ["epoch", "step", "hessian/max_eigenvalue"]
+    ends = ("max_eigenvalue", "max_eigenvector_share")
+    columns += [f"hessian/block/{name}/{end}" for name in names for end in ends]
+    with open(folder / "metrics.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for index, step in enumerate(steps):
+            row = {"epoch": 0, "step": step, "hessian/max_eigenvalue": 3.0 + index}
+            for rank, name in enumerate(names):
+                row[f"hessian/block/{name}/max_eigenvalue"] = 1.0 + rank + index
+                row[f"hessian/block/{name}/max_eigenvector_share"] = 1.0 / len(names)
+            writer.writerow(row)
+    with open(folder / "hessian_density.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["step", "probe", "node", "weight"])
+        for index, step in enumerate(density_steps):
+            for node, weight in ((-0.5, 0.25), (0.1, 0.5), (2.0 + index, 0.25)):
+                writer.writerow([step, 0, node, weight])
+
+
+def test_plot_draws_the_block_curves_and_the_density_snapshots(tmp_path, capsys):
+    from lightning_shortcut.plot import read_run
+    from lightning_shortcut.plot_curvature import density_curves, read_density_snapshots
+
+    _write_block_run(tmp_path / "run" / "version_0", ["stack.units.0", "stack.units.1"])
+    out = tmp_path / "figures" / "hessian.png"
+    cli_main(["plot", str(tmp_path / "run"), "--out", str(out)])
+    printed = capsys.readouterr().out
+    blocks, density = out.with_name("hessian_blocks.png"), out.with_name("hessian_density.png")
+    assert blocks.stat().st_size > 10_000 and density.stat().st_size > 10_000
+    assert (
+        f"wrote {blocks} (block/stack.units.0/max_eigenvalue, block/stack.units.1/max_eigenvalue, "
+        in printed
+    )
+    assert f"wrote {density} (step 0, step 20)" in printed
+    # each snapshot's smoothed density integrates to one
+    grid, curves = density_curves(read_density_snapshots(read_run(tmp_path / "run")))
+    spacing = grid[1] - grid[0]
+    for curve in curves.values():
+        assert sum(curve) * spacing == pytest.approx(1.0, abs=1e-3)
+
+
+def test_many_blocks_are_drawn_as_a_heatmap(tmp_path, capsys):
+    from matplotlib.image import AxesImage
+
+    from lightning_shortcut.plot_curvature import draw_block_figure
+
+    names = [f"unit{i}" for i in range(12)]
+    _write_block_run(tmp_path / "version_0", names, density_steps=())
+    figure = draw_block_figure(load_hessian_metrics(tmp_path))
+    images = [child for child in figure.axes[0].get_children() if isinstance(child, AxesImage)]
+    assert images and images[0].get_array().shape == (12, 3)
+    cli_main(["plot", str(tmp_path), "--out", str(tmp_path / "h.png")])
+    printed = capsys.readouterr().out
+    assert "max_eigenvalue heatmap of 12 blocks" in printed
+    assert not (tmp_path / "h_density.png").exists()  # no snapshot: no density figure

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -10,6 +11,7 @@ from torch.utils.data import DataLoader
 from lightning_shortcut.hessian._validation import (
     check_choice,
     check_non_negative_float,
+    check_non_negative_int,
     check_positive_int,
 )
 from lightning_shortcut.hessian.operator import HVPS
@@ -51,3 +53,37 @@ def validate_monitor_options(self: Any) -> None:
         raise TypeError(
             f"`data` must be a DataLoader or a LightningDataModule, got {type(self.data).__name__}."
         )
+    check_curvature_options(self)
+
+
+def check_curvature_options(monitor: Any) -> None:
+    """Raise, where the bad value enters, on ``blocks``, ``gradient_overlap`` or
+    ``density_snapshots`` of a ``HessianEigenvalueMonitor``."""
+    blocks = monitor.blocks
+    if not (blocks is None or blocks in ("residual", "modules") or callable(blocks)) and not (
+        isinstance(blocks, Mapping)
+    ):
+        raise ValueError(
+            "`blocks` must be None (off), 'residual' (the residual units), 'modules' (the "
+            f"top-level modules), a mapping name -> parameters or a callable, got {blocks!r}."
+        )
+    if blocks is not None and monitor.hvp != "autograd":
+        raise ValueError(
+            f"`blocks` needs hvp='autograd' (block products are double backwards), got "
+            f"hvp={monitor.hvp!r}."
+        )
+    if blocks is not None and SOLVERS[monitor.method].touches_grads:
+        raise ValueError(
+            f"`blocks` needs a solver of the operator; method={monitor.method!r} runs on the "
+            "model's gradients."
+        )
+    if not isinstance(monitor.gradient_overlap, bool):
+        raise TypeError(
+            f"`gradient_overlap` must be a bool, got {type(monitor.gradient_overlap).__name__}."
+        )
+    if monitor.gradient_overlap and monitor.top_k < 1:
+        raise ValueError(
+            "`gradient_overlap=True` needs top eigenvectors (top_k >= 1), got top_k="
+            f"{monitor.top_k}."
+        )
+    check_non_negative_int("density_snapshots", monitor.density_snapshots)

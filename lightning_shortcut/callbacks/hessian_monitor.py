@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from lightning_shortcut.callbacks._cold_and_warm import ColdAndWarmCosts
+from lightning_shortcut.callbacks._curvature_map import CurvatureMap
 from lightning_shortcut.callbacks._edge_of_stability import EdgeOfStabilityTracker
 from lightning_shortcut.callbacks._hessian_batch import (
     check_loss,
@@ -26,15 +27,9 @@ from lightning_shortcut.callbacks._strategies import (
     refuse_strategies_without_double_backward,
 )
 from lightning_shortcut.callbacks._warnings import MeasurementWarnings
-from lightning_shortcut.hessian.operator import (
-    batch_size,
-    resolve_params,
-)
+from lightning_shortcut.hessian.operator import batch_size, resolve_params
 from lightning_shortcut.hessian.sharded import fsdp_modules
-from lightning_shortcut.hessian.spectrum import (
-    HessianSpectrum,
-    hessian_eigenvalues,
-)
+from lightning_shortcut.hessian.spectrum import HessianSpectrum, hessian_eigenvalues
 from lightning_shortcut.hessian.tracking import DEFAULT_AUDIT_EVERY, SpectrumTracker
 
 __all__ = ["DEFAULT_MAX_OVERHEAD", "HessianEigenvalueMonitor"]
@@ -43,7 +38,7 @@ LossFn = Callable[[pl.LightningModule, Any], Tensor]
 ParamsSpec = Literal["all", "residual"] | Callable[[nn.Module], Iterable[Tensor]] | None
 
 
-class HessianEigenvalueMonitor(ColdAndWarmCosts):
+class HessianEigenvalueMonitor(CurvatureMap, ColdAndWarmCosts):
     r"""Compute and log the top and bottom eigenvalues of the loss Hessian during training.
 
     Add it to any ``Trainer``: it needs no change to the model and does not change training. The
@@ -71,6 +66,8 @@ class HessianEigenvalueMonitor(ColdAndWarmCosts):
     - ``{log_prefix}hvp_error``: the products' relative error (``hvp="finite_difference"``).
     - ``{log_prefix}num_hvps``, ``seconds``, ``converged``, ``warm_start``: the products and wall
       time the measurement took, ``1.0`` if every value met ``tol``, ``1.0`` if it was warm.
+    - ``{log_prefix}block/<name>/max_eigenvalue``, ``min_eigenvalue``, ``max_eigenvector_share``,
+      ``min_...``; ``block_hvps``, ``block_seconds``, ``gradient_overlap``, ``density_seconds``/``hvps``.
     - ``epoch``: the epoch, with every row.
 
     Guarantees: training is bit-for-bit the same with or without the monitor; at most one
@@ -127,6 +124,10 @@ class HessianEigenvalueMonitor(ColdAndWarmCosts):
         warn_above: *Output.* Warn once when ``stability`` stays above this for 3 measurements
             (``None``: never).
         log_prefix: *Output.* Prefix of the logged names.
+        blocks: *Where.* Also each block's extremes and the extreme eigenvectors' shares per block
+            (``"residual"``, ``"modules"``, a mapping or callable; ``docs/blocks.md``).
+        gradient_overlap: *Where.* Also the gradient's share in the top eigenvectors' span.
+        density_snapshots: *Where.* Spectral densities at fit start, end and between (same page).
 
     Raises:
         TypeError: on an argument of the wrong type, naming it and what is accepted.
@@ -174,6 +175,9 @@ class HessianEigenvalueMonitor(ColdAndWarmCosts):
         edge_of_stability: bool = True,
         warn_above: float | None = 2.0,
         log_prefix: str = "hessian/",
+        blocks: Any = None,
+        gradient_overlap: bool = False,
+        density_snapshots: int = 0,
     ) -> None:
         super().__init__(every_n_steps, every_n_epochs, max_overhead, at_fit_start, stages)
         self.num_samples = num_samples
@@ -195,7 +199,10 @@ class HessianEigenvalueMonitor(ColdAndWarmCosts):
         self.edge_of_stability = edge_of_stability
         self.warn_above = warn_above
         self.log_prefix = log_prefix
+        self.blocks, self.gradient_overlap = blocks, gradient_overlap
+        self.density_snapshots = density_snapshots
         validate_monitor_options(self)
+        self._init_curvature_map()
         self._batches: dict[str, list[Any]] = {}  # the Hessian batch of each stage
         self._samples = num_samples  # in the last Hessian batch gathered
         self._sharded = False  # the model is sharded by fully_shard (FSDP2)
@@ -249,6 +256,7 @@ class HessianEigenvalueMonitor(ColdAndWarmCosts):
     def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._sharded = check_sharded_model(trainer, pl_module, self.params, self.method)
         self._batches[stage] = self._gather_hessian_batch(trainer, pl_module, stage)
+        self._prepare_curvature_map(trainer, pl_module, stage)
 
     def _gather_hessian_batch(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str
@@ -267,7 +275,7 @@ class HessianEigenvalueMonitor(ColdAndWarmCosts):
         start = "warm" if record.get("warm_start") else "cold"
         return (
             f"{int(record['num_hvps'])} Hessian-vector products on {self._samples} samples, "
-            f"{start}",
+            f"{start}{self._curvature_cost_note()}",
             f"num_samples (the cost is linear in it), tol (now {self.tol:g})",
         )
 
@@ -280,6 +288,7 @@ class HessianEigenvalueMonitor(ColdAndWarmCosts):
         spectrum = self._compute_spectrum(trainer, pl_module, stage)
         metrics = self._collect_metrics(trainer, pl_module, stage, spectrum)
         self._warnings.about(spectrum, metrics, trainer.global_step)
+        self._curvature_metrics(trainer, pl_module, stage, spectrum, metrics)
         self.history.append(
             {"step": trainer.global_step, "epoch": trainer.current_epoch, "stage": stage, **metrics}
         )
