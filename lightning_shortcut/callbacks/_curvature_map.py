@@ -286,8 +286,8 @@ class CurvatureMap:
         notes = []
         if self.blocks is not None:
             notes.append(
-                f"block_eigenvalues over {len(self._block_names)} blocks (included above; "
-                "block_hvps and block_seconds are its share)"
+                f"block_eigenvalues over {len(self._block_names)} blocks (included; "
+                "block_hvps and block_seconds are their share)"
             )
         if self.gradient_overlap:
             notes.append("a backward for gradient_overlap")
