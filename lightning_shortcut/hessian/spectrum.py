@@ -146,8 +146,10 @@ def hessian_eigenvalues(
             (a warm run is cheaper than its error bar; this is what the monitor does, a warm run
             given up for a cold one included).
         solver_options: extra keyword arguments for the solver, e.g. ``{"max_basis": 10}`` for
-            ``"lanczos"`` (the basis vectors held; the call's extra memory is about this many
-            parameter vectors, default 20).
+            ``"lanczos"`` (the basis vectors held, default 16; the call's extra memory is about
+            this many parameter vectors and six more, see the docs' engine page), or
+            ``{"host_basis": True}`` to keep the basis in host memory for a model on an
+            accelerator.
         transform: solve for ``transform(H)``, a :class:`LinearOperator` of the same size, instead
             of ``H``; the spectrum then holds its eigenvalues (:func:`~lightning_shortcut.hessian.
             edge_of_stability` passes the step-preconditioned ``S^1/2 (H + W) S^1/2``). Solvers

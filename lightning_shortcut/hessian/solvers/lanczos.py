@@ -5,6 +5,9 @@ nearest the wanted ends are kept and the rest dropped (thick restart: Wu and Sim
 Lanczos method for large symmetric eigenvalue problems", SIAM J. Matrix Anal. Appl. 22, 2000; the
 scheme of TRLan and, in Krylov-Schur form, ARPACK's successors). With full reorthogonalization the
 projected matrix ``T = V^T A V`` is kept dense, which covers the arrowhead a restart leaves.
+Besides the basis a call holds the product being taken (the operator's graph and temporaries) and,
+at its end, the Ritz vectors it returns, formed after the operator's graph is freed (the docs'
+engine page, "Memory", gives the formula); with ``host_basis=True`` the vectors live in host memory.
 
 Stopping rule: ``tol`` bounds the *error of the returned eigenvalues*, relative to ``max|lambda|``.
 For a Ritz pair ``(theta, y)`` with residual ``rho = ||A y - theta y||`` there is an eigenvalue within
@@ -16,7 +19,8 @@ the Krylov space; in a cluster of eigenvalues closer together than ``tol * max|l
 edge of a dense bulk (a trained network's smallest eigenvalue next to thousands near zero), a
 neighbour of the wanted one may be returned in its place. The bound is reported per value and the run
 stops as soon as every requested value is within ``tol * max|lambda|`` and the run has the evidence
-that the extremes are the spectrum's: a cold run after ``MIN_PRODUCTS`` products, a run warm-started
+that the extremes are the spectrum's: a cold run after ``MIN_PRODUCTS`` products (a run for a top
+that stands apart after ``SEPARATED_MIN_PRODUCTS``), a run warm-started
 from a previous measurement's eigenvectors after as few as ``WARM_MIN_PRODUCTS``
 (:mod:`~lightning_shortcut.hessian.solvers._stopping` derives both rules).
 
@@ -387,7 +391,10 @@ def lanczos(
     :mod:`~lightning_shortcut.hessian.solvers._stopping`). A run whose ends the start carries no
     values for (bare vectors, ``min_abs``) is cold. ``max_iter`` bounds the products of
     each run; ``max_basis`` the vectors held (``>= 3``), except in the run that finds ``min_abs``,
-    whose basis grows up to ``max_iter`` vectors (see the module docstring).
+    whose basis grows up to ``max_iter`` vectors (see the module docstring). ``host_basis=True``
+    keeps the basis and every vector the solver holds in host memory where the operator's vectors
+    are on an accelerator (each product's vector and product cross to it and back); it changes
+    nothing for an operator on the CPU. The vectors returned are in the operator's space.
     """
     check_options(max_basis, host_basis)
     given, operator = operator, _space(operator, host_basis)
