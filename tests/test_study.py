@@ -41,6 +41,8 @@ def test_outputs_are_written(quick_study):
         "lr_sweep.png",
         "edge_of_stability.csv",
         "edge_of_stability.png",
+        "unit_curvature.csv",
+        "unit_curvature.png",
     ):
         assert (out / name).stat().st_size > 0, name
     rows = _rows(out / "summary.csv")
@@ -135,6 +137,108 @@ def test_lr_sweep_finds_the_edge_of_stability(quick_study):
     two = [float(r["predicted_max_lr"]) for r in summary if r["shortcut_depth"] == "2"]
     assert max(two) == pytest.approx(min(two), rel=1e-3)  # n = 2: it does not
     assert "## Learning rate against depth" in (out / "summary.md").read_text()
+
+
+def _unit_curvature(out):
+    """unit_curvature.csv by (shortcut depth, init, units): the rows of each run, in step order."""
+    runs = {}
+    for row in _rows(out / "unit_curvature.csv"):
+        key = (int(row["shortcut_depth"]), row["init"], int(row["num_units"]))
+        runs.setdefault(key, []).append(row)
+    return runs
+
+
+def _unit_values(row):
+    return [float(row[f"unit_{k}"]) for k in range(int(row["num_units"]))]
+
+
+def test_unit_curvature_covers_every_run_unit_and_step(quick_study):
+    out, _ = quick_study
+    runs = _unit_curvature(out)
+    units = BUDGETS["quick"]["curvature_units"]
+    assert sorted(runs) == sorted(
+        (n, init, k) for n in (1, 2, 3) for init in ("small", "xavier") for k in units
+    )
+    assert BUDGETS["quick"]["curvature_points"] == 3 and BUDGETS["quick"]["max_steps"] == 30
+    for (_, _, count), rows in runs.items():
+        steps = [int(r["step"]) for r in rows]
+        diverged_at = rows[-1]["diverged_at_step"]
+        if diverged_at:  # measured until the run diverged, and not after
+            assert steps == [0, 15, 30][: len(steps)] and int(diverged_at) >= steps[-1]
+        else:
+            assert steps == [0, 15, 30]
+        for row in rows:
+            assert all(math.isfinite(v) for v in _unit_values(row)) and row["converged"] == "True"
+            assert all(row[f"unit_{k}"] == "" for k in range(count, max(units)))  # no such unit
+            assert float(row["max_unit_eigenvalue"]) == max(_unit_values(row))
+    assert "## Each unit's lambda_max along training" in (out / "summary.md").read_text()
+
+
+def test_unit_curvature_at_small_weights_is_the_zero_points(quick_study):
+    """At step 0 from small weights each unit's block is (up to the init scale 1e-3 and the
+    measurement's tol 1e-2) the zero point's: n = 2, +-sigma_i(C) with C = E[x (x - y)^T], so
+    lambda_max = sigma_max(C) in every unit; n = 1, E[x x^T] (x) I, so lambda_max(E[x x^T]) in every
+    unit (the depth-growing curvature sits between the units); n = 3, zero."""
+    import torch
+
+    from lightning_shortcut.data.registry import get_dataset
+
+    out, _ = quick_study
+    config = StudyConfig(budget="quick")
+    datamodule = get_dataset(config.data).study_datamodule(
+        config.data_dir, config.batch_size, config.seed
+    )
+    datamodule.setup("fit")
+    inputs, targets = (t[: config.hessian_samples].double() for t in datamodule.train_set.tensors)
+    correlation = inputs.T @ (inputs - targets) / len(inputs)
+    sigma_max = float(torch.linalg.svdvals(correlation)[0])
+    second_moment = float(torch.linalg.eigvalsh(inputs.T @ inputs / len(inputs))[-1])
+    runs = _unit_curvature(out)
+    sweep = {
+        (int(r["shortcut_depth"]), int(r["num_units"])): float(r["max_eigenvalue_init"])
+        for r in _rows(out / "lr_sweep.csv")
+    }
+    for count in BUDGETS["quick"]["curvature_units"]:
+        start = {n: _unit_values(runs[(n, "small", count)][0]) for n in (1, 2, 3)}
+        assert all(runs[(n, "small", count)][0]["step"] == "0" for n in (1, 2, 3))
+        assert start[2] == pytest.approx([sigma_max] * count, rel=1.2e-2)
+        assert start[1] == pytest.approx([second_moment] * count, rel=5e-2)
+        assert max(start[3]) < 20 * config.small_scale  # the flat saddle, up to the init scale
+        if (2, count) in sweep:  # a diagonal block's lambda_max is at most the whole Hessian's
+            for n in (1, 2, 3):  # (the same initial weights as the sweep's)
+                assert max(start[n]) <= sweep[(n, count)] * (1 + 1e-2 + 1e-3)
+            assert max(start[2]) == pytest.approx(sweep[(2, count)], rel=1.2e-2)  # block-diagonal
+    # Xavier: every unit far sharper; past 2 / lr at 4 units it diverges, at 2 units it trains
+    threshold = 2 / config.lr
+    assert min(_unit_values(runs[(2, "xavier", 4)][0])) > 5 * threshold
+    assert all(runs[(n, "xavier", 4)][-1]["diverged_at_step"] for n in (1, 2, 3))
+    assert not any(runs[(n, "xavier", 2)][-1]["diverged_at_step"] for n in (1, 2, 3))
+
+
+def test_unit_curvature_figure_marks_runs_that_diverged(tmp_path, monkeypatch):
+    from lightning_shortcut.study import figures
+    from lightning_shortcut.study.unit_curvature import UnitCurvatureRun
+
+    trained = UnitCurvatureRun(2, "small", 3, [0, 10], [8.3, 0.3], [[1.4] * 3, [0.5, 0.9, 0.7]])
+    trained.converged = [True, True]
+    at_once = UnitCurvatureRun(2, "xavier", 3, diverged_at_step=0)  # not even one measurement
+    later = UnitCurvatureRun(2, "xavier", 2, [0], [40.0], [[30.0, 3e4]], [True], 4)
+    rows = [row for run in (trained, at_once, later) for row in run.rows(3)]
+    assert [r["step"] for r in rows] == [0, 10, 0, 0] and rows[2]["diverged_at_step"] == 0
+    assert math.isnan(rows[2]["unit_0"]) and rows[3]["unit_2"] is None
+    saved = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path, dpi: saved.append(fig) or path)
+    figures.plot_unit_curvature(tmp_path, rows, threshold=20.0)
+    (figure,) = saved
+    titles = [ax.get_title() for ax in figure.axes]
+    assert titles == [
+        "n = 2, small, 3 units",
+        "n = 2, xavier, 2 units: diverged at step 4",
+        "n = 2, xavier, 3 units: diverged at step 0",
+    ]
+    small, later_axis = figure.axes[:2]
+    assert small.get_ylim() == pytest.approx((0, 1.08 * 1.4))  # 2 / lr = 20 is off this axis
+    assert len(small.get_lines()) == 3 and len(later_axis.get_lines()) == 2 + 1 + 1  # 2 / lr, x
 
 
 def test_cli_arguments_and_bad_data(tmp_path):

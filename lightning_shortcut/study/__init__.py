@@ -1,6 +1,6 @@
 """``shortcut-study``: the paper's comparisons as a table and figures.
 
-Four parts, all written into ``--out``:
+Five parts, all written into ``--out``:
 
 1. The zero point: the condition number of the Hessian over the residual parameters of exactly
    zero-initialized stacks, measured with the Lanczos engine, against the number of units for each
@@ -16,6 +16,9 @@ Four parts, all written into ``--out``:
 4. The edge of stability (Cohen et al. 2021, Fig. 1): full-batch gradient descent on a tanh MLP at
    several learning rates, ``lambda_max`` along training against ``2 / lr``
    (``edge_of_stability.csv``, ``edge_of_stability.png``).
+5. Where the curvature lives along training: the largest eigenvalue of each residual unit's
+   diagonal block of the Hessian at a few steps of SGD, for every shortcut depth, from small
+   weights and from Xavier (``unit_curvature.csv``, ``unit_curvature.png``).
 
 The default runs offline on scikit-learn's ``digits`` in the theory's exact setting: inputs are
 the images' whitened PCA coordinates in 16 dimensions, targets the one-hot labels in the first 10 of
@@ -24,10 +27,11 @@ the images' whitened PCA coordinates in 16 dimensions, targets the one-hot label
 classifier (input projection, stack, head) on those datasets instead.
 
 The package: :mod:`~.config` (``StudyConfig``, the budgets), :mod:`~.parts` (``StudyPart``, the
-base of a part, and ``Table``), :mod:`~.zero_point`, :mod:`~.training`, :mod:`~.lr_sweep` and
-:mod:`~.edge_of_stability` (the parts), :mod:`~.results` (their result types), :mod:`~.report`
-(CSV and Markdown), :mod:`~.figures` (which reads only :mod:`~.results`), :mod:`~.runner`
-(``run_study`` and ``PARTS``, the parts in order) and :mod:`~.cli` (``main``, the command line).
+base of a part, and ``Table``), :mod:`~.zero_point`, :mod:`~.training`, :mod:`~.lr_sweep`,
+:mod:`~.edge_of_stability` and :mod:`~.unit_curvature` (the parts), :mod:`~.results` (their result
+types), :mod:`~.report` (CSV and Markdown), :mod:`~.figures` (which reads only :mod:`~.results`
+and table rows), :mod:`~.runner` (``run_study`` and ``PARTS``, the parts in order) and :mod:`~.cli`
+(``main``, the command line).
 """
 
 from lightning_shortcut.study.cli import main

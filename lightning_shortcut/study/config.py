@@ -29,6 +29,8 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "edge_lrs": (2 / 4, 2 / 8),
         "edge_steps": 400,
         "edge_every": 25,
+        "curvature_units": (2, 4),
+        "curvature_points": 3,
     },
     # the README's default: a few minutes on two CPU cores
     "default": {
@@ -42,6 +44,9 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "edge_lrs": (2 / 4, 2 / 6, 2 / 8),
         "edge_steps": 2000,
         "edge_every": 40,
+        # 2 units: every initialization trains; 8: Xavier diverges at the study's lr
+        "curvature_units": (2, 8),
+        "curvature_points": 5,
     },
     "full": {
         "num_units": (1, 4, 16, 64),
@@ -53,21 +58,25 @@ BUDGETS: dict[str, dict[str, Any]] = {
         "edge_lrs": (2 / 4, 2 / 6, 2 / 8, 2 / 10),
         "edge_steps": 5000,
         "edge_every": 25,
+        "curvature_units": (2, 8, 32),
+        "curvature_points": 7,
     },
 }
 #: The initializations the study trains from (names of :data:`~lightning_shortcut.init.INIT_STRATEGIES`).
 INIT_NAMES = ("small", "xavier", "orthogonal")
 
 _TUPLES = ("shortcut_depths", "inits", "num_units", "kappa_units", "sweep_lrs", "edge_lrs")
+_TUPLES += ("curvature_units",)
 _POSITIVE_INTS = ("max_steps", "hessian_every", "sweep_steps", "edge_steps", "edge_every")
+_POSITIVE_INTS += ("curvature_points",)
 _POSITIVE_INTS += ("edge_samples", "batch_size", "hessian_samples")
 
 
 @dataclass
 class StudyConfig:
     """What the study runs. ``budget`` fills ``num_units``, ``kappa_units``, ``max_steps``,
-    ``hessian_every``, ``sweep_lrs``, ``sweep_steps``, ``edge_lrs``, ``edge_steps`` and
-    ``edge_every`` unless they are given.
+    ``hessian_every``, ``sweep_lrs``, ``sweep_steps``, ``edge_lrs``, ``edge_steps``,
+    ``edge_every``, ``curvature_units`` and ``curvature_points`` unless they are given.
 
     Every field is a flag of ``shortcut-study`` (``--data_dir`` or ``--data-dir``; a tuple takes
     several values, ``--num-units 2 8``) and a key of its ``--config`` YAML.
@@ -90,6 +99,9 @@ class StudyConfig:
             budget's).
         edge_every: steps between its lambda_max measurements (default: the budget's).
         edge_samples: training samples of its full batch.
+        curvature_units: depths of the per-unit curvature runs (default: the budget's).
+        curvature_points: each per-unit curvature run's measurements of every unit's lambda_max,
+            evenly spaced from step 0 to ``max_steps`` (default: the budget's).
         lr: SGD learning rate.
         small_scale: standard deviation of the small initialization.
         batch_size: SGD batch size.
@@ -115,6 +127,8 @@ class StudyConfig:
     edge_steps: int | None = None
     edge_every: int | None = None
     edge_samples: int = 1000
+    curvature_units: tuple[int, ...] | None = None
+    curvature_points: int | None = None
     lr: float = 0.1
     small_scale: float = 1e-3
     batch_size: int = 64
@@ -132,7 +146,7 @@ class StudyConfig:
                 setattr(self, key, value)
         for name in _TUPLES:
             setattr(self, name, tuple(getattr(self, name)))  # a YAML or CLI list, say
-        for name in ("shortcut_depths", "num_units", "kappa_units"):
+        for name in ("shortcut_depths", "num_units", "kappa_units", "curvature_units"):
             for value in getattr(self, name):
                 check_positive_int(name, value)
         for name in ("sweep_lrs", "edge_lrs"):

@@ -12,6 +12,7 @@ from lightning_shortcut.study.parts import StudyPart
 from lightning_shortcut.study.report import write_tables
 from lightning_shortcut.study.results import RunResult
 from lightning_shortcut.study.training import TrainingGrid
+from lightning_shortcut.study.unit_curvature import UnitCurvature
 from lightning_shortcut.study.zero_point import ZeroPoint
 
 __all__ = ["PARTS", "run_study"]
@@ -22,6 +23,7 @@ PARTS: tuple[type[StudyPart], ...] = (
     TrainingGrid,
     LearningRateSweep,
     EdgeOfStabilityRuns,
+    UnitCurvature,
 )
 
 
