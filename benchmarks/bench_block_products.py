@@ -60,6 +60,7 @@ from _models import (
 from lightning_shortcut.hessian import hessian_eigenvalues
 from lightning_shortcut.hessian.context import hessian_context
 from lightning_shortcut.hessian.operator import HessianOperator, cross_entropy_loss
+from lightning_shortcut.hessian.settings import HessianSettings
 
 
 def _interleaved(methods, device, repeats):
@@ -135,7 +136,7 @@ def bench_model(name, device, repeats, samples, sizes):
     params = [p for p in model.parameters() if p.requires_grad]
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     rows = []
-    with hessian_context(model, "eval"):
+    with hessian_context(model, HessianSettings()):
         operator = HessianOperator(model, [batch], cross_entropy_loss, params)
         generator = torch.Generator().manual_seed(0)
         full = torch.randn(max(sizes), operator.dim, generator=generator).to(device)
@@ -188,7 +189,7 @@ def bench_lobpcg(name, device, samples, blocks, target=1e-3):
         "s": seconds, "rel_error": abs(ours.max - reference) / abs(reference),
     }]  # fmt: skip
     params = [p for p in model.parameters() if p.requires_grad]
-    with hessian_context(model, "eval"):
+    with hessian_context(model, HessianSettings()):
         operator = HessianOperator(model, [batch], cross_entropy_loss, params)
         operator(torch.zeros(operator.dim, device=device))  # the cached first-order graph
         count = [0]

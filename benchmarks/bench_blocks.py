@@ -51,6 +51,7 @@ from lightning_shortcut.hessian import block_eigenvalues, hessian_eigenvalues, r
 from lightning_shortcut.hessian.blocks import BlockDiagonalHessian
 from lightning_shortcut.hessian.context import hessian_context
 from lightning_shortcut.hessian.operator import cross_entropy_loss
+from lightning_shortcut.hessian.settings import HessianSettings
 
 
 def _timed(fn, device):
@@ -124,7 +125,7 @@ def bench_step(name, device, repeats, samples):
     x, y = x[:samples], y[:samples]
     blocks = list(resolve_blocks(model, "residual").values())
     rows = []
-    with hessian_context(model, "eval"):
+    with hessian_context(model, HessianSettings()):
         operators = {
             way: BlockDiagonalHessian(model, [(x, y)], cross_entropy_loss, blocks, products=way)
             for way in ("loop", "vmap")

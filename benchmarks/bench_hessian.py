@@ -39,6 +39,7 @@ from _models import BENCH_MODELS, bench_model, median_time, print_table
 from lightning_shortcut.hessian import hessian_eigenvalues
 from lightning_shortcut.hessian.context import hessian_context
 from lightning_shortcut.hessian.operator import HessianOperator, cross_entropy_loss
+from lightning_shortcut.hessian.settings import HessianSettings
 
 
 def _pyhessian_top(model, batch, device, tol, max_iter=100):
@@ -159,7 +160,7 @@ def bench_hvp_vs_gradient(name, device, repeats, inner=20):
             torch.autograd.grad(loss, params)
 
     grad_time, _ = median_time(gradient, device, repeats)
-    with hessian_context(model, "eval"):
+    with hessian_context(model, HessianSettings()):
         operator = HessianOperator(model, [batch], cross_entropy_loss, params)
         vector = torch.randn(operator.dim, device=device)
         operator(vector)  # builds the first-order graph once

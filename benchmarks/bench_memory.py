@@ -46,6 +46,7 @@ from _models import bench_model, describe_machine, print_table
 from lightning_shortcut.hessian import hessian_eigenvalues
 from lightning_shortcut.hessian.context import hessian_operator
 from lightning_shortcut.hessian.operator import cross_entropy_loss
+from lightning_shortcut.hessian.settings import HessianSettings
 from lightning_shortcut.hessian.solvers import DEFAULT_MAX_BASIS
 
 MODELS = ["wide_mlp", "transformer", "cifar_conv"]
@@ -101,9 +102,7 @@ def _train(model, batch) -> dict:
 def _floor(model, batch) -> dict:
     """Power iteration holding one vector besides the graph and the product."""
     generator = torch.Generator().manual_seed(0)
-    with hessian_operator(
-        model, batch, None, params=None, all_reduce=None, mode="eval", seed=0
-    ) as operator:
+    with hessian_operator(model, batch, None, HessianSettings()) as operator:
         vector = operator.random_vector(generator)
         vector /= vector.norm()
         for _ in range(FLOOR_PRODUCTS):

@@ -97,7 +97,7 @@ def test_recipe_instantiates_and_its_model_runs(spec, recipe_parser):
     assert len(between_layers) == (depth - 1 if activation == "relu" else 0)
     (residual_init,) = [c for c in callbacks if isinstance(c, ResidualInit)]
     (monitor,) = [c for c in callbacks if isinstance(c, HessianEigenvalueMonitor)]
-    assert monitor.params == "residual" and monitor.at_fit_start
+    assert monitor.settings.params == "residual" and monitor.at_fit_start
     residual_init.strategy(model)
     weights = residual_parameters(model)
     if init == "zero":

@@ -7,8 +7,8 @@ from helpers.models import TinyCNN, ce_loss, classification_data
 from helpers.reference import dense_eigenvalues
 from torch import nn
 
-from lightning_shortcut.hessian import hessian_eigenvalues
-from lightning_shortcut.hessian.context import build_operator, hessian_context
+from lightning_shortcut.hessian import HessianSettings, hessian_eigenvalues
+from lightning_shortcut.hessian.context import hessian_operator
 
 torch.manual_seed(0)
 
@@ -31,10 +31,8 @@ def _case(name, dtype):
 
 
 def _products(model, batch, hvp, vectors):
-    with hessian_context(model, "eval"):
-        operator = build_operator(model, batch, None, None, None, "eval", 0, hvp)
+    with hessian_operator(model, batch, None, HessianSettings(hvp=hvp)) as operator:
         products = [operator(v.to(operator.like)).double() for v in vectors]
-        operator.release()
     return products, operator
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from lightning_shortcut.callbacks import HessianEigenvalueMonitor
 from lightning_shortcut.callbacks._strategies import check_sharded_model
-from lightning_shortcut.hessian import hessian_eigenvalues, hessian_trace
+from lightning_shortcut.hessian import HessianSettings, hessian_eigenvalues, hessian_trace
 
 # the module (the package re-exports the function of the same name)
 lanczos_module = importlib.import_module("lightning_shortcut.hessian.solvers.lanczos")
@@ -192,14 +192,14 @@ def test_the_monitor_refuses_at_fit_start_what_it_cannot_measure(one_process_gro
     fully_shard(model)
     trainer = SimpleNamespace(world_size=2)  # the model is sharded over 1 of 2 ranks
     with pytest.raises(MisconfigurationException, match="sharded over 1 of the 2 ranks"):
-        check_sharded_model(trainer, model, None, "lanczos")
+        check_sharded_model(trainer, model, HessianSettings())
     trainer = SimpleNamespace(world_size=1)
     with pytest.raises(MisconfigurationException, match="pyhessian"):
-        check_sharded_model(trainer, model, None, "pyhessian")
+        check_sharded_model(trainer, model, HessianSettings(method="pyhessian"))
     partly = _model()
     fully_shard(partly[4])
     with pytest.raises(MisconfigurationException, match="partly sharded"):
-        check_sharded_model(trainer, partly, None, "lanczos")
+        check_sharded_model(trainer, partly, HessianSettings())
 
 
 def test_strategies_without_double_backward_are_refused_with_the_ways_forward():

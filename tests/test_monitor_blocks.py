@@ -62,7 +62,7 @@ def test_block_metrics_match_the_engine_on_the_same_weights(model_and_batches):
     model, batches = model_and_batches
     monitor = _monitor(blocks="residual", gradient_overlap=True)
     record = _measured(monitor, model, batches)
-    common = dict(tol=monitor.tol, max_iter=monitor.max_iter, seed=0)
+    common = dict(tol=monitor.settings.tol, max_iter=monitor.settings.max_iter, seed=0)
     spectra = block_eigenvalues(model, batches, _loss, blocks="residual", **common)
     assert spectra.names == ["stack.units.0", "stack.units.1"]
     for name in spectra.names:

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from lightning_shortcut import ResidualStack, ZeroInit
 from lightning_shortcut.callbacks import HessianEigenvalueMonitor
 from lightning_shortcut.callbacks._warnings import MeasurementWarnings
-from lightning_shortcut.hessian import hessian_eigenvalues
+from lightning_shortcut.hessian import HessianSettings, hessian_eigenvalues
 from lightning_shortcut.hessian.results import HessianSpectrum
 from lightning_shortcut.hessian.tracking import SpectrumTracker
 
@@ -48,7 +48,11 @@ def stack_spectrum(shortcut_depth, seed=0):
 def test_a_zero_hessian_says_the_condition_number_is_zero_over_zero():
     spectrum = stack_spectrum(shortcut_depth=3)  # every eigenvalue exactly 0
     assert spectrum.max == spectrum.min == 0.0 and math.isnan(spectrum.condition_number)
-    messages = said(MeasurementWarnings(256, 1e-2, 100, params="residual"), spectrum, step=0)
+    messages = said(
+        MeasurementWarnings(256, HessianSettings(tol=1e-2, max_iter=100, params="residual")),
+        spectrum,
+        step=0,
+    )
     assert len(messages) == 1
     assert "non-finite" not in messages[0]
     assert "exactly zero at step 0" in messages[0] and "condition_number is 0/0" in messages[0]
@@ -56,7 +60,9 @@ def test_a_zero_hessian_says_the_condition_number_is_zero_over_zero():
 
 def test_a_non_finite_spectrum_still_says_non_finite():
     failed = HessianSpectrum.nan(1, 1, True, "lanczos", reason="non-finite loss")
-    messages = said(MeasurementWarnings(256, 1e-2, 100), failed, step=7)
+    messages = said(
+        MeasurementWarnings(256, HessianSettings(tol=1e-2, max_iter=100)), failed, step=7
+    )
     assert len(messages) == 1 and "non-finite loss or spectrum at step 7" in messages[0]
 
 
@@ -134,7 +140,7 @@ class ScriptedStability:
         self.monitor, self.cold, self.warm = monitor, cold, warm
         self.tracker = SpectrumTracker()
 
-    def measure(self, trainer, pl_module, spectrum, **hessian_args):
+    def measure(self, trainer, pl_module, spectrum, *inputs_and_settings):
         if trainer.global_step == 0:
             return {}, 0, 0.0
         warm = self.tracker.start(self.monitor.params) is not None

@@ -20,10 +20,16 @@ import torch
 from typing_extensions import override
 
 from lightning_shortcut.callbacks._budget import run_length
-from lightning_shortcut.hessian.blocks import block_eigenvalues, block_profile, resolve_blocks
-from lightning_shortcut.hessian.density import spectral_density
-from lightning_shortcut.hessian.overlap import gradient_overlap
+from lightning_shortcut.callbacks._options import block_settings
+from lightning_shortcut.hessian.blocks import (
+    block_profile,
+    compute_block_eigenvalues,
+    resolve_blocks,
+)
+from lightning_shortcut.hessian.density import compute_spectral_density
+from lightning_shortcut.hessian.overlap import compute_gradient_overlap
 from lightning_shortcut.hessian.results import HessianSpectrum
+from lightning_shortcut.hessian.settings import HessianSettings
 
 __all__ = ["DENSITY_FILE", "DENSITY_NUM_STEPS", "CurvatureMap", "density_steps"]
 
@@ -49,13 +55,15 @@ class CurvatureMap:
     """The curvature map's part of the monitor (a mixin placed before ``ColdAndWarmCosts``).
 
     The monitor sets ``blocks``, ``gradient_overlap`` and ``density_snapshots`` and has the
-    attributes and methods used here (``_batches``, ``_hessian_args``, ``_warnings``,
-    ``_log_metrics``, ``_sharded``, ``budget``, ``params``, ``log_prefix``).
+    attributes and methods used here (``settings``, ``_run_settings``, ``_hessian_inputs``,
+    ``_warnings``, ``_log_metrics``, ``_sharded``, ``budget``, ``log_prefix``).
     """
 
     blocks: Any
     gradient_overlap: bool
     density_snapshots: int
+    settings: HessianSettings
+    _run_settings: HessianSettings
     _block_names: list[str]
     _density_plan: list[int]
     density_history: list[dict[str, Any]]
@@ -91,7 +99,7 @@ class CurvatureMap:
             )
         self._block_names = []
         if self.blocks is not None:
-            self._block_names = list(resolve_blocks(pl_module, self.blocks, self.params))
+            self._block_names = list(resolve_blocks(pl_module, self.blocks, self.settings.params))
         self._density_plan = density_steps(trainer, self.density_snapshots)
         self._density_plan = [step for step in self._density_plan if step >= trainer.global_step]
         if self.density_snapshots > 1 and not math.isfinite(run_length(trainer)):
@@ -126,12 +134,12 @@ class CurvatureMap:
     def _block_metrics(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, spectrum: HessianSpectrum
     ) -> dict[str, float]:
-        args = self._hessian_args(trainer, pl_module, self._batches["fit"])
-        top_k, bottom_k = min(self.top_k, 1), min(self.bottom_k, 1)
+        settings = block_settings(self._run_settings)  # refused at construction if it cannot be
+        top_k, bottom_k = settings.top_k, settings.bottom_k
         begin = time.perf_counter()
         try:
-            spectra = block_eigenvalues(
-                pl_module, top_k=top_k, bottom_k=bottom_k, blocks=self.blocks, **args
+            spectra = compute_block_eigenvalues(
+                pl_module, *self._hessian_inputs(pl_module, "fit"), settings, self.blocks
             )
             values, products = spectra.as_dict(), spectra.num_hvps
             failed = {name: why for name, why in spectra.reasons.items() if why}
@@ -147,9 +155,10 @@ class CurvatureMap:
                 "blocks",
                 f"HessianEigenvalueMonitor: at step {trainer.global_step} the eigenvalues of "
                 f"block(s) {sorted(failed)} were not found ({next(iter(failed.values()))}); "
-                f"logged as NaN (raise max_iter, now {self.max_iter}, or tol, now {self.tol:g}).",
+                f"logged as NaN (raise max_iter, now {settings.max_iter}, or tol, now "
+                f"{settings.tol:g}).",
             )
-        profile = block_profile(pl_module, spectrum, self.blocks, params=self.params)
+        profile = block_profile(pl_module, spectrum, self.blocks, params=settings.params)
         for end, shares, k in (("max", profile.top, top_k), ("min", profile.bottom, bottom_k)):
             for name in self._block_names if k else ():
                 share = (shares or {}).get(name, math.nan)
@@ -167,16 +176,11 @@ class CurvatureMap:
     ) -> tuple[float, float]:
         if not spectrum.top or not all(math.isfinite(value) for value in spectrum.top):
             return math.nan, 0.0
-        args = self._hessian_args(trainer, pl_module, self._batches[stage])
-        result = gradient_overlap(
+        result = compute_gradient_overlap(
             pl_module,
-            args["data"],
-            args["loss_fn"],
+            *self._hessian_inputs(pl_module, stage),
+            self._run_settings,
             spectrum=spectrum,
-            params=self.params,
-            mode=self.mode,
-            seed=self.seed,
-            all_reduce=args["all_reduce"],
         )
         return result.overlap, result.seconds
 
@@ -225,17 +229,12 @@ class CurvatureMap:
         """One ``spectral_density`` on the fit's Hessian batch: logged, kept in
         :attr:`density_history` and appended to ``trainer.log_dir``'s :data:`DENSITY_FILE`."""
         self.budget.book(monitor=False)
-        args = self._hessian_args(trainer, pl_module, self._batches["fit"])
         try:
-            density = spectral_density(
+            density = compute_spectral_density(
                 pl_module,
-                args["data"],
-                args["loss_fn"],
+                *self._hessian_inputs(pl_module, "fit"),
+                self._run_settings,
                 num_steps=DENSITY_NUM_STEPS,
-                params=self.params,
-                seed=self.seed,
-                mode=self.mode,
-                all_reduce=args["all_reduce"],
             )
         except (RuntimeError, torch.OutOfMemoryError) as error:
             self._warnings.once(

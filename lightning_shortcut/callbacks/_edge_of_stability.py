@@ -9,9 +9,10 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from lightning_shortcut.hessian.edge_of_stability import edge_of_stability
-from lightning_shortcut.hessian.operator import resolve_params
+from lightning_shortcut.hessian.edge_of_stability import compute_edge_of_stability
+from lightning_shortcut.hessian.operator import LossFn, resolve_params
 from lightning_shortcut.hessian.optimizers import UnsupportedOptimizerError
+from lightning_shortcut.hessian.settings import HessianSettings
 from lightning_shortcut.hessian.spectrum import HessianSpectrum
 from lightning_shortcut.hessian.tracking import SpectrumTracker
 
@@ -48,9 +49,12 @@ class EdgeOfStabilityTracker:
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,
         spectrum: HessianSpectrum,
-        **hessian_args: Any,
+        data: list[Any],
+        loss_fn: LossFn,
+        settings: HessianSettings,
     ) -> tuple[dict[str, float], int, float]:
-        """``({"stability": ..., "max_stable_lr": ...}, extra products, extra seconds)``.
+        """``({"stability": ..., "max_stable_lr": ...}, extra products, extra seconds)`` on the
+        measurement's Hessian batch, loss and settings.
 
         Empty where the ratio is unavailable: no optimizer (validate/test), an optimizer without a
         known threshold (said once, then skipped), or an adaptive optimizer before its first step.
@@ -60,14 +64,16 @@ class EdgeOfStabilityTracker:
         if spectrum.max is not None and not math.isfinite(spectrum.max):
             return {}, 0, 0.0  # a non-finite loss: the monitor warns about it already
         known = spectrum.max
-        params = resolve_params(pl_module, hessian_args.get("params"))
+        params = resolve_params(pl_module, settings.params)
         try:
-            report = edge_of_stability(
+            report = compute_edge_of_stability(
                 pl_module,
-                optimizer=trainer.optimizers,
+                data,
+                trainer.optimizers,
+                loss_fn,
+                settings,
                 hessian_max_eigenvalue=known,
                 start=self.tracker.start(params),
-                **hessian_args,
             )
         except (UnsupportedOptimizerError, ValueError) as error:
             self.skip_reason = str(error)

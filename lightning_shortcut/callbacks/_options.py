@@ -3,49 +3,66 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
 from lightning_shortcut.hessian._validation import (
-    check_choice,
+    check_bool,
     check_non_negative_float,
     check_non_negative_int,
     check_positive_int,
 )
-from lightning_shortcut.hessian.operator import HVPS
-from lightning_shortcut.hessian.solvers import SOLVERS
-from lightning_shortcut.hessian.spectrum import validate_solver_args
+from lightning_shortcut.hessian.blocks import check_block_settings
+from lightning_shortcut.hessian.settings import HessianSettings
+
+
+def monitor_settings(
+    *, params: Any, max_iter: Any, stderr: Any, mode: Any, **options: Any
+) -> HessianSettings:
+    """The monitor's :class:`~lightning_shortcut.hessian.HessianSettings`, which check every
+    solver and operator option where it enters; first the monitor's own rules: ``params`` is no
+    list of tensors (the model's parameters are found at fit start), every run is bounded, and the
+    standard errors come with cold measurements in eval mode."""
+    if not (params is None or params in ("all", "residual") or callable(params)):
+        raise ValueError(f"`params` must be None, 'all', 'residual' or a callable, got {params!r}.")
+    check_positive_int("max_iter", max_iter)  # a monitor's runs are always bounded
+    check_bool("stderr", stderr)
+    return HessianSettings(
+        params=params,
+        max_iter=max_iter,
+        stderr="cold" if stderr and mode == "eval" else False,
+        mode=mode,
+        **options,
+    )
+
+
+def block_settings(settings: HessianSettings) -> HessianSettings:
+    """The settings of the monitor's block measurements: each block's extremes, one value at each
+    end the measurements ask for."""
+    return replace(
+        settings,
+        top_k=min(settings.top_k, 1),
+        bottom_k=min(settings.bottom_k, 1),
+        min_abs=False,
+        stderr=False,
+    )
 
 
 def validate_monitor_options(self: Any) -> None:
-    """Raise, where the bad value enters, on a ``HessianEigenvalueMonitor`` option."""
+    """Raise, where the bad value enters, on a ``HessianEigenvalueMonitor`` option that is not a
+    setting of its measurements (those are :attr:`settings`'s)."""
     check_positive_int("num_samples", self.num_samples)
     if self.chunk_size is not None:
         check_positive_int("chunk_size", self.chunk_size)
-    check_positive_int("max_iter", self.max_iter)  # a monitor's runs are always bounded
-    validate_solver_args(
-        self.method, self.top_k, self.bottom_k, self.min_abs, self.tol, self.max_iter
-    )
-    SOLVERS[self.method].check_options(self.solver_options)
-    if not (self.params is None or self.params in ("all", "residual") or callable(self.params)):
-        raise ValueError(
-            f"`params` must be None, 'all', 'residual' or a callable, got {self.params!r}."
-        )
-    check_choice("mode", self.mode, ("eval", "train"))
     if not isinstance(self.warm_start, bool) and not (
         isinstance(self.warm_start, int) and self.warm_start >= 2
     ):
         raise ValueError(
             "`warm_start` must be False, True (a cold audit every 10 measurements) or an int >= 2 "
             f"(a cold audit every that many), got {self.warm_start!r}."
-        )
-    check_choice("hvp", self.hvp, HVPS)
-    if self.hvp != "autograd" and SOLVERS[self.method].touches_grads:
-        raise ValueError(
-            f"hvp={self.hvp!r} needs a solver of the operator; method={self.method!r} runs on "
-            "the model's gradients."
         )
     if self.warn_above is not None:
         check_non_negative_float("warn_above", self.warn_above)
@@ -59,7 +76,7 @@ def validate_monitor_options(self: Any) -> None:
 def check_curvature_options(monitor: Any) -> None:
     """Raise, where the bad value enters, on ``blocks``, ``gradient_overlap`` or
     ``density_snapshots`` of a ``HessianEigenvalueMonitor``."""
-    blocks = monitor.blocks
+    blocks, settings = monitor.blocks, monitor.settings
     if not (blocks is None or blocks in ("residual", "modules") or callable(blocks)) and not (
         isinstance(blocks, Mapping)
     ):
@@ -67,23 +84,20 @@ def check_curvature_options(monitor: Any) -> None:
             "`blocks` must be None (off), 'residual' (the residual units), 'modules' (the "
             f"top-level modules), a mapping name -> parameters or a callable, got {blocks!r}."
         )
-    if blocks is not None and monitor.hvp != "autograd":
-        raise ValueError(
-            f"`blocks` needs hvp='autograd' (block products are double backwards), got "
-            f"hvp={monitor.hvp!r}."
-        )
-    if blocks is not None and SOLVERS[monitor.method].touches_grads:
-        raise ValueError(
-            f"`blocks` needs a solver of the operator; method={monitor.method!r} runs on the "
-            "model's gradients."
-        )
+    if blocks is not None:
+        if settings.top_k == 0 and settings.bottom_k == 0:
+            raise ValueError("`blocks` needs top_k >= 1 or bottom_k >= 1 (the ends it measures).")
+        try:
+            check_block_settings(block_settings(settings))
+        except ValueError as error:
+            raise ValueError(f"`blocks` cannot be measured so: {error}") from error
     if not isinstance(monitor.gradient_overlap, bool):
         raise TypeError(
             f"`gradient_overlap` must be a bool, got {type(monitor.gradient_overlap).__name__}."
         )
-    if monitor.gradient_overlap and monitor.top_k < 1:
+    if monitor.gradient_overlap and settings.top_k < 1:
         raise ValueError(
             "`gradient_overlap=True` needs top eigenvectors (top_k >= 1), got top_k="
-            f"{monitor.top_k}."
+            f"{settings.top_k}."
         )
     check_non_negative_int("density_snapshots", monitor.density_snapshots)

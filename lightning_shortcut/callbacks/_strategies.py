@@ -6,9 +6,9 @@ import lightning.pytorch as pl
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 
-from lightning_shortcut.hessian.params import ParamsSpec, resolve_params
-from lightning_shortcut.hessian.sharded import check_sharding, reshard
-from lightning_shortcut.hessian.solvers import SOLVERS
+from lightning_shortcut.hessian.context import select_parameters
+from lightning_shortcut.hessian.settings import HessianSettings
+from lightning_shortcut.hessian.sharded import ShardingError
 
 
 def refuse_strategies_without_double_backward(trainer: pl.Trainer) -> None:
@@ -25,28 +25,22 @@ def refuse_strategies_without_double_backward(trainer: pl.Trainer) -> None:
 
 
 def check_sharded_model(
-    trainer: pl.Trainer, pl_module: pl.LightningModule, params: ParamsSpec, method: str
+    trainer: pl.Trainer, pl_module: pl.LightningModule, settings: HessianSettings
 ) -> bool:
-    """Whether the model is sharded by ``fully_shard``; refuse, at the start of a stage, a sharded
-    model the engine would get wrong."""
-    reshard(pl_module)
-    chosen = resolve_params(pl_module, params)
+    """Whether the model is sharded by ``fully_shard`` (decided here once per stage); refuse, at
+    the start of a stage, a sharded model the engine would get wrong."""
     try:
-        if not check_sharding(pl_module, chosen):
-            return False
-    except ValueError as error:
+        selection = select_parameters(pl_module, settings)
+    except ShardingError as error:
         raise MisconfigurationException(f"HessianEigenvalueMonitor: {error}") from error
-    mesh_size = chosen[0].device_mesh.size()
+    if not selection.sharded:
+        return False
+    mesh_size = selection.params[0].device_mesh.size()
     if mesh_size != trainer.world_size:
         raise MisconfigurationException(
             f"HessianEigenvalueMonitor: the parameters are sharded over {mesh_size} of the "
             f"{trainer.world_size} ranks, which hold different Hessian samples; shard them "
             "over all ranks (fully_shard over the whole world, or data_parallel_size equal "
             "to the number of processes)."
-        )
-    if SOLVERS[method].touches_grads:
-        raise MisconfigurationException(
-            f"HessianEigenvalueMonitor: method={method!r} runs on the model's gradients, "
-            "which fully_shard reduces and shards; use an operator solver such as 'lanczos'."
         )
     return True

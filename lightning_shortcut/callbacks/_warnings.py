@@ -4,11 +4,11 @@ and a Hessian batch smaller than asked."""
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from lightning_shortcut.hessian.results import HessianSpectrum
+from lightning_shortcut.hessian.settings import HessianSettings
 
 # values of a measurement that are not eigenvalues: NaN there is no reason to warn
 _BOOKKEEPING = ("seconds", "num_hvps", "converged", "warm_start")
@@ -19,17 +19,14 @@ class MeasurementWarnings:
     """The monitor's warnings, each said once (rank zero), naming the step and the setting.
 
     Args:
-        num_samples, tol, max_iter: the monitor's settings, named in the messages.
-        params: the monitor's ``params`` (``None``, ``"all"``, ``"residual"`` or a callable): the
-            advice on a singular Hessian depends on it.
+        num_samples: the monitor's Hessian batch size, named in the messages.
+        settings: the monitor's measurement settings: ``tol`` and ``max_iter`` are named in the
+            messages, and the advice on a singular Hessian depends on ``params``.
     """
 
-    def __init__(
-        self, num_samples: int, tol: float, max_iter: int | None, *, params: Any = None
-    ) -> None:
-        self.num_samples, self.tol, self.max_iter = num_samples, tol, max_iter
+    def __init__(self, num_samples: int, settings: HessianSettings) -> None:
+        self.num_samples, self.settings = num_samples, settings
         self.samples = num_samples  # in the Hessian batch gathered (fewer where the data is small)
-        self.params = params
         self._warned: set[str] = set()
 
     def about(self, spectrum: HessianSpectrum, metrics: dict[str, float], step: int) -> None:
@@ -61,14 +58,14 @@ class MeasurementWarnings:
             self.once(
                 "unresolved",
                 f"HessianEigenvalueMonitor: at step {step} the smallest |eigenvalue| is below what "
-                f"tol={self.tol} resolves (<= tol * max|eigenvalue|): the Hessian is singular to "
+                f"tol={self.settings.tol} resolves (<= tol * max|eigenvalue|): the Hessian is singular to "
                 f"within tol, so condition_number is logged as inf. {self._why_singular()}",
             )
         elif not spectrum.converged:
             self.once(
                 "not_converged",
-                f"HessianEigenvalueMonitor: the solver did not reach tol={self.tol} within "
-                f"max_iter={self.max_iter} at step {step}; the logged values are its best estimates.",
+                f"HessianEigenvalueMonitor: the solver did not reach tol={self.settings.tol} within "
+                f"max_iter={self.settings.max_iter} at step {step}; the logged values are its best estimates.",
             )
 
     def about_samples(self, samples: int, stage: str) -> None:
@@ -84,7 +81,7 @@ class MeasurementWarnings:
 
     def _why_singular(self) -> str:
         """Why a Hessian over the ``params`` in use can be singular, and what to do, if anything."""
-        if self.params == "residual":
+        if self.settings.params == "residual":
             return (
                 "params='residual' is in use: at the zero point (shortcut depth 2) its eigenvalues "
                 "are +-sigma_i(E[x g^T]), x the stack's input and g the loss's gradient at its "
@@ -93,7 +90,7 @@ class MeasurementWarnings:
                 f"a stack wider than 2 singular) and a Hessian batch of {self.samples} samples at "
                 f"most {self.samples}. Away from the zero point it need not be well conditioned."
             )
-        if callable(self.params):
+        if callable(self.settings.params):
             return (
                 "The Hessian over the parameters `params` selects is singular where they are more "
                 f"than the outputs times the samples constrain ({self.samples} samples) or where "

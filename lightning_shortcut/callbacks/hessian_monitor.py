@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -20,7 +21,7 @@ from lightning_shortcut.callbacks._hessian_batch import (
     resolve_loss_fn,
     stage_dataloader,
 )
-from lightning_shortcut.callbacks._options import validate_monitor_options
+from lightning_shortcut.callbacks._options import monitor_settings, validate_monitor_options
 from lightning_shortcut.callbacks._schedule import DEFAULT_MAX_OVERHEAD
 from lightning_shortcut.callbacks._strategies import (
     check_sharded_model,
@@ -28,8 +29,7 @@ from lightning_shortcut.callbacks._strategies import (
 )
 from lightning_shortcut.callbacks._warnings import MeasurementWarnings
 from lightning_shortcut.hessian.operator import batch_size, resolve_params
-from lightning_shortcut.hessian.sharded import fsdp_modules
-from lightning_shortcut.hessian.spectrum import HessianSpectrum, hessian_eigenvalues
+from lightning_shortcut.hessian.spectrum import HessianSpectrum, compute_spectrum
 from lightning_shortcut.hessian.tracking import DEFAULT_AUDIT_EVERY, SpectrumTracker
 
 __all__ = ["DEFAULT_MAX_OVERHEAD", "HessianEigenvalueMonitor"]
@@ -180,24 +180,16 @@ class HessianEigenvalueMonitor(CurvatureMap, ColdAndWarmCosts):
         density_snapshots: int = 0,
     ) -> None:
         super().__init__(every_n_steps, every_n_epochs, max_overhead, at_fit_start, stages)
-        self.num_samples = num_samples
-        self.chunk_size = chunk_size
-        self.data = data
-        self.params = params
+        #: the settings of every measurement (frozen), checked here: a bad one never reaches fit
+        self.settings = monitor_settings(
+            params=params, mode=mode, method=method, top_k=top_k, bottom_k=bottom_k,
+            min_abs=min_abs, tol=tol, max_iter=max_iter, hvp=hvp, seed=seed,
+            solver_options=solver_options, stderr=stderr,
+        )  # fmt: skip
+        self.num_samples, self.chunk_size, self.data = num_samples, chunk_size, data
         self.loss_fn = loss_fn
-        self.mode = mode
-        self.method = method
-        self.top_k, self.bottom_k = top_k, bottom_k
-        self.min_abs = min_abs
-        self.tol = tol
-        self.max_iter = max_iter
         self.warm_start = warm_start
-        self.hvp = hvp
-        self.seed = seed
-        self.solver_options = dict(solver_options or {})
-        self.stderr = stderr
-        self.edge_of_stability = edge_of_stability
-        self.warn_above = warn_above
+        self.edge_of_stability, self.warn_above = edge_of_stability, warn_above
         self.log_prefix = log_prefix
         self.blocks, self.gradient_overlap = blocks, gradient_overlap
         self.density_snapshots = density_snapshots
@@ -206,9 +198,10 @@ class HessianEigenvalueMonitor(CurvatureMap, ColdAndWarmCosts):
         self._batches: dict[str, list[Any]] = {}  # the Hessian batch of each stage
         self._samples = num_samples  # in the last Hessian batch gathered
         self._sharded = False  # the model is sharded by fully_shard (FSDP2)
+        self._run_settings = self.settings  # with the run's all_reduce (set at each stage start)
         self._stderr_share = 0.0  # of the last measurement in fit, in its time
         self._wholly_warm = False  # the last fit measurement's eigenvalue runs were all warm
-        self._warnings = MeasurementWarnings(num_samples, tol, max_iter, params=params)
+        self._warnings = MeasurementWarnings(num_samples, self.settings)
         # warm starts of the fit measurements (an audit every measurement when off: all cold)
         self._tracker = SpectrumTracker(self.audit_every)
         self._stability = EdgeOfStabilityTracker(
@@ -228,7 +221,7 @@ class HessianEigenvalueMonitor(CurvatureMap, ColdAndWarmCosts):
         return self._generate_state_key(
             every_n_steps=self.every_n_steps,
             every_n_epochs=self.every_n_epochs,
-            method=self.method,
+            method=self.settings.method,
             log_prefix=self.log_prefix,
         )
 
@@ -254,7 +247,14 @@ class HessianEigenvalueMonitor(CurvatureMap, ColdAndWarmCosts):
 
     @override
     def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._sharded = check_sharded_model(trainer, pl_module, self.params, self.method)
+        self._sharded = check_sharded_model(trainer, pl_module, self.settings)
+        # fully_shard parameters: the engine sums over their device mesh itself, and the chunks of
+        # the standard errors would need whole vectors
+        all_reduce = None
+        if trainer.world_size > 1 and not self._sharded:
+            all_reduce = lambda t: trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
+        stderr = False if self._sharded else self.settings.stderr
+        self._run_settings = replace(self.settings, all_reduce=all_reduce, stderr=stderr)
         self._batches[stage] = self._gather_hessian_batch(trainer, pl_module, stage)
         self._prepare_curvature_map(trainer, pl_module, stage)
 
@@ -276,7 +276,7 @@ class HessianEigenvalueMonitor(CurvatureMap, ColdAndWarmCosts):
         return (
             f"{int(record['num_hvps'])} Hessian-vector products on {self._samples} samples, "
             f"{start}{self._curvature_cost_note()}",
-            f"num_samples (the cost is linear in it), tol (now {self.tol:g})",
+            f"num_samples (the cost is linear in it), tol (now {self.settings.tol:g})",
         )
 
     # measuring and logging
@@ -298,20 +298,13 @@ class HessianEigenvalueMonitor(CurvatureMap, ColdAndWarmCosts):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str
     ) -> HessianSpectrum:
         """The spectrum on the stage's Hessian batch; NaN (and a warning) if the solver fails."""
-        batches = self._batches.get(stage)
-        if batches is None:
-            batches = self._batches[stage] = self._gather_hessian_batch(trainer, pl_module, stage)
-        params = resolve_params(pl_module, self.params) if stage == "fit" else None
+        if stage not in self._batches:
+            self._batches[stage] = self._gather_hessian_batch(trainer, pl_module, stage)
+        params = resolve_params(pl_module, self.settings.params) if stage == "fit" else None
         start = self._tracker.start(params) if stage == "fit" else None
         try:
-            spectrum = hessian_eigenvalues(
-                pl_module,
-                top_k=self.top_k,
-                bottom_k=self.bottom_k,
-                min_abs=self.min_abs,
-                start=start,
-                stderr="cold" if self._wants_stderr() else False,
-                **self._hessian_args(trainer, pl_module, batches),
+            spectrum = compute_spectrum(
+                pl_module, *self._hessian_inputs(pl_module, stage), self._run_settings, start=start
             )
             if stage == "fit":
                 self._tracker.update(spectrum, params)
@@ -326,41 +319,21 @@ class HessianEigenvalueMonitor(CurvatureMap, ColdAndWarmCosts):
             )
             if stage == "fit":
                 self._tracker.reset()
+            settings = self.settings
             return HessianSpectrum.nan(
-                self.top_k,
-                self.bottom_k,
-                self.min_abs,
-                self.method,
+                settings.top_k,
+                settings.bottom_k,
+                settings.min_abs,
+                settings.method,
                 reason=str(error),
-                stderr=self._wants_stderr() and start is None,
+                # the standard errors come with cold measurements, a warm run given up included
+                stderr=bool(self._run_settings.stderr) and start is None,
             )
 
-    def _wants_stderr(self) -> bool:
-        """Whether the standard errors are wanted (they come with cold measurements, a warm run
-        given up for a cold one included: on a warm one they cost about as much as it)."""
-        return self.stderr and self.mode == "eval" and not self._sharded
-
-    def _hessian_args(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batches: list[Any]
-    ) -> dict[str, Any]:
-        """What every solver call of a measurement shares: data, loss, parameters, settings."""
-        all_reduce = None
-        # fully_shard parameters: the engine sums over their device mesh itself
-        if trainer.world_size > 1 and not fsdp_modules(pl_module):
-            all_reduce = lambda t: trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
-        return {
-            "data": batches,
-            "loss_fn": resolve_loss_fn(self.loss_fn, pl_module),
-            "params": self.params,
-            "method": self.method,
-            "tol": self.tol,
-            "max_iter": self.max_iter,
-            "seed": self.seed,
-            "mode": self.mode,
-            "all_reduce": all_reduce,
-            "solver_options": self.solver_options,
-            "hvp": self.hvp,
-        }
+    def _hessian_inputs(self, pl_module: pl.LightningModule, stage: str) -> tuple[list[Any], Any]:
+        """The stage's Hessian batch and the loss: what every engine call of a measurement takes
+        besides :attr:`settings` (as ``_run_settings``)."""
+        return self._batches[stage], resolve_loss_fn(self.loss_fn, pl_module)
 
     def _collect_metrics(
         self,
@@ -378,7 +351,8 @@ class HessianEigenvalueMonitor(CurvatureMap, ColdAndWarmCosts):
                 trainer,
                 pl_module,
                 spectrum,
-                **self._hessian_args(trainer, pl_module, self._batches[stage]),
+                *self._hessian_inputs(pl_module, stage),
+                self._run_settings,
             )
             metrics.update(ratio)
             metrics["num_hvps"] += products

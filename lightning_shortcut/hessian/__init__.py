@@ -30,6 +30,7 @@ from lightning_shortcut.hessian.operator import HessianOperator, cross_entropy_l
 from lightning_shortcut.hessian.optimizers import UnsupportedOptimizerError
 from lightning_shortcut.hessian.overlap import GradientOverlap, gradient_overlap
 from lightning_shortcut.hessian.results import WarmStart
+from lightning_shortcut.hessian.settings import HessianSettings
 from lightning_shortcut.hessian.solvers import SOLVERS, EigenResult, register_solver
 from lightning_shortcut.hessian.spectrum import HessianSpectrum, hessian_eigenvalues
 from lightning_shortcut.hessian.tracking import SpectrumTracker
@@ -42,6 +43,7 @@ __all__ = [
     "EigenResult",
     "GradientOverlap",
     "HessianOperator",
+    "HessianSettings",
     "HessianSpectrum",
     "LambdaOperator",
     "LinearOperator",

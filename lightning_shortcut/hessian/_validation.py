@@ -17,6 +17,7 @@ from collections.abc import Collection
 from typing import Any, TypeVar
 
 __all__ = [
+    "check_bool",
     "check_choice",
     "check_float",
     "check_fraction",
@@ -129,6 +130,13 @@ def check_non_negative_float(name: str, value: object) -> float:
 def check_fraction(name: str, value: object) -> float:
     """Return ``value`` as a ``float`` in ``[0, 1)`` (``TypeError``/``ValueError`` otherwise)."""
     return check_float(name, value, low=0.0, high=1.0, include_high=False)
+
+
+def check_bool(name: str, value: object) -> bool:
+    """Return ``value`` if it is a ``bool`` (``TypeError`` otherwise: ``0``, ``"yes"``, ``None``)."""
+    if not isinstance(value, bool):
+        raise _wrong_type(name, value, "a bool")
+    return value
 
 
 def check_choice(name: str, value: T, choices: Collection[Any]) -> T:

@@ -27,11 +27,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from lightning_shortcut.hessian.context import Mode, hessian_context
+from lightning_shortcut.hessian.context import hessian_context, select_parameters
 from lightning_shortcut.hessian.operator import (
-    AllReduce,
     HessianOperator,
-    Hvp,
     LossFn,
     ParamsSpec,
     cross_entropy_loss,
@@ -39,10 +37,9 @@ from lightning_shortcut.hessian.operator import (
     resolve_params,
 )
 from lightning_shortcut.hessian.results import HessianSpectrum
-from lightning_shortcut.hessian.sharded import fsdp_modules
+from lightning_shortcut.hessian.settings import AllReduce, HessianSettings, Hvp, Mode
 from lightning_shortcut.hessian.solvers import SOLVERS, EigenResult
 from lightning_shortcut.hessian.solvers.lockstep import solve_in_lockstep
-from lightning_shortcut.hessian.spectrum import _default_max_iter, validate_solver_args
 
 __all__ = [
     "BLOCK_PRODUCTS",
@@ -53,6 +50,8 @@ __all__ = [
     "BlocksSpec",
     "block_eigenvalues",
     "block_profile",
+    "check_block_settings",
+    "compute_block_eigenvalues",
     "resolve_blocks",
 ]
 
@@ -229,8 +228,8 @@ class BlockDiagonalHessian(HessianOperator):
         batches: the batches.
         loss_fn: ``loss_fn(model, batch) -> scalar`` mean loss of a batch.
         blocks: the blocks' parameters, disjoint.
-        all_reduce: optional sum across processes (one packed tensor per step).
-        fixed_seed: the global RNG seed before each forward (dropout masks fixed in train mode).
+        settings: as in :class:`~lightning_shortcut.hessian.HessianOperator` (its ``all_reduce``
+            sums one packed tensor per step).
         products: ``"loop"`` (a restricted double backward per vector) or ``"vmap"`` (one vmapped
             double backward of all the step's vectors).
     """
@@ -241,14 +240,12 @@ class BlockDiagonalHessian(HessianOperator):
         batches: Sequence[Any],
         loss_fn: LossFn,
         blocks: Sequence[Sequence[Tensor]],
-        all_reduce: AllReduce | None = None,
-        fixed_seed: int | None = None,
+        settings: HessianSettings | None = None,
         products: Literal["loop", "vmap"] = "loop",
     ) -> None:
-        if products not in BLOCK_PRODUCTS:
-            raise ValueError(f"`products` must be one of {list(BLOCK_PRODUCTS)}, got {products!r}.")
+        _check_products(products)
         params = [param for block in blocks for param in block]
-        super().__init__(model, batches, loss_fn, params, all_reduce, fixed_seed)
+        super().__init__(model, batches, loss_fn, params, settings)
         self.products = products
         self.block_indices: list[list[int]] = []
         for block in blocks:
@@ -274,9 +271,10 @@ class BlockDiagonalHessian(HessianOperator):
                 total.add_(product.to(total), alpha=size)
         self.num_products += len(requests)
         count = float(sum(self.sizes))
-        if self.all_reduce is not None:
+        all_reduce = self.settings.all_reduce
+        if all_reduce is not None:
             flags = totals[0].new_tensor([count, float(self.nonfinite)])
-            packed = self.all_reduce(torch.cat([*totals, flags]))
+            packed = all_reduce(torch.cat([*totals, flags]))
             count, self.nonfinite = float(packed[-2]), bool(packed[-1] > 0)
             totals = list(torch.split(packed[:-2], [total.numel() for total in totals]))
         if self.nonfinite:
@@ -499,57 +497,87 @@ def block_eigenvalues(
         spectra.max  # {"stack.units.0": 0.41, "stack.units.1": 0.39, ...}
         ```
     """
-    validate_solver_args(method, top_k, bottom_k, False, tol, max_iter)
-    spec = SOLVERS[method]
-    if spec.touches_grads:
+    settings = HessianSettings(
+        params=params, mode=mode, hvp=hvp, seed=seed, all_reduce=all_reduce, method=method,
+        top_k=top_k, bottom_k=bottom_k, tol=tol, max_iter=max_iter, solver_options=solver_options,
+    )  # fmt: skip
+    return compute_block_eigenvalues(model, data, loss_fn, settings, blocks, products=products)
+
+
+def check_block_settings(settings: HessianSettings) -> None:
+    """Raise ``ValueError`` on settings :func:`block_eigenvalues` cannot measure blocks with: a
+    solver that runs on the model, products other than double backward, or ``min_abs``."""
+    if settings.solver.touches_grads:
         raise ValueError(
-            f"method={method!r} runs on the model's gradients; block eigenvalues need a solver of "
-            f"the operator, one of {[n for n, s in SOLVERS.items() if not s.touches_grads]}."
+            f"method={settings.method!r} runs on the model's gradients; block eigenvalues need a "
+            f"solver of the operator, one of {[n for n, s in SOLVERS.items() if not s.touches_grads]}."
         )
-    spec.check_options(dict(solver_options or {}))
-    if products not in BLOCK_PRODUCTS:
-        raise ValueError(f"`products` must be one of {list(BLOCK_PRODUCTS)}, got {products!r}.")
-    if hvp != "autograd":
+    if settings.hvp != "autograd":
         raise ValueError(
             f"block_eigenvalues takes its products by double backward only (hvp='autograd'), got "
-            f"hvp={hvp!r}."
+            f"hvp={settings.hvp!r}."
         )
-    if fsdp_modules(model):
+    if settings.min_abs or settings.stderr:
         raise ValueError(
-            "block_eigenvalues does not support models sharded by fully_shard; measure the "
-            "blocks with hessian_eigenvalues(params=...) one at a time."
+            "block_eigenvalues computes neither min_abs nor standard errors; got "
+            f"min_abs={settings.min_abs!r}, stderr={settings.stderr!r}."
         )
-    chosen = resolve_blocks(model, blocks, params)
+
+
+def _check_products(products: str) -> None:
+    if products not in BLOCK_PRODUCTS:
+        raise ValueError(f"`products` must be one of {list(BLOCK_PRODUCTS)}, got {products!r}.")
+
+
+def compute_block_eigenvalues(
+    model: nn.Module,
+    data: Any,
+    loss_fn: LossFn | None,
+    settings: HessianSettings,
+    blocks: BlocksSpec = "residual",
+    *,
+    products: Literal["loop", "vmap"] = "loop",
+) -> BlockSpectra:
+    """:func:`block_eigenvalues` with its solver's and operator's options as one
+    :class:`~lightning_shortcut.hessian.HessianSettings` (checked by :func:`check_block_settings`),
+    as the monitor passes its own.
+
+    Raises:
+        ValueError: as :func:`block_eigenvalues`.
+    """
+    check_block_settings(settings)
+    _check_products(products)
+    selection = select_parameters(model, settings, unsharded_only="block_eigenvalues")
+    chosen = resolve_blocks(model, blocks, selection.params)
     begin = time.perf_counter()
-    with hessian_context(model, mode):
+    with hessian_context(model, settings):
         operator = BlockDiagonalHessian(
             model,
             normalize_batches(data),
             loss_fn or cross_entropy_loss,
             list(chosen.values()),
-            all_reduce,
-            seed if mode == "train" else None,
+            settings,
             products,
         )
         try:
             runs = solve_in_lockstep(
-                spec.solve,
+                settings.solver.solve,
                 operator.block_dims,
                 operator.like,
                 operator.block_products,
-                seed=seed,
-                top_k=top_k,
-                bottom_k=bottom_k,
+                seed=settings.seed,
+                top_k=settings.top_k,
+                bottom_k=settings.bottom_k,
                 min_abs=False,
-                tol=tol,
-                max_iter=max_iter or _default_max_iter(operator.dim, False),
-                **dict(solver_options or {}),
+                tol=settings.tol,
+                max_iter=settings.products_per_run,
+                **settings.solver_options,
             )
         finally:
             operator.release()
     seconds = time.perf_counter() - begin
-    return _assemble(list(chosen), operator.block_dims, runs, top_k, bottom_k, method, products,
-                     seconds)  # fmt: skip
+    return _assemble(list(chosen), operator.block_dims, runs, settings.top_k, settings.bottom_k,
+                     settings.method, products, seconds)  # fmt: skip
 
 
 def _assemble(names, dims, runs, top_k, bottom_k, method, products, seconds) -> BlockSpectra:

@@ -1,54 +1,125 @@
-"""Where every computation of the engine runs: state guarded, double backward on, the operator built.
+"""Where every computation of the engine runs: parameters chosen, state guarded, the operator built.
 
-:func:`hessian_operator` is the one sequence the public functions run their products in (guard,
-build, release); :func:`hessian_context` and :func:`build_operator` are its two halves.
+:func:`hessian_operator` is the one sequence the public functions run their products in (choose the
+parameters, guard, build, release); :func:`select_parameters`, :func:`hessian_context` and
+:func:`build_operator` are its steps. Whether a model is sharded by ``fully_shard`` is decided once,
+in :func:`select_parameters`, and carried by its :class:`ParameterSelection`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from lightning_shortcut.hessian._state import autograd_enabled, preserved_state
 from lightning_shortcut.hessian.operator import (
-    AllReduce,
     HessianOperator,
-    Hvp,
     LossFn,
-    ParamsSpec,
     cross_entropy_loss,
     normalize_batches,
     resolve_params,
 )
-from lightning_shortcut.hessian.sharded import FullyShardedHessianOperator, check_sharding, reshard
+from lightning_shortcut.hessian.settings import HessianSettings, Mode
+from lightning_shortcut.hessian.sharded import (
+    FullyShardedHessianOperator,
+    ShardingError,
+    check_sharding,
+    fsdp_modules,
+    reshard,
+)
 
-__all__ = ["Mode", "build_operator", "hessian_context", "hessian_operator"]
+__all__ = [
+    "Mode",
+    "ParameterSelection",
+    "build_operator",
+    "hessian_context",
+    "hessian_operator",
+    "select_parameters",
+]
 
-Mode = Literal["eval", "train"]
+
+@dataclass(frozen=True)
+class ParameterSelection:
+    """The parameters a computation differentiates, and how the model holds them.
+
+    Attributes:
+        params: the parameters (``DTensor`` shards under ``fully_shard``), resolved and checked.
+        fsdp_modules: the model's ``fully_shard`` modules (FSDP2), outermost first; empty when the
+            model is not sharded.
+    """
+
+    params: list[Tensor]
+    fsdp_modules: list[nn.Module]
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the parameters are sharded by ``fully_shard`` (products on sharded vectors)."""
+        return bool(self.fsdp_modules)
+
+
+def select_parameters(
+    model: nn.Module, settings: HessianSettings, *, unsharded_only: str | None = None
+) -> ParameterSelection:
+    """Resolve ``settings.params`` on ``model`` and decide, once, whether it is sharded.
+
+    ``fully_shard`` modules are resharded first, so that the parameters are the sharded ones the
+    optimizer holds (see :func:`~lightning_shortcut.hessian.sharded.reshard`).
+
+    Args:
+        model: the model.
+        settings: the measurement's settings.
+        unsharded_only: the name of a caller that does not support models sharded by
+            ``fully_shard``, refused here with it.
+
+    Raises:
+        ValueError: on ``params`` that are not the model's (see
+            :func:`~lightning_shortcut.hessian.operator.resolve_params`).
+        ShardingError: (a ``ValueError``) on a sharding the engine does not support
+            (:func:`~lightning_shortcut.hessian.sharded.check_sharding`) and, on a sharded model,
+            a caller named by ``unsharded_only``, a solver that runs on the model's gradients or
+            an ``all_reduce``.
+    """
+    modules = fsdp_modules(model)
+    if modules and unsharded_only is not None:
+        raise ShardingError(
+            f"{unsharded_only} does not support models sharded by fully_shard (FSDP2); "
+            "hessian_eigenvalues does."
+        )
+    reshard(modules)
+    params = resolve_params(model, settings.params)
+    if not check_sharding(model, params, modules):
+        return ParameterSelection(params, [])
+    if settings.solver.touches_grads:
+        raise ShardingError(
+            f"method={settings.method!r} runs on the model's gradients, which fully_shard reduces "
+            "and shards; use a solver of the operator such as 'lanczos'."
+        )
+    if settings.all_reduce is not None:
+        raise ShardingError(
+            "The parameters are sharded by fully_shard: products are summed over their device "
+            "mesh, so `all_reduce` must be None (each rank passes its own share of the data)."
+        )
+    return ParameterSelection(params, modules)
 
 
 @contextmanager
-def hessian_context(model: nn.Module, mode: Mode, *, clone_grads: bool = False):
-    """Guard state, enable double backward and put the model in ``mode`` for a computation.
+def hessian_context(model: nn.Module, settings: HessianSettings, *, clone_grads: bool = False):
+    """Guard state, enable double backward and put the model in ``settings.mode`` for a computation.
 
     Compiled modules (``torch.compile``, whole model or submodules) run eagerly inside: compiled
     autograd graphs have no double backward, and the eager model computes the same function.
-    ``fully_shard`` (FSDP2) modules are resharded on entry (see
-    :func:`~lightning_shortcut.hessian.sharded.reshard`).
     """
-    if mode not in ("eval", "train"):
-        raise ValueError(f"Unknown mode {mode!r}; expected 'eval' or 'train'.")
-    reshard(model)  # fully_shard modules: the parameters are the sharded ones the optimizer holds
     with (
         preserved_state(model, clone_grads=clone_grads),
         autograd_enabled(),
         torch.compiler.set_stance("force_eager"),
     ):
-        model.train(mode == "train")
+        model.train(settings.mode == "train")
         yield
 
 
@@ -56,35 +127,25 @@ def build_operator(
     model: nn.Module,
     data: Any,
     loss_fn: LossFn | None,
-    params: ParamsSpec,
-    all_reduce: AllReduce | None,
-    mode: Mode,
-    seed: int,
-    hvp: Hvp = "autograd",
+    settings: HessianSettings,
+    selection: ParameterSelection,
 ) -> HessianOperator:
-    """Validate the inputs and build the :class:`HessianOperator` (inside :func:`hessian_context`).
+    """The :class:`HessianOperator` of ``model``'s loss on ``data`` over the selected parameters
+    (inside :func:`hessian_context`).
 
     In train mode the global RNG is reseeded before each forward so that dropout masks are the same
     in every product; :func:`hessian_context` restores the global RNG state afterwards.
-    A model with ``fully_shard`` (FSDP2) modules gives a
+    A sharded selection gives a
     :class:`~lightning_shortcut.hessian.sharded.FullyShardedHessianOperator`, which holds the model
     unsharded until its ``release()``.
     """
-    chosen = resolve_params(model, params)
     batches = normalize_batches(data)
-    fixed_seed = seed if mode == "train" else None
-    if check_sharding(model, chosen):
-        if all_reduce is not None:
-            raise ValueError(
-                "The parameters are sharded by fully_shard: products are summed over their device "
-                "mesh, so `all_reduce` must be None (each rank passes its own share of the data)."
-            )
+    loss_fn = loss_fn or cross_entropy_loss
+    if selection.sharded:
         return FullyShardedHessianOperator(
-            model, batches, loss_fn or cross_entropy_loss, chosen, fixed_seed, hvp
+            model, batches, loss_fn, selection.params, selection.fsdp_modules, settings
         )
-    return HessianOperator(
-        model, batches, loss_fn or cross_entropy_loss, chosen, all_reduce, fixed_seed, hvp
-    )
+    return HessianOperator(model, batches, loss_fn, selection.params, settings)
 
 
 @contextmanager
@@ -92,18 +153,21 @@ def hessian_operator(
     model: nn.Module,
     data: Any,
     loss_fn: LossFn | None,
+    settings: HessianSettings,
+    selection: ParameterSelection | None = None,
     *,
-    params: ParamsSpec,
-    all_reduce: AllReduce | None,
-    mode: Mode,
-    seed: int,
-    hvp: Hvp = "autograd",
     clone_grads: bool = False,
 ) -> Iterator[HessianOperator]:
     """The Hessian operator of a computation, inside :func:`hessian_context`, released on exit:
-    the one sequence every public function of the engine runs its products in."""
-    with hessian_context(model, mode, clone_grads=clone_grads):
-        operator = build_operator(model, data, loss_fn, params, all_reduce, mode, seed, hvp)
+    the one sequence every public function of the engine runs its products in.
+
+    ``selection``: the parameters, where the caller has selected them already (default:
+    :func:`select_parameters` here).
+    """
+    if selection is None:
+        selection = select_parameters(model, settings)
+    with hessian_context(model, settings, clone_grads=clone_grads):
+        operator = build_operator(model, data, loss_fn, settings, selection)
         try:
             yield operator
         finally:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,13 +16,19 @@ import torch
 from torch import Tensor, nn
 
 from lightning_shortcut.hessian._validation import check_positive_int
-from lightning_shortcut.hessian.context import Mode, hessian_operator
-from lightning_shortcut.hessian.operator import AllReduce, LossFn
-from lightning_shortcut.hessian.sharded import fsdp_modules
+from lightning_shortcut.hessian.context import hessian_operator, select_parameters
+from lightning_shortcut.hessian.operator import LossFn, ParamsSpec
+from lightning_shortcut.hessian.settings import AllReduce, HessianSettings, Mode
 from lightning_shortcut.hessian.solvers import LanczosProcess
 from lightning_shortcut.hessian.solvers._vectors import random_unit_vector
 
-__all__ = ["SpectralDensity", "TraceEstimate", "hessian_trace", "spectral_density"]
+__all__ = [
+    "SpectralDensity",
+    "TraceEstimate",
+    "compute_spectral_density",
+    "hessian_trace",
+    "spectral_density",
+]
 
 
 @dataclass
@@ -75,7 +80,7 @@ def hessian_trace(
     *,
     num_probes: int = 100,
     rtol: float | None = None,
-    params: Iterable[Tensor] | None = None,
+    params: ParamsSpec = None,
     seed: int = 0,
     mode: Mode = "eval",
     all_reduce: AllReduce | None = None,
@@ -96,12 +101,12 @@ def hessian_trace(
         ```
     """
     check_positive_int("num_probes", num_probes)
-    _refuse_fully_sharded(model, "hessian_trace")
+    settings = HessianSettings(params=params, mode=mode, seed=seed, all_reduce=all_reduce)
+    selection = select_parameters(model, settings, unsharded_only="hessian_trace")
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
     samples: list[float] = []
-    context = dict(params=params, all_reduce=all_reduce, mode=mode, seed=seed)
-    with hessian_operator(model, data, loss_fn, **context) as operator:
+    with hessian_operator(model, data, loss_fn, settings, selection) as operator:
         for _ in range(num_probes):
             signs = torch.randint(0, 2, (operator.dim,), generator=generator) * 2 - 1
             probe = signs.to(operator.like)
@@ -112,14 +117,6 @@ def hessian_trace(
                     break
     mean, error = _mean_and_error(samples)
     return TraceEstimate(mean, error, len(samples), operator.num_hvps, time.perf_counter() - start)
-
-
-def _refuse_fully_sharded(model: nn.Module, name: str) -> None:
-    if fsdp_modules(model):
-        raise ValueError(
-            f"{name} does not support models sharded by fully_shard (FSDP2); "
-            "hessian_eigenvalues does."
-        )
 
 
 def _mean_and_error(samples: list[float]) -> tuple[float, float]:
@@ -136,7 +133,7 @@ def spectral_density(
     *,
     num_probes: int = 1,
     num_steps: int = 64,
-    params: Iterable[Tensor] | None = None,
+    params: ParamsSpec = None,
     seed: int = 0,
     mode: Mode = "eval",
     all_reduce: AllReduce | None = None,
@@ -153,15 +150,32 @@ def spectral_density(
         curve = sld.density(torch.linspace(-1, 5, 400), sigma=0.05)
         ```
     """
+    settings = HessianSettings(params=params, mode=mode, seed=seed, all_reduce=all_reduce)
+    return compute_spectral_density(
+        model, data, loss_fn, settings, num_probes=num_probes, num_steps=num_steps
+    )
+
+
+def compute_spectral_density(
+    model: nn.Module,
+    data: Any,
+    loss_fn: LossFn | None,
+    settings: HessianSettings,
+    *,
+    num_probes: int = 1,
+    num_steps: int = 64,
+) -> SpectralDensity:
+    """:func:`spectral_density` with the operator's options (``params``, ``mode``, ``seed``,
+    ``all_reduce``, ``hvp``) as one :class:`~lightning_shortcut.hessian.HessianSettings`, as the
+    monitor passes its own; the probes' start vectors come from ``settings.seed``."""
     check_positive_int("num_probes", num_probes)
     check_positive_int("num_steps", num_steps)
-    _refuse_fully_sharded(model, "spectral_density")
+    selection = select_parameters(model, settings, unsharded_only="spectral_density")
     start = time.perf_counter()
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(settings.seed)
     all_nodes: list[Tensor] = []
     all_weights: list[Tensor] = []
-    context = dict(params=params, all_reduce=all_reduce, mode=mode, seed=seed)
-    with hessian_operator(model, data, loss_fn, **context) as operator:
+    with hessian_operator(model, data, loss_fn, settings, selection) as operator:
         steps = min(num_steps, operator.dim)
         buffer = operator.like.new_empty(steps, operator.dim)
         no_lock = operator.like.new_zeros(0, operator.dim)

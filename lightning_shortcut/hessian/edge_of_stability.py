@@ -12,20 +12,20 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
 from torch.optim import Optimizer
 
-from lightning_shortcut.hessian.context import Mode
-from lightning_shortcut.hessian.operator import AllReduce, Hvp, LossFn, ParamsSpec, resolve_params
+from lightning_shortcut.hessian.context import select_parameters
+from lightning_shortcut.hessian.operator import LossFn, ParamsSpec
 from lightning_shortcut.hessian.optimizers import select_optimizer, step_preconditioner
 from lightning_shortcut.hessian.results import WarmStart
-from lightning_shortcut.hessian.sharded import reshard
-from lightning_shortcut.hessian.spectrum import hessian_eigenvalues
+from lightning_shortcut.hessian.settings import AllReduce, HessianSettings, Hvp, Mode
+from lightning_shortcut.hessian.spectrum import compute_spectrum
 
-__all__ = ["EdgeOfStability", "edge_of_stability"]
+__all__ = ["EdgeOfStability", "compute_edge_of_stability", "edge_of_stability"]
 
 
 @dataclass
@@ -133,33 +133,58 @@ def edge_of_stability(
         report.stability, report.max_stable_lr
         ```
     """
+    settings = HessianSettings(
+        params=params, mode=mode, hvp=hvp, seed=seed, all_reduce=all_reduce, method=method,
+        top_k=1, bottom_k=0, tol=tol, max_iter=max_iter, solver_options=solver_options,
+    )  # fmt: skip
+    return compute_edge_of_stability(
+        model, data, optimizer, loss_fn, settings,
+        hessian_max_eigenvalue=hessian_max_eigenvalue, start=start,
+    )  # fmt: skip
+
+
+def compute_edge_of_stability(
+    model: nn.Module,
+    data: Any,
+    optimizer: Optimizer | Sequence[Optimizer],
+    loss_fn: LossFn | None,
+    settings: HessianSettings,
+    *,
+    hessian_max_eigenvalue: float | None = None,
+    start: EdgeOfStability | WarmStart | None = None,
+) -> EdgeOfStability:
+    """:func:`edge_of_stability` with its options as one
+    :class:`~lightning_shortcut.hessian.HessianSettings` (the monitor passes its own): the
+    eigenvalue run asks for the top eigenvalue alone, whatever ``top_k``, ``bottom_k``,
+    ``min_abs`` and ``stderr`` the settings hold.
+
+    Raises:
+        UnsupportedOptimizerError, ValueError: as :func:`edge_of_stability`.
+    """
     begin = time.perf_counter()
-    reshard(model)  # fully_shard modules: the parameters are the sharded ones the optimizer holds
-    chosen = resolve_params(model, params)
+    settings = replace(settings, top_k=1, bottom_k=0, min_abs=False, stderr=False)
+    selection = select_parameters(model, settings)  # sharded or not, decided once
     optimizers = [optimizer] if isinstance(optimizer, Optimizer) else list(optimizer)
-    optimizer = select_optimizer(optimizers, chosen)
+    optimizer = select_optimizer(optimizers, selection.params)
     name = type(optimizer).__name__
     lr = float(optimizer.param_groups[0]["lr"])
-    preconditioner = step_preconditioner(optimizer, chosen)
+    preconditioner = step_preconditioner(optimizer, selection.params)
     if preconditioner is None:
         return EdgeOfStability(
             math.nan, math.nan, math.nan, math.nan, lr, name, math.nan, converged=False,
             reason=f"{name} has no state yet (before its first step): its step size is undefined",
             before_first_step=True,
         )  # fmt: skip
-    solve = dict(
-        params=chosen, method=method, top_k=1, bottom_k=0, tol=tol, max_iter=max_iter, seed=seed,
-        mode=mode, all_reduce=all_reduce, start=start, solver_options=solver_options, hvp=hvp,
-    )  # fmt: skip
+    solve = dict(start=start, selection=selection)
     spectrum = None
     if preconditioner.needs_preconditioned_run:
-        spectrum = hessian_eigenvalues(
-            model, data, loss_fn, transform=preconditioner.operator, **solve
+        spectrum = compute_spectrum(
+            model, data, loss_fn, settings, transform=preconditioner.operator, **solve
         )
         top, top_error = spectrum.max, spectrum.top_errors[0]
     else:  # the step is lr times the gradient: the preconditioned operator is lr (H + wd I)
         if hessian_max_eigenvalue is None:
-            spectrum = hessian_eigenvalues(model, data, loss_fn, **solve)
+            spectrum = compute_spectrum(model, data, loss_fn, settings, **solve)
             hessian_max_eigenvalue = spectrum.max
         step = preconditioner.uniform_step
         top = (

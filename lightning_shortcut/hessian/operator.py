@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -18,12 +19,7 @@ from lightning_shortcut.hessian.batches import (
 )
 from lightning_shortcut.hessian.linear_operator import LinearOperator
 from lightning_shortcut.hessian.params import ParamsSpec, resolve_params
-
-AllReduce = Callable[[Tensor], Tensor]
-#: How a Hessian-vector product is taken: by double backward (exact) or by the central difference
-#: of two gradients (first derivatives only).
-Hvp = Literal["autograd", "finite_difference"]
-HVPS = ("autograd", "finite_difference")
+from lightning_shortcut.hessian.settings import HVPS, AllReduce, HessianSettings, Hvp
 
 __all__ = [
     "HVPS",
@@ -36,7 +32,7 @@ __all__ = [
     "cross_entropy_loss",
     "normalize_batches",
     "resolve_params",
-]  # the batches' and parameters' helpers are re-exported: every product reads them
+]  # the batches', parameters' and settings' names are re-exported: every product reads them
 
 
 class HessianOperator(LinearOperator):
@@ -64,14 +60,16 @@ class HessianOperator(LinearOperator):
         model: the model.
         batches: the batches (see :func:`normalize_batches`).
         loss_fn: ``loss_fn(model, batch) -> scalar`` mean loss of the batch.
-        params: the parameters the Hessian is taken over.
-        all_reduce: optional in-place-free sum across processes, applied to one packed tensor per
-            product (the local size-weighted sum of products, the sample count and a non-finite flag),
-            so every rank gets the Hessian of the union of the ranks' data.
-        fixed_seed: when given, the global RNG is seeded with ``fixed_seed + b`` before each forward
-            of batch ``b``, so random layers (dropout in train mode) use the same masks in every
-            product. The caller restores the global RNG state.
-        hvp: ``"autograd"`` (double backward, exact) or ``"finite_difference"``.
+        params: the parameters the Hessian is taken over (resolved: tensors of ``model``).
+        settings: the :class:`~lightning_shortcut.hessian.HessianSettings` the products follow
+            (default: ``HessianSettings()``); the operator reads its ``hvp`` (``"autograd"``,
+            double backward, exact, or ``"finite_difference"``), its ``all_reduce`` (an
+            in-place-free sum across processes, applied to one packed tensor per product: the
+            local size-weighted sum of products, the sample count and a non-finite flag, so every
+            rank gets the Hessian of the union of the ranks' data) and, in train mode, its
+            ``seed``: the global RNG is seeded with ``seed + b`` before each forward of batch
+            ``b``, so random layers (dropout) use the same masks in every product (the caller
+            restores the global RNG state).
 
     Attributes:
         hvp_error: with ``hvp="finite_difference"``, the estimated relative error of a product
@@ -84,21 +82,15 @@ class HessianOperator(LinearOperator):
         batches: Sequence[Any],
         loss_fn: LossFn,
         params: Sequence[Tensor],
-        all_reduce: AllReduce | None = None,
-        fixed_seed: int | None = None,
-        hvp: Hvp = "autograd",
+        settings: HessianSettings | None = None,
     ) -> None:
-        if hvp not in HVPS:
-            raise ValueError(f"`hvp` must be one of {list(HVPS)}, got {hvp!r}.")
+        self.settings = settings if settings is not None else HessianSettings()
         self.model = model
-        self.hvp = hvp
         self.hvp_error: float | None = None
-        self.fixed_seed = fixed_seed
         self.batches = [detach_inference(batch) for batch in batches]
         self.sizes = [batch_size(batch) for batch in self.batches]
         self.loss_fn = loss_fn
         self.params = list(params)
-        self.all_reduce = all_reduce
         self.shapes = [p.shape for p in self.params]
         self.numels = [p.numel() for p in self.params]
         first = self.params[0]
@@ -111,6 +103,18 @@ class HessianOperator(LinearOperator):
         self.loss: float | None = None
         self._cached: list[Tensor | None] | None = None
         self._weights: list[Tensor] | None = None  # finite differences: the values to restore
+
+    @property
+    def fixed_seed(self) -> int | None:
+        """In train mode ``seed``: batch ``b``'s forward follows ``torch.manual_seed(fixed_seed +
+        b)``; ``None`` in eval mode (the global RNG is not touched)."""
+        return self.settings.fixed_seed
+
+    def on_batches(self, batches: Sequence[Any]) -> HessianOperator:
+        """The operator of the same Hessian (model, loss, parameters, settings) over other batches
+        of this process alone: no sum across processes."""
+        local = replace(self.settings, all_reduce=None)
+        return HessianOperator(self.model, batches, self.loss_fn, self.params, local)
 
     def _gradients(self, index: int, create_graph: bool = True) -> list[Tensor | None]:
         if self.fixed_seed is not None:
@@ -203,7 +207,7 @@ class HessianOperator(LinearOperator):
     def _local_sum(self, vector: Tensor, scale: float = 1.0) -> Tensor:
         """``sum_b n_b H_b vector`` over this process's batches (``vector`` over all parameters);
         finite differences take the step times ``scale``."""
-        if self.hvp == "finite_difference":
+        if self.settings.hvp == "finite_difference":
             return self._difference(vector, scale)
         if len(self.batches) == 1:
             if self._cached is None:
@@ -217,17 +221,18 @@ class HessianOperator(LinearOperator):
     def _matvec(self, vector: Tensor) -> Tensor:
         total = self._local_sum(vector)
         count = float(sum(self.sizes))
-        if self.all_reduce is not None:
+        all_reduce = self.settings.all_reduce
+        if all_reduce is not None:
             packed = torch.cat([total, total.new_tensor([count, float(self.nonfinite)])])
-            packed = self.all_reduce(packed)
+            packed = all_reduce(packed)
             total, count, self.nonfinite = packed[:-2], float(packed[-2]), bool(packed[-1] > 0)
         if self.nonfinite:
             return torch.full_like(vector, float("nan"))
         product = total.div_(count)
-        if self.hvp == "finite_difference" and self.hvp_error is None:
+        if self.settings.hvp == "finite_difference" and self.hvp_error is None:
             wider = self._local_sum(vector, scale=2.0)
-            if self.all_reduce is not None:
-                wider = self.all_reduce(wider)
+            if all_reduce is not None:
+                wider = all_reduce(wider)
             self._estimate_error(product, wider.div_(count))
         return product
 

@@ -17,12 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_shortcut.hessian.context import Mode, hessian_operator
-from lightning_shortcut.hessian.operator import AllReduce, LossFn, ParamsSpec
+from lightning_shortcut.hessian.context import hessian_operator, select_parameters
+from lightning_shortcut.hessian.operator import LossFn, ParamsSpec
 from lightning_shortcut.hessian.results import HessianSpectrum
-from lightning_shortcut.hessian.sharded import fsdp_modules
+from lightning_shortcut.hessian.settings import AllReduce, HessianSettings, Mode
 
-__all__ = ["GradientOverlap", "gradient_overlap"]
+__all__ = ["GradientOverlap", "compute_gradient_overlap", "gradient_overlap"]
 
 
 @dataclass(frozen=True)
@@ -87,26 +87,37 @@ def gradient_overlap(
         gradient_overlap(model, (x, y), spectrum=spectrum).overlap  # e.g. 0.93
         ```
     """
-    if fsdp_modules(model):
-        raise ValueError(
-            "gradient_overlap does not support models sharded by fully_shard (the spectrum's "
-            "vectors are one rank's rows)."
-        )
+    settings = HessianSettings(params=params, mode=mode, seed=seed, all_reduce=all_reduce)
+    return compute_gradient_overlap(model, data, loss_fn, settings, spectrum=spectrum)
+
+
+def compute_gradient_overlap(
+    model: nn.Module,
+    data: Any,
+    loss_fn: LossFn | None,
+    settings: HessianSettings,
+    *,
+    spectrum: HessianSpectrum,
+) -> GradientOverlap:
+    """:func:`gradient_overlap` with the operator's options (``params``, ``mode``, ``seed``,
+    ``all_reduce``) as one :class:`~lightning_shortcut.hessian.HessianSettings`: pass the
+    settings the spectrum was measured with."""
+    selection = select_parameters(model, settings, unsharded_only="gradient_overlap")
     begin = time.perf_counter()
-    context = dict(params=params, all_reduce=all_reduce, mode=mode, seed=seed)
-    with hessian_operator(model, data, loss_fn, **context) as operator:
+    with hessian_operator(model, data, loss_fn, settings, selection) as operator:
         top = spectrum.vectors[: len(spectrum.top)]
         for vector in top:
             if vector.numel() != operator.dim:
                 raise ValueError(
-                    f"The spectrum's vectors have {vector.numel()} entries but params={params!r} "
+                    f"The spectrum's vectors have {vector.numel()} entries but "
+                    f"params={settings.params!r} "
                     f"of {type(model).__name__} has {operator.dim}: pass the params the spectrum "
                     "was measured with."
                 )
         gradient = operator._gradient_sum(operator.like.new_zeros(operator.dim))
         count = float(sum(operator.sizes))
-        if all_reduce is not None:
-            packed = all_reduce(torch.cat([gradient, gradient.new_tensor([count])]))
+        if settings.all_reduce is not None:
+            packed = settings.all_reduce(torch.cat([gradient, gradient.new_tensor([count])]))
             gradient, count = packed[:-1], float(packed[-1])
         gradient = gradient.double().cpu() / count
     norm = float(gradient.norm())

@@ -13,7 +13,7 @@ ParamsSpec = (
     Literal["all", "residual"] | Callable[[nn.Module], Iterable[Tensor]] | Iterable[Tensor] | None
 )
 
-__all__ = ["ParamsSpec", "branch_parameters", "resolve_params"]
+__all__ = ["ParamsSpec", "branch_parameters", "check_params_spec", "resolve_params"]
 
 
 def branch_parameters(model: nn.Module) -> list[Tensor]:
@@ -50,6 +50,7 @@ def resolve_params(model: nn.Module, params: ParamsSpec) -> list[Tensor]:
             ``"residual"`` finds no ResidualStack.
         TypeError: if ``params`` is none of the above.
     """
+    params = check_params_spec(params)
     if params is None or params == "all":
         chosen = [p for p in model.parameters() if p.requires_grad]
         if not chosen:
@@ -64,18 +65,33 @@ def resolve_params(model: nn.Module, params: ParamsSpec) -> list[Tensor]:
                 "parameters."
             )
         return _checked(model, chosen)
+    return _checked(model, list(params(model) if callable(params) else params))
+
+
+def check_params_spec(params: ParamsSpec) -> ParamsSpec:
+    """Return ``params`` if it is a :data:`ParamsSpec`, an iterable of parameters as a tuple (so
+    that it can be read more than once, as a generator such as ``model.parameters()`` cannot).
+
+    Raises:
+        ValueError: on a string other than ``"all"`` and ``"residual"``.
+        TypeError: on anything that is not a string, a callable or an iterable of parameters.
+    """
+    if params is None:
+        return None
     if isinstance(params, str):
-        raise ValueError(
-            f"`params` must be 'all', 'residual', a callable or parameters, got {params!r}."
-        )
+        if params not in ("all", "residual"):
+            raise ValueError(
+                f"`params` must be 'all', 'residual', a callable or parameters, got {params!r}."
+            )
+        return params
     if callable(params) and not isinstance(params, Tensor):
-        return _checked(model, list(params(model)))
+        return params
     if isinstance(params, Tensor) or not isinstance(params, Iterable):
         raise TypeError(
             "`params` must be 'all', 'residual', a callable or an iterable of parameters, got "
             f"{type(params).__name__}."
         )
-    return _checked(model, list(params))
+    return tuple(params)
 
 
 def _checked(model: nn.Module, chosen: list[Tensor]) -> list[Tensor]:

@@ -171,15 +171,7 @@ def _chunk_quotients(operator: HessianOperator, vectors: Sequence[Tensor], num_c
         return vmapped
     rows, sizes = [[] for _ in vectors], []
     for batch in _chunks(operator, num_chunks):
-        chunk = HessianOperator(
-            operator.model,
-            [batch],
-            operator.loss_fn,
-            operator.params,
-            None,
-            operator.fixed_seed,
-            operator.hvp,
-        )
+        chunk = operator.on_batches([batch])  # this rank's chunk: its quotients are summed below
         try:
             for index, vector in enumerate(vectors):
                 rows[index].append(float(torch.dot(vector, chunk(vector).to(vector))))
@@ -217,8 +209,9 @@ def rayleigh_stderr(
                 dtype=torch.float64,
             )
     packed = torch.cat([moments.flatten(), moments.new_tensor([float(len(sizes))])])
-    if operator.all_reduce is not None:
-        packed = operator.all_reduce(packed.to(operator.like.device)).double().cpu()
+    all_reduce = operator.settings.all_reduce
+    if all_reduce is not None:
+        packed = all_reduce(packed.to(operator.like.device)).double().cpu()
     moments, count = packed[:-1].view(len(vectors), 5), float(packed[-1])
     return [_stderr(row, count) for row in moments.tolist()]
 

@@ -28,7 +28,7 @@ Tensor parallelism and HSDP (2-D meshes) are refused with a message.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -36,16 +36,23 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from lightning_shortcut.hessian.operator import HessianOperator, Hvp, LossFn
+from lightning_shortcut.hessian.operator import HessianOperator, LossFn
+from lightning_shortcut.hessian.settings import HessianSettings
 
 __all__ = [
     "FullyShardedHessianOperator",
     "ShardLayout",
+    "ShardingError",
     "check_sharding",
     "fsdp_modules",
     "reshard",
     "unsharded_parameters",
 ]
+
+
+class ShardingError(ValueError):
+    """A sharded model the engine cannot measure as asked (a sharding other than plain FSDP2, or an
+    option that needs whole vectors or gradients); a ``ValueError``."""
 
 
 def _dtensor_type() -> type | None:
@@ -56,22 +63,25 @@ def _dtensor_type() -> type | None:
     return DTensor
 
 
-def check_sharding(model: nn.Module, params: Sequence[Tensor]) -> bool:
+def check_sharding(
+    model: nn.Module, params: Sequence[Tensor], modules: Sequence[nn.Module]
+) -> bool:
     """Whether the Hessian of ``model`` over ``params`` is taken the ``fully_shard`` way.
 
-    ``True`` when ``model`` has ``fully_shard`` modules and every parameter is sharded on dim 0
-    over one 1-D mesh; ``False`` when it has none and no parameter is a ``DTensor``.
+    ``True`` when ``model`` has ``fully_shard`` modules (``modules``, from :func:`fsdp_modules`)
+    and every parameter is sharded on dim 0 over one 1-D mesh; ``False`` when it has none and no
+    parameter is a ``DTensor``.
 
     Raises:
-        ValueError: for any other sharding (partly sharded parameters, tensor parallelism, HSDP,
+        ShardingError: for any other sharding (partly sharded parameters, tensor parallelism, HSDP,
             several meshes), naming the parameter.
     """
     names = {id(param): name for name, param in model.named_parameters()}
     dtensor = _dtensor_type()
-    if not fsdp_modules(model):
+    if not modules:
         for param in params:
             if dtensor is not None and isinstance(param, dtensor):
-                raise ValueError(
+                raise ShardingError(
                     f"Parameter {names.get(id(param))!r} is a DTensor but the model has no "
                     "fully_shard module (tensor parallelism?); the Hessian supports FSDP2 "
                     "sharding (fully_shard) only."
@@ -83,14 +93,14 @@ def check_sharding(model: nn.Module, params: Sequence[Tensor]) -> bool:
     for param in params:
         name = names.get(id(param))
         if not isinstance(param, dtensor):
-            raise ValueError(
+            raise ShardingError(
                 f"Parameter {name!r} is a plain tensor in a model sharded by fully_shard; the "
                 "Hessian of a partly sharded model is not supported: apply fully_shard to the "
                 "whole model (the root module too) or pass `params` that are all sharded."
             )
         placements = tuple(param.placements)
         if param.device_mesh.ndim != 1 or placements != (Shard(0),):
-            raise ValueError(
+            raise ShardingError(
                 f"Parameter {name!r} is a DTensor with placements {placements} on a "
                 f"{param.device_mesh.ndim}-D mesh; the Hessian supports plain FSDP2 (Shard(0) on "
                 "a 1-D mesh), not tensor parallelism or HSDP."
@@ -98,7 +108,7 @@ def check_sharding(model: nn.Module, params: Sequence[Tensor]) -> bool:
         if mesh is None:
             mesh = param.device_mesh
         elif param.device_mesh != mesh:
-            raise ValueError(
+            raise ShardingError(
                 f"Parameter {name!r} is sharded over another device mesh than the first "
                 "parameter's; the Hessian supports one mesh."
             )
@@ -114,11 +124,12 @@ def fsdp_modules(model: nn.Module) -> list[nn.Module]:
     return [module for module in model.modules() if isinstance(module, FSDPModule)]
 
 
-def reshard(model: nn.Module) -> None:
-    """Reshard every ``fully_shard`` module of ``model``, so that its parameters are the sharded
-    ``DTensor`` s the optimizer steps. A module can be left unsharded by a forward without backward
-    (the root after validation); its next forward all-gathers the same values again."""
-    for module in fsdp_modules(model):
+def reshard(modules: Sequence[nn.Module]) -> None:
+    """Reshard ``fully_shard`` modules (a model's :func:`fsdp_modules`), so that their parameters
+    are the sharded ``DTensor`` s the optimizer steps. A module can be left unsharded by a forward
+    without backward (the root after validation); its next forward all-gathers the same values
+    again."""
+    for module in modules:
         module.reshard()
 
 
@@ -184,24 +195,24 @@ def _fsdp_unsharded(modules: list[nn.Module]):
 
 
 @contextmanager
-def unsharded_parameters(model: nn.Module, params: Sequence[Tensor]):
-    """Unshard ``model``'s ``fully_shard`` modules and yield the unsharded tensor of each of
-    ``params`` (sharded parameters of ``model``), in order; everything is restored on exit.
+def unsharded_parameters(
+    model: nn.Module, params: Sequence[Tensor], modules: Sequence[nn.Module]
+) -> Iterator[list[Tensor]]:
+    """Unshard ``model``'s ``fully_shard`` modules (``modules``) and yield the unsharded tensor of
+    each of ``params`` (parameters of ``model`` that :func:`check_sharding` accepted), in order;
+    everything is restored on exit.
 
     Raises:
-        ValueError: if a parameter is not sharded on dim 0 over one 1-D mesh, or no
-            ``fully_shard`` module manages it.
+        ShardingError: if no ``fully_shard`` module manages a parameter.
     """
-    if not check_sharding(model, params):
-        raise ValueError("The model has no fully_shard module.")
     names = {id(param): name for name, param in model.named_parameters()}
     chosen = [names[id(param)] for param in params]
-    with _fsdp_unsharded(fsdp_modules(model)):
+    with _fsdp_unsharded(list(modules)):
         unsharded = dict(model.named_parameters())
         dtensor = _dtensor_type()
         for name in chosen:
             if isinstance(unsharded[name], dtensor):
-                raise ValueError(
+                raise ShardingError(
                     f"Parameter {name!r} is a DTensor that no fully_shard module manages; the "
                     "Hessian supports parameters sharded by fully_shard."
                 )
@@ -300,13 +311,14 @@ class FullyShardedHessianOperator(HessianOperator):
     samples. The ``fully_shard`` modules are unsharded from construction to :meth:`release`.
 
     Args:
-        model: the model (its ``fully_shard`` modules are found in it).
+        model: the model.
         batches: this rank's batches.
         loss_fn: ``loss_fn(model, batch) -> scalar`` mean loss of a batch.
-        params: the sharded parameters the Hessian is over.
-        fixed_seed: as in :class:`HessianOperator`.
-        hvp: as in :class:`HessianOperator` (finite differences perturb the unsharded copies of
-            the weights, which are restored from kept values, and never the shards).
+        params: the sharded parameters the Hessian is over (accepted by :func:`check_sharding`).
+        modules: the model's ``fully_shard`` modules (:func:`fsdp_modules`).
+        settings: as in :class:`HessianOperator`, with no ``all_reduce`` (products are summed over
+            the mesh); finite differences perturb the unsharded copies of the weights, which are
+            restored from kept values, and never the shards.
     """
 
     def __init__(
@@ -315,15 +327,15 @@ class FullyShardedHessianOperator(HessianOperator):
         batches: Sequence[Any],
         loss_fn: LossFn,
         params: Sequence[Tensor],
-        fixed_seed: int | None = None,
-        hvp: Hvp = "autograd",
+        modules: Sequence[nn.Module],
+        settings: HessianSettings,
     ) -> None:
         self._unsharded = ExitStack()
-        unsharded = self._unsharded.enter_context(unsharded_parameters(model, params))
+        unsharded = self._unsharded.enter_context(unsharded_parameters(model, params, modules))
         self.layout = ShardLayout(params)
         self.sharded_params = list(params)
         try:
-            super().__init__(model, batches, loss_fn, unsharded, None, fixed_seed, hvp)
+            super().__init__(model, batches, loss_fn, unsharded, settings)
         except BaseException:
             self._unsharded.close()
             raise
@@ -344,7 +356,7 @@ class FullyShardedHessianOperator(HessianOperator):
         if self.nonfinite:
             return torch.full_like(vector, float("nan"))
         product = local.div_(count)
-        if self.hvp == "finite_difference" and self.hvp_error is None:
+        if self.settings.hvp == "finite_difference" and self.hvp_error is None:
             wider = self.layout.reduce_scatter(self._local_sum(whole, scale=2.0))
             self._estimate_error(product, wider.div_(count))
         return product

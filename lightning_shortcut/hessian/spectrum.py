@@ -10,24 +10,20 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from lightning_shortcut.hessian.context import Mode, hessian_operator
-from lightning_shortcut.hessian.linear_operator import LinearOperator, NonFiniteProductError
-from lightning_shortcut.hessian.operator import (
-    HVPS,
-    AllReduce,
-    HessianOperator,
-    Hvp,
-    LossFn,
-    ParamsSpec,
+from lightning_shortcut.hessian.context import (
+    ParameterSelection,
+    hessian_operator,
+    select_parameters,
 )
+from lightning_shortcut.hessian.linear_operator import LinearOperator, NonFiniteProductError
+from lightning_shortcut.hessian.operator import HessianOperator, LossFn, ParamsSpec
 from lightning_shortcut.hessian.results import HessianSpectrum, WarmStart
 from lightning_shortcut.hessian.sampling import rayleigh_stderr
-from lightning_shortcut.hessian.sharded import (
-    fsdp_modules,
-)
-from lightning_shortcut.hessian.solvers import SOLVERS, EigenResult
+from lightning_shortcut.hessian.settings import AllReduce, HessianSettings, Hvp, Mode
+from lightning_shortcut.hessian.sharded import ShardingError
+from lightning_shortcut.hessian.solvers import EigenResult
 
-__all__ = ["HessianSpectrum", "hessian_eigenvalues", "magnitude_ratio"]
+__all__ = ["HessianSpectrum", "compute_spectrum", "hessian_eigenvalues", "magnitude_ratio"]
 
 
 def magnitude_ratio(largest: float, smallest: float, atol: float = 0.0) -> float:
@@ -38,39 +34,6 @@ def magnitude_ratio(largest: float, smallest: float, atol: float = 0.0) -> float
     if smallest <= atol:
         return math.inf
     return largest / smallest
-
-
-def _check_count(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"`{name}` must be an int >= 0, got {value!r}.")
-    return value
-
-
-def validate_solver_args(
-    method: str, top_k: int, bottom_k: int, min_abs: bool, tol: float, max_iter: int | None
-) -> None:
-    """Raise a ``ValueError`` naming the first bad solver argument."""
-    if method not in SOLVERS:
-        raise ValueError(f"Unknown method {method!r}; expected one of {list(SOLVERS)}.")
-    _check_count("top_k", top_k)
-    _check_count("bottom_k", bottom_k)
-    if top_k == 0 and bottom_k == 0 and not min_abs:
-        raise ValueError("Nothing to compute: `top_k` and `bottom_k` are 0 and `min_abs` is False.")
-    if min_abs and not SOLVERS[method].supports_min_abs:
-        supported = [name for name, spec in SOLVERS.items() if spec.supports_min_abs]
-        raise ValueError(
-            f"`min_abs=True` needs a solver that computes it ({supported}), got method={method!r}."
-        )
-    if isinstance(tol, bool) or not isinstance(tol, int | float) or not 0 < tol < 1:
-        raise ValueError(f"`tol` must be a float in (0, 1), got {tol!r}.")
-    if max_iter is not None and (
-        isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1
-    ):
-        raise ValueError(f"`max_iter` must be a positive int or None, got {max_iter!r}.")
-
-
-def _default_max_iter(dim: int, min_abs: bool) -> int:
-    return 1000 if min_abs else 300
 
 
 def hessian_eigenvalues(
@@ -124,7 +87,7 @@ def hessian_eigenvalues(
             it assumes the Krylov space has reached the extreme: at the edge of a dense bulk a
             value inside it may come back, see the README); ``min_abs`` is resolved to relative
             accuracy ``tol`` or reported as below resolution.
-        max_iter: products per eigenvalue run (default ``min(dim, 300)``, ``1000`` with ``min_abs``).
+        max_iter: products per eigenvalue run (default 300, 1000 with ``min_abs``).
         seed: seed of the private generator for start vectors.
         mode: ``"eval"`` (default; dropout off, BatchNorm on running statistics) or ``"train"``
             (buffers are restored afterwards, dropout masks are fixed for the call).
@@ -169,7 +132,10 @@ def hessian_eigenvalues(
             no trainable parameters, a ``start`` that is not a previous result or has vectors of
             the wrong size, ``stderr=True`` in train mode or with a ``transform``, or a
             ``transform`` that is not callable, changes the size or goes to a solver that runs on
-            the model.
+            the model (the options are checked by
+            :class:`~lightning_shortcut.hessian.HessianSettings` before anything is computed).
+        TypeError: on an option of the wrong type (a count that is not an int, ``min_abs`` not
+            a bool, ...).
 
     Example:
         ```python
@@ -177,52 +143,67 @@ def hessian_eigenvalues(
         spectrum.max, spectrum.min, spectrum.top_errors
         ```
     """
-    validate_solver_args(method, top_k, bottom_k, min_abs, tol, max_iter)
-    spec = SOLVERS[method]
-    if hvp not in HVPS or (hvp != "autograd" and spec.touches_grads):
-        raise ValueError(
-            f"`hvp` must be one of {list(HVPS)} ('autograd' with a solver that runs on the "
-            f"model), got hvp={hvp!r} with method={method!r}."
-        )
-    if spec.touches_grads and fsdp_modules(model):
-        raise ValueError(
-            f"method={method!r} runs on the model's gradients, which fully_shard reduces and "
-            "shards; use a solver of the operator such as 'lanczos'."
-        )
+    settings = HessianSettings(
+        params=params, mode=mode, hvp=hvp, seed=seed, all_reduce=all_reduce, method=method,
+        top_k=top_k, bottom_k=bottom_k, min_abs=min_abs, tol=tol, max_iter=max_iter,
+        solver_options=solver_options, stderr=stderr,
+    )  # fmt: skip
+    return compute_spectrum(model, data, loss_fn, settings, start=start, transform=transform)
+
+
+def compute_spectrum(
+    model: nn.Module,
+    data: Any,
+    loss_fn: LossFn | None,
+    settings: HessianSettings,
+    *,
+    start: HessianSpectrum | WarmStart | None = None,
+    transform: Callable[[HessianOperator], LinearOperator] | None = None,
+    selection: ParameterSelection | None = None,
+) -> HessianSpectrum:
+    """:func:`hessian_eigenvalues` with its options as one
+    :class:`~lightning_shortcut.hessian.HessianSettings`: the form the engine and the monitor pass
+    settings along in. ``selection``: the parameters, where the caller has selected them already
+    (:func:`~lightning_shortcut.hessian.context.select_parameters`).
+
+    Raises:
+        ValueError: as :func:`hessian_eigenvalues`.
+    """
+    spec = settings.solver
     if transform is not None and (not callable(transform) or spec.touches_grads):
         raise ValueError(
             f"`transform` must be a callable and `method` a solver of the operator; got "
-            f"transform={transform!r} with method={method!r}."
+            f"transform={transform!r} with method={settings.method!r}."
         )
-    if stderr not in (True, False, "cold"):
-        raise ValueError(f"`stderr` must be True, False or 'cold', got {stderr!r}.")
-    if stderr and (mode != "eval" or transform is not None):
+    if settings.stderr and transform is not None:
         raise ValueError(
-            f"`stderr={stderr!r}` needs mode='eval' and no transform (a loss that is a mean over "
-            f"samples, of the Hessian itself), got mode={mode!r}, transform={transform!r}."
+            f"`stderr={settings.stderr!r}` needs no transform (the standard error is of the "
+            f"Hessian itself), got transform={transform!r}."
+        )
+    if selection is None:
+        selection = select_parameters(model, settings)
+    if settings.stderr and selection.sharded:
+        raise ShardingError(
+            f"`stderr={settings.stderr!r}` is not available on a model sharded by fully_shard (the "
+            "chunks' products would need whole vectors on every rank); pass stderr=False."
         )
     begin = time.perf_counter()
-    generator = torch.Generator().manual_seed(seed)
-    context = dict(params=params, all_reduce=all_reduce, mode=mode, seed=seed, hvp=hvp)
+    generator = torch.Generator().manual_seed(settings.seed)
+    stderr = settings.stderr
     with hessian_operator(
-        model, data, loss_fn, clone_grads=spec.touches_grads, **context
+        model, data, loss_fn, settings, selection, clone_grads=spec.touches_grads
     ) as operator:
-        if stderr and operator.sharded:
-            raise ValueError(
-                f"`stderr={stderr!r}` is not available on a model sharded by fully_shard (the "
-                "chunks' products would need whole vectors on every rank); pass stderr=False."
-            )
         try:
             result = spec.solve(
                 operator if transform is None else _transformed(transform, operator),
                 generator=generator,
-                top_k=top_k,
-                bottom_k=bottom_k,
-                min_abs=min_abs,
-                tol=tol,
-                max_iter=max_iter or _default_max_iter(operator.dim, min_abs),
+                top_k=settings.top_k,
+                bottom_k=settings.bottom_k,
+                min_abs=settings.min_abs,
+                tol=settings.tol,
+                max_iter=settings.products_per_run,
                 start=_start_vectors(start, operator.local_dim),
-                **dict(solver_options or {}),
+                **settings.solver_options,
             )
         except NonFiniteProductError:
             result = None
@@ -241,16 +222,18 @@ def hessian_eigenvalues(
     seconds = time.perf_counter() - begin
     if result is None:
         failed = HessianSpectrum.nan(
-            top_k, bottom_k, min_abs, method, "non-finite loss or Hessian-vector product",
-            operator.num_hvps, stderr,
+            settings.top_k, settings.bottom_k, settings.min_abs, settings.method,
+            "non-finite loss or Hessian-vector product", operator.num_hvps, stderr,
         )  # fmt: skip
-        failed.hvp = hvp
+        failed.hvp = settings.hvp
         return failed
-    spectrum = _assemble(result, method, min_abs, tol, products, seconds)
+    spectrum = _assemble(result, settings.method, settings.min_abs, settings.tol, products, seconds)
     if stderr:
         spectrum.max_stderr, spectrum.min_stderr = result_stderr
         spectrum.stderr_seconds = stderr_seconds
-    return _with_product_error(spectrum, hvp, operator.hvp_error, result.scale, tol)
+    return _with_product_error(
+        spectrum, settings.hvp, operator.hvp_error, result.scale, settings.tol
+    )
 
 
 def _with_product_error(

@@ -1,0 +1,162 @@
+"""``HessianSettings``: what a measurement asks for, validated once where the values enter.
+
+The public functions (:func:`~lightning_shortcut.hessian.hessian_eigenvalues`,
+:func:`~lightning_shortcut.hessian.edge_of_stability`, :func:`~lightning_shortcut.hessian.
+hessian_trace`, ...) and :class:`~lightning_shortcut.callbacks.HessianEigenvalueMonitor` take flat
+keyword options; each builds one :class:`HessianSettings` from them, which refuses a bad value
+there, and everything below (the operator, its context, the sharded operator, the sampling error,
+the solvers' call) reads that one object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from torch import Tensor
+
+from lightning_shortcut.hessian._validation import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_non_negative_int,
+    check_positive_int,
+)
+from lightning_shortcut.hessian.params import ParamsSpec, check_params_spec
+
+if TYPE_CHECKING:
+    from lightning_shortcut.hessian.solvers.base import SolverSpec
+
+__all__ = ["HVPS", "MODES", "AllReduce", "HessianSettings", "Hvp", "Mode"]
+
+#: ``"eval"`` (dropout off, BatchNorm on running statistics) or ``"train"``.
+Mode = Literal["eval", "train"]
+MODES = ("eval", "train")
+#: How a Hessian-vector product is taken: by double backward (exact) or by the central difference
+#: of two gradients (first derivatives only).
+Hvp = Literal["autograd", "finite_difference"]
+HVPS = ("autograd", "finite_difference")
+#: A sum across processes of one tensor (a new tensor), such as ``torch.distributed``'s all-reduce.
+AllReduce = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True, kw_only=True)
+class HessianSettings:
+    """The settings of a measurement: which Hessian, how its products are taken, which solver asks
+    for what, and what comes back. Frozen; every value is checked when it is made.
+
+    The fields mean what the keyword options of the same names mean in
+    :func:`~lightning_shortcut.hessian.hessian_eigenvalues`. A function that does not solve for
+    eigenvalues (:func:`~lightning_shortcut.hessian.hessian_trace`, ...) reads only the operator's
+    fields (``params``, ``mode``, ``hvp``, ``seed``, ``all_reduce``). Derive a variant with
+    :func:`dataclasses.replace`, which checks the new combination.
+
+    Raises:
+        ValueError: on a value outside what is accepted (an unknown ``method``, ``mode`` or
+            ``hvp``, negative or all-zero counts, ``tol`` outside ``(0, 1)``, an option the solver
+            does not take or refuses, ...) or a combination the engine cannot compute
+            (``min_abs`` with a solver without it, ``hvp="finite_difference"`` or ``stderr`` in
+            train mode), naming the value and what is accepted.
+        TypeError: on a value of the wrong type.
+
+    Example:
+        ```python
+        settings = HessianSettings(top_k=2, tol=1e-2, params="residual")
+        dataclasses.replace(settings, bottom_k=0)
+        ```
+    """
+
+    # the operator: which Hessian, how its products are taken
+    params: ParamsSpec = None
+    mode: Mode = "eval"
+    hvp: Hvp = "autograd"
+    seed: int = 0
+    all_reduce: AllReduce | None = None
+    # the solver and what it is asked for
+    method: str = "lanczos"
+    top_k: int = 1
+    bottom_k: int = 1
+    min_abs: bool = False
+    tol: float = 1e-3
+    max_iter: int | None = None
+    solver_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    # what comes back besides the values
+    stderr: bool | Literal["cold"] = False
+    #: the registry entry of ``method`` (set when the settings are made)
+    solver: SolverSpec = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # the registry's solvers import the operator, which reads these settings: looked up here,
+        # when settings are made, not when this module is imported
+        from lightning_shortcut.hessian.solvers import SOLVERS
+
+        solver = SOLVERS[check_choice("method", self.method, SOLVERS)]
+        object.__setattr__(self, "solver", solver)
+        self._check_operator()
+        self._check_request()
+        options = {} if self.solver_options is None else self.solver_options
+        if not isinstance(options, Mapping):
+            raise TypeError(
+                f"`solver_options` must be a mapping of option names to values, got "
+                f"{type(options).__name__}."
+            )
+        object.__setattr__(self, "solver_options", dict(options))
+        solver.check_options(self.solver_options)
+        if not (self.stderr is True or self.stderr is False or self.stderr == "cold"):
+            raise ValueError(f"`stderr` must be True, False or 'cold', got {self.stderr!r}.")
+        if self.stderr and self.mode != "eval":
+            raise ValueError(
+                f"`stderr={self.stderr!r}` needs mode='eval' (a loss that is a mean over samples), "
+                f"got mode={self.mode!r}."
+            )
+
+    def _check_operator(self) -> None:
+        check_choice("mode", self.mode, MODES)
+        check_choice("hvp", self.hvp, HVPS)
+        if self.hvp != "autograd" and self.solver.touches_grads:
+            raise ValueError(
+                f"hvp={self.hvp!r} needs a solver of the operator ('autograd' with a solver that "
+                f"runs on the model); method={self.method!r} runs on the model's gradients."
+            )
+        check_non_negative_int("seed", self.seed)
+        object.__setattr__(self, "params", check_params_spec(self.params))
+        if self.all_reduce is not None and not callable(self.all_reduce):
+            raise TypeError(
+                "`all_reduce` must be None or a callable summing a tensor across processes, got "
+                f"{type(self.all_reduce).__name__}."
+            )
+
+    def _check_request(self) -> None:
+        check_non_negative_int("top_k", self.top_k)
+        check_non_negative_int("bottom_k", self.bottom_k)
+        check_bool("min_abs", self.min_abs)
+        if self.top_k == 0 and self.bottom_k == 0 and not self.min_abs:
+            raise ValueError(
+                "Nothing to compute: `top_k` and `bottom_k` are 0 and `min_abs` is False."
+            )
+        if self.min_abs and not self.solver.supports_min_abs:
+            from lightning_shortcut.hessian.solvers import SOLVERS
+
+            supported = [name for name, spec in SOLVERS.items() if spec.supports_min_abs]
+            raise ValueError(
+                f"`min_abs=True` needs a solver that computes it ({supported}), got "
+                f"method={self.method!r}."
+            )
+        check_float("tol", self.tol, low=0.0, high=1.0, include_low=False, include_high=False)
+        if self.max_iter is not None:
+            check_positive_int("max_iter", self.max_iter)
+
+    @property
+    def fixed_seed(self) -> int | None:
+        """The global RNG seed before each forward (``seed``) in train mode, so that dropout masks
+        are the same in every product; ``None`` in eval mode."""
+        return self.seed if self.mode == "train" else None
+
+    @property
+    def products_per_run(self) -> int:
+        """``max_iter``, or its default: 300 products per eigenvalue run, 1000 with ``min_abs``
+        (the smallest ``|eigenvalue|`` sits inside the spectrum, where Lanczos converges slowly)."""
+        if self.max_iter is not None:
+            return self.max_iter
+        return 1000 if self.min_abs else 300
