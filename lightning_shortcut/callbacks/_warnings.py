@@ -32,6 +32,7 @@ class MeasurementWarnings:
     def about(self, spectrum: HessianSpectrum, metrics: dict[str, float], step: int) -> None:
         """Warn, once per kind, about a measurement that is not a plain success."""
         values = {k: v for k, v in metrics.items() if k not in _BOOKKEEPING and k not in _STDERR}
+        tol = self.settings.tol
         undefined = sorted(key for key, value in values.items() if math.isnan(value))
         if undefined == ["condition_number"]:
             # every eigenvalue came out finite: only max|lambda| / min|lambda| = 0 / 0 is undefined
@@ -58,14 +59,15 @@ class MeasurementWarnings:
             self.once(
                 "unresolved",
                 f"HessianEigenvalueMonitor: at step {step} the smallest |eigenvalue| is below what "
-                f"tol={self.settings.tol} resolves (<= tol * max|eigenvalue|): the Hessian is singular to "
+                f"tol={tol} resolves (<= tol * max|eigenvalue|): the Hessian is singular to "
                 f"within tol, so condition_number is logged as inf. {self._why_singular()}",
             )
         elif not spectrum.converged:
             self.once(
                 "not_converged",
-                f"HessianEigenvalueMonitor: the solver did not reach tol={self.settings.tol} within "
-                f"max_iter={self.settings.max_iter} at step {step}; the logged values are its best estimates.",
+                f"HessianEigenvalueMonitor: the solver did not reach tol={tol} within "
+                f"max_iter={self.settings.max_iter} at step {step}; the logged values are its best "
+                "estimates.",
             )
 
     def about_samples(self, samples: int, stage: str) -> None:
