@@ -76,7 +76,9 @@ class HessianEigenvalueMonitor(CurvatureMap, ColdAndWarmCosts):
     that did not converge is logged (NaN where there is no value) and warned about once, and
     training goes on.
 
-    Every argument is keyword-only.
+    Every argument is keyword-only. The measurements' options (``params``, ``mode``, the *Solver*
+    ones and ``stderr``) are checked here, once, into ``settings``, one frozen
+    :class:`~lightning_shortcut.hessian.HessianSettings` that every measurement passes along.
 
     Args:
         every_n_steps: *Schedule.* Measure every this many optimizer steps (``None``: not by steps).
