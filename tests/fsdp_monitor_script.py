@@ -89,9 +89,10 @@ class SaveWeights(Callback):
                 "weights": self.weights,
                 "history": monitor.history if monitor else None,
                 "batches": monitor._batches["fit"] if monitor else None,
-                "vectors": [v.numel() for v in monitor._tracker._vectors or []]
-                if monitor
-                else None,
+                # the warm-start vectors the tracker keeps (its WarmStart, or none)
+                "vectors": None
+                if monitor is None
+                else [v.numel() for v in getattr(monitor._tracker._start, "vectors", [])],
             },
             self.out / f"{self.name}_{trainer.global_rank}.pt",
         )

@@ -7,11 +7,8 @@ import torch
 from helpers.models import TinyCNN, classification_data, mlp
 
 from lightning_shortcut.hessian import SpectrumTracker, WarmStart, hessian_eigenvalues
-from lightning_shortcut.hessian.solvers._stopping import (
-    MIN_PRODUCTS,
-    SEPARATED_MIN_PRODUCTS,
-    WARM_MIN_PRODUCTS,
-)
+from lightning_shortcut.hessian.solvers._stopping import MIN_PRODUCTS, SEPARATED_MIN_PRODUCTS
+from lightning_shortcut.hessian.tracking import WARM_MIN_PRODUCTS
 
 torch.manual_seed(0)
 
@@ -137,7 +134,14 @@ def test_a_warm_run_from_vectors_that_are_no_evidence_is_run_again_cold():
     values = [50.0, 20.0, *torch.linspace(-1.0, 1.0, 200).tolist(), -8.0]
     basis = _basis(len(values))
     model = Quadratic(basis @ torch.diag(torch.tensor(values, dtype=torch.float64)) @ basis.T)
-    misleading = WarmStart([basis[:, 150].clone(), basis[:, 50].clone()], [0.5], [-0.5], 0.5, -0.5)
+    misleading = WarmStart(
+        top_vectors=[basis[:, 150].clone()],
+        bottom_vectors=[basis[:, 50].clone()],
+        top=[0.5],
+        bottom=[-0.5],
+        top_frontier=0.5,
+        bottom_frontier=-0.5,
+    )
     spectrum = hessian_eigenvalues(model, DATA, _loss, tol=1e-2, start=misleading)
     assert spectrum.warm_given_up and not spectrum.warm_start
     assert spectrum.num_hvps >= WARM_MIN_PRODUCTS + MIN_PRODUCTS  # the given-up run, then cold
@@ -167,7 +171,12 @@ def test_stderr_cold_comes_with_cold_answers_only():
     warm = hessian_eigenvalues(model, (x, y), tol=1e-2, stderr="cold", start=cold)
     assert cold.max_stderr > 0 and cold.min_stderr > 0
     assert warm.warm_start and warm.max_stderr is None and warm.min_stderr is None
-    misleading = WarmStart(cold.vectors, [v / 2 for v in cold.top], [v / 2 for v in cold.bottom])
+    misleading = WarmStart(
+        top_vectors=cold.top_vectors,
+        bottom_vectors=cold.bottom_vectors,
+        top=[v / 2 for v in cold.top],
+        bottom=[v / 2 for v in cold.bottom],
+    )
     with torch.no_grad():
         for param in model.parameters():  # far from where the vectors came from
             param.mul_(3.0)
@@ -196,7 +205,7 @@ def test_a_tracked_end_that_falls_into_a_cluster_is_not_returned(seed):
     first = hessian_eigenvalues(model, DATA, _loss, bottom_k=0, tol=1e-2, seed=seed)
     tracker.update(first, params)
     # the directions the first measurement carried forward fall by 15%, the rest stay
-    carried, _ = torch.linalg.qr(torch.stack(first.tracking_vectors).T)
+    carried, _ = torch.linalg.qr(torch.stack(first.tracking_vectors.vectors).T)
     matrix, rest = model.matrix, torch.eye(size, dtype=torch.float64) - carried @ carried.T
     kept = carried @ (carried.T @ matrix @ carried) @ carried.T
     model.matrix = rest @ matrix @ rest + 0.85 * kept

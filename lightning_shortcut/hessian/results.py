@@ -1,61 +1,30 @@
-"""``HessianSpectrum``: what :func:`~lightning_shortcut.hessian.hessian_eigenvalues` returns."""
+"""``HessianSpectrum``: what :func:`~lightning_shortcut.hessian.hessian_eigenvalues` and every
+registered solver return (one type: a solver fills in the values, bounds and vectors, and
+``hessian_eigenvalues`` completes the same object with the call's cost and what follows from the
+values)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from torch import Tensor
 
-__all__ = ["HessianSpectrum", "WarmStart"]
+from lightning_shortcut.hessian.tracking import WarmStart
 
-
-class WarmStart(list):
-    """What a measurement leaves for the next one to start from: a list of flat vectors (the
-    ``top_k`` top eigenvectors, the ``bottom_k`` bottom ones, then the Ritz vectors next to the
-    ends) with the values that measurement certified.
-
-    The [warm rule][warm-rule] (the docs' engine page) reads the values: a warm
-    run may stop early only while its extremes have not retreated past ``top_frontier`` (the
-    lowest of the top-side values the vectors carry) or ``bottom_frontier`` (the highest of the
-    bottom side's). A bare list of vectors has no values: ``hessian_eigenvalues`` refuses it, and
-    the Lanczos solver given one runs cold.
-
-    Args:
-        vectors: the vectors.
-        top: the eigenvalues of the top vectors, descending.
-        bottom: the eigenvalues of the bottom vectors, ascending.
-        top_frontier: the lowest Ritz value among the top end's vectors (``None``: no top end).
-        bottom_frontier: the highest Ritz value among the bottom end's vectors.
-    """
-
-    def __init__(
-        self,
-        vectors: Iterable[Tensor] = (),
-        top: Iterable[float] = (),
-        bottom: Iterable[float] = (),
-        top_frontier: float | None = None,
-        bottom_frontier: float | None = None,
-    ) -> None:
-        super().__init__(vectors)
-        self.top = list(top)
-        self.bottom = list(bottom)
-        self.top_frontier = top_frontier
-        self.bottom_frontier = bottom_frontier
-
-    def replace(self, vectors: Iterable[Tensor]) -> WarmStart:
-        """The same values with ``vectors`` in place of these."""
-        return WarmStart(vectors, self.top, self.bottom, self.top_frontier, self.bottom_frontier)
-
-    def detach(self) -> WarmStart:
-        """The same start with every vector detached."""
-        return self.replace(vector.detach() for vector in self)
+__all__ = ["HessianSpectrum"]
 
 
 @dataclass
 class HessianSpectrum:
-    """The extreme eigenvalues of a loss Hessian, with bounds on their errors.
+    """The extreme eigenvalues of a loss Hessian (or of any symmetric operator), with bounds on
+    their errors.
+
+    A registered solver returns one (as ``EigenResult``, the same type) with ``top``, ``bottom``,
+    their errors, ``vectors`` where it has them, ``scale``, ``converged`` and ``reason`` (and
+    ``min_abs`` where asked); :func:`~lightning_shortcut.hessian.hessian_eigenvalues` sorts it and
+    fills in the rest: ``max``, ``min``, ``min_abs_resolved``, ``condition_number``, the cost and
+    the standard errors.
 
     Attributes:
         top: the ``top_k`` largest eigenvalues, descending.
@@ -74,6 +43,7 @@ class HessianSpectrum:
         top_errors: for each value of ``top``, a bound on its error (see the solver).
         bottom_errors: the same for ``bottom``.
         min_abs_error: a bound on the error of ``min_abs``.
+        scale: the largest ``|eigenvalue|`` seen, the scale of the tolerance.
         num_hvps: Hessian-vector products used.
         converged: whether every requested value met the tolerance.
         reason: why not, in words (empty when converged).
@@ -96,7 +66,8 @@ class HessianSpectrum:
         min_stderr: the same for ``min``.
         stderr_seconds: the part of :attr:`seconds` spent on the standard errors.
         vectors: the unit eigenvector estimates of ``top`` then ``bottom``, flat over the parameters
-            (under ``fully_shard``, this rank's rows of them).
+            (under ``fully_shard``, this rank's rows of them); empty where the solver gives none
+            (``"pyhessian"``).
         neighbours: the Ritz vectors next to the extremes (kept for warm starts).
         frontiers: the lowest top-side and the highest bottom-side Ritz value among
             :attr:`tracking_vectors` (``None`` for an end not computed).
@@ -112,6 +83,7 @@ class HessianSpectrum:
     top_errors: list[float] = field(default_factory=list)
     bottom_errors: list[float] = field(default_factory=list)
     min_abs_error: float | None = None
+    scale: float = 0.0
     num_hvps: int = 0
     converged: bool = True
     reason: str = ""
@@ -131,10 +103,46 @@ class HessianSpectrum:
     )
 
     @property
+    def top_vectors(self) -> list[Tensor]:
+        """The eigenvectors of ``top`` (the first ``len(top)`` of :attr:`vectors`)."""
+        return self.vectors[: len(self.top)]
+
+    @property
+    def bottom_vectors(self) -> list[Tensor]:
+        """The eigenvectors of ``bottom`` (those of :attr:`vectors` after the top's)."""
+        return self.vectors[len(self.top) :]
+
+    @property
     def tracking_vectors(self) -> WarmStart:
-        """What to pass as ``start`` to the next measurement: :attr:`vectors`, then
-        :attr:`neighbours`, with the values they certified."""
-        return WarmStart(self.vectors + self.neighbours, self.top, self.bottom, *self.frontiers)
+        """What to pass as ``start`` to the next measurement: :attr:`vectors` and
+        :attr:`neighbours`, with the values they certified (an end whose vectors a solver did not
+        give in full carries none)."""
+        top, bottom = self.top_vectors, self.bottom_vectors
+        return WarmStart(
+            top if len(top) == len(self.top) else [],
+            bottom if len(bottom) == len(self.bottom) else [],
+            self.neighbours,
+            self.top,
+            self.bottom,
+            *self.frontiers,
+        )
+
+    def fail(self, reason: str) -> None:
+        """Mark the result as not converged, keeping the first reason given."""
+        self.converged = False
+        self.reason = self.reason or reason
+
+    @classmethod
+    def zeros(cls, top_k: int, bottom_k: int, min_abs: bool) -> HessianSpectrum:
+        """A solver's exact answer for the zero operator."""
+        return cls(
+            top=[0.0] * top_k,
+            bottom=[0.0] * bottom_k,
+            top_errors=[0.0] * top_k,
+            bottom_errors=[0.0] * bottom_k,
+            min_abs=0.0 if min_abs else None,
+            min_abs_error=0.0 if min_abs else None,
+        )
 
     @classmethod
     def nan(

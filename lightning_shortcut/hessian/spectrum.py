@@ -17,11 +17,11 @@ from lightning_shortcut.hessian.context import (
 )
 from lightning_shortcut.hessian.linear_operator import LinearOperator, NonFiniteProductError
 from lightning_shortcut.hessian.operator import HessianOperator, LossFn, ParamsSpec
-from lightning_shortcut.hessian.results import HessianSpectrum, WarmStart
+from lightning_shortcut.hessian.results import HessianSpectrum
 from lightning_shortcut.hessian.sampling import rayleigh_stderr
 from lightning_shortcut.hessian.settings import AllReduce, HessianSettings, Hvp, Mode
 from lightning_shortcut.hessian.sharded import ShardingError
-from lightning_shortcut.hessian.solvers import EigenResult
+from lightning_shortcut.hessian.tracking import WarmStart, answered_cold
 
 __all__ = ["HessianSpectrum", "compute_spectrum", "hessian_eigenvalues", "magnitude_ratio"]
 
@@ -207,19 +207,19 @@ def compute_spectrum(
             )
         except NonFiniteProductError:
             result = None
-        products, stderr_seconds = operator.num_hvps, 0.0
+        products = operator.num_hvps
+        if result is not None:
+            _complete(result, settings)
         # "cold": wanted unless every answer came from a warm run
-        cold_answer = result is None or not result.warm or result.abandoned
-        stderr = stderr is True or (stderr == "cold" and cold_answer)
+        stderr = stderr is True or (stderr == "cold" and (result is None or answered_cold(result)))
         if result is not None and stderr:
             # the extreme vectors' quotients over the batch's chunks: one product's samples each
             ends = [vectors[:1] for vectors in (result.top_vectors, result.bottom_vectors)]
             stderr_begin = time.perf_counter()
             errors = iter(rayleigh_stderr(operator, [v for end in ends for v in end]))
-            stderr_seconds = time.perf_counter() - stderr_begin
-            result_stderr = [next(errors) if end else None for end in ends]
+            result.stderr_seconds = time.perf_counter() - stderr_begin
+            result.max_stderr, result.min_stderr = (next(errors) if end else None for end in ends)
             products += sum(map(len, ends))
-    seconds = time.perf_counter() - begin
     if result is None:
         failed = HessianSpectrum.nan(
             settings.top_k, settings.bottom_k, settings.min_abs, settings.method,
@@ -227,24 +227,19 @@ def compute_spectrum(
         )  # fmt: skip
         failed.hvp = settings.hvp
         return failed
-    spectrum = _assemble(result, settings.method, settings.min_abs, settings.tol, products, seconds)
-    if stderr:
-        spectrum.max_stderr, spectrum.min_stderr = result_stderr
-        spectrum.stderr_seconds = stderr_seconds
-    return _with_product_error(
-        spectrum, settings.hvp, operator.hvp_error, result.scale, settings.tol
-    )
+    result.num_hvps, result.seconds = products, time.perf_counter() - begin
+    return _with_product_error(result, settings.hvp, operator.hvp_error, settings.tol)
 
 
 def _with_product_error(
-    spectrum: HessianSpectrum, hvp: str, error: float | None, scale: float, tol: float
+    spectrum: HessianSpectrum, hvp: str, error: float | None, tol: float
 ) -> HessianSpectrum:
     """Fold the finite-difference products' estimated error into the spectrum's error bounds."""
     spectrum.hvp = hvp
     if error is None:
         return spectrum
     spectrum.hvp_error = error
-    extra = error * scale
+    extra = error * spectrum.scale
     spectrum.top_errors = [value + extra for value in spectrum.top_errors]
     spectrum.bottom_errors = [value + extra for value in spectrum.bottom_errors]
     unresolved = False
@@ -276,11 +271,14 @@ def _transformed(
 
 
 def _start_vectors(start: Any, dim: int) -> WarmStart | None:
-    """The start with flat vectors (``None`` for none)."""
+    """The start with flat, detached vectors (``None`` for none)."""
     if start is None:
         return None
     start = getattr(start, "tracking_vectors", start)  # a previous result itself
-    vectors = [start] if isinstance(start, Tensor) else list(start)
+    if isinstance(start, WarmStart):
+        vectors = list(start.vectors)
+    else:
+        vectors = [start] if isinstance(start, Tensor) else list(start)
     for index, vector in enumerate(vectors):
         if not isinstance(vector, Tensor) or vector.numel() != dim:
             shape = tuple(getattr(vector, "shape", ()))
@@ -296,51 +294,29 @@ def _start_vectors(start: Any, dim: int) -> WarmStart | None:
             "`tracking_vectors`, which carry the values the warm rule checks; got bare vectors "
             f"({type(start).__name__} of {len(vectors)})."
         )
-    return start.replace(vector.reshape(-1).detach() for vector in vectors)
+    return start.map(lambda vector: vector.reshape(-1).detach())
 
 
-def _sorted(values: list[float], errors: list[float], vectors: list[Tensor], descending: bool):
-    order = sorted(range(len(values)), key=lambda i: values[i], reverse=descending)
-    return (
-        [values[i] for i in order],
-        [errors[i] for i in order],
-        [vectors[i].detach() for i in order if i < len(vectors)],
-    )
-
-
-def _assemble(
-    result: EigenResult, method: str, min_abs: bool, tol: float, num_hvps: int, seconds: float
-) -> HessianSpectrum:
-    top, top_errors, top_vectors = _sorted(
-        result.top, result.top_errors, result.top_vectors, descending=True
-    )
-    bottom, bottom_errors, bottom_vectors = _sorted(
-        result.bottom, result.bottom_errors, result.bottom_vectors, descending=False
-    )
-    resolved = condition = None
-    if min_abs:
-        smallest, error, largest = result.min_abs, result.min_abs_error, result.scale
-        resolved = smallest > tol * largest and error <= tol * smallest
-        condition = magnitude_ratio(largest, smallest, atol=tol * largest)
-    return HessianSpectrum(
-        top=top,
-        bottom=bottom,
-        max=top[0] if top else None,
-        min=bottom[0] if bottom else None,
-        min_abs=result.min_abs if min_abs else None,
-        min_abs_resolved=resolved,
-        condition_number=condition,
-        top_errors=top_errors,
-        bottom_errors=bottom_errors,
-        min_abs_error=result.min_abs_error if min_abs else None,
-        num_hvps=num_hvps,
-        converged=result.converged,
-        reason=result.reason,
-        seconds=seconds,
-        method=method,
-        warm_start=result.warm,
-        warm_given_up=result.abandoned,
-        vectors=top_vectors + bottom_vectors,
-        neighbours=[vector.detach() for vector in result.neighbours],
-        frontiers=result.frontiers,
-    )
+def _complete(result: HessianSpectrum, settings: HessianSettings) -> None:
+    """Complete a solver's answer in place: each end sorted (values, errors and vectors together),
+    ``max`` and ``min``, ``min_abs``' resolution and the condition number, the method."""
+    ends = []
+    for values, errors, vectors, descending in (
+        (result.top, result.top_errors, result.top_vectors, True),
+        (result.bottom, result.bottom_errors, result.bottom_vectors, False),
+    ):
+        order = sorted(range(len(values)), key=lambda i: values[i], reverse=descending)
+        values[:] = [values[i] for i in order]
+        errors[:] = [errors[i] for i in order]
+        ends.append([vectors[i].detach() for i in order if i < len(vectors)])
+    result.vectors = ends[0] + ends[1]
+    result.neighbours = [vector.detach() for vector in result.neighbours]
+    result.max = result.top[0] if result.top else None
+    result.min = result.bottom[0] if result.bottom else None
+    result.method = settings.method
+    if not settings.min_abs:
+        result.min_abs = result.min_abs_error = None
+        return
+    tol, smallest, largest = settings.tol, result.min_abs, result.scale
+    result.min_abs_resolved = smallest > tol * largest and result.min_abs_error <= tol * smallest
+    result.condition_number = magnitude_ratio(largest, smallest, atol=tol * largest)

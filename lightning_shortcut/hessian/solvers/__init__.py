@@ -2,7 +2,8 @@
 
 Built in: ``"lanczos"`` (thick-restart Lanczos, the default), ``"power"`` (shifted power iteration)
 and ``"pyhessian"`` (pyhessian 0.1, wrapped). Add one with :func:`register_solver`; every solver has
-the signature of :class:`Solver` and returns an :class:`EigenResult`.
+the signature of :class:`Solver` and returns a
+:class:`~lightning_shortcut.hessian.HessianSpectrum` (``EigenResult`` is the same type).
 """
 
 from lightning_shortcut.hessian.solvers.base import (

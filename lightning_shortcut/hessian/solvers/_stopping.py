@@ -1,4 +1,10 @@
-"""When a Lanczos run may stop: error bounds, the cold safeguards and the warm rule.
+"""When a Lanczos run stops: one rule that answers continue, stop or give up at every check.
+
+:class:`StoppingRule` owns the whole decision: the error bounds of the extreme Ritz values, the
+evidence that they are the spectrum's extremes, the resolution of ``min_abs`` and both limits
+(``max_iter``, and a warm run's product budget). The solver steps the Lanczos process and hands the
+rule what each check shows (:class:`Check`: Ritz values and residuals); the rule answers with an
+:class:`Assessment` whose :class:`Decision` the solver follows.
 
 A run stops once every wanted value's error bound is within ``tol * max|lambda|`` *and* the run has
 evidence that no eigenvalue lies beyond the extreme Ritz values (a small residual says an eigenvalue
@@ -18,53 +24,19 @@ bulk near zero, the Ritz values of the unresolved bulk stand apart as if separat
 separated floor at both ends, 4 of 10 calls on a trained MLP returned the bulk's edge for its
 smallest eigenvalue at ``tol = 1e-3``, none with the full floor).
 
-**Warm runs** start from the eigenvectors of the previous measurement (plus a random part, see
-:data:`~lightning_shortcut.hessian.solvers._vectors.WARM_START_NOISE`). That previous measurement
-was itself certified (by a cold run, or by a chain of warm runs that goes back to one), so the start
-holds a large share of the direction that was extreme a few optimizer steps ago. Lanczos' error in
-the extreme Ritz value decays with the start's component ``c`` along the extreme eigenvector as
-``tan^2(angle) = (1 - c^2) / c^2`` times a Chebyshev factor that falls with every product; the cold
-floor exists to pay for ``c ~ 1 / sqrt(dim)``, and a warm start with ``c`` of order one does not owe
-it. The warm rule therefore replaces the floor by :data:`WARM_MIN_PRODUCTS`, and the doubling test
-by convergence (the ends moved by at most ``tol * max|lambda|`` over the last two products: the
-evidence that nothing lies beyond is inherited), and adds two conditions that keep the argument
-honest. The returned Ritz vector must lie mostly in the directions the start inherited (its
-projection on them has norm at least :data:`WARM_MIN_OVERLAP`): if the run converged to something
-else, the previous certification says nothing about it. And each extreme must not have retreated
-past its *frontier* by more than half of ``tol * max|lambda|``: the lowest top-side value (the
-highest bottom-side one) among the vectors the start inherited, as the previous measurement found
-them (:class:`~lightning_shortcut.hessian.results.WarmStart`). That measurement certified that
-nothing lay beyond its extreme; eigenvalues it did not carry forward lay below the frontier (within
-its own Krylov space's resolution). If the tracked eigenvalues fell below it, those others can be on
-top now without any crossing (members of a tight cluster, such as the paper's values repeated over
-units, that stayed while the tracked ones fell), and the inherited evidence no longer covers the
-top.
-
-A warm run that fails either condition once it has converged, or has not stopped by
-:attr:`StoppingRule.warm_limit` products (:data:`WARM_MAX_PRODUCTS` at ``tol = 1e-2``), is *given
-up* (:attr:`StoppingRule.abandoned`) and run again cold, from a random start. (Going on under the
-cold rule from the warm start is not the same: a start that holds mostly the inherited directions
-amplifies the others slowly, and on the digits recipe such a run settled 2.2% below the top at
-``tol = 1e-2``.) A warm run therefore never returns a value that neither the warm evidence nor a cold run
-vouches for.
-
-The start inherits more than the extreme eigenvectors: the Ritz vectors next to each extreme
-(:data:`WARM_NEIGHBOURS` of them) come along, so that eigenvalues of a cluster at an end that trade
-places between measurements (a crossing among the top few, common along training) are all in the
-start, and the Krylov space resolves which is now the largest within a few products.
-
-What no single warm run can see is an **eigenvalue crossing**: an eigenvector nearly orthogonal to
-the previous extreme one rising above it between two measurements. The start holds little of it
-(only the random part), so a short warm run follows the old branch. Callers that track a spectrum
-along training therefore audit it with a cold run every ``audit_every`` measurements
-(:class:`~lightning_shortcut.hessian.tracking.SpectrumTracker`), which bounds how long a crossing
-can go unseen.
+**Warm runs** (started from a previous measurement's eigenvectors) stop on inherited evidence from
+:data:`~lightning_shortcut.hessian.tracking.WARM_MIN_PRODUCTS` products on, once their ends have
+converged over two products and :meth:`~lightning_shortcut.hessian.tracking.WarmEvidence.covers`
+holds; one that converges onto what the evidence does not cover, or reaches its budget
+(:func:`~lightning_shortcut.hessian.tracking.warm_limit`) first, is *given up*, and the solver runs
+it again cold. The warm rule, why it is safe and its constants: :mod:`lightning_shortcut.hessian.tracking`.
 """
 
 from __future__ import annotations
 
+import enum
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -72,24 +44,21 @@ from torch import Tensor
 
 from lightning_shortcut.hessian.linear_operator import LinearOperator
 from lightning_shortcut.hessian.solvers._vectors import projection_norm, single_thread
+from lightning_shortcut.hessian.tracking import WARM_MIN_PRODUCTS, WarmEvidence, warm_limit
 
 __all__ = [
     "MIN_PRODUCTS",
     "SEPARATED_MIN_PRODUCTS",
     "SEPARATION",
-    "WARM_MAX_PRODUCTS",
-    "WARM_MIN_OVERLAP",
-    "WARM_MIN_PRODUCTS",
-    "WARM_NEIGHBOURS",
-    "WARM_NEIGHBOUR_WEIGHT",
+    "Assessment",
+    "Check",
+    "Decision",
     "Ends",
     "StoppingRule",
     "end_errors",
     "error_bound",
     "min_abs_estimate",
-    "neighbour_columns",
     "settled",
-    "split_start",
 ]
 
 #: No cold run stops before this many products (or ``max_iter``, or the whole space): a Krylov
@@ -105,25 +74,22 @@ SEPARATED_MIN_PRODUCTS = 10
 #: Ritz value. With a floor of 10 and no such test, 1 of 20 cold runs on a top cluster 0.2% apart
 #: returned a member 2 tolerances below the top at ``tol = 1e-3``; with it, none.
 SEPARATION = 10.0
-#: A warm run may stop from this many products on: a Krylov space of 4 holds the start's extreme
-#: directions and has refined them.
-WARM_MIN_PRODUCTS = 4
-#: At ``tol = 1e-2`` a warm run not stopped by this many products is given up (more at tighter
-#: tolerances, :attr:`StoppingRule.warm_limit`): a start that holds the extremes' directions
-#: converges within a few products (5-9 on a tanh MLP at the edge of stability), and one that has
-#: not by then is paying toward the cold run that will replace it (on the digits recipe given-up
-#: runs reached the cold floor of 20 first).
-WARM_MAX_PRODUCTS = 12
-#: A warm run stops early only if each returned Ritz vector's projection on the inherited directions
-#: has at least this norm: the inherited evidence is about those directions.
-WARM_MIN_OVERLAP = 0.5
-#: Ritz vectors next to each extreme kept for the next warm start (beside the extreme's own).
-WARM_NEIGHBOURS = 2
-#: Their weight in the start, against 1 for the extremes' own vectors: enough that a neighbour
-#: rising above the extreme is amplified within a few products (at 0.3 one was missed in a test of
-#: a drifting top cluster), small enough that the start stays mostly the extreme's direction (at 1,
-#: warm runs on a tanh MLP at the edge of stability took a product more).
-WARM_NEIGHBOUR_WEIGHT = 0.5
+#: A residual this small relative to ``max|lambda|`` means an invariant subspace: the Ritz values are
+#: eigenvalues.
+_INVARIANT = 1e-12
+
+
+class Decision(enum.Enum):
+    """What a run does after a check."""
+
+    #: take another product
+    CONTINUE = "continue"
+    #: stop: every wanted value is within ``tol``, with the evidence that the ends are the spectrum's
+    STOP = "stop"
+    #: stop at ``max_iter`` without that: the answer is returned as not converged
+    OUT_OF_PRODUCTS = "out of products"
+    #: a warm run the warm rule gives up: the solver runs it again cold
+    GIVE_UP = "give up"
 
 
 @dataclass(frozen=True)
@@ -133,6 +99,56 @@ class Ends:
     top: bool = False
     bottom: bool = False
     min_abs: bool = False
+
+
+@dataclass(frozen=True)
+class Check:
+    """What a Lanczos run shows at a check: the Ritz data of ``A V = V T + r e^T``.
+
+    Attributes:
+        products: products taken so far.
+        values: the Ritz values, ascending.
+        residuals: their residual norms.
+        beta: ``||r||``.
+        whole_space: whether the basis spans the whole space left to the run.
+        projected: ``T`` (read for ``min_abs``).
+        ritz_vector: ``ritz_vector(end)``, the unit Ritz vector of ``"top"`` or ``"bottom"`` (read by
+            the warm rule, formed only where it asks).
+    """
+
+    products: int
+    values: Tensor
+    residuals: Tensor
+    beta: float = 1.0
+    whole_space: bool = False
+    projected: Tensor | None = None
+    ritz_vector: Callable[[str], Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """The rule's answer at a check: the decision, and the bounds it was taken on.
+
+    Attributes:
+        decision: what the run does.
+        scale: ``max|lambda|`` of the Ritz values, the scale of the tolerance.
+        top_error: a bound on the error of the largest Ritz value.
+        bottom_error: the same for the smallest.
+        min_abs: for a ``min_abs`` run, the estimate of the smallest ``|eigenvalue|`` (an upper
+            bound on it; ``inf`` while the basis is too small), else ``None``.
+        min_abs_error: a bound on its error.
+    """
+
+    decision: Decision
+    scale: float
+    top_error: float
+    bottom_error: float
+    min_abs: float | None = None
+    min_abs_error: float | None = None
+
+    @property
+    def converged(self) -> bool:
+        return self.decision is Decision.STOP
 
 
 def settled(
@@ -166,7 +182,8 @@ def end_errors(values: Tensor, residuals: Tensor) -> tuple[float, float]:
 
 @dataclass
 class StoppingRule:
-    """The stopping decision of one Lanczos run (see the module docstring).
+    """The stopping decision of one Lanczos run (see the module docstring): :meth:`assess` at each
+    check answers continue, stop, out of products or give up.
 
     Args:
         ends: the wanted ends.
@@ -174,31 +191,30 @@ class StoppingRule:
         max_iter: the products the run may use.
         space: the operator whose space the vectors are in (sharded vectors: inner products
             reduced over processes, so that every rank takes the same decision).
-        inherited: orthonormal rows spanning the start's inherited directions (a previous
-            measurement's extreme eigenvectors and their neighbours), or ``None`` for a cold run. A
-            ``min_abs`` run is always judged cold (an interior problem gains little from a start
-            near the ends).
-        frontiers: for a warm run, the lowest top-side and the highest bottom-side value the
-            inherited vectors carried (:class:`~lightning_shortcut.hessian.results.WarmStart`).
+        warm: for a warm run, what its start inherited
+            (:class:`~lightning_shortcut.hessian.tracking.WarmEvidence`); ``None`` for a cold run.
     """
 
     ends: Ends
     tol: float
     max_iter: int
     space: LinearOperator
-    inherited: Tensor | None = None
-    frontiers: tuple[float | None, float | None] = (None, None)
+    warm: WarmEvidence | None = None
+    #: ``(products, largest, smallest)`` Ritz values at each check so far
     history: list[tuple[int, float, float]] = field(default_factory=list)
     #: the top Ritz value's distance to the next one at the last check
     top_gap: float = 0.0
-    #: whether the run stopped under the warm rule (before the cold floor)
-    stopped_warm: bool = False
-    #: whether the warm rule gave the run up: it must be run again from a random start
-    abandoned: bool = False
 
-    def __post_init__(self) -> None:
-        if self.ends.min_abs or (self.inherited is not None and self.inherited.shape[0] == 0):
-            self.inherited = None
+    @property
+    def rounding(self) -> float:
+        """No bound is tighter than the products' rounding, relative to ``max|lambda|`` (float32
+        models: about 5e-7)."""
+        return 4 * torch.finfo(self.space.like.dtype).eps
+
+    @property
+    def warm_limit(self) -> int | None:
+        """The products at which a warm run that has not stopped is given up (``None``: cold)."""
+        return None if self.warm is None else warm_limit(self.tol, self.max_iter)
 
     def floor(self, threshold: float) -> int:
         """The products before which the cold rule does not stop: :data:`MIN_PRODUCTS`, or
@@ -209,80 +225,81 @@ class StoppingRule:
             return min(SEPARATED_MIN_PRODUCTS, self.max_iter)
         return min(MIN_PRODUCTS, self.max_iter)
 
-    @property
-    def warm_limit(self) -> int:
-        """The products at which a warm run that has not stopped is given up:
-        :data:`WARM_MAX_PRODUCTS` at ``tol = 1e-2``, in proportion to ``log(1 / tol)`` (a Krylov
-        method's error falls geometrically with its products), within ``max_iter``."""
-        scaled = math.ceil(WARM_MAX_PRODUCTS * math.log(1 / self.tol) / math.log(100))
-        return min(max(scaled, WARM_MIN_PRODUCTS + 2), self.max_iter)
-
-    def bounds_met(self, top_error: float, bottom_error: float, threshold: float) -> bool:
-        return (not self.ends.top or top_error <= threshold) and (
-            not self.ends.bottom or bottom_error <= threshold
+    def assess(self, check: Check) -> Assessment:
+        """Note what ``check`` shows and decide what the run does next."""
+        values, residuals = check.values, check.residuals
+        scale = float(values.abs().max())
+        exact = check.whole_space or check.beta <= _INVARIANT * max(scale, 1e-300)
+        if exact:  # an invariant subspace: the Ritz values are eigenvalues
+            residuals = torch.zeros_like(residuals)
+        top_error, bottom_error = (
+            max(error, self.rounding * scale) for error in end_errors(values, residuals)
         )
+        self.history.append((check.products, float(values[-1]), float(values[0])))
+        self.top_gap = float(values[-1] - values[-2]) if len(values) > 1 else 0.0
+        threshold = self.tol * scale
+        min_abs = min_abs_error = None
+        resolved = True
+        if self.ends.min_abs:
+            if exact:
+                min_abs, min_abs_error = float(values.abs().min()), 0.0
+            else:
+                estimate = (
+                    None
+                    if check.projected is None
+                    else min_abs_estimate(check.projected, check.beta)
+                )
+                min_abs, min_abs_error = estimate or (math.inf, math.inf)
+            # below resolution (singular to within tol), or known to relative accuracy tol
+            resolved = min_abs <= threshold or min_abs_error <= self.tol * min_abs
+        if exact:
+            decision = Decision.STOP
+        elif self.warm is not None and check.products >= self.warm_limit:
+            decision = Decision.GIVE_UP  # paying toward the cold run that will replace it
+        else:
+            decision = Decision.CONTINUE
+            met = (not self.ends.top or top_error <= threshold) and (
+                not self.ends.bottom or bottom_error <= threshold
+            )
+            if met and resolved:
+                decision = self._evidence(check, threshold)
+            if decision is Decision.CONTINUE and check.products >= self.max_iter:
+                decision = Decision.OUT_OF_PRODUCTS
+        return Assessment(decision, scale, top_error, bottom_error, min_abs, min_abs_error)
 
-    def record(self, products: int, largest: float, smallest: float, top_gap: float = 0.0) -> None:
-        """Note the extreme Ritz values at a check, and the top one's distance to the next."""
-        self.history.append((products, largest, smallest))
-        self.top_gap = top_gap
-
-    def may_stop(self, products: int, threshold: float, ritz_vector) -> bool:
-        """Whether the run has the evidence to stop at ``products`` (its bounds being met).
-
-        Args:
-            products: products so far.
-            threshold: ``tol * max|lambda|``.
-            ritz_vector: ``ritz_vector(end) -> Tensor``, the current unit Ritz vector of ``"top"``
-                or ``"bottom"`` (only formed when the warm rule needs it).
-        """
-        if self.inherited is None:
+    def _evidence(self, check: Check, threshold: float) -> Decision:
+        """With every bound met: whether the run has the evidence that its extremes are the
+        spectrum's (stop), not yet (continue), or converged onto what a warm start's evidence does
+        not cover (give up)."""
+        products = check.products
+        if self.warm is None:
             # cold: a Krylov space that has doubled without finding anything beyond
-            return products >= self.floor(threshold) and settled(
+            stop = products >= self.floor(threshold) and settled(
                 self.history, self.ends, threshold, products // 2
             )
-        if self.out_of_warm_products(products) or products < WARM_MIN_PRODUCTS:
-            return False
+            return Decision.STOP if stop else Decision.CONTINUE
         # warm: the evidence that nothing lies beyond is inherited; the run need only have
         # converged (its ends no longer move over two products: over one, a neighbour of a tight
         # top cluster that rose above the tracked eigenvalue was missed in 3 of 12 seeds of a test)
-        if not settled(self.history, self.ends, threshold, products - 2):
-            return False
-        wanted = [end for end in ("top", "bottom") if getattr(self.ends, end)]
-        if not self.retreated(threshold) and all(
-            self.overlap(ritz_vector(end)) >= WARM_MIN_OVERLAP for end in wanted
+        if products < WARM_MIN_PRODUCTS or not settled(
+            self.history, self.ends, threshold, products - 2
         ):
-            self.stopped_warm = True
-            return True
-        # converged onto what the inherited evidence does not cover: run it again cold
-        self.abandoned = True
-        return False
-
-    def out_of_warm_products(self, products: int) -> bool:
-        """Give a warm run up once it has used :attr:`warm_limit` products without a warm stop (it
-        is then run again cold); ``False`` for a cold run."""
-        if self.inherited is not None and products >= self.warm_limit:
-            self.abandoned = True
-        return self.abandoned
-
-    def retreated(self, threshold: float) -> bool:
-        """Whether an extreme has retreated past its frontier by more than half the tolerance."""
+            return Decision.CONTINUE
         _, largest, smallest = self.history[-1]
-        top, bottom = self.frontiers
-        return (self.ends.top and (top is None or largest < top - threshold / 2)) or (
-            self.ends.bottom and (bottom is None or smallest > bottom + threshold / 2)
-        )
+        if self.warm.covers(self.ends, largest, smallest, threshold, self._overlap(check)):
+            return Decision.STOP
+        return Decision.GIVE_UP  # converged onto what the inherited evidence does not cover
 
-    def overlap(self, vector: Tensor) -> float:
-        """The norm of a unit vector's projection on the inherited directions."""
-        return projection_norm(self.space, self.inherited, vector)
+    def _overlap(self, check: Check) -> Callable[[str], float]:
+        """``end -> `` the norm of that end's Ritz vector's projection on the inherited directions."""
+        return lambda end: projection_norm(self.space, self.warm.inherited, check.ritz_vector(end))
 
 
 def min_abs_estimate(projected: Tensor, beta: float) -> tuple[float, float] | None:
     """``(sigma, error)``: the Rayleigh-Ritz estimate of ``min|lambda|`` through ``A^2`` and a bound.
 
-    ``sigma`` is an upper bound on ``min|lambda|``; ``sigma - error`` a lower bound (see the module
-    docstring).
+    ``sigma`` is an upper bound on ``min|lambda|``; ``sigma - error`` a lower bound (see the
+    Lanczos module's docstring).
     """
     size = projected.shape[0]
     if size < 2:
@@ -308,30 +325,3 @@ def min_abs_estimate(projected: Tensor, beta: float) -> tuple[float, float] | No
     squared_error = error_bound(residual, gap) if math.isfinite(gap) else residual
     lower = math.sqrt(max(sigma**2 - squared_error, 0.0))
     return sigma, sigma - lower
-
-
-def neighbour_columns(ends: Ends, size: int) -> list[int]:
-    """The columns of the Ritz vectors next to the wanted extremes (ascending Ritz values)."""
-    columns = []
-    for offset in range(1, WARM_NEIGHBOURS + 1):
-        if ends.top:
-            columns.append(size - 1 - offset)
-        if ends.bottom:
-            columns.append(offset)
-    extremes = {0, size - 1}
-    return sorted({c for c in columns if 0 <= c < size and c not in extremes})
-
-
-def split_start(
-    start: Sequence[Tensor] | None, top_k: int, bottom_k: int
-) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-    """Split start vectors into those of the top runs, the bottom runs and the first run's extras.
-
-    ``start`` laid out as a previous result's (``top_k`` top vectors, ``bottom_k`` bottom ones, then
-    any neighbours: :attr:`HessianSpectrum.tracking_vectors`) gives each locking run its own pair
-    and the first run the rest; a shorter list seeds the first run with all of its vectors.
-    """
-    start = list(start or [])
-    if len(start) < top_k + bottom_k:
-        return [], [], start
-    return start[:top_k], start[top_k : top_k + bottom_k], start[top_k + bottom_k :]

@@ -139,35 +139,31 @@ def random_unit_vector(
     return vector / space.norm(vector)
 
 
-#: Weight of the random part of a warm start: enough that no eigenvector is missing from the start
-#: (a start inside an invariant subspace would hide the rest of the spectrum), small enough to keep
-#: most of the head start.
-WARM_START_NOISE = 0.3
-
-
 def start_vector(
     space: LinearOperator,
     generator: torch.Generator,
     against: Tensor,
-    warm: Sequence[Tensor] | None = None,
-    weights: Sequence[float] | None = None,
+    vectors: Sequence[Tensor] = (),
+    weights: Sequence[float] = (),
+    noise: float = 0.0,
 ) -> Tensor:
-    """A unit start vector orthogonal to ``against``: random, or the sum of ``warm`` (each scaled to
-    norm ``weights[i]``, default 1) plus noise."""
-    noise = random_unit_vector(space, generator, against)
-    if not warm:
-        return noise
+    """A unit start vector orthogonal to ``against``: random, or the sum of ``vectors`` (each scaled
+    to norm ``weights[i]``) plus a random unit vector of weight ``noise`` (a warm start:
+    :class:`~lightning_shortcut.hessian.tracking.RunStart`). The random vector is drawn either way,
+    so that a warm and a cold start use the generator alike."""
+    random = random_unit_vector(space, generator, against)
+    if not vectors:
+        return random
     like = space.like
-    weights = [1.0] * len(warm) if weights is None else list(weights)
     combined = sum(
         weight * v.to(like) / space.norm(v.to(like)).clamp_min(1e-300)
-        for v, weight in zip(warm, weights, strict=True)
+        for v, weight in zip(vectors, weights, strict=True)
     )
     combined = orthogonalize(space, combined, against, inplace=True)
     norm = space.norm(combined)
     if not bool(torch.isfinite(norm)) or float(norm) == 0.0:
-        return noise
-    mixed = combined / norm + WARM_START_NOISE * noise
+        return random
+    mixed = combined / norm + noise * random
     mixed = orthogonalize(space, mixed, against, inplace=True)
     return mixed / space.norm(mixed)
 

@@ -2,7 +2,7 @@
 
 A solver is one function with one keyword signature::
 
-    solve(operator, *, generator, top_k, bottom_k, min_abs, tol, max_iter, start) -> EigenResult
+    solve(operator, *, generator, top_k, bottom_k, min_abs, tol, max_iter, start) -> HessianSpectrum
 
 registered under a name with :func:`register_solver`. :func:`~lightning_shortcut.hessian.hessian_eigenvalues`,
 :class:`~lightning_shortcut.callbacks.HessianEigenvalueMonitor` and argument validation read
@@ -12,78 +12,23 @@ registered under a name with :func:`register_solver`. :func:`~lightning_shortcut
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
-from torch import Tensor
 
 from lightning_shortcut.hessian.linear_operator import LinearOperator
+from lightning_shortcut.hessian.results import HessianSpectrum
+from lightning_shortcut.hessian.tracking import WarmStart
 
 __all__ = ["COMMON_ARGUMENTS", "SOLVERS", "EigenResult", "Solver", "SolverSpec", "register_solver"]
 
 
-@dataclass
-class EigenResult:
-    """Extreme eigenpairs of a symmetric operator, each value with a bound on its error.
-
-    Attributes:
-        top: the largest eigenvalues, descending.
-        bottom: the smallest eigenvalues, ascending.
-        top_vectors: unit eigenvector estimates of ``top`` (flat, like the operator's vectors).
-        bottom_vectors: the same for ``bottom``.
-        top_errors: for each value of ``top``, a bound on ``|value - true eigenvalue|``.
-        bottom_errors: the same for ``bottom``.
-        min_abs: the smallest ``|eigenvalue|`` (an upper bound on it where not resolved), or ``None``.
-        min_abs_error: a bound on the error of ``min_abs``, or ``None``.
-        scale: the largest ``|eigenvalue|`` seen, the scale of the tolerance.
-        converged: whether every requested value met the tolerance.
-        reason: why not, in words (empty when converged).
-        neighbours: the Ritz vectors next to the extremes of the first run, kept for the next warm
-            start (see the [warm rule][warm-rule] in the docs' engine page).
-        frontiers: the lowest top-side and the highest bottom-side Ritz value among the first run's
-            extreme vectors and ``neighbours`` (``None`` for an end it did not compute).
-        warm: whether an answer came from a run started from the given ``start`` vectors (a warm
-            run the warm rule gave up on is run again cold and does not count).
-        abandoned: whether a warm run was given up and run again cold.
-        stopped_warm: whether a run stopped on the evidence of its start vectors, before the
-            products a cold run needs (see the [warm rule][warm-rule]).
-    """
-
-    top: list[float] = field(default_factory=list)
-    bottom: list[float] = field(default_factory=list)
-    top_vectors: list[Tensor] = field(default_factory=list)
-    bottom_vectors: list[Tensor] = field(default_factory=list)
-    top_errors: list[float] = field(default_factory=list)
-    bottom_errors: list[float] = field(default_factory=list)
-    min_abs: float | None = None
-    min_abs_error: float | None = None
-    scale: float = 0.0
-    converged: bool = True
-    reason: str = ""
-    neighbours: list[Tensor] = field(default_factory=list)
-    frontiers: tuple[float | None, float | None] = (None, None)
-    warm: bool = False
-    stopped_warm: bool = False
-    abandoned: bool = False
-
-    def fail(self, reason: str) -> None:
-        """Mark the result as not converged, keeping the first reason given."""
-        self.converged = False
-        self.reason = self.reason or reason
-
-    @classmethod
-    def zeros(cls, top_k: int, bottom_k: int, min_abs: bool) -> EigenResult:
-        """The exact answer for the zero operator."""
-        return cls(
-            top=[0.0] * top_k,
-            bottom=[0.0] * bottom_k,
-            top_errors=[0.0] * top_k,
-            bottom_errors=[0.0] * bottom_k,
-            min_abs=0.0 if min_abs else None,
-            min_abs_error=0.0 if min_abs else None,
-        )
+#: What a solver returns: :class:`~lightning_shortcut.hessian.HessianSpectrum` itself, under the name
+#: solvers have always used (one type, one set of field names; ``hessian_eigenvalues`` completes the
+#: solver's answer in place).
+EigenResult = HessianSpectrum
 
 
 class Solver(Protocol):
@@ -99,8 +44,8 @@ class Solver(Protocol):
         min_abs: bool,
         tol: float,
         max_iter: int,
-        start: Sequence[Tensor] | None,
-    ) -> EigenResult:
+        start: WarmStart | None,
+    ) -> HessianSpectrum:
         """Find the extreme eigenvalues of ``operator``.
 
         Args:
@@ -112,8 +57,9 @@ class Solver(Protocol):
                 ``supports_min_abs=True`` are asked).
             tol: each returned value should be within ``tol * max|lambda|`` of the truth.
             max_iter: products per eigenvalue run.
-            start: optional start vectors (for instance a previous call's eigenvectors), which a
-                solver may use or ignore.
+            start: a previous call's eigenvectors and values
+                (:class:`~lightning_shortcut.hessian.WarmStart`), or ``None``; a solver may use or
+                ignore them.
 
         Raises:
             NonFiniteProductError: if a product is not finite; the caller reports NaN.
@@ -194,7 +140,7 @@ def register_solver(
         @register_solver("scipy", description="scipy.sparse.linalg.eigsh")
         def scipy_eigsh(operator, *, generator, top_k, bottom_k, min_abs, tol, max_iter, start):
             ...
-            return EigenResult(top=..., bottom=..., top_errors=..., bottom_errors=...)
+            return HessianSpectrum(top=..., bottom=..., top_errors=..., bottom_errors=..., scale=...)
 
         hessian_eigenvalues(model, batch, method="scipy")
         ```

@@ -20,9 +20,11 @@ edge of a dense bulk (a trained network's smallest eigenvalue next to thousands 
 neighbour of the wanted one may be returned in its place. The bound is reported per value and the run
 stops as soon as every requested value is within ``tol * max|lambda|`` and the run has the evidence
 that the extremes are the spectrum's: a cold run after ``MIN_PRODUCTS`` products (a run for a top
-that stands apart after ``SEPARATED_MIN_PRODUCTS``), a run warm-started
-from a previous measurement's eigenvectors after as few as ``WARM_MIN_PRODUCTS``
-(:mod:`~lightning_shortcut.hessian.solvers._stopping` derives both rules).
+that stands apart after ``SEPARATED_MIN_PRODUCTS``), a run warm-started from a previous measurement's
+eigenvectors after as few as ``WARM_MIN_PRODUCTS``. This module steps the process; one rule decides
+at each check whether it goes on, stops or gives up
+(:class:`~lightning_shortcut.hessian.solvers._stopping.StoppingRule`; the warm rule's evidence:
+:mod:`~lightning_shortcut.hessian.tracking`).
 
 The smallest ``|eigenvalue|`` is found through ``A^2``: with ``A V_{m-1} = V_m G`` (``G`` is ``T``'s
 first ``m - 1`` columns), the smallest singular value ``sigma`` of ``G`` is the Rayleigh-Ritz value of
@@ -39,25 +41,20 @@ echo ``tol``.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from lightning_shortcut.hessian.linear_operator import LinearOperator, check_finite
-from lightning_shortcut.hessian.results import WarmStart
+from lightning_shortcut.hessian.results import HessianSpectrum
 from lightning_shortcut.hessian.solvers._stopping import (
     MIN_PRODUCTS,
-    WARM_NEIGHBOUR_WEIGHT,
-    WARM_NEIGHBOURS,
+    Assessment,
+    Check,
+    Decision,
     Ends,
     StoppingRule,
-    end_errors,
-    min_abs_estimate,
-    neighbour_columns,
-    split_start,
 )
 from lightning_shortcut.hessian.solvers._vectors import (
     HostMemorySpace,
@@ -66,7 +63,13 @@ from lightning_shortcut.hessian.solvers._vectors import (
     single_thread,
     start_vector,
 )
-from lightning_shortcut.hessian.solvers.base import EigenResult, register_solver
+from lightning_shortcut.hessian.solvers.base import register_solver
+from lightning_shortcut.hessian.tracking import (
+    WarmEvidence,
+    WarmStart,
+    carried_forward,
+    run_start,
+)
 
 __all__ = ["DEFAULT_MAX_BASIS", "MIN_PRODUCTS", "LanczosProcess", "lanczos"]
 
@@ -209,49 +212,40 @@ def _restart_coordinates(
 
 @dataclass
 class _Run:
-    """One Lanczos run's answer at both ends (and ``min_abs``).
+    """One Lanczos run's end: its basis (``process``), the Ritz values and coordinates of its last
+    check (``values`` ascending, ``coordinates`` their columns) and the rule's last assessment.
 
-    The run ends holding its basis (``process``) and the Ritz coordinates of its last check
-    (``coordinates``, columns by ascending Ritz value), so that the caller forms only the Ritz
-    vectors it keeps, each one parameter-sized vector, and may free memory first.
+    The caller forms only the Ritz vectors it keeps, each one parameter-sized vector, and may free
+    memory first.
     """
 
-    largest: float = math.nan
-    smallest: float = math.nan
-    process: LanczosProcess | None = None
-    coordinates: Tensor | None = None
-    top_error: float = math.inf
-    bottom_error: float = math.inf
-    min_abs: float | None = None
-    min_abs_error: float | None = None
-    scale: float = 0.0
-    converged: bool = False
-    stopped_warm: bool = False
-    frontiers: tuple[float | None, float | None] = (None, None)
-    size: int = 0
+    process: LanczosProcess
+    values: Tensor
+    coordinates: Tensor
+    assessment: Assessment
+
+    @property
+    def largest(self) -> float:
+        return float(self.values[-1])
+
+    @property
+    def smallest(self) -> float:
+        return float(self.values[0])
 
     def ritz_vector(self, end: str, out: Tensor | None = None) -> Tensor:
         """The unit Ritz vector of the largest value (``end="top"``) or the smallest
         (``"bottom"``), written into ``out`` where given."""
         return self.process.ritz_vector(self.coordinates[:, -1 if end == "top" else 0], out)
 
-    def neighbour_vectors(self, ends: Ends) -> list[Tensor]:
-        """The unit Ritz vectors next to the wanted extremes (:func:`neighbour_columns`)."""
-        columns = neighbour_columns(ends, self.process.size)
-        return [self.process.ritz_vector(self.coordinates[:, i]) for i in columns]
-
 
 def _run(
     operator: LinearOperator, start: Tensor, buffer: Tensor, locked: Tensor, rule: StoppingRule
 ) -> _Run:
-    """One restarted Lanczos run on the complement of ``locked``, until ``rule`` lets it stop."""
+    """One restarted Lanczos run on the complement of ``locked``, until ``rule`` ends it."""
     room = operator.dim - locked.shape[0]
     process = LanczosProcess(operator, start, buffer[: min(buffer.shape[0], room)], locked)
     keep = max(1, process.capacity // 2)
-    # no bound is tighter than the products' rounding (float32 models: about 5e-7 relative)
-    taken = operator.base if isinstance(operator, HostMemorySpace) else operator
-    floor = 4 * torch.finfo(taken.like.dtype).eps
-    ends, run = rule.ends, _Run()
+    ends = rule.ends
     for products in range(1, rule.max_iter + 1):
         process.step()
         full = process.size == process.capacity or process.size == room
@@ -259,35 +253,20 @@ def _run(
         if not (full or invariant or products == rule.max_iter or _check_now(process.size)):
             continue
         values, vectors, residuals = process.ritz()
-        run.scale = float(values.abs().max())
-        exact = process.beta <= 1e-12 * max(run.scale, 1e-300) or process.size == room
-        if exact:  # an invariant subspace: the Ritz values are eigenvalues
-            residuals = torch.zeros_like(residuals)
-        run.top_error, run.bottom_error = (
-            max(error, floor * run.scale) for error in end_errors(values, residuals)
-        )
-        threshold = rule.tol * run.scale
-        top_gap = float(values[-1] - values[-2]) if len(values) > 1 else 0.0
-        rule.record(products, float(values[-1]), float(values[0]), top_gap)
-        done = rule.bounds_met(run.top_error, run.bottom_error, threshold) and (
-            exact
-            or rule.may_stop(
+        assessment = rule.assess(
+            Check(
                 products,
-                threshold,
-                lambda end, ritz=vectors: process.ritz_vector(ritz[:, -1 if end == "top" else 0]),
+                values,
+                residuals,
+                beta=process.beta,
+                whole_space=process.size == room,
+                projected=process.projected,
+                ritz_vector=lambda end, ritz=vectors: process.ritz_vector(
+                    ritz[:, -1 if end == "top" else 0]
+                ),
             )
         )
-        if ends.min_abs:
-            if exact:
-                run.min_abs, run.min_abs_error = float(values.abs().min()), 0.0
-            else:
-                estimate = min_abs_estimate(process.projected, process.beta)
-                run.min_abs, run.min_abs_error = estimate or (math.inf, math.inf)
-            below_resolution = run.min_abs <= threshold
-            done = done and (below_resolution or run.min_abs_error <= rule.tol * run.min_abs)
-        run.converged = done or exact
-        # a warm run that has had its products without a warm stop: a cold run decides
-        if run.converged or rule.out_of_warm_products(products) or products == rule.max_iter:
+        if assessment.decision is not Decision.CONTINUE:
             break
         if process.size < process.capacity:
             continue
@@ -295,41 +274,8 @@ def _run(
             process.grow(min(2 * process.capacity, room, rule.max_iter + 1))
         else:
             process.restart(*_restart_coordinates(values, vectors, ends, keep))
-    run.largest, run.smallest = float(values[-1]), float(values[0])
     process.residual = None  # not needed once the run has ended
-    run.process, run.coordinates = process, vectors
-    run.stopped_warm = rule.stopped_warm
-    # the values at the edge of what the extremes and their neighbours cover
-    last = process.size - 1
-    run.frontiers = (
-        float(values[max(last - WARM_NEIGHBOURS, 0)]) if ends.top else None,
-        float(values[min(WARM_NEIGHBOURS, last)]) if ends.bottom else None,
-    )
-    run.size = process.size
-    return run
-
-
-def _frontiers(
-    start: Sequence[Tensor] | None, ends: Ends, first: bool, found_top: int, found_bottom: int
-) -> tuple[float | None, float | None] | None:
-    """The frontiers of a warm run (see :class:`StoppingRule`), or ``None`` where the start does not
-    carry a value for every wanted end (a bare list of vectors, a ``min_abs`` run): a cold run."""
-    if ends.min_abs or not isinstance(start, WarmStart):
-        return None
-    frontiers: list[float | None] = [None, None]
-    for side, (wanted, values, found, frontier) in enumerate(
-        (
-            (ends.top, start.top, found_top, start.top_frontier),
-            (ends.bottom, start.bottom, found_bottom, start.bottom_frontier),
-        )
-    ):
-        if not wanted:
-            continue
-        if found >= len(values):
-            return None
-        # the first run also inherits the neighbours, whose edge is the frontier
-        frontiers[side] = frontier if first and frontier is not None else values[found]
-    return frontiers[0], frontiers[1]
+    return _Run(process, values, vectors, assessment)
 
 
 def check_options(max_basis: int = DEFAULT_MAX_BASIS, host_basis: bool = False) -> None:
@@ -371,10 +317,10 @@ def lanczos(
     min_abs: bool,
     tol: float,
     max_iter: int,
-    start: Sequence[Tensor] | None = None,
+    start: WarmStart | None = None,
     max_basis: int = DEFAULT_MAX_BASIS,
     host_basis: bool = False,
-) -> EigenResult:
+) -> HessianSpectrum:
     """Top-k and bottom-k eigenvalues by restarted Lanczos runs with locking.
 
     Each run converges only the current extremes and locks their Ritz vectors; the next run starts
@@ -382,19 +328,18 @@ def lanczos(
     repeated eigenvalue, so locking one pair per run is what finds multiplicities (at the paper's zero
     point every eigenvalue is repeated ``num_units * width`` times).
 
-    ``start``, a previous call's :class:`~lightning_shortcut.hessian.results.WarmStart` at nearby
-    weights (``top_k`` top vectors, ``bottom_k`` bottom ones, then the first run's neighbours, with
-    the values they had: :attr:`HessianSpectrum.tracking_vectors`), makes *warm* runs: run ``i``
-    starts from the ``i``-th top and bottom vectors (the first run also from the neighbours) plus a
-    random part, and may stop after as few as ``WARM_MIN_PRODUCTS`` products where a cold run pays
-    ``MIN_PRODUCTS``; a warm run the rule gives up is run again cold (the rule and why it is safe:
-    :mod:`~lightning_shortcut.hessian.solvers._stopping`). A run whose ends the start carries no
-    values for (bare vectors, ``min_abs``) is cold. ``max_iter`` bounds the products of
-    each run; ``max_basis`` the vectors held (``>= 3``), except in the run that finds ``min_abs``,
-    whose basis grows up to ``max_iter`` vectors (see the module docstring). ``host_basis=True``
-    keeps the basis and every vector the solver holds in host memory where the operator's vectors
-    are on an accelerator (each product's vector and product cross to it and back); it changes
-    nothing for an operator on the CPU. The vectors returned are in the operator's space.
+    ``start``, a previous call's :class:`~lightning_shortcut.hessian.WarmStart` at nearby weights
+    (:attr:`HessianSpectrum.tracking_vectors`), makes *warm* runs: run ``i`` starts from the
+    ``i``-th top and bottom vectors (the first run also from the neighbours) plus a random part, and
+    may stop after as few as ``WARM_MIN_PRODUCTS`` products where a cold run pays ``MIN_PRODUCTS``;
+    a warm run the rule gives up is run again cold (the rule and why it is safe:
+    :mod:`~lightning_shortcut.hessian.tracking`). A run whose ends the start carries no vectors for
+    (``min_abs``, an end it did not compute) is cold. ``max_iter`` bounds the products of each run;
+    ``max_basis`` the vectors held (``>= 3``), except in the run that finds ``min_abs``, whose basis
+    grows up to ``max_iter`` vectors (see the module docstring). ``host_basis=True`` keeps the basis
+    and every vector the solver holds in host memory where the operator's vectors are on an
+    accelerator (each product's vector and product cross to it and back); it changes nothing for an
+    operator on the CPU. The vectors returned are in the operator's space.
     """
     check_options(max_basis, host_basis)
     given, operator = operator, _space(operator, host_basis)
@@ -402,8 +347,9 @@ def lanczos(
     # the eigenvectors found, each written once into its row (the locked rows the later runs stay
     # orthogonal to are a view of it, not a copy), allocated when the first run has ended
     found = _empty(operator, 0)
-    result = EigenResult()
-    warm_top, warm_bottom, extras = split_start(start, top_k, bottom_k)
+    result = HessianSpectrum()
+    top_vectors: list[Tensor] = []
+    bottom_vectors: list[Tensor] = []
     locked = 0
     runs = 0
     while runs == 0 or len(result.top) < top_k or len(result.bottom) < bottom_k:
@@ -416,60 +362,60 @@ def lanczos(
             bottom=want_bottom or (first and min_abs),
             min_abs=first and min_abs,
         )
-        own = [
-            vectors[len(found)]
-            for wanted, vectors, found in (
-                (ends.top, warm_top, result.top),
-                (ends.bottom, warm_bottom, result.bottom),
-            )
-            if wanted and len(found) < len(vectors)
-        ]
-        frontiers = _frontiers(start, ends, first, len(result.top), len(result.bottom))
-        # a run is warm only where every wanted end inherits a vector and the value it carried
-        warm = own + (extras if first else []) if frontiers is not None else []
-        weights = [1.0] * len(own) + [WARM_NEIGHBOUR_WEIGHT] * (len(warm) - len(own))
         against = found[:locked]
+        plan = run_start(start, ends, len(result.top), len(result.bottom)) if start else None
+        inherited = orthonormal_rows(operator, plan.vectors) if plan else None
         # each start is written into the basis' first row, where the run's first step puts it:
         # no vector beside the basis is held through the run
-        begin = buffer[0].copy_(start_vector(operator, generator, against, warm, weights))
-        inherited = orthonormal_rows(operator, warm) if warm else None
-        rule = StoppingRule(ends, tol, max_iter, operator, inherited, frontiers or (None, None))
+        if inherited is not None:
+            warm = (plan.vectors, plan.weights, plan.noise)
+            rule = StoppingRule(
+                ends, tol, max_iter, operator, WarmEvidence(inherited, plan.frontiers)
+            )
+        else:
+            warm, rule = (), StoppingRule(ends, tol, max_iter, operator)
+        begin = buffer[0].copy_(start_vector(operator, generator, against, *warm))
         run = _run(operator, begin, buffer, against, rule)
-        if rule.abandoned:  # the warm rule gave the run up: a cold run from a random start decides
-            inherited = rule.inherited = None
+        given_up = run.assessment.decision is Decision.GIVE_UP
+        if given_up:  # the warm rule gave the run up: a cold run from a random start decides
             begin = buffer[0].copy_(start_vector(operator, generator, against))
-            cold = StoppingRule(ends, tol, max_iter, operator)
-            run = _run(operator, begin, buffer, against, cold)
-        result.warm = result.warm or (bool(warm) and not rule.abandoned)
-        result.abandoned = result.abandoned or rule.abandoned
+            run = _run(
+                operator, begin, buffer, against, StoppingRule(ends, tol, max_iter, operator)
+            )
+        result.warm_start = result.warm_start or (inherited is not None and not given_up)
+        result.warm_given_up = result.warm_given_up or given_up
         runs += 1
-        if not run.converged:
+        assessment = run.assessment
+        if not assessment.converged:
             result.fail(f"not converged to tol={tol} within max_iter={max_iter} products")
-        result.scale = max(result.scale, run.scale)
-        result.stopped_warm = result.stopped_warm or run.stopped_warm
+        result.scale = max(result.scale, assessment.scale)
         if first and min_abs:
-            result.min_abs, result.min_abs_error = run.min_abs, run.min_abs_error
-        lock_bottom = want_bottom and (not want_top or run.size > 1)  # one vector: one Ritz vector
+            result.min_abs, result.min_abs_error = assessment.min_abs, assessment.min_abs_error
+        lock_bottom = want_bottom and (
+            not want_top or run.process.size > 1
+        )  # one vector: one Ritz vector
         if first and top_k + bottom_k:
             found = _empty(operator, top_k + bottom_k)
         if len(result.top) + want_top >= top_k and len(result.bottom) + want_bottom >= bottom_k:
             operator.free_graph()  # the last run: no more products; its vectors are formed below
         if want_top:
             result.top.append(run.largest)
-            result.top_errors.append(run.top_error)
-            result.top_vectors.append(run.ritz_vector("top", out=found[locked]))
+            result.top_errors.append(assessment.top_error)
+            top_vectors.append(run.ritz_vector("top", out=found[locked]))
             locked += 1
         if want_bottom:
             result.bottom.append(run.smallest)
-            result.bottom_errors.append(run.bottom_error)
-            result.bottom_vectors.append(
+            result.bottom_errors.append(assessment.bottom_error)
+            bottom_vectors.append(
                 run.ritz_vector("bottom", out=found[locked] if lock_bottom else None)
             )
             locked += lock_bottom
-        if first:
-            result.neighbours, result.frontiers = run.neighbour_vectors(ends), run.frontiers
+        if first:  # the neighbours of the extremes, carried forward for the next warm start
+            columns, result.frontiers = carried_forward(run.values, ends)
+            result.neighbours = [run.process.ritz_vector(run.coordinates[:, i]) for i in columns]
+    result.vectors = top_vectors + bottom_vectors
     if operator is not given:  # the vectors returned are in the given operator's space
-        for vectors in (result.top_vectors, result.bottom_vectors, result.neighbours):
+        for vectors in (result.vectors, result.neighbours):
             vectors[:] = [vector.to(given.like) for vector in vectors]
     return result
 

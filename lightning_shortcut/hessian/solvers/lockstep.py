@@ -27,7 +27,8 @@ import torch
 from torch import Tensor
 
 from lightning_shortcut.hessian.linear_operator import LinearOperator, NonFiniteProductError
-from lightning_shortcut.hessian.solvers.base import EigenResult, Solver
+from lightning_shortcut.hessian.results import HessianSpectrum
+from lightning_shortcut.hessian.solvers.base import Solver
 
 __all__ = ["LockstepResult", "Products", "solve_in_lockstep"]
 
@@ -46,7 +47,7 @@ class LockstepResult:
         steps: the calls of ``products`` (the products of the longest run).
     """
 
-    results: list[EigenResult | None]
+    results: list[HessianSpectrum | None]
     products: list[int]
     steps: int
 
@@ -65,7 +66,7 @@ class _Turn:
         self.product: Tensor | None = None
         self.finished = False
         self.cancelled = False
-        self.result: EigenResult | None = None
+        self.result: HessianSpectrum | None = None
         self.error: BaseException | None = None
 
     def ask(self, vector: Tensor) -> Tensor:

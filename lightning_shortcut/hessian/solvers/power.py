@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from lightning_shortcut.hessian.linear_operator import LinearOperator, check_finite
+from lightning_shortcut.hessian.results import HessianSpectrum
 from lightning_shortcut.hessian.solvers._vectors import (
     orthogonalize,
     owned_product,
     random_unit_vector,
     stack_rows,
 )
-from lightning_shortcut.hessian.solvers.base import EigenResult, register_solver
+from lightning_shortcut.hessian.solvers.base import register_solver
+from lightning_shortcut.hessian.tracking import WarmStart
 
 __all__ = ["power_iteration"]
 
@@ -85,8 +86,8 @@ def power_iteration(
     min_abs: bool = False,
     tol: float,
     max_iter: int,
-    start: Sequence[Tensor] | None = None,
-) -> EigenResult:
+    start: WarmStart | None = None,
+) -> HessianSpectrum:
     """Top-k and bottom-k eigenvalues by power iteration on shifted operators, with deflation.
 
     A first power iteration estimates ``rho = max|lambda|`` (from ``||A v||``, which converges even
@@ -97,13 +98,14 @@ def power_iteration(
     """
     rho = _spectral_radius(operator, generator, max(tol, 1e-3), max_iter)
     if rho == 0.0:  # A v = 0 for a random v: the operator is (numerically) zero
-        return EigenResult.zeros(top_k, bottom_k, min_abs=False)
-    result = EigenResult(scale=rho)
+        return HessianSpectrum.zeros(top_k, bottom_k, min_abs=False)
+    result = HessianSpectrum(scale=rho)
     shift = 1.1 * rho
-    for count, sign, values, vectors, errors in (
-        (top_k, 1.0, result.top, result.top_vectors, result.top_errors),
-        (bottom_k, -1.0, result.bottom, result.bottom_vectors, result.bottom_errors),
+    for count, sign, values, errors in (
+        (top_k, 1.0, result.top, result.top_errors),
+        (bottom_k, -1.0, result.bottom, result.bottom_errors),
     ):
+        vectors: list[Tensor] = []  # this end's, top then bottom in result.vectors
         for _ in range(count):
             against = stack_rows(vectors, operator)
             theta, found, residual, converged = _shifted_power_iteration(
@@ -114,4 +116,5 @@ def power_iteration(
             values.append(theta)
             vectors.append(found)
             errors.append(residual)
+        result.vectors += vectors
     return result

@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
 
 from lightning_shortcut.hessian.linear_operator import LinearOperator, check_finite
 from lightning_shortcut.hessian.operator import HessianOperator
-from lightning_shortcut.hessian.solvers.base import EigenResult, register_solver
+from lightning_shortcut.hessian.results import HessianSpectrum
+from lightning_shortcut.hessian.solvers.base import register_solver
+from lightning_shortcut.hessian.tracking import WarmStart
 
 
 class _BatchRef:
@@ -147,8 +149,8 @@ def pyhessian_power_iteration(
     min_abs: bool = False,
     tol: float,
     max_iter: int,
-    start: Sequence[Tensor] | None = None,
-) -> EigenResult:
+    start: WarmStart | None = None,
+) -> HessianSpectrum:
     """Top and bottom eigenvalues with pyhessian's solver on ``H +- s I``; see the module docstring.
 
     pyhessian draws its own start vectors (from the global RNG, restored afterwards); ``generator``
@@ -165,8 +167,8 @@ def pyhessian_power_iteration(
     check_finite(torch.tensor(rho))
     if rho == 0.0:
         operator.num_products += total_products
-        return EigenResult.zeros(top_k, bottom_k, min_abs=False)
-    result = EigenResult(scale=rho)
+        return HessianSpectrum.zeros(top_k, bottom_k, min_abs=False)
+    result = HessianSpectrum(scale=rho)
     for count, sign, values, errors in (
         (top_k, 1.0, result.top, result.top_errors),
         (bottom_k, -1.0, result.bottom, result.bottom_errors),
