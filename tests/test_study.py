@@ -348,8 +348,7 @@ def test_edge_of_stability_tracks_the_full_batch_hessian(tmp_path):
     datamodule = dataset.study_datamodule(config.data_dir, config.batch_size, config.seed)
     datamodule.setup("fit")
     part = EdgeOfStabilityRuns(config, dataset, datamodule)
-    for _, work in part.steps():
-        work()
+    part.run()
     (result,) = part.results
     assert [step for step, _ in result.sharpness] == [*range(0, 180, 25), 180]
     model, (inputs, targets) = part.models[0.5], part.full_batch()
@@ -402,3 +401,65 @@ def test_trajectories_keep_the_axes_on_the_runs_that_trained(tmp_path, monkeypat
         if line.get_transform() != bottom_axis.transData
     ]
     assert bottom_edges == [[0.0], [1.0]]  # -2e12 below, nan at the top
+
+
+def _steps_that_report_their_process():
+    import os
+
+    import torch
+
+    def work(index):
+        torch.manual_seed(index)
+        return index, os.getpid(), torch.get_num_threads(), float(torch.randn(64, 64).sum())
+
+    return [(f"step {index}", lambda index=index: work(index)) for index in range(6)]
+
+
+def test_steps_run_in_forked_workers_on_one_thread_and_keep_their_order():
+    import os
+
+    import torch
+
+    from lightning_shortcut.study.runner import run_steps
+
+    threads = torch.get_num_threads()
+    finished = []
+    here = run_steps(_steps_that_report_their_process(), workers=1)
+    forked = run_steps(_steps_that_report_their_process(), workers=2, advance=finished.append)
+    assert [r[0] for r in forked] == list(range(6))  # results in the steps' order
+    assert sorted(finished) == [f"step {index}" for index in range(6)]
+    assert {r[1] for r in here} == {os.getpid()}
+    assert os.getpid() not in {r[1] for r in forked} and len({r[1] for r in forked}) == 2
+    assert {r[2] for r in here + forked} == {1}  # one thread per step, wherever it runs
+    assert [r[3] for r in forked] == [r[3] for r in here]
+    assert torch.get_num_threads() == threads  # restored
+
+
+def test_a_run_in_this_process_matches_the_same_run_in_a_worker(quick_study, tmp_path):
+    """The quick study ran its steps in worker processes (one per core); the same training run
+    here, on one thread, gives the same numbers."""
+    from lightning_shortcut.data.registry import get_dataset
+    from lightning_shortcut.study.runner import run_steps
+    from lightning_shortcut.study.training import TrainingGrid
+
+    _, runs = quick_study
+    config = StudyConfig(
+        out=tmp_path, budget="quick", inits=("small", "xavier"), num_units=(1, 4), workers=1
+    )
+    dataset = get_dataset(config.data)
+    datamodule = dataset.study_datamodule(config.data_dir, config.batch_size, config.seed)
+    datamodule.setup("fit")
+    part = TrainingGrid(config, dataset, datamodule)
+    (here,) = run_steps([("run", lambda: part._train(2, "small", 4))])
+    (there,) = [r for r in runs if (r.shortcut_depth, r.init, r.num_units) == (2, "small", 4)]
+    untimed = [
+        [{k: v for k, v in row.items() if "seconds" not in k} for row in run.spectra]
+        for run in (here, there)
+    ]
+    assert here.losses == there.losses and untimed[0] == untimed[1] and len(untimed[0]) > 1
+    assert here.final_loss == there.final_loss and here.kappa_init == there.kappa_init
+
+
+def test_workers_must_be_positive():
+    with pytest.raises(ValueError, match="workers"):
+        StudyConfig(workers=0)

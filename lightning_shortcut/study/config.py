@@ -109,6 +109,9 @@ class StudyConfig:
             256: the study's curvature figures are its results, so it pays for half the sampling
             variance).
         seed: seed of the data split, the initialization and training.
+        workers: processes that run the study's runs side by side, each on one CPU thread
+            (default: one per CPU core; 1 runs them one after another in this process). The
+            results do not depend on it.
     """
 
     out: Path = Path("study_out")
@@ -134,6 +137,7 @@ class StudyConfig:
     batch_size: int = 64
     hessian_samples: int = 512
     seed: int = 0
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         check_choice("budget", self.budget, BUDGETS)
@@ -154,6 +158,8 @@ class StudyConfig:
                 check_positive_float(name, value)
         for name in _POSITIVE_INTS:
             check_positive_int(name, getattr(self, name))
+        if self.workers is not None:
+            check_positive_int("workers", self.workers)
         check_positive_float("lr", self.lr)
         check_non_negative_float("small_scale", self.small_scale)
         self.out = Path(self.out)

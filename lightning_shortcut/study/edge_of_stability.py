@@ -119,7 +119,12 @@ class EdgeOfStabilityRuns(StudyPart):
             nn.Linear(WIDTH, targets.shape[1]),
         )
 
-    def _run(self, lr: float) -> None:
+    def keep(self, result: tuple[nn.Module, EdgeResult]) -> None:
+        model, run = result
+        self.models[run.lr] = model
+        self.results.append(run)
+
+    def _run(self, lr: float) -> tuple[nn.Module, EdgeResult]:
         config, clock = self.config, time.perf_counter()
         batch = self.full_batch()
         model = self._mlp(*batch)
@@ -144,10 +149,7 @@ class EdgeOfStabilityRuns(StudyPart):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        self.models[lr] = model
-        self.results.append(
-            _result(lr, sharpness, losses, products, converged, run_diverged, clock)
-        )
+        return model, _result(lr, sharpness, losses, products, converged, run_diverged, clock)
 
     @staticmethod
     def _measure(

@@ -66,8 +66,12 @@ class LearningRateSweep(StudyPart):
     def figures(self) -> list[Path]:
         return [plot_lr_sweep(self.config.out, self.results)] if self.results else []
 
-    def _sweep(self, shortcut_depth: int, num_units: int) -> None:
+    def keep(self, result: list[SweepResult]) -> None:
+        self.results.extend(result)
+
+    def _sweep(self, shortcut_depth: int, num_units: int) -> list[SweepResult]:
         loss_fn, batch, max_eigenvalue = self.dataset.task.loss_fn, self._hessian_batch(), None
+        results = []
         for lr in self.config.sweep_lrs:
             pl.seed_everything(self.config.seed, verbose=False)
             initial = init_strategy(INIT, scale=self.config.small_scale)
@@ -79,7 +83,7 @@ class LearningRateSweep(StudyPart):
                 model, batch, optimizer, loss_fn, hessian_max_eigenvalue=max_eigenvalue
             )
             final_loss, run_diverged, peak_loss = self._train(model, optimizer)
-            self.results.append(
+            results.append(
                 SweepResult(
                     shortcut_depth=shortcut_depth,
                     init=INIT,
@@ -92,6 +96,7 @@ class LearningRateSweep(StudyPart):
                     stability_init=report.stability,
                 )
             )
+        return results
 
     def _train(
         self, model: pl.LightningModule, optimizer: torch.optim.Optimizer

@@ -31,8 +31,9 @@ def diverged(loss: float) -> bool:
     return not math.isfinite(loss) or loss > DIVERGED_LOSS
 
 
-#: a unit of work and the progress bar's description of it
-Step = tuple[str, Callable[[], None]]
+#: a unit of work and the progress bar's description of it; the work returns its result (picklable:
+#: a step may run in another process), which the part's :meth:`StudyPart.keep` stores
+Step = tuple[str, Callable[[], Any]]
 
 
 @dataclass
@@ -73,7 +74,17 @@ class StudyPart(ABC):
 
     @abstractmethod
     def steps(self) -> list[Step]:
-        """The work, as (description, callable) pairs; the callables keep their results."""
+        """The work, as (description, callable) pairs. Each callable seeds what it draws and
+        returns its result without storing it, so that steps may run in any process and order."""
+
+    @abstractmethod
+    def keep(self, result: Any) -> None:
+        """Store one step's result (called in the steps' order)."""
+
+    def run(self) -> None:
+        """Run every step here, in order, and keep the results."""
+        for _, work in self.steps():
+            self.keep(work())
 
     @abstractmethod
     def tables(self) -> list[Table]:

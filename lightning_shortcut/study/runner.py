@@ -1,21 +1,33 @@
-"""``run_study``: the study's parts in order under a progress bar, then their tables and figures."""
+"""``run_study``: the study's parts under a progress bar, then their tables and figures.
+
+The steps of every part run side by side in ``config.workers`` processes (forked, each on one CPU
+thread): the study's models are small, and a second thread speeds one of them up by a few percent
+where a second process running another step doubles the throughput. Every step runs on one thread
+and seeds what it draws, so the tables do not depend on the number of workers.
+"""
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
 
 from lightning_shortcut.data.registry import get_dataset
 from lightning_shortcut.study.config import StudyConfig
 from lightning_shortcut.study.edge_of_stability import EdgeOfStabilityRuns
 from lightning_shortcut.study.lr_sweep import LearningRateSweep
-from lightning_shortcut.study.parts import StudyPart
+from lightning_shortcut.study.parts import Step, StudyPart
 from lightning_shortcut.study.report import write_tables
 from lightning_shortcut.study.results import RunResult
 from lightning_shortcut.study.training import TrainingGrid
 from lightning_shortcut.study.unit_curvature import UnitCurvature
 from lightning_shortcut.study.zero_point import ZeroPoint
 
-__all__ = ["PARTS", "run_study"]
+__all__ = ["PARTS", "default_workers", "run_steps", "run_study"]
 
 #: The parts of the study, run and reported in this order; a new kind of run is one more entry.
 PARTS: tuple[type[StudyPart], ...] = (
@@ -39,15 +51,19 @@ def run_study(config: StudyConfig, progress: bool = True) -> list[RunResult]:
     datamodule.prepare_data()
     datamodule.setup("fit")
     parts = [part(config, dataset, datamodule) for part in PARTS]
-    steps = [step for part in parts for step in part.steps()]
+    owners = [(part, step) for part in parts for step in part.steps()]
+    workers = config.workers or default_workers()
     console = Console()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, TimeElapsedColumn(), console=console, disable=not progress) as bar:
-        task = bar.add_task("", total=len(steps))
-        for description, work in steps:
-            bar.update(task, description=description)
-            work()
-            bar.advance(task)
+        task = bar.add_task(f"{len(owners)} steps in {workers} processes", total=len(owners))
+
+        def advance(description: str) -> None:
+            bar.update(task, description=description, advance=1)
+
+        results = run_steps([step for _, step in owners], workers, advance)
+    for (part, _), result in zip(owners, results, strict=True):
+        part.keep(result)
     tables = [table for part in parts for table in part.tables()]
     summary = write_tables(config, tables)
     figures = [path for part in parts for path in part.figures()]
@@ -56,3 +72,55 @@ def run_study(config: StudyConfig, progress: bool = True) -> list[RunResult]:
         names = [t.file_name for t in tables] + ["summary.md"] + [p.name for p in figures]
         console.print(f"Wrote {', '.join(names)} into {config.out}")
     return next(part.runs for part in parts if isinstance(part, TrainingGrid))
+
+
+def default_workers() -> int:
+    """One worker per CPU core this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+# the steps a forked worker runs, by index (set in the parent before the fork; not pickled)
+_STEPS: Sequence[Step] = ()
+
+
+def _run_step(index: int) -> tuple[int, Any]:
+    return index, _STEPS[index][1]()
+
+
+def run_steps(
+    steps: Sequence[Step], workers: int = 1, advance: Callable[[str], None] | None = None
+) -> list[Any]:
+    """Run ``steps`` on one CPU thread each, in ``workers`` forked processes where ``workers > 1``
+    (in this process where fork is not available), and return their results in the steps' order.
+
+    Args:
+        steps: (description, work) pairs; ``work()``'s result must be picklable.
+        workers: processes that run steps side by side.
+        advance: called with a step's description each time a step finishes.
+    """
+    global _STEPS
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if workers <= 1 or len(steps) <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+            done = []
+            for description, work in steps:
+                done.append(work())
+                if advance is not None:
+                    advance(description)
+            return done
+        _STEPS = steps
+        results: list[Any] = [None] * len(steps)
+        context = multiprocessing.get_context("fork")
+        with context.Pool(min(workers, len(steps))) as pool:
+            for index, result in pool.imap_unordered(_run_step, range(len(steps))):
+                results[index] = result
+                if advance is not None:
+                    advance(steps[index][0])
+        return results
+    finally:
+        _STEPS = ()
+        torch.set_num_threads(threads)

@@ -87,7 +87,10 @@ class TrainingGrid(StudyPart):
         out = self.config.out
         return [plot_loss_curves(out, self.runs), plot_eigenvalue_trajectories(out, self.runs)]
 
-    def _train(self, shortcut_depth: int, init: str, num_units: int) -> None:
+    def keep(self, result: RunResult) -> None:
+        self.runs.append(result)
+
+    def _train(self, shortcut_depth: int, init: str, num_units: int) -> RunResult:
         config, task = self.config, self.dataset.task
         start = time.perf_counter()
         pl.seed_everything(config.seed, verbose=False)
@@ -107,26 +110,22 @@ class TrainingGrid(StudyPart):
         final_loss, _ = task.evaluate(model, self.datamodule.train_set, num_classes)
         _, accuracy = task.evaluate(model, self.datamodule.val_set, num_classes)
         first, last = monitor.history[0], monitor.history[-1]
-        self.runs.append(
-            RunResult(
-                shortcut_depth=shortcut_depth,
-                init=init,
-                num_units=num_units,
-                kappa_init=math.nan
-                if initial.condition_number is None
-                else initial.condition_number,
-                kappa_init_converged=initial.converged,
-                max_eigenvalue_start=first["max_eigenvalue"],
-                min_eigenvalue_start=first["min_eigenvalue"],
-                max_eigenvalue_end=last["max_eigenvalue"],
-                min_eigenvalue_end=last["min_eigenvalue"],
-                final_loss=final_loss if not recorder.diverged else math.inf,
-                accuracy=accuracy if not recorder.diverged else math.nan,
-                diverged=recorder.diverged,
-                seconds=time.perf_counter() - start,
-                losses=recorder.losses,
-                spectra=monitor.history,
-            )
+        return RunResult(
+            shortcut_depth=shortcut_depth,
+            init=init,
+            num_units=num_units,
+            kappa_init=math.nan if initial.condition_number is None else initial.condition_number,
+            kappa_init_converged=initial.converged,
+            max_eigenvalue_start=first["max_eigenvalue"],
+            min_eigenvalue_start=first["min_eigenvalue"],
+            max_eigenvalue_end=last["max_eigenvalue"],
+            min_eigenvalue_end=last["min_eigenvalue"],
+            final_loss=final_loss if not recorder.diverged else math.inf,
+            accuracy=accuracy if not recorder.diverged else math.nan,
+            diverged=recorder.diverged,
+            seconds=time.perf_counter() - start,
+            losses=recorder.losses,
+            spectra=monitor.history,
         )
 
     def _fit(self, model: pl.LightningModule) -> tuple[HessianEigenvalueMonitor, _LossRecorder]:

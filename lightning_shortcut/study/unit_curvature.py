@@ -156,7 +156,10 @@ class UnitCurvature(StudyPart):
         width = max(run.num_units for run in self.runs)
         return [row for run in self.runs for row in run.rows(width)]
 
-    def _run(self, shortcut_depth: int, init: str, num_units: int) -> None:
+    def keep(self, result: UnitCurvatureRun) -> None:
+        self.runs.append(result)
+
+    def _run(self, shortcut_depth: int, init: str, num_units: int) -> UnitCurvatureRun:
         config = self.config
         pl.seed_everything(config.seed, verbose=False)
         overrides = {"scale": config.small_scale} if init == "small" else {}
@@ -179,7 +182,7 @@ class UnitCurvature(StudyPart):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        self.runs.append(run)
+        return run
 
     def _measure(self, model: pl.LightningModule, run: UnitCurvatureRun, step: int) -> float:
         """Append the training loss and each unit's ``lambda_max`` at ``step`` to ``run`` (nothing

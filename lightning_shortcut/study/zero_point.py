@@ -47,14 +47,17 @@ class ZeroPoint(StudyPart):
     def figures(self) -> list[Path]:
         return [plot_zero_point(self.config.out, self.config.shortcut_depths, self.rows)]
 
-    def _sweep(self) -> None:
+    def keep(self, result: list[dict[str, Any]]) -> None:
+        self.rows = result
+
+    def _sweep(self) -> list[dict[str, Any]]:
         batch = self._hessian_batch()
-        self.rows = []
-        for shortcut_depth in self.config.shortcut_depths:
-            for num_units in self.config.kappa_units:
-                if shortcut_depth == 1 and num_units > _DEPTH_ONE_MAX_UNITS:
-                    continue
-                self.rows.append(self._measure(batch, shortcut_depth, num_units))
+        return [
+            self._measure(batch, shortcut_depth, num_units)
+            for shortcut_depth in self.config.shortcut_depths
+            for num_units in self.config.kappa_units
+            if not (shortcut_depth == 1 and num_units > _DEPTH_ONE_MAX_UNITS)
+        ]
 
     def _measure(self, batch: Any, shortcut_depth: int, num_units: int) -> dict[str, Any]:
         pl.seed_everything(self.config.seed, verbose=False)
