@@ -55,11 +55,16 @@ def run_study(config: StudyConfig, progress: bool = True) -> list[RunResult]:
     workers = config.workers or default_workers()
     console = Console()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, TimeElapsedColumn(), console=console, disable=not progress) as bar:
+    # no refresh thread: the workers are forked from this process, and a thread that held the
+    # console's lock at the fork would leave it held in them; the bar is redrawn as steps finish
+    bar = Progress(
+        *columns, TimeElapsedColumn(), console=console, disable=not progress, auto_refresh=False
+    )
+    with bar:
         task = bar.add_task(f"{len(owners)} steps in {workers} processes", total=len(owners))
 
         def advance(description: str) -> None:
-            bar.update(task, description=description, advance=1)
+            bar.update(task, description=description, advance=1, refresh=True)
 
         results = run_steps([step for _, step in owners], workers, advance)
     for (part, _), result in zip(owners, results, strict=True):
