@@ -18,6 +18,7 @@ import functools
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lightning_shortcut.recipes import recipe_listing, resolve_recipe
@@ -115,7 +116,12 @@ def _plot(args: Sequence[str]) -> None:
         help="a run's folder (its version_* merged), a version folder, a CSVLogger metrics.csv or "
         "a TensorBoard event file; a folder above runs: the run of the newest log below it",
     )
-    parser.add_argument("--out", default="hessian.png", help="the image to write")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="the image to write (default: hessian.png in the source folder, or next to the "
+        "source file)",
+    )
     parser.add_argument("--prefix", default="hessian/", help="the monitor's log_prefix")
     parser.add_argument("--title", default=None)
     options = parser.parse_args(args)
@@ -128,6 +134,9 @@ def _plot(args: Sequence[str]) -> None:
                 "the run (and is its log_prefix the one given)?"
             )
         title = options.title or options.source
+        if options.out is None:  # with the run's logs, not wherever the command was typed
+            source = Path(options.source)
+            options.out = (source if source.is_dir() else source.parent) / "hessian.png"
         # the run's steps, not only the measured ones
         out = plot_hessian_metrics(series, options.out, title=title, steps=run.step_range)
         curvature = plot_curvature_figures(run, series, options.out, title=title)

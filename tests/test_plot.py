@@ -47,6 +47,21 @@ def test_a_run_with_few_points_is_drawn_on_its_own_steps(tmp_path, hessian_steps
     assert out.stat().st_size > 10_000
 
 
+def test_plot_writes_next_to_the_run_by_default(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "logs" / "run"
+    run.mkdir(parents=True)
+    metrics = _write_metrics(run / "metrics.csv", [0, 420], last_step=839)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cli_main(["plot", str(run)])
+    assert (run / "hessian.png").is_file() and not list(elsewhere.iterdir())
+    assert f"wrote {run / 'hessian.png'}" in capsys.readouterr().out
+    (run / "hessian.png").unlink()
+    cli_main(["plot", str(metrics)])  # a file: next to it
+    assert (run / "hessian.png").is_file() and not list(elsewhere.iterdir())
+
+
 def test_many_points_keep_small_markers_and_the_default_range(tmp_path):
     steps = list(range(0, 840, 42))
     _write_metrics(tmp_path / "metrics.csv", steps, last_step=839)
