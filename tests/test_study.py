@@ -136,6 +136,10 @@ def test_lr_sweep_finds_the_edge_of_stability(quick_study):
     assert one[4] < one[1] / 3  # n = 1: the predicted largest step falls with depth
     two = [float(r["predicted_max_lr"]) for r in summary if r["shortcut_depth"] == "2"]
     assert max(two) == pytest.approx(min(two), rel=1e-3)  # n = 2: it does not
+    best = {(r["shortcut_depth"], r["num_units"]): r["best_lr"] for r in summary}
+    # n = 3 ends alike at every learning rate: no best one to name; n = 2 trains, and has one
+    assert all(math.isnan(float(best[("3", units)])) for units in ("1", "4"))
+    assert all(float(best[("2", units)]) in lrs for units in ("1", "4"))
     assert "## Learning rate against depth" in (out / "summary.md").read_text()
 
 

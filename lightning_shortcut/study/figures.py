@@ -18,6 +18,12 @@ __all__ = [
     "plot_zero_point",
 ]
 
+
+def _units(count: int) -> str:
+    """``"1 unit"``, ``"4 units"``."""
+    return f"{count} unit" if count == 1 else f"{count} units"
+
+
 # one color per shortcut depth, one line style per initialization
 COLORS = {1: "tab:red", 2: "tab:blue", 3: "tab:green"}
 STYLES = {"small": "-", "xavier": "--", "orthogonal": ":"}
@@ -94,7 +100,7 @@ def plot_loss_curves(out: Path, runs: Sequence[RunResult]) -> Path:
         stable = [loss for r in runs if not r.diverged for _, loss in r.losses[:1]]
         if stable:  # diverged runs leave the plot at the top instead of squashing it
             ax.set_ylim(top=3 * max(stable))
-        ax.set_title(f"{count} units")
+        ax.set_title(_units(count))
         ax.set_xlabel("step")
     axes[0][0].set_ylabel("training loss (minibatch)")
     axes[0][-1].legend(fontsize=7)
@@ -121,7 +127,7 @@ def plot_eigenvalue_trajectories(out: Path, runs: Sequence[RunResult]) -> Path:
         for run in shown:  # the trained runs first: they set the axis
             _plot_trajectory(ax, run, key, next(rows) if run.diverged and clip else None)
         note = " (diverged runs at the edge)" if any(r.diverged for r in shown) else ""
-        ax.set_title(f"{title}, {deepest} units{note}", fontsize=10)
+        ax.set_title(f"{title}, {_units(deepest)}{note}", fontsize=10)
         ax.set_xlabel("step")
     axes[1].legend(fontsize=7)
     return _save(fig, out / "eigenvalue_trajectories.png", dpi=110)
@@ -186,7 +192,7 @@ def plot_lr_sweep(out: Path, results: Sequence[SweepResult]) -> Path:
         ax.set_yscale("log")
         ax.set_xlim(low, high)
         note = f"\n2 / lambda_max off the axis: {', '.join(beyond)}" if beyond else ""
-        ax.set_title(f"{units} units (x: diverged; dashed: 2 / lambda_max){note}", fontsize=8)
+        ax.set_title(f"{_units(units)} (x: diverged; dashed: 2 / lambda_max){note}", fontsize=8)
         ax.set_xlabel("learning rate")
     axes[0][0].set_ylabel("final training loss")
     axes[0][0].legend(fontsize=8)
@@ -257,7 +263,7 @@ def plot_unit_curvature(out: Path, rows: Sequence[dict[str, Any]], threshold: fl
                 for r in rows
                 if (r["init"], r["num_units"], r["shortcut_depth"]) == (init, count, depth)
             ]
-            title = f"n = {depth}, {init}, {count} units"
+            title = f"n = {depth}, {init}, {_units(count)}"
             steps = [r["step"] for r in runs]
             for unit in range(count):
                 values = [r[f"unit_{unit}"] for r in runs]

@@ -28,13 +28,24 @@ from lightning_shortcut.study.results import SweepResult
 __all__ = ["LearningRateSweep"]
 
 INIT = "small"
+#: Final losses within this fraction of each other are alike: the sweep names no best learning
+#: rate where every run that did not diverge ended alike (``n = 3`` from small weights, which no
+#: learning rate moves off its saddle, ends at 8.32 everywhere, its losses 3e-7 apart).
+ALIKE = 1e-3
+
+
+def _all_alike(runs: list[SweepResult]) -> bool:
+    """Whether the runs' final losses agree within :data:`ALIKE` (relative), over two runs or more."""
+    losses = [run.final_loss for run in runs]
+    return len(losses) > 1 and max(losses) - min(losses) <= ALIKE * abs(min(losses))
 
 
 class LearningRateSweep(StudyPart):
     """SGD from small weights at every learning rate of ``sweep_lrs`` for every shortcut depth and
     ``num_units``, ``sweep_steps`` steps each: ``lr_sweep.csv``, ``lr_sweep_summary.csv`` (per depth:
     the predicted ``2 / lambda_max``, the largest learning rate that did not diverge and the best
-    one; a run that did not diverge may still have collapsed, see ``final_loss``) and
+    one, NaN where the runs that did not diverge all ended within :data:`ALIKE` of each other; a
+    run that did not diverge may still have collapsed, see ``final_loss``) and
     ``lr_sweep.png``. Runs are plain PyTorch loops on the study's data and model, so the sweep costs
     seconds; ``lambda_max`` at the start is one Hessian measurement per configuration (the same
     initial weights for every learning rate).
@@ -139,6 +150,8 @@ class LearningRateSweep(StudyPart):
                     continue
                 not_diverged = [r for r in runs if not r.diverged]
                 best = min(not_diverged, key=lambda r: r.final_loss) if not_diverged else None
+                if best is not None and _all_alike(not_diverged):
+                    best = None  # nothing trained: the smallest loss would be a pick of noise
                 first = runs[0]
                 rows.append(
                     {
