@@ -145,7 +145,8 @@ def _fixed_schedule(
         intervals.append(every_n_epochs * _steps_per_epoch(trainer))
     schedule = " and ".join(names) + (" add" if len(names) > 1 else " adds")
     intervals = [interval for interval in intervals if math.isfinite(interval)]
-    each = f"about {expected.seconds:.3g} s each" + (f" ({expected.mix})" if expected.mix else "")
+    mix = f" ({expected.mix})" if expected.mix else ""
+    each = f"about {expected.seconds:.3g} s each{mix}"
     if not intervals:
         return f"{schedule} measurements of {each}; the epochs' length is unknown."
     total, step = run_length(trainer), trainer.global_step
@@ -155,8 +156,11 @@ def _fixed_schedule(
         line = (
             f"{schedule} about {share:.0%} to this run's {total:.0f} steps: "
             f"{monitor_seconds:.3g} s measured so far and {due} measurement"
-            + ("s" if due != 1 else "")
-            + f" to come at {each}."
+            + (
+                f"s to come at {each}."
+                if due != 1
+                else f" to come at about {expected.seconds:.3g} s{mix}."
+            )
         )
     else:
         share = sum(1 / i for i in intervals) * expected.seconds / step_seconds

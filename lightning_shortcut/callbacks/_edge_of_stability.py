@@ -90,7 +90,8 @@ class EdgeOfStabilityTracker:
                     self.said_before_first_step = True
                     rank_zero_info(
                         f"HessianEigenvalueMonitor: {report.reason}, so stability is logged from "
-                        "the next measurement on."
+                        "the next measurement on (none where the schedule or max_overhead leaves "
+                        "no other)."
                     )
             else:
                 self.warn("stability_unavailable", f"HessianEigenvalueMonitor: {report.reason}.")
