@@ -159,6 +159,7 @@ def test_resume_continues_schedule_and_history(tmp_path):
     # (warm in the uninterrupted run), and the values agree with the uninterrupted run's within tol
     after = [r for r in resumed.history if r["step"] > 12]
     assert after[0]["warm_start"] == 0.0
+    assert all(r["warm_given_up"] in (0.0, 1.0) for r in full.history)  # with warm starts on
     assert next(r for r in full.history if r["step"] == after[0]["step"])["warm_start"] == 1.0
     for a, b in zip(resumed.history, full.history, strict=True):
         scale = max(abs(b["max_eigenvalue"]), abs(b["min_eigenvalue"]))

@@ -280,3 +280,12 @@ def test_every_n_epochs_counts_optimizer_steps_under_accumulation(caplog):
     report, overhead = scripted_run(monitor, 100, 10, 0.0124, caplog, accumulate=2)
     assert forecast(report) == pytest.approx(overhead, rel=0.3), report
     assert "every_n_epochs=1" in report
+
+
+@pytest.mark.parametrize("given_up", [False, True])
+def test_a_warm_monitor_logs_whether_a_warm_try_was_given_up(given_up):
+    spectrum = HessianSpectrum(top=[1.0], bottom=[-1.0], max=1.0, min=-1.0, warm_given_up=given_up)
+    warm = HessianEigenvalueMonitor(warm_start=True, edge_of_stability=False)
+    assert warm._collect_metrics(None, None, "validate", spectrum)["warm_given_up"] == given_up
+    cold = HessianEigenvalueMonitor(edge_of_stability=False)  # no warm tries: no such column
+    assert "warm_given_up" not in cold._collect_metrics(None, None, "validate", spectrum)

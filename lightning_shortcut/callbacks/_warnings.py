@@ -11,7 +11,7 @@ from lightning_shortcut.hessian.results import HessianSpectrum
 from lightning_shortcut.hessian.settings import HessianSettings
 
 # values of a measurement that are not eigenvalues: NaN there is no reason to warn
-_BOOKKEEPING = ("seconds", "num_hvps", "converged", "warm_start")
+_BOOKKEEPING = ("seconds", "num_hvps", "converged", "warm_start", "warm_given_up")
 _STDERR = ("max_eigenvalue_stderr", "min_eigenvalue_stderr")
 
 

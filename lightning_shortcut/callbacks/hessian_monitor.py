@@ -66,6 +66,8 @@ class HessianEigenvalueMonitor(CurvatureMap, ColdAndWarmCosts):
     - ``{log_prefix}hvp_error``: the products' relative error (``hvp="finite_difference"``).
     - ``{log_prefix}num_hvps``, ``seconds``, ``converged``, ``warm_start``: the products and wall
       time the measurement took, ``1.0`` if every value met ``tol``, ``1.0`` if it was warm.
+    - ``{log_prefix}warm_given_up`` (``warm_start`` on): ``1.0`` where a warm try was given up and
+      run again cold (both runs' products in ``num_hvps``).
     - ``{log_prefix}block/<name>/max_eigenvalue``, ``min_eigenvalue``, ``max_eigenvector_share``,
       ``min_...``; ``block_hvps``, ``block_seconds``, ``gradient_overlap``, ``density_seconds``/``hvps``.
     - ``epoch``: the epoch, with every row.
@@ -347,6 +349,8 @@ class HessianEigenvalueMonitor(CurvatureMap, ColdAndWarmCosts):
         """Every value a measurement logs, by name without prefix: the one place to add one (and
         to list it under "Logged metrics" in the class docstring)."""
         metrics = spectrum.as_dict()
+        if self.warm_start:  # a column of its own where warm tries happen: given up, or not
+            metrics["warm_given_up"] = float(spectrum.warm_given_up)
         stability_warm = True  # no eigenvalue run of its own (SGD) counts as warm
         if self.edge_of_stability and stage == "fit" and spectrum.converged is not None:
             ratio, products, seconds = self._stability.measure(
