@@ -25,10 +25,10 @@ from lightning_shortcut.hessian.tracking import WarmStart
 __all__ = ["COMMON_ARGUMENTS", "SOLVERS", "EigenResult", "Solver", "SolverSpec", "register_solver"]
 
 
-#: What a solver returns: :class:`~lightning_shortcut.hessian.HessianSpectrum` itself, under the name
-#: solvers have always used (one type, one set of field names; ``hessian_eigenvalues`` completes the
-#: solver's answer in place).
 EigenResult = HessianSpectrum
+"""What a solver returns: :class:`~lightning_shortcut.hessian.HessianSpectrum` itself, under the name
+solvers have always used (one type, one set of field names; ``hessian_eigenvalues`` completes the
+solver's answer in place)."""
 
 
 class Solver(Protocol):
