@@ -45,7 +45,7 @@ def _measured(monitor, model, batches, step=0):
     """One fit measurement of ``monitor`` on ``batches``, through its own path."""
     trainer = _fake_trainer(step)
     monitor._batches["fit"] = batches
-    monitor._prepare_curvature_map(trainer, model, "fit")
+    monitor._curvature.prepare(trainer, model, monitor.settings.params)
     monitor._measure_and_log(trainer, model, "fit")
     return monitor.history[-1]
 
@@ -114,9 +114,9 @@ def test_residual_blocks_on_a_model_without_a_stack_are_refused_at_fit_start():
     monitor = _monitor(blocks="residual")
     model = nn.Sequential(nn.Linear(6, 3))
     with pytest.raises(ValueError, match="contains no ResidualStack"):
-        monitor._prepare_curvature_map(_fake_trainer(), model, "fit")
+        monitor._curvature.prepare(_fake_trainer(), model, None)
     with pytest.raises(ValueError, match="matches no parameter"):
-        _monitor(blocks={"a": "nope"})._prepare_curvature_map(_fake_trainer(), model, "fit")
+        _monitor(blocks={"a": "nope"})._curvature.prepare(_fake_trainer(), model, None)
 
 
 def test_density_steps_spread_over_a_known_run_and_start_only_otherwise():
@@ -157,7 +157,7 @@ def test_without_a_logger_the_snapshots_stay_in_the_monitor(model_and_batches):
     monitor = _monitor(density_snapshots=2)
     trainer = _fake_trainer()
     monitor._batches["fit"] = batches
-    monitor._prepare_curvature_map(trainer, model, "fit")
+    monitor._curvature.prepare(trainer, model, monitor.settings.params)
     with pytest.warns(UserWarning, match="no logger"):
         monitor._on_fit_started(trainer, model)
     assert [record["step"] for record in monitor.density_history] == [0]

@@ -140,15 +140,16 @@ class ScriptedStability:
         self.monitor, self.cold, self.warm = monitor, cold, warm
         self.tracker = SpectrumTracker()
 
-    def measure(self, trainer, pl_module, spectrum, *inputs_and_settings):
+    def measure(self, trainer, pl_module, spectrum, guard, inputs):
         if trainer.global_step == 0:
-            return {}, 0, 0.0
+            return {}, 0
         warm = self.tracker.start(self.monitor.params) is not None
         cost = self.warm if warm else self.cold
         self.monitor.now += cost
         run = HessianSpectrum(top=[1.0], warm_start=warm, vectors=[torch.ones(2)])
         self.tracker.update(run, self.monitor.params)
-        return {"stability": 0.5}, 20, cost
+        guard.products, guard.seconds = guard.products + 20, guard.seconds + cost
+        return {"stability": 0.5}, 20
 
 
 class ScriptedMonitor(HessianEigenvalueMonitor):
@@ -195,6 +196,7 @@ class ScriptedMonitor(HessianEigenvalueMonitor):
             vectors=[torch.ones(2)],
         )
         self._tracker.update(spectrum, self.params)
+        self._guard.products, self._guard.seconds = products, cost  # as the guarded step books
         return spectrum
 
 
@@ -285,7 +287,9 @@ def test_every_n_epochs_counts_optimizer_steps_under_accumulation(caplog):
 @pytest.mark.parametrize("given_up", [False, True])
 def test_a_warm_monitor_logs_whether_a_warm_try_was_given_up(given_up):
     spectrum = HessianSpectrum(top=[1.0], bottom=[-1.0], max=1.0, min=-1.0, warm_given_up=given_up)
+    trainer = SimpleNamespace(global_step=0)
     warm = HessianEigenvalueMonitor(warm_start=True, edge_of_stability=False)
-    assert warm._collect_metrics(None, None, "validate", spectrum)["warm_given_up"] == given_up
     cold = HessianEigenvalueMonitor(edge_of_stability=False)  # no warm tries: no such column
-    assert "warm_given_up" not in cold._collect_metrics(None, None, "validate", spectrum)
+    warm._batches["validate"] = cold._batches["validate"] = []
+    assert warm._collect_metrics(trainer, None, "validate", spectrum)["warm_given_up"] == given_up
+    assert "warm_given_up" not in cold._collect_metrics(trainer, None, "validate", spectrum)

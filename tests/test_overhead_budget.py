@@ -162,11 +162,11 @@ def test_the_initial_grant_is_what_was_measured_before_the_first_decision():
 def test_a_warm_measurement_not_yet_made_is_expected_at_the_cold_cost_without_its_stderr():
     monitor = HessianEigenvalueMonitor()
     monitor.budget.last_cost, monitor.budget.costs = 2.0, {"cold": 2.0}
-    monitor._stderr_share = 0.25  # of the cold measurement just made
-    monitor._seed_estimates()
+    monitor._guard.stderr_share = 0.25  # of the cold measurement just made
+    monitor._guard.seed_estimates(monitor.budget)
     assert monitor.budget.estimate("warm") == 1.5
     monitor.budget.costs["warm"] = 0.2  # once made, its own cost
-    monitor._seed_estimates()
+    monitor._guard.seed_estimates(monitor.budget)
     assert monitor.budget.estimate("warm") == 0.2
 
 

@@ -10,17 +10,31 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-__all__ = ["OverheadBudget", "accrual_rate", "run_length"]
+__all__ = ["OverheadBudget", "accrual_rate", "run_length", "steps_per_batch"]
+
+
+def steps_per_batch(trainer: pl.Trainer) -> int:
+    """Optimizer steps (``global_step``) per training batch: one, but under manual optimization,
+    where every optimizer's step counts, one per optimizer (each taken to step once a batch)."""
+    module = getattr(trainer, "lightning_module", None)
+    if module is None or getattr(module, "automatic_optimization", True):
+        return 1
+    return max(len(getattr(trainer, "optimizers", ())), 1)
 
 
 def run_length(trainer: pl.Trainer) -> float:
-    """The run's optimizer steps as the Trainer estimates them; ``inf`` where it cannot (no
-    ``max_steps``/``max_epochs``, or a gradient accumulation that changes between epochs)."""
+    """The run's optimizer steps (``global_step`` at its end) as the Trainer estimates them; ``inf``
+    where it cannot (no ``max_steps``/``max_epochs``, or a gradient accumulation that changes
+    between epochs). ``max_steps`` counts them; an epoch has :func:`steps_per_batch` a batch."""
     try:
         total = float(getattr(trainer, "estimated_stepping_batches", math.inf))
     except Exception:  # MisconfigurationException: accumulation scheduled per epoch
         return math.inf
-    return total if total > 0 else math.inf  # -1: an iterable dataset without max_steps
+    if total <= 0:  # -1: an iterable dataset without max_steps
+        return math.inf
+    total *= steps_per_batch(trainer)
+    max_steps = getattr(trainer, "max_steps", -1)
+    return min(total, float(max_steps)) if max_steps is not None and max_steps > 0 else total
 
 
 def accrual_rate(share: float, initial: float, total: float) -> float:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import lightning.pytorch as pl
 
-from lightning_shortcut.callbacks._budget import accrual_rate, run_length
+from lightning_shortcut.callbacks._budget import accrual_rate, run_length, steps_per_batch
 
 #: Optimizer steps timed before the report (fewer if the first epoch is shorter).
 STEPS_TO_TIME = 10
@@ -64,9 +64,12 @@ class CostReport:
         every_n_steps: int | None,
         every_n_epochs: int | None,
         expected: ExpectedCost | None = None,
+        extra: tuple[int, float] = (0, 0.0),
     ) -> str:
         """The report, once: ``cost`` is the latest measurement's seconds, ``what`` what it did,
-        ``expected`` what a measurement on a fixed schedule costs on average (default ``cost``)."""
+        ``expected`` what a measurement on a fixed schedule costs on average (default ``cost``),
+        ``extra`` the work still to come outside the schedule (density snapshots: how many, and
+        the seconds of each), which the forecast adds in."""
         self.pending = False
         steps = trainer.global_step - self._start_step
         training = self.clock() - self._start - (monitor_seconds - self._monitor_seconds)
@@ -78,7 +81,7 @@ class CostReport:
         ]
         if every_n_steps is None and every_n_epochs is None:
             if budget is not None:
-                lines.append(self._budget_plan(trainer, budget, in_steps, step_seconds))
+                lines.append(self._budget_plan(trainer, budget, in_steps, step_seconds, extra))
         else:
             lines.append(
                 _fixed_schedule(
@@ -89,6 +92,7 @@ class CostReport:
                     every_n_steps,
                     every_n_epochs,
                     budget,
+                    extra,
                 )
             )
         levers = f"{levers}, " if levers else ""
@@ -96,12 +100,20 @@ class CostReport:
         return " ".join(lines)
 
     def _budget_plan(
-        self, trainer: pl.Trainer, budget: float, in_steps: float, step_seconds: float
+        self,
+        trainer: pl.Trainer,
+        budget: float,
+        in_steps: float,
+        step_seconds: float,
+        extra: tuple[int, float],
     ) -> str:
         """How often the budget lets it measure: the time before the first step is granted, the
-        rest of ``budget`` of the run accrues evenly (OverheadBudget)."""
+        rest of ``budget`` of the run accrues evenly (OverheadBudget), less the ``extra`` work
+        still to come (booked to the same budget)."""
         total = run_length(trainer)
         rate = accrual_rate(budget, self._monitor_seconds / step_seconds, total)
+        if math.isfinite(total):
+            rate = max(rate - extra[0] * extra[1] / step_seconds / total, 0.0)
         interval = math.inf if rate <= 0 else max(1.0, in_steps / rate)
         if math.isinf(interval):
             return (
@@ -121,7 +133,8 @@ def _steps_per_epoch(trainer: pl.Trainer) -> float:
     batches = float(getattr(trainer, "num_training_batches", math.inf))
     if not math.isfinite(batches) or batches <= 0:
         return math.inf
-    return float(math.ceil(batches / max(int(getattr(trainer, "accumulate_grad_batches", 1)), 1)))
+    accumulate = max(int(getattr(trainer, "accumulate_grad_batches", 1)), 1)
+    return float(math.ceil(batches / accumulate) * steps_per_batch(trainer))
 
 
 def _fixed_schedule(
@@ -132,10 +145,11 @@ def _fixed_schedule(
     every_n_steps: int | None,
     every_n_epochs: int | None,
     budget: float | None,
+    extra: tuple[int, float],
 ) -> str:
     """What a fixed schedule adds: over the whole run where the Trainer knows its length (the time
-    measured so far, the initial point's included, and the measurements still due at the expected
-    cost), else per training step from here on."""
+    measured so far, the initial point's included, the measurements still due at the expected
+    cost and the ``extra`` work still to come), else per training step from here on."""
     names, intervals = [], []  # the schedule's intervals in optimizer steps
     if every_n_steps is not None:
         names.append(f"every_n_steps={every_n_steps}")
@@ -152,14 +166,22 @@ def _fixed_schedule(
     total, step = run_length(trainer), trainer.global_step
     if math.isfinite(total) and total > step:
         due = sum(math.floor(total / i) - math.floor(step / i) for i in intervals)
-        share = (monitor_seconds + due * expected.seconds) / (total * step_seconds)
+        count, seconds = extra
+        share = (monitor_seconds + due * expected.seconds + count * seconds) / (
+            total * step_seconds
+        )
         line = (
             f"{schedule} about {share:.0%} to this run's {total:.0f} steps: "
             f"{monitor_seconds:.3g} s measured so far and {due} measurement"
             + (
-                f"s to come at {each}."
+                f"s to come at {each}"
                 if due != 1
-                else f" to come at about {expected.seconds:.3g} s{mix}."
+                else f" to come at about {expected.seconds:.3g} s{mix}"
+            )
+            + (
+                f", and {count} density snapshot(s) at about {seconds:.3g} s each."
+                if count
+                else "."
             )
         )
     else:

@@ -2,24 +2,25 @@
 eigenvectors' profile over the blocks, the gradient's overlap with the top eigenspace, and spectral
 density snapshots along training (issue 25).
 
-:class:`CurvatureMap` is a mixin of the monitor: the monitor keeps its options and calls
-:meth:`CurvatureMap._curvature_metrics` once per measurement; the density snapshots take their own
-steps (the hooks below), booked to the monitor's time budget like a measurement.
+:class:`CurvatureMap` is a component of the monitor with its own state (the blocks found at fit
+start, the snapshots planned and taken): the monitor calls :meth:`CurvatureMap.prepare` at fit
+start, :meth:`CurvatureMap.add_metrics` with each measurement and :meth:`CurvatureMap.snapshot` on
+the steps :meth:`CurvatureMap.snapshot_due` names. Every engine call goes through the monitor's
+:class:`~lightning_shortcut.callbacks._guarded.GuardedMeasurements`.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
-from typing_extensions import override
 
 from lightning_shortcut.callbacks._budget import run_length
+from lightning_shortcut.callbacks._guarded import GuardedMeasurements
 from lightning_shortcut.callbacks._options import block_settings
 from lightning_shortcut.hessian.blocks import (
     block_profile,
@@ -30,14 +31,14 @@ from lightning_shortcut.hessian.density import compute_spectral_density
 from lightning_shortcut.hessian.overlap import compute_gradient_overlap
 from lightning_shortcut.hessian.results import HessianSpectrum
 from lightning_shortcut.hessian.settings import HessianSettings
+from lightning_shortcut.plot_curvature import DENSITY_FILE
 
 __all__ = ["DENSITY_FILE", "DENSITY_NUM_STEPS", "CurvatureMap", "density_steps"]
 
-#: The file, in ``trainer.log_dir``, the density snapshots are written to (one row per quadrature
-#: node: ``step, probe, node, weight``); ``lightning-shortcut plot`` reads it.
-DENSITY_FILE = "hessian_density.csv"
 #: Lanczos steps of a density snapshot's probe (``spectral_density``'s default; one probe).
 DENSITY_NUM_STEPS = 64
+# what a measurement passes along: the Hessian batch and the loss, and the run's settings
+Inputs = tuple[list[Any], Callable[..., Any], HessianSettings]
 
 
 def density_steps(trainer: pl.Trainer, count: int) -> list[int]:
@@ -52,222 +53,194 @@ def density_steps(trainer: pl.Trainer, count: int) -> list[int]:
 
 
 class CurvatureMap:
-    """The curvature map's part of the monitor (a mixin placed before ``ColdAndWarmCosts``).
+    """The monitor's ``blocks``, ``gradient_overlap`` and ``density_snapshots``.
 
-    The monitor sets ``blocks``, ``gradient_overlap`` and ``density_snapshots`` and has the
-    attributes and methods used here (``settings``, ``_run_settings``, ``_hessian_inputs``,
-    ``_warnings``, ``_log_metrics``, ``_sharded``, ``budget``, ``log_prefix``).
+    Args:
+        blocks, gradient_overlap, density_snapshots: the monitor's options (checked there).
+        guard: the monitor's guarded step and cost account.
+        warn: ``warn(kind, message)``, the monitor's warn-once.
     """
 
-    blocks: Any
-    gradient_overlap: bool
-    density_snapshots: int
-    settings: HessianSettings
-    _run_settings: HessianSettings
-    _block_names: list[str]
-    _density_plan: list[int]
-    density_history: list[dict[str, Any]]
-
-    def _init_curvature_map(self) -> None:
-        """The state the curvature map keeps (its options are the monitor's)."""
-        self._block_names: list[str] = []  # resolved at fit start
-        self._density_plan: list[int] = []  # the steps of the snapshots still to take
-        self.density_history: list[dict[str, Any]] = []  # every snapshot taken by this monitor
-
-    # checks at fit start
-
-    def _prepare_curvature_map(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str
+    def __init__(
+        self,
+        blocks: Any,
+        gradient_overlap: bool,
+        density_snapshots: int,
+        guard: GuardedMeasurements,
+        warn: Callable[[str, str], None],
     ) -> None:
+        self.blocks, self.gradient_overlap = blocks, gradient_overlap
+        self.density_snapshots = density_snapshots
+        self.guard, self.warn = guard, warn
+        self.block_names: list[str] = []  # resolved at fit start
+        self.plan: list[int] = []  # the steps of the snapshots still to take
+        self.history: list[dict[str, Any]] = []  # every snapshot this monitor took
+        self.taken: list[int] = []  # the steps of the snapshots taken in this run (checkpointed)
+        guard.snapshots_to_come = self.snapshots_to_come
+
+    def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule, params: Any) -> None:
         """At fit start: resolve the blocks (refused here, naming them, where they do not fit the
-        model) and plan the density snapshots."""
-        if stage != "fit":
-            return
-        wanted = [
-            name
-            for name, on in (
-                ("blocks", self.blocks is not None),
-                ("gradient_overlap", self.gradient_overlap),
-                ("density_snapshots", self.density_snapshots > 0),
-            )
-            if on
-        ]
-        if wanted and self._sharded:
-            raise ValueError(
-                f"{', '.join(wanted)} are not available on a model sharded by fully_shard (the "
-                "eigenvectors are one rank's rows); turn them off."
-            )
-        self._block_names = []
+        model) and plan the snapshots not taken yet (a resumed run keeps its earlier ones)."""
+        self.block_names = []
         if self.blocks is not None:
-            self._block_names = list(resolve_blocks(pl_module, self.blocks, self.settings.params))
-        self._density_plan = density_steps(trainer, self.density_snapshots)
-        self._density_plan = [step for step in self._density_plan if step >= trainer.global_step]
+            self.block_names = list(resolve_blocks(pl_module, self.blocks, params))
+        last = max(self.taken, default=-1)
+        self.plan = [
+            step
+            for step in density_steps(trainer, self.density_snapshots)
+            if step >= trainer.global_step and step > last
+        ]
         if self.density_snapshots > 1 and not math.isfinite(run_length(trainer)):
-            self._warnings.once(
+            self.warn(
                 "density_plan",
                 f"HessianEigenvalueMonitor: density_snapshots={self.density_snapshots} but the "
                 "Trainer does not know the run's length (no max_steps/max_epochs): one snapshot "
                 "is taken at fit start and one at the end of fitting, none between.",
             )
 
+    def wanted(self) -> list[str]:
+        """The options that are on, by name."""
+        on = (self.blocks is not None, self.gradient_overlap, self.density_snapshots > 0)
+        names = ("blocks", "gradient_overlap", "density_snapshots")
+        return [name for name, is_on in zip(names, on, strict=True) if is_on]
+
     # with every measurement
 
-    def _curvature_metrics(
+    def add_metrics(
         self,
-        trainer: pl.Trainer,
+        step: int,
         pl_module: pl.LightningModule,
         stage: str,
         spectrum: HessianSpectrum,
+        inputs: Inputs,
         metrics: dict[str, float],
     ) -> None:
         """Add the blocks' extremes and the profile (fit) and the gradient overlap to ``metrics``
-        (their products and time to ``num_hvps`` and ``seconds``, and on their own)."""
+        (their products and time are the guard's, ``block_hvps`` and ``block_seconds`` too)."""
         if self.blocks is not None and stage == "fit":
-            metrics.update(self._block_metrics(trainer, pl_module, spectrum))
-            metrics["num_hvps"] += metrics["block_hvps"]
-            metrics["seconds"] += metrics["block_seconds"]
+            products, seconds = self.guard.products, self.guard.seconds
+            metrics.update(self._block_metrics(step, pl_module, spectrum, inputs))
+            metrics["block_hvps"] = float(self.guard.products - products)
+            metrics["block_seconds"] = self.guard.seconds - seconds
         if self.gradient_overlap:
-            value, seconds = self._overlap(trainer, pl_module, stage, spectrum)
-            metrics["gradient_overlap"] = value
-            metrics["seconds"] += seconds
+            metrics["gradient_overlap"] = self._overlap(step, pl_module, spectrum, inputs)
 
     def _block_metrics(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, spectrum: HessianSpectrum
+        self, step: int, pl_module: pl.LightningModule, spectrum: HessianSpectrum, inputs: Inputs
     ) -> dict[str, float]:
-        settings = block_settings(self._run_settings)  # refused at construction if it cannot be
-        top_k, bottom_k = settings.top_k, settings.bottom_k
-        begin = time.perf_counter()
-        try:
-            spectra = compute_block_eigenvalues(
-                pl_module, *self._hessian_inputs(pl_module, "fit"), settings, self.blocks
-            )
-            values, products = spectra.as_dict(), spectra.num_hvps
-            failed = {name: why for name, why in spectra.reasons.items() if why}
-        except (RuntimeError, torch.OutOfMemoryError) as error:
-            values, products = {}, 0
-            failed = dict.fromkeys(self._block_names, str(error))
-        for name in self._block_names:  # a failed call or block: NaN, never a value
-            for end, k in (("max", top_k), ("min", bottom_k)):
+        data, loss_fn, run_settings = inputs
+        settings = block_settings(run_settings)  # refused at construction if it cannot be
+        spectra = self.guard.run(
+            "the blocks' eigenvalues",
+            step,
+            lambda: compute_block_eigenvalues(pl_module, data, loss_fn, settings, self.blocks),
+        )
+        values = spectra.as_dict() if spectra is not None else {}
+        for name in self.block_names:  # a failed call or block: NaN, never a value
+            for end, k in (("max", settings.top_k), ("min", settings.bottom_k)):
                 if k:
                     values.setdefault(f"block/{name}/{end}_eigenvalue", math.nan)
+        failed = sorted(name for name, why in (spectra.reasons if spectra else {}).items() if why)
         if failed:
-            self._warnings.once(
-                "blocks",
-                f"HessianEigenvalueMonitor: at step {trainer.global_step} the eigenvalues of "
-                f"block(s) {sorted(failed)} were not found ({next(iter(failed.values()))}); "
-                f"logged as NaN (raise max_iter, now {settings.max_iter}, or tol, now "
-                f"{settings.tol:g}).",
+            errors = [*spectra.top_errors[failed[0]], *spectra.bottom_errors[failed[0]]]
+            finite = all(math.isfinite(error) for error in errors)
+            self.guard.failed(
+                f"the eigenvalues of block(s) {failed}",
+                step,
+                spectra.reasons[failed[0]],
+                kind="blocks_not_converged" if finite else "blocks_non_finite",
+                advice=f"raise max_iter, now {settings.max_iter}, or tol, now {settings.tol:g}"
+                if finite
+                else "",
             )
-        profile = block_profile(pl_module, spectrum, self.blocks, params=settings.params)
-        for end, shares, k in (("max", profile.top, top_k), ("min", profile.bottom, bottom_k)):
-            for name in self._block_names if k else ():
-                share = (shares or {}).get(name, math.nan)
-                values[f"block/{name}/{end}_eigenvector_share"] = share
-        values["block_hvps"] = float(products)
-        values["block_seconds"] = time.perf_counter() - begin
+        profile = self.guard.run(
+            "the eigenvectors' profile",
+            step,
+            lambda: block_profile(pl_module, spectrum, self.blocks, params=settings.params),
+        )
+        for end, k in (("max", settings.top_k), ("min", settings.bottom_k)):
+            shares = getattr(profile, "top" if end == "max" else "bottom", None) or {}
+            for name in self.block_names if k else ():
+                values[f"block/{name}/{end}_eigenvector_share"] = shares.get(name, math.nan)
         return values
 
     def _overlap(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        stage: str,
-        spectrum: HessianSpectrum,
-    ) -> tuple[float, float]:
+        self, step: int, pl_module: pl.LightningModule, spectrum: HessianSpectrum, inputs: Inputs
+    ) -> float:
         if not spectrum.top or not all(math.isfinite(value) for value in spectrum.top):
-            return math.nan, 0.0
-        result = compute_gradient_overlap(
-            pl_module,
-            *self._hessian_inputs(pl_module, stage),
-            self._run_settings,
-            spectrum=spectrum,
+            return math.nan  # no top eigenvectors: the spectrum's warning says why
+        data, loss_fn, settings = inputs
+        result = self.guard.run(
+            "gradient_overlap",
+            step,
+            lambda: compute_gradient_overlap(pl_module, data, loss_fn, settings, spectrum=spectrum),
         )
-        return result.overlap, result.seconds
+        return result.overlap if result is not None else math.nan
 
-    # density snapshots: their own steps, booked to the monitor
+    # density snapshots: on their own steps, booked to the monitor
 
-    @override
-    def _on_fit_started(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super()._on_fit_started(trainer, pl_module)  # type: ignore[misc]
-        self._snapshot_if_due(trainer, pl_module)
+    def snapshots_to_come(self, step: int) -> int:
+        """The snapshots still planned after ``step`` (the last one at the end included)."""
+        return len([planned for planned in self.plan if planned > step])
 
-    @override
-    def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)  # type: ignore[misc]
-        self._snapshot_if_due(trainer, pl_module)
+    def snapshot_due(self, step: int) -> bool:
+        """Whether a snapshot is due at ``step`` (then it is no longer planned)."""
+        if not self.plan or step < self.plan[0]:
+            return False
+        while self.plan and step >= self.plan[0]:
+            self.plan.pop(0)
+        return True
 
-    @override
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_end(trainer, pl_module)  # type: ignore[misc]
-        taken = {record["step"] for record in self.density_history}
-        # the end: where the run stopped early or its length was unknown
-        if (
-            self.density_snapshots
-            and not self._should_skip(trainer, "fit")
-            and trainer.global_step not in taken
-            and len(taken) < self.density_snapshots
-        ):
-            self._take_snapshot(trainer, pl_module)
+    def snapshot_due_at_end(self, step: int) -> bool:
+        """At the end of fitting: where the run stopped early or its length was unknown."""
+        return (
+            bool(self.density_snapshots)
+            and step not in self.taken
+            and (len(self.taken) < self.density_snapshots)
+        )
 
-    def _snapshot_if_due(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.density_snapshots or self._should_skip(trainer, "fit"):
-            return
-        plan = self._density_plan
-        if plan and trainer.global_step >= plan[0]:
-            while plan and trainer.global_step >= plan[0]:
-                plan.pop(0)
-            self._take_snapshot(trainer, pl_module)
-
-    def _take_snapshot(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """One ``spectral_density`` on the fit's Hessian batch: logged, kept in
-        :attr:`density_history` and appended to ``trainer.log_dir``'s :data:`DENSITY_FILE`."""
-        self.budget.book(monitor=False)
-        try:
-            density = compute_spectral_density(
-                pl_module,
-                *self._hessian_inputs(pl_module, "fit"),
-                self._run_settings,
-                num_steps=DENSITY_NUM_STEPS,
-            )
-        except (RuntimeError, torch.OutOfMemoryError) as error:
-            self._warnings.once(
-                "density",
-                f"HessianEigenvalueMonitor could not compute the spectral density at step "
-                f"{trainer.global_step}: {error}",
-            )
-            self.budget.book(monitor=True)
-            return
-        self.budget.book(monitor=True)
+    def snapshot(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: Inputs
+    ) -> dict[str, float]:
+        """One ``spectral_density`` on the fit's Hessian batch: kept in :attr:`history` and
+        appended to the logger's folder's :data:`DENSITY_FILE`; its costs, to log."""
+        data, loss_fn, settings = inputs
+        step = trainer.global_step
+        self.taken.append(step)
+        self.guard.begin()
+        density = self.guard.run(
+            "the spectral density",
+            step,
+            lambda: compute_spectral_density(
+                pl_module, data, loss_fn, settings, num_steps=DENSITY_NUM_STEPS
+            ),
+        )
+        self.guard.snapshot_seconds = self.guard.seconds
+        if density is None:
+            return {"density_seconds": self.guard.seconds, "density_hvps": math.nan}
         record = {
-            "step": trainer.global_step,
+            "step": step,
             "nodes": density.nodes.tolist(),
             "weights": density.weights.tolist(),
             "num_hvps": density.num_hvps,
             "seconds": density.seconds,
         }
-        self.density_history.append(record)
-        costs = {"density_seconds": density.seconds, "density_hvps": float(density.num_hvps)}
-        self._log_metrics(trainer, "fit", costs)
+        self.history.append(record)
         if trainer.is_global_zero:
-            self._write_density(trainer, record)
+            self._write(trainer, record)
+        return {"density_seconds": density.seconds, "density_hvps": float(density.num_hvps)}
 
-    def _write_density(self, trainer: pl.Trainer, record: dict[str, Any]) -> None:
-        folder = getattr(trainer, "log_dir", None)
-        if folder is None:
-            self._warnings.once(
+    def _write(self, trainer: pl.Trainer, record: dict[str, Any]) -> None:
+        # without a logger, log_dir is the working directory: nothing is written there
+        if not trainer.loggers or getattr(trainer, "log_dir", None) is None:
+            self.warn(
                 "density_file",
-                "HessianEigenvalueMonitor: the Trainer has no logger (log_dir is None): the "
-                "density snapshots are kept in the monitor's density_history only.",
+                "HessianEigenvalueMonitor: the Trainer has no logger, so the density snapshots "
+                f"are not written to {DENSITY_FILE}; they are kept in the monitor's "
+                "density_history only.",
             )
             return
-        path = Path(folder) / DENSITY_FILE
+        path = Path(trainer.log_dir) / DENSITY_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         new = not path.exists()
         with path.open("a", newline="") as handle:
@@ -280,12 +253,12 @@ class CurvatureMap:
                 for node, weight in zip(nodes, weights, strict=True):
                     writer.writerow([record["step"], probe, repr(node), repr(weight)])
 
-    def _curvature_cost_note(self) -> str:
+    def cost_note(self) -> str:
         """For the cost report: what the curvature map adds to a measurement, if anything."""
         notes = []
         if self.blocks is not None:
             notes.append(
-                f"block_eigenvalues over {len(self._block_names)} blocks (included; "
+                f"block_eigenvalues over {len(self.block_names)} blocks (included; "
                 "block_hvps and block_seconds are their share)"
             )
         if self.gradient_overlap:

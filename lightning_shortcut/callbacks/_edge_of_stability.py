@@ -9,6 +9,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
+from lightning_shortcut.callbacks._guarded import GuardedMeasurements
 from lightning_shortcut.hessian.edge_of_stability import compute_edge_of_stability
 from lightning_shortcut.hessian.operator import LossFn, resolve_params
 from lightning_shortcut.hessian.optimizers import UnsupportedOptimizerError
@@ -49,39 +50,46 @@ class EdgeOfStabilityTracker:
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,
         spectrum: HessianSpectrum,
-        data: list[Any],
-        loss_fn: LossFn,
-        settings: HessianSettings,
-    ) -> tuple[dict[str, float], int, float]:
-        """``({"stability": ..., "max_stable_lr": ...}, extra products, extra seconds)`` on the
-        measurement's Hessian batch, loss and settings.
+        guard: GuardedMeasurements,
+        inputs: tuple[list[Any], LossFn, HessianSettings],
+    ) -> tuple[dict[str, float], int]:
+        """``({"stability": ..., "max_stable_lr": ...}, products)`` on the measurement's Hessian
+        batch, loss and settings, through ``guard`` (which books its cost).
 
         Empty where the ratio is unavailable: no optimizer (validate/test), an optimizer without a
         known threshold (said once, then skipped), or an adaptive optimizer before its first step.
         """
         if self.skip_reason is not None or not trainer.optimizers:
-            return {}, 0, 0.0
+            return {}, 0
         if spectrum.max is not None and not math.isfinite(spectrum.max):
-            return {}, 0, 0.0  # a non-finite loss: the monitor warns about it already
-        known = spectrum.max
+            return {}, 0  # a non-finite loss: the monitor warns about it already
+        data, loss_fn, settings = inputs
         params = resolve_params(pl_module, settings.params)
-        try:
-            report = compute_edge_of_stability(
+        report = guard.run(
+            "the stability ratio",
+            trainer.global_step,
+            lambda: compute_edge_of_stability(
                 pl_module,
                 data,
                 trainer.optimizers,
                 loss_fn,
                 settings,
-                hessian_max_eigenvalue=known,
+                hessian_max_eigenvalue=spectrum.max,
                 start=self.tracker.start(params),
-            )
-        except (UnsupportedOptimizerError, ValueError) as error:
-            self.skip_reason = str(error)
-            self.warn(
-                "stability",
-                f"HessianEigenvalueMonitor logs eigenvalues but no stability ratio: {error}",
-            )
-            return {}, 0, 0.0
+            ),
+            unavailable=(UnsupportedOptimizerError, ValueError),
+        )
+        if report is None:
+            if guard.unavailable:
+                self.skip_reason, guard.unavailable = guard.unavailable, ""
+                self.warn(
+                    "stability",
+                    "HessianEigenvalueMonitor logs eigenvalues but no stability ratio: "
+                    f"{self.skip_reason}",
+                )
+                return {}, 0
+            self.tracker.reset()  # a failure (warned about by the guard): NaN, cold next time
+            return {"stability": math.nan, "max_stable_lr": math.nan}, 0
         if report.num_hvps:  # an eigenvalue run was made: its vectors start the next one
             self.tracker.update(report, params)
         if report.reason and math.isnan(report.stability):
@@ -95,9 +103,9 @@ class EdgeOfStabilityTracker:
                     )
             else:
                 self.warn("stability_unavailable", f"HessianEigenvalueMonitor: {report.reason}.")
-            return {}, report.num_hvps, report.seconds
+            return {}, report.num_hvps
         self._check_level(trainer.global_step, report.stability, report.max_stable_lr, report.lr)
-        return report.as_dict(), report.num_hvps, report.seconds
+        return report.as_dict(), report.num_hvps
 
     def _check_level(self, step: int, stability: float, max_stable_lr: float, lr: float) -> None:
         if self.warn_above is None or not stability > self.warn_above:

@@ -13,6 +13,7 @@ from typing_extensions import override
 
 from lightning_shortcut.callbacks._budget import OverheadBudget
 from lightning_shortcut.callbacks._cost_report import CostReport, ExpectedCost
+from lightning_shortcut.callbacks._guarded import UniformCosts
 from lightning_shortcut.hessian._validation import check_non_negative_float, check_positive_int
 
 __all__ = ["DEFAULT_MAX_OVERHEAD", "STAGES", "ScheduledMonitor"]
@@ -35,13 +36,15 @@ class ScheduledMonitor(Callback):
 
     A subclass implements :meth:`_prepare` (called at the start of each stage, booked to the
     monitor in fit) and :meth:`_measure_and_log`, which appends a record to :attr:`history`, and may
-    implement :meth:`_on_fit_started`.
+    implement :meth:`_on_fit_started` and :meth:`_describe_cost`. What its measurements are expected
+    to cost is ``costs``' to say (:class:`~lightning_shortcut.callbacks._guarded.UniformCosts`).
 
     Args:
         every_n_steps, every_n_epochs, max_overhead, at_fit_start, stages: as in
             :class:`~lightning_shortcut.callbacks.HessianEigenvalueMonitor`.
         clock: the time budget's wall clock in seconds (default :func:`time.perf_counter`); a
             fake one gives tests and simulations a deterministic schedule (also :meth:`_use_clock`).
+        costs: the estimates of what a measurement costs (default: every one alike).
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class ScheduledMonitor(Callback):
         at_fit_start: bool,
         stages: Sequence[str],
         clock: Callable[[], float] | None = None,
+        costs: UniformCosts | None = None,
     ) -> None:
         super().__init__()
         self.every_n_steps = every_n_steps
@@ -62,6 +66,7 @@ class ScheduledMonitor(Callback):
         self.__validate_schedule()
         self.history: list[dict[str, Any]] = []
         self.budget = OverheadBudget(clock)
+        self._costs = costs or UniformCosts()
         self._cost_report = CostReport(self.budget.clock)
         self._last_step: int = -1  # the last global step measured in fit
         self._last_checked_step: int = -1  # the last global step the schedule was asked about
@@ -111,29 +116,10 @@ class ScheduledMonitor(Callback):
         """Called once fit has started: after :meth:`_prepare` and the measurement at the initial
         point, if one was made."""
 
-    def _next_kind(self) -> str | None:
-        """The kind of the next measurement in fit, when kinds differ in cost (see
-        :class:`~lightning_shortcut.callbacks._budget.OverheadBudget`); ``None``: one kind."""
-        return None
-
-    def _seed_estimates(self) -> None:
-        """After a measurement in fit: seed ``budget.costs`` for kinds not measured yet, where the
-        last measurement says more about them than its whole cost does."""
-
     def _describe_cost(self, record: dict[str, float]) -> tuple[str, str]:
         """For the cost report: what a measurement did (from its ``record``) and the levers other
         than the schedule's."""
         return "", ""
-
-    def _cost_cycle(self) -> int:
-        """For the cost report: the measurements over which the kinds of measurement repeat (for
-        instance one cold audit in ``audit_every``); ``1``: every measurement alike."""
-        return 1
-
-    def _is_steady(self) -> bool:
-        """For the cost report: whether the measurement just made is of the kind most of a cycle
-        is (for instance wholly warm); by default every one after the first is."""
-        return True
 
     # Lightning hooks: one line each
 
@@ -191,7 +177,7 @@ class ScheduledMonitor(Callback):
         )
 
     def _within_budget(self, trainer: pl.Trainer) -> bool:
-        return self.budget.allows(self.overhead_budget, trainer, self._next_kind())
+        return self.budget.allows(self.overhead_budget, trainer, self._costs.next_kind())
 
     def _start_fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Start the time budget, prepare (booked to the monitor), measure at the initial point."""
@@ -239,12 +225,12 @@ class ScheduledMonitor(Callback):
         if trainer.global_step == self._last_step:
             return
         self._last_step = trainer.global_step
-        with self.budget.measuring(self._next_kind()):
+        with self.budget.measuring(self._costs.next_kind()):
             self._measure_and_log(trainer, pl_module, "fit")
         self._fit_costs.append(self.budget.last_cost)
-        if len(self._fit_costs) > 1 and self._is_steady():  # the first: the one-time costs
+        if len(self._fit_costs) > 1 and self._costs.is_steady():  # the first: one-time costs
             self._steady_cost = self.budget.last_cost
-        self._seed_estimates()
+        self._costs.seed_estimates(self.budget)
 
     def _costs_timed(self) -> bool:
         """Whether the cost report can forecast the schedule: the budget's plan needs one
@@ -252,15 +238,17 @@ class ScheduledMonitor(Callback):
         first carries the process's one-time costs), or a whole cycle (at least two)."""
         if self.self_scheduling:
             return bool(self.history)
-        return self._steady_cost is not None or len(self._fit_costs) >= max(2, self._cost_cycle())
+        return self._steady_cost is not None or len(self._fit_costs) >= max(2, self._costs.cycle)
 
     def _expected_cost(self) -> ExpectedCost:
         """What a measurement on a fixed schedule costs on average: the last one of the steady kind
         in this fit, or, where none has been, the mean over the last cycle."""
         if self._steady_cost is not None:
-            return ExpectedCost(self._steady_cost)
-        cycle = self._fit_costs[-self._cost_cycle() :]
-        return ExpectedCost(sum(cycle) / len(cycle), f"the mean of the last {len(cycle)}")
+            base = ExpectedCost(self._steady_cost)
+        else:
+            cycle = self._fit_costs[-self._costs.cycle :]
+            base = ExpectedCost(sum(cycle) / len(cycle), f"the mean of the last {len(cycle)}")
+        return self._costs.expected(base, self.budget, self._steady_cost)
 
     def _report_cost_once(self, trainer: pl.Trainer, epoch_end: bool) -> None:
         """Once, after the first training steps (and, on a fixed schedule, its first measurement
@@ -282,5 +270,6 @@ class ScheduledMonitor(Callback):
                     every_n_steps=self.every_n_steps,
                     every_n_epochs=self.every_n_epochs,
                     expected=self._expected_cost(),
+                    extra=self._costs.extra_to_come(trainer.global_step),
                 )
             )

@@ -12,9 +12,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from typing_extensions import override
 
-from lightning_shortcut.callbacks._cold_and_warm import ColdAndWarmCosts
-from lightning_shortcut.callbacks._curvature_map import CurvatureMap
+from lightning_shortcut.callbacks._curvature_map import CurvatureMap, Inputs
 from lightning_shortcut.callbacks._edge_of_stability import EdgeOfStabilityTracker
+from lightning_shortcut.callbacks._guarded import GuardedMeasurements
 from lightning_shortcut.callbacks._hessian_batch import (
     check_loss,
     gather_hessian_batch,
@@ -22,7 +22,7 @@ from lightning_shortcut.callbacks._hessian_batch import (
     stage_dataloader,
 )
 from lightning_shortcut.callbacks._options import monitor_settings, validate_monitor_options
-from lightning_shortcut.callbacks._schedule import DEFAULT_MAX_OVERHEAD
+from lightning_shortcut.callbacks._schedule import DEFAULT_MAX_OVERHEAD, ScheduledMonitor
 from lightning_shortcut.callbacks._strategies import (
     check_sharded_model,
     refuse_strategies_without_double_backward,
@@ -38,7 +38,7 @@ LossFn = Callable[[pl.LightningModule, Any], Tensor]
 ParamsSpec = Literal["all", "residual"] | Callable[[nn.Module], Iterable[Tensor]] | None
 
 
-class HessianEigenvalueMonitor(CurvatureMap, ColdAndWarmCosts):
+class HessianEigenvalueMonitor(ScheduledMonitor):
     r"""Compute and log the top and bottom eigenvalues of the loss Hessian during training.
 
     Add it to any ``Trainer``: it needs no change to the model and does not change training. The
@@ -183,7 +183,6 @@ class HessianEigenvalueMonitor(CurvatureMap, ColdAndWarmCosts):
         gradient_overlap: bool = False,
         density_snapshots: int = 0,
     ) -> None:
-        super().__init__(every_n_steps, every_n_epochs, max_overhead, at_fit_start, stages)
         #: the settings of every measurement (frozen), checked here: a bad one never reaches fit
         self.settings = monitor_settings(
             params=params, mode=mode, method=method, top_k=top_k, bottom_k=bottom_k,
@@ -198,19 +197,25 @@ class HessianEigenvalueMonitor(CurvatureMap, ColdAndWarmCosts):
         self.blocks, self.gradient_overlap = blocks, gradient_overlap
         self.density_snapshots = density_snapshots
         validate_monitor_options(self)
-        self._init_curvature_map()
+        # the parts, each with its own state: the warnings, the warm starts of the fit
+        # measurements (an audit every measurement when off: all cold), the guarded step and cost
+        # account every engine call goes through, the stability ratio and the curvature map
+        self._warnings = MeasurementWarnings(num_samples, self.settings)
+        self._tracker = SpectrumTracker(self.audit_every)
+        self._guard = GuardedMeasurements(self._warnings.once, self._tracker, warm_start)
+        self._stability = EdgeOfStabilityTracker(
+            warn_above, self._warnings.once, SpectrumTracker(self.audit_every)
+        )
+        self._curvature = CurvatureMap(
+            blocks, gradient_overlap, density_snapshots, self._guard, self._warnings.once
+        )
+        super().__init__(
+            every_n_steps, every_n_epochs, max_overhead, at_fit_start, stages, costs=self._guard
+        )
         self._batches: dict[str, list[Any]] = {}  # the Hessian batch of each stage
         self._samples = num_samples  # in the last Hessian batch gathered
         self._sharded = False  # the model is sharded by fully_shard (FSDP2)
         self._run_settings = self.settings  # with the run's all_reduce (set at each stage start)
-        self._stderr_share = 0.0  # of the last measurement in fit, in its time
-        self._wholly_warm = False  # the last fit measurement's eigenvalue runs were all warm
-        self._warnings = MeasurementWarnings(num_samples, self.settings)
-        # warm starts of the fit measurements (an audit every measurement when off: all cold)
-        self._tracker = SpectrumTracker(self.audit_every)
-        self._stability = EdgeOfStabilityTracker(
-            warn_above, self._warnings.once, SpectrumTracker(self.audit_every)
-        )
 
     @property
     def audit_every(self) -> int:
@@ -218,6 +223,12 @@ class HessianEigenvalueMonitor(CurvatureMap, ColdAndWarmCosts):
         if self.warm_start is True:
             return DEFAULT_AUDIT_EVERY
         return int(self.warm_start) or 1
+
+    @property
+    def density_history(self) -> list[dict[str, Any]]:
+        """Every density snapshot this monitor took: ``step``, ``nodes``, ``weights`` (one list
+        per probe), ``num_hvps``, ``seconds`` (not in checkpoints)."""
+        return self._curvature.history
 
     @property
     @override
@@ -235,6 +246,7 @@ class HessianEigenvalueMonitor(CurvatureMap, ColdAndWarmCosts):
             **super().state_dict(),
             "tracker": self._tracker.state_dict(),
             "stability_tracker": self._stability.tracker.state_dict(),
+            "density_steps": list(self._curvature.taken),
         }
 
     @override
@@ -242,10 +254,27 @@ class HessianEigenvalueMonitor(CurvatureMap, ColdAndWarmCosts):
         super().load_state_dict(state_dict)
         self._tracker.load_state_dict(state_dict.get("tracker", {}))
         self._stability.tracker.load_state_dict(state_dict.get("stability_tracker", {}))
+        self._curvature.taken = [int(step) for step in state_dict.get("density_steps", [])]
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         refuse_strategies_without_double_backward(trainer)
+
+    @override
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self._snapshot_if_due(trainer, pl_module, at_end=False)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._snapshot_if_due(trainer, pl_module, at_end=True)
 
     # the Hessian batch and the loss
 
@@ -260,7 +289,14 @@ class HessianEigenvalueMonitor(CurvatureMap, ColdAndWarmCosts):
         stderr = False if self._sharded else self.settings.stderr
         self._run_settings = replace(self.settings, all_reduce=all_reduce, stderr=stderr)
         self._batches[stage] = self._gather_hessian_batch(trainer, pl_module, stage)
-        self._prepare_curvature_map(trainer, pl_module, stage)
+        if stage != "fit":
+            return
+        if self._curvature.wanted() and self._sharded:
+            raise ValueError(
+                f"{', '.join(self._curvature.wanted())} are not available on a model sharded by "
+                "fully_shard (the eigenvectors are one rank's rows); turn them off."
+            )
+        self._curvature.prepare(trainer, pl_module, self.settings.params)
 
     def _gather_hessian_batch(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str
@@ -274,12 +310,18 @@ class HessianEigenvalueMonitor(CurvatureMap, ColdAndWarmCosts):
         self._warnings.about_samples(self._samples, stage)
         return batches
 
+    def _inputs(self, pl_module: pl.LightningModule, stage: str) -> Inputs:
+        """The stage's Hessian batch, the loss and the run's settings: what every engine call of a
+        measurement takes."""
+        loss_fn = resolve_loss_fn(self.loss_fn, pl_module)
+        return self._batches[stage], loss_fn, self._run_settings
+
     @override
     def _describe_cost(self, record: dict[str, float]) -> tuple[str, str]:
         start = "warm" if record.get("warm_start") else "cold"
         return (
             f"{int(record['num_hvps'])} Hessian-vector products on {self._samples} samples, "
-            f"{start}{self._curvature_cost_note()}",
+            f"{start}{self._curvature.cost_note()}",
             f"num_samples (the cost is linear in it), tol (now {self.settings.tol:g})",
         )
 
@@ -289,10 +331,9 @@ class HessianEigenvalueMonitor(CurvatureMap, ColdAndWarmCosts):
     def _measure_and_log(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str
     ) -> None:
+        self._guard.begin()
         spectrum = self._compute_spectrum(trainer, pl_module, stage)
         metrics = self._collect_metrics(trainer, pl_module, stage, spectrum)
-        self._warnings.about(spectrum, metrics, trainer.global_step)
-        self._curvature_metrics(trainer, pl_module, stage, spectrum, metrics)
         self.history.append(
             {"step": trainer.global_step, "epoch": trainer.current_epoch, "stage": stage, **metrics}
         )
@@ -301,43 +342,30 @@ class HessianEigenvalueMonitor(CurvatureMap, ColdAndWarmCosts):
     def _compute_spectrum(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str
     ) -> HessianSpectrum:
-        """The spectrum on the stage's Hessian batch; NaN (and a warning) if the solver fails."""
+        """The spectrum on the stage's Hessian batch; NaN where the guarded step caught a failure."""
         if stage not in self._batches:
             self._batches[stage] = self._gather_hessian_batch(trainer, pl_module, stage)
         params = resolve_params(pl_module, self.settings.params) if stage == "fit" else None
         start = self._tracker.start(params) if stage == "fit" else None
-        try:
-            spectrum = compute_spectrum(
-                pl_module, *self._hessian_inputs(pl_module, stage), self._run_settings, start=start
-            )
-            if stage == "fit":
-                self._tracker.update(spectrum, params)
-                self._stderr_share = spectrum.stderr_seconds / max(spectrum.seconds, 1e-12)
-            return spectrum
-        # a numerical or memory error is logged as NaN: training goes on
-        except (RuntimeError, torch.OutOfMemoryError) as error:
-            self._warnings.once(
-                "error",
-                f"HessianEigenvalueMonitor could not compute the spectrum at step "
-                f"{trainer.global_step}: {error}",
-            )
+        data, loss_fn, settings = self._inputs(pl_module, stage)
+        spectrum = self._guard.run(
+            "the spectrum",
+            trainer.global_step,
+            lambda: compute_spectrum(pl_module, data, loss_fn, settings, start=start),
+        )
+        if spectrum is None:
             if stage == "fit":
                 self._tracker.reset()
-            settings = self.settings
             return HessianSpectrum.nan(
-                settings.top_k,
-                settings.bottom_k,
-                settings.min_abs,
-                settings.method,
-                reason=str(error),
+                settings.top_k, settings.bottom_k, settings.min_abs, settings.method,
+                reason="the guarded step caught a failure",
                 # the standard errors come with cold measurements, a warm run given up included
-                stderr=bool(self._run_settings.stderr) and start is None,
-            )
-
-    def _hessian_inputs(self, pl_module: pl.LightningModule, stage: str) -> tuple[list[Any], Any]:
-        """The stage's Hessian batch and the loss: what every engine call of a measurement takes
-        besides :attr:`settings` (as ``_run_settings``)."""
-        return self._batches[stage], resolve_loss_fn(self.loss_fn, pl_module)
+                stderr=bool(settings.stderr) and start is None,
+            )  # fmt: skip
+        if stage == "fit":
+            self._tracker.update(spectrum, params)
+            self._guard.stderr_share = spectrum.stderr_seconds / max(spectrum.seconds, 1e-12)
+        return spectrum
 
     def _collect_metrics(
         self,
@@ -351,22 +379,42 @@ class HessianEigenvalueMonitor(CurvatureMap, ColdAndWarmCosts):
         metrics = spectrum.as_dict()
         if self.warm_start:  # a column of its own where warm tries happen: given up, or not
             metrics["warm_given_up"] = float(spectrum.warm_given_up)
+        self._warnings.about(spectrum, metrics, trainer.global_step)
+        inputs = self._inputs(pl_module, stage)
         stability_warm = True  # no eigenvalue run of its own (SGD) counts as warm
         if self.edge_of_stability and stage == "fit" and spectrum.converged is not None:
-            ratio, products, seconds = self._stability.measure(
-                trainer,
-                pl_module,
-                spectrum,
-                *self._hessian_inputs(pl_module, stage),
-                self._run_settings,
+            ratio, products = self._stability.measure(
+                trainer, pl_module, spectrum, self._guard, inputs
             )
             metrics.update(ratio)
-            metrics["num_hvps"] += products
-            metrics["seconds"] += seconds
             stability_warm = products == 0 or self._stability.tracker.warm_in_a_row > 0
         if stage == "fit":
-            self._wholly_warm = spectrum.warm_start and stability_warm
+            self._guard.wholly_warm = spectrum.warm_start and stability_warm
+        self._curvature.add_metrics(
+            trainer.global_step, pl_module, stage, spectrum, inputs, metrics
+        )
+        # the guard's account: every call of this measurement
+        metrics["num_hvps"], metrics["seconds"] = float(self._guard.products), self._guard.seconds
         return metrics
+
+    def _snapshot_if_due(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, at_end: bool
+    ) -> None:
+        """A density snapshot where one is due, booked to the monitor's time and logged."""
+        if not self.density_snapshots or self._should_skip(trainer, "fit"):
+            return
+        step = trainer.global_step
+        due = self._curvature.snapshot_due_at_end if at_end else self._curvature.snapshot_due
+        if not due(step):
+            return
+        self.budget.book(monitor=False)
+        costs = self._curvature.snapshot(trainer, pl_module, self._inputs(pl_module, "fit"))
+        self.budget.book(monitor=True)
+        self._log_metrics(trainer, "fit", costs)
+
+    @override
+    def _on_fit_started(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._snapshot_if_due(trainer, pl_module, at_end=False)
 
     def _log_metrics(self, trainer: pl.Trainer, stage: str, metrics: dict[str, float]) -> None:
         prefix = self.log_prefix if stage == "fit" else f"{self.log_prefix}{stage}/"

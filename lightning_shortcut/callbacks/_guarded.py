@@ -1,0 +1,164 @@
+"""The one path of every engine call the monitor makes, and the one account of what they cost.
+
+Every measurement (the spectrum, the stability ratio, the blocks, the profile, the overlap, the
+density snapshots; the standard errors come with the spectrum) goes through
+:meth:`GuardedMeasurements.run`. It catches exactly the engine's documented failures, a non-finite
+loss or product (:class:`~lightning_shortcut.hessian.linear_operator.NonFiniteProductError`) and
+out-of-memory, so that the caller logs NaN for what could not be measured; it warns once per
+measurement and kind of failure, naming both and the step; and it books the call's products and
+seconds to the measurement's account, which the logged ``num_hvps`` and ``seconds``, the budget's
+estimates and the cost report's forecast read. A solver that does not converge is no exception: its
+best estimates come back with ``converged=False``, and :meth:`GuardedMeasurements.failed` warns.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+
+from lightning_shortcut.callbacks._cost_report import ExpectedCost
+from lightning_shortcut.hessian.linear_operator import NonFiniteProductError
+from lightning_shortcut.hessian.tracking import SpectrumTracker
+
+__all__ = ["GUARDED_FAILURES", "GuardedMeasurements", "UniformCosts"]
+
+#: The failures of an engine call that the monitor logs as NaN; anything else is a bug and raises.
+GUARDED_FAILURES = (NonFiniteProductError, torch.OutOfMemoryError)
+
+Result = TypeVar("Result")
+
+
+def describe_failure(error: BaseException) -> str:
+    """A failure in words, for a warning (never a tensor)."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return "out of memory (lower num_samples or set chunk_size)"
+    return "a non-finite loss or Hessian-vector product (a NaN or inf in the Hessian batch or loss)"
+
+
+class UniformCosts:
+    """The cost estimates of a monitor whose measurements are all of one kind (the schedule's
+    default): the last one's cost is the next one's."""
+
+    cycle = 1
+
+    def next_kind(self) -> str | None:
+        return None
+
+    def seed_estimates(self, budget: Any) -> None:
+        """After a measurement: estimates for kinds not measured yet (none here)."""
+
+    def is_steady(self) -> bool:
+        return True
+
+    def expected(self, base: ExpectedCost, budget: Any, steady: float | None) -> ExpectedCost:
+        return base
+
+    def extra_to_come(self, step: int) -> tuple[int, float]:
+        """Work outside the schedule still to come after ``step``: its count and seconds each."""
+        return 0, 0.0
+
+
+class GuardedMeasurements(UniformCosts):
+    """The guarded step and the cost account of ``HessianEigenvalueMonitor``.
+
+    Its estimates are those of fit measurements that are cold or warm (``tracker`` decides): a cold
+    one costs several warm ones, a warm run given up more than a cold one; and of the density
+    snapshots still to come (``snapshots_to_come(step)``), which the forecast adds in.
+
+    Args:
+        warn: ``warn(kind, message)``, the monitor's warn-once.
+        tracker: the warm starts of the fit measurements.
+        warm_start: the monitor's option, named in the cost report.
+    """
+
+    def __init__(
+        self, warn: Callable[[str, str], None], tracker: SpectrumTracker, warm_start: bool | int
+    ) -> None:
+        self.warn, self.tracker, self.warm_start = warn, tracker, warm_start
+        self.products = 0  # the current measurement's, over every call
+        self.seconds = 0.0
+        self.stderr_share = 0.0  # the standard errors' share of the last fit spectrum's time
+        self.wholly_warm = False  # the last fit measurement's eigenvalue runs were all warm
+        self.snapshot_seconds = 0.0  # the last density snapshot's
+        self.snapshots_to_come: Callable[[int], int] = lambda step: 0
+        self.unavailable = ""  # why the last call given ``unavailable`` errors had no value
+
+    # the guarded step
+
+    def begin(self) -> None:
+        """Open the account of a new measurement."""
+        self.products, self.seconds = 0, 0.0
+
+    def run(
+        self,
+        name: str,
+        step: int,
+        call: Callable[[], Result],
+        unavailable: tuple[type[Exception], ...] = (),
+    ) -> Result | None:
+        """``call()``, or ``None`` (and a warning) where it met a failure the engine documents;
+        its products (``num_hvps`` of its result) and wall time are booked. ``unavailable``: the
+        errors by which the call says it has no value for this run (the stability ratio's for an
+        optimizer it does not know), kept in :attr:`unavailable` for the caller to stop asking."""
+        begin = time.perf_counter()
+        try:
+            result = call()
+        except GUARDED_FAILURES as error:
+            self.failed(name, step, describe_failure(error), kind=type(error).__name__)
+            result = None
+        except unavailable as error:
+            self.unavailable = str(error)
+            result = None
+        self.products += int(getattr(result, "num_hvps", 0) or 0)
+        self.seconds += time.perf_counter() - begin
+        return result
+
+    def failed(self, name: str, step: int, why: str, *, kind: str = "", advice: str = "") -> None:
+        """Warn, once per measurement and kind of failure, that ``name`` has no value at ``step``."""
+        self.warn(
+            f"{name}:{kind or why}",
+            f"HessianEigenvalueMonitor could not measure {name} at step {step}: {why}; logged as "
+            f"NaN, training goes on{f' ({advice})' if advice else ''}.",
+        )
+
+    # the estimates the budget and the cost report read
+
+    def next_kind(self) -> str:
+        return "cold" if self.tracker.cold_next else "warm"
+
+    @property
+    def cycle(self) -> int:  # type: ignore[override]
+        # one cold audit in audit_every measurements (and, under Adam, one cold stability run)
+        return self.tracker.audit_every
+
+    def seed_estimates(self, budget: Any) -> None:
+        # a warm measurement that stops warm computes no standard errors and costs less than a cold
+        # one; one given up costs more (its products, then a cold run). Until one is made, expect
+        # the cold one's cost without the standard errors; the first attempt corrects it.
+        if "warm" not in budget.costs and self.stderr_share:
+            budget.costs["warm"] = budget.last_cost * (1 - self.stderr_share)
+
+    def is_steady(self) -> bool:
+        return self.wholly_warm
+
+    def expected(self, base: ExpectedCost, budget: Any, steady: float | None) -> ExpectedCost:
+        # one cold audit in audit_every measurements at the last cold one's cost, the others at
+        # the last wholly warm one's; where none has been (warm runs given up), the last cycle's
+        # mean. Warm runs given up later are not foreseen: the message says they cost more.
+        if self.cycle == 1:
+            return ExpectedCost(base.seconds, "each cold")
+        if steady is None:
+            return ExpectedCost(base.seconds, f"{base.mix}: warm runs were given up for cold ones")
+        cold = budget.costs.get("cold", base.seconds)
+        return ExpectedCost(
+            (cold + (self.cycle - 1) * base.seconds) / self.cycle,
+            f"one cold in every {self.cycle} (warm_start={self.warm_start}) at {cold:.3g} s, "
+            f"the others warm at {base.seconds:.3g} s; a warm run given up for a cold one "
+            "costs more",
+        )
+
+    def extra_to_come(self, step: int) -> tuple[int, float]:
+        return self.snapshots_to_come(step), self.snapshot_seconds
