@@ -20,7 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from lightning_shortcut.plot import RunLog, Series
+from lightning_shortcut.run_log import RunLog, Series
 
 __all__ = [
     "DENSITY_FILE",

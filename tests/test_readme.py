@@ -18,6 +18,10 @@ def test_the_quickstart_test_command_is_what_ci_runs():
     assert quickstart[1] == ci[-1]
 
 
+def test_the_front_page_stays_short():
+    assert len(README.splitlines()) <= 160  # reference material lives on the docs site
+
+
 def test_front_page_shows_the_monitor_first():
     lines = README.splitlines()
     first = "\n".join(lines[:60])

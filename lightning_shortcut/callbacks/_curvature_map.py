@@ -77,10 +77,20 @@ class CurvatureMap:
         self.history: list[dict[str, Any]] = []  # every snapshot this monitor took
         self.taken: list[int] = []  # the steps of the snapshots taken in this run (checkpointed)
         guard.snapshots_to_come = self.snapshots_to_come
+        self.budget: Any = None  # the monitor's OverheadBudget, which the snapshots are booked to
+        self.log: Callable[[pl.Trainer, str, dict[str, float]], None] = lambda *args: None
 
-    def prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule, params: Any) -> None:
+    def prepare(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, params: Any, sharded: bool = False
+    ) -> None:
         """At fit start: resolve the blocks (refused here, naming them, where they do not fit the
-        model) and plan the snapshots not taken yet (a resumed run keeps its earlier ones)."""
+        model, as any option on a ``sharded`` model) and plan the snapshots not taken yet (a
+        resumed run keeps its earlier ones)."""
+        if self.wanted() and sharded:
+            raise ValueError(
+                f"{', '.join(self.wanted())} are not available on a model sharded by fully_shard "
+                "(the eigenvectors are one rank's rows); turn them off."
+            )
         self.block_names = []
         if self.blocks is not None:
             self.block_names = list(resolve_blocks(pl_module, self.blocks, params))
@@ -198,6 +208,19 @@ class CurvatureMap:
             and step not in self.taken
             and (len(self.taken) < self.density_snapshots)
         )
+
+    def snapshot_if_due(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: Inputs, at_end: bool
+    ) -> None:
+        """A snapshot where one is due (``at_end``: at the end of fitting), booked to the monitor's
+        time budget and its costs logged."""
+        due = self.snapshot_due_at_end if at_end else self.snapshot_due
+        if not due(trainer.global_step):
+            return
+        self.budget.book(monitor=False)
+        costs = self.snapshot(trainer, pl_module, inputs)
+        self.budget.book(monitor=True)
+        self.log(trainer, "fit", costs)
 
     def snapshot(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: Inputs

@@ -22,7 +22,13 @@ from lightning_shortcut.hessian._state import preserved_rng, preserved_state
 from lightning_shortcut.hessian.operator import batch_size as count_samples
 from lightning_shortcut.hessian.operator import cross_entropy_loss
 
-__all__ = ["check_loss", "gather_hessian_batch", "resolve_loss_fn", "stage_dataloader"]
+__all__ = [
+    "check_loss",
+    "gather_hessian_batch",
+    "resolve_loss_fn",
+    "samples_over_ranks",
+    "stage_dataloader",
+]
 
 
 def stage_dataloader(
@@ -88,6 +94,11 @@ def gather_hessian_batch(
     # (64-true: float64, bf16-true: bfloat16)
     convert = trainer.precision_plugin.convert_input
     return [convert(trainer.strategy.batch_to_device(batch)) for batch in batches]
+
+
+def samples_over_ranks(trainer: pl.Trainer, batches: list[Any]) -> int:
+    """The samples in a Hessian batch over all ranks (each rank holds ``batches``)."""
+    return sum(count_samples(batch) for batch in batches) * trainer.world_size
 
 
 def check_loss(

@@ -100,4 +100,10 @@ def check_curvature_options(monitor: Any) -> None:
             "`gradient_overlap=True` needs top eigenvectors (top_k >= 1), got top_k="
             f"{settings.top_k}."
         )
+    if monitor.gradient_overlap and settings.solver.touches_grads:
+        raise ValueError(
+            f"`gradient_overlap=True` needs the top eigenvectors, which method={settings.method!r} "
+            "(a solver on the model's gradients) does not return: pass another method or "
+            "gradient_overlap=False."
+        )
     check_non_negative_int("density_snapshots", monitor.density_snapshots)

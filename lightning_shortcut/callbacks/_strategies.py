@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import lightning.pytorch as pl
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
@@ -44,3 +46,14 @@ def check_sharded_model(
             "to the number of processes)."
         )
     return True
+
+
+def run_settings(trainer: pl.Trainer, settings: HessianSettings, sharded: bool) -> HessianSettings:
+    """``settings`` with the run's ``all_reduce`` (the strategy's sum over the ranks). Parameters
+    sharded by ``fully_shard`` need none (the engine sums over their device mesh itself) and get
+    no standard errors (the chunks' products would need whole vectors)."""
+    all_reduce = None
+    if trainer.world_size > 1 and not sharded:
+        all_reduce = lambda t: trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
+    stderr = False if sharded else settings.stderr
+    return replace(settings, all_reduce=all_reduce, stderr=stderr)

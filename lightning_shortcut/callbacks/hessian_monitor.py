@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -19,6 +18,7 @@ from lightning_shortcut.callbacks._hessian_batch import (
     check_loss,
     gather_hessian_batch,
     resolve_loss_fn,
+    samples_over_ranks,
     stage_dataloader,
 )
 from lightning_shortcut.callbacks._options import monitor_settings, validate_monitor_options
@@ -26,9 +26,10 @@ from lightning_shortcut.callbacks._schedule import DEFAULT_MAX_OVERHEAD, Schedul
 from lightning_shortcut.callbacks._strategies import (
     check_sharded_model,
     refuse_strategies_without_double_backward,
+    run_settings,
 )
 from lightning_shortcut.callbacks._warnings import MeasurementWarnings
-from lightning_shortcut.hessian.operator import batch_size, resolve_params
+from lightning_shortcut.hessian.operator import resolve_params
 from lightning_shortcut.hessian.spectrum import HessianSpectrum, compute_spectrum
 from lightning_shortcut.hessian.tracking import DEFAULT_AUDIT_EVERY, SpectrumTracker
 
@@ -74,9 +75,9 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
 
     Guarantees: training is bit-for-bit the same with or without the monitor; at most one
     measurement per ``global_step``; sanity checking and ``fast_dev_run`` are skipped; under DDP and
-    ``fully_shard`` every product is summed over the ranks' shares; a non-finite loss or a solver
-    that did not converge is logged (NaN where there is no value) and warned about once, and
-    training goes on.
+    ``fully_shard`` every product is summed over the ranks' shares; a measurement of any kind that
+    meets a non-finite loss or product, runs out of memory or does not converge is logged (NaN where
+    there is no value) and warned about once, naming it and the step, and training goes on.
 
     Every argument is keyword-only. The measurements' options (``params``, ``mode``, the *Solver*
     ones and ``stderr``) are checked here, once, into ``settings``, one frozen
@@ -114,9 +115,8 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         warm_start: *Solver.* ``False`` (default): every measurement is cold. ``True``: each fit
             measurement starts from the previous one's vectors and every 10th is cold (an audit:
             an eigenvalue crossing, which warm runs cannot see, is caught within 10); an int
-            ``n >= 2``: an audit every ``n``. Off by default: on SGD with momentum measured tens of
-            steps apart warm runs are given up and save nothing; they pay on full-batch or slowly
-            moving runs measured often (``docs/benchmarks.md``).
+            ``n >= 2``: an audit every ``n``. Off by default: they pay on full-batch or slowly
+            moving runs measured often, not under SGD measured far apart (``docs/benchmarks.md``).
         hvp: *Solver.* ``"autograd"`` (double backward, exact) or ``"finite_difference"`` (two
             gradients, its error logged as ``hvp_error``).
         seed: *Solver.* Seed of the solver's private generator.
@@ -197,21 +197,21 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         self.blocks, self.gradient_overlap = blocks, gradient_overlap
         self.density_snapshots = density_snapshots
         validate_monitor_options(self)
-        # the parts, each with its own state: the warnings, the warm starts of the fit
-        # measurements (an audit every measurement when off: all cold), the guarded step and cost
-        # account every engine call goes through, the stability ratio and the curvature map
+        # the parts, each with its own state: the warnings, the fit's warm starts (all cold when
+        # off), the guarded step every engine call goes through, the stability, the curvature map
         self._warnings = MeasurementWarnings(num_samples, self.settings)
         self._tracker = SpectrumTracker(self.audit_every)
         self._guard = GuardedMeasurements(self._warnings.once, self._tracker, warm_start)
         self._stability = EdgeOfStabilityTracker(
             warn_above, self._warnings.once, SpectrumTracker(self.audit_every)
         )
-        self._curvature = CurvatureMap(
-            blocks, gradient_overlap, density_snapshots, self._guard, self._warnings.once
-        )
         super().__init__(
             every_n_steps, every_n_epochs, max_overhead, at_fit_start, stages, costs=self._guard
         )
+        self._curvature = CurvatureMap(
+            blocks, gradient_overlap, density_snapshots, self._guard, self._warnings.once
+        )
+        self._curvature.budget, self._curvature.log = self.budget, self._log_metrics
         self._batches: dict[str, list[Any]] = {}  # the Hessian batch of each stage
         self._samples = num_samples  # in the last Hessian batch gathered
         self._sharded = False  # the model is sharded by fully_shard (FSDP2)
@@ -226,8 +226,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
 
     @property
     def density_history(self) -> list[dict[str, Any]]:
-        """Every density snapshot this monitor took: ``step``, ``nodes``, ``weights`` (one list
-        per probe), ``num_hvps``, ``seconds`` (not in checkpoints)."""
+        """Every density snapshot this monitor took (``step``, ``nodes``, ``weights``, costs)."""
         return self._curvature.history
 
     @property
@@ -269,34 +268,22 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        self._snapshot_if_due(trainer, pl_module, at_end=False)
+        self._snapshot(trainer, pl_module, at_end=False)
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._snapshot_if_due(trainer, pl_module, at_end=True)
+        self._snapshot(trainer, pl_module, at_end=True)
 
     # the Hessian batch and the loss
 
     @override
     def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._sharded = check_sharded_model(trainer, pl_module, self.settings)
-        # fully_shard parameters: the engine sums over their device mesh itself, and the chunks of
-        # the standard errors would need whole vectors
-        all_reduce = None
-        if trainer.world_size > 1 and not self._sharded:
-            all_reduce = lambda t: trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
-        stderr = False if self._sharded else self.settings.stderr
-        self._run_settings = replace(self.settings, all_reduce=all_reduce, stderr=stderr)
+        self._run_settings = run_settings(trainer, self.settings, self._sharded)
         self._batches[stage] = self._gather_hessian_batch(trainer, pl_module, stage)
-        if stage != "fit":
-            return
-        if self._curvature.wanted() and self._sharded:
-            raise ValueError(
-                f"{', '.join(self._curvature.wanted())} are not available on a model sharded by "
-                "fully_shard (the eigenvectors are one rank's rows); turn them off."
-            )
-        self._curvature.prepare(trainer, pl_module, self.settings.params)
+        if stage == "fit":
+            self._curvature.prepare(trainer, pl_module, self.settings.params, self._sharded)
 
     def _gather_hessian_batch(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str
@@ -305,16 +292,13 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         loader = stage_dataloader(trainer, self.data, stage)
         batches = gather_hessian_batch(trainer, loader, self.num_samples, self.chunk_size, stage)
         check_loss(resolve_loss_fn(self.loss_fn, pl_module), pl_module, batches[0])
-        # the samples there are (a dataset smaller than num_samples gives fewer), over all ranks
-        self._samples = sum(batch_size(batch) for batch in batches) * trainer.world_size
+        self._samples = samples_over_ranks(trainer, batches)  # fewer where the data is smaller
         self._warnings.about_samples(self._samples, stage)
         return batches
 
     def _inputs(self, pl_module: pl.LightningModule, stage: str) -> Inputs:
-        """The stage's Hessian batch, the loss and the run's settings: what every engine call of a
-        measurement takes."""
-        loss_fn = resolve_loss_fn(self.loss_fn, pl_module)
-        return self._batches[stage], loss_fn, self._run_settings
+        """What every engine call of a measurement takes: the batch, the loss, the settings."""
+        return self._batches[stage], resolve_loss_fn(self.loss_fn, pl_module), self._run_settings
 
     @override
     def _describe_cost(self, record: dict[str, float]) -> tuple[str, str]:
@@ -358,9 +342,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
                 self._tracker.reset()
             return HessianSpectrum.nan(
                 settings.top_k, settings.bottom_k, settings.min_abs, settings.method,
-                reason="the guarded step caught a failure",
-                # the standard errors come with cold measurements, a warm run given up included
-                stderr=bool(settings.stderr) and start is None,
+                "the guarded step caught a failure", stderr=bool(settings.stderr) and start is None,
             )  # fmt: skip
         if stage == "fit":
             self._tracker.update(spectrum, params)
@@ -397,24 +379,14 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         metrics["num_hvps"], metrics["seconds"] = float(self._guard.products), self._guard.seconds
         return metrics
 
-    def _snapshot_if_due(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, at_end: bool
-    ) -> None:
-        """A density snapshot where one is due, booked to the monitor's time and logged."""
-        if not self.density_snapshots or self._should_skip(trainer, "fit"):
-            return
-        step = trainer.global_step
-        due = self._curvature.snapshot_due_at_end if at_end else self._curvature.snapshot_due
-        if not due(step):
-            return
-        self.budget.book(monitor=False)
-        costs = self._curvature.snapshot(trainer, pl_module, self._inputs(pl_module, "fit"))
-        self.budget.book(monitor=True)
-        self._log_metrics(trainer, "fit", costs)
+    def _snapshot(self, trainer: pl.Trainer, pl_module: pl.LightningModule, at_end: bool) -> None:
+        if self.density_snapshots and not self._should_skip(trainer, "fit"):
+            inputs = self._inputs(pl_module, "fit")
+            self._curvature.snapshot_if_due(trainer, pl_module, inputs, at_end)
 
     @override
     def _on_fit_started(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._snapshot_if_due(trainer, pl_module, at_end=False)
+        self._snapshot(trainer, pl_module, at_end=False)
 
     def _log_metrics(self, trainer: pl.Trainer, stage: str, metrics: dict[str, float]) -> None:
         prefix = self.log_prefix if stage == "fit" else f"{self.log_prefix}{stage}/"

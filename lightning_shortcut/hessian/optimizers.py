@@ -153,6 +153,19 @@ class StepPreconditioner:
         shifted = hessian_max_eigenvalue + self.curvature_shifts[0]
         return self.uniform_step * shifted / self.threshold
 
+    def max_stable_lr_from_hessian(self, hessian_max_eigenvalue: float) -> float:
+        """For a uniform step (SGD, one ``lr``): ``c / (lambda_max + wd)``, the ``lr`` at which the
+        ratio is 1, computed from the Hessian rather than divided out of the ratio, so it is the
+        same at any current ``lr``, 0 included (a warm-up from 0, a schedule ending at 0); ``inf``
+        where ``lambda_max + wd`` is not positive.
+
+        Raises:
+            ValueError: if :attr:`needs_preconditioned_run` (use :meth:`max_stable_lr`).
+        """
+        self.stability_from_hessian(hessian_max_eigenvalue)  # refuses a step that is not uniform
+        shifted = hessian_max_eigenvalue + self.curvature_shifts[0]
+        return self.threshold / shifted if shifted > 0 else math.inf
+
     def max_stable_lr(self, preconditioned_max_eigenvalue: float) -> float:
         """The first group's ``lr`` at which the ratio is 1, every group's ``lr`` scaled alike.
 
@@ -161,7 +174,8 @@ class StepPreconditioner:
         ``s rho / (1 - s k)``, with ``k = lr wd / 2`` and ``rho`` the ratio without decay, so
         ``s = 1 / (rho + k)``. When groups differ in ``k`` the true ``s`` lies between the values
         for the smallest and the largest ``k`` (Ostrowski); the smaller is returned (conservative).
-        ``inf`` when the eigenvalue is not positive: no learning rate reaches the edge.
+        ``inf`` when the eigenvalue is not positive: no learning rate reaches the edge, or the
+        current ``lr`` is 0 (then, for SGD, see :meth:`max_stable_lr_from_hessian`).
         """
         ratio = self.stability(preconditioned_max_eigenvalue)
         if not ratio > 0:
