@@ -1,14 +1,11 @@
 """The one path of every engine call the monitor makes, and the one account of what they cost.
 
-Every measurement (the spectrum, the stability ratio, the blocks, the profile, the overlap, the
-density snapshots; the standard errors come with the spectrum) goes through
-:meth:`GuardedMeasurements.run`. It catches exactly the engine's documented failures, a non-finite
-loss or product (:class:`~lightning_shortcut.hessian.linear_operator.NonFiniteProductError`) and
-out-of-memory, so that the caller logs NaN for what could not be measured; it warns once per
-measurement and kind of failure, naming both and the step; and it books the call's products and
-seconds to the measurement's account, which the logged ``num_hvps`` and ``seconds``, the budget's
-estimates and the cost report's forecast read. A solver that does not converge is no exception: its
-best estimates come back with ``converged=False``, and :meth:`GuardedMeasurements.failed` warns.
+Every measurement (the spectrum with its standard errors, the stability ratio, the blocks, the
+profile, the overlap, the density snapshots) goes through :meth:`GuardedMeasurements.run`: it
+catches exactly the engine's documented failures (a non-finite loss or product, out-of-memory),
+warns once per measurement and kind of failure, naming both and the step, and books the call's
+products and seconds to the account that ``num_hvps``, ``seconds``, the budget and the forecast
+read. A solver that does not converge returns its best estimates (``converged=False``).
 """
 
 from __future__ import annotations
@@ -23,45 +20,18 @@ from lightning_shortcut.callbacks._cost_report import ExpectedCost
 from lightning_shortcut.hessian.linear_operator import NonFiniteProductError
 from lightning_shortcut.hessian.tracking import SpectrumTracker
 
-__all__ = ["GUARDED_FAILURES", "GuardedMeasurements", "UniformCosts"]
+__all__ = ["GUARDED_FAILURES", "GuardedMeasurements"]
 
-#: The failures of an engine call that the monitor logs as NaN; anything else is a bug and raises.
-GUARDED_FAILURES = (NonFiniteProductError, torch.OutOfMemoryError)
-
+#: The failures of an engine call that the monitor logs as NaN (in words); any other is a bug.
+GUARDED_FAILURES = {
+    NonFiniteProductError: "a non-finite loss or Hessian-vector product (a NaN or inf in the "
+    "Hessian batch or the weights)",
+    torch.OutOfMemoryError: "out of memory (lower num_samples or set chunk_size)",
+}
 Result = TypeVar("Result")
 
 
-def describe_failure(error: BaseException) -> str:
-    """A failure in words, for a warning (never a tensor)."""
-    if isinstance(error, torch.OutOfMemoryError):
-        return "out of memory (lower num_samples or set chunk_size)"
-    return "a non-finite loss or Hessian-vector product (a NaN or inf in the Hessian batch or loss)"
-
-
-class UniformCosts:
-    """The cost estimates of a monitor whose measurements are all of one kind (the schedule's
-    default): the last one's cost is the next one's."""
-
-    cycle = 1
-
-    def next_kind(self) -> str | None:
-        return None
-
-    def seed_estimates(self, budget: Any) -> None:
-        """After a measurement: estimates for kinds not measured yet (none here)."""
-
-    def is_steady(self) -> bool:
-        return True
-
-    def expected(self, base: ExpectedCost, budget: Any, steady: float | None) -> ExpectedCost:
-        return base
-
-    def extra_to_come(self, step: int) -> tuple[int, float]:
-        """Work outside the schedule still to come after ``step``: its count and seconds each."""
-        return 0, 0.0
-
-
-class GuardedMeasurements(UniformCosts):
+class GuardedMeasurements:
     """The guarded step and the cost account of ``HessianEigenvalueMonitor``.
 
     Its estimates are those of fit measurements that are cold or warm (``tracker`` decides): a cold
@@ -106,8 +76,9 @@ class GuardedMeasurements(UniformCosts):
         begin = time.perf_counter()
         try:
             result = call()
-        except GUARDED_FAILURES as error:
-            self.failed(name, step, describe_failure(error), kind=type(error).__name__)
+        except tuple(GUARDED_FAILURES) as error:
+            failure = next(kind for kind in GUARDED_FAILURES if isinstance(error, kind))
+            self.failed(name, step, GUARDED_FAILURES[failure], kind=failure.__name__)
             result = None
         except unavailable as error:
             self.unavailable = str(error)
@@ -130,7 +101,7 @@ class GuardedMeasurements(UniformCosts):
         return "cold" if self.tracker.cold_next else "warm"
 
     @property
-    def cycle(self) -> int:  # type: ignore[override]
+    def cycle(self) -> int:
         # one cold audit in audit_every measurements (and, under Adam, one cold stability run)
         return self.tracker.audit_every
 

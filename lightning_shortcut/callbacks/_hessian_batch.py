@@ -22,13 +22,7 @@ from lightning_shortcut.hessian._state import preserved_rng, preserved_state
 from lightning_shortcut.hessian.operator import batch_size as count_samples
 from lightning_shortcut.hessian.operator import cross_entropy_loss
 
-__all__ = [
-    "check_loss",
-    "gather_hessian_batch",
-    "resolve_loss_fn",
-    "samples_over_ranks",
-    "stage_dataloader",
-]
+__all__ = ["check_loss", "gather_hessian_batch", "resolve_loss_fn", "stage_dataloader"]
 
 
 def stage_dataloader(

@@ -13,7 +13,7 @@ from typing_extensions import override
 
 from lightning_shortcut.callbacks._budget import OverheadBudget
 from lightning_shortcut.callbacks._cost_report import CostReport, ExpectedCost
-from lightning_shortcut.callbacks._guarded import UniformCosts
+from lightning_shortcut.callbacks._guarded import GuardedMeasurements
 from lightning_shortcut.hessian._validation import check_non_negative_float, check_positive_int
 
 __all__ = ["DEFAULT_MAX_OVERHEAD", "STAGES", "ScheduledMonitor"]
@@ -36,15 +36,14 @@ class ScheduledMonitor(Callback):
 
     A subclass implements :meth:`_prepare` (called at the start of each stage, booked to the
     monitor in fit) and :meth:`_measure_and_log`, which appends a record to :attr:`history`, and may
-    implement :meth:`_on_fit_started` and :meth:`_describe_cost`. What its measurements are expected
-    to cost is ``costs``' to say (:class:`~lightning_shortcut.callbacks._guarded.UniformCosts`).
+    implement :meth:`_on_fit_started` and :meth:`_describe_cost`.
 
     Args:
         every_n_steps, every_n_epochs, max_overhead, at_fit_start, stages: as in
             :class:`~lightning_shortcut.callbacks.HessianEigenvalueMonitor`.
+        costs: what a measurement is expected to cost (the monitor's guarded step and account).
         clock: the time budget's wall clock in seconds (default :func:`time.perf_counter`); a
             fake one gives tests and simulations a deterministic schedule (also :meth:`_use_clock`).
-        costs: the estimates of what a measurement costs (default: every one alike).
     """
 
     def __init__(
@@ -54,8 +53,8 @@ class ScheduledMonitor(Callback):
         max_overhead: float | None,
         at_fit_start: bool,
         stages: Sequence[str],
+        costs: GuardedMeasurements,
         clock: Callable[[], float] | None = None,
-        costs: UniformCosts | None = None,
     ) -> None:
         super().__init__()
         self.every_n_steps = every_n_steps
@@ -66,7 +65,7 @@ class ScheduledMonitor(Callback):
         self.__validate_schedule()
         self.history: list[dict[str, Any]] = []
         self.budget = OverheadBudget(clock)
-        self._costs = costs or UniformCosts()
+        self._costs = costs
         self._cost_report = CostReport(self.budget.clock)
         self._last_step: int = -1  # the last global step measured in fit
         self._last_checked_step: int = -1  # the last global step the schedule was asked about

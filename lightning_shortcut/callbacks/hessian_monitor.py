@@ -206,7 +206,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
             warn_above, self._warnings.once, SpectrumTracker(self.audit_every)
         )
         super().__init__(
-            every_n_steps, every_n_epochs, max_overhead, at_fit_start, stages, costs=self._guard
+            every_n_steps, every_n_epochs, max_overhead, at_fit_start, stages, self._guard
         )
         self._curvature = CurvatureMap(
             blocks, gradient_overlap, density_snapshots, self._guard, self._warnings.once

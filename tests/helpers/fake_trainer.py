@@ -12,6 +12,27 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning_shortcut.callbacks._schedule import ScheduledMonitor
 
 
+class UniformCosts:
+    """The cost estimates of measurements all of one kind: the last one's cost is the next one's."""
+
+    cycle = 1
+
+    def next_kind(self):
+        return None
+
+    def seed_estimates(self, budget):
+        pass
+
+    def is_steady(self):
+        return True
+
+    def expected(self, base, budget, steady):
+        return base
+
+    def extra_to_come(self, step):
+        return 0, 0.0
+
+
 class CountingMonitor(ScheduledMonitor):
     """A :class:`ScheduledMonitor` whose measurement only records the step it was made at."""
 
@@ -22,6 +43,7 @@ class CountingMonitor(ScheduledMonitor):
             max_overhead,
             kwargs.pop("at_fit_start", True),
             kwargs.pop("stages", ("fit",)),
+            UniformCosts(),
             kwargs.pop("clock", None),
         )
         assert not kwargs, kwargs
