@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 __all__ = ["OverheadBudget", "accrual_rate", "run_length", "steps_per_batch"]
 
@@ -28,7 +29,7 @@ def run_length(trainer: pl.Trainer) -> float:
     between epochs). ``max_steps`` counts them; an epoch has :func:`steps_per_batch` a batch."""
     try:
         total = float(getattr(trainer, "estimated_stepping_batches", math.inf))
-    except Exception:  # MisconfigurationException: accumulation scheduled per epoch
+    except MisconfigurationException:  # accumulation scheduled per epoch
         return math.inf
     if total <= 0:  # -1: an iterable dataset without max_steps
         return math.inf

@@ -2,11 +2,8 @@
 eigenvectors' profile over the blocks, the gradient's overlap with the top eigenspace, and spectral
 density snapshots along training (issue 25).
 
-:class:`CurvatureMap` is a component of the monitor with its own state (the blocks found at fit
-start, the snapshots planned and taken): the monitor calls :meth:`CurvatureMap.prepare` at fit
-start, :meth:`CurvatureMap.add_metrics` with each measurement and :meth:`CurvatureMap.snapshot` on
-the steps :meth:`CurvatureMap.snapshot_due` names. Every engine call goes through the monitor's
-:class:`~lightning_shortcut.callbacks._guarded.GuardedMeasurements`.
+:class:`CurvatureMap` is a component of the monitor with its own state (the blocks, the snapshots
+planned and taken); every engine call goes through the monitor's guarded step.
 """
 
 from __future__ import annotations
@@ -195,11 +192,9 @@ class CurvatureMap:
 
     def snapshot_due(self, step: int) -> bool:
         """Whether a snapshot is due at ``step`` (then it is no longer planned)."""
-        if not self.plan or step < self.plan[0]:
-            return False
-        while self.plan and step >= self.plan[0]:
-            self.plan.pop(0)
-        return True
+        due = [planned for planned in self.plan if planned <= step]
+        self.plan = self.plan[len(due) :]
+        return bool(due)
 
     def snapshot_due_at_end(self, step: int) -> bool:
         """At the end of fitting: where the run stopped early or its length was unknown."""

@@ -57,12 +57,10 @@ class EdgeOfStabilityTracker:
         guard: GuardedMeasurements,
         inputs: tuple[list[Any], LossFn, HessianSettings],
     ) -> tuple[dict[str, float], int]:
-        """``({"stability": ..., "max_stable_lr": ...}, products)`` on the measurement's Hessian
-        batch, loss and settings, through ``guard`` (which books its cost).
-
-        Empty where the ratio is unavailable: no optimizer (validate/test), an optimizer without a
-        known threshold (said once, then skipped), or an adaptive optimizer before its first step.
-        """
+        """``({"stability": ..., "max_stable_lr": ...}, products)`` on the measurement's inputs,
+        through ``guard``; empty where the ratio is unavailable: no optimizer (validate/test), an
+        optimizer without a known threshold (said once, then skipped), or an adaptive optimizer
+        before its first step; NaN where the guard caught a failure."""
         if self.skip_reason is not None or not trainer.optimizers:
             return {}, 0
         if spectrum.max is not None and not math.isfinite(spectrum.max):

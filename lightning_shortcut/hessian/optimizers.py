@@ -154,14 +154,9 @@ class StepPreconditioner:
         return self.uniform_step * shifted / self.threshold
 
     def max_stable_lr_from_hessian(self, hessian_max_eigenvalue: float) -> float:
-        """For a uniform step (SGD, one ``lr``): ``c / (lambda_max + wd)``, the ``lr`` at which the
-        ratio is 1, computed from the Hessian rather than divided out of the ratio, so it is the
-        same at any current ``lr``, 0 included (a warm-up from 0, a schedule ending at 0); ``inf``
-        where ``lambda_max + wd`` is not positive.
-
-        Raises:
-            ValueError: if :attr:`needs_preconditioned_run` (use :meth:`max_stable_lr`).
-        """
+        """SGD's ``lr`` at which the ratio is 1, ``c / (lambda_max + wd)``: from the Hessian, not
+        divided out of the ratio, so the same at any current ``lr``, 0 included; ``inf`` where
+        ``lambda_max + wd <= 0``. Raises ``ValueError`` as :meth:`stability_from_hessian`."""
         self.stability_from_hessian(hessian_max_eigenvalue)  # refuses a step that is not uniform
         shifted = hessian_max_eigenvalue + self.curvature_shifts[0]
         return self.threshold / shifted if shifted > 0 else math.inf
