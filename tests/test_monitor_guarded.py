@@ -91,6 +91,12 @@ def test_a_warm_up_from_lr_0_logs_the_largest_stable_rate(tmp_path):
 def test_under_manual_optimization_the_run_is_counted_in_optimizer_steps():
     manual = SimpleNamespace(automatic_optimization=False)
     two = dict(lightning_module=manual, optimizers=[object(), object()])
+    # 50 batches of two optimizer steps: the report counts the steps global_step counts
+    message = _report((0, 0.0), FakeTrainer(50, max_epochs=1, **two), every_n_steps=10)
+    assert (
+        "this run's 100 steps" in message
+        and "optimizer steps (1e+03 ms each; 2 a batch)" in message
+    )
     assert run_length(FakeTrainer(4, max_epochs=2, **two)) == 16  # both optimizers step
     assert run_length(FakeTrainer(4, max_epochs=2, max_steps=10, **two)) == 10  # max_steps counts
     assert run_length(FakeTrainer(4, max_epochs=2)) == 8
@@ -106,10 +112,10 @@ class Ticks:
         return next(self.times)
 
 
-def _report(extra, **schedule):
+def _report(extra, trainer=None, **schedule):
     """2 s at the initial point, 10 training steps of 1 s, measurements of 2 s, a run of 100."""
     report = CostReport(Ticks(0.0, 10.0))
-    trainer = SimpleNamespace(global_step=0, estimated_stepping_batches=100)
+    trainer = trainer or SimpleNamespace(global_step=0, estimated_stepping_batches=100)
     report.start(trainer, monitor_seconds=2.0)
     trainer.global_step = 10
     options = dict(every_n_steps=None, every_n_epochs=None, budget=0.05)

@@ -75,9 +75,11 @@ class CostReport:
         training = self.clock() - self._start - (monitor_seconds - self._monitor_seconds)
         step_seconds = max(training, 1e-9) / steps
         in_steps = cost / step_seconds
+        per_batch = steps_per_batch(trainer)  # global_step counts each optimizer's step
+        kind, note = ("training", "") if per_batch == 1 else ("optimizer", f"; {per_batch} a batch")
         lines = [
             f"{name}: one measurement takes {cost:.3g} s" + (f" ({what})" if what else "") + ", "
-            f"as long as about {in_steps:.3g} training steps ({step_seconds * 1e3:.3g} ms each)."
+            f"as long as about {in_steps:.3g} {kind} steps ({step_seconds * 1e3:.3g} ms each{note})."
         ]
         if every_n_steps is None and every_n_epochs is None:
             if budget is not None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from lightning_shortcut.callbacks._budget import run_length
+from lightning_shortcut.callbacks._budget import OverheadBudget, run_length
 from lightning_shortcut.callbacks._guarded import GuardedMeasurements
 from lightning_shortcut.callbacks._options import block_settings
 from lightning_shortcut.hessian.blocks import (
@@ -56,6 +56,8 @@ class CurvatureMap:
         blocks, gradient_overlap, density_snapshots: the monitor's options (checked there).
         guard: the monitor's guarded step and cost account.
         warn: ``warn(kind, message)``, the monitor's warn-once.
+        budget: the monitor's time budget, which the snapshots are booked to.
+        log: ``log(trainer, stage, metrics)``, the monitor's logging.
     """
 
     def __init__(
@@ -65,17 +67,17 @@ class CurvatureMap:
         density_snapshots: int,
         guard: GuardedMeasurements,
         warn: Callable[[str, str], None],
+        budget: OverheadBudget,
+        log: Callable[[pl.Trainer, str, dict[str, float]], None],
     ) -> None:
         self.blocks, self.gradient_overlap = blocks, gradient_overlap
         self.density_snapshots = density_snapshots
-        self.guard, self.warn = guard, warn
+        self.guard, self.warn, self.budget, self.log = guard, warn, budget, log
         self.block_names: list[str] = []  # resolved at fit start
         self.plan: list[int] = []  # the steps of the snapshots still to take
         self.history: list[dict[str, Any]] = []  # every snapshot this monitor took
         self.taken: list[int] = []  # the steps of the snapshots taken in this run (checkpointed)
-        guard.snapshots_to_come = self.snapshots_to_come
-        self.budget: Any = None  # the monitor's OverheadBudget, which the snapshots are booked to
-        self.log: Callable[[pl.Trainer, str, dict[str, float]], None] = lambda *args: None
+        guard.snapshots_to_come = self.snapshots_to_come  # the forecast adds them in
 
     def prepare(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, params: Any, sharded: bool = False

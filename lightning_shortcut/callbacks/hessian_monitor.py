@@ -209,9 +209,9 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
             every_n_steps, every_n_epochs, max_overhead, at_fit_start, stages, self._guard
         )
         self._curvature = CurvatureMap(
-            blocks, gradient_overlap, density_snapshots, self._guard, self._warnings.once
-        )
-        self._curvature.budget, self._curvature.log = self.budget, self._log_metrics
+            blocks, gradient_overlap, density_snapshots, self._guard, self._warnings.once,
+            self.budget, self._log_metrics,
+        )  # fmt: skip
         self._batches: dict[str, list[Any]] = {}  # the Hessian batch of each stage
         self._samples = num_samples  # in the last Hessian batch gathered
         self._sharded = False  # the model is sharded by fully_shard (FSDP2)
