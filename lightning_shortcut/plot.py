@@ -180,11 +180,7 @@ def draw_hessian_metrics(
             axis.set_ylim(-0.02, 1.02)
         elif name == "eigenvalues":
             axis.axhline(0.0, color="grey", linewidth=0.5)
-        if steps is not None:
-            first, last = steps
-            margin = max(1.0, 0.02 * (last - first))  # a single step still gets an axis around it
-            axis.set_xlim(first - margin, last + margin)
-        axis.set_xlabel("step")
+        step_axis(axis, steps)
         axis.legend(fontsize=8)
     if title:
         figure.suptitle(title)
@@ -198,25 +194,28 @@ def plot_hessian_metrics(
     title: str | None = None,
     steps: tuple[int, int] | None = None,
 ) -> Path:
-    """Draw the eigenvalue, condition-number and stability panels that ``series`` has data for.
-
-    Args:
-        series: as :func:`load_hessian_metrics` returns.
-        out: the image to write (its folder is created).
-        title: the figure's title.
-        steps: the step axis's range, the run's (:func:`load_step_range`); default: the points'.
-
-    Returns:
-        The path of the written image.
+    """Draw the panels of :func:`draw_hessian_metrics` (same arguments) into the image ``out``
+    (its folder is created) and return its path.
 
     Raises:
-        ValueError: if ``series`` holds no eigenvalue, condition-number or stability series.
+        ValueError: if ``series`` holds nothing to draw.
     """
+    return save_figure(draw_hessian_metrics(series, title, steps), Path(out))
+
+
+def step_axis(axis: Any, steps: tuple[int, int] | None) -> None:
+    """Label ``axis`` as the step axis, over the run's ``steps`` where given (a margin around)."""
+    if steps is not None:
+        margin = max(1.0, 0.02 * (steps[1] - steps[0]))  # a single step still gets an axis
+        axis.set_xlim(steps[0] - margin, steps[1] + margin)
+    axis.set_xlabel("step")
+
+
+def save_figure(figure: Any, path: Path) -> Path:
+    """Write ``figure`` to ``path`` (its folder created) and close it."""
     import matplotlib.pyplot as plt
 
-    figure = draw_hessian_metrics(series, title, steps)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=120)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
     plt.close(figure)
-    return out
+    return path

@@ -20,6 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from lightning_shortcut.plot import save_figure, step_axis
 from lightning_shortcut.run_log import RunLog, Series
 
 __all__ = [
@@ -117,9 +118,7 @@ def draw_block_figure(
                 xs, values = zip(*points, strict=True)
                 axis.plot(xs, values, marker="o", markersize=3, label=name, clip_on=False)
             axis.legend(fontsize=7)
-            if steps is not None:
-                margin = max(1.0, 0.02 * (steps[1] - steps[0]))
-                axis.set_xlim(steps[0] - margin, steps[1] + margin)
+            step_axis(axis, steps)
         axis.set_title(f"per block: {metric}")
         axis.set_xlabel("step")
     if title:
@@ -211,8 +210,6 @@ def plot_curvature_figures(
         ``(path, what was drawn)`` for each figure written: the block series (as
         :func:`drawn_block_series`) or ``step N`` for each density snapshot.
     """
-    import matplotlib.pyplot as plt
-
     out = Path(out)
     written = []
     if block_series(series):
@@ -226,10 +223,7 @@ def plot_curvature_figures(
         figure = draw_density_figure(snapshots, title)
         written.append((out.with_name(f"{out.stem}_density{out.suffix}"), figure))
         drawn.append([f"step {step}" for step in snapshots])
-    result = []
-    for (path, figure), names in zip(written, drawn, strict=True):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=120)
-        plt.close(figure)
-        result.append((path, names))
-    return result
+    return [
+        (save_figure(figure, path), names)
+        for (path, figure), names in zip(written, drawn, strict=True)
+    ]
