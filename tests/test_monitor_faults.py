@@ -218,8 +218,9 @@ def _check_cell(fault, feature, monitor, ours):
     """What each fault must show beyond the common checks."""
     records = [record for record in monitor.history if record["stage"] == "fit"]
     assert records, "no measurement"
-    if fault == "out_of_memory":
+    if fault == "out_of_memory":  # said as what it is, not as a NaN
         assert all(math.isnan(record["max_eigenvalue"]) for record in records)
+        assert not any("non-finite" in message for message in ours), ours
     if fault == "lr_0" and "stability" in records[-1]:
         # SGD's largest stable rate does not depend on the current one: finite at lr 0
         assert all(record["stability"] == 0.0 for record in records)

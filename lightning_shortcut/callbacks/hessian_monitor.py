@@ -347,6 +347,9 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         if stage == "fit":
             self._tracker.update(spectrum, params)
             self._guard.stderr_share = spectrum.stderr_seconds / max(spectrum.seconds, 1e-12)
+        self._warnings.about(
+            spectrum, spectrum.as_dict(), trainer.global_step
+        )  # not a caught failure
         return spectrum
 
     def _collect_metrics(
@@ -361,7 +364,6 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         metrics = spectrum.as_dict()
         if self.warm_start:  # a column of its own where warm tries happen: given up, or not
             metrics["warm_given_up"] = float(spectrum.warm_given_up)
-        self._warnings.about(spectrum, metrics, trainer.global_step)
         inputs = self._inputs(pl_module, stage)
         stability_warm = True  # no eigenvalue run of its own (SGD) counts as warm
         if self.edge_of_stability and stage == "fit" and spectrum.converged is not None:
