@@ -347,9 +347,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         if stage == "fit":
             self._tracker.update(spectrum, params)
             self._guard.stderr_share = spectrum.stderr_seconds / max(spectrum.seconds, 1e-12)
-        self._warnings.about(
-            spectrum, spectrum.as_dict(), trainer.global_step
-        )  # not a caught failure
+        self._warnings.about(spectrum, spectrum.as_dict(), trainer.global_step)  # an engine result
         return spectrum
 
     def _collect_metrics(
