@@ -7,8 +7,11 @@ import torch
 from helpers.models import TinyCNN, classification_data, mlp
 
 from lightning_shortcut.hessian import SpectrumTracker, WarmStart, hessian_eigenvalues
-from lightning_shortcut.hessian.solvers._stopping import MIN_PRODUCTS, SEPARATED_MIN_PRODUCTS
-from lightning_shortcut.hessian.tracking import WARM_MIN_PRODUCTS
+from lightning_shortcut.hessian.solvers._stopping import (
+    MIN_PRODUCTS,
+    SEPARATED_MIN_PRODUCTS,
+    WARM_MIN_PRODUCTS,
+)
 
 torch.manual_seed(0)
 

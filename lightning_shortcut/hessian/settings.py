@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from torch import Tensor
 
@@ -24,9 +24,7 @@ from lightning_shortcut.hessian._validation import (
     check_positive_int,
 )
 from lightning_shortcut.hessian.params import ParamsSpec, check_params_spec
-
-if TYPE_CHECKING:
-    from lightning_shortcut.hessian.solvers.base import SolverSpec
+from lightning_shortcut.hessian.solvers import SOLVERS, SolverSpec
 
 __all__ = ["HVPS", "MODES", "AllReduce", "HessianSettings", "Hvp", "Mode"]
 
@@ -87,10 +85,6 @@ class HessianSettings:
     solver: SolverSpec = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # the registry's solvers import the operator, which reads these settings: looked up here,
-        # when settings are made, not when this module is imported
-        from lightning_shortcut.hessian.solvers import SOLVERS
-
         solver = SOLVERS[check_choice("method", self.method, SOLVERS)]
         object.__setattr__(self, "solver", solver)
         self._check_operator()
@@ -136,8 +130,6 @@ class HessianSettings:
                 "Nothing to compute: `top_k` and `bottom_k` are 0 and `min_abs` is False."
             )
         if self.min_abs and not self.solver.supports_min_abs:
-            from lightning_shortcut.hessian.solvers import SOLVERS
-
             supported = [name for name, spec in SOLVERS.items() if spec.supports_min_abs]
             raise ValueError(
                 f"`min_abs=True` needs a solver that computes it ({supported}), got "

@@ -24,12 +24,28 @@ bulk near zero, the Ritz values of the unresolved bulk stand apart as if separat
 separated floor at both ends, 4 of 10 calls on a trained MLP returned the bulk's edge for its
 smallest eigenvalue at ``tol = 1e-3``, none with the full floor).
 
-**Warm runs** (started from a previous measurement's eigenvectors) stop on inherited evidence from
-:data:`~lightning_shortcut.hessian.tracking.WARM_MIN_PRODUCTS` products on, once their ends have
-converged over two products and :meth:`~lightning_shortcut.hessian.tracking.WarmEvidence.covers`
-holds; one that converges onto what the evidence does not cover, or reaches its budget
-(:func:`~lightning_shortcut.hessian.tracking.warm_limit`) first, is *given up*, and the solver runs
-it again cold. The warm rule, why it is safe and its constants: :mod:`lightning_shortcut.hessian.tracking`.
+**Warm runs** (started from a previous measurement's eigenvectors,
+:class:`~lightning_shortcut.hessian.tracking.RunStart`) do not owe the cold floor. The previous
+measurement was itself certified (by a cold run, or by a chain of warm runs that goes back to one),
+so the start holds a large share of the direction that was extreme a few optimizer steps ago.
+Lanczos' error in the extreme Ritz value decays with the start's component ``c`` along the extreme
+eigenvector as ``tan^2(angle) = (1 - c^2) / c^2`` times a Chebyshev factor that falls with every
+product; the cold floor pays for ``c ~ 1 / sqrt(dim)``, and a warm start with ``c`` of order one
+does not owe it. A warm run may therefore stop from :data:`WARM_MIN_PRODUCTS` products on, once its
+ends have moved by at most ``tol * max|lambda|`` over the last two products, under two conditions
+(:meth:`WarmEvidence.covers`): the returned Ritz vector lies mostly in the directions the start
+inherited (a projection of norm at least :data:`WARM_MIN_OVERLAP`: if the run converged to
+something else, the previous certification says nothing about it), and no extreme has retreated
+past its *frontier* by more than half of ``tol * max|lambda|`` (if the tracked eigenvalues fell
+below the values the start carried, others can be on top now without any crossing: members of a
+tight cluster that stayed while the tracked ones fell).
+
+A warm run that fails either condition once it has converged, or has not stopped by
+:func:`warm_limit` products, is *given up* and the solver runs it again cold, from a random start
+(going on under the cold rule from the warm start is not the same: a start that holds mostly the
+inherited directions amplifies the others slowly, and on the digits recipe such a run settled 2.2%
+below the top at ``tol = 1e-2``). A warm run therefore never returns a value that neither the warm
+evidence nor a cold run vouches for. A ``min_abs`` run is always cold.
 """
 
 from __future__ import annotations
@@ -44,21 +60,25 @@ from torch import Tensor
 
 from lightning_shortcut.hessian.linear_operator import LinearOperator
 from lightning_shortcut.hessian.solvers._vectors import projection_norm, single_thread
-from lightning_shortcut.hessian.tracking import WARM_MIN_PRODUCTS, WarmEvidence, warm_limit
 
 __all__ = [
     "MIN_PRODUCTS",
     "SEPARATED_MIN_PRODUCTS",
     "SEPARATION",
+    "WARM_MAX_PRODUCTS",
+    "WARM_MIN_OVERLAP",
+    "WARM_MIN_PRODUCTS",
     "Assessment",
     "Check",
     "Decision",
     "Ends",
     "StoppingRule",
+    "WarmEvidence",
     "end_errors",
     "error_bound",
     "min_abs_estimate",
     "settled",
+    "warm_limit",
 ]
 
 #: No cold run stops before this many products (or ``max_iter``, or the whole space): a Krylov
@@ -74,6 +94,18 @@ SEPARATED_MIN_PRODUCTS = 10
 #: Ritz value. With a floor of 10 and no such test, 1 of 20 cold runs on a top cluster 0.2% apart
 #: returned a member 2 tolerances below the top at ``tol = 1e-3``; with it, none.
 SEPARATION = 10.0
+#: A warm run may stop from this many products on: a Krylov space of 4 holds the start's extreme
+#: directions and has refined them.
+WARM_MIN_PRODUCTS = 4
+#: At ``tol = 1e-2`` a warm run not stopped by this many products is given up (more at tighter
+#: tolerances, :func:`warm_limit`): a start that holds the extremes' directions converges within a
+#: few products (5-9 on a tanh MLP at the edge of stability), and one that has not by then is paying
+#: toward the cold run that will replace it (on the digits recipe given-up runs reached the cold
+#: floor of 20 first).
+WARM_MAX_PRODUCTS = 12
+#: A warm run stops early only if each returned Ritz vector's projection on the inherited directions
+#: has at least this norm: the inherited evidence is about those directions.
+WARM_MIN_OVERLAP = 0.5
 #: A residual this small relative to ``max|lambda|`` means an invariant subspace: the Ritz values are
 #: eigenvalues.
 _INVARIANT = 1e-12
@@ -99,6 +131,53 @@ class Ends:
     top: bool = False
     bottom: bool = False
     min_abs: bool = False
+
+
+def warm_limit(tol: float, max_iter: int) -> int:
+    """The products at which a warm run that has not stopped is given up: :data:`WARM_MAX_PRODUCTS`
+    at ``tol = 1e-2``, in proportion to ``log(1 / tol)`` (a Krylov method's error falls
+    geometrically with its products), within ``max_iter``."""
+    scaled = math.ceil(WARM_MAX_PRODUCTS * math.log(1 / tol) / math.log(100))
+    return min(max(scaled, WARM_MIN_PRODUCTS + 2), max_iter)
+
+
+@dataclass(frozen=True)
+class WarmEvidence:
+    """What a warm run may stop on (see the module docstring).
+
+    Attributes:
+        inherited: orthonormal rows spanning the directions the start inherited.
+        frontiers: the top end's and the bottom end's frontier
+            (:class:`~lightning_shortcut.hessian.tracking.RunStart`).
+    """
+
+    inherited: Tensor
+    frontiers: tuple[float | None, float | None]
+
+    def retreated(self, ends: Ends, largest: float, smallest: float, threshold: float) -> bool:
+        """Whether a wanted extreme has retreated past its frontier by more than half of
+        ``threshold`` (``tol * max|lambda|``)."""
+        top, bottom = self.frontiers
+        return (ends.top and (top is None or largest < top - threshold / 2)) or (
+            ends.bottom and (bottom is None or smallest > bottom + threshold / 2)
+        )
+
+    def covers(
+        self,
+        ends: Ends,
+        largest: float,
+        smallest: float,
+        threshold: float,
+        overlap: Callable[[str], float],
+    ) -> bool:
+        """Whether a converged warm run's extremes are what the inherited evidence is about: not
+        retreated past the frontiers, and each wanted end's Ritz vector with a projection of norm
+        at least :data:`WARM_MIN_OVERLAP` on the inherited directions (``overlap(end)``, ``end``
+        ``"top"`` or ``"bottom"``, only asked where the frontiers hold)."""
+        wanted = [end for end in ("top", "bottom") if getattr(ends, end)]
+        return not self.retreated(ends, largest, smallest, threshold) and all(
+            overlap(end) >= WARM_MIN_OVERLAP for end in wanted
+        )
 
 
 @dataclass(frozen=True)
@@ -192,7 +271,7 @@ class StoppingRule:
         space: the operator whose space the vectors are in (sharded vectors: inner products
             reduced over processes, so that every rank takes the same decision).
         warm: for a warm run, what its start inherited
-            (:class:`~lightning_shortcut.hessian.tracking.WarmEvidence`); ``None`` for a cold run.
+            (:class:`WarmEvidence`); ``None`` for a cold run.
     """
 
     ends: Ends

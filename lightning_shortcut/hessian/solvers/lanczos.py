@@ -23,8 +23,8 @@ that the extremes are the spectrum's: a cold run after ``MIN_PRODUCTS`` products
 that stands apart after ``SEPARATED_MIN_PRODUCTS``), a run warm-started from a previous measurement's
 eigenvectors after as few as ``WARM_MIN_PRODUCTS``. This module steps the process; one rule decides
 at each check whether it goes on, stops or gives up
-(:class:`~lightning_shortcut.hessian.solvers._stopping.StoppingRule`; the warm rule's evidence:
-:mod:`~lightning_shortcut.hessian.tracking`).
+(:class:`~lightning_shortcut.hessian.solvers._stopping.StoppingRule`, the warm rule's stop side
+included; its start side: :mod:`~lightning_shortcut.hessian.tracking`).
 
 The smallest ``|eigenvalue|`` is found through ``A^2``: with ``A V_{m-1} = V_m G`` (``G`` is ``T``'s
 first ``m - 1`` columns), the smallest singular value ``sigma`` of ``G`` is the Rayleigh-Ritz value of
@@ -55,6 +55,7 @@ from lightning_shortcut.hessian.solvers._stopping import (
     Decision,
     Ends,
     StoppingRule,
+    WarmEvidence,
 )
 from lightning_shortcut.hessian.solvers._vectors import (
     HostMemorySpace,
@@ -64,12 +65,7 @@ from lightning_shortcut.hessian.solvers._vectors import (
     start_vector,
 )
 from lightning_shortcut.hessian.solvers.base import register_solver
-from lightning_shortcut.hessian.tracking import (
-    WarmEvidence,
-    WarmStart,
-    carried_forward,
-    run_start,
-)
+from lightning_shortcut.hessian.tracking import WarmStart, carried_forward, run_start
 
 __all__ = ["DEFAULT_MAX_BASIS", "MIN_PRODUCTS", "LanczosProcess", "lanczos"]
 
@@ -363,7 +359,11 @@ def lanczos(
             min_abs=first and min_abs,
         )
         against = found[:locked]
-        plan = run_start(start, ends, len(result.top), len(result.bottom)) if start else None
+        plan = None
+        if start is not None and not ends.min_abs:  # a min_abs run is always cold
+            plan = run_start(
+                start, len(result.top), len(result.bottom), top=ends.top, bottom=ends.bottom
+            )
         inherited = orthonormal_rows(operator, plan.vectors) if plan else None
         # each start is written into the basis' first row, where the run's first step puts it:
         # no vector beside the basis is held through the run
@@ -411,7 +411,9 @@ def lanczos(
             )
             locked += lock_bottom
         if first:  # the neighbours of the extremes, carried forward for the next warm start
-            columns, result.frontiers = carried_forward(run.values, ends)
+            columns, result.frontiers = carried_forward(
+                run.values, top=ends.top, bottom=ends.bottom
+            )
             result.neighbours = [run.process.ritz_vector(run.coordinates[:, i]) for i in columns]
     result.vectors = top_vectors + bottom_vectors
     if operator is not given:  # the vectors returned are in the given operator's space

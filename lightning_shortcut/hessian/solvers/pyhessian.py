@@ -23,16 +23,31 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from lightning_shortcut.hessian.linear_operator import LinearOperator, check_finite
-from lightning_shortcut.hessian.operator import HessianOperator
 from lightning_shortcut.hessian.results import HessianSpectrum
 from lightning_shortcut.hessian.solvers.base import register_solver
 from lightning_shortcut.hessian.tracking import WarmStart
+
+
+class _ModelHessian(Protocol):
+    """What the wrapper reads of a model's Hessian (a
+    :class:`~lightning_shortcut.hessian.HessianOperator`, which is not imported: it reads the
+    settings, which read this registry)."""
+
+    model: nn.Module
+    loss_fn: Callable[[nn.Module, Any], Tensor]
+    batches: list[Any]
+    sizes: list[int]
+    params: list[Tensor]
+    fixed_seed: int | None
+    like: Tensor
+    num_products: int
 
 
 class _BatchRef:
@@ -58,7 +73,7 @@ class _LossModule(nn.Module):
     The user's model is held outside the module tree, so pyhessian's ``eval()`` cannot reach it.
     """
 
-    def __init__(self, operator: HessianOperator, shift: float) -> None:
+    def __init__(self, operator: _ModelHessian, shift: float) -> None:
         super().__init__()
         self._holder = (operator,)
         self.shift = shift
@@ -101,7 +116,7 @@ def _counting_products(counter: list[int]) -> Iterator[None]:
 
 
 def _run_pyhessian(
-    operator: HessianOperator, shift: float, top_n: int, tol: float, max_iter: int
+    operator: _ModelHessian, shift: float, top_n: int, tol: float, max_iter: int
 ) -> tuple[list[float], list[list[Tensor]], int]:
     from pyhessian import hessian as PyHessian
 
@@ -156,7 +171,7 @@ def pyhessian_power_iteration(
     pyhessian draws its own start vectors (from the global RNG, restored afterwards); ``generator``
     and ``start`` are not used. Errors are bounded by the residuals of its vectors.
     """
-    if not isinstance(operator, HessianOperator):
+    if not all(hasattr(operator, name) for name in ("model", "loss_fn", "batches", "params")):
         raise TypeError(
             "method='pyhessian' needs a model's Hessian (a HessianOperator), got "
             f"{type(operator).__name__}; use method='lanczos' or 'power' for other operators."
