@@ -6,7 +6,12 @@ import pytest
 import torch
 from helpers.models import TinyCNN, classification_data, mlp
 
-from lightning_shortcut.hessian import SpectrumTracker, WarmStart, hessian_eigenvalues
+from lightning_shortcut.hessian import (
+    HessianSettings,
+    SpectrumTracker,
+    WarmStart,
+    hessian_eigenvalues,
+)
 from lightning_shortcut.hessian.solvers._stopping import (
     MIN_PRODUCTS,
     SEPARATED_MIN_PRODUCTS,
@@ -267,7 +272,7 @@ def test_tracker_starts_cold_when_the_parameters_change():
     assert tracker.start(params[:2]) is None  # a different parameter set
     tracker.load_state_dict(tracker.state_dict())  # a resumed run
     assert tracker.start(params) is None and tracker.cold_next
-    failed = type(spectrum).nan(1, 1, False, "lanczos", "non-finite loss")
+    failed = type(spectrum).nan(HessianSettings(), "non-finite loss")
     tracker.update(failed, params)
     assert tracker.start(params) is None  # after a failed measurement
     with pytest.raises(ValueError, match="audit_every"):

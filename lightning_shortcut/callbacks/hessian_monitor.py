@@ -325,10 +325,7 @@ class HessianEigenvalueMonitor(CurvatureMap, ColdAndWarmCosts):
                 self._tracker.reset()
             settings = self.settings
             return HessianSpectrum.nan(
-                settings.top_k,
-                settings.bottom_k,
-                settings.min_abs,
-                settings.method,
+                settings,
                 reason=str(error),
                 # the standard errors come with cold measurements, a warm run given up included
                 stderr=bool(self._run_settings.stderr) and start is None,

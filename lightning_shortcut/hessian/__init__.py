@@ -6,12 +6,13 @@ numerical lives here (the torchmetrics pattern of a thin class over functional c
 solvers (:mod:`~lightning_shortcut.hessian.solvers`, one registry :data:`SOLVERS`).
 """
 
+from lightning_shortcut.hessian.batches import cross_entropy_loss
+from lightning_shortcut.hessian.block_params import resolve_blocks
 from lightning_shortcut.hessian.blocks import (
     BlockProfile,
     BlockSpectra,
     block_eigenvalues,
     block_profile,
-    resolve_blocks,
 )
 from lightning_shortcut.hessian.density import (
     SpectralDensity,
@@ -26,7 +27,7 @@ from lightning_shortcut.hessian.linear_operator import (
     MatrixOperator,
     ScaledOperator,
 )
-from lightning_shortcut.hessian.operator import HessianOperator, cross_entropy_loss
+from lightning_shortcut.hessian.operator import HessianOperator
 from lightning_shortcut.hessian.optimizers import UnsupportedOptimizerError
 from lightning_shortcut.hessian.overlap import GradientOverlap, gradient_overlap
 from lightning_shortcut.hessian.results import WarmStart

@@ -1,15 +1,15 @@
 """Where every computation of the engine runs: parameters chosen, state guarded, the operator built.
 
 :func:`hessian_operator` is the one sequence the public functions run their products in (choose the
-parameters, guard, build, release); :func:`select_parameters`, :func:`hessian_context` and
-:func:`build_operator` are its steps. Whether a model is sharded by ``fully_shard`` is decided once,
+parameters, guard, build, free); :func:`select_parameters` and :func:`hessian_context` are its
+steps. Whether a model is sharded by ``fully_shard`` is decided once,
 in :func:`select_parameters`, and carried by its :class:`ParameterSelection`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,30 +17,21 @@ import torch
 from torch import Tensor, nn
 
 from lightning_shortcut.hessian._state import autograd_enabled, preserved_state
-from lightning_shortcut.hessian.operator import (
-    HessianOperator,
-    LossFn,
-    cross_entropy_loss,
-    normalize_batches,
-    resolve_params,
-)
-from lightning_shortcut.hessian.settings import HessianSettings, Mode
+from lightning_shortcut.hessian.batches import LossFn, cross_entropy_loss, normalize_batches
+from lightning_shortcut.hessian.operator import HessianOperator
+from lightning_shortcut.hessian.params import resolve_params
+from lightning_shortcut.hessian.settings import HessianSettings
 from lightning_shortcut.hessian.sharded import (
     FullyShardedHessianOperator,
     ShardingError,
+    ShardLayout,
     check_sharding,
     fsdp_modules,
     reshard,
+    unsharded_parameters,
 )
 
-__all__ = [
-    "Mode",
-    "ParameterSelection",
-    "build_operator",
-    "hessian_context",
-    "hessian_operator",
-    "select_parameters",
-]
+__all__ = ["ParameterSelection", "hessian_context", "hessian_operator", "select_parameters"]
 
 
 @dataclass(frozen=True)
@@ -78,7 +69,7 @@ def select_parameters(
 
     Raises:
         ValueError: on ``params`` that are not the model's (see
-            :func:`~lightning_shortcut.hessian.operator.resolve_params`).
+            :func:`~lightning_shortcut.hessian.params.resolve_params`).
         ShardingError: (a ``ValueError``) on a sharding the engine does not support
             (:func:`~lightning_shortcut.hessian.sharded.check_sharding`) and, on a sharded model,
             a caller named by ``unsharded_only``, a solver that runs on the model's gradients or
@@ -123,31 +114,6 @@ def hessian_context(model: nn.Module, settings: HessianSettings, *, clone_grads:
         yield
 
 
-def build_operator(
-    model: nn.Module,
-    data: Any,
-    loss_fn: LossFn | None,
-    settings: HessianSettings,
-    selection: ParameterSelection,
-) -> HessianOperator:
-    """The :class:`HessianOperator` of ``model``'s loss on ``data`` over the selected parameters
-    (inside :func:`hessian_context`).
-
-    In train mode the global RNG is reseeded before each forward so that dropout masks are the same
-    in every product; :func:`hessian_context` restores the global RNG state afterwards.
-    A sharded selection gives a
-    :class:`~lightning_shortcut.hessian.sharded.FullyShardedHessianOperator`, which holds the model
-    unsharded until its ``release()``.
-    """
-    batches = normalize_batches(data)
-    loss_fn = loss_fn or cross_entropy_loss
-    if selection.sharded:
-        return FullyShardedHessianOperator(
-            model, batches, loss_fn, selection.params, selection.fsdp_modules, settings
-        )
-    return HessianOperator(model, batches, loss_fn, selection.params, settings)
-
-
 @contextmanager
 def hessian_operator(
     model: nn.Module,
@@ -157,18 +123,40 @@ def hessian_operator(
     selection: ParameterSelection | None = None,
     *,
     clone_grads: bool = False,
+    keep_graphs: bool = False,
 ) -> Iterator[HessianOperator]:
-    """The Hessian operator of a computation, inside :func:`hessian_context`, released on exit:
-    the one sequence every public function of the engine runs its products in.
+    """The Hessian operator of ``model``'s loss on ``data`` over the selected parameters, inside
+    :func:`hessian_context`, its graphs freed on exit: the one sequence every public function of
+    the engine runs its products in.
 
-    ``selection``: the parameters, where the caller has selected them already (default:
-    :func:`select_parameters` here).
+    In train mode the global RNG is reseeded before each forward so that dropout masks are the same
+    in every product; :func:`hessian_context` restores the global RNG state afterwards. A sharded
+    selection gives a :class:`~lightning_shortcut.hessian.sharded.FullyShardedHessianOperator`, the
+    model held unsharded until exit.
+
+    Args:
+        selection: the parameters, where the caller has selected them already (default:
+            :func:`select_parameters` here).
+        clone_grads: snapshot gradient values (a solver that calls ``.backward``).
+        keep_graphs: keep every batch's first-order graph (see
+            :class:`~lightning_shortcut.hessian.HessianOperator`).
     """
     if selection is None:
         selection = select_parameters(model, settings)
-    with hessian_context(model, settings, clone_grads=clone_grads):
-        operator = build_operator(model, data, loss_fn, settings, selection)
+    batches, loss_fn = normalize_batches(data), loss_fn or cross_entropy_loss
+    with hessian_context(model, settings, clone_grads=clone_grads), ExitStack() as stack:
+        if selection.sharded:
+            params, modules = selection.params, selection.fsdp_modules
+            unsharded = stack.enter_context(unsharded_parameters(model, params, modules))
+            layout = ShardLayout(params)
+            operator = FullyShardedHessianOperator(
+                model, batches, loss_fn, unsharded, layout, settings
+            )
+        else:
+            operator = HessianOperator(
+                model, batches, loss_fn, selection.params, settings, keep_graphs=keep_graphs
+            )
         try:
             yield operator
         finally:
-            operator.release()
+            operator.free_graph()

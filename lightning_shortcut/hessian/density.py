@@ -16,8 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from lightning_shortcut.hessian._validation import check_positive_int
+from lightning_shortcut.hessian.batches import LossFn
 from lightning_shortcut.hessian.context import hessian_operator, select_parameters
-from lightning_shortcut.hessian.operator import LossFn, ParamsSpec
+from lightning_shortcut.hessian.params import ParamsSpec
 from lightning_shortcut.hessian.settings import AllReduce, HessianSettings, Mode
 from lightning_shortcut.hessian.solvers import LanczosProcess
 from lightning_shortcut.hessian.solvers._vectors import random_unit_vector
@@ -116,7 +117,9 @@ def hessian_trace(
                 if error <= rtol * abs(mean):
                     break
     mean, error = _mean_and_error(samples)
-    return TraceEstimate(mean, error, len(samples), operator.num_hvps, time.perf_counter() - start)
+    return TraceEstimate(
+        mean, error, len(samples), operator.num_products, time.perf_counter() - start
+    )
 
 
 def _mean_and_error(samples: list[float]) -> tuple[float, float]:
@@ -197,4 +200,4 @@ def compute_spectral_density(
     weights = torch.stack(all_weights)
     # Unused slots (an invariant subspace reached early) carry zero weight; park them on a node.
     nodes = torch.where(torch.isnan(nodes), nodes.nan_to_num(0.0), nodes)
-    return SpectralDensity(nodes, weights, operator.num_hvps, time.perf_counter() - start)
+    return SpectralDensity(nodes, weights, operator.num_products, time.perf_counter() - start)

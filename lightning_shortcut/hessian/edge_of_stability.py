@@ -18,9 +18,10 @@ from typing import Any
 from torch import nn
 from torch.optim import Optimizer
 
+from lightning_shortcut.hessian.batches import LossFn
 from lightning_shortcut.hessian.context import select_parameters
-from lightning_shortcut.hessian.operator import LossFn, ParamsSpec
 from lightning_shortcut.hessian.optimizers import select_optimizer, step_preconditioner
+from lightning_shortcut.hessian.params import ParamsSpec
 from lightning_shortcut.hessian.results import WarmStart
 from lightning_shortcut.hessian.settings import AllReduce, HessianSettings, Hvp, Mode
 from lightning_shortcut.hessian.spectrum import compute_spectrum

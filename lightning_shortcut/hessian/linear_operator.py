@@ -148,11 +148,6 @@ class ScaledOperator(LinearOperator):
     def random_vector(self, generator: torch.Generator) -> Tensor:
         return self.base.random_vector(generator)
 
-    @property
-    def num_hvps(self) -> int:
-        """Products of the wrapped operator (for a Hessian: Hessian-vector products)."""
-        return getattr(self.base, "num_hvps", self.base.num_products)
-
 
 def check_finite(product: Tensor) -> Tensor:
     """Return ``product``, or raise :class:`NonFiniteProductError` if it holds NaN or inf."""

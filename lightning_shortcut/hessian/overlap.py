@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_shortcut.hessian.batches import LossFn
 from lightning_shortcut.hessian.context import hessian_operator, select_parameters
-from lightning_shortcut.hessian.operator import LossFn, ParamsSpec
+from lightning_shortcut.hessian.params import ParamsSpec, describe_params
 from lightning_shortcut.hessian.results import HessianSpectrum
 from lightning_shortcut.hessian.settings import AllReduce, HessianSettings, Mode
 
@@ -109,17 +110,11 @@ def compute_gradient_overlap(
         for vector in top:
             if vector.numel() != operator.dim:
                 raise ValueError(
-                    f"The spectrum's vectors have {vector.numel()} entries but "
-                    f"params={settings.params!r} "
-                    f"of {type(model).__name__} has {operator.dim}: pass the params the spectrum "
-                    "was measured with."
+                    f"The spectrum's vectors have {vector.numel()} entries but the parameters "
+                    f"(params={describe_params(settings.params, model)}) of {type(model).__name__} have "
+                    f"{operator.dim}: pass the params the spectrum was measured with."
                 )
-        gradient = operator._gradient_sum(operator.like.new_zeros(operator.dim))
-        count = float(sum(operator.sizes))
-        if settings.all_reduce is not None:
-            packed = settings.all_reduce(torch.cat([gradient, gradient.new_tensor([count])]))
-            gradient, count = packed[:-1], float(packed[-1])
-        gradient = gradient.double().cpu() / count
+        gradient = operator.gradient().double().cpu()
     norm = float(gradient.norm())
     components: list[float] = []
     if top and norm > 0 and math.isfinite(norm):

@@ -13,7 +13,13 @@ ParamsSpec = (
     Literal["all", "residual"] | Callable[[nn.Module], Iterable[Tensor]] | Iterable[Tensor] | None
 )
 
-__all__ = ["ParamsSpec", "branch_parameters", "check_params_spec", "resolve_params"]
+__all__ = [
+    "ParamsSpec",
+    "branch_parameters",
+    "check_params_spec",
+    "describe_params",
+    "resolve_params",
+]
 
 
 def branch_parameters(model: nn.Module) -> list[Tensor]:
@@ -109,3 +115,19 @@ def _checked(model: nn.Module, chosen: list[Tensor]) -> list[Tensor]:
     if len({id(p) for p in chosen}) != len(chosen):
         raise ValueError("`params` lists a parameter more than once.")
     return chosen
+
+
+def describe_params(params: ParamsSpec, model: nn.Module | None = None) -> str:
+    """``params`` for an error message: named, never printed as tensors (a list of parameters as
+    their names in ``model``, or their shapes where ``model`` does not hold them)."""
+    if params is None or isinstance(params, str):
+        return repr(params)
+    if callable(params) and not isinstance(params, Tensor):
+        return getattr(params, "__name__", type(params).__name__)
+    names = {} if model is None else {id(p): name for name, p in model.named_parameters()}
+    return "[{}]".format(
+        ", ".join(
+            repr(names[id(p)]) if id(p) in names else f"<tensor of shape {tuple(p.shape)}>"
+            for p in params
+        )
+    )

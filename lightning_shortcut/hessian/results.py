@@ -1,18 +1,45 @@
 """``HessianSpectrum``: what :func:`~lightning_shortcut.hessian.hessian_eigenvalues` and every
 registered solver return (one type: a solver fills in the values, bounds and vectors, and
-``hessian_eigenvalues`` completes the same object with the call's cost and what follows from the
+:meth:`HessianSpectrum.completed` makes the caller's result of it, with what follows from the
 values)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from torch import Tensor
 
 from lightning_shortcut.hessian.tracking import WarmStart
 
-__all__ = ["HessianSpectrum"]
+__all__ = ["NON_FINITE", "HessianSpectrum", "Request", "magnitude_ratio"]
+
+#: The reason of a result whose loss or products were not finite.
+NON_FINITE = "non-finite loss or Hessian-vector product"
+
+
+class Request(Protocol):
+    """What a result reads of the settings it answers
+    (:class:`~lightning_shortcut.hessian.HessianSettings`)."""
+
+    top_k: int
+    bottom_k: int
+    min_abs: bool
+    tol: float
+    method: str
+    hvp: str
+    stderr: bool | str
+
+
+def magnitude_ratio(largest: float, smallest: float, atol: float = 0.0) -> float:
+    """``largest / smallest`` of eigenvalue magnitudes, ``nan`` if ``largest <= atol`` (a zero
+    spectrum) and ``inf`` if only ``smallest <= atol`` (a singular one)."""
+    if largest <= atol:
+        return math.nan
+    if smallest <= atol:
+        return math.inf
+    return largest / smallest
 
 
 @dataclass
@@ -22,9 +49,9 @@ class HessianSpectrum:
 
     A registered solver returns one (as ``EigenResult``, the same type) with ``top``, ``bottom``,
     their errors, ``vectors`` where it has them, ``scale``, ``converged`` and ``reason`` (and
-    ``min_abs`` where asked); :func:`~lightning_shortcut.hessian.hessian_eigenvalues` sorts it and
-    fills in the rest: ``max``, ``min``, ``min_abs_resolved``, ``condition_number``, the cost and
-    the standard errors.
+    ``min_abs`` where asked); the caller's result is :meth:`completed` from it: sorted, with
+    ``max``, ``min``, ``min_abs_resolved``, ``condition_number`` and the cost (and the standard
+    errors, where asked).
 
     Attributes:
         top: the ``top_k`` largest eigenvalues, descending.
@@ -146,17 +173,12 @@ class HessianSpectrum:
 
     @classmethod
     def nan(
-        cls,
-        top_k: int,
-        bottom_k: int,
-        min_abs: bool,
-        method: str,
-        reason: str,
-        num_hvps: int = 0,
-        stderr: bool = False,
+        cls, request: Request, reason: str, num_hvps: int = 0, *, stderr: bool | None = None
     ) -> HessianSpectrum:
-        """The result of a computation that failed: NaN for every requested value."""
-        nan = math.nan
+        """The result of a computation that failed: NaN for every value ``request`` asks for (its
+        standard errors too where it asks for them, or as ``stderr`` says)."""
+        nan, top_k, bottom_k, min_abs = math.nan, request.top_k, request.bottom_k, request.min_abs
+        stderr = bool(request.stderr) if stderr is None else stderr
         return cls(
             max_stderr=nan if stderr and top_k else None,
             min_stderr=nan if stderr and bottom_k else None,
@@ -173,7 +195,44 @@ class HessianSpectrum:
             num_hvps=num_hvps,
             converged=False,
             reason=reason,
-            method=method,
+            method=request.method,
+            hvp=request.hvp,
+        )
+
+    def completed(self, request: Request, num_hvps: int) -> HessianSpectrum:
+        """A solver's answer as the caller's result: each end sorted (values, errors and vectors
+        together), ``max`` and ``min``, ``min_abs``' resolution and the condition number, the
+        method, ``hvp`` and the products. A new result; this one is left as it is."""
+        ends: dict[str, list] = {}
+        for end, descending in (("top", True), ("bottom", False)):
+            values, errors = getattr(self, end), getattr(self, f"{end}_errors")
+            vectors = getattr(self, f"{end}_vectors")
+            order = sorted(range(len(values)), key=lambda i: values[i], reverse=descending)
+            ends[end] = [values[i] for i in order]
+            ends[f"{end}_errors"] = [errors[i] for i in order]
+            ends[f"{end}_vectors"] = [vectors[i].detach() for i in order if i < len(vectors)]
+        min_abs = {"min_abs": None, "min_abs_error": None}
+        if request.min_abs:
+            tol, smallest, largest = request.tol, self.min_abs, self.scale
+            min_abs = {
+                "min_abs_resolved": smallest > tol * largest
+                and self.min_abs_error <= tol * smallest,
+                "condition_number": magnitude_ratio(largest, smallest, atol=tol * largest),
+            }
+        return replace(
+            self,
+            top=ends["top"],
+            bottom=ends["bottom"],
+            top_errors=ends["top_errors"],
+            bottom_errors=ends["bottom_errors"],
+            vectors=ends["top_vectors"] + ends["bottom_vectors"],
+            neighbours=[vector.detach() for vector in self.neighbours],
+            max=ends["top"][0] if ends["top"] else None,
+            min=ends["bottom"][0] if ends["bottom"] else None,
+            method=request.method,
+            hvp=request.hvp,
+            num_hvps=num_hvps,
+            **min_abs,
         )
 
     def as_dict(self) -> dict[str, float]:

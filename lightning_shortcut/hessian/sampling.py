@@ -176,7 +176,7 @@ def _chunk_quotients(operator: HessianOperator, vectors: Sequence[Tensor], num_c
             for index, vector in enumerate(vectors):
                 rows[index].append(float(torch.dot(vector, chunk(vector).to(vector))))
         finally:
-            chunk.release()
+            chunk.free_graph()
         sizes.append(chunk.sizes[0])
     return rows, sizes
 

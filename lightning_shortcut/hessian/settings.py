@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal
 
+import torch
 from torch import Tensor
 
 from lightning_shortcut.hessian._validation import (
@@ -23,8 +25,11 @@ from lightning_shortcut.hessian._validation import (
     check_non_negative_int,
     check_positive_int,
 )
+from lightning_shortcut.hessian.linear_operator import LinearOperator, NonFiniteProductError
 from lightning_shortcut.hessian.params import ParamsSpec, check_params_spec
+from lightning_shortcut.hessian.results import NON_FINITE, HessianSpectrum
 from lightning_shortcut.hessian.solvers import SOLVERS, SolverSpec
+from lightning_shortcut.hessian.tracking import WarmStart
 
 __all__ = ["HVPS", "MODES", "AllReduce", "HessianSettings", "Hvp", "Mode"]
 
@@ -78,6 +83,7 @@ class HessianSettings:
     min_abs: bool = False
     tol: float = 1e-3
     max_iter: int | None = None
+    #: read-only once the settings are made
     solver_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
     # what comes back besides the values
     stderr: bool | Literal["cold"] = False
@@ -95,7 +101,7 @@ class HessianSettings:
                 f"`solver_options` must be a mapping of option names to values, got "
                 f"{type(options).__name__}."
             )
-        object.__setattr__(self, "solver_options", dict(options))
+        object.__setattr__(self, "solver_options", MappingProxyType(dict(options)))
         solver.check_options(self.solver_options)
         if not (self.stderr is True or self.stderr is False or self.stderr == "cold"):
             raise ValueError(f"`stderr` must be True, False or 'cold', got {self.stderr!r}.")
@@ -152,3 +158,40 @@ class HessianSettings:
         if self.max_iter is not None:
             return self.max_iter
         return 1000 if self.min_abs else 300
+
+    def solve(self, operator: LinearOperator, *, start: WarmStart | None = None) -> HessianSpectrum:
+        """Run the solver on ``operator`` as these settings ask (its generator seeded with
+        ``seed``): the answer :meth:`~lightning_shortcut.hessian.HessianSpectrum.completed`, or NaN
+        values (:meth:`~lightning_shortcut.hessian.HessianSpectrum.nan`) where a product was not
+        finite. The one call of a solver in the engine.
+
+        Raises:
+            ValueError: where ``top_k`` or ``bottom_k`` is above the operator's dimension.
+            RuntimeError: where the solver returns another number of values than asked.
+        """
+        for name, count in (("top_k", self.top_k), ("bottom_k", self.bottom_k)):
+            if count > operator.dim:
+                raise ValueError(
+                    f"`{name}={count}` asks for more eigenvalues than the Hessian has: its "
+                    f"dimension is {operator.dim}."
+                )
+        try:
+            result = self.solver.solve(
+                operator,
+                generator=torch.Generator().manual_seed(self.seed),
+                top_k=self.top_k,
+                bottom_k=self.bottom_k,
+                min_abs=self.min_abs,
+                tol=self.tol,
+                max_iter=self.products_per_run,
+                start=start,
+                **self.solver_options,
+            )
+        except NonFiniteProductError:
+            return HessianSpectrum.nan(self, NON_FINITE, operator.num_products)
+        if (len(result.top), len(result.bottom)) != (self.top_k, self.bottom_k):
+            raise RuntimeError(
+                f"Solver {self.method!r} returned {len(result.top)} top and {len(result.bottom)} "
+                f"bottom values where top_k={self.top_k} and bottom_k={self.bottom_k} were asked."
+            )
+        return result.completed(self, operator.num_products)

@@ -29,14 +29,15 @@ Tensor parallelism and HSDP (2-D meshes) are refused with a message.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from lightning_shortcut.hessian.operator import HessianOperator, LossFn
+from lightning_shortcut.hessian.batches import LossFn
+from lightning_shortcut.hessian.operator import HessianOperator
 from lightning_shortcut.hessian.settings import HessianSettings
 
 __all__ = [
@@ -181,7 +182,7 @@ def _fsdp_unsharded(modules: list[nn.Module]):
         yield
     finally:
         # clear FSDP's per-iteration state, which a forward or backward aborted mid-flight (out
-        # of memory, ...) leaves behind; the operator's release cannot tell that one was
+        # of memory, ...) leaves behind
         for root in roots:
             reset = getattr(root, "reset_iter_state", None)
             if callable(reset):
@@ -308,14 +309,14 @@ class FullyShardedHessianOperator(HessianOperator):
 
     Every rank calls it with its own share of the data and its part of the vector (see
     :class:`ShardLayout`); the product is that of the Hessian of the mean loss over all ranks'
-    samples. The ``fully_shard`` modules are unsharded from construction to :meth:`release`.
+    samples. It is built on the unsharded parameters, inside :func:`unsharded_parameters`.
 
     Args:
         model: the model.
         batches: this rank's batches.
         loss_fn: ``loss_fn(model, batch) -> scalar`` mean loss of a batch.
-        params: the sharded parameters the Hessian is over (accepted by :func:`check_sharding`).
-        modules: the model's ``fully_shard`` modules (:func:`fsdp_modules`).
+        params: the unsharded parameters the Hessian is over (:func:`unsharded_parameters`).
+        layout: where this rank's part of a vector lies (:class:`ShardLayout` of the sharded ones).
         settings: as in :class:`HessianOperator`, with no ``all_reduce`` (products are summed over
             the mesh); finite differences perturb the unsharded copies of the weights, which are
             restored from kept values, and never the shards.
@@ -327,39 +328,25 @@ class FullyShardedHessianOperator(HessianOperator):
         batches: Sequence[Any],
         loss_fn: LossFn,
         params: Sequence[Tensor],
-        modules: Sequence[nn.Module],
+        layout: ShardLayout,
         settings: HessianSettings,
     ) -> None:
-        self._unsharded = ExitStack()
-        unsharded = self._unsharded.enter_context(unsharded_parameters(model, params, modules))
-        self.layout = ShardLayout(params)
-        self.sharded_params = list(params)
-        try:
-            super().__init__(model, batches, loss_fn, unsharded, settings)
-        except BaseException:
-            self._unsharded.close()
-            raise
-        self.local_dim = self.layout.local_dim
+        super().__init__(model, batches, loss_fn, params, settings)
+        self.layout = layout
+        self.local_dim = layout.local_dim
 
     @property
     def sharded(self) -> bool:
         return True
 
-    def _matvec(self, vector: Tensor) -> Tensor:
-        whole = self.layout.gather(vector)
-        total = self._local_sum(whole)
-        flags = self.layout.all_reduce(
-            total.new_tensor([float(sum(self.sizes)), float(self.nonfinite)])
-        )
-        count, self.nonfinite = float(flags[0]), bool(flags[1] > 0)
-        local = self.layout.reduce_scatter(total)
-        if self.nonfinite:
-            return torch.full_like(vector, float("nan"))
-        product = local.div_(count)
-        if self.settings.hvp == "finite_difference" and self.hvp_error is None:
-            wider = self.layout.reduce_scatter(self._local_sum(whole, scale=2.0))
-            self._estimate_error(product, wider.div_(count))
-        return product
+    def _gather(self, vector: Tensor) -> Tensor:
+        return self.layout.gather(vector)
+
+    def _sum_over_processes(
+        self, total: Tensor, count: float, nonfinite: bool
+    ) -> tuple[Tensor, float, bool]:
+        flags = self.layout.all_reduce(total.new_tensor([count, float(nonfinite)]))
+        return self.layout.reduce_scatter(total), float(flags[0]), bool(flags[1] > 0)
 
     def reduce(self, partial: Tensor) -> Tensor:
         return self.layout.all_reduce(partial)
@@ -369,8 +356,3 @@ class FullyShardedHessianOperator(HessianOperator):
 
     def random_vector(self, generator: torch.Generator) -> Tensor:
         return self.layout.random_vector(generator, self.like)
-
-    def release(self) -> None:
-        """Drop the cached first-order graph and reshard the model (restoring its settings)."""
-        super().release()
-        self._unsharded.close()
