@@ -30,11 +30,10 @@ from lightning_shortcut.hessian.linear_operator import (
 from lightning_shortcut.hessian.operator import HessianOperator
 from lightning_shortcut.hessian.optimizers import UnsupportedOptimizerError
 from lightning_shortcut.hessian.overlap import GradientOverlap, gradient_overlap
-from lightning_shortcut.hessian.results import WarmStart
 from lightning_shortcut.hessian.settings import HessianSettings
 from lightning_shortcut.hessian.solvers import SOLVERS, EigenResult, register_solver
 from lightning_shortcut.hessian.spectrum import HessianSpectrum, hessian_eigenvalues
-from lightning_shortcut.hessian.tracking import SpectrumTracker
+from lightning_shortcut.hessian.tracking import SpectrumTracker, WarmStart
 
 __all__ = [
     "SOLVERS",

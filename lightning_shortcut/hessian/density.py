@@ -21,6 +21,7 @@ from lightning_shortcut.hessian.context import hessian_operator, select_paramete
 from lightning_shortcut.hessian.params import ParamsSpec
 from lightning_shortcut.hessian.settings import AllReduce, HessianSettings, Mode
 from lightning_shortcut.hessian.solvers import LanczosProcess
+from lightning_shortcut.hessian.solvers._stopping import INVARIANT
 from lightning_shortcut.hessian.solvers._vectors import random_unit_vector
 
 __all__ = [
@@ -187,7 +188,7 @@ def compute_spectral_density(
             process = LanczosProcess(operator, probe, buffer, no_lock)
             for _ in range(steps):
                 process.step()
-                if process.beta <= 1e-12 * float(process.projected.abs().max()):
+                if process.beta <= INVARIANT * float(process.projected.abs().max()):
                     break  # an invariant subspace: its Ritz values are exact
             values, vectors, _ = process.ritz()
             nodes = torch.full((steps,), math.nan, dtype=torch.float64)

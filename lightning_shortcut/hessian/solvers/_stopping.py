@@ -62,6 +62,7 @@ from lightning_shortcut.hessian.linear_operator import LinearOperator
 from lightning_shortcut.hessian.solvers._vectors import projection_norm, single_thread
 
 __all__ = [
+    "INVARIANT",
     "MIN_PRODUCTS",
     "SEPARATED_MIN_PRODUCTS",
     "SEPARATION",
@@ -107,8 +108,8 @@ WARM_MAX_PRODUCTS = 12
 #: has at least this norm: the inherited evidence is about those directions.
 WARM_MIN_OVERLAP = 0.5
 #: A residual this small relative to ``max|lambda|`` means an invariant subspace: the Ritz values are
-#: eigenvalues.
-_INVARIANT = 1e-12
+#: eigenvalues (every Lanczos process of the engine reads this one threshold).
+INVARIANT = 1e-12
 
 
 class Decision(enum.Enum):
@@ -308,7 +309,7 @@ class StoppingRule:
         """Note what ``check`` shows and decide what the run does next."""
         values, residuals = check.values, check.residuals
         scale = float(values.abs().max())
-        exact = check.whole_space or check.beta <= _INVARIANT * max(scale, 1e-300)
+        exact = check.whole_space or check.beta <= INVARIANT * max(scale, 1e-300)
         if exact:  # an invariant subspace: the Ritz values are eigenvalues
             residuals = torch.zeros_like(residuals)
         top_error, bottom_error = (

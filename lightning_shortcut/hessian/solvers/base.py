@@ -27,8 +27,8 @@ __all__ = ["COMMON_ARGUMENTS", "SOLVERS", "EigenResult", "Solver", "SolverSpec",
 
 EigenResult = HessianSpectrum
 """What a solver returns: :class:`~lightning_shortcut.hessian.HessianSpectrum` itself, under the name
-solvers have always used (one type, one set of field names; ``hessian_eigenvalues`` completes the
-solver's answer in place)."""
+solvers have always used (one type, one set of field names; the caller's result is
+:meth:`~lightning_shortcut.hessian.HessianSpectrum.completed` from the solver's answer)."""
 
 
 class Solver(Protocol):
@@ -81,7 +81,6 @@ class SolverSpec:
     solve: Solver
     supports_min_abs: bool = False
     touches_grads: bool = False
-    description: str = ""
     validate_options: Callable[..., None] | None = None
 
     def check_options(self, options: Mapping[str, Any]) -> None:
@@ -121,7 +120,6 @@ def register_solver(
     *,
     supports_min_abs: bool = False,
     touches_grads: bool = False,
-    description: str = "",
     validate_options: Callable[..., None] | None = None,
 ) -> Callable[[Solver], Solver]:
     """Register a solver under ``name`` (a decorator); an existing name is replaced.
@@ -131,13 +129,12 @@ def register_solver(
         supports_min_abs: whether it computes ``min_abs`` (only such solvers are asked for it).
         touches_grads: whether it calls ``.backward`` (accumulating into ``.grad``); the engine then
             snapshots gradient values around it.
-        description: one line for the docs and error messages.
         validate_options: called with the solver's options (``solver_options``) where they enter,
             before any measurement; raises ``ValueError`` on a bad value.
 
     Example:
         ```python
-        @register_solver("scipy", description="scipy.sparse.linalg.eigsh")
+        @register_solver("scipy")
         def scipy_eigsh(operator, *, generator, top_k, bottom_k, min_abs, tol, max_iter, start):
             ...
             return HessianSpectrum(top=..., bottom=..., top_errors=..., bottom_errors=..., scale=...)
@@ -149,9 +146,7 @@ def register_solver(
         raise ValueError(f"A solver's name must be a non-empty string, got {name!r}.")
 
     def decorator(solve: Solver) -> Solver:
-        SOLVERS[name] = SolverSpec(
-            name, solve, supports_min_abs, touches_grads, description, validate_options
-        )
+        SOLVERS[name] = SolverSpec(name, solve, supports_min_abs, touches_grads, validate_options)
         return solve
 
     return decorator

@@ -49,6 +49,7 @@ from torch import Tensor
 from lightning_shortcut.hessian.linear_operator import LinearOperator, check_finite
 from lightning_shortcut.hessian.results import HessianSpectrum
 from lightning_shortcut.hessian.solvers._stopping import (
+    INVARIANT,
     MIN_PRODUCTS,
     Assessment,
     Check,
@@ -245,7 +246,7 @@ def _run(
     for products in range(1, rule.max_iter + 1):
         process.step()
         full = process.size == process.capacity or process.size == room
-        invariant = process.beta <= 1e-10 * float(process.projected.abs().max())
+        invariant = process.beta <= INVARIANT * float(process.projected.abs().max())
         if not (full or invariant or products == rule.max_iter or _check_now(process.size)):
             continue
         values, vectors, residuals = process.ritz()
@@ -301,7 +302,6 @@ def _space(operator: LinearOperator, host_basis: bool) -> LinearOperator:
 @register_solver(
     "lanczos",
     supports_min_abs=True,
-    description="thick-restart Lanczos with full reorthogonalization and locking (the default)",
     validate_options=check_options,
 )
 def lanczos(
@@ -346,11 +346,19 @@ def lanczos(
     result = HessianSpectrum()
     top_vectors: list[Tensor] = []
     bottom_vectors: list[Tensor] = []
-    locked = 0
-    runs = 0
+    locked = runs = 0
+    every: list[tuple[float, float, Tensor]] = []  # the locked eigenpairs (value, error, vector)
     while runs == 0 or len(result.top) < top_k or len(result.bottom) < bottom_k:
         want_top, want_bottom = len(result.top) < top_k, len(result.bottom) < bottom_k
-        if operator.dim - locked <= 0:
+        if operator.dim - locked <= 0:  # every eigenpair is locked: each end takes from them all
+            ordered = sorted(every, key=lambda pair: pair[0])
+            tops, bottoms = ordered[::-1][:top_k], ordered[:bottom_k]
+            result.top, result.top_errors, top_vectors = (
+                list(part) for part in zip(*tops, strict=True)
+            )
+            result.bottom, result.bottom_errors, bottom_vectors = (
+                list(part) for part in zip(*bottoms, strict=True)
+            )
             break
         first = runs == 0
         ends = Ends(
@@ -402,6 +410,7 @@ def lanczos(
             result.top.append(run.largest)
             result.top_errors.append(assessment.top_error)
             top_vectors.append(run.ritz_vector("top", out=found[locked]))
+            every.append((run.largest, assessment.top_error, top_vectors[-1]))
             locked += 1
         if want_bottom:
             result.bottom.append(run.smallest)
@@ -410,15 +419,16 @@ def lanczos(
                 run.ritz_vector("bottom", out=found[locked] if lock_bottom else None)
             )
             locked += lock_bottom
+            if lock_bottom:
+                every.append((run.smallest, assessment.bottom_error, bottom_vectors[-1]))
         if first:  # the neighbours of the extremes, carried forward for the next warm start
             columns, result.frontiers = carried_forward(
                 run.values, top=ends.top, bottom=ends.bottom
             )
             result.neighbours = [run.process.ritz_vector(run.coordinates[:, i]) for i in columns]
-    result.vectors = top_vectors + bottom_vectors
-    if operator is not given:  # the vectors returned are in the given operator's space
-        for vectors in (result.vectors, result.neighbours):
-            vectors[:] = [vector.to(given.like) for vector in vectors]
+    # the vectors returned are in the given operator's space
+    result.vectors = [vector.to(given.like) for vector in top_vectors + bottom_vectors]
+    result.neighbours = [vector.to(given.like) for vector in result.neighbours]
     return result
 
 

@@ -76,7 +76,7 @@ def _shifted_power_iteration(
     return theta, vector, residual, False
 
 
-@register_solver("power", description="power iteration on A +- s I with deflation (a baseline)")
+@register_solver("power")
 def power_iteration(
     operator: LinearOperator,
     *,

@@ -153,7 +153,6 @@ def _flat(vectors: list[Tensor], like: Tensor) -> Tensor:
 @register_solver(
     "pyhessian",
     touches_grads=True,
-    description="pyhessian 0.1's power iteration on shifted losses, wrapped (a baseline)",
 )
 def pyhessian_power_iteration(
     operator: LinearOperator,
