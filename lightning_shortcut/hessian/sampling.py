@@ -1,32 +1,20 @@
 """The Hessian batch's sampling error: how much an eigenvalue owes to the choice of samples.
 
-Every measurement takes the Hessian of the mean loss over a fixed sample of the data (the *Hessian
-batch*). A different sample of the same size gives a different Hessian, and a different
-``lambda_max``. :func:`rayleigh_stderr` estimates that spread at the returned eigenvector ``v``: the
-Hessian batch's ``n`` samples are split into ``m`` chunks, each chunk's Rayleigh quotient
-``q_c = v^T H_c v`` is computed (``H_c`` the Hessian of the chunk's mean loss), and the standard
-error of the full batch's ``q = sum_c n_c q_c / n`` follows from their spread, as in cluster sampling:
+A different sample of the same size gives a different Hessian and a different ``lambda_max``.
+:func:`rayleigh_stderr` estimates that spread at the returned eigenvector ``v``: the Hessian batch's
+``n`` samples are split into ``m`` chunks, each chunk's Rayleigh quotient ``q_c = v^T H_c v`` is
+computed, and the standard error of ``q = sum_c n_c q_c / n`` follows as in cluster sampling:
 
     stderr(q)^2 = m / (m - 1) * sum_c (n_c / n)^2 (q_c - q)^2
 
-(``std(q_c) / sqrt(m)`` for equal chunks). By the envelope theorem, ``lambda_max`` of a resampled
-batch moves to first order as ``v^T H v`` does at the fixed ``v``, so this is the standard error of
-the reported eigenvalue over Hessian batches of the same size drawn from the same data (the
-selection bias of a maximum, which makes ``lambda_max`` of a small batch too large on average, is
-not included). It needs a loss that is a mean over samples: in ``mode="eval"`` every standard loss
-is; BatchNorm in train mode couples the samples of a batch, and the callers do not report it there.
-Cost: where every batch splits into equal chunks and ``chunks * parameters`` is at most
-:data:`VMAP_MAX_ENTRIES`, the chunks' products are taken in one pass, ``torch.func.vmap`` over the
-chunks of a forward-over-reverse product (:func:`_vmapped_quotients`); it holds a gradient and a
-tangent per chunk (``2 m`` parameter-sized tensors), hence the cap. Otherwise, and when the model
-or loss cannot be vmapped (a ``RuntimeError`` of ``torch.func``: data-dependent control flow,
-``.item()``, in-place updates of captured tensors; a warning says so), each chunk builds its own first-order graph and takes one product per vector: a gradient
-and a product on the whole batch per vector, plus the overhead of ``m`` small passes instead of one
-large one. Measured on 1 CPU thread, both ends' vectors, 16 chunks: the 16-unit digits MLP on 256
-samples, 0.059 s vmapped against 0.218 s in a loop of chunks (3.7x; one graph and two products
-take 0.026 s); the MNIST-shaped MLP 0.146 against 0.424 s; the conv recipe model on 64 samples,
-where products are compute-bound, 8.6 against 6.2 s (vmapped convolutions are slower on the CPU).
-The two ways agree to 1e-6 relative.
+By the envelope theorem ``lambda_max`` of a resampled batch moves to first order as ``v^T H v`` does
+at the fixed ``v`` (the selection bias of a maximum is not included). It needs a loss that is a
+mean over samples (``mode="eval"``). Where every batch splits into equal chunks and
+``chunks * parameters`` is at most :data:`VMAP_MAX_ENTRIES`, the chunks' products are one
+``torch.func.vmap`` pass of a forward-over-reverse product (:func:`_vmapped_quotients`); otherwise,
+and where ``torch.func`` cannot run the model (a ``RuntimeError``: ``.item()``, data-dependent
+control flow; a warning says so), each chunk builds its own graph. Both give the same numbers; what
+each costs: the docs' engine page, "The sampling error of the Hessian batch".
 """
 
 from __future__ import annotations
@@ -164,8 +152,8 @@ def _vmapped_quotients(operator: HessianOperator, vectors: Sequence[Tensor], num
     except RuntimeError as error:  # what torch.func cannot vmap (.item(), data-dependent flow)
         warnings.warn(
             f"The sampling error's chunks could not be vmapped ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}); their products are taken chunk "
-            "by chunk (slower, the same values).",
+            f"{str(error)[:100]}...); their products are taken chunk by chunk (slower, the same "
+            "values).",
             UserWarning,
             stacklevel=2,
         )

@@ -1,29 +1,18 @@
 """Hessian-vector products of a model sharded by FSDP2 (``fully_shard``), with sharded vectors.
 
 Under ``fully_shard`` each parameter is a ``DTensor`` whose rows are split over the ranks of a
-device mesh; forward and backward all-gather the rows into plain tensors and free them again.
-Gradients with respect to the sharded parameters do not exist in autograd (FSDP moves them by
-hooks: with respect to them ``torch.autograd.grad`` finds nothing, and products taken that way are
-zero), so a product by double backward differentiates the *unsharded* parameters. For the length
-of a measurement every ``fully_shard`` module is unsharded once, with resharding and gradient
-reduction off (the graph of the first derivatives must stay valid for every product: a reshard
-after the first backward frees the tensors it saved); afterwards FSDP's per-iteration state is
-reset (``reset_iter_state``), every module is resharded and its settings are restored. FSDP2 has
-setters for these settings but no getters, so they are read from, and restored into, its private
-state (``post_forward_mesh_info``, ``reshard_after_backward``, ``reduce_grads``,
-``all_reduce_grads`` of each parameter group), as in torch 2.14; the tests check the restoration.
+device mesh. Gradients with respect to the sharded parameters do not exist in autograd (FSDP moves
+them by hooks), so a product by double backward differentiates the *unsharded* parameters: for the
+length of a measurement every ``fully_shard`` module is unsharded once, with resharding and gradient
+reduction off (the first-order graph must stay valid for every product), then FSDP's per-iteration
+state is reset, every module resharded and its settings restored from, and into, FSDP2's private
+state (it has setters but no getters; as in torch 2.14, the tests check the restoration).
 
-The solver's vectors stay sharded like the parameters: each rank holds its rows of every
-parameter, flattened in the order of the parameters. A product all-gathers the vector (one
-collective), takes this rank's ``sum_b n_b H_b v`` over its share of the data and reduce-scatters
-it (one collective); inner products and norms are sums over the ranks. The solver's memory per rank
-(``max_basis`` vectors, Ritz and warm-start vectors) is then about ``1 / world_size`` of a single
-process's; a product still needs two full-length vectors and, as every double backward does, the
-unsharded parameters and the first-order graph on every rank.
-
-Supported: every parameter the Hessian is over is a ``DTensor`` sharded on dim 0 over one 1-D
-mesh (plain FSDP2, as Lightning's ``ModelParallelStrategy`` sets it up with ``fully_shard``).
-Tensor parallelism and HSDP (2-D meshes) are refused with a message.
+The solver's vectors stay sharded like the parameters (:class:`ShardLayout`): a product all-gathers
+the vector, takes this rank's ``sum_b n_b H_b v`` and reduce-scatters it; inner products and norms
+are sums over the ranks, so the solver's memory per rank falls with their number. Supported: every
+parameter a ``DTensor`` sharded on dim 0 over one 1-D mesh (plain FSDP2, as Lightning's
+``ModelParallelStrategy`` sets it up); tensor parallelism and HSDP are refused with a message.
 """
 
 from __future__ import annotations

@@ -2,50 +2,24 @@
 
 :class:`StoppingRule` owns the whole decision: the error bounds of the extreme Ritz values, the
 evidence that they are the spectrum's extremes, the resolution of ``min_abs`` and both limits
-(``max_iter``, and a warm run's product budget). The solver steps the Lanczos process and hands the
-rule what each check shows (:class:`Check`: Ritz values and residuals); the rule answers with an
-:class:`Assessment` whose :class:`Decision` the solver follows.
+(``max_iter``, and a warm run's product budget). The solver hands it what each check shows
+(:class:`Check`) and follows the :class:`Decision` of its :class:`Assessment`.
 
-A run stops once every wanted value's error bound is within ``tol * max|lambda|`` *and* the run has
-evidence that no eigenvalue lies beyond the extreme Ritz values (a small residual says an eigenvalue
-is near a Ritz value, not that it is the extreme one). The evidence differs by how the run started.
-
-**Cold runs** (a random start vector) pay a floor of :data:`MIN_PRODUCTS` products and stop only
-once the wanted extremes have moved by at most ``tol * max|lambda|`` since the run had half its
-products (:func:`settled`): a Krylov space that has doubled without finding anything beyond. A
-random start holds about ``1 / sqrt(dim)`` of every eigenvector; a Krylov space of a few vectors has
-not yet amplified the far end of a spectrum dominated by one outlier, although its Ritz value there
-may already have a small residual. A run that wants the top alone may stop from
-:data:`SEPARATED_MIN_PRODUCTS` on where the top Ritz value stands :data:`SEPARATION` tolerances above
-the next one (:meth:`StoppingRule.floor`): what the floor guards against at the top is a cluster
-whose hidden member lies just above the returned one, and a cluster shows as Ritz values close
-together. The bottom end keeps the full floor: at a trained network's far end, the edge of a dense
-bulk near zero, the Ritz values of the unresolved bulk stand apart as if separated (with the
-separated floor at both ends, 4 of 10 calls on a trained MLP returned the bulk's edge for its
-smallest eigenvalue at ``tol = 1e-3``, none with the full floor).
-
-**Warm runs** (started from a previous measurement's eigenvectors,
-:class:`~lightning_shortcut.hessian.tracking.RunStart`) do not owe the cold floor. The previous
-measurement was itself certified (by a cold run, or by a chain of warm runs that goes back to one),
-so the start holds a large share of the direction that was extreme a few optimizer steps ago.
-Lanczos' error in the extreme Ritz value decays with the start's component ``c`` along the extreme
-eigenvector as ``tan^2(angle) = (1 - c^2) / c^2`` times a Chebyshev factor that falls with every
-product; the cold floor pays for ``c ~ 1 / sqrt(dim)``, and a warm start with ``c`` of order one
-does not owe it. A warm run may therefore stop from :data:`WARM_MIN_PRODUCTS` products on, once its
-ends have moved by at most ``tol * max|lambda|`` over the last two products, under two conditions
-(:meth:`WarmEvidence.covers`): the returned Ritz vector lies mostly in the directions the start
-inherited (a projection of norm at least :data:`WARM_MIN_OVERLAP`: if the run converged to
-something else, the previous certification says nothing about it), and no extreme has retreated
-past its *frontier* by more than half of ``tol * max|lambda|`` (if the tracked eigenvalues fell
-below the values the start carried, others can be on top now without any crossing: members of a
-tight cluster that stayed while the tracked ones fell).
-
-A warm run that fails either condition once it has converged, or has not stopped by
-:func:`warm_limit` products, is *given up* and the solver runs it again cold, from a random start
-(going on under the cold rule from the warm start is not the same: a start that holds mostly the
-inherited directions amplifies the others slowly, and on the digits recipe such a run settled 2.2%
-below the top at ``tol = 1e-2``). A warm run therefore never returns a value that neither the warm
-evidence nor a cold run vouches for. A ``min_abs`` run is always cold.
+A run stops once every wanted value's error bound (:func:`error_bound`) is within
+``tol * max|lambda|`` *and* the run has evidence that no eigenvalue lies beyond the extreme Ritz
+values (a small residual says an eigenvalue is near a Ritz value, not that it is the extreme one);
+the why and the measurements behind each constant: the docs' engine page, "The safeguards" and
+"Warm starts along training". **Cold runs** pay a floor of :data:`MIN_PRODUCTS` products (a run for
+a separated top alone :data:`SEPARATED_MIN_PRODUCTS`, :meth:`StoppingRule.floor`) and stop once the
+wanted extremes have moved by at most ``tol * max|lambda|`` since the run had half its products
+(:func:`settled`): a Krylov space that has doubled without finding anything beyond. **Warm runs**
+(started from a previous measurement's certified eigenvectors,
+:class:`~lightning_shortcut.hessian.tracking.RunStart`) inherit that evidence: from
+:data:`WARM_MIN_PRODUCTS` on they stop once their ends have settled over two products, if the
+returned vectors lie mostly in the inherited directions and no extreme has retreated past its
+frontier (:meth:`WarmEvidence.covers`); one that converges onto anything else, or has not stopped by
+:func:`warm_limit` products, is *given up* and run again cold, so a warm run never returns a value
+that neither the warm evidence nor a cold run vouches for. A ``min_abs`` run is always cold.
 """
 
 from __future__ import annotations
@@ -246,7 +220,10 @@ def settled(
 
 
 def error_bound(residual: float, gap: float) -> float:
-    """Kato-Temple where the gap is reliable (larger than the residual), else the residual."""
+    """A bound on a Ritz value's error: its residual ``rho`` (an eigenvalue lies within ``rho``),
+    tightened by Kato-Temple to ``rho^2 / gap`` where the gap to the next Ritz value (less that
+    one's residual) is reliable, larger than ``rho`` (Parlett, The Symmetric Eigenvalue Problem,
+    ch. 10-11)."""
     return min(residual, residual**2 / gap) if gap > residual else residual
 
 
@@ -378,8 +355,10 @@ class StoppingRule:
 def min_abs_estimate(projected: Tensor, beta: float) -> tuple[float, float] | None:
     """``(sigma, error)``: the Rayleigh-Ritz estimate of ``min|lambda|`` through ``A^2`` and a bound.
 
-    ``sigma`` is an upper bound on ``min|lambda|``; ``sigma - error`` a lower bound (see the
-    Lanczos module's docstring).
+    With ``A V_{m-1} = V_m G`` (``G``: ``T``'s first ``m - 1`` columns and the residual norm), the
+    smallest singular value ``sigma`` of ``G`` is the Rayleigh-Ritz value of ``A^2``, an upper bound
+    on ``min|lambda|``; ``G`` gives ``A^2 y`` exactly, hence its residual and :func:`error_bound`,
+    and ``sigma - error`` is a lower bound.
     """
     size = projected.shape[0]
     if size < 2:

@@ -1,42 +1,18 @@
 """Thick-restart Lanczos with full reorthogonalization, error bounds and locking.
 
-Memory is bounded: the basis holds at most ``max_basis`` vectors. When it is full, the Ritz vectors
-nearest the wanted ends are kept and the rest dropped (thick restart: Wu and Simon, "Thick-restart
-Lanczos method for large symmetric eigenvalue problems", SIAM J. Matrix Anal. Appl. 22, 2000; the
-scheme of TRLan and, in Krylov-Schur form, ARPACK's successors). With full reorthogonalization the
-projected matrix ``T = V^T A V`` is kept dense, which covers the arrowhead a restart leaves.
-Besides the basis a call holds the product being taken (the operator's graph and temporaries) and,
-at its end, the Ritz vectors it returns, formed after the operator's graph is freed (the docs'
-engine page, "Memory", gives the formula); with ``host_basis=True`` the vectors live in host memory.
+Memory is bounded: the basis holds at most ``max_basis`` vectors; when it is full, the Ritz vectors
+nearest the wanted ends are kept and the rest dropped (thick restart: Wu and Simon, SIAM J. Matrix
+Anal. Appl. 22, 2000, the scheme of TRLan). With full reorthogonalization ``T = V^T A V`` is kept
+dense, which covers the arrowhead a restart leaves. Besides the basis a call holds the product being
+taken and, at its end, the Ritz vectors it returns, formed after the operator's graph is freed (the
+docs' engine page, "Memory"); with ``host_basis=True`` the vectors live in host memory.
 
-Stopping rule: ``tol`` bounds the *error of the returned eigenvalues*, relative to ``max|lambda|``.
-For a Ritz pair ``(theta, y)`` with residual ``rho = ||A y - theta y||`` there is an eigenvalue within
-``rho`` of ``theta``; once the neighbouring Ritz value ``theta'`` (residual ``rho'``) is separated from
-it (``|theta - theta'| - rho' > rho``), the Kato-Temple inequality tightens this to
-``rho^2 / (|theta - theta'| - rho')`` (Parlett, "The Symmetric Eigenvalue Problem", ch. 10-11). Both
-assume, as every Krylov method must, that no eigenvalue beyond the extreme Ritz values is missing from
-the Krylov space; in a cluster of eigenvalues closer together than ``tol * max|lambda|``, or at the
-edge of a dense bulk (a trained network's smallest eigenvalue next to thousands near zero), a
-neighbour of the wanted one may be returned in its place. The bound is reported per value and the run
-stops as soon as every requested value is within ``tol * max|lambda|`` and the run has the evidence
-that the extremes are the spectrum's: a cold run after ``MIN_PRODUCTS`` products (a run for a top
-that stands apart after ``SEPARATED_MIN_PRODUCTS``), a run warm-started from a previous measurement's
-eigenvectors after as few as ``WARM_MIN_PRODUCTS``. This module steps the process; one rule decides
-at each check whether it goes on, stops or gives up
-(:class:`~lightning_shortcut.hessian.solvers._stopping.StoppingRule`, the warm rule's stop side
-included; its start side: :mod:`~lightning_shortcut.hessian.tracking`).
-
-The smallest ``|eigenvalue|`` is found through ``A^2``: with ``A V_{m-1} = V_m G`` (``G`` is ``T``'s
-first ``m - 1`` columns), the smallest singular value ``sigma`` of ``G`` is the Rayleigh-Ritz value of
-``A^2`` (``sigma >= min|lambda|``), and ``T`` with the residual norm gives ``A^2 y`` exactly, hence
-its residual and the same two bounds. Finding the smallest magnitude is an interior problem, which
-thick restarts serve poorly (kept Ritz vectors of ``A`` lose the directions near zero), so a run that
-wants ``min_abs`` does not restart: its basis grows, by doubling, up to ``max_iter`` vectors.
-``min_abs`` is *resolved* when its error is at most
-``tol * sigma`` (so the condition number is right to about ``tol``); it is *below resolution* as soon
-as ``sigma <= tol * max|lambda|``: the operator is singular to within the tolerance, and the
-condition number is reported as ``inf`` (at least ``1 / tol``) instead of a number that would only
-echo ``tol``.
+This module steps the process; one rule bounds the values' errors and decides at each check whether
+the run goes on, stops or is given up (:mod:`~lightning_shortcut.hessian.solvers._stopping`). The
+smallest ``|eigenvalue|`` is an interior problem, which thick restarts serve poorly (kept Ritz vectors
+of ``A`` lose the directions near zero), so a run that wants ``min_abs`` does not restart: its basis
+grows, by doubling, up to ``max_iter`` vectors (the estimate through ``A^2``:
+:func:`~lightning_shortcut.hessian.solvers._stopping.min_abs_estimate`).
 """
 
 from __future__ import annotations
@@ -209,25 +185,13 @@ def _restart_coordinates(
 
 @dataclass
 class _Run:
-    """One Lanczos run's end: its basis (``process``), the Ritz values and coordinates of its last
-    check (``values`` ascending, ``coordinates`` their columns) and the rule's last assessment.
-
-    The caller forms only the Ritz vectors it keeps, each one parameter-sized vector, and may free
-    memory first.
-    """
+    """A run's end: its basis, its last check's Ritz values (ascending) and coordinates (columns)
+    and the rule's assessment; the caller forms the Ritz vectors it keeps, after freeing memory."""
 
     process: LanczosProcess
     values: Tensor
     coordinates: Tensor
     assessment: Assessment
-
-    @property
-    def largest(self) -> float:
-        return float(self.values[-1])
-
-    @property
-    def smallest(self) -> float:
-        return float(self.values[0])
 
     def ritz_vector(self, end: str, out: Tensor | None = None) -> Tensor:
         """The unit Ritz vector of the largest value (``end="top"``) or the smallest
@@ -299,11 +263,7 @@ def _space(operator: LinearOperator, host_basis: bool) -> LinearOperator:
     return HostMemorySpace(operator, home)
 
 
-@register_solver(
-    "lanczos",
-    supports_min_abs=True,
-    validate_options=check_options,
-)
+@register_solver("lanczos", supports_min_abs=True, validate_options=check_options)
 def lanczos(
     operator: LinearOperator,
     *,
@@ -375,13 +335,9 @@ def lanczos(
         inherited = orthonormal_rows(operator, plan.vectors) if plan else None
         # each start is written into the basis' first row, where the run's first step puts it:
         # no vector beside the basis is held through the run
-        if inherited is not None:
-            warm = (plan.vectors, plan.weights, plan.noise)
-            rule = StoppingRule(
-                ends, tol, max_iter, operator, WarmEvidence(inherited, plan.frontiers)
-            )
-        else:
-            warm, rule = (), StoppingRule(ends, tol, max_iter, operator)
+        evidence = None if inherited is None else WarmEvidence(inherited, plan.frontiers)
+        warm = () if inherited is None else (plan.vectors, plan.weights, plan.noise)
+        rule = StoppingRule(ends, tol, max_iter, operator, evidence)
         begin = buffer[0].copy_(start_vector(operator, generator, against, *warm))
         run = _run(operator, begin, buffer, against, rule)
         given_up = run.assessment.decision is Decision.GIVE_UP
@@ -407,20 +363,20 @@ def lanczos(
         if len(result.top) + want_top >= top_k and len(result.bottom) + want_bottom >= bottom_k:
             operator.free_graph()  # the last run: no more products; its vectors are formed below
         if want_top:
-            result.top.append(run.largest)
+            result.top.append(float(run.values[-1]))
             result.top_errors.append(assessment.top_error)
             top_vectors.append(run.ritz_vector("top", out=found[locked]))
-            every.append((run.largest, assessment.top_error, top_vectors[-1]))
+            every.append((result.top[-1], assessment.top_error, top_vectors[-1]))
             locked += 1
         if want_bottom:
-            result.bottom.append(run.smallest)
+            result.bottom.append(float(run.values[0]))
             result.bottom_errors.append(assessment.bottom_error)
             bottom_vectors.append(
                 run.ritz_vector("bottom", out=found[locked] if lock_bottom else None)
             )
             locked += lock_bottom
             if lock_bottom:
-                every.append((run.smallest, assessment.bottom_error, bottom_vectors[-1]))
+                every.append((result.bottom[-1], assessment.bottom_error, bottom_vectors[-1]))
         if first:  # the neighbours of the extremes, carried forward for the next warm start
             columns, result.frontiers = carried_forward(
                 run.values, top=ends.top, bottom=ends.bottom
