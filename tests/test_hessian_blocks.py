@@ -340,3 +340,23 @@ def test_as_dict_names_every_block():
         for k in range(2)
         for key in ("max_eigenvalue", "min_eigenvalue", "top_1", "top_2")
     }
+
+
+def test_errors_about_params_name_the_parameters_and_never_print_tensors():
+    model, data = _mlp()
+    params = [model[0].weight, model[0].bias]
+    with pytest.raises(
+        ValueError, match=r"Block 'b' is empty.*params=\['0.weight', '0.bias'\]"
+    ) as info:
+        block_eigenvalues(model, data, params=params, blocks={"a": "0", "b": "2"})
+    assert "tensor(" not in str(info.value)
+    spectrum = hessian_eigenvalues(model, data, params=params)
+    for call in (
+        lambda: block_profile(model, spectrum, "modules"),
+        lambda: gradient_overlap(model, data, spectrum=spectrum, params=[model[2].weight]),
+    ):
+        with pytest.raises(ValueError, match="params the spectrum was measured with") as info:
+            call()
+        assert "tensor(" not in str(info.value)
+    with pytest.raises(ValueError, match=r"params=\['2.weight'\]"):
+        gradient_overlap(model, data, spectrum=spectrum, params=[model[2].weight])

@@ -27,7 +27,7 @@ from lightning_shortcut.hessian.linear_operator import (
     MatrixOperator,
     ScaledOperator,
 )
-from lightning_shortcut.hessian.operator import HessianOperator
+from lightning_shortcut.hessian.operator import HessianOperator, HessianView
 from lightning_shortcut.hessian.optimizers import UnsupportedOptimizerError
 from lightning_shortcut.hessian.overlap import GradientOverlap, gradient_overlap
 from lightning_shortcut.hessian.settings import HessianSettings
@@ -45,6 +45,7 @@ __all__ = [
     "HessianOperator",
     "HessianSettings",
     "HessianSpectrum",
+    "HessianView",
     "LambdaOperator",
     "LinearOperator",
     "MatrixOperator",
