@@ -175,7 +175,7 @@ def block_eigenvalues(
         max_iter: products per eigenvalue run of a block (default 300).
         seed: seed of every block's private generator for start vectors.
         mode: ``"eval"`` or ``"train"``.
-        all_reduce: sum across processes for distributed data (one packed tensor per step).
+        all_reduce: sum across processes for distributed data (one packed tensor per product).
         solver_options: extra keyword arguments for the solver (e.g. ``{"max_basis": 10}``); the
             call's extra memory is about ``max_basis`` vectors of the largest block.
         hvp: ``"autograd"`` only (block products are restricted double backwards; finite

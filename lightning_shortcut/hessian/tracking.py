@@ -1,33 +1,19 @@
 """Warm starts, the start side: the vectors a measurement leaves, what each run starts from, and
 the tracker that makes them along training.
 
-A warm run starts from the eigenvectors of the previous measurement at nearby weights (plus a random
-part, :data:`WARM_START_NOISE`), so it holds a large share of the directions that were extreme a few
-optimizer steps ago; when it may stop, and when it is given up and run again cold, is the stop side
-of the [warm rule][warm-rule] (the docs' engine page), decided with every other stop by the solvers'
-stopping rule. Here: the start vectors as a structured type (:class:`WarmStart`), which of them each
-locking run of the Lanczos solver starts from and with which frontiers (:func:`run_start`), the
-neighbours a measurement carries forward (:func:`carried_forward`) and the tracker's policy of audits
-and back-off (:class:`SpectrumTracker`).
-
-**Neighbours come along.** The start inherits more than the extreme eigenvectors: the Ritz vectors
-next to each extreme (:data:`WARM_NEIGHBOURS` of them, at weight :data:`WARM_NEIGHBOUR_WEIGHT`) come
-along, so that eigenvalues of a cluster at an end that trade places between measurements (a crossing
-among the top few, common along training) are all in the start, and the Krylov space resolves which
-is now the largest within a few products. The *frontier* of an end is the lowest top-side value (the
-highest bottom-side one) among the vectors the start inherits, as the previous measurement found
-them: a warm run whose extreme retreats past it may not stop warm.
-
-**Crossings are audited, give-ups backed off.** What no single warm run can see is an eigenvalue
-crossing: an eigenvector nearly orthogonal to the previous extreme one rising above it between two
-measurements. The start holds little of it (only the random part), so a short warm run follows the
-old branch. :class:`SpectrumTracker` therefore makes every ``audit_every``-th measurement cold, so a
-crossing is caught within ``audit_every`` measurements; a changed parameter set, a failed
-measurement or a resumed run also start cold. Where the warm rule keeps giving warm runs up (a tight
-cluster whose members trade places, common with SGD and momentum, or a spectrum that moves far
-between measurements), a warm attempt costs its products on top of the cold run that replaces it:
-after a given-up attempt the tracker measures cold for 1, then 2, 4, ... measurements (at most
-``audit_every``) before it tries again; a warm run that stops warm ends the back-off.
+A warm run starts from the previous measurement's eigenvectors at nearby weights, plus the Ritz
+vectors next to each extreme (:data:`WARM_NEIGHBOURS` at weight :data:`WARM_NEIGHBOUR_WEIGHT`, so
+that members of a cluster that trade places are all in the start) and a random part
+(:data:`WARM_START_NOISE`). When it may stop, and when it is given up and run again cold, is the
+stop side of the [warm rule][warm-rule], decided with every other stop by the solvers' stopping
+rule. Here: the start vectors as a type (:class:`WarmStart`), which of them each locking run of the
+Lanczos solver starts from and with which frontiers (:func:`run_start`), the neighbours a
+measurement carries forward (:func:`carried_forward`), and the tracker's policy
+(:class:`SpectrumTracker`): every ``audit_every``-th measurement is cold, so an eigenvalue crossing
+that no warm run can see (an eigenvector nearly orthogonal to the tracked one rising above it) is
+caught; after a warm run given up, measurements are cold for 1, 2, 4, ... (at most
+``audit_every``) before the next warm attempt. Why and what it costs: the docs' engine page, "Warm
+starts along training".
 """
 
 from __future__ import annotations

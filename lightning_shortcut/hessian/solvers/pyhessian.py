@@ -1,22 +1,16 @@
 """The ``method="pyhessian"`` solver: pyhessian 0.1's power iteration, wrapped so it has no side effects.
 
-pyhessian calls ``.backward(create_graph=True)`` (graph-holding ``.grad``), calls ``model.eval()``
-and never restores train mode, and draws start vectors from the global RNG. Here it runs inside
-:func:`~lightning_shortcut.hessian.context.hessian_context` with gradients cloned (it is
-registered with ``touches_grads=True``), so none of that
-survives the call, and it sees a stand-in module whose output is our loss, so any ``loss_fn`` and
-parameter subset work.
-
-What it computes, honestly: pyhessian's ``eigenvalues`` is power iteration for the eigenvalue of
-largest *magnitude*, stopped when the Rayleigh quotient changes by less than ``tol`` relative. To get
-the algebraic ends we run it on shifted losses ``L +- s/2 ||theta - theta_0||^2`` (Hessian
-``H +- s I``, ``s = 1.1 * max|lambda|`` from a first unshifted run). pyhessian has no bottom-end
-solver of its own; this shift is ours. Its stopping rule can stop early with large errors (on the
-paper's symmetric ``+-sigma`` spectrum the Rayleigh quotient does not change at all between
-iterations), so ``converged`` is judged afterwards by our residual ``||H v - theta v||`` on the
-vectors it returns (one extra product each). The values reported are the Rayleigh quotients of those
-vectors from the same product: pyhessian's own values are biased, because its ``normalization``
-divides by ``||v|| + 1e-6``, a relative error of about ``2e-6 / ||H v||``.
+pyhessian calls ``.backward(create_graph=True)``, calls ``model.eval()`` and never restores train
+mode, and draws start vectors from the global RNG; here it runs inside the engine's guarded context
+with gradients cloned (it is registered with ``touches_grads=True``) and sees a stand-in module
+whose output is our loss, so any ``loss_fn`` and parameter subset work. pyhessian's ``eigenvalues``
+is power iteration for the eigenvalue of largest *magnitude*, stopped when the Rayleigh quotient
+changes by less than ``tol``; the algebraic ends come from shifted losses
+``L +- s/2 ||theta - theta_0||^2`` (``H +- s I``, ``s = 1.1 max|lambda|``; the shift is ours).
+Its rule can stop early with large errors (on the paper's ``+-sigma`` spectrum the quotient never
+moves), so ``converged`` is judged by our residual ``||H v - theta v||`` of its vectors (one product
+each), whose Rayleigh quotients are the values reported (pyhessian's own divide by
+``||v|| + 1e-6``).
 """
 
 from __future__ import annotations
