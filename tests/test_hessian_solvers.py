@@ -1,5 +1,8 @@
 """The eigensolvers on plain symmetric matrices, against torch.linalg.eigvalsh."""
 
+import copy
+import pickle
+
 import pytest
 import torch
 
@@ -181,3 +184,5 @@ def test_solver_options_are_read_only_once_validated():
     with pytest.raises(TypeError):
         settings.solver_options["max_basis"] = 2
     assert settings.solve(MatrixOperator(_matrix([3.0, 1.0, -2.0, 0.5]))).converged
+    for copied in (copy.deepcopy(settings), pickle.loads(pickle.dumps(settings))):
+        assert copied == settings and dict(copied.solver_options) == {"max_basis": 8}

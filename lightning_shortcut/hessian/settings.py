@@ -11,7 +11,8 @@ the solvers' call) reads that one object.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from functools import partial
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -144,6 +145,11 @@ class HessianSettings:
         check_float("tol", self.tol, low=0.0, high=1.0, include_low=False, include_high=False)
         if self.max_iter is not None:
             check_positive_int("max_iter", self.max_iter)
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        # copied and pickled as the keywords that make it (a read-only mapping does not pickle)
+        made = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        return partial(HessianSettings, **made | {"solver_options": dict(self.solver_options)}), ()
 
     @property
     def fixed_seed(self) -> int | None:
