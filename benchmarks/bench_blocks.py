@@ -22,8 +22,9 @@ Then one round of products on its own: the ``B`` products ``H_bb v_b`` through t
 (restricted double backwards) against ``B`` whole products ``H v``, in milliseconds.
 
 What it shows (one thread of a shared 2-core CPU, torch 2.14.1, December 2026; the tables are in
-docs/blocks.md): ``blocks`` costs what ``per_block`` costs on one batch and about half of it on
-4 batches. Against ``whole`` a per-block measurement costs 2.3-4.1 times more. No GPU was lent:
+docs/blocks.md): ``blocks`` is 1.06-1.12 times faster than ``per_block`` on one batch and 2.7-3.3
+times on 4 batches (the threaded lockstep it replaced: 0.92 and 1.85-2.19 in the same conditions).
+Against ``whole`` a per-block measurement costs 2.6-4.9 times more on one batch. No GPU was lent:
 ``--device cuda`` is unmeasured.
 
 Run: ``python benchmarks/bench_blocks.py [--threads 1] [--repeats 3] [--models digits_mlp]``.
