@@ -167,6 +167,8 @@ def test_a_view_is_the_diagonal_block_of_the_dense_hessian(batches):
             assert torch.allclose(view(vector), dense @ vector, atol=1e-10)
     assert len(forwards) == batches  # each batch's graph built once and kept
     settings = HessianSettings(hvp="finite_difference")
-    with hessian_operator(model, (x, y), None, settings) as operator:
-        with pytest.raises(ValueError, match="A view takes its products by double backward"):
-            operator.view(block)
+    with (
+        hessian_operator(model, (x, y), None, settings) as operator,
+        pytest.raises(ValueError, match="A view takes its products by double backward"),
+    ):
+        operator.view(block)
