@@ -124,9 +124,12 @@ def hessian_eigenvalues(
             the wrong size, ``stderr=True`` in train mode or with a ``transform``, or a
             ``transform`` that is not callable, changes the size or goes to a solver that runs on
             the model (the options are checked by
-            :class:`~lightning_shortcut.hessian.HessianSettings` before anything is computed).
+            :class:`~lightning_shortcut.hessian.HessianSettings` before anything is computed), or
+            ``top_k`` or ``bottom_k`` above the number of parameters (where only their sum is,
+            every eigenvalue is returned and the ends share them).
         TypeError: on an option of the wrong type (a count that is not an int, ``min_abs`` not
             a bool, ...).
+        RuntimeError: where a registered solver returns another number of values than asked.
 
     Example:
         ```python
