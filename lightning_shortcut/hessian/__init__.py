@@ -1,10 +1,5 @@
-"""The Hessian spectrum engine: plain PyTorch functions, no Lightning required.
-
-The callbacks in :mod:`lightning_shortcut.callbacks` only schedule, gather data and log; everything
-numerical lives here (the torchmetrics pattern of a thin class over functional code). Operators
-(:mod:`~lightning_shortcut.hessian.linear_operator`, :class:`HessianOperator`) are separate from the
-solvers (:mod:`~lightning_shortcut.hessian.solvers`, one registry :data:`SOLVERS`).
-"""
+"""The Hessian spectrum engine: plain PyTorch functions, no Lightning required (the callbacks only
+schedule, gather data and log)."""
 
 from lightning_shortcut.hessian.batches import cross_entropy_loss
 from lightning_shortcut.hessian.block_params import resolve_blocks

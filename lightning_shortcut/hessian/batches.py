@@ -22,11 +22,8 @@ _PASS_LOSS_FN = (
 
 
 def cross_entropy_loss(model: nn.Module, batch: Any) -> Tensor:
-    """The default loss: cross-entropy of ``model(inputs)`` against ``targets``.
-
-    Raises:
-        ValueError: if ``batch`` is not an ``(inputs, targets, ...)`` tuple or list of tensors.
-    """
+    """The default loss: cross-entropy of ``model(inputs)`` against ``targets`` (``ValueError`` on
+    a batch that is not ``(inputs, targets, ...)`` tensors)."""
     if not (
         isinstance(batch, tuple | list)
         and len(batch) >= 2
@@ -78,11 +75,8 @@ def _is_single_batch(data: Any) -> bool:
 
 
 def normalize_batches(data: Any) -> list[Any]:
-    """One batch ``(inputs, targets)`` (or a dict) or an iterable of batches, as a list of batches.
-
-    Raises:
-        ValueError: if there is no batch or a batch holds no tensor.
-    """
+    """One batch (a tuple of tensors or a dict) or an iterable of batches, as a list of batches
+    (``ValueError`` if there is none or one holds no tensor)."""
     if isinstance(data, Tensor):
         raise ValueError(
             "`data` must be a batch such as (inputs, targets) or an iterable of batches, got a "

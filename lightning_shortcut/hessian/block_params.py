@@ -1,10 +1,4 @@
-"""Which parameters each block holds: ``blocks=`` resolved and checked against the model.
-
-A *block* is a named group of parameters: a residual unit, a top-level module, or any group a
-callable returns. :func:`resolve_blocks` turns the ways of naming them (:data:`BlocksSpec`) into
-``name -> parameters``, refusing, where they are given and naming them, blocks that overlap, are
-empty or match nothing.
-"""
+"""Which parameters each block holds: ``blocks=`` resolved and checked against the model."""
 
 from __future__ import annotations
 
@@ -32,7 +26,6 @@ BlocksSpec = (
 
 
 def _declared_blocks(model: nn.Module, blocks: BlocksSpec) -> Mapping[Any, Any]:
-    """The blocks as named members, before they are checked against the model."""
     if blocks == "residual":
         declared = {
             name or type(model).__name__: list(module.branch_parameters())
@@ -65,7 +58,6 @@ def _declared_blocks(model: nn.Module, blocks: BlocksSpec) -> Mapping[Any, Any]:
 
 
 def _members(model: nn.Module, block: str, members: Any, names: Mapping[int, str]) -> list[Tensor]:
-    """The parameters ``members`` name, each checked to be one of ``model``'s."""
     if isinstance(members, str | Tensor | nn.Module):
         members = [members]
     elif not isinstance(members, Iterable):
@@ -113,17 +105,15 @@ def resolve_blocks(
 ) -> dict[str, list[Tensor]]:
     """The blocks as ``name -> parameters``, checked against ``model``, in the order given.
 
-    Only parameters of the Hessian (``params``, resolved as
-    :func:`~lightning_shortcut.hessian.hessian_eigenvalues` does: by default every parameter that
-    requires grad) are kept. A residual unit or a top-level module left with none of them is left
-    out; a block you named yourself is refused.
+    Only the parameters of the Hessian (``params``, as in
+    :func:`~lightning_shortcut.hessian.hessian_eigenvalues`) are kept; a residual unit or module
+    left with none is left out, a block you named yourself is refused.
 
     Args:
         model: the model.
-        blocks: ``"residual"``, ``"modules"``, a mapping ``name -> members`` or a callable
-            ``model -> mapping`` (:data:`BlocksSpec`); members are parameter or module names,
-            parameters, modules or iterables of these.
-        params: the parameters the Hessian is taken over (as in ``hessian_eigenvalues``).
+        blocks: a :data:`BlocksSpec`; members are parameter or module names, parameters, modules or
+            iterables of these.
+        params: the parameters the Hessian is taken over.
 
     Returns:
         ``name -> parameters``, each parameter once.

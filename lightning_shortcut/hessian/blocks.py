@@ -1,19 +1,6 @@
-"""Where the curvature lives: the Hessian's diagonal blocks and the extreme eigenvectors' profile.
-
-:func:`block_eigenvalues` finds the extreme eigenvalues of each diagonal block ``H_bb`` of the loss
-Hessian (the curvature of the loss when only block ``b`` moves; the blocks:
-:func:`~lightning_shortcut.hessian.resolve_blocks`), all blocks in one measurement;
-:func:`block_profile` says how the extreme eigenvectors of the whole Hessian (a
-:class:`~lightning_shortcut.hessian.HessianSpectrum`'s) are spread over the blocks.
-
-One measurement builds one Hessian operator over all the blocks' parameters, which keeps the
-first-order graph of every batch, and runs the registered solver on each block's view of it
-(:meth:`~lightning_shortcut.hessian.HessianOperator.view`) in turn: each run is the run a
-whole-model measurement of the block makes, with its own error bounds and stopping rule, and each
-product is a double backward from the block's gradient to the block's parameters, which visits only
-the part of the graph between them. Each batch's forward and first backward are made once per
-measurement, for all blocks.
-"""
+"""Where the curvature lives: the eigenvalues of the Hessian's diagonal blocks
+(:func:`block_eigenvalues`) and the extreme eigenvectors' spread over blocks (:func:`block_profile`).
+How a measurement runs: the docs' blocks page."""
 
 from __future__ import annotations
 
@@ -30,7 +17,7 @@ from torch import Tensor, nn
 from lightning_shortcut.hessian.batches import LossFn
 from lightning_shortcut.hessian.block_params import BlocksSpec, resolve_blocks
 from lightning_shortcut.hessian.context import hessian_operator, select_parameters
-from lightning_shortcut.hessian.params import ParamsSpec, describe_params, resolve_params
+from lightning_shortcut.hessian.params import ParamsSpec, check_vector_size, resolve_params
 from lightning_shortcut.hessian.results import HessianSpectrum
 from lightning_shortcut.hessian.settings import AllReduce, HessianSettings, Hvp, Mode
 from lightning_shortcut.hessian.solvers import SOLVERS
@@ -55,10 +42,8 @@ class BlockSpectra(Mapping[str, HessianSpectrum]):
     """The extreme eigenvalues of each diagonal block of a loss Hessian: a mapping ``name ->``
     :class:`~lightning_shortcut.hessian.HessianSpectrum`, in block order.
 
-    Each block's spectrum is what ``hessian_eigenvalues(params=block)`` returns (its errors are
-    relative to the block's own largest magnitude), but that a block whose run did not converge (or
-    met a non-finite product) has NaN values, with ``converged`` ``False`` and its reason; its error
-    bounds are those its run reached (NaN for a non-finite product).
+    Each block's spectrum is what ``hessian_eigenvalues(params=block)`` returns, but that a block
+    whose run did not converge has NaN values (its error bounds are those its run reached).
 
     Attributes:
         spectra: the blocks' spectra by name.
@@ -112,19 +97,12 @@ class BlockSpectra(Mapping[str, HessianSpectrum]):
     def as_dict(self) -> dict[str, float]:
         """Flat ``name -> float`` view for logging: ``block/<name>/max_eigenvalue`` and
         ``block/<name>/min_eigenvalue`` (``top_<i>``/``bottom_<i>`` too where ``k > 1``)."""
-        values: dict[str, float] = {}
-        for name, spectrum in self.spectra.items():
-            prefix = f"block/{name}/"
-            if spectrum.max is not None:
-                values[prefix + "max_eigenvalue"] = float(spectrum.max)
-            if spectrum.min is not None:
-                values[prefix + "min_eigenvalue"] = float(spectrum.min)
-            for end in ("top", "bottom"):
-                if len(getattr(spectrum, end)) > 1:
-                    values.update(
-                        {f"{prefix}{end}_{i}": v for i, v in enumerate(getattr(spectrum, end), 1)}
-                    )
-        return values
+        return {
+            f"block/{name}/{key}": value
+            for name, spectrum in self.spectra.items()
+            for key, value in spectrum.as_dict().items()
+            if key in ("max_eigenvalue", "min_eigenvalue") or key.startswith(("top_", "bottom_"))
+        }
 
 
 def block_eigenvalues(
@@ -148,46 +126,25 @@ def block_eigenvalues(
 ) -> BlockSpectra:
     """The extreme eigenvalues of each diagonal block of the Hessian, all blocks in one measurement.
 
-    Block ``b``'s diagonal block ``H_bb`` is the Hessian of the loss over block ``b``'s parameters
-    with the others held fixed: its eigenvalues say how sharp the loss is where only that block
-    moves. Each block gets the solver run a whole-model measurement over its parameters would make
-    (``hessian_eigenvalues(params=block, seed=seed)``: the same start vector, error bounds and
-    stopping rule, so the same values to rounding), on a view of one Hessian operator over all the
-    blocks (see the module docstring). Side effects: none, as for
-    :func:`~lightning_shortcut.hessian.hessian_eigenvalues`.
-
-    The arguments it shares with ``hessian_eigenvalues`` (``data``, ``loss_fn``, ``params``,
-    ``method``, ``tol``, ``max_iter``, ``seed``, ``mode``, ``all_reduce``, ``solver_options``,
-    ``hvp``) mean what they mean there, so a caller passes the same ones.
+    Block ``b``'s ``H_bb`` is the Hessian of the loss over block ``b``'s parameters with the others
+    held fixed: how sharp the loss is where only that block moves. Each block gets the run
+    ``hessian_eigenvalues(params=block, seed=seed)`` would make (the same values to rounding), on a
+    view of one operator over all the blocks, so each batch's forward is made once. The arguments
+    not listed below mean what they mean for
+    :func:`~lightning_shortcut.hessian.hessian_eigenvalues`; ``tol`` is relative to each block's
+    own largest ``|eigenvalue|``.
 
     Args:
-        model: the model.
-        data: one batch ``(inputs, targets)`` or an iterable of batches (the mean loss over all).
-        loss_fn: ``loss_fn(model, batch) -> scalar`` mean loss of a batch; default: cross-entropy.
-        blocks: ``"residual"`` (default: one block per residual unit, that is per module with a
-            ``branch_parameters()`` method), ``"modules"`` (the top-level modules), a mapping
-            ``name -> members`` or a callable ``model -> mapping``; see :func:`resolve_blocks`.
-        params: the parameters of the Hessian; blocks keep only these (see :func:`resolve_blocks`).
+        blocks: ``"residual"`` (default: one block per module with a ``branch_parameters()``
+            method), ``"modules"``, a mapping ``name -> members`` or a callable; see
+            :func:`resolve_blocks`. Blocks keep only the parameters of ``params``.
         method: a registered solver of the operator (not ``"pyhessian"``, which runs on the model).
-        top_k: largest eigenvalues per block.
-        bottom_k: smallest eigenvalues per block.
-        tol: each block's values are within ``tol`` times the block's largest ``|eigenvalue|``.
-        max_iter: products per eigenvalue run of a block (default 300).
-        seed: seed of every block's private generator for start vectors.
-        mode: ``"eval"`` or ``"train"``.
-        all_reduce: sum across processes for distributed data (one packed tensor per product).
-        solver_options: extra keyword arguments for the solver (e.g. ``{"max_basis": 10}``); the
-            call's extra memory is about ``max_basis`` vectors of the largest block.
-        hvp: ``"autograd"`` only (block products are restricted double backwards; finite
-            differences of gradients would cost two gradients per block and step).
-        products: deprecated, and ignored with a ``FutureWarning``: every product is a
-            restricted double backward (``"vmap"``, batched products of all blocks at once, was
-            2.7-5 times slower per step on the CPU and has no steps to batch now).
+        hvp: ``"autograd"`` only (block products are restricted double backwards).
+        products: deprecated, and ignored with a ``FutureWarning``.
 
     Returns:
-        A :class:`BlockSpectra`: a :class:`~lightning_shortcut.hessian.HessianSpectrum` per block.
-        A block whose run does not converge has NaN values and ``converged`` ``False`` (a caller
-        that logs them should warn).
+        A :class:`BlockSpectra`; a block whose run does not converge has NaN values and
+        ``converged`` ``False`` (a caller that logs them should warn).
 
     Raises:
         ValueError: on bad blocks (see :func:`resolve_blocks`), bad solver arguments or options
@@ -244,13 +201,8 @@ def compute_block_eigenvalues(
     settings: HessianSettings,
     blocks: BlocksSpec = "residual",
 ) -> BlockSpectra:
-    """:func:`block_eigenvalues` with its solver's and operator's options as one
-    :class:`~lightning_shortcut.hessian.HessianSettings` (checked by :func:`check_block_settings`),
-    as the monitor passes its own.
-
-    Raises:
-        ValueError: as :func:`block_eigenvalues`.
-    """
+    """:func:`block_eigenvalues` with its options as one
+    :class:`~lightning_shortcut.hessian.HessianSettings`; raises as it does."""
     check_block_settings(settings)
     selection = select_parameters(model, settings, unsharded_only="block_eigenvalues")
     chosen = resolve_blocks(model, blocks, selection.params)
@@ -277,14 +229,12 @@ def compute_block_eigenvalues(
 class BlockProfile:
     """How the extreme eigenvectors of the Hessian are spread over blocks.
 
-    Each share is the block's part of the eigenvector's squared norm, so the shares of a vector sum
-    to one; the parameters of the Hessian that are in no block share :data:`REST` (present only
-    where the blocks leave some out).
+    A share is the block's part of the eigenvector's squared norm (the shares sum to one); the
+    parameters in no block share :data:`REST`.
 
     Attributes:
-        top: each block's share of the top eigenvector (of the largest eigenvalue); ``None``
-            where the spectrum has none (``top_k = 0`` or a failed measurement).
-        bottom: the same for the bottom eigenvector (of the smallest eigenvalue).
+        top: each block's share of the top eigenvector; ``None`` where the spectrum has none.
+        bottom: the same for the bottom eigenvector.
     """
 
     top: dict[str, float] | None
@@ -309,14 +259,12 @@ def block_profile(
 ) -> BlockProfile:
     """Each block's share of the squared norm of ``spectrum``'s top and bottom eigenvectors.
 
-    Cheap (no product): the vectors a measurement returns, summed by block. A top eigenvector that
-    lives in a few blocks says the sharpest direction is there.
+    Cheap (no product): the returned vectors, summed by block.
 
     Args:
         model: the model ``spectrum`` was measured on.
         spectrum: a result of :func:`~lightning_shortcut.hessian.hessian_eigenvalues` on ``model``.
-        blocks: how to cut the parameters into blocks (as :func:`resolve_blocks`; default: the
-            residual units, as :func:`block_eigenvalues`).
+        blocks: as for :func:`resolve_blocks` (default: the residual units).
         params: the ``params`` the spectrum was measured with (default: all trainable).
 
     Returns:
@@ -337,14 +285,7 @@ def block_profile(
     resolved = resolve_blocks(model, blocks, params)
     owner = {id(param): name for name, block in resolved.items() for param in block}
     dim = sum(param.numel() for param in chosen)
-    for vector in spectrum.vectors:
-        if vector.numel() != dim:
-            raise ValueError(
-                f"The spectrum's vectors have {vector.numel()} entries but the parameters "
-                f"(params={describe_params(params, model)}) of {type(model).__name__} have {dim}: "
-                "pass the params the spectrum was measured with (under fully_shard, profiles are "
-                "not available)."
-            )
+    check_vector_size(spectrum.vectors, dim, params, model)
     labels = [owner.get(id(param), REST) for param in chosen]
     sizes = [param.numel() for param in chosen]
     top = bottom = None

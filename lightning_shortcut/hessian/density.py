@@ -1,9 +1,5 @@
-"""Hessian trace (Hutchinson) and spectral density (stochastic Lanczos quadrature).
-
-pyhessian users expect both; pyhessian 0.1's ``density()`` calls the removed ``torch.eig`` and fails
-on current PyTorch. Same guarantees as :func:`~lightning_shortcut.hessian.hessian_eigenvalues`: no
-side effects, private RNG.
-"""
+"""Hessian trace (Hutchinson) and spectral density (stochastic Lanczos quadrature), without side
+effects (pyhessian 0.1's ``density()`` calls the removed ``torch.eig``)."""
 
 from __future__ import annotations
 
@@ -169,9 +165,8 @@ def compute_spectral_density(
     num_probes: int = 1,
     num_steps: int = 64,
 ) -> SpectralDensity:
-    """:func:`spectral_density` with the operator's options (``params``, ``mode``, ``seed``,
-    ``all_reduce``, ``hvp``) as one :class:`~lightning_shortcut.hessian.HessianSettings`, as the
-    monitor passes its own; the probes' start vectors come from ``settings.seed``."""
+    """:func:`spectral_density` with the operator's options as one
+    :class:`~lightning_shortcut.hessian.HessianSettings`."""
     check_positive_int("num_probes", num_probes)
     check_positive_int("num_steps", num_steps)
     selection = select_parameters(model, settings, unsharded_only="spectral_density")
@@ -191,14 +186,8 @@ def compute_spectral_density(
                 if process.beta <= INVARIANT * float(process.projected.abs().max()):
                     break  # an invariant subspace: its Ritz values are exact
             values, vectors, _ = process.ritz()
-            nodes = torch.full((steps,), math.nan, dtype=torch.float64)
-            weights = torch.zeros(steps, dtype=torch.float64)
-            nodes[: values.numel()] = values
-            weights[: values.numel()] = vectors[0] ** 2
-            all_nodes.append(nodes)
-            all_weights.append(weights)
-    nodes = torch.stack(all_nodes)
-    weights = torch.stack(all_weights)
-    # Unused slots (an invariant subspace reached early) carry zero weight; park them on a node.
-    nodes = torch.where(torch.isnan(nodes), nodes.nan_to_num(0.0), nodes)
+            unused = (0, steps - values.numel())  # an invariant subspace reached early: weight 0
+            all_nodes.append(torch.nn.functional.pad(values, unused))
+            all_weights.append(torch.nn.functional.pad(vectors[0] ** 2, unused))
+    nodes, weights = torch.stack(all_nodes), torch.stack(all_weights)
     return SpectralDensity(nodes, weights, operator.num_products, time.perf_counter() - start)

@@ -1,11 +1,6 @@
-"""``edge_of_stability``: how close an optimizer's step is to the edge of stability, for any model.
-
-Gradient descent on a quadratic is stable only while ``lr * lambda_max < 2`` (Cohen et al., ICLR
-2021); for momentum, Nesterov and Adam the constant and the step differ (see
-:mod:`lightning_shortcut.hessian.optimizers`). This function reads the optimizer's current learning
-rates and state and reports the ratio to the edge (1.0 is the edge) and the learning rate that would
-put the run exactly there.
-"""
+"""``edge_of_stability``: how close an optimizer's step is to the edge of stability (Cohen et al.,
+ICLR 2021: gradient descent on a quadratic is stable while ``lr * lambda_max < 2``; other
+optimizers: :mod:`lightning_shortcut.hessian.optimizers`)."""
 
 from __future__ import annotations
 
@@ -35,22 +30,21 @@ class EdgeOfStability:
     """An optimizer's distance to the edge of stability.
 
     Attributes:
-        stability: the largest eigenvalue of the step-preconditioned Hessian ``D^1/2 (H + W) D^1/2``
-            divided by the optimizer's threshold constant: below 1 a step is stable on the local
-            quadratic, above 1 it is not. ``nan`` where unavailable (see ``reason``).
-        max_stable_lr: the first parameter group's learning rate at which ``stability`` would be 1,
-            every group's learning rate scaled alike.
+        stability: the largest eigenvalue of ``D^1/2 (H + W) D^1/2`` (the step-preconditioned
+            Hessian) over the optimizer's threshold: a step is stable on the local quadratic below
+            1. ``nan`` where unavailable (see ``reason``).
+        max_stable_lr: the first group's learning rate at which ``stability`` would be 1 (every
+            group's scaled alike).
         preconditioned_max_eigenvalue: the largest eigenvalue of ``D^1/2 (H + W) D^1/2``.
         threshold: the optimizer's constant (2 for SGD, ``(2 + 2 b1) / (1 - b1)`` for Adam, ...).
         lr: the first group's current learning rate.
         optimizer: the optimizer's class name.
-        error: a bound on the error of ``stability`` (from the eigenvalue's error bound); ``nan``
-            where ``hessian_max_eigenvalue`` was given, whose error is not known here.
-        spectrum: the eigenvalue run's result (``None`` where no run was needed or possible); the
-            products, convergence and warm start below are its.
+        error: a bound on the error of ``stability``; ``nan`` where ``hessian_max_eigenvalue``
+            was given.
+        spectrum: the eigenvalue run's result (``None`` where no run was made).
         seconds: wall time.
-        before_first_step: ``stability`` is ``nan`` because an adaptive optimizer has no state
-            yet (it has taken no step): expected at the start of training.
+        before_first_step: ``stability`` is ``nan`` because an adaptive optimizer has taken no
+            step yet.
     """
 
     stability: float
@@ -71,8 +65,7 @@ class EdgeOfStability:
 
     @property
     def converged(self) -> bool:
-        """Whether the eigenvalue met the tolerance (``False`` before an adaptive optimizer's
-        first step)."""
+        """Whether the eigenvalue met the tolerance (``False`` before the first step)."""
         return self.spectrum.converged if self.spectrum is not None else not self.before_first_step
 
     @property
@@ -97,8 +90,7 @@ class EdgeOfStability:
 
     @property
     def tracking_vectors(self) -> WarmStart:
-        """The eigenvalue run's vectors and values, to pass as ``start`` next time (empty when no
-        run was made)."""
+        """The run's vectors and values, to pass as ``start`` next time (empty without a run)."""
         return WarmStart() if self.spectrum is None else self.spectrum.tracking_vectors
 
     def as_dict(self) -> dict[str, float]:
@@ -126,23 +118,15 @@ def edge_of_stability(
 ) -> EdgeOfStability:
     """The stability ratio of ``optimizer``'s next step on the Hessian of ``model``'s loss.
 
-    With SGD (any momentum, Nesterov, coupled weight decay) and one learning rate for every
-    parameter, the ratio is ``lr * (lambda_max + wd) / c``: pass the Hessian's ``lambda_max`` as
-    ``hessian_max_eigenvalue`` (from :func:`~lightning_shortcut.hessian.hessian_eigenvalues` on the
-    same data and parameters) and it costs nothing, else one eigenvalue run. Adam, AdamW, RMSprop and
-    unequal groups cost one eigenvalue run on the preconditioned operator.
-
-    The arguments not listed below are those of
-    :func:`~lightning_shortcut.hessian.hessian_eigenvalues`.
+    With SGD (any momentum, Nesterov, coupled weight decay) and one learning rate, the ratio is
+    ``lr * (lambda_max + wd) / c``: free given ``hessian_max_eigenvalue``, else one eigenvalue run.
+    Adam, AdamW, RMSprop and unequal groups cost one run on the preconditioned operator. The
+    arguments not listed below are those of :func:`~lightning_shortcut.hessian.hessian_eigenvalues`.
 
     Args:
-        model: the model.
-        data: the batch or batches, as for ``hessian_eigenvalues``.
         optimizer: the optimizer, or several (the one holding the Hessian's parameters is used).
-        loss_fn: as for ``hessian_eigenvalues``.
-        params: the parameters, as for ``hessian_eigenvalues`` (all trainable ones by default).
-        hessian_max_eigenvalue: ``lambda_max`` of the Hessian, if already known (``error`` is
-            then ``nan``: its error is not known here).
+        hessian_max_eigenvalue: ``lambda_max`` of the Hessian on the same data and parameters, if
+            known (``error`` is then ``nan``).
         start: a previous report (or its ``tracking_vectors``) for a warm eigenvalue run (see
             :func:`~lightning_shortcut.hessian.hessian_eigenvalues`).
 
@@ -184,13 +168,8 @@ def compute_edge_of_stability(
     start: EdgeOfStability | WarmStart | None = None,
 ) -> EdgeOfStability:
     """:func:`edge_of_stability` with its options as one
-    :class:`~lightning_shortcut.hessian.HessianSettings` (the monitor passes its own): the
-    eigenvalue run asks for the top eigenvalue alone, whatever ``top_k``, ``bottom_k``,
-    ``min_abs`` and ``stderr`` the settings hold.
-
-    Raises:
-        UnsupportedOptimizerError, ValueError: as :func:`edge_of_stability`.
-    """
+    :class:`~lightning_shortcut.hessian.HessianSettings` (of which the run asks only the top
+    eigenvalue); raises as it does."""
     begin = time.perf_counter()
     settings = replace(settings, top_k=1, bottom_k=0, min_abs=False, stderr=False)
     selection = select_parameters(model, settings)  # sharded or not, decided once

@@ -20,8 +20,7 @@ from lightning_shortcut.hessian.linear_operator import LinearOperator
 from lightning_shortcut.hessian.params import resolve_params
 from lightning_shortcut.hessian.settings import HessianSettings
 
-# the loss, the batch size and the parameters are re-exported for the callbacks, which read them
-# with the operator's names
+# re-exported for the callbacks
 __all__ = [
     "HessianOperator",
     "HessianView",
@@ -35,43 +34,26 @@ __all__ = [
 class HessianOperator(LinearOperator):
     """Products ``H v`` with the Hessian of the size-weighted mean loss over ``batches``.
 
-    ``H = sum_b n_b H_b / sum_b n_b`` where ``H_b`` is the Hessian of batch ``b``'s mean loss, so
-    batches of unequal size give the exact Hessian of the mean over all samples. Products use double
-    backward (``torch.autograd.grad``, never ``.backward``); for a single batch (or with
-    ``keep_graphs``, every batch) the first-order graph is built once and reused until
-    :meth:`free_graph`. :meth:`view` gives the Hessian over some of the parameters, a diagonal
-    block, computed by the same products. Use it where gradients are enabled (not under ``torch.no_grad`` or
-    ``torch.inference_mode``) and, for attention, with the math SDPA backend, which has a double
-    backward; :func:`~lightning_shortcut.hessian.hessian_eigenvalues` arranges both.
-
-    With ``hvp="finite_difference"`` a product is the central difference of gradients
-    ``(g(w + e v) - g(w - e v)) / 2e``, for models or strategies without double backward. The step
-    is ``e = eps^(1/3) (1 + ||w||) / ||v||`` (``eps`` of the parameters' dtype), which balances the
-    difference's truncation error (``O(e^2)``) against the gradients' rounding (``O(eps / e)``):
-    measured on an MLP and a CNN, products within about 5e-5 of the exact ones in float32 and 1e-10
-    in float64. The weights are set from a copy of their values kept for the operator's life
-    (``w + e v``, ``w - e v``, then ``w`` itself), so they are restored bit for bit, never by
-    subtraction. :attr:`hvp_error` estimates the products' relative error from the first product
-    taken again with ``2e`` (``||D(2e) - D(e)|| / ||D(e)||``, about 3 times the error of ``D(e)``
-    where truncation dominates): an estimate, not a bound.
+    ``H = sum_b n_b H_b / sum_b n_b`` (``H_b`` the Hessian of batch ``b``'s mean loss): the exact
+    Hessian of the mean over all samples. Products are double backwards (``torch.autograd.grad``);
+    a single batch's first-order graph (every batch's with ``keep_graphs``) is built once and kept
+    until :meth:`free_graph`. :meth:`view` gives a diagonal block. It needs gradients enabled and,
+    for attention, the math SDPA backend; :func:`~lightning_shortcut.hessian.hessian_eigenvalues`
+    arranges both. With ``hvp="finite_difference"`` a product is the central difference of
+    gradients ``(g(w + e v) - g(w - e v)) / 2e``, the weights restored bit for bit from a kept copy
+    (the step and its error: the docs' engine page, "Finite-difference products").
 
     Args:
         model: the model.
         batches: the batches (see :func:`~lightning_shortcut.hessian.batches.normalize_batches`).
         loss_fn: ``loss_fn(model, batch) -> scalar`` mean loss of the batch.
         params: the parameters the Hessian is taken over (resolved: tensors of ``model``).
-        settings: the :class:`~lightning_shortcut.hessian.HessianSettings` the products follow
-            (default: ``HessianSettings()``); the operator reads its ``hvp`` (``"autograd"``,
-            double backward, exact, or ``"finite_difference"``), its ``all_reduce`` (an
-            in-place-free sum across processes, applied to one packed tensor per product: the
-            local size-weighted sum of products, the sample count and a non-finite flag, so every
-            rank gets the Hessian of the union of the ranks' data) and, in train mode, its
-            ``seed``: the global RNG is seeded with ``seed + b`` before each forward of batch
-            ``b``, so random layers (dropout) use the same masks in every product (the caller
-            restores the global RNG state).
-        keep_graphs: keep every batch's first-order graph, not only a single batch's: its views,
-            measured in turn, then build each batch's graph once (the memory of one batch holding
-            all the samples).
+        settings: the :class:`~lightning_shortcut.hessian.HessianSettings` whose ``hvp``,
+            ``all_reduce`` (one packed sum per product: the local weighted sum, the sample count and
+            a non-finite flag) and, in train mode, ``seed`` (``torch.manual_seed(seed + b)`` before
+            batch ``b``'s forward: the same dropout masks in every product) the products follow.
+        keep_graphs: keep every batch's first-order graph, so that views measured in turn build
+            each batch's graph once.
 
     Attributes:
         hvp_error: with ``hvp="finite_difference"``, the estimated relative error of a product
@@ -109,20 +91,17 @@ class HessianOperator(LinearOperator):
 
     @property
     def fixed_seed(self) -> int | None:
-        """In train mode ``seed``: batch ``b``'s forward follows ``torch.manual_seed(fixed_seed +
-        b)``; ``None`` in eval mode (the global RNG is not touched)."""
+        """``settings.fixed_seed``: the seed of batch 0's forward in train mode, else ``None``."""
         return self.settings.fixed_seed
 
     def on_batches(self, batches: Sequence[Any]) -> HessianOperator:
-        """The operator of the same Hessian (model, loss, parameters, settings) over other batches
-        of this process alone: no sum across processes."""
+        """The same Hessian over other batches of this process alone (no sum across processes)."""
         local = replace(self.settings, all_reduce=None)
         return HessianOperator(self.model, batches, self.loss_fn, self.params, local)
 
     def view(self, params: Sequence[Tensor]) -> HessianView:
-        """The Hessian over ``params`` (some of :attr:`params`, in their order here) with the
-        others held fixed: the diagonal block ``H_SS``, a view that takes its products through this
-        operator (its batches, graphs, weighting and sums across processes).
+        """The diagonal block ``H_SS`` over ``params`` (some of :attr:`params`), its products
+        taken through this operator.
 
         Raises:
             ValueError: on a parameter that is not one of this operator's, or on an operator whose
@@ -157,8 +136,7 @@ class HessianOperator(LinearOperator):
         return [g if g is not None and g.requires_grad else None for g in grads]
 
     def _graph(self, index: int) -> list[Tensor | None]:
-        """Batch ``index``'s first derivatives with their graph: kept while :attr:`keep_graphs`
-        (one batch, or views measured in turn), else built for one product."""
+        """Batch ``index``'s first derivatives with their graph, kept while :attr:`keep_graphs`."""
         if index in self._graphs:
             return self._graphs[index]
         grads = self._gradients(index)
@@ -177,29 +155,23 @@ class HessianOperator(LinearOperator):
         return total
 
     def gradient(self) -> Tensor:
-        """The gradient of the mean loss over every process's samples, flat (NaN where a loss is
-        not finite)."""
+        """The flat gradient of the mean loss over every process's samples (NaN if not finite)."""
         return self._mean(self._gradient_sum())
 
     def _step(self, vector: Tensor) -> float:
-        """The finite-difference step ``eps^(1/3) (1 + ||w||) / ||v||`` (``v`` whole)."""
         weights = math.sqrt(sum(float(w.double().square().sum()) for w in self._weights))
         norm = float(vector.double().norm())
         eps = torch.finfo(self.params[0].dtype).eps
         return eps ** (1 / 3) * (1 + weights) / max(norm, 1e-300)
 
-    def _set_weights(self, vector: Tensor | None, step: float) -> None:
-        with torch.no_grad():
-            if vector is None:
-                for param, saved in zip(self.params, self._weights, strict=True):
-                    param.copy_(saved)  # the kept values: bit for bit
-                return
-            chunks = torch.split(vector, self.numels)
-            for param, saved, chunk in zip(self.params, self._weights, chunks, strict=True):
-                param.copy_(saved + step * chunk.view(param.shape).to(saved))
+    @torch.no_grad()
+    def _set_weights(self, vector: Tensor, step: float) -> None:
+        """``w + step * vector`` from the kept ``w`` (``step=0``: ``w`` bit for bit)."""
+        chunks = torch.split(vector, self.numels)
+        for param, saved, chunk in zip(self.params, self._weights, chunks, strict=True):
+            param.copy_(saved + step * chunk.view(param.shape).to(saved) if step else saved)
 
     def _difference(self, vector: Tensor, scale: float) -> Tensor:
-        """``sum_b n_b (g_b(w + e v) - g_b(w - e v)) / 2e`` with ``e = scale * _step(v)``."""
         if self._weights is None:
             self._weights = [param.detach().clone() for param in self.params]
         step = scale * self._step(vector)
@@ -209,12 +181,11 @@ class HessianOperator(LinearOperator):
             self._set_weights(vector, -step)
             minus = self._gradient_sum()
         finally:
-            self._set_weights(None, 0.0)
+            self._set_weights(vector, 0.0)
         return plus.sub_(minus).div_(2 * step)
 
     def _product(self, grads: list[Tensor | None], vector: Tensor, indices: list[int]) -> Tensor:
-        """One batch's ``H_SS v`` for the parameters ``indices`` (``S``): a double backward from
-        their gradients to them, which visits only the part of the graph between them."""
+        """One batch's ``H_SS v`` for the parameters ``indices``: a double backward."""
         chunks = torch.split(vector, [self.numels[i] for i in indices])
         used = [
             (i, chunk) for i, chunk in zip(indices, chunks, strict=True) if grads[i] is not None
@@ -238,8 +209,7 @@ class HessianOperator(LinearOperator):
         return result
 
     def _local_sum(self, vector: Tensor, indices: list[int], scale: float = 1.0) -> Tensor:
-        """``sum_b n_b H_b vector`` over this process's batches (finite differences: the step times
-        ``scale``, over every parameter)."""
+        """``sum_b n_b H_b vector`` over this process's batches."""
         if self.settings.hvp == "finite_difference":
             return self._difference(vector, scale)
         total = None
@@ -251,8 +221,7 @@ class HessianOperator(LinearOperator):
     def _sum_over_processes(
         self, total: Tensor, count: float, nonfinite: bool
     ) -> tuple[Tensor, float, bool]:
-        """Sum a local total, the sample count and the non-finite flag over processes: one packed
-        ``all_reduce`` (none: this process's data is all of it)."""
+        """A local total, the sample count and the non-finite flag summed over processes."""
         all_reduce = self.settings.all_reduce
         if all_reduce is None:
             return total, count, nonfinite
@@ -260,15 +229,13 @@ class HessianOperator(LinearOperator):
         return packed[:-2], float(packed[-2]), bool(packed[-1] > 0)
 
     def _mean(self, total: Tensor) -> Tensor:
-        """The size-weighted mean over every process's samples of a local sum ``sum_b n_b x_b``:
-        NaN where any process met a non-finite loss."""
+        """The mean over every process's samples of ``sum_b n_b x_b`` (NaN if not finite)."""
         total, count, self.nonfinite = self._sum_over_processes(
             total, float(sum(self.sizes)), self.nonfinite
         )
         return torch.full_like(total, math.nan) if self.nonfinite else total.div_(count)
 
     def _gather(self, vector: Tensor) -> Tensor:
-        """The whole vector from the part this process holds (here the same)."""
         return vector
 
     def product(self, vector: Tensor, indices: list[int]) -> Tensor:
@@ -292,16 +259,14 @@ class HessianOperator(LinearOperator):
         ]
 
     def free_graph(self) -> None:
-        """Drop the kept first-order graphs (and the weights kept for finite differences, which
-        are then the model's own again); the next product, if any, builds them again."""
+        """Drop the kept first-order graphs and finite-difference weights (rebuilt if needed)."""
         self._graphs = {}
         self._weights = None
 
 
 class HessianView(LinearOperator):
-    """The diagonal block ``H_SS`` of a :class:`HessianOperator` over some of its parameters
-    (:meth:`HessianOperator.view`): products through the operator, restricted to ``S``. A solver's
-    ``free_graph`` leaves the operator's graphs to the operator.
+    """The diagonal block ``H_SS`` of a :class:`HessianOperator` (:meth:`HessianOperator.view`);
+    its ``free_graph`` leaves the operator's graphs to the operator.
 
     Attributes:
         operator: the operator it is a view of.

@@ -7,14 +7,11 @@ computed, and the standard error of ``q = sum_c n_c q_c / n`` follows as in clus
 
     stderr(q)^2 = m / (m - 1) * sum_c (n_c / n)^2 (q_c - q)^2
 
-By the envelope theorem ``lambda_max`` of a resampled batch moves to first order as ``v^T H v`` does
-at the fixed ``v`` (the selection bias of a maximum is not included). It needs a loss that is a
-mean over samples (``mode="eval"``). Where every batch splits into equal chunks and
-``chunks * parameters`` is at most :data:`VMAP_MAX_ENTRIES`, the chunks' products are one
-``torch.func.vmap`` pass of a forward-over-reverse product (:func:`_vmapped_quotients`); otherwise,
-and where ``torch.func`` cannot run the model (a ``RuntimeError``: ``.item()``, data-dependent
-control flow; a warning says so), each chunk builds its own graph. Both give the same numbers; what
-each costs: the docs' engine page, "The sampling error of the Hessian batch".
+By the envelope theorem ``lambda_max`` moves to first order as ``v^T H v`` at the fixed ``v``. It
+needs a loss that is a mean over samples (``mode="eval"``). The chunks' products are one
+``torch.func.vmap`` pass where the batches split evenly and fit :data:`VMAP_MAX_ENTRIES`, else (and,
+with a warning, where ``torch.func`` cannot run the model) one graph per chunk: the same numbers
+(costs: the docs' engine page, "The sampling error of the Hessian batch").
 """
 
 from __future__ import annotations
@@ -44,15 +41,12 @@ VMAP_MAX_ENTRIES = 2**24
 
 
 def _has_samples(leaf: Any, size: int) -> bool:
-    """Whether a batch's leaf is a tensor of ``size`` samples (split into chunks)."""
     return isinstance(leaf, Tensor) and leaf.ndim > 0 and len(leaf) == size
 
 
 def split_batch(batch: Any, size: int, pieces: int) -> list[Any]:
-    """Split a batch into ``pieces`` batches of nearly equal size along the sample dimension.
-
-    Tensors whose first dimension is ``size`` are split; every other leaf is shared.
-    """
+    """Split a batch into ``pieces`` of nearly equal size: the tensors whose first dimension is
+    ``size`` are split, every other leaf is shared."""
     bounds = [round(index * size / pieces) for index in range(pieces + 1)]
     return [
         tree_map(
@@ -63,17 +57,6 @@ def split_batch(batch: Any, size: int, pieces: int) -> list[Any]:
         )
         for begin, end in itertools.pairwise(bounds)
         if end > begin
-    ]
-
-
-def _chunks(operator: HessianOperator, num_chunks: int) -> list[Any]:
-    """The operator's batches split into about ``num_chunks`` chunks in all, by size."""
-    return [
-        chunk
-        for batch, size, count in zip(
-            operator.batches, operator.sizes, _chunk_counts(operator, num_chunks), strict=True
-        )
-        for chunk in split_batch(batch, size, count)
     ]
 
 
@@ -90,16 +73,14 @@ class _LossOf(nn.Module):
 
 
 def _chunk_counts(operator: HessianOperator, num_chunks: int) -> list[int]:
-    """How many chunks each of the operator's batches is split into (about ``num_chunks`` in all,
-    by size)."""
+    """Chunks per batch: about ``num_chunks`` in all, by size."""
     total = sum(operator.sizes)
     return [max(1, min(size, round(num_chunks * size / total))) for size in operator.sizes]
 
 
 def _vmapped_quotients(operator: HessianOperator, vectors: Sequence[Tensor], num_chunks: int):
-    """``(quotients, sizes)`` by one vmapped pass per batch and vector, or ``None`` where the
-    batches do not split evenly, the vmapped tensors would pass :data:`VMAP_MAX_ENTRIES` or the
-    model cannot be vmapped."""
+    """``(quotients, sizes)`` by one vmapped pass per batch and vector, or ``None`` where that
+    cannot run."""
     counts = _chunk_counts(operator, num_chunks)
     if any(size % count for size, count in zip(operator.sizes, counts, strict=True)):
         return None
@@ -167,7 +148,9 @@ def _chunk_quotients(operator: HessianOperator, vectors: Sequence[Tensor], num_c
     if vmapped is not None:
         return vmapped
     rows, sizes = [[] for _ in vectors], []
-    for batch in _chunks(operator, num_chunks):
+    counts = _chunk_counts(operator, num_chunks)
+    chunks = zip(operator.batches, operator.sizes, counts, strict=True)
+    for batch in (chunk for args in chunks for chunk in split_batch(*args)):
         chunk = operator.on_batches([batch])  # this rank's chunk: its quotients are summed below
         try:
             for index, vector in enumerate(vectors):

@@ -1,18 +1,12 @@
 """Hessian-vector products of a model sharded by FSDP2 (``fully_shard``), with sharded vectors.
 
-Under ``fully_shard`` each parameter is a ``DTensor`` whose rows are split over the ranks of a
-device mesh. Gradients with respect to the sharded parameters do not exist in autograd (FSDP moves
-them by hooks), so a product by double backward differentiates the *unsharded* parameters: for the
-length of a measurement every ``fully_shard`` module is unsharded once, with resharding and gradient
-reduction off (the first-order graph must stay valid for every product), then FSDP's per-iteration
-state is reset, every module resharded and its settings restored from, and into, FSDP2's private
-state (it has setters but no getters; as in torch 2.14, the tests check the restoration).
-
-The solver's vectors stay sharded like the parameters (:class:`ShardLayout`): a product all-gathers
-the vector, takes this rank's ``sum_b n_b H_b v`` and reduce-scatters it; inner products and norms
-are sums over the ranks, so the solver's memory per rank falls with their number. Supported: every
-parameter a ``DTensor`` sharded on dim 0 over one 1-D mesh (plain FSDP2, as Lightning's
-``ModelParallelStrategy`` sets it up); tensor parallelism and HSDP are refused with a message.
+A product by double backward differentiates the *unsharded* parameters (autograd has no gradients
+of the shards): for a measurement every ``fully_shard`` module is unsharded once, with resharding
+and gradient reduction off, then resharded with its settings restored. The solver's vectors stay
+sharded like the parameters (:class:`ShardLayout`): a product all-gathers the vector and
+reduce-scatters ``sum_b n_b H_b v``; inner products are summed over the ranks. Supported: plain
+FSDP2 (``Shard(0)`` on one 1-D mesh); tensor parallelism and HSDP are refused. More: the docs'
+strategies page.
 """
 
 from __future__ import annotations
@@ -41,8 +35,7 @@ __all__ = [
 
 
 class ShardingError(ValueError):
-    """A sharded model the engine cannot measure as asked (a sharding other than plain FSDP2, or an
-    option that needs whole vectors or gradients); a ``ValueError``."""
+    """A sharded model the engine cannot measure as asked; a ``ValueError``."""
 
 
 def _dtensor_type() -> type | None:
@@ -56,16 +49,9 @@ def _dtensor_type() -> type | None:
 def check_sharding(
     model: nn.Module, params: Sequence[Tensor], modules: Sequence[nn.Module]
 ) -> bool:
-    """Whether the Hessian of ``model`` over ``params`` is taken the ``fully_shard`` way.
-
-    ``True`` when ``model`` has ``fully_shard`` modules (``modules``, from :func:`fsdp_modules`)
-    and every parameter is sharded on dim 0 over one 1-D mesh; ``False`` when it has none and no
-    parameter is a ``DTensor``.
-
-    Raises:
-        ShardingError: for any other sharding (partly sharded parameters, tensor parallelism, HSDP,
-            several meshes), naming the parameter.
-    """
+    """Whether the Hessian over ``params`` is taken the ``fully_shard`` way (``modules`` from
+    :func:`fsdp_modules`); a :class:`ShardingError` naming the parameter for any sharding other
+    than plain FSDP2."""
     names = {id(param): name for name, param in model.named_parameters()}
     dtensor = _dtensor_type()
     if not modules:
@@ -115,15 +101,13 @@ def fsdp_modules(model: nn.Module) -> list[nn.Module]:
 
 
 def reshard(modules: Sequence[nn.Module]) -> None:
-    """Reshard ``fully_shard`` modules (a model's :func:`fsdp_modules`), so that their parameters
-    are the sharded ``DTensor`` s the optimizer steps. A module can be left unsharded by a forward
-    without backward (the root after validation); its next forward all-gathers the same values
-    again."""
+    """Reshard ``fully_shard`` modules, which a forward without backward can leave unsharded."""
     for module in modules:
         module.reshard()
 
 
-# FSDP2 has setters for these settings but no getters: they are read and restored from its state.
+# FSDP2 has setters for these settings but no getters: read and restored from its private state
+# (as in torch 2.14; the tests check the restoration).
 _GROUP_SETTINGS = (
     "post_forward_mesh_info",
     "reshard_after_backward",
@@ -138,8 +122,7 @@ def _param_groups(module: nn.Module) -> list[Any]:
 
 @contextmanager
 def _fsdp_unsharded(modules: list[nn.Module]):
-    """All-gather every module's parameters and keep them: no reshard after forward or backward,
-    no gradient reduction. On exit the modules are resharded and their settings restored."""
+    """All-gather every module's parameters and keep them; resharded and restored on exit."""
     roots = []
     for module in modules:  # outermost first: an initialized root marks the modules inside it
         state = module._get_fsdp_state()
@@ -188,13 +171,8 @@ def _fsdp_unsharded(modules: list[nn.Module]):
 def unsharded_parameters(
     model: nn.Module, params: Sequence[Tensor], modules: Sequence[nn.Module]
 ) -> Iterator[list[Tensor]]:
-    """Unshard ``model``'s ``fully_shard`` modules (``modules``) and yield the unsharded tensor of
-    each of ``params`` (parameters of ``model`` that :func:`check_sharding` accepted), in order;
-    everything is restored on exit.
-
-    Raises:
-        ShardingError: if no ``fully_shard`` module manages a parameter.
-    """
+    """Unshard ``modules`` and yield the unsharded tensor of each of ``params``, restoring all on
+    exit; a :class:`ShardingError` where no ``fully_shard`` module manages a parameter."""
     names = {id(param): name for name, param in model.named_parameters()}
     chosen = [names[id(param)] for param in params]
     with _fsdp_unsharded(list(modules)):
@@ -210,15 +188,9 @@ def unsharded_parameters(
 
 
 class ShardLayout:
-    """Where this rank's part of a flat vector over ``fully_shard`` parameters lies.
-
-    A flat vector is, on each rank, the concatenation of its rows of every parameter, flattened,
-    in the order of the parameters (its ``local_dim`` entries); the whole vector is, parameter by
-    parameter, the ranks' rows in the order of the mesh.
-
-    Args:
-        params: the sharded parameters (``DTensor``, ``Shard(0)`` on one 1-D mesh).
-    """
+    """Where this rank's part of a flat vector over sharded ``params`` lies: its rows of each
+    parameter, in order (``local_dim`` entries); the whole vector is, parameter by parameter, the
+    ranks' rows in mesh order."""
 
     def __init__(self, params: Sequence[Tensor]) -> None:
         mesh = params[0].device_mesh
@@ -239,12 +211,8 @@ class ShardLayout:
         self.local_dim = sum(self.numels[self.rank])
         self.padded = max(sum(counts) for counts in self.numels)
 
-    def _pieces_in_full_order(self) -> list[int]:
-        return [
-            self.numels[rank][index]
-            for index in range(len(self.full_numels))
-            for rank in range(self.world_size)
-        ]
+    def _full_order(self) -> list[tuple[int, int]]:
+        return [(i, r) for i in range(len(self.full_numels)) for r in range(self.world_size)]
 
     def gather(self, local: Tensor) -> Tensor:
         """The whole vector (parameters in order, each as its unsharded flat tensor) on every rank."""
@@ -256,17 +224,11 @@ class ShardLayout:
             torch.split(rows[rank, : sum(counts)], counts)
             for rank, counts in enumerate(self.numels)
         ]
-        return torch.cat(
-            [
-                by_rank[rank][index]
-                for index in range(len(self.full_numels))
-                for rank in range(self.world_size)
-            ]
-        )
+        return torch.cat([by_rank[rank][index] for index, rank in self._full_order()])
 
     def reduce_scatter(self, full: Tensor) -> Tensor:
         """This rank's part of the sum over ranks of ``full`` (a whole vector on each rank)."""
-        pieces = torch.split(full, self._pieces_in_full_order())
+        pieces = torch.split(full, [self.numels[r][i] for i, r in self._full_order()])
         rows = full.new_zeros(self.world_size, self.padded)
         count = len(self.full_numels)
         for rank in range(self.world_size):
@@ -283,8 +245,7 @@ class ShardLayout:
         return summed
 
     def random_vector(self, generator: torch.Generator, like: Tensor) -> Tensor:
-        """This rank's part of a Gaussian vector that is the same for any number of ranks: each
-        parameter's entries are drawn in turn (float64, CPU) and each rank keeps its rows."""
+        """This rank's part of a Gaussian vector that is the same for any number of ranks."""
         parts = []
         for index, numel in enumerate(self.full_numels):
             draw = torch.randn(numel, generator=generator, dtype=torch.float64)
@@ -296,19 +257,10 @@ class ShardLayout:
 class FullyShardedHessianOperator(HessianOperator):
     """:class:`HessianOperator` of a model sharded by ``fully_shard``, on sharded vectors.
 
-    Every rank calls it with its own share of the data and its part of the vector (see
-    :class:`ShardLayout`); the product is that of the Hessian of the mean loss over all ranks'
-    samples. It is built on the unsharded parameters, inside :func:`unsharded_parameters`.
-
-    Args:
-        model: the model.
-        batches: this rank's batches.
-        loss_fn: ``loss_fn(model, batch) -> scalar`` mean loss of a batch.
-        params: the unsharded parameters the Hessian is over (:func:`unsharded_parameters`).
-        layout: where this rank's part of a vector lies (:class:`ShardLayout` of the sharded ones).
-        settings: as in :class:`HessianOperator`, with no ``all_reduce`` (products are summed over
-            the mesh); finite differences perturb the unsharded copies of the weights, which are
-            restored from kept values, and never the shards.
+    Every rank calls it with its own batches and its part of the vector (``layout``); ``params`` are
+    the unsharded parameters (:func:`unsharded_parameters`), ``settings`` have no ``all_reduce``
+    (products are summed over the mesh). The product is the Hessian of the mean over all ranks'
+    samples.
     """
 
     def __init__(

@@ -1,12 +1,7 @@
 """What every eigensolver takes and returns, and the registry that names them.
 
-A solver is one function with one keyword signature::
-
-    solve(operator, *, generator, top_k, bottom_k, min_abs, tol, max_iter, start) -> HessianSpectrum
-
-registered under a name with :func:`register_solver`. :func:`~lightning_shortcut.hessian.hessian_eigenvalues`,
-:class:`~lightning_shortcut.callbacks.HessianEigenvalueMonitor` and argument validation read
-:data:`SOLVERS`, so a registered solver works by name everywhere with no other change.
+A solver is one function with one keyword signature (:class:`Solver`), registered under a name
+with :func:`register_solver`; everything that takes ``method=`` reads :data:`SOLVERS`.
 """
 
 from __future__ import annotations
@@ -26,9 +21,7 @@ __all__ = ["COMMON_ARGUMENTS", "SOLVERS", "EigenResult", "Solver", "SolverSpec",
 
 
 EigenResult = HessianSpectrum
-"""What a solver returns: :class:`~lightning_shortcut.hessian.HessianSpectrum` itself, under the name
-solvers have always used (one type, one set of field names; the caller's result is
-:meth:`~lightning_shortcut.hessian.HessianSpectrum.completed` from the solver's answer)."""
+"""What a solver returns: :class:`~lightning_shortcut.hessian.HessianSpectrum` itself."""
 
 
 class Solver(Protocol):
@@ -57,9 +50,8 @@ class Solver(Protocol):
                 ``supports_min_abs=True`` are asked).
             tol: each returned value should be within ``tol * max|lambda|`` of the truth.
             max_iter: products per eigenvalue run.
-            start: a previous call's eigenvectors and values
-                (:class:`~lightning_shortcut.hessian.WarmStart`), or ``None``; a solver may use or
-                ignore them.
+            start: a previous call's :class:`~lightning_shortcut.hessian.WarmStart`, or ``None``;
+                a solver may ignore it.
 
         Raises:
             NonFiniteProductError: if a product is not finite; the caller reports NaN.
@@ -84,12 +76,8 @@ class SolverSpec:
     validate_options: Callable[..., None] | None = None
 
     def check_options(self, options: Mapping[str, Any]) -> None:
-        """Raise where ``solver_options`` enter: a name the solver does not take, or a value its
-        ``validate_options`` refuses (so nothing fails later, inside a measurement).
-
-        Raises:
-            ValueError: naming the option and what the solver accepts.
-        """
+        """Raise a ``ValueError`` on an option the solver does not take or its
+        ``validate_options`` refuses, naming it and what the solver accepts."""
         parameters = inspect.signature(self.solve).parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
         accepted = sorted(

@@ -1,18 +1,11 @@
 """Thick-restart Lanczos with full reorthogonalization, error bounds and locking.
 
-Memory is bounded: the basis holds at most ``max_basis`` vectors; when it is full, the Ritz vectors
-nearest the wanted ends are kept and the rest dropped (thick restart: Wu and Simon, SIAM J. Matrix
-Anal. Appl. 22, 2000, the scheme of TRLan). With full reorthogonalization ``T = V^T A V`` is kept
-dense, which covers the arrowhead a restart leaves. Besides the basis a call holds the product being
-taken and, at its end, the Ritz vectors it returns, formed after the operator's graph is freed (the
-docs' engine page, "Memory"); with ``host_basis=True`` the vectors live in host memory.
-
-This module steps the process; one rule bounds the values' errors and decides at each check whether
-the run goes on, stops or is given up (:mod:`~lightning_shortcut.hessian.solvers._stopping`). The
-smallest ``|eigenvalue|`` is an interior problem, which thick restarts serve poorly (kept Ritz vectors
-of ``A`` lose the directions near zero), so a run that wants ``min_abs`` does not restart: its basis
-grows, by doubling, up to ``max_iter`` vectors (the estimate through ``A^2``:
-:func:`~lightning_shortcut.hessian.solvers._stopping.min_abs_estimate`).
+The basis holds at most ``max_basis`` vectors; when it is full, the Ritz vectors nearest the wanted
+ends are kept (thick restart: Wu and Simon, SIAM J. Matrix Anal. Appl. 22, 2000), ``T = V^T A V``
+kept dense. The rule that bounds the errors and stops a run is
+:mod:`~lightning_shortcut.hessian.solvers._stopping`. A run that wants ``min_abs``, an interior
+problem that restarts serve poorly, grows its basis instead, up to ``max_iter`` vectors. Memory:
+the docs' engine page, "Memory".
 """
 
 from __future__ import annotations
@@ -48,24 +41,18 @@ __all__ = ["DEFAULT_MAX_BASIS", "MIN_PRODUCTS", "LanczosProcess", "lanczos"]
 
 #: Basis vectors kept by default: the extra memory of a call is about this many parameter vectors.
 DEFAULT_MAX_BASIS = 16
-# Rotating the basis at a restart works on column blocks, so the restart needs no second basis-sized
-# buffer: blocks of at most this many columns, and of at most an eighth of a vector in all where
-# that is more than the least (small problems rotate in one block).
+# A restart rotates the basis by column blocks (no second basis-sized buffer): at most this many
+# columns, and at most an eighth of a vector in all where that is above the least.
 _ROTATE_BLOCK = 1 << 16
 _ROTATE_BLOCK_LEAST = 1 << 12
 
 
 class LanczosProcess:
-    """The Lanczos process with full reorthogonalization on a preallocated, restartable basis.
+    """The Lanczos process with full reorthogonalization on a preallocated basis (``buffer``, rows),
+    orthogonal to the rows of ``locked``, from the unit vector ``start``.
 
-    After each :meth:`step`, ``A V = V T + r e_m^T`` holds with ``V`` = :attr:`basis` (rows),
-    ``T`` = :attr:`projected` and ``r`` = :attr:`residual` (``||r||`` = :attr:`beta`).
-
-    Args:
-        operator: the symmetric operator.
-        start: a unit start vector, orthogonal to ``locked``.
-        buffer: ``capacity x dim`` storage for the basis (reused across runs).
-        locked: rows the process stays orthogonal to (eigenvectors already found).
+    After each :meth:`step`, ``A V = V T + r e_m^T`` holds with ``V`` = :attr:`basis`, ``T`` =
+    :attr:`projected` and ``r`` = :attr:`residual` (``||r||`` = :attr:`beta`).
     """
 
     def __init__(
@@ -90,11 +77,8 @@ class LanczosProcess:
         return self._projected[: self.size, : self.size]
 
     def step(self) -> None:
-        """Add the normalized residual to the basis and apply the operator to it (one product).
-
-        Raises:
-            NonFiniteProductError: if the product is not finite.
-        """
+        """Add the normalized residual to the basis and take its product (a
+        ``NonFiniteProductError`` if not finite)."""
         vector = torch.div(self.residual, self.beta, out=self.buffer[self.size])
         self.residual = None  # now a row of the basis: not held a second time through the product
         self.size += 1
@@ -185,8 +169,7 @@ def _restart_coordinates(
 
 @dataclass
 class _Run:
-    """A run's end: its basis, its last check's Ritz values (ascending) and coordinates (columns)
-    and the rule's assessment; the caller forms the Ritz vectors it keeps, after freeing memory."""
+    """A run's end: its process, last Ritz values (ascending) and coordinates, and assessment."""
 
     process: LanczosProcess
     values: Tensor
@@ -194,8 +177,7 @@ class _Run:
     assessment: Assessment
 
     def ritz_vector(self, end: str, out: Tensor | None = None) -> Tensor:
-        """The unit Ritz vector of the largest value (``end="top"``) or the smallest
-        (``"bottom"``), written into ``out`` where given."""
+        """The unit Ritz vector of the largest (``"top"``) or smallest value, into ``out``."""
         return self.process.ritz_vector(self.coordinates[:, -1 if end == "top" else 0], out)
 
 
@@ -248,18 +230,14 @@ def check_options(max_basis: int = DEFAULT_MAX_BASIS, host_basis: bool = False) 
 
 
 def _host_like(like: Tensor) -> Tensor:
-    """An empty tensor of the dtype and device a basis kept in host memory has."""
     return torch.empty(0, dtype=like.dtype)
 
 
 def _space(operator: LinearOperator, host_basis: bool) -> LinearOperator:
-    """The space the solver's vectors live in: the operator's, or host memory where asked for and
-    the operator's vectors are elsewhere."""
-    if not host_basis:
-        return operator
+    """The space the solver's vectors live in: the operator's, or host memory where asked."""
     home = _host_like(operator.like)
-    if (home.device, home.dtype) == (operator.like.device, operator.like.dtype):
-        return operator  # already there
+    if not host_basis or (home.device, home.dtype) == (operator.like.device, operator.like.dtype):
+        return operator
     return HostMemorySpace(operator, home)
 
 
@@ -284,24 +262,18 @@ def lanczos(
     repeated eigenvalue, so locking one pair per run is what finds multiplicities (at the paper's zero
     point every eigenvalue is repeated ``num_units * width`` times).
 
-    ``start``, a previous call's :class:`~lightning_shortcut.hessian.WarmStart` at nearby weights
-    (:attr:`HessianSpectrum.tracking_vectors`), makes *warm* runs: run ``i`` starts from the
-    ``i``-th top and bottom vectors (the first run also from the neighbours) plus a random part, and
-    may stop after as few as ``WARM_MIN_PRODUCTS`` products where a cold run pays ``MIN_PRODUCTS``;
-    a warm run the rule gives up is run again cold (the rule and why it is safe:
-    :mod:`~lightning_shortcut.hessian.tracking`). A run whose ends the start carries no vectors for
-    (``min_abs``, an end it did not compute) is cold. ``max_iter`` bounds the products of each run;
-    ``max_basis`` the vectors held (``>= 3``), except in the run that finds ``min_abs``, whose basis
-    grows up to ``max_iter`` vectors (see the module docstring). ``host_basis=True`` keeps the basis
-    and every vector the solver holds in host memory where the operator's vectors are on an
-    accelerator (each product's vector and product cross to it and back); it changes nothing for an
-    operator on the CPU. The vectors returned are in the operator's space.
+    ``start`` (:attr:`HessianSpectrum.tracking_vectors` at nearby weights) makes *warm* runs, which
+    start from its vectors plus a random part and may stop earlier; a warm run the rule gives up is
+    run again cold (:mod:`~lightning_shortcut.hessian.tracking`). ``max_iter`` bounds the products
+    of each run; ``max_basis`` the vectors held (``>= 3``; the ``min_abs`` run grows up to
+    ``max_iter``). ``host_basis=True`` keeps the solver's vectors in host memory where the
+    operator's are on an accelerator; the vectors returned are in the operator's space.
     """
     check_options(max_basis, host_basis)
     given, operator = operator, _space(operator, host_basis)
     buffer = _empty(operator, min(max_basis, operator.dim, max_iter + 1))
-    # the eigenvectors found, each written once into its row (the locked rows the later runs stay
-    # orthogonal to are a view of it, not a copy), allocated when the first run has ended
+    # the eigenvectors found, each written once into its row (the locked rows are a view of it),
+    # allocated when the first run has ended
     found = _empty(operator, 0)
     result = HessianSpectrum()
     top_vectors: list[Tensor] = []
@@ -333,8 +305,7 @@ def lanczos(
                 start, len(result.top), len(result.bottom), top=ends.top, bottom=ends.bottom
             )
         inherited = orthonormal_rows(operator, plan.vectors) if plan else None
-        # each start is written into the basis' first row, where the run's first step puts it:
-        # no vector beside the basis is held through the run
+        # each start is written into the basis' first row: no vector beside the basis is held
         evidence = None if inherited is None else WarmEvidence(inherited, plan.frontiers)
         warm = () if inherited is None else (plan.vectors, plan.weights, plan.noise)
         rule = StoppingRule(ends, tol, max_iter, operator, evidence)
@@ -355,9 +326,8 @@ def lanczos(
         result.scale = max(result.scale, assessment.scale)
         if first and min_abs:
             result.min_abs, result.min_abs_error = assessment.min_abs, assessment.min_abs_error
-        lock_bottom = want_bottom and (
-            not want_top or run.process.size > 1
-        )  # one vector: one Ritz vector
+        # a one-vector basis has one Ritz vector: locked once
+        lock_bottom = want_bottom and (not want_top or run.process.size > 1)
         if first and top_k + bottom_k:
             found = _empty(operator, top_k + bottom_k)
         if len(result.top) + want_top >= top_k and len(result.bottom) + want_bottom >= bottom_k:

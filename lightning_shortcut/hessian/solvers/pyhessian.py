@@ -1,16 +1,11 @@
 """The ``method="pyhessian"`` solver: pyhessian 0.1's power iteration, wrapped so it has no side effects.
 
-pyhessian calls ``.backward(create_graph=True)``, calls ``model.eval()`` and never restores train
-mode, and draws start vectors from the global RNG; here it runs inside the engine's guarded context
-with gradients cloned (it is registered with ``touches_grads=True``) and sees a stand-in module
-whose output is our loss, so any ``loss_fn`` and parameter subset work. pyhessian's ``eigenvalues``
-is power iteration for the eigenvalue of largest *magnitude*, stopped when the Rayleigh quotient
-changes by less than ``tol``; the algebraic ends come from shifted losses
-``L +- s/2 ||theta - theta_0||^2`` (``H +- s I``, ``s = 1.1 max|lambda|``; the shift is ours).
-Its rule can stop early with large errors (on the paper's ``+-sigma`` spectrum the quotient never
-moves), so ``converged`` is judged by our residual ``||H v - theta v||`` of its vectors (one product
-each), whose Rayleigh quotients are the values reported (pyhessian's own divide by
-``||v|| + 1e-6``).
+pyhessian calls ``.backward``, ``model.eval()`` and the global RNG: it runs in the engine's guarded
+context with gradients cloned (``touches_grads=True``), on a stand-in module whose output is our
+loss (any ``loss_fn`` and parameters). Its power iteration finds the largest *magnitude*; the
+algebraic ends come from shifted losses ``L +- s/2 ||theta - theta_0||^2`` (``s = 1.1 max|lambda|``).
+Its stopping rule can stop early with large errors, so the values are the Rayleigh quotients of
+its vectors and ``converged`` is judged by their residuals ``||H v - theta v||`` (one product each).
 """
 
 from __future__ import annotations
@@ -30,9 +25,8 @@ from lightning_shortcut.hessian.tracking import WarmStart
 
 
 class _ModelHessian(Protocol):
-    """What the wrapper reads of a model's Hessian (a
-    :class:`~lightning_shortcut.hessian.HessianOperator`, which is not imported: it reads the
-    settings, which read this registry)."""
+    """What the wrapper reads of a :class:`~lightning_shortcut.hessian.HessianOperator` (not
+    imported: the operator reads the settings, which read this registry)."""
 
     model: nn.Module
     loss_fn: Callable[[nn.Module, Any], Tensor]
@@ -62,10 +56,8 @@ class _BatchRef:
 
 
 class _LossModule(nn.Module):
-    """A stand-in "model" whose output is the (shifted) loss and whose parameters are the chosen ones.
-
-    The user's model is held outside the module tree, so pyhessian's ``eval()`` cannot reach it.
-    """
+    """A stand-in "model": its output is the (shifted) loss, its parameters the chosen ones; the
+    user's model is held outside the module tree, out of reach of pyhessian's ``eval()``."""
 
     def __init__(self, operator: _ModelHessian, shift: float) -> None:
         super().__init__()
@@ -121,9 +113,7 @@ def _run_pyhessian(
         param.grad = None  # pyhessian reads .grad after its backward; start clean
     counter = [0]
     default_dtype = torch.get_default_dtype()
-    torch.set_default_dtype(
-        operator.like.dtype
-    )  # pyhessian draws start vectors in the default dtype
+    torch.set_default_dtype(operator.like.dtype)  # pyhessian's start vectors take it
     try:
         with _counting_products(counter):
             if len(refs) == 1:
@@ -140,14 +130,7 @@ def _run_pyhessian(
     return [float(v) for v in eigenvalues], eigenvectors, products
 
 
-def _flat(vectors: list[Tensor], like: Tensor) -> Tensor:
-    return torch.cat([v.reshape(-1) for v in vectors]).to(like).detach()
-
-
-@register_solver(
-    "pyhessian",
-    touches_grads=True,
-)
+@register_solver("pyhessian", touches_grads=True)
 def pyhessian_power_iteration(
     operator: LinearOperator,
     *,
@@ -159,11 +142,8 @@ def pyhessian_power_iteration(
     max_iter: int,
     start: WarmStart | None = None,
 ) -> HessianSpectrum:
-    """Top and bottom eigenvalues with pyhessian's solver on ``H +- s I``; see the module docstring.
-
-    pyhessian draws its own start vectors (from the global RNG, restored afterwards); ``generator``
-    and ``start`` are not used. Errors are bounded by the residuals of its vectors.
-    """
+    """Top and bottom eigenvalues with pyhessian's solver on ``H +- s I`` (see the module
+    docstring); ``generator`` and ``start`` are not used."""
     if not all(hasattr(operator, name) for name in ("model", "loss_fn", "batches", "params")):
         raise TypeError(
             "method='pyhessian' needs a model's Hessian (a HessianOperator), got "
@@ -186,7 +166,7 @@ def pyhessian_power_iteration(
         _, vectors, products = _run_pyhessian(operator, sign * 1.1 * rho, count, tol, max_iter)
         total_products += products
         for vector in vectors:
-            flat = _flat(vector, operator.like)
+            flat = torch.cat([v.reshape(-1) for v in vector]).to(operator.like).detach()
             flat = flat / flat.norm()
             product = check_finite(operator(flat))
             theta = float(flat @ product)
