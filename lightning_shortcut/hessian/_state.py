@@ -42,19 +42,15 @@ def preserved_state(model: nn.Module, *, clone_grads: bool = False) -> Iterator[
         try:
             yield
         finally:
-            _restore(modes, buffers, grads)
-
-
-def _restore(modes, buffers, grads) -> None:
-    with torch.inference_mode(False), torch.no_grad():
-        for module, training in modes:
-            module.training = training
-        for buffer, saved in buffers:
-            buffer.copy_(saved)
-        for param, grad, saved in grads:
-            if grad is not None and saved is not None:
-                grad.copy_(saved)
-            param.grad = grad
+            with torch.inference_mode(False), torch.no_grad():
+                for module, training in modes:
+                    module.training = training
+                for buffer, saved in buffers:
+                    buffer.copy_(saved)
+                for param, grad, saved in grads:
+                    if grad is not None and saved is not None:
+                        grad.copy_(saved)
+                    param.grad = grad
 
 
 @contextmanager

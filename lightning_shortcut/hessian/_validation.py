@@ -27,10 +27,6 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_real(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _wrong_type(name: str, value: object, accepted: str) -> TypeError:
     return TypeError(f"`{name}` must be {accepted}, got {value!r} ({type(value).__name__}).")
 
@@ -74,7 +70,7 @@ def check_float(
 ) -> float:
     """Return ``value`` as a finite ``float`` between ``low`` and ``high``."""
     accepted = _float_range(low, high, include_low, include_high)
-    if not _is_real(value):
+    if not isinstance(value, int | float) or isinstance(value, bool):
         raise _wrong_type(name, value, accepted)
     above = value >= low if include_low else value > low
     below = value <= high if include_high else value < high

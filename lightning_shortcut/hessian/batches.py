@@ -68,12 +68,6 @@ def _check_soft_labels(logits: Tensor, targets: Tensor) -> None:
     )
 
 
-def _is_single_batch(data: Any) -> bool:
-    if isinstance(data, dict):
-        return True
-    return isinstance(data, tuple | list) and len(data) > 0 and isinstance(data[0], Tensor)
-
-
 def normalize_batches(data: Any) -> list[Any]:
     """One batch (a tuple of tensors or a dict) or an iterable of batches, as a list of batches
     (``ValueError`` if there is none or one holds no tensor)."""
@@ -82,7 +76,8 @@ def normalize_batches(data: Any) -> list[Any]:
             "`data` must be a batch such as (inputs, targets) or an iterable of batches, got a "
             "bare tensor; pass (inputs, targets)."
         )
-    batches = [data] if _is_single_batch(data) else list(data)
+    single = isinstance(data, tuple | list) and len(data) > 0 and isinstance(data[0], Tensor)
+    batches = [data] if single or isinstance(data, dict) else list(data)
     if not batches:
         raise ValueError("`data` holds no batch; pass (inputs, targets) or a non-empty iterable.")
     for batch in batches:

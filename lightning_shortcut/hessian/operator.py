@@ -135,15 +135,6 @@ class HessianOperator(LinearOperator):
             return list(grads)
         return [g if g is not None and g.requires_grad else None for g in grads]
 
-    def _graph(self, index: int) -> list[Tensor | None]:
-        """Batch ``index``'s first derivatives with their graph, kept while :attr:`keep_graphs`."""
-        if index in self._graphs:
-            return self._graphs[index]
-        grads = self._gradients(index)
-        if self.keep_graphs:
-            self._graphs[index] = grads
-        return grads
-
     def _gradient_sum(self) -> Tensor:
         """``sum_b n_b g_b`` over this process's batches, flat (first derivatives only)."""
         total = self.like.new_zeros(self.dim)
@@ -214,7 +205,10 @@ class HessianOperator(LinearOperator):
             return self._difference(vector, scale)
         total = None
         for index, size in enumerate(self.sizes):
-            product = self._product(self._graph(index), vector, indices).mul_(size)
+            grads = self._graphs.get(index) or self._gradients(index)
+            if self.keep_graphs:  # every batch's graph kept: built once
+                self._graphs[index] = grads
+            product = self._product(grads, vector, indices).mul_(size)
             total = product if total is None else total.add_(product)
         return total
 

@@ -21,11 +21,6 @@ from lightning_shortcut.hessian.tracking import WarmStart
 __all__ = ["power_iteration"]
 
 
-def _normalized(operator: LinearOperator, vector: Tensor) -> Tensor:
-    norm = operator.norm(vector)
-    return vector.div_(norm) if float(norm) > 0 else vector
-
-
 def _spectral_radius(
     operator: LinearOperator, generator: torch.Generator, tol: float, max_iter: int
 ) -> float:
@@ -66,7 +61,9 @@ def _shifted_power_iteration(
             return theta, vector, residual, True
         # (A + shift I) v = remainder + (theta + shift) v
         shifted = remainder.add_(vector, alpha=theta + shift)
-        vector = _normalized(operator, orthogonalize(operator, shifted, locked, inplace=True))
+        vector = orthogonalize(operator, shifted, locked, inplace=True)
+        norm = operator.norm(vector)
+        vector = vector.div_(norm) if float(norm) > 0 else vector
     return theta, vector, residual, False
 
 

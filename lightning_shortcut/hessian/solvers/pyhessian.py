@@ -116,10 +116,8 @@ def _run_pyhessian(
     torch.set_default_dtype(operator.like.dtype)  # pyhessian's start vectors take it
     try:
         with _counting_products(counter):
-            if len(refs) == 1:
-                solver = PyHessian(stand_in, lambda out, _: out, data=refs[0], cuda=cuda)
-            else:
-                solver = PyHessian(stand_in, lambda out, _: out, dataloader=refs, cuda=cuda)
+            source = {"data": refs[0]} if len(refs) == 1 else {"dataloader": refs}
+            solver = PyHessian(stand_in, lambda out, _: out, cuda=cuda, **source)
             eigenvalues, eigenvectors = solver.eigenvalues(maxIter=max_iter, tol=tol, top_n=top_n)
     finally:
         torch.set_default_dtype(default_dtype)
