@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from torch import Tensor
 
@@ -180,37 +180,25 @@ class HessianSpectrum:
     def completed(self, request: Request, num_hvps: int) -> HessianSpectrum:
         """A solver's answer as the caller's result (a new one): each end sorted, with ``max``,
         ``min``, ``min_abs``' resolution, the condition number, the method and the products."""
-        ends: dict[str, list] = {}
+        neighbours = [vector.detach() for vector in self.neighbours]
+        fields: dict[str, Any] = {"vectors": [], "neighbours": neighbours, "num_hvps": num_hvps}
+        fields.update(method=request.method, hvp=request.hvp)
         for end, descending in (("top", True), ("bottom", False)):
             values, errors = getattr(self, end), getattr(self, f"{end}_errors")
             vectors = getattr(self, f"{end}_vectors")
             order = sorted(range(len(values)), key=lambda i: values[i], reverse=descending)
-            ends[end] = [values[i] for i in order]
-            ends[f"{end}_errors"] = [errors[i] for i in order]
-            ends[f"{end}_vectors"] = [vectors[i].detach() for i in order if i < len(vectors)]
-        min_abs = {"min_abs": None, "min_abs_error": None}
+            fields[end] = [values[i] for i in order]
+            fields[f"{end}_errors"] = [errors[i] for i in order]
+            fields["vectors"] += [vectors[i].detach() for i in order if i < len(vectors)]
+            fields["max" if descending else "min"] = fields[end][0] if order else None
         if request.min_abs:
             tol, smallest, largest = request.tol, self.min_abs, self.scale
-            min_abs = {
-                "min_abs_resolved": smallest > tol * largest
-                and self.min_abs_error <= tol * smallest,
-                "condition_number": magnitude_ratio(largest, smallest, atol=tol * largest),
-            }
-        return replace(
-            self,
-            top=ends["top"],
-            bottom=ends["bottom"],
-            top_errors=ends["top_errors"],
-            bottom_errors=ends["bottom_errors"],
-            vectors=ends["top_vectors"] + ends["bottom_vectors"],
-            neighbours=[vector.detach() for vector in self.neighbours],
-            max=ends["top"][0] if ends["top"] else None,
-            min=ends["bottom"][0] if ends["bottom"] else None,
-            method=request.method,
-            hvp=request.hvp,
-            num_hvps=num_hvps,
-            **min_abs,
-        )
+            resolved = smallest > tol * largest and self.min_abs_error <= tol * smallest
+            fields["min_abs_resolved"] = resolved
+            fields["condition_number"] = magnitude_ratio(largest, smallest, atol=tol * largest)
+        else:
+            fields.update(min_abs=None, min_abs_error=None)
+        return replace(self, **fields)
 
     def as_dict(self) -> dict[str, float]:
         """Flat ``name -> float`` view for logging (``top_<i>``/``bottom_<i>`` when ``k > 1``)."""

@@ -82,9 +82,8 @@ def _vmapped_quotients(operator: HessianOperator, vectors: Sequence[Tensor], num
     """``(quotients, sizes)`` by one vmapped pass per batch and vector, or ``None`` where that
     cannot run."""
     counts = _chunk_counts(operator, num_chunks)
-    if any(size % count for size, count in zip(operator.sizes, counts, strict=True)):
-        return None
-    if sum(counts) * operator.dim > VMAP_MAX_ENTRIES:
+    uneven = any(size % count for size, count in zip(operator.sizes, counts, strict=True))
+    if uneven or sum(counts) * operator.dim > VMAP_MAX_ENTRIES:
         return None
     wrapper = _LossOf(operator.model, operator.loss_fn)
     names = {id(param): f"model.{name}" for name, param in operator.model.named_parameters()}
