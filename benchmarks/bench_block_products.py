@@ -160,7 +160,7 @@ def bench_model(name, device, repeats, samples, sizes):
                 row[f"seq/{method}"] = ratios[method]
                 row[f"{method}_rel_diff"] = float(difference)
             rows.append(row)
-        operator.release()
+        operator.free_graph()
     return rows
 
 
@@ -223,7 +223,7 @@ def bench_lobpcg(name, device, samples, blocks, target=1e-3):
                 "model": name, "method": f"LOBPCG, block of {size}",
                 "products": count[0], "s": seconds, "rel_error": error,
             })  # fmt: skip
-        operator.release()
+        operator.free_graph()
     return rows
 
 

@@ -1,34 +1,31 @@
 """What a per-block measurement costs, against one whole-model measurement and one per block.
 
 On the recipes' models (``benchmarks/_models.py``, at PyTorch's default init) with
-``blocks="residual"`` (one block per residual unit: 16 on the MLPs, 8 on ``cifar_conv``), four ways
+``blocks="residual"`` (one block per residual unit: 16 on the MLPs, 8 on ``cifar_conv``), three ways
 are timed, each at the default ``tol=1e-3`` with ``top_k = bottom_k = 1``:
 
 - ``whole``: one whole-model measurement, ``hessian_eigenvalues(params="residual")`` (the Hessian
   over all the units at once; it says nothing per block, and is the cost a monitor already pays);
 - ``per_block``: one whole-model measurement per block, ``hessian_eigenvalues(params=block)`` for
   every block in turn (what a user does without ``block_eigenvalues``);
-- ``blocks_loop``: ``block_eigenvalues(products="loop")`` (the default);
-- ``blocks_vmap``: ``block_eigenvalues(products="vmap")``.
+- ``blocks``: ``block_eigenvalues``: the registered solver on each block's view of one operator
+  that keeps every batch's first-order graph.
 
 Each on the Hessian batch as one batch and as ``--chunks`` batches (how the monitor hands over a
-Hessian batch larger than its ``chunk_size``: without a cached first-order graph every product
-makes a forward and backward per batch, which a per-block measurement shares between the blocks).
-Printed per model and layout: seconds, Hessian-vector products (block products for the block ways)
-and how many times faster than ``per_block`` each way is. The per-block values of the three
-per-block ways agree (printed: the largest relative difference of their ``lambda_max`` from
-``per_block``'s).
+Hessian batch larger than its ``chunk_size``: without a kept first-order graph every product makes
+a forward and backward per batch, which a per-block measurement makes once for all blocks).
+Printed per model and layout: seconds, Hessian-vector products (block products for ``blocks``)
+and how many times faster than ``per_block`` each way is. The per-block values agree (printed: the
+largest relative difference of ``blocks``' ``lambda_max`` from ``per_block``'s).
 
-Then one step's products on its own: the ``B`` products ``H_bb v_b`` of a step computed as a loop
-of restricted double backwards (``loop``) or as one vmapped double backward of the zero-padded
-vectors (``vmap``), against ``B`` whole products ``H v``, in milliseconds.
+Then one round of products on its own: the ``B`` products ``H_bb v_b`` through the blocks' views
+(restricted double backwards) against ``B`` whole products ``H v``, in milliseconds.
 
 What it shows (one thread of a shared 2-core CPU, torch 2.14.1, December 2026; the tables are in
-docs/blocks.md): on 4 batches ``blocks_loop`` is 2.15-2.18 times cheaper than ``per_block``; on
-one batch the two cost the same (0.97-1.02), the products being the same restricted double
-backwards and only the first-order graph shared. ``vmap`` does every block's product over the whole
-graph and is 2.7-5 times slower per step than ``loop`` on the CPU. Against ``whole`` a per-block
-measurement costs 2.3-4.1 times more. No GPU was lent: ``--device cuda`` is unmeasured.
+docs/blocks.md): ``blocks`` is 1.06-1.12 times faster than ``per_block`` on one batch and 2.7-3.3
+times on 4 batches (the threaded lockstep it replaced: 0.92 and 1.85-2.19 in the same conditions).
+Against ``whole`` a per-block measurement costs 2.6-4.9 times more on one batch. No GPU was lent:
+``--device cuda`` is unmeasured.
 
 Run: ``python benchmarks/bench_blocks.py [--threads 1] [--repeats 3] [--models digits_mlp]``.
 """
@@ -48,9 +45,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _models import RECIPE_MODELS, describe_machine, print_table, recipe_model, synchronize
 
 from lightning_shortcut.hessian import block_eigenvalues, hessian_eigenvalues, resolve_blocks
-from lightning_shortcut.hessian.blocks import BlockDiagonalHessian
-from lightning_shortcut.hessian.context import hessian_context
-from lightning_shortcut.hessian.operator import cross_entropy_loss
+from lightning_shortcut.hessian.context import hessian_operator
 from lightning_shortcut.hessian.settings import HessianSettings
 
 
@@ -88,8 +83,7 @@ def bench_measurements(name, device, repeats, samples, chunks):
         ways = {
             "whole": lambda d=data: hessian_eigenvalues(model, d, params="residual"),
             "per_block": lambda d=data: _per_block(model, d, blocks),
-            "blocks_loop": lambda d=data: block_eigenvalues(model, d, products="loop"),
-            "blocks_vmap": lambda d=data: block_eigenvalues(model, d, products="vmap"),
+            "blocks": lambda d=data: block_eigenvalues(model, d),
         }
         times = {way: [] for way in ways}
         results = {}
@@ -109,7 +103,6 @@ def bench_measurements(name, device, repeats, samples, chunks):
                 row["products"] = result["products"]
             else:
                 row["products"] = result.num_hvps
-                row["steps"] = result.num_steps
                 row["max_rel_diff"] = max(
                     abs(result.max[b] - reference[b]) / abs(reference[b]) for b in blocks
                 )
@@ -120,49 +113,36 @@ def bench_measurements(name, device, repeats, samples, chunks):
 
 
 def bench_step(name, device, repeats, samples):
-    """One step's products: a loop of restricted products, one vmapped product, whole products."""
+    """One round of products: each block's through its view, against whole products."""
     model, (x, y) = recipe_model(name, device)
     x, y = x[:samples], y[:samples]
     blocks = list(resolve_blocks(model, "residual").values())
-    rows = []
-    with hessian_context(model, HessianSettings()):
-        operators = {
-            way: BlockDiagonalHessian(model, [(x, y)], cross_entropy_loss, blocks, products=way)
-            for way in ("loop", "vmap")
-        }
+    params = [param for block in blocks for param in block]
+    settings = HessianSettings(params=params)
+    with hessian_operator(model, (x, y), None, settings) as operator:
+        views = [operator.view(block) for block in blocks]
         generator = torch.Generator().manual_seed(0)
         vectors = [
-            torch.randn(dim, generator=generator, dtype=torch.float64).to(operators["loop"].like)
-            for dim in operators["loop"].block_dims
+            torch.randn(view.dim, generator=generator, dtype=torch.float64).to(operator.like)
+            for view in views
         ]
-        requests = list(enumerate(vectors))
-        whole = operators["loop"]
-        padded = torch.zeros(whole.dim, dtype=whole.like.dtype, device=whole.like.device)
+        padded = operator.like.new_zeros(operator.dim)
         ways = {
-            "loop": lambda: operators["loop"].block_products(requests),
-            "vmap": lambda: operators["vmap"].block_products(requests),
-            # B whole products H v, as B whole-model measurements each pay per step
-            "whole_products": lambda: [whole(padded) for _ in blocks],
+            "views": lambda: [view(vector) for view, vector in zip(views, vectors, strict=True)],
+            # B whole products H v, as B whole-model measurements each pay per round
+            "whole_products": lambda: [operator(padded) for _ in blocks],
         }
         for fn in ways.values():
-            fn()  # builds the cached first-order graphs
-        loop, vmap = ways["loop"](), ways["vmap"]()
-        difference = max(
-            float((a - b).abs().max() / a.abs().max()) for a, b in zip(loop, vmap, strict=True)
-        )
+            fn()  # builds the kept first-order graph
         times = {way: [] for way in ways}
         for _ in range(repeats):
             for way, fn in ways.items():
                 times[way].append(_timed(fn, device)[0])
-        row = {"model": name, "samples": samples, "blocks": len(blocks)}
-        for way in ways:
-            row[f"{way}_ms"] = 1e3 * statistics.median(times[way])
-        row["vmap/loop"] = row["vmap_ms"] / row["loop_ms"]
-        row["loop_vs_vmap_rel_diff"] = difference
-        rows.append(row)
-        for operator in operators.values():
-            operator.release()
-    return rows
+    row = {"model": name, "samples": samples, "blocks": len(blocks)}
+    for way in ways:
+        row[f"{way}_ms"] = 1e3 * statistics.median(times[way])
+    row["whole/views"] = row["whole_products_ms"] / row["views_ms"]
+    return [row]
 
 
 def main() -> None:
@@ -187,7 +167,7 @@ def main() -> None:
     for name in args.models:
         samples = args.conv_samples if name == "cifar_conv" else args.samples
         print_table(
-            f"{name}, {samples} samples: one step's block products (ms)",
+            f"{name}, {samples} samples: one round of block products (ms)",
             bench_step(name, device, args.repeats, samples),
         )
         print_table(

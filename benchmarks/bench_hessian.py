@@ -177,7 +177,7 @@ def bench_hvp_vs_gradient(name, device, repeats, inner=20):
                 rebuild(vector)
 
         rebuild_time, _ = median_time(rebuilt_products, device, repeats)
-        operator.release()
+        operator.free_graph()
     return {
         "model": name,
         "gradient_ms": 1e3 * grad_time / inner,

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from lightning_shortcut.hessian._validation import check_positive_int
-from lightning_shortcut.hessian.spectrum import magnitude_ratio
+from lightning_shortcut.hessian.results import magnitude_ratio
 from lightning_shortcut.residual import ActivationSpec, make_activation
 
 __all__ = [

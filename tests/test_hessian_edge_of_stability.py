@@ -41,6 +41,9 @@ def test_sgd_is_lr_times_lambda_max_over_the_constant(momentum, nesterov, consta
     assert report.max_stable_lr == pytest.approx(0.3 / report.stability, rel=1e-9)
     free = edge_of_stability(model, batch, optimizer, hessian_max_eigenvalue=top)
     assert free.num_hvps == 0 and free.stability == pytest.approx(report.stability, rel=1e-6)
+    # the measured ratio's bound is the eigenvalue's times lr / c; a given one's error is unknown
+    assert report.error == pytest.approx(0.3 * report.spectrum.top_errors[0] / constant)
+    assert free.spectrum is None and free.converged and math.isnan(free.error)
 
 
 def test_adam_uses_the_preconditioned_hessian_from_its_state():

@@ -50,3 +50,41 @@ def test_importing_the_engine_loads_no_other_module_of_the_package():
     assert [m for m in loaded if not m.startswith("lightning_shortcut.hessian")] == [
         "lightning_shortcut"
     ]
+
+
+def _module_of(path: Path) -> str:
+    parts = path.relative_to(ENGINE.parent.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle of ``graph`` (``module -> modules it imports``) as a path, or ``None``."""
+    state: dict[str, str] = {}  # "open" while on the path, "done" once every edge is explored
+
+    def visit(module: str, path: list[str]) -> list[str] | None:
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            if state.get(target) == "open":
+                return [*path[path.index(target) :], target]
+            if target not in state and (cycle := visit(target, [*path, target])):
+                return cycle
+        state[module] = "done"
+        return None
+
+    for module in sorted(graph):
+        if module not in state and (cycle := visit(module, [module])):
+            return cycle
+    return None
+
+
+def test_no_two_modules_of_the_engine_import_each_other_even_around_a_loop():
+    # every import counts: at the top, inside a function or under TYPE_CHECKING; `from a.b import
+    # c` imports `a.b` (a package's __init__ included) and, where it is one, the module `a.b.c`
+    modules = {_module_of(path): path for path in ENGINE.rglob("*.py")}
+    graph = {
+        module: {name for name in _imported_modules(path) if name in modules} - {module}
+        for module, path in modules.items()
+    }
+    assert _import_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _import_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+    assert _import_cycle(graph) is None

@@ -139,3 +139,36 @@ def test_low_precision_parameters_use_float32_solver_vectors():
     )
     assert low.vectors[0].dtype == torch.float32
     assert low.max == pytest.approx(reference.max, rel=5e-2)
+
+
+@pytest.mark.parametrize("batches", [1, 3])
+def test_a_view_is_the_diagonal_block_of_the_dense_hessian(batches):
+    from helpers.reference import dense_hessian
+
+    from lightning_shortcut.hessian import HessianSettings
+    from lightning_shortcut.hessian.context import hessian_operator
+
+    model, (x, y) = _stack_case()
+    data = [(x[i::batches], y[i::batches]) for i in range(batches)] if batches > 1 else (x, y)
+    params = list(model.parameters())
+    block = [next(iter(model.stack.units[1].parameters())), model.head.bias]  # apart in params
+    dense = dense_hessian(model, ce_loss(x, y), block).detach()
+    vector = torch.randn(dense.shape[0], generator=torch.Generator().manual_seed(0)).double()
+    forwards = []
+
+    def counted(model, batch):
+        forwards.append(1)
+        return F.cross_entropy(model(batch[0]), batch[1])
+
+    with hessian_operator(model, data, counted, HessianSettings(), keep_graphs=True) as operator:
+        view = operator.view(block)
+        assert view.dim == dense.shape[0] and operator.dim == sum(p.numel() for p in params)
+        for _ in range(2):
+            assert torch.allclose(view(vector), dense @ vector, atol=1e-10)
+    assert len(forwards) == batches  # each batch's graph built once and kept
+    settings = HessianSettings(hvp="finite_difference")
+    with (
+        hessian_operator(model, (x, y), None, settings) as operator,
+        pytest.raises(ValueError, match="A view takes its products by double backward"),
+    ):
+        operator.view(block)

@@ -1,9 +1,12 @@
 """The eigensolvers on plain symmetric matrices, against torch.linalg.eigvalsh."""
 
+import copy
+import pickle
+
 import pytest
 import torch
 
-from lightning_shortcut.hessian import LambdaOperator, MatrixOperator
+from lightning_shortcut.hessian import HessianSettings, LambdaOperator, MatrixOperator
 from lightning_shortcut.hessian.solvers import lanczos, power_iteration
 
 
@@ -89,7 +92,7 @@ def scipy_solver():
 
     from lightning_shortcut.hessian import SOLVERS, EigenResult, register_solver
 
-    @register_solver("scipy_eigsh", description="scipy.sparse.linalg.eigsh (ARPACK)")
+    @register_solver("scipy_eigsh")
     def scipy_eigsh(operator, *, generator, top_k, bottom_k, min_abs, tol, max_iter, start):
         def matvec(v):
             vector = torch.from_numpy(np.asarray(v).reshape(-1)).to(operator.like)
@@ -149,3 +152,37 @@ def test_every_builtin_solver_reports_error_bounds():
         result = _solve(solver, matrix, tol=1e-6, max_iter=5000)
         assert abs(result.top[0] - float(exact[-1])) <= result.top_errors[0] + 1e-12
         assert abs(result.bottom[0] - float(exact[0])) <= result.bottom_errors[0] + 1e-12
+
+
+def test_more_values_than_one_end_leaves_room_for_come_from_the_other_end():
+    """At ``top_k + bottom_k`` above the dimension every eigenvalue is found: the ends share them."""
+    matrix = _matrix([3.0, 1.0, -2.0])
+    result = HessianSettings(top_k=3, bottom_k=2, tol=1e-10).solve(MatrixOperator(matrix))
+    assert result.converged
+    assert result.top == pytest.approx([3.0, 1.0, -2.0], abs=1e-10)
+    assert result.bottom == pytest.approx([-2.0, 1.0], abs=1e-10)
+    assert len(result.vectors) == 5
+    for value, vector in zip(result.top + result.bottom, result.vectors, strict=True):
+        assert torch.allclose(matrix @ vector, value * vector, atol=1e-8)
+    with pytest.raises(ValueError, match=r"`top_k=4` asks for more eigenvalues.*dimension is 3"):
+        HessianSettings(top_k=4, bottom_k=0).solve(MatrixOperator(matrix))
+
+
+def test_a_solver_returning_too_few_values_is_a_clear_error(scipy_solver):
+    from lightning_shortcut.hessian import SOLVERS
+
+    spec = SOLVERS[scipy_solver]
+    solve = spec.solve
+    SOLVERS[scipy_solver] = type(spec)(scipy_solver, lambda *a, **k: solve(*a, **k | {"top_k": 1}))
+    settings = HessianSettings(method=scipy_solver, top_k=2, bottom_k=1)
+    with pytest.raises(RuntimeError, match="returned 1 top and 1 bottom values where top_k=2"):
+        settings.solve(MatrixOperator(_matrix([3.0, 1.0, -2.0, 0.5])))
+
+
+def test_solver_options_are_read_only_once_validated():
+    settings = HessianSettings(solver_options={"max_basis": 8})
+    with pytest.raises(TypeError):
+        settings.solver_options["max_basis"] = 2
+    assert settings.solve(MatrixOperator(_matrix([3.0, 1.0, -2.0, 0.5]))).converged
+    for copied in (copy.deepcopy(settings), pickle.loads(pickle.dumps(settings))):
+        assert copied == settings and dict(copied.solver_options) == {"max_basis": 8}

@@ -7,12 +7,14 @@ from lightning_shortcut.hessian import MatrixOperator
 from lightning_shortcut.hessian.solvers._stopping import (
     MIN_PRODUCTS,
     SEPARATED_MIN_PRODUCTS,
+    WARM_MIN_PRODUCTS,
     Check,
     Decision,
     Ends,
     StoppingRule,
+    WarmEvidence,
+    warm_limit,
 )
-from lightning_shortcut.hessian.tracking import WARM_MIN_PRODUCTS, WarmEvidence, warm_limit
 
 torch.manual_seed(0)
 

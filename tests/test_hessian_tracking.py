@@ -1,14 +1,23 @@
 """Warm-started measurements along training: cheap, as accurate as cold ones, crossings audited."""
 
 import math
+import warnings
 
 import pytest
 import torch
 from helpers.models import TinyCNN, classification_data, mlp
 
-from lightning_shortcut.hessian import SpectrumTracker, WarmStart, hessian_eigenvalues
-from lightning_shortcut.hessian.solvers._stopping import MIN_PRODUCTS, SEPARATED_MIN_PRODUCTS
-from lightning_shortcut.hessian.tracking import WARM_MIN_PRODUCTS
+from lightning_shortcut.hessian import (
+    HessianSettings,
+    SpectrumTracker,
+    WarmStart,
+    hessian_eigenvalues,
+)
+from lightning_shortcut.hessian.solvers._stopping import (
+    MIN_PRODUCTS,
+    SEPARATED_MIN_PRODUCTS,
+    WARM_MIN_PRODUCTS,
+)
 
 torch.manual_seed(0)
 
@@ -264,7 +273,7 @@ def test_tracker_starts_cold_when_the_parameters_change():
     assert tracker.start(params[:2]) is None  # a different parameter set
     tracker.load_state_dict(tracker.state_dict())  # a resumed run
     assert tracker.start(params) is None and tracker.cold_next
-    failed = type(spectrum).nan(1, 1, False, "lanczos", "non-finite loss")
+    failed = type(spectrum).nan(HessianSettings(), "non-finite loss")
     tracker.update(failed, params)
     assert tracker.start(params) is None  # after a failed measurement
     with pytest.raises(ValueError, match="audit_every"):
@@ -342,14 +351,31 @@ def test_stderr_chunks_in_one_vmapped_pass_equal_the_loop_of_chunks(case, monkey
     monkeypatch.setattr(
         sampling, "_vmapped_quotients", lambda *a: vmapped.append(original(*a)) or vmapped[-1]
     )
-    again = hessian_eigenvalues(model, batch, loss_fn, bottom_k=1, tol=1e-8, stderr=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = hessian_eigenvalues(model, batch, loss_fn, bottom_k=1, tol=1e-8, stderr=True)
     assert (vmapped[0] is not None) == (case in ("mlp", "cnn", "dict_batch"))
+    # where vmap was tried and failed, a warning says the loop of chunks ran
+    said = [w for w in caught if "could not be vmapped" in str(w.message)]
+    assert len(said) == (case == "itemized")
     monkeypatch.setattr(sampling, "_vmapped_quotients", lambda *a: None)  # the loop only
     loop = hessian_eigenvalues(model, batch, loss_fn, bottom_k=1, tol=1e-8, stderr=True)
     for result in (spectrum, again):
         assert result.max_stderr == pytest.approx(loop.max_stderr, rel=1e-8)
         assert result.min_stderr == pytest.approx(loop.min_stderr, rel=1e-8)
     assert loop.max_stderr > 0 and loop.min_stderr > 0
+
+
+def test_an_out_of_memory_in_the_vmapped_pass_is_raised_not_run_again_in_a_loop(monkeypatch):
+    from lightning_shortcut.hessian import sampling
+
+    def exhausted(*args, **kwargs):
+        raise torch.OutOfMemoryError("out of memory, say")
+
+    monkeypatch.setattr(sampling, "jvp", exhausted)
+    model = mlp().double()
+    with pytest.raises(torch.OutOfMemoryError, match="out of memory, say"):
+        hessian_eigenvalues(model, classification_data((4,), num_samples=32), stderr=True)
 
 
 def test_stderr_is_checked_where_it_enters():

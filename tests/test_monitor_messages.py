@@ -59,7 +59,7 @@ def test_a_zero_hessian_says_the_condition_number_is_zero_over_zero():
 
 
 def test_a_non_finite_spectrum_still_says_non_finite():
-    failed = HessianSpectrum.nan(1, 1, True, "lanczos", reason="non-finite loss")
+    failed = HessianSpectrum.nan(HessianSettings(min_abs=True), reason="non-finite loss")
     messages = said(
         MeasurementWarnings(256, HessianSettings(tol=1e-2, max_iter=100)), failed, step=7
     )

@@ -151,7 +151,7 @@ class CurvatureMap:
                     values.setdefault(f"block/{name}/{end}_eigenvalue", math.nan)
         failed = sorted(name for name, why in (spectra.reasons if spectra else {}).items() if why)
         if failed:
-            errors = [*spectra.top_errors[failed[0]], *spectra.bottom_errors[failed[0]]]
+            errors = [*spectra[failed[0]].top_errors, *spectra[failed[0]].bottom_errors]
             finite = all(math.isfinite(error) for error in errors)
             self.guard.failed(
                 f"the eigenvalues of block(s) {failed}",

@@ -340,10 +340,10 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         if spectrum is None:
             if stage == "fit":
                 self._tracker.reset()
+            why = "the guarded step caught a failure"
             return HessianSpectrum.nan(
-                settings.top_k, settings.bottom_k, settings.min_abs, settings.method,
-                "the guarded step caught a failure", stderr=bool(settings.stderr) and start is None,
-            )  # fmt: skip
+                settings, why, stderr=bool(settings.stderr) and start is None
+            )
         if stage == "fit":
             self._tracker.update(spectrum, params)
             self._guard.stderr_share = spectrum.stderr_seconds / max(spectrum.seconds, 1e-12)

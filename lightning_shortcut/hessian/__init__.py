@@ -1,17 +1,13 @@
-"""The Hessian spectrum engine: plain PyTorch functions, no Lightning required.
+"""The Hessian spectrum engine: plain PyTorch functions, no Lightning required (the callbacks only
+schedule, gather data and log)."""
 
-The callbacks in :mod:`lightning_shortcut.callbacks` only schedule, gather data and log; everything
-numerical lives here (the torchmetrics pattern of a thin class over functional code). Operators
-(:mod:`~lightning_shortcut.hessian.linear_operator`, :class:`HessianOperator`) are separate from the
-solvers (:mod:`~lightning_shortcut.hessian.solvers`, one registry :data:`SOLVERS`).
-"""
-
+from lightning_shortcut.hessian.batches import cross_entropy_loss
+from lightning_shortcut.hessian.block_params import resolve_blocks
 from lightning_shortcut.hessian.blocks import (
     BlockProfile,
     BlockSpectra,
     block_eigenvalues,
     block_profile,
-    resolve_blocks,
 )
 from lightning_shortcut.hessian.density import (
     SpectralDensity,
@@ -26,14 +22,13 @@ from lightning_shortcut.hessian.linear_operator import (
     MatrixOperator,
     ScaledOperator,
 )
-from lightning_shortcut.hessian.operator import HessianOperator, cross_entropy_loss
+from lightning_shortcut.hessian.operator import HessianOperator, HessianView
 from lightning_shortcut.hessian.optimizers import UnsupportedOptimizerError
 from lightning_shortcut.hessian.overlap import GradientOverlap, gradient_overlap
-from lightning_shortcut.hessian.results import WarmStart
 from lightning_shortcut.hessian.settings import HessianSettings
 from lightning_shortcut.hessian.solvers import SOLVERS, EigenResult, register_solver
 from lightning_shortcut.hessian.spectrum import HessianSpectrum, hessian_eigenvalues
-from lightning_shortcut.hessian.tracking import SpectrumTracker
+from lightning_shortcut.hessian.tracking import SpectrumTracker, WarmStart
 
 __all__ = [
     "SOLVERS",
@@ -45,6 +40,7 @@ __all__ = [
     "HessianOperator",
     "HessianSettings",
     "HessianSpectrum",
+    "HessianView",
     "LambdaOperator",
     "LinearOperator",
     "MatrixOperator",

@@ -25,17 +25,9 @@ def preserved_rng() -> Iterator[None]:
 
 @contextmanager
 def preserved_state(model: nn.Module, *, clone_grads: bool = False) -> Iterator[None]:
-    """Restore, on exit, everything a Hessian computation could disturb.
-
-    Restored: the ``training`` flag of every submodule, the values of every buffer (BatchNorm
-    running statistics and counters), every parameter's ``.grad`` (the same object, with its values
-    when ``clone_grads``; ``None`` stays ``None``) and the global CPU and CUDA RNG states.
-
-    Args:
-        model: the module to guard.
-        clone_grads: also snapshot gradient values; needed around code that calls ``.backward``
-            (pyhessian), which accumulates into existing gradients in place.
-    """
+    """Restore on exit every submodule's ``training`` flag, every buffer's values, every
+    parameter's ``.grad`` object (its values too with ``clone_grads``, for code that calls
+    ``.backward``) and the global RNG states."""
     modes = [(module, module.training) for module in model.modules()]
     buffers = [(buffer, buffer.detach().clone()) for buffer in model.buffers()]
     grads = [
@@ -50,29 +42,21 @@ def preserved_state(model: nn.Module, *, clone_grads: bool = False) -> Iterator[
         try:
             yield
         finally:
-            _restore(modes, buffers, grads)
-
-
-def _restore(modes, buffers, grads) -> None:
-    with torch.inference_mode(False), torch.no_grad():
-        for module, training in modes:
-            module.training = training
-        for buffer, saved in buffers:
-            buffer.copy_(saved)
-        for param, grad, saved in grads:
-            if grad is not None and saved is not None:
-                grad.copy_(saved)
-            param.grad = grad
+            with torch.inference_mode(False), torch.no_grad():
+                for module, training in modes:
+                    module.training = training
+                for buffer, saved in buffers:
+                    buffer.copy_(saved)
+                for param, grad, saved in grads:
+                    if grad is not None and saved is not None:
+                        grad.copy_(saved)
+                    param.grad = grad
 
 
 @contextmanager
 def autograd_enabled() -> Iterator[None]:
-    """Make double backward available wherever the caller is.
-
-    Leaves ``torch.inference_mode`` (``trainer.validate/test``) and ``torch.no_grad`` (validation
-    inside ``fit``), selects the math SDPA backend (the fused attention kernels have no double
-    backward) and disables ``nn.MultiheadAttention``'s fused fast path.
-    """
+    """Make double backward available: out of ``inference_mode`` and ``no_grad``, the math SDPA
+    backend and no fused ``nn.MultiheadAttention`` fast path."""
     fastpath = torch.backends.mha.get_fastpath_enabled()
     with ExitStack() as stack:
         stack.enter_context(torch.inference_mode(False))

@@ -1,14 +1,6 @@
-"""Argument checks shared by the whole package: one function per kind of argument.
-
-They live in the engine, the package's lowest layer, so that ``lightning_shortcut.hessian``
-imports nothing from the rest of the package; the models, data, callbacks and study import them
-from here.
-
-The rule everywhere: a value of the wrong type raises ``TypeError``, a value of the right type
-outside what is accepted raises ``ValueError``; the message names the argument, the value and what
-is accepted. ``bool`` is never accepted as a number. Each check returns the value (floats as
-``float``), so ``self.width = check_positive_int("width", width)`` validates where it assigns.
-"""
+"""Argument checks shared by the whole package (here, its lowest layer): a wrong type raises
+``TypeError``, a value outside the accepted ones ``ValueError``, naming the argument, the value and
+what is accepted; ``bool`` is never a number. Each returns the value (floats as ``float``)."""
 
 from __future__ import annotations
 
@@ -35,10 +27,6 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_real(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _wrong_type(name: str, value: object, accepted: str) -> TypeError:
     return TypeError(f"`{name}` must be {accepted}, got {value!r} ({type(value).__name__}).")
 
@@ -52,12 +40,7 @@ def _check_int(name: str, value: object, minimum: int, accepted: str) -> int:
 
 
 def check_positive_int(name: str, value: object) -> int:
-    """Return ``value`` if it is an ``int >= 1``.
-
-    Raises:
-        TypeError: if it is not an ``int`` (``bool`` included).
-        ValueError: if it is below 1.
-    """
+    """Return ``value`` if it is an ``int >= 1`` (``TypeError``/``ValueError`` otherwise)."""
     return _check_int(name, value, 1, "a positive int (>= 1)")
 
 
@@ -67,12 +50,7 @@ def check_non_negative_int(name: str, value: object) -> int:
 
 
 def check_positive_ints(name: str, values: object) -> tuple[int, ...]:
-    """Return ``values`` as a non-empty tuple of positive ints, such as a shape.
-
-    Raises:
-        TypeError: if it is not a list or tuple of ints.
-        ValueError: if it is empty or holds an int below 1.
-    """
+    """Return ``values``, a non-empty list or tuple of positive ints, as a tuple."""
     accepted = "a non-empty sequence of positive ints"
     if not isinstance(values, list | tuple) or not all(_is_int(v) for v in values):
         raise _wrong_type(name, values, accepted)
@@ -90,14 +68,9 @@ def check_float(
     include_low: bool = True,
     include_high: bool = True,
 ) -> float:
-    """Return ``value`` as a finite ``float`` between ``low`` and ``high``.
-
-    Raises:
-        TypeError: if it is not an ``int`` or ``float`` (``bool`` included).
-        ValueError: if it is not finite or outside the range.
-    """
+    """Return ``value`` as a finite ``float`` between ``low`` and ``high``."""
     accepted = _float_range(low, high, include_low, include_high)
-    if not _is_real(value):
+    if not isinstance(value, int | float) or isinstance(value, bool):
         raise _wrong_type(name, value, accepted)
     above = value >= low if include_low else value > low
     below = value <= high if include_high else value < high

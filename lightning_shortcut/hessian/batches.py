@@ -22,11 +22,8 @@ _PASS_LOSS_FN = (
 
 
 def cross_entropy_loss(model: nn.Module, batch: Any) -> Tensor:
-    """The default loss: cross-entropy of ``model(inputs)`` against ``targets``.
-
-    Raises:
-        ValueError: if ``batch`` is not an ``(inputs, targets, ...)`` tuple or list of tensors.
-    """
+    """The default loss: cross-entropy of ``model(inputs)`` against ``targets`` (``ValueError`` on
+    a batch that is not ``(inputs, targets, ...)`` tensors)."""
     if not (
         isinstance(batch, tuple | list)
         and len(batch) >= 2
@@ -71,24 +68,16 @@ def _check_soft_labels(logits: Tensor, targets: Tensor) -> None:
     )
 
 
-def _is_single_batch(data: Any) -> bool:
-    if isinstance(data, dict):
-        return True
-    return isinstance(data, tuple | list) and len(data) > 0 and isinstance(data[0], Tensor)
-
-
 def normalize_batches(data: Any) -> list[Any]:
-    """One batch ``(inputs, targets)`` (or a dict) or an iterable of batches, as a list of batches.
-
-    Raises:
-        ValueError: if there is no batch or a batch holds no tensor.
-    """
+    """One batch (a tuple of tensors or a dict) or an iterable of batches, as a list of batches
+    (``ValueError`` if there is none or one holds no tensor)."""
     if isinstance(data, Tensor):
         raise ValueError(
             "`data` must be a batch such as (inputs, targets) or an iterable of batches, got a "
             "bare tensor; pass (inputs, targets)."
         )
-    batches = [data] if _is_single_batch(data) else list(data)
+    single = isinstance(data, tuple | list) and len(data) > 0 and isinstance(data[0], Tensor)
+    batches = [data] if single or isinstance(data, dict) else list(data)
     if not batches:
         raise ValueError("`data` holds no batch; pass (inputs, targets) or a non-empty iterable.")
     for batch in batches:

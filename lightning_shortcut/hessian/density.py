@@ -1,9 +1,5 @@
-"""Hessian trace (Hutchinson) and spectral density (stochastic Lanczos quadrature).
-
-pyhessian users expect both; pyhessian 0.1's ``density()`` calls the removed ``torch.eig`` and fails
-on current PyTorch. Same guarantees as :func:`~lightning_shortcut.hessian.hessian_eigenvalues`: no
-side effects, private RNG.
-"""
+"""Hessian trace (Hutchinson) and spectral density (stochastic Lanczos quadrature), without side
+effects (pyhessian 0.1's ``density()`` calls the removed ``torch.eig``)."""
 
 from __future__ import annotations
 
@@ -16,10 +12,12 @@ import torch
 from torch import Tensor, nn
 
 from lightning_shortcut.hessian._validation import check_positive_int
+from lightning_shortcut.hessian.batches import LossFn
 from lightning_shortcut.hessian.context import hessian_operator, select_parameters
-from lightning_shortcut.hessian.operator import LossFn, ParamsSpec
+from lightning_shortcut.hessian.params import ParamsSpec
 from lightning_shortcut.hessian.settings import AllReduce, HessianSettings, Mode
 from lightning_shortcut.hessian.solvers import LanczosProcess
+from lightning_shortcut.hessian.solvers._stopping import INVARIANT
 from lightning_shortcut.hessian.solvers._vectors import random_unit_vector
 
 __all__ = [
@@ -116,7 +114,9 @@ def hessian_trace(
                 if error <= rtol * abs(mean):
                     break
     mean, error = _mean_and_error(samples)
-    return TraceEstimate(mean, error, len(samples), operator.num_hvps, time.perf_counter() - start)
+    return TraceEstimate(
+        mean, error, len(samples), operator.num_products, time.perf_counter() - start
+    )
 
 
 def _mean_and_error(samples: list[float]) -> tuple[float, float]:
@@ -165,9 +165,8 @@ def compute_spectral_density(
     num_probes: int = 1,
     num_steps: int = 64,
 ) -> SpectralDensity:
-    """:func:`spectral_density` with the operator's options (``params``, ``mode``, ``seed``,
-    ``all_reduce``, ``hvp``) as one :class:`~lightning_shortcut.hessian.HessianSettings`, as the
-    monitor passes its own; the probes' start vectors come from ``settings.seed``."""
+    """:func:`spectral_density` with the operator's options as one
+    :class:`~lightning_shortcut.hessian.HessianSettings`."""
     check_positive_int("num_probes", num_probes)
     check_positive_int("num_steps", num_steps)
     selection = select_parameters(model, settings, unsharded_only="spectral_density")
@@ -184,17 +183,11 @@ def compute_spectral_density(
             process = LanczosProcess(operator, probe, buffer, no_lock)
             for _ in range(steps):
                 process.step()
-                if process.beta <= 1e-12 * float(process.projected.abs().max()):
+                if process.beta <= INVARIANT * float(process.projected.abs().max()):
                     break  # an invariant subspace: its Ritz values are exact
             values, vectors, _ = process.ritz()
-            nodes = torch.full((steps,), math.nan, dtype=torch.float64)
-            weights = torch.zeros(steps, dtype=torch.float64)
-            nodes[: values.numel()] = values
-            weights[: values.numel()] = vectors[0] ** 2
-            all_nodes.append(nodes)
-            all_weights.append(weights)
-    nodes = torch.stack(all_nodes)
-    weights = torch.stack(all_weights)
-    # Unused slots (an invariant subspace reached early) carry zero weight; park them on a node.
-    nodes = torch.where(torch.isnan(nodes), nodes.nan_to_num(0.0), nodes)
-    return SpectralDensity(nodes, weights, operator.num_hvps, time.perf_counter() - start)
+            unused = (0, steps - values.numel())  # an invariant subspace reached early: weight 0
+            all_nodes.append(torch.nn.functional.pad(values, unused))
+            all_weights.append(torch.nn.functional.pad(vectors[0] ** 2, unused))
+    nodes, weights = torch.stack(all_nodes), torch.stack(all_weights)
+    return SpectralDensity(nodes, weights, operator.num_products, time.perf_counter() - start)

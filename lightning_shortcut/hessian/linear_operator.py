@@ -1,11 +1,5 @@
-"""Symmetric linear operators the eigensolvers work on, seen only through products ``A v``.
-
-The solvers in :mod:`lightning_shortcut.hessian.solvers` never see a model: they take a
-:class:`LinearOperator` (the Hessian of a loss is :class:`~lightning_shortcut.hessian.HessianOperator`),
-so they are tested on plain matrices (:class:`MatrixOperator`) as well as on networks, and wrappers
-such as :class:`ScaledOperator` (the step-preconditioned Hessian ``D^1/2 (H + s I) D^1/2``) reuse the
-same solvers instead of a second engine.
-"""
+"""Symmetric linear operators the eigensolvers work on, seen only through products ``A v``: the
+solvers never see a model, so they run alike on matrices, Hessians and wrappers of them."""
 
 from __future__ import annotations
 
@@ -31,15 +25,9 @@ class NonFiniteProductError(ArithmeticError):
 class LinearOperator:
     """A symmetric ``dim x dim`` operator, applied to flat vectors like :attr:`like`.
 
-    Subclasses implement :meth:`_matvec`; calling the operator counts the product in
-    :attr:`num_products`.
-
-    The solvers hold vectors of length :attr:`local_dim` and compute inner products and norms
-    through :meth:`reduce`, :meth:`norm` and :meth:`random_vector`. Here each process holds whole
-    vectors (``local_dim == dim``, :meth:`reduce` is the identity); an operator whose vectors are
-    sharded over processes (:class:`~lightning_shortcut.hessian.sharded.FullyShardedHessianOperator`)
-    gives each process its shard and sums the partial inner products over the processes, so a
-    solver's memory per process falls with their number.
+    Subclasses implement :meth:`_matvec`; calling the operator counts the product. The solvers hold
+    vectors of length :attr:`local_dim` and take inner products and norms through :meth:`reduce`
+    and :meth:`norm`, which an operator on vectors sharded over processes sums over them.
 
     Attributes:
         dim: the operator's size.
@@ -56,7 +44,7 @@ class LinearOperator:
 
     @property
     def sharded(self) -> bool:
-        """Whether the vectors are sharded over processes (:meth:`reduce` is not the identity)."""
+        """Whether the vectors are sharded over processes."""
         return False
 
     def _matvec(self, vector: Tensor) -> Tensor:
@@ -68,12 +56,10 @@ class LinearOperator:
         return self._matvec(vector)
 
     def free_graph(self) -> None:
-        """Free what products keep from one call to the next (a Hessian's first-order graph), once
-        a solver has taken its last product; a later product builds it again. Nothing here."""
+        """Free what products keep between calls (a Hessian's first-order graph); nothing here."""
 
     def reduce(self, partial: Tensor) -> Tensor:
-        """Inner products from this process's parts of the vectors (``basis @ vector``): their sum
-        over the processes that hold the other parts. The identity for whole vectors."""
+        """Partial inner products summed over the processes (the identity for whole vectors)."""
         return partial
 
     def norm(self, vector: Tensor) -> Tensor:
@@ -81,8 +67,8 @@ class LinearOperator:
         return vector.norm()
 
     def random_vector(self, generator: torch.Generator) -> Tensor:
-        """A standard Gaussian vector, drawn on the CPU in float64 (device-independent), in the
-        dtype and on the device of :attr:`like`; when sharded, this process's part of it."""
+        """A standard Gaussian vector drawn on the CPU in float64, as :attr:`like` (when sharded,
+        this process's part)."""
         return torch.randn(self.dim, generator=generator, dtype=torch.float64).to(self.like)
 
 
@@ -113,10 +99,8 @@ class LambdaOperator(LinearOperator):
 class ScaledOperator(LinearOperator):
     """``S (A + shift I) S`` for a diagonal ``S = diag(scale)``: a symmetric preconditioning of ``A``.
 
-    With ``scale = sqrt(d)`` its eigenvalues are those of ``diag(d) (A + shift I)``: the curvature as
-    seen by an optimizer step of per-coordinate size ``d``. ``shift`` may be a float or a vector (a
-    per-coordinate L2 term).
-    """
+    With ``scale = sqrt(d)`` its eigenvalues are those of ``diag(d) (A + shift I)``; ``shift`` may be
+    a float or a vector."""
 
     def __init__(self, base: LinearOperator, scale: Tensor, shift: Tensor | float = 0.0) -> None:
         if scale.shape != (base.local_dim,):
@@ -147,11 +131,6 @@ class ScaledOperator(LinearOperator):
 
     def random_vector(self, generator: torch.Generator) -> Tensor:
         return self.base.random_vector(generator)
-
-    @property
-    def num_hvps(self) -> int:
-        """Products of the wrapped operator (for a Hessian: Hessian-vector products)."""
-        return getattr(self.base, "num_hvps", self.base.num_products)
 
 
 def check_finite(product: Tensor) -> Tensor:

@@ -15,61 +15,45 @@ from lightning_shortcut.hessian.batches import (
     batch_size,
     cross_entropy_loss,
     detach_inference,
-    normalize_batches,
 )
 from lightning_shortcut.hessian.linear_operator import LinearOperator
-from lightning_shortcut.hessian.params import ParamsSpec, resolve_params
-from lightning_shortcut.hessian.settings import HVPS, AllReduce, HessianSettings, Hvp
+from lightning_shortcut.hessian.params import resolve_params
+from lightning_shortcut.hessian.settings import HessianSettings
 
+# re-exported for the callbacks
 __all__ = [
-    "HVPS",
-    "AllReduce",
     "HessianOperator",
-    "Hvp",
+    "HessianView",
     "LossFn",
-    "ParamsSpec",
     "batch_size",
     "cross_entropy_loss",
-    "normalize_batches",
     "resolve_params",
-]  # the batches', parameters' and settings' names are re-exported: every product reads them
+]
 
 
 class HessianOperator(LinearOperator):
     """Products ``H v`` with the Hessian of the size-weighted mean loss over ``batches``.
 
-    ``H = sum_b n_b H_b / sum_b n_b`` where ``H_b`` is the Hessian of batch ``b``'s mean loss, so
-    batches of unequal size give the exact Hessian of the mean over all samples. Products use double
-    backward (``torch.autograd.grad``, never ``.backward``); for a single batch the first-order graph
-    is built once and reused. Use it where gradients are enabled (not under ``torch.no_grad`` or
-    ``torch.inference_mode``) and, for attention, with the math SDPA backend, which has a double
-    backward; :func:`~lightning_shortcut.hessian.hessian_eigenvalues` arranges both.
-
-    With ``hvp="finite_difference"`` a product is the central difference of gradients
-    ``(g(w + e v) - g(w - e v)) / 2e``, for models or strategies without double backward. The step
-    is ``e = eps^(1/3) (1 + ||w||) / ||v||`` (``eps`` of the parameters' dtype), which balances the
-    difference's truncation error (``O(e^2)``) against the gradients' rounding (``O(eps / e)``):
-    measured on an MLP and a CNN, products within about 5e-5 of the exact ones in float32 and 1e-10
-    in float64. The weights are set from a copy of their values kept for the operator's life
-    (``w + e v``, ``w - e v``, then ``w`` itself), so they are restored bit for bit, never by
-    subtraction. :attr:`hvp_error` estimates the products' relative error from the first product
-    taken again with ``2e`` (``||D(2e) - D(e)|| / ||D(e)||``, about 3 times the error of ``D(e)``
-    where truncation dominates): an estimate, not a bound.
+    ``H = sum_b n_b H_b / sum_b n_b`` (``H_b`` the Hessian of batch ``b``'s mean loss): the exact
+    Hessian of the mean over all samples. Products are double backwards (``torch.autograd.grad``);
+    a single batch's first-order graph (every batch's with ``keep_graphs``) is built once and kept
+    until :meth:`free_graph`. :meth:`view` gives a diagonal block. It needs gradients enabled and,
+    for attention, the math SDPA backend; :func:`~lightning_shortcut.hessian.hessian_eigenvalues`
+    arranges both. With ``hvp="finite_difference"`` a product is the central difference of
+    gradients ``(g(w + e v) - g(w - e v)) / 2e``, the weights restored bit for bit from a kept copy
+    (the step and its error: the docs' engine page, "Finite-difference products").
 
     Args:
         model: the model.
-        batches: the batches (see :func:`normalize_batches`).
+        batches: the batches (see :func:`~lightning_shortcut.hessian.batches.normalize_batches`).
         loss_fn: ``loss_fn(model, batch) -> scalar`` mean loss of the batch.
         params: the parameters the Hessian is taken over (resolved: tensors of ``model``).
-        settings: the :class:`~lightning_shortcut.hessian.HessianSettings` the products follow
-            (default: ``HessianSettings()``); the operator reads its ``hvp`` (``"autograd"``,
-            double backward, exact, or ``"finite_difference"``), its ``all_reduce`` (an
-            in-place-free sum across processes, applied to one packed tensor per product: the
-            local size-weighted sum of products, the sample count and a non-finite flag, so every
-            rank gets the Hessian of the union of the ranks' data) and, in train mode, its
-            ``seed``: the global RNG is seeded with ``seed + b`` before each forward of batch
-            ``b``, so random layers (dropout) use the same masks in every product (the caller
-            restores the global RNG state).
+        settings: the :class:`~lightning_shortcut.hessian.HessianSettings` whose ``hvp``,
+            ``all_reduce`` (one packed sum per product: the local weighted sum, the sample count and
+            a non-finite flag) and, in train mode, ``seed`` (``torch.manual_seed(seed + b)`` before
+            batch ``b``'s forward: the same dropout masks in every product) the products follow.
+        keep_graphs: keep every batch's first-order graph, so that views measured in turn build
+            each batch's graph once.
 
     Attributes:
         hvp_error: with ``hvp="finite_difference"``, the estimated relative error of a product
@@ -83,6 +67,8 @@ class HessianOperator(LinearOperator):
         loss_fn: LossFn,
         params: Sequence[Tensor],
         settings: HessianSettings | None = None,
+        *,
+        keep_graphs: bool = False,
     ) -> None:
         self.settings = settings if settings is not None else HessianSettings()
         self.model = model
@@ -97,24 +83,40 @@ class HessianOperator(LinearOperator):
         # half-precision parameters: the solvers' vectors stay in float32 (orthogonality), products
         # are taken in the parameters' dtype
         dtype = first.dtype if first.dtype in (torch.float32, torch.float64) else torch.float32
-        dim = sum(self.numels)
-        super().__init__(dim, torch.zeros(0, dtype=dtype, device=first.device))
+        super().__init__(sum(self.numels), torch.zeros(0, dtype=dtype, device=first.device))
         self.nonfinite = False
-        self.loss: float | None = None
-        self._cached: list[Tensor | None] | None = None
+        self.keep_graphs = keep_graphs or len(self.batches) == 1
+        self._graphs: dict[int, list[Tensor | None]] = {}
         self._weights: list[Tensor] | None = None  # finite differences: the values to restore
 
     @property
     def fixed_seed(self) -> int | None:
-        """In train mode ``seed``: batch ``b``'s forward follows ``torch.manual_seed(fixed_seed +
-        b)``; ``None`` in eval mode (the global RNG is not touched)."""
+        """``settings.fixed_seed``: the seed of batch 0's forward in train mode, else ``None``."""
         return self.settings.fixed_seed
 
     def on_batches(self, batches: Sequence[Any]) -> HessianOperator:
-        """The operator of the same Hessian (model, loss, parameters, settings) over other batches
-        of this process alone: no sum across processes."""
+        """The same Hessian over other batches of this process alone (no sum across processes)."""
         local = replace(self.settings, all_reduce=None)
         return HessianOperator(self.model, batches, self.loss_fn, self.params, local)
+
+    def view(self, params: Sequence[Tensor]) -> HessianView:
+        """The diagonal block ``H_SS`` over ``params`` (some of :attr:`params`), its products
+        taken through this operator.
+
+        Raises:
+            ValueError: on a parameter that is not one of this operator's, or on an operator whose
+                products are not restricted double backwards (finite differences, sharded vectors).
+        """
+        if self.sharded or self.settings.hvp != "autograd":
+            raise ValueError(
+                "A view takes its products by double backward on whole vectors; got "
+                f"hvp={self.settings.hvp!r}, sharded={self.sharded}."
+            )
+        index = {id(param): i for i, param in enumerate(self.params)}
+        missing = [i for i, param in enumerate(params) if id(param) not in index]
+        if missing:
+            raise ValueError(f"`params[{missing[0]}]` is not a parameter of the operator.")
+        return HessianView(self, sorted(index[id(param)] for param in params))
 
     def _gradients(self, index: int, create_graph: bool = True) -> list[Tensor | None]:
         if self.fixed_seed is not None:
@@ -124,10 +126,8 @@ class HessianOperator(LinearOperator):
             shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
             raise ValueError(f"`loss_fn` must return a scalar tensor, got {shape}.")
         loss = loss.reshape(())
-        value = float(loss.detach())
         if not torch.isfinite(loss.detach()):
             self.nonfinite = True
-        self.loss = value
         if not loss.requires_grad:
             return [None] * len(self.params)
         grads = torch.autograd.grad(loss, self.params, create_graph=create_graph, allow_unused=True)
@@ -135,9 +135,9 @@ class HessianOperator(LinearOperator):
             return list(grads)
         return [g if g is not None and g.requires_grad else None for g in grads]
 
-    def _gradient_sum(self, like: Tensor) -> Tensor:
-        """``sum_b n_b g_b``, flat, at the current weights (first derivatives only)."""
-        total = torch.zeros_like(like)
+    def _gradient_sum(self) -> Tensor:
+        """``sum_b n_b g_b`` over this process's batches, flat (first derivatives only)."""
+        total = self.like.new_zeros(self.dim)
         for index, size in enumerate(self.sizes):
             grads = self._gradients(index, create_graph=False)
             for piece, grad in zip(torch.split(total, self.numels), grads, strict=True):
@@ -145,101 +145,106 @@ class HessianOperator(LinearOperator):
                     piece.add_(grad.reshape(-1).to(piece), alpha=size)
         return total
 
+    def gradient(self) -> Tensor:
+        """The flat gradient of the mean loss over every process's samples (NaN if not finite)."""
+        return self._mean(self._gradient_sum())
+
     def _step(self, vector: Tensor) -> float:
-        """The finite-difference step ``eps^(1/3) (1 + ||w||) / ||v||`` (``v`` whole)."""
         weights = math.sqrt(sum(float(w.double().square().sum()) for w in self._weights))
         norm = float(vector.double().norm())
         eps = torch.finfo(self.params[0].dtype).eps
         return eps ** (1 / 3) * (1 + weights) / max(norm, 1e-300)
 
-    def _set_weights(self, vector: Tensor | None, step: float) -> None:
-        with torch.no_grad():
-            if vector is None:
-                for param, saved in zip(self.params, self._weights, strict=True):
-                    param.copy_(saved)  # the kept values: bit for bit
-                return
-            chunks = torch.split(vector, self.numels)
-            for param, saved, chunk in zip(self.params, self._weights, chunks, strict=True):
-                param.copy_(saved + step * chunk.view(param.shape).to(saved))
+    @torch.no_grad()
+    def _set_weights(self, vector: Tensor, step: float) -> None:
+        """``w + step * vector`` from the kept ``w`` (``step=0``: ``w`` bit for bit)."""
+        chunks = torch.split(vector, self.numels)
+        for param, saved, chunk in zip(self.params, self._weights, chunks, strict=True):
+            param.copy_(saved + step * chunk.view(param.shape).to(saved) if step else saved)
 
-    def _difference(self, vector: Tensor, scale: float = 1.0) -> Tensor:
-        """``sum_b n_b (g_b(w + e v) - g_b(w - e v)) / 2e`` with ``e = scale * _step(v)``."""
+    def _difference(self, vector: Tensor, scale: float) -> Tensor:
         if self._weights is None:
             self._weights = [param.detach().clone() for param in self.params]
         step = scale * self._step(vector)
         try:
             self._set_weights(vector, step)
-            plus = self._gradient_sum(vector)
+            plus = self._gradient_sum()
             self._set_weights(vector, -step)
-            minus = self._gradient_sum(vector)
+            minus = self._gradient_sum()
         finally:
-            self._set_weights(None, 0.0)
+            self._set_weights(vector, 0.0)
         return plus.sub_(minus).div_(2 * step)
 
-    def _product(self, grads: list[Tensor | None], vector: Tensor, retain: bool) -> Tensor:
-        chunks = torch.split(vector, self.numels)
-        used = [i for i, g in enumerate(grads) if g is not None]
+    def _product(self, grads: list[Tensor | None], vector: Tensor, indices: list[int]) -> Tensor:
+        """One batch's ``H_SS v`` for the parameters ``indices``: a double backward."""
+        chunks = torch.split(vector, [self.numels[i] for i in indices])
+        used = [
+            (i, chunk) for i, chunk in zip(indices, chunks, strict=True) if grads[i] is not None
+        ]
+        result = torch.zeros_like(vector)
         if not used:
-            return torch.zeros_like(vector)
+            return result
         products = torch.autograd.grad(
-            [grads[i] for i in used],
-            self.params,
-            grad_outputs=[chunks[i].view(self.shapes[i]).to(grads[i]) for i in used],
-            retain_graph=retain,
+            [grads[i] for i, _ in used],
+            [self.params[i] for i in indices],
+            grad_outputs=[chunk.view(self.shapes[i]).to(grads[i]) for i, chunk in used],
+            retain_graph=self.keep_graphs,
             allow_unused=True,
         )
-        result = torch.empty_like(vector)
         pieces = list(products)
         del products  # the pieces are freed one by one as they are copied
-        for index, piece in enumerate(torch.split(result, self.numels)):
-            if pieces[index] is None:
-                piece.zero_()
-            else:
-                piece.copy_(pieces[index].reshape(-1))
-                pieces[index] = None
+        for position, piece in enumerate(torch.split(result, [self.numels[i] for i in indices])):
+            if pieces[position] is not None:
+                piece.copy_(pieces[position].reshape(-1))
+                pieces[position] = None
         return result
 
-    @property
-    def num_hvps(self) -> int:
-        """Hessian-vector products so far."""
-        return self.num_products
-
-    def _local_sum(self, vector: Tensor, scale: float = 1.0) -> Tensor:
-        """``sum_b n_b H_b vector`` over this process's batches (``vector`` over all parameters);
-        finite differences take the step times ``scale``."""
+    def _local_sum(self, vector: Tensor, indices: list[int], scale: float = 1.0) -> Tensor:
+        """``sum_b n_b H_b vector`` over this process's batches."""
         if self.settings.hvp == "finite_difference":
             return self._difference(vector, scale)
-        if len(self.batches) == 1:
-            if self._cached is None:
-                self._cached = self._gradients(0)
-            return self._product(self._cached, vector, retain=True).mul_(self.sizes[0])
-        total = torch.zeros_like(vector)
+        total = None
         for index, size in enumerate(self.sizes):
-            total += size * self._product(self._gradients(index), vector, retain=False)
+            grads = self._graphs.get(index) or self._gradients(index)
+            if self.keep_graphs:  # every batch's graph kept: built once
+                self._graphs[index] = grads
+            product = self._product(grads, vector, indices).mul_(size)
+            total = product if total is None else total.add_(product)
         return total
 
-    def _matvec(self, vector: Tensor) -> Tensor:
-        total = self._local_sum(vector)
-        count = float(sum(self.sizes))
+    def _sum_over_processes(
+        self, total: Tensor, count: float, nonfinite: bool
+    ) -> tuple[Tensor, float, bool]:
+        """A local total, the sample count and the non-finite flag summed over processes."""
         all_reduce = self.settings.all_reduce
-        if all_reduce is not None:
-            packed = torch.cat([total, total.new_tensor([count, float(self.nonfinite)])])
-            packed = all_reduce(packed)
-            total, count, self.nonfinite = packed[:-2], float(packed[-2]), bool(packed[-1] > 0)
-        if self.nonfinite:
-            return torch.full_like(vector, float("nan"))
-        product = total.div_(count)
+        if all_reduce is None:
+            return total, count, nonfinite
+        packed = all_reduce(torch.cat([total, total.new_tensor([count, float(nonfinite)])]))
+        return packed[:-2], float(packed[-2]), bool(packed[-1] > 0)
+
+    def _mean(self, total: Tensor) -> Tensor:
+        """The mean over every process's samples of ``sum_b n_b x_b`` (NaN if not finite)."""
+        total, count, self.nonfinite = self._sum_over_processes(
+            total, float(sum(self.sizes)), self.nonfinite
+        )
+        return torch.full_like(total, math.nan) if self.nonfinite else total.div_(count)
+
+    def _gather(self, vector: Tensor) -> Tensor:
+        return vector
+
+    def product(self, vector: Tensor, indices: list[int]) -> Tensor:
+        """``H_SS vector`` for the parameters ``indices`` (``S``; all of them: ``H vector``)."""
+        whole = self._gather(vector)
+        product = self._mean(self._local_sum(whole, indices))
         if self.settings.hvp == "finite_difference" and self.hvp_error is None:
-            wider = self._local_sum(vector, scale=2.0)
-            if all_reduce is not None:
-                wider = all_reduce(wider)
-            self._estimate_error(product, wider.div_(count))
+            wider = self._mean(self._local_sum(whole, indices, scale=2.0))
+            # one product taken with the step e and with 2e
+            norm = float(self.norm(product))
+            self.hvp_error = float(self.norm(wider - product)) / norm if norm > 0 else 0.0
         return product
 
-    def _estimate_error(self, product: Tensor, wider: Tensor) -> None:
-        """``hvp_error`` from one product taken with the step ``e`` and with ``2e``."""
-        norm = float(self.norm(product))
-        self.hvp_error = float(self.norm(wider - product)) / norm if norm > 0 else 0.0
+    def _matvec(self, vector: Tensor) -> Tensor:
+        return self.product(vector, list(range(len(self.params))))
 
     def unflatten(self, vector: Tensor) -> list[Tensor]:
         """Split a flat vector into tensors shaped like :attr:`params`."""
@@ -248,11 +253,24 @@ class HessianOperator(LinearOperator):
         ]
 
     def free_graph(self) -> None:
-        """Drop the cached first-order graph (and the weights kept for finite differences, which
-        are then the model's own again); the next product, if any, builds them again."""
-        self._cached = None
+        """Drop the kept first-order graphs and finite-difference weights (rebuilt if needed)."""
+        self._graphs = {}
         self._weights = None
 
-    def release(self) -> None:
-        """Drop the cached first-order graph (and the weights kept for finite differences)."""
-        self.free_graph()
+
+class HessianView(LinearOperator):
+    """The diagonal block ``H_SS`` of a :class:`HessianOperator` (:meth:`HessianOperator.view`);
+    its ``free_graph`` leaves the operator's graphs to the operator.
+
+    Attributes:
+        operator: the operator it is a view of.
+        indices: the positions of its parameters among the operator's.
+    """
+
+    def __init__(self, operator: HessianOperator, indices: list[int]) -> None:
+        super().__init__(sum(operator.numels[i] for i in indices), operator.like)
+        self.operator = operator
+        self.indices = indices
+
+    def _matvec(self, vector: Tensor) -> Tensor:
+        return self.operator.product(vector, self.indices)

@@ -13,17 +13,19 @@ ParamsSpec = (
     Literal["all", "residual"] | Callable[[nn.Module], Iterable[Tensor]] | Iterable[Tensor] | None
 )
 
-__all__ = ["ParamsSpec", "branch_parameters", "check_params_spec", "resolve_params"]
+__all__ = [
+    "ParamsSpec",
+    "branch_parameters",
+    "check_params_spec",
+    "check_vector_size",
+    "describe_params",
+    "resolve_params",
+]
 
 
 def branch_parameters(model: nn.Module) -> list[Tensor]:
-    """The residual-branch parameters of ``model``: those that each of its modules (``model``
-    included) with a ``branch_parameters()`` method declares, such as
-    :class:`~lightning_shortcut.ResidualUnit`; once each, in module order.
-
-    The engine asks the modules instead of importing the residual module, so any module can
-    declare its branches.
-    """
+    """The parameters that the modules of ``model`` with a ``branch_parameters()`` method declare
+    (such as :class:`~lightning_shortcut.ResidualUnit`), once each, in module order."""
     seen: set[int] = set()
     params: list[Tensor] = []
     for module in model.modules():
@@ -40,10 +42,8 @@ def branch_parameters(model: nn.Module) -> list[Tensor]:
 def resolve_params(model: nn.Module, params: ParamsSpec) -> list[Tensor]:
     """The parameters to differentiate, checked against ``model``.
 
-    ``None`` or ``"all"``: every parameter that requires grad; ``"residual"``: the branch parameters
-    of every :class:`~lightning_shortcut.ResidualStack` in the model (the paper's Hessian; see
-    :func:`branch_parameters`); a callable
-    ``model -> parameters``; or the parameters themselves.
+    ``None`` or ``"all"``: every parameter that requires grad; ``"residual"``:
+    :func:`branch_parameters`; a callable ``model -> parameters``; or the parameters.
 
     Raises:
         ValueError: if a parameter is not one of the model's, none requires grad, or
@@ -69,13 +69,8 @@ def resolve_params(model: nn.Module, params: ParamsSpec) -> list[Tensor]:
 
 
 def check_params_spec(params: ParamsSpec) -> ParamsSpec:
-    """Return ``params`` if it is a :data:`ParamsSpec`, an iterable of parameters as a tuple (so
-    that it can be read more than once, as a generator such as ``model.parameters()`` cannot).
-
-    Raises:
-        ValueError: on a string other than ``"all"`` and ``"residual"``.
-        TypeError: on anything that is not a string, a callable or an iterable of parameters.
-    """
+    """Return ``params`` if it is a :data:`ParamsSpec` (an iterable as a tuple, to be read more
+    than once); ``ValueError`` on another string, ``TypeError`` on another kind."""
     if params is None:
         return None
     if isinstance(params, str):
@@ -109,3 +104,32 @@ def _checked(model: nn.Module, chosen: list[Tensor]) -> list[Tensor]:
     if len({id(p) for p in chosen}) != len(chosen):
         raise ValueError("`params` lists a parameter more than once.")
     return chosen
+
+
+def describe_params(params: ParamsSpec, model: nn.Module | None = None) -> str:
+    """``params`` for an error message: parameters by their names in ``model``, else shapes."""
+    if params is None or isinstance(params, str):
+        return repr(params)
+    if callable(params) and not isinstance(params, Tensor):
+        return getattr(params, "__name__", type(params).__name__)
+    names = {} if model is None else {id(p): name for name, p in model.named_parameters()}
+    return "[{}]".format(
+        ", ".join(
+            repr(names[id(p)]) if id(p) in names else f"<tensor of shape {tuple(p.shape)}>"
+            for p in params
+        )
+    )
+
+
+def check_vector_size(
+    vectors: Iterable[Tensor], dim: int, params: ParamsSpec, model: nn.Module
+) -> None:
+    """Raise a ``ValueError`` where a spectrum's vectors do not have the ``dim`` of ``params``."""
+    for vector in vectors:
+        if vector.numel() != dim:
+            raise ValueError(
+                f"The spectrum's vectors have {vector.numel()} entries but the parameters "
+                f"(params={describe_params(params, model)}) of {type(model).__name__} have {dim}: "
+                "pass the params the spectrum was measured with (under fully_shard a spectrum holds "
+                "this rank's rows only)."
+            )

@@ -1,30 +1,50 @@
 """``HessianSpectrum``: what :func:`~lightning_shortcut.hessian.hessian_eigenvalues` and every
-registered solver return (one type: a solver fills in the values, bounds and vectors, and
-``hessian_eigenvalues`` completes the same object with the call's cost and what follows from the
-values)."""
+registered solver return."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 from torch import Tensor
 
 from lightning_shortcut.hessian.tracking import WarmStart
 
-__all__ = ["HessianSpectrum"]
+__all__ = ["NON_FINITE", "HessianSpectrum", "Request", "magnitude_ratio"]
+
+#: The reason of a result whose loss or products were not finite.
+NON_FINITE = "non-finite loss or Hessian-vector product"
+
+
+class Request(Protocol):
+    """What a result reads of its :class:`~lightning_shortcut.hessian.HessianSettings`."""
+
+    top_k: int
+    bottom_k: int
+    min_abs: bool
+    tol: float
+    method: str
+    hvp: str
+    stderr: bool | str
+
+
+def magnitude_ratio(largest: float, smallest: float, atol: float = 0.0) -> float:
+    """``largest / smallest`` of eigenvalue magnitudes, ``nan`` if ``largest <= atol`` (a zero
+    spectrum) and ``inf`` if only ``smallest <= atol`` (a singular one)."""
+    if largest <= atol:
+        return math.nan
+    if smallest <= atol:
+        return math.inf
+    return largest / smallest
 
 
 @dataclass
 class HessianSpectrum:
-    """The extreme eigenvalues of a loss Hessian (or of any symmetric operator), with bounds on
-    their errors.
+    """The extreme eigenvalues of a loss Hessian (or any symmetric operator), with error bounds.
 
-    A registered solver returns one (as ``EigenResult``, the same type) with ``top``, ``bottom``,
-    their errors, ``vectors`` where it has them, ``scale``, ``converged`` and ``reason`` (and
-    ``min_abs`` where asked); :func:`~lightning_shortcut.hessian.hessian_eigenvalues` sorts it and
-    fills in the rest: ``max``, ``min``, ``min_abs_resolved``, ``condition_number``, the cost and
-    the standard errors.
+    A solver fills in ``top``, ``bottom``, their errors, ``vectors``, ``scale``, ``converged`` and
+    ``reason`` (and ``min_abs``); the caller's result is :meth:`completed` from it.
 
     Attributes:
         top: the ``top_k`` largest eigenvalues, descending.
@@ -33,13 +53,12 @@ class HessianSpectrum:
         min: the smallest algebraic eigenvalue (``None`` when ``bottom_k = 0``).
         min_abs: the smallest ``|eigenvalue|`` (``None`` unless ``min_abs=True``); where not
             resolved, an upper bound on it.
-        min_abs_resolved: whether ``min_abs`` is known to relative accuracy ``tol``; ``False`` when it
-            is below what the tolerance resolves (``<= tol * max|lambda|``: the Hessian is singular
-            to within ``tol``) or the solver ran out of products (``None`` unless ``min_abs=True``).
-        condition_number: ``max|lambda| / min_abs`` when ``min_abs`` is resolved; ``inf`` when it is
-            below resolution (the condition number is at least about ``1 / tol``); ``nan`` for a
-            zero Hessian (``None`` unless ``min_abs=True``). Where the solver ran out of products, a
-            lower bound (with ``converged=False``).
+        min_abs_resolved: whether ``min_abs`` is known to relative accuracy ``tol``; ``False``
+            when it is ``<= tol * max|lambda|`` (singular to within ``tol``) or the solver ran out
+            of products (``None`` unless ``min_abs=True``).
+        condition_number: ``max|lambda| / min_abs``; ``inf`` below resolution, ``nan`` for a zero
+            Hessian, a lower bound where the solver ran out of products (``None`` unless
+            ``min_abs=True``).
         top_errors: for each value of ``top``, a bound on its error (see the solver).
         bottom_errors: the same for ``bottom``.
         min_abs_error: a bound on the error of ``min_abs``.
@@ -49,27 +68,21 @@ class HessianSpectrum:
         reason: why not, in words (empty when converged).
         seconds: wall time of the call.
         method: the solver used.
-        hvp: how the products were taken: ``"autograd"`` (exact) or ``"finite_difference"``.
-        hvp_error: with finite differences, the estimated relative error of a product (see
-            :class:`~lightning_shortcut.hessian.HessianOperator`), included in the error bounds as
-            ``hvp_error * max|lambda|``; ``None`` for exact products.
-        warm_start: whether the answer came from a run started from ``start`` vectors (a warm
-            run); ``False`` for a cold run from a random vector.
-        warm_given_up: whether a warm run was tried and given up by the warm rule, so that a
-            cold run gave the answer (its products are in :attr:`num_hvps`). With ``top_k > 1``
-            or ``bottom_k > 1`` each locking run decides for itself, so both this and
-            :attr:`warm_start` can be true.
-        max_stderr: the standard error of ``max`` over Hessian batches of the same size (the
-            sampling error of the batch; ``None`` unless ``stderr=True``, or ``"cold"`` with a cold
-            answer, see
-            :func:`~lightning_shortcut.hessian.sampling.rayleigh_stderr`).
+        hvp: ``"autograd"`` (exact) or ``"finite_difference"``.
+        hvp_error: with finite differences, the estimated relative error of a product, included in
+            the error bounds as ``hvp_error * max|lambda|``; ``None`` for exact products.
+        warm_start: whether the answer came from a run started from ``start`` vectors.
+        warm_given_up: whether a warm run was given up by the warm rule for a cold one (each
+            locking run decides for itself, so both this and :attr:`warm_start` can be true).
+        max_stderr: the standard error of ``max`` over Hessian batches of the same size
+            (:func:`~lightning_shortcut.hessian.sampling.rayleigh_stderr`; ``None`` unless
+            ``stderr=True``, or ``"cold"`` with a cold answer).
         min_stderr: the same for ``min``.
         stderr_seconds: the part of :attr:`seconds` spent on the standard errors.
-        vectors: the unit eigenvector estimates of ``top`` then ``bottom``, flat over the parameters
-            (under ``fully_shard``, this rank's rows of them); empty where the solver gives none
-            (``"pyhessian"``).
+        vectors: the unit eigenvectors of ``top`` then ``bottom``, flat (under ``fully_shard``,
+            this rank's rows); empty where the solver gives none (``"pyhessian"``).
         neighbours: the Ritz vectors next to the extremes (kept for warm starts).
-        frontiers: the lowest top-side and the highest bottom-side Ritz value among
+        frontiers: the lowest top-side and highest bottom-side Ritz value among
             :attr:`tracking_vectors` (``None`` for an end not computed).
     """
 
@@ -114,9 +127,8 @@ class HessianSpectrum:
 
     @property
     def tracking_vectors(self) -> WarmStart:
-        """What to pass as ``start`` to the next measurement: :attr:`vectors` and
-        :attr:`neighbours`, with the values they certified (an end whose vectors a solver did not
-        give in full carries none)."""
+        """What to pass as ``start`` to the next measurement (an end without all its vectors
+        carries none)."""
         top, bottom = self.top_vectors, self.bottom_vectors
         return WarmStart(
             top if len(top) == len(self.top) else [],
@@ -146,35 +158,47 @@ class HessianSpectrum:
 
     @classmethod
     def nan(
-        cls,
-        top_k: int,
-        bottom_k: int,
-        min_abs: bool,
-        method: str,
-        reason: str,
-        num_hvps: int = 0,
-        stderr: bool = False,
+        cls, request: Request, reason: str, num_hvps: int = 0, *, stderr: bool | None = None
     ) -> HessianSpectrum:
-        """The result of a computation that failed: NaN for every requested value."""
-        nan = math.nan
+        """A failed computation's result: NaN for every value ``request`` asks for (standard
+        errors too where it, or ``stderr``, asks for them)."""
+        top_k, bottom_k, min_abs = request.top_k, request.bottom_k, request.min_abs
+        stderr = bool(request.stderr) if stderr is None else stderr
+
+        def nan(asked: bool) -> float | None:
+            return math.nan if asked else None
+
         return cls(
-            max_stderr=nan if stderr and top_k else None,
-            min_stderr=nan if stderr and bottom_k else None,
-            top=[nan] * top_k,
-            bottom=[nan] * bottom_k,
-            max=nan if top_k else None,
-            min=nan if bottom_k else None,
-            min_abs=nan if min_abs else None,
-            min_abs_resolved=False if min_abs else None,
-            condition_number=nan if min_abs else None,
-            top_errors=[nan] * top_k,
-            bottom_errors=[nan] * bottom_k,
-            min_abs_error=nan if min_abs else None,
-            num_hvps=num_hvps,
-            converged=False,
-            reason=reason,
-            method=method,
-        )
+            top=[math.nan] * top_k, bottom=[math.nan] * bottom_k, max=nan(top_k), min=nan(bottom_k),
+            top_errors=[math.nan] * top_k, bottom_errors=[math.nan] * bottom_k,
+            max_stderr=nan(stderr and top_k), min_stderr=nan(stderr and bottom_k),
+            min_abs=nan(min_abs), min_abs_error=nan(min_abs), condition_number=nan(min_abs),
+            min_abs_resolved=False if min_abs else None, num_hvps=num_hvps, converged=False,
+            reason=reason, method=request.method, hvp=request.hvp,
+        )  # fmt: skip
+
+    def completed(self, request: Request, num_hvps: int) -> HessianSpectrum:
+        """A solver's answer as the caller's result (a new one): each end sorted, with ``max``,
+        ``min``, ``min_abs``' resolution, the condition number, the method and the products."""
+        neighbours = [vector.detach() for vector in self.neighbours]
+        fields: dict[str, Any] = {"vectors": [], "neighbours": neighbours, "num_hvps": num_hvps}
+        fields.update(method=request.method, hvp=request.hvp)
+        for end, descending in (("top", True), ("bottom", False)):
+            values, errors = getattr(self, end), getattr(self, f"{end}_errors")
+            vectors = getattr(self, f"{end}_vectors")
+            order = sorted(range(len(values)), key=lambda i: values[i], reverse=descending)
+            fields[end] = [values[i] for i in order]
+            fields[f"{end}_errors"] = [errors[i] for i in order]
+            fields["vectors"] += [vectors[i].detach() for i in order if i < len(vectors)]
+            fields["max" if descending else "min"] = fields[end][0] if order else None
+        if request.min_abs:
+            tol, smallest, largest = request.tol, self.min_abs, self.scale
+            resolved = smallest > tol * largest and self.min_abs_error <= tol * smallest
+            fields["min_abs_resolved"] = resolved
+            fields["condition_number"] = magnitude_ratio(largest, smallest, atol=tol * largest)
+        else:
+            fields.update(min_abs=None, min_abs_error=None)
+        return replace(self, **fields)
 
     def as_dict(self) -> dict[str, float]:
         """Flat ``name -> float`` view for logging (``top_<i>``/``bottom_<i>`` when ``k > 1``)."""

@@ -1,32 +1,17 @@
 """The Hessian batch's sampling error: how much an eigenvalue owes to the choice of samples.
 
-Every measurement takes the Hessian of the mean loss over a fixed sample of the data (the *Hessian
-batch*). A different sample of the same size gives a different Hessian, and a different
-``lambda_max``. :func:`rayleigh_stderr` estimates that spread at the returned eigenvector ``v``: the
-Hessian batch's ``n`` samples are split into ``m`` chunks, each chunk's Rayleigh quotient
-``q_c = v^T H_c v`` is computed (``H_c`` the Hessian of the chunk's mean loss), and the standard
-error of the full batch's ``q = sum_c n_c q_c / n`` follows from their spread, as in cluster sampling:
+A different sample of the same size gives a different Hessian and a different ``lambda_max``.
+:func:`rayleigh_stderr` estimates that spread at the returned eigenvector ``v``: the Hessian batch's
+``n`` samples are split into ``m`` chunks, each chunk's Rayleigh quotient ``q_c = v^T H_c v`` is
+computed, and the standard error of ``q = sum_c n_c q_c / n`` follows as in cluster sampling:
 
     stderr(q)^2 = m / (m - 1) * sum_c (n_c / n)^2 (q_c - q)^2
 
-(``std(q_c) / sqrt(m)`` for equal chunks). By the envelope theorem, ``lambda_max`` of a resampled
-batch moves to first order as ``v^T H v`` does at the fixed ``v``, so this is the standard error of
-the reported eigenvalue over Hessian batches of the same size drawn from the same data (the
-selection bias of a maximum, which makes ``lambda_max`` of a small batch too large on average, is
-not included). It needs a loss that is a mean over samples: in ``mode="eval"`` every standard loss
-is; BatchNorm in train mode couples the samples of a batch, and the callers do not report it there.
-Cost: where every batch splits into equal chunks and ``chunks * parameters`` is at most
-:data:`VMAP_MAX_ENTRIES`, the chunks' products are taken in one pass, ``torch.func.vmap`` over the
-chunks of a forward-over-reverse product (:func:`_vmapped_quotients`); it holds a gradient and a
-tangent per chunk (``2 m`` parameter-sized tensors), hence the cap. Otherwise, and when the model
-or loss cannot be vmapped (data-dependent control flow, ``.item()``, in-place updates of captured
-tensors), each chunk builds its own first-order graph and takes one product per vector: a gradient
-and a product on the whole batch per vector, plus the overhead of ``m`` small passes instead of one
-large one. Measured on 1 CPU thread, both ends' vectors, 16 chunks: the 16-unit digits MLP on 256
-samples, 0.059 s vmapped against 0.218 s in a loop of chunks (3.7x; one graph and two products
-take 0.026 s); the MNIST-shaped MLP 0.146 against 0.424 s; the conv recipe model on 64 samples,
-where products are compute-bound, 8.6 against 6.2 s (vmapped convolutions are slower on the CPU).
-The two ways agree to 1e-6 relative.
+By the envelope theorem ``lambda_max`` moves to first order as ``v^T H v`` at the fixed ``v``. It
+needs a loss that is a mean over samples (``mode="eval"``). The chunks' products are one
+``torch.func.vmap`` pass where the batches split evenly and fit :data:`VMAP_MAX_ENTRIES`, else (and,
+with a warning, where ``torch.func`` cannot run the model) one graph per chunk: the same numbers
+(costs: the docs' engine page, "The sampling error of the Hessian batch").
 """
 
 from __future__ import annotations
@@ -56,15 +41,12 @@ VMAP_MAX_ENTRIES = 2**24
 
 
 def _has_samples(leaf: Any, size: int) -> bool:
-    """Whether a batch's leaf is a tensor of ``size`` samples (split into chunks)."""
     return isinstance(leaf, Tensor) and leaf.ndim > 0 and len(leaf) == size
 
 
 def split_batch(batch: Any, size: int, pieces: int) -> list[Any]:
-    """Split a batch into ``pieces`` batches of nearly equal size along the sample dimension.
-
-    Tensors whose first dimension is ``size`` are split; every other leaf is shared.
-    """
+    """Split a batch into ``pieces`` of nearly equal size: the tensors whose first dimension is
+    ``size`` are split, every other leaf is shared."""
     bounds = [round(index * size / pieces) for index in range(pieces + 1)]
     return [
         tree_map(
@@ -75,17 +57,6 @@ def split_batch(batch: Any, size: int, pieces: int) -> list[Any]:
         )
         for begin, end in itertools.pairwise(bounds)
         if end > begin
-    ]
-
-
-def _chunks(operator: HessianOperator, num_chunks: int) -> list[Any]:
-    """The operator's batches split into about ``num_chunks`` chunks in all, by size."""
-    return [
-        chunk
-        for batch, size, count in zip(
-            operator.batches, operator.sizes, _chunk_counts(operator, num_chunks), strict=True
-        )
-        for chunk in split_batch(batch, size, count)
     ]
 
 
@@ -102,20 +73,17 @@ class _LossOf(nn.Module):
 
 
 def _chunk_counts(operator: HessianOperator, num_chunks: int) -> list[int]:
-    """How many chunks each of the operator's batches is split into (about ``num_chunks`` in all,
-    by size)."""
+    """Chunks per batch: about ``num_chunks`` in all, by size."""
     total = sum(operator.sizes)
     return [max(1, min(size, round(num_chunks * size / total))) for size in operator.sizes]
 
 
 def _vmapped_quotients(operator: HessianOperator, vectors: Sequence[Tensor], num_chunks: int):
-    """``(quotients, sizes)`` by one vmapped pass per batch and vector, or ``None`` where the
-    batches do not split evenly, the vmapped tensors would pass :data:`VMAP_MAX_ENTRIES` or the
-    model cannot be vmapped."""
+    """``(quotients, sizes)`` by one vmapped pass per batch and vector, or ``None`` where that
+    cannot run."""
     counts = _chunk_counts(operator, num_chunks)
-    if any(size % count for size, count in zip(operator.sizes, counts, strict=True)):
-        return None
-    if sum(counts) * operator.dim > VMAP_MAX_ENTRIES:
+    uneven = any(size % count for size, count in zip(operator.sizes, counts, strict=True))
+    if uneven or sum(counts) * operator.dim > VMAP_MAX_ENTRIES:
         return None
     wrapper = _LossOf(operator.model, operator.loss_fn)
     names = {id(param): f"model.{name}" for name, param in operator.model.named_parameters()}
@@ -159,7 +127,16 @@ def _vmapped_quotients(operator: HessianOperator, vectors: Sequence[Tensor], num
                 for row, tangent in zip(rows, tangents, strict=True):
                     row.extend(batched(primals, tangent, chunks).tolist())
                 sizes.extend([size // count] * count)
-    except Exception:  # whatever vmap cannot run falls back to the loop of chunks
+    except torch.OutOfMemoryError:
+        raise  # the loop would hold less, but an out-of-memory is the caller's to see
+    except RuntimeError as error:  # what torch.func cannot vmap (.item(), data-dependent flow)
+        warnings.warn(
+            f"The sampling error's chunks could not be vmapped ({type(error).__name__}: "
+            f"{str(error)[:100]}...); their products are taken chunk by chunk (slower, the same "
+            "values).",
+            UserWarning,
+            stacklevel=2,
+        )
         return None
     return rows, sizes
 
@@ -170,13 +147,15 @@ def _chunk_quotients(operator: HessianOperator, vectors: Sequence[Tensor], num_c
     if vmapped is not None:
         return vmapped
     rows, sizes = [[] for _ in vectors], []
-    for batch in _chunks(operator, num_chunks):
+    counts = _chunk_counts(operator, num_chunks)
+    chunks = zip(operator.batches, operator.sizes, counts, strict=True)
+    for batch in (chunk for args in chunks for chunk in split_batch(*args)):
         chunk = operator.on_batches([batch])  # this rank's chunk: its quotients are summed below
         try:
             for index, vector in enumerate(vectors):
                 rows[index].append(float(torch.dot(vector, chunk(vector).to(vector))))
         finally:
-            chunk.release()
+            chunk.free_graph()
         sizes.append(chunk.sizes[0])
     return rows, sizes
 

@@ -11,9 +11,12 @@ the solvers' call) reads that one object.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass, field, fields
+from functools import partial
+from types import MappingProxyType
+from typing import Any, Literal
 
+import torch
 from torch import Tensor
 
 from lightning_shortcut.hessian._validation import (
@@ -23,10 +26,11 @@ from lightning_shortcut.hessian._validation import (
     check_non_negative_int,
     check_positive_int,
 )
+from lightning_shortcut.hessian.linear_operator import LinearOperator, NonFiniteProductError
 from lightning_shortcut.hessian.params import ParamsSpec, check_params_spec
-
-if TYPE_CHECKING:
-    from lightning_shortcut.hessian.solvers.base import SolverSpec
+from lightning_shortcut.hessian.results import NON_FINITE, HessianSpectrum
+from lightning_shortcut.hessian.solvers import SOLVERS, SolverSpec
+from lightning_shortcut.hessian.tracking import WarmStart
 
 __all__ = ["HVPS", "MODES", "AllReduce", "HessianSettings", "Hvp", "Mode"]
 
@@ -80,6 +84,7 @@ class HessianSettings:
     min_abs: bool = False
     tol: float = 1e-3
     max_iter: int | None = None
+    #: read-only once the settings are made
     solver_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
     # what comes back besides the values
     stderr: bool | Literal["cold"] = False
@@ -87,10 +92,6 @@ class HessianSettings:
     solver: SolverSpec = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # the registry's solvers import the operator, which reads these settings: looked up here,
-        # when settings are made, not when this module is imported
-        from lightning_shortcut.hessian.solvers import SOLVERS
-
         solver = SOLVERS[check_choice("method", self.method, SOLVERS)]
         object.__setattr__(self, "solver", solver)
         self._check_operator()
@@ -101,7 +102,7 @@ class HessianSettings:
                 f"`solver_options` must be a mapping of option names to values, got "
                 f"{type(options).__name__}."
             )
-        object.__setattr__(self, "solver_options", dict(options))
+        object.__setattr__(self, "solver_options", MappingProxyType(dict(options)))
         solver.check_options(self.solver_options)
         if not (self.stderr is True or self.stderr is False or self.stderr == "cold"):
             raise ValueError(f"`stderr` must be True, False or 'cold', got {self.stderr!r}.")
@@ -136,8 +137,6 @@ class HessianSettings:
                 "Nothing to compute: `top_k` and `bottom_k` are 0 and `min_abs` is False."
             )
         if self.min_abs and not self.solver.supports_min_abs:
-            from lightning_shortcut.hessian.solvers import SOLVERS
-
             supported = [name for name, spec in SOLVERS.items() if spec.supports_min_abs]
             raise ValueError(
                 f"`min_abs=True` needs a solver that computes it ({supported}), got "
@@ -146,6 +145,11 @@ class HessianSettings:
         check_float("tol", self.tol, low=0.0, high=1.0, include_low=False, include_high=False)
         if self.max_iter is not None:
             check_positive_int("max_iter", self.max_iter)
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        # copied and pickled as the keywords that make it (a read-only mapping does not pickle)
+        made = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        return partial(HessianSettings, **made | {"solver_options": dict(self.solver_options)}), ()
 
     @property
     def fixed_seed(self) -> int | None:
@@ -160,3 +164,40 @@ class HessianSettings:
         if self.max_iter is not None:
             return self.max_iter
         return 1000 if self.min_abs else 300
+
+    def solve(self, operator: LinearOperator, *, start: WarmStart | None = None) -> HessianSpectrum:
+        """Run the solver on ``operator`` as these settings ask (its generator seeded with
+        ``seed``): the answer :meth:`~lightning_shortcut.hessian.HessianSpectrum.completed`, or NaN
+        values (:meth:`~lightning_shortcut.hessian.HessianSpectrum.nan`) where a product was not
+        finite. The one call of a solver in the engine.
+
+        Raises:
+            ValueError: where ``top_k`` or ``bottom_k`` is above the operator's dimension.
+            RuntimeError: where the solver returns another number of values than asked.
+        """
+        for name, count in (("top_k", self.top_k), ("bottom_k", self.bottom_k)):
+            if count > operator.dim:
+                raise ValueError(
+                    f"`{name}={count}` asks for more eigenvalues than the Hessian has: its "
+                    f"dimension is {operator.dim}."
+                )
+        try:
+            result = self.solver.solve(
+                operator,
+                generator=torch.Generator().manual_seed(self.seed),
+                top_k=self.top_k,
+                bottom_k=self.bottom_k,
+                min_abs=self.min_abs,
+                tol=self.tol,
+                max_iter=self.products_per_run,
+                start=start,
+                **self.solver_options,
+            )
+        except NonFiniteProductError:
+            return HessianSpectrum.nan(self, NON_FINITE, operator.num_products)
+        if (len(result.top), len(result.bottom)) != (self.top_k, self.bottom_k):
+            raise RuntimeError(
+                f"Solver {self.method!r} returned {len(result.top)} top and {len(result.bottom)} "
+                f"bottom values where top_k={self.top_k} and bottom_k={self.bottom_k} were asked."
+            )
+        return result.completed(self, operator.num_products)

@@ -1,42 +1,26 @@
 """Hessian-vector products of a model sharded by FSDP2 (``fully_shard``), with sharded vectors.
 
-Under ``fully_shard`` each parameter is a ``DTensor`` whose rows are split over the ranks of a
-device mesh; forward and backward all-gather the rows into plain tensors and free them again.
-Gradients with respect to the sharded parameters do not exist in autograd (FSDP moves them by
-hooks: with respect to them ``torch.autograd.grad`` finds nothing, and products taken that way are
-zero), so a product by double backward differentiates the *unsharded* parameters. For the length
-of a measurement every ``fully_shard`` module is unsharded once, with resharding and gradient
-reduction off (the graph of the first derivatives must stay valid for every product: a reshard
-after the first backward frees the tensors it saved); afterwards FSDP's per-iteration state is
-reset (``reset_iter_state``), every module is resharded and its settings are restored. FSDP2 has
-setters for these settings but no getters, so they are read from, and restored into, its private
-state (``post_forward_mesh_info``, ``reshard_after_backward``, ``reduce_grads``,
-``all_reduce_grads`` of each parameter group), as in torch 2.14; the tests check the restoration.
-
-The solver's vectors stay sharded like the parameters: each rank holds its rows of every
-parameter, flattened in the order of the parameters. A product all-gathers the vector (one
-collective), takes this rank's ``sum_b n_b H_b v`` over its share of the data and reduce-scatters
-it (one collective); inner products and norms are sums over the ranks. The solver's memory per rank
-(``max_basis`` vectors, Ritz and warm-start vectors) is then about ``1 / world_size`` of a single
-process's; a product still needs two full-length vectors and, as every double backward does, the
-unsharded parameters and the first-order graph on every rank.
-
-Supported: every parameter the Hessian is over is a ``DTensor`` sharded on dim 0 over one 1-D
-mesh (plain FSDP2, as Lightning's ``ModelParallelStrategy`` sets it up with ``fully_shard``).
-Tensor parallelism and HSDP (2-D meshes) are refused with a message.
+A product by double backward differentiates the *unsharded* parameters (autograd has no gradients
+of the shards): for a measurement every ``fully_shard`` module is unsharded once, with resharding
+and gradient reduction off, then resharded with its settings restored. The solver's vectors stay
+sharded like the parameters (:class:`ShardLayout`): a product all-gathers the vector and
+reduce-scatters ``sum_b n_b H_b v``; inner products are summed over the ranks. Supported: plain
+FSDP2 (``Shard(0)`` on one 1-D mesh); tensor parallelism and HSDP are refused. More: the docs'
+strategies page.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from lightning_shortcut.hessian.operator import HessianOperator, LossFn
+from lightning_shortcut.hessian.batches import LossFn
+from lightning_shortcut.hessian.operator import HessianOperator
 from lightning_shortcut.hessian.settings import HessianSettings
 
 __all__ = [
@@ -51,8 +35,7 @@ __all__ = [
 
 
 class ShardingError(ValueError):
-    """A sharded model the engine cannot measure as asked (a sharding other than plain FSDP2, or an
-    option that needs whole vectors or gradients); a ``ValueError``."""
+    """A sharded model the engine cannot measure as asked; a ``ValueError``."""
 
 
 def _dtensor_type() -> type | None:
@@ -66,16 +49,9 @@ def _dtensor_type() -> type | None:
 def check_sharding(
     model: nn.Module, params: Sequence[Tensor], modules: Sequence[nn.Module]
 ) -> bool:
-    """Whether the Hessian of ``model`` over ``params`` is taken the ``fully_shard`` way.
-
-    ``True`` when ``model`` has ``fully_shard`` modules (``modules``, from :func:`fsdp_modules`)
-    and every parameter is sharded on dim 0 over one 1-D mesh; ``False`` when it has none and no
-    parameter is a ``DTensor``.
-
-    Raises:
-        ShardingError: for any other sharding (partly sharded parameters, tensor parallelism, HSDP,
-            several meshes), naming the parameter.
-    """
+    """Whether the Hessian over ``params`` is taken the ``fully_shard`` way (``modules`` from
+    :func:`fsdp_modules`); a :class:`ShardingError` naming the parameter for any sharding other
+    than plain FSDP2."""
     names = {id(param): name for name, param in model.named_parameters()}
     dtensor = _dtensor_type()
     if not modules:
@@ -125,15 +101,13 @@ def fsdp_modules(model: nn.Module) -> list[nn.Module]:
 
 
 def reshard(modules: Sequence[nn.Module]) -> None:
-    """Reshard ``fully_shard`` modules (a model's :func:`fsdp_modules`), so that their parameters
-    are the sharded ``DTensor`` s the optimizer steps. A module can be left unsharded by a forward
-    without backward (the root after validation); its next forward all-gathers the same values
-    again."""
+    """Reshard ``fully_shard`` modules, which a forward without backward can leave unsharded."""
     for module in modules:
         module.reshard()
 
 
-# FSDP2 has setters for these settings but no getters: they are read and restored from its state.
+# FSDP2 has setters for these settings but no getters: read and restored from its private state
+# (as in torch 2.14; the tests check the restoration).
 _GROUP_SETTINGS = (
     "post_forward_mesh_info",
     "reshard_after_backward",
@@ -148,8 +122,7 @@ def _param_groups(module: nn.Module) -> list[Any]:
 
 @contextmanager
 def _fsdp_unsharded(modules: list[nn.Module]):
-    """All-gather every module's parameters and keep them: no reshard after forward or backward,
-    no gradient reduction. On exit the modules are resharded and their settings restored."""
+    """All-gather every module's parameters and keep them; resharded and restored on exit."""
     roots = []
     for module in modules:  # outermost first: an initialized root marks the modules inside it
         state = module._get_fsdp_state()
@@ -181,7 +154,7 @@ def _fsdp_unsharded(modules: list[nn.Module]):
         yield
     finally:
         # clear FSDP's per-iteration state, which a forward or backward aborted mid-flight (out
-        # of memory, ...) leaves behind; the operator's release cannot tell that one was
+        # of memory, ...) leaves behind
         for root in roots:
             reset = getattr(root, "reset_iter_state", None)
             if callable(reset):
@@ -198,13 +171,8 @@ def _fsdp_unsharded(modules: list[nn.Module]):
 def unsharded_parameters(
     model: nn.Module, params: Sequence[Tensor], modules: Sequence[nn.Module]
 ) -> Iterator[list[Tensor]]:
-    """Unshard ``model``'s ``fully_shard`` modules (``modules``) and yield the unsharded tensor of
-    each of ``params`` (parameters of ``model`` that :func:`check_sharding` accepted), in order;
-    everything is restored on exit.
-
-    Raises:
-        ShardingError: if no ``fully_shard`` module manages a parameter.
-    """
+    """Unshard ``modules`` and yield the unsharded tensor of each of ``params``, restoring all on
+    exit; a :class:`ShardingError` where no ``fully_shard`` module manages a parameter."""
     names = {id(param): name for name, param in model.named_parameters()}
     chosen = [names[id(param)] for param in params]
     with _fsdp_unsharded(list(modules)):
@@ -220,15 +188,9 @@ def unsharded_parameters(
 
 
 class ShardLayout:
-    """Where this rank's part of a flat vector over ``fully_shard`` parameters lies.
-
-    A flat vector is, on each rank, the concatenation of its rows of every parameter, flattened,
-    in the order of the parameters (its ``local_dim`` entries); the whole vector is, parameter by
-    parameter, the ranks' rows in the order of the mesh.
-
-    Args:
-        params: the sharded parameters (``DTensor``, ``Shard(0)`` on one 1-D mesh).
-    """
+    """Where this rank's part of a flat vector over sharded ``params`` lies: its rows of each
+    parameter, in order (``local_dim`` entries); the whole vector is, parameter by parameter, the
+    ranks' rows in mesh order."""
 
     def __init__(self, params: Sequence[Tensor]) -> None:
         mesh = params[0].device_mesh
@@ -249,12 +211,8 @@ class ShardLayout:
         self.local_dim = sum(self.numels[self.rank])
         self.padded = max(sum(counts) for counts in self.numels)
 
-    def _pieces_in_full_order(self) -> list[int]:
-        return [
-            self.numels[rank][index]
-            for index in range(len(self.full_numels))
-            for rank in range(self.world_size)
-        ]
+    def _full_order(self) -> list[tuple[int, int]]:
+        return [(i, r) for i in range(len(self.full_numels)) for r in range(self.world_size)]
 
     def gather(self, local: Tensor) -> Tensor:
         """The whole vector (parameters in order, each as its unsharded flat tensor) on every rank."""
@@ -266,17 +224,11 @@ class ShardLayout:
             torch.split(rows[rank, : sum(counts)], counts)
             for rank, counts in enumerate(self.numels)
         ]
-        return torch.cat(
-            [
-                by_rank[rank][index]
-                for index in range(len(self.full_numels))
-                for rank in range(self.world_size)
-            ]
-        )
+        return torch.cat([by_rank[rank][index] for index, rank in self._full_order()])
 
     def reduce_scatter(self, full: Tensor) -> Tensor:
         """This rank's part of the sum over ranks of ``full`` (a whole vector on each rank)."""
-        pieces = torch.split(full, self._pieces_in_full_order())
+        pieces = torch.split(full, [self.numels[r][i] for i, r in self._full_order()])
         rows = full.new_zeros(self.world_size, self.padded)
         count = len(self.full_numels)
         for rank in range(self.world_size):
@@ -293,8 +245,7 @@ class ShardLayout:
         return summed
 
     def random_vector(self, generator: torch.Generator, like: Tensor) -> Tensor:
-        """This rank's part of a Gaussian vector that is the same for any number of ranks: each
-        parameter's entries are drawn in turn (float64, CPU) and each rank keeps its rows."""
+        """This rank's part of a Gaussian vector that is the same for any number of ranks."""
         parts = []
         for index, numel in enumerate(self.full_numels):
             draw = torch.randn(numel, generator=generator, dtype=torch.float64)
@@ -306,19 +257,10 @@ class ShardLayout:
 class FullyShardedHessianOperator(HessianOperator):
     """:class:`HessianOperator` of a model sharded by ``fully_shard``, on sharded vectors.
 
-    Every rank calls it with its own share of the data and its part of the vector (see
-    :class:`ShardLayout`); the product is that of the Hessian of the mean loss over all ranks'
-    samples. The ``fully_shard`` modules are unsharded from construction to :meth:`release`.
-
-    Args:
-        model: the model.
-        batches: this rank's batches.
-        loss_fn: ``loss_fn(model, batch) -> scalar`` mean loss of a batch.
-        params: the sharded parameters the Hessian is over (accepted by :func:`check_sharding`).
-        modules: the model's ``fully_shard`` modules (:func:`fsdp_modules`).
-        settings: as in :class:`HessianOperator`, with no ``all_reduce`` (products are summed over
-            the mesh); finite differences perturb the unsharded copies of the weights, which are
-            restored from kept values, and never the shards.
+    Every rank calls it with its own batches and its part of the vector (``layout``); ``params`` are
+    the unsharded parameters (:func:`unsharded_parameters`), ``settings`` have no ``all_reduce``
+    (products are summed over the mesh). The product is the Hessian of the mean over all ranks'
+    samples.
     """
 
     def __init__(
@@ -327,39 +269,25 @@ class FullyShardedHessianOperator(HessianOperator):
         batches: Sequence[Any],
         loss_fn: LossFn,
         params: Sequence[Tensor],
-        modules: Sequence[nn.Module],
+        layout: ShardLayout,
         settings: HessianSettings,
     ) -> None:
-        self._unsharded = ExitStack()
-        unsharded = self._unsharded.enter_context(unsharded_parameters(model, params, modules))
-        self.layout = ShardLayout(params)
-        self.sharded_params = list(params)
-        try:
-            super().__init__(model, batches, loss_fn, unsharded, settings)
-        except BaseException:
-            self._unsharded.close()
-            raise
-        self.local_dim = self.layout.local_dim
+        super().__init__(model, batches, loss_fn, params, settings)
+        self.layout = layout
+        self.local_dim = layout.local_dim
 
     @property
     def sharded(self) -> bool:
         return True
 
-    def _matvec(self, vector: Tensor) -> Tensor:
-        whole = self.layout.gather(vector)
-        total = self._local_sum(whole)
-        flags = self.layout.all_reduce(
-            total.new_tensor([float(sum(self.sizes)), float(self.nonfinite)])
-        )
-        count, self.nonfinite = float(flags[0]), bool(flags[1] > 0)
-        local = self.layout.reduce_scatter(total)
-        if self.nonfinite:
-            return torch.full_like(vector, float("nan"))
-        product = local.div_(count)
-        if self.settings.hvp == "finite_difference" and self.hvp_error is None:
-            wider = self.layout.reduce_scatter(self._local_sum(whole, scale=2.0))
-            self._estimate_error(product, wider.div_(count))
-        return product
+    def _gather(self, vector: Tensor) -> Tensor:
+        return self.layout.gather(vector)
+
+    def _sum_over_processes(
+        self, total: Tensor, count: float, nonfinite: bool
+    ) -> tuple[Tensor, float, bool]:
+        flags = self.layout.all_reduce(total.new_tensor([count, float(nonfinite)]))
+        return self.layout.reduce_scatter(total), float(flags[0]), bool(flags[1] > 0)
 
     def reduce(self, partial: Tensor) -> Tensor:
         return self.layout.all_reduce(partial)
@@ -369,8 +297,3 @@ class FullyShardedHessianOperator(HessianOperator):
 
     def random_vector(self, generator: torch.Generator) -> Tensor:
         return self.layout.random_vector(generator, self.like)
-
-    def release(self) -> None:
-        """Drop the cached first-order graph and reshard the model (restoring its settings)."""
-        super().release()
-        self._unsharded.close()

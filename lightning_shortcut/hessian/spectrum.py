@@ -2,38 +2,29 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any, Literal
 
-import torch
 from torch import Tensor, nn
 
+from lightning_shortcut.hessian.batches import LossFn
 from lightning_shortcut.hessian.context import (
     ParameterSelection,
     hessian_operator,
     select_parameters,
 )
-from lightning_shortcut.hessian.linear_operator import LinearOperator, NonFiniteProductError
-from lightning_shortcut.hessian.operator import HessianOperator, LossFn, ParamsSpec
+from lightning_shortcut.hessian.linear_operator import LinearOperator
+from lightning_shortcut.hessian.operator import HessianOperator
+from lightning_shortcut.hessian.params import ParamsSpec
 from lightning_shortcut.hessian.results import HessianSpectrum
 from lightning_shortcut.hessian.sampling import rayleigh_stderr
 from lightning_shortcut.hessian.settings import AllReduce, HessianSettings, Hvp, Mode
 from lightning_shortcut.hessian.sharded import ShardingError
 from lightning_shortcut.hessian.tracking import WarmStart, answered_cold
 
-__all__ = ["HessianSpectrum", "compute_spectrum", "hessian_eigenvalues", "magnitude_ratio"]
-
-
-def magnitude_ratio(largest: float, smallest: float, atol: float = 0.0) -> float:
-    """``largest / smallest`` of eigenvalue magnitudes, ``nan`` if ``largest <= atol`` (a zero
-    spectrum) and ``inf`` if only ``smallest <= atol`` (a singular one)."""
-    if largest <= atol:
-        return math.nan
-    if smallest <= atol:
-        return math.inf
-    return largest / smallest
+__all__ = ["compute_spectrum", "hessian_eigenvalues"]
 
 
 def hessian_eigenvalues(
@@ -133,9 +124,12 @@ def hessian_eigenvalues(
             the wrong size, ``stderr=True`` in train mode or with a ``transform``, or a
             ``transform`` that is not callable, changes the size or goes to a solver that runs on
             the model (the options are checked by
-            :class:`~lightning_shortcut.hessian.HessianSettings` before anything is computed).
+            :class:`~lightning_shortcut.hessian.HessianSettings` before anything is computed), or
+            ``top_k`` or ``bottom_k`` above the number of parameters (where only their sum is,
+            every eigenvalue is returned and the ends share them).
         TypeError: on an option of the wrong type (a count that is not an int, ``min_abs`` not
             a bool, ...).
+        RuntimeError: where a registered solver returns another number of values than asked.
 
     Example:
         ```python
@@ -188,74 +182,53 @@ def compute_spectrum(
             "chunks' products would need whole vectors on every rank); pass stderr=False."
         )
     begin = time.perf_counter()
-    generator = torch.Generator().manual_seed(settings.seed)
-    stderr = settings.stderr
     with hessian_operator(
         model, data, loss_fn, settings, selection, clone_grads=spec.touches_grads
     ) as operator:
-        try:
-            result = spec.solve(
-                operator if transform is None else _transformed(transform, operator),
-                generator=generator,
-                top_k=settings.top_k,
-                bottom_k=settings.bottom_k,
-                min_abs=settings.min_abs,
-                tol=settings.tol,
-                max_iter=settings.products_per_run,
-                start=_start_vectors(start, operator.local_dim),
-                **settings.solver_options,
-            )
-        except NonFiniteProductError:
-            result = None
-        products = operator.num_hvps
-        if result is not None:
-            _complete(result, settings)
+        solved = operator if transform is None else _transformed(transform, operator)
+        result = settings.solve(solved, start=_start_vectors(start, operator.local_dim))
         # "cold": wanted unless every answer came from a warm run
-        stderr = stderr is True or (stderr == "cold" and (result is None or answered_cold(result)))
-        if result is not None and stderr:
+        stderr = settings.stderr is True or (settings.stderr == "cold" and answered_cold(result))
+        products, stderrs = operator.num_products, {}
+        if result.vectors and stderr:
             # the extreme vectors' quotients over the batch's chunks: one product's samples each
             ends = [vectors[:1] for vectors in (result.top_vectors, result.bottom_vectors)]
             stderr_begin = time.perf_counter()
             errors = iter(rayleigh_stderr(operator, [v for end in ends for v in end]))
-            result.stderr_seconds = time.perf_counter() - stderr_begin
-            result.max_stderr, result.min_stderr = (next(errors) if end else None for end in ends)
+            for key, end in zip(("max_stderr", "min_stderr"), ends, strict=True):
+                stderrs[key] = next(errors) if end else None
+            stderrs["stderr_seconds"] = time.perf_counter() - stderr_begin
             products += sum(map(len, ends))
-    if result is None:
-        failed = HessianSpectrum.nan(
-            settings.top_k, settings.bottom_k, settings.min_abs, settings.method,
-            "non-finite loss or Hessian-vector product", operator.num_hvps, stderr,
-        )  # fmt: skip
-        failed.hvp = settings.hvp
-        return failed
-    result.num_hvps, result.seconds = products, time.perf_counter() - begin
-    return _with_product_error(result, settings.hvp, operator.hvp_error, settings.tol)
+    result = replace(result, num_hvps=products, seconds=time.perf_counter() - begin, **stderrs)
+    return _with_product_error(result, operator.hvp_error, settings.tol)
 
 
 def _with_product_error(
-    spectrum: HessianSpectrum, hvp: str, error: float | None, tol: float
+    spectrum: HessianSpectrum, error: float | None, tol: float
 ) -> HessianSpectrum:
     """Fold the finite-difference products' estimated error into the spectrum's error bounds."""
-    spectrum.hvp = hvp
     if error is None:
         return spectrum
-    spectrum.hvp_error = error
     extra = error * spectrum.scale
-    spectrum.top_errors = [value + extra for value in spectrum.top_errors]
-    spectrum.bottom_errors = [value + extra for value in spectrum.bottom_errors]
+    changes: dict[str, Any] = {
+        "hvp_error": error,
+        "top_errors": [value + extra for value in spectrum.top_errors],
+        "bottom_errors": [value + extra for value in spectrum.bottom_errors],
+    }
     unresolved = False
     if spectrum.min_abs_error is not None and spectrum.min_abs is not None:
-        spectrum.min_abs_error += extra
-        unresolved = bool(spectrum.min_abs_resolved) and spectrum.min_abs_error > tol * abs(
+        changes["min_abs_error"] = spectrum.min_abs_error + extra
+        unresolved = bool(spectrum.min_abs_resolved) and changes["min_abs_error"] > tol * abs(
             spectrum.min_abs
         )
-        spectrum.min_abs_resolved = spectrum.min_abs_resolved and not unresolved
+        changes["min_abs_resolved"] = spectrum.min_abs_resolved and not unresolved
     if error > tol or unresolved:
-        spectrum.converged = False
-        spectrum.reason = spectrum.reason or (
+        changes["converged"] = False
+        changes["reason"] = spectrum.reason or (
             f"finite-difference products are accurate to about {error:.1e} of max|lambda|, "
             f"not enough for tol={tol}"
         )
-    return spectrum
+    return replace(spectrum, **changes)
 
 
 def _transformed(
@@ -295,28 +268,3 @@ def _start_vectors(start: Any, dim: int) -> WarmStart | None:
             f"({type(start).__name__} of {len(vectors)})."
         )
     return start.map(lambda vector: vector.reshape(-1).detach())
-
-
-def _complete(result: HessianSpectrum, settings: HessianSettings) -> None:
-    """Complete a solver's answer in place: each end sorted (values, errors and vectors together),
-    ``max`` and ``min``, ``min_abs``' resolution and the condition number, the method."""
-    ends = []
-    for values, errors, vectors, descending in (
-        (result.top, result.top_errors, result.top_vectors, True),
-        (result.bottom, result.bottom_errors, result.bottom_vectors, False),
-    ):
-        order = sorted(range(len(values)), key=lambda i: values[i], reverse=descending)
-        values[:] = [values[i] for i in order]
-        errors[:] = [errors[i] for i in order]
-        ends.append([vectors[i].detach() for i in order if i < len(vectors)])
-    result.vectors = ends[0] + ends[1]
-    result.neighbours = [vector.detach() for vector in result.neighbours]
-    result.max = result.top[0] if result.top else None
-    result.min = result.bottom[0] if result.bottom else None
-    result.method = settings.method
-    if not settings.min_abs:
-        result.min_abs = result.min_abs_error = None
-        return
-    tol, smallest, largest = settings.tol, result.min_abs, result.scale
-    result.min_abs_resolved = smallest > tol * largest and result.min_abs_error <= tol * smallest
-    result.condition_number = magnitude_ratio(largest, smallest, atol=tol * largest)

@@ -1,106 +1,45 @@
-"""Warm starts: the rule, the start vectors it reads, and the tracker that makes them along training.
+"""Warm starts, the start side: the vectors a measurement leaves, what each run starts from, and
+the tracker that makes them along training.
 
-Everything of the warm rule lives here: its constants, the start vectors as a structured type
-(:class:`WarmStart`), which of them each locking run of the Lanczos solver starts from and with
-which frontiers (:func:`run_start`), the neighbours a measurement carries forward
-(:func:`carried_forward`), the evidence a warm run may stop on (:class:`WarmEvidence`), its product
-budget (:func:`warm_limit`), and the tracker's policy of audits and back-off
-(:class:`SpectrumTracker`). The stopping rule of a run reads :class:`WarmEvidence` and the budget
-(:class:`~lightning_shortcut.hessian.solvers._stopping.StoppingRule`); the solver only does the
-vector algebra.
-
-**Why a warm run does not owe the cold floor.** A warm run starts from the eigenvectors of the
-previous measurement (plus a random part, :data:`WARM_START_NOISE`). That measurement was itself
-certified (by a cold run, or by a chain of warm runs that goes back to one), so the start holds a
-large share of the direction that was extreme a few optimizer steps ago. Lanczos' error in the
-extreme Ritz value decays with the start's component ``c`` along the extreme eigenvector as
-``tan^2(angle) = (1 - c^2) / c^2`` times a Chebyshev factor that falls with every product; the cold
-floor exists to pay for ``c ~ 1 / sqrt(dim)``, and a warm start with ``c`` of order one does not owe
-it. A warm run may therefore stop from :data:`WARM_MIN_PRODUCTS` products on, once its ends have
-converged (moved by at most ``tol * max|lambda|`` over the last two products: the evidence that
-nothing lies beyond is inherited), under two conditions that keep the argument honest
-(:meth:`WarmEvidence.covers`). The returned Ritz vector must lie mostly in the directions the start
-inherited (its projection on them has norm at least :data:`WARM_MIN_OVERLAP`): if the run converged
-to something else, the previous certification says nothing about it. And each extreme must not have
-retreated past its *frontier* by more than half of ``tol * max|lambda|``: the lowest top-side value
-(the highest bottom-side one) among the vectors the start inherited, as the previous measurement
-found them. That measurement certified that nothing lay beyond its extreme; eigenvalues it did not
-carry forward lay below the frontier (within its own Krylov space's resolution). If the tracked
-eigenvalues fell below it, those others can be on top now without any crossing (members of a tight
-cluster, such as the paper's values repeated over units, that stayed while the tracked ones fell),
-and the inherited evidence no longer covers the top.
-
-**Given up, run again cold.** A warm run that fails either condition once it has converged, or has
-not stopped by :func:`warm_limit` products (:data:`WARM_MAX_PRODUCTS` at ``tol = 1e-2``), is given
-up and run again cold, from a random start. (Going on under the cold rule from the warm start is not
-the same: a start that holds mostly the inherited directions amplifies the others slowly, and on the
-digits recipe such a run settled 2.2% below the top at ``tol = 1e-2``.) A warm run therefore never
-returns a value that neither the warm evidence nor a cold run vouches for. A ``min_abs`` run is
-always cold (an interior problem gains little from a start near the ends).
-
-**Neighbours come along.** The start inherits more than the extreme eigenvectors: the Ritz vectors
-next to each extreme (:data:`WARM_NEIGHBOURS` of them, at weight :data:`WARM_NEIGHBOUR_WEIGHT`) come
-along, so that eigenvalues of a cluster at an end that trade places between measurements (a crossing
-among the top few, common along training) are all in the start, and the Krylov space resolves which
-is now the largest within a few products.
-
-**Crossings are audited, give-ups backed off.** What no single warm run can see is an eigenvalue
-crossing: an eigenvector nearly orthogonal to the previous extreme one rising above it between two
-measurements. The start holds little of it (only the random part), so a short warm run follows the
-old branch. :class:`SpectrumTracker` therefore makes every ``audit_every``-th measurement cold, so a
-crossing is caught within ``audit_every`` measurements; a changed parameter set, a failed
-measurement or a resumed run also start cold. Where the warm rule keeps giving warm runs up (a tight
-cluster whose members trade places, common with SGD and momentum, or a spectrum that moves far
-between measurements), a warm attempt costs its products on top of the cold run that replaces it:
-after a given-up attempt the tracker measures cold for 1, then 2, 4, ... measurements (at most
-``audit_every``) before it tries again; a warm run that stops warm ends the back-off.
+A warm run starts from the previous measurement's eigenvectors at nearby weights, plus the Ritz
+vectors next to each extreme (:data:`WARM_NEIGHBOURS` at weight :data:`WARM_NEIGHBOUR_WEIGHT`, so
+that members of a cluster that trade places are all in the start) and a random part
+(:data:`WARM_START_NOISE`). When it may stop, and when it is given up and run again cold, is the
+stop side of the [warm rule][warm-rule], decided with every other stop by the solvers' stopping
+rule. Here: the start vectors as a type (:class:`WarmStart`), which of them each locking run of the
+Lanczos solver starts from and with which frontiers (:func:`run_start`), the neighbours a
+measurement carries forward (:func:`carried_forward`), and the tracker's policy
+(:class:`SpectrumTracker`): every ``audit_every``-th measurement is cold, so an eigenvalue crossing
+that no warm run can see (an eigenvector nearly orthogonal to the tracked one rising above it) is
+caught; after a warm run given up, measurements are cold for 1, 2, 4, ... (at most
+``audit_every``) before the next warm attempt. Why and what it costs: the docs' engine page, "Warm
+starts along training".
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from lightning_shortcut.hessian._validation import check_positive_int
 
-if TYPE_CHECKING:
-    from lightning_shortcut.hessian.solvers._stopping import Ends
-
 __all__ = [
     "DEFAULT_AUDIT_EVERY",
-    "WARM_MAX_PRODUCTS",
-    "WARM_MIN_OVERLAP",
-    "WARM_MIN_PRODUCTS",
     "WARM_NEIGHBOURS",
     "WARM_NEIGHBOUR_WEIGHT",
     "WARM_START_NOISE",
     "RunStart",
     "SpectrumTracker",
-    "WarmEvidence",
     "WarmStart",
     "answered_cold",
     "carried_forward",
     "run_start",
-    "warm_limit",
 ]
 
-#: A warm run may stop from this many products on: a Krylov space of 4 holds the start's extreme
-#: directions and has refined them.
-WARM_MIN_PRODUCTS = 4
-#: At ``tol = 1e-2`` a warm run not stopped by this many products is given up (more at tighter
-#: tolerances, :func:`warm_limit`): a start that holds the extremes' directions converges within a
-#: few products (5-9 on a tanh MLP at the edge of stability), and one that has not by then is paying
-#: toward the cold run that will replace it (on the digits recipe given-up runs reached the cold
-#: floor of 20 first).
-WARM_MAX_PRODUCTS = 12
-#: A warm run stops early only if each returned Ritz vector's projection on the inherited directions
-#: has at least this norm: the inherited evidence is about those directions.
-WARM_MIN_OVERLAP = 0.5
 #: Ritz vectors next to each extreme kept for the next warm start (beside the extreme's own).
 WARM_NEIGHBOURS = 2
 #: Their weight in the start, against 1 for the extremes' own vectors: enough that a neighbour
@@ -118,14 +57,6 @@ WARM_START_NOISE = 0.3
 #: ``audit_every`` in ``SpectrumTracker`` and ``HessianEigenvalueMonitor``, where it is written as
 #: its value so that the docs show the number (``tests/test_docs.py`` keeps them equal).
 DEFAULT_AUDIT_EVERY = 10
-
-
-def warm_limit(tol: float, max_iter: int) -> int:
-    """The products at which a warm run that has not stopped is given up: :data:`WARM_MAX_PRODUCTS`
-    at ``tol = 1e-2``, in proportion to ``log(1 / tol)`` (a Krylov method's error falls
-    geometrically with its products), within ``max_iter``."""
-    scaled = math.ceil(WARM_MAX_PRODUCTS * math.log(1 / tol) / math.log(100))
-    return min(max(scaled, WARM_MIN_PRODUCTS + 2), max_iter)
 
 
 @dataclass(frozen=True)
@@ -204,23 +135,23 @@ class WarmStart:
         )
 
 
-def run_start(start: WarmStart, ends: Ends, found_top: int, found_bottom: int) -> RunStart | None:
+def run_start(
+    start: WarmStart, found_top: int, found_bottom: int, *, top: bool, bottom: bool
+) -> RunStart | None:
     """The start, from ``start``, of the locking run that comes after ``found_top`` top and
-    ``found_bottom`` bottom eigenvalues were found, or ``None`` for a cold run (a ``min_abs`` run,
-    or a wanted end this start has no vector and value for).
+    ``found_bottom`` bottom eigenvalues were found and wants the ends ``top`` and ``bottom``, or
+    ``None`` for a cold run (a wanted end this start has no vector and value for).
 
     Run ``i`` starts from the ``i``-th top and bottom vectors; the first also from the
     neighbours, and its frontiers are theirs; a later run's frontier is its own vector's value.
     """
-    if ends.min_abs:
-        return None
     first = found_top == 0 and found_bottom == 0
     own: list[Tensor] = []
     frontiers: list[float | None] = [None, None]
     for side, (wanted, vectors, values, found, frontier) in enumerate(
         (
-            (ends.top, start.top_vectors, start.top, found_top, start.top_frontier),
-            (ends.bottom, start.bottom_vectors, start.bottom, found_bottom, start.bottom_frontier),
+            (top, start.top_vectors, start.top, found_top, start.top_frontier),
+            (bottom, start.bottom_vectors, start.bottom, found_bottom, start.bottom_frontier),
         )
     ):
         if not wanted:
@@ -235,7 +166,7 @@ def run_start(start: WarmStart, ends: Ends, found_top: int, found_bottom: int) -
 
 
 def carried_forward(
-    values: Tensor, ends: Ends
+    values: Tensor, *, top: bool, bottom: bool
 ) -> tuple[list[int], tuple[float | None, float | None]]:
     """What a first run carries forward beside its extremes: the columns of the Ritz vectors next to
     the wanted extremes (in ``values``' ascending order) and the frontiers, the lowest top-side and
@@ -243,54 +174,16 @@ def carried_forward(
     size, last = values.shape[0], values.shape[0] - 1
     columns = []
     for offset in range(1, WARM_NEIGHBOURS + 1):
-        if ends.top:
+        if top:
             columns.append(last - offset)
-        if ends.bottom:
+        if bottom:
             columns.append(offset)
     columns = sorted({c for c in columns if 0 <= c < size and c not in (0, last)})
     frontiers = (
-        float(values[max(last - WARM_NEIGHBOURS, 0)]) if ends.top else None,
-        float(values[min(WARM_NEIGHBOURS, last)]) if ends.bottom else None,
+        float(values[max(last - WARM_NEIGHBOURS, 0)]) if top else None,
+        float(values[min(WARM_NEIGHBOURS, last)]) if bottom else None,
     )
     return columns, frontiers
-
-
-@dataclass(frozen=True)
-class WarmEvidence:
-    """What a warm run may stop on (see the module docstring).
-
-    Attributes:
-        inherited: orthonormal rows spanning the directions the start inherited.
-        frontiers: the top end's and the bottom end's frontier (:class:`RunStart`).
-    """
-
-    inherited: Tensor
-    frontiers: tuple[float | None, float | None]
-
-    def retreated(self, ends: Ends, largest: float, smallest: float, threshold: float) -> bool:
-        """Whether a wanted extreme has retreated past its frontier by more than half of
-        ``threshold`` (``tol * max|lambda|``)."""
-        top, bottom = self.frontiers
-        return (ends.top and (top is None or largest < top - threshold / 2)) or (
-            ends.bottom and (bottom is None or smallest > bottom + threshold / 2)
-        )
-
-    def covers(
-        self,
-        ends: Ends,
-        largest: float,
-        smallest: float,
-        threshold: float,
-        overlap: Callable[[str], float],
-    ) -> bool:
-        """Whether a converged warm run's extremes are what the inherited evidence is about: not
-        retreated past the frontiers, and each wanted end's Ritz vector with a projection of norm
-        at least :data:`WARM_MIN_OVERLAP` on the inherited directions (``overlap(end)``, ``end``
-        ``"top"`` or ``"bottom"``, only asked where the frontiers hold)."""
-        wanted = [end for end in ("top", "bottom") if getattr(ends, end)]
-        return not self.retreated(ends, largest, smallest, threshold) and all(
-            overlap(end) >= WARM_MIN_OVERLAP for end in wanted
-        )
 
 
 class Measurement(Protocol):

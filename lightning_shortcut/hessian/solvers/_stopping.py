@@ -2,34 +2,24 @@
 
 :class:`StoppingRule` owns the whole decision: the error bounds of the extreme Ritz values, the
 evidence that they are the spectrum's extremes, the resolution of ``min_abs`` and both limits
-(``max_iter``, and a warm run's product budget). The solver steps the Lanczos process and hands the
-rule what each check shows (:class:`Check`: Ritz values and residuals); the rule answers with an
-:class:`Assessment` whose :class:`Decision` the solver follows.
+(``max_iter``, and a warm run's product budget). The solver hands it what each check shows
+(:class:`Check`) and follows the :class:`Decision` of its :class:`Assessment`.
 
-A run stops once every wanted value's error bound is within ``tol * max|lambda|`` *and* the run has
-evidence that no eigenvalue lies beyond the extreme Ritz values (a small residual says an eigenvalue
-is near a Ritz value, not that it is the extreme one). The evidence differs by how the run started.
-
-**Cold runs** (a random start vector) pay a floor of :data:`MIN_PRODUCTS` products and stop only
-once the wanted extremes have moved by at most ``tol * max|lambda|`` since the run had half its
-products (:func:`settled`): a Krylov space that has doubled without finding anything beyond. A
-random start holds about ``1 / sqrt(dim)`` of every eigenvector; a Krylov space of a few vectors has
-not yet amplified the far end of a spectrum dominated by one outlier, although its Ritz value there
-may already have a small residual. A run that wants the top alone may stop from
-:data:`SEPARATED_MIN_PRODUCTS` on where the top Ritz value stands :data:`SEPARATION` tolerances above
-the next one (:meth:`StoppingRule.floor`): what the floor guards against at the top is a cluster
-whose hidden member lies just above the returned one, and a cluster shows as Ritz values close
-together. The bottom end keeps the full floor: at a trained network's far end, the edge of a dense
-bulk near zero, the Ritz values of the unresolved bulk stand apart as if separated (with the
-separated floor at both ends, 4 of 10 calls on a trained MLP returned the bulk's edge for its
-smallest eigenvalue at ``tol = 1e-3``, none with the full floor).
-
-**Warm runs** (started from a previous measurement's eigenvectors) stop on inherited evidence from
-:data:`~lightning_shortcut.hessian.tracking.WARM_MIN_PRODUCTS` products on, once their ends have
-converged over two products and :meth:`~lightning_shortcut.hessian.tracking.WarmEvidence.covers`
-holds; one that converges onto what the evidence does not cover, or reaches its budget
-(:func:`~lightning_shortcut.hessian.tracking.warm_limit`) first, is *given up*, and the solver runs
-it again cold. The warm rule, why it is safe and its constants: :mod:`lightning_shortcut.hessian.tracking`.
+A run stops once every wanted value's error bound (:func:`error_bound`) is within
+``tol * max|lambda|`` *and* the run has evidence that no eigenvalue lies beyond the extreme Ritz
+values (a small residual says an eigenvalue is near a Ritz value, not that it is the extreme one);
+the why and the measurements behind each constant: the docs' engine page, "The safeguards" and
+"Warm starts along training". **Cold runs** pay a floor of :data:`MIN_PRODUCTS` products (a run for
+a separated top alone :data:`SEPARATED_MIN_PRODUCTS`, :meth:`StoppingRule.floor`) and stop once the
+wanted extremes have moved by at most ``tol * max|lambda|`` since the run had half its products
+(:func:`settled`): a Krylov space that has doubled without finding anything beyond. **Warm runs**
+(started from a previous measurement's certified eigenvectors,
+:class:`~lightning_shortcut.hessian.tracking.RunStart`) inherit that evidence: from
+:data:`WARM_MIN_PRODUCTS` on they stop once their ends have settled over two products, if the
+returned vectors lie mostly in the inherited directions and no extreme has retreated past its
+frontier (:meth:`WarmEvidence.covers`); one that converges onto anything else, or has not stopped by
+:func:`warm_limit` products, is *given up* and run again cold, so a warm run never returns a value
+that neither the warm evidence nor a cold run vouches for. A ``min_abs`` run is always cold.
 """
 
 from __future__ import annotations
@@ -44,21 +34,26 @@ from torch import Tensor
 
 from lightning_shortcut.hessian.linear_operator import LinearOperator
 from lightning_shortcut.hessian.solvers._vectors import projection_norm, single_thread
-from lightning_shortcut.hessian.tracking import WARM_MIN_PRODUCTS, WarmEvidence, warm_limit
 
 __all__ = [
+    "INVARIANT",
     "MIN_PRODUCTS",
     "SEPARATED_MIN_PRODUCTS",
     "SEPARATION",
+    "WARM_MAX_PRODUCTS",
+    "WARM_MIN_OVERLAP",
+    "WARM_MIN_PRODUCTS",
     "Assessment",
     "Check",
     "Decision",
     "Ends",
     "StoppingRule",
+    "WarmEvidence",
     "end_errors",
     "error_bound",
     "min_abs_estimate",
     "settled",
+    "warm_limit",
 ]
 
 #: No cold run stops before this many products (or ``max_iter``, or the whole space): a Krylov
@@ -74,9 +69,21 @@ SEPARATED_MIN_PRODUCTS = 10
 #: Ritz value. With a floor of 10 and no such test, 1 of 20 cold runs on a top cluster 0.2% apart
 #: returned a member 2 tolerances below the top at ``tol = 1e-3``; with it, none.
 SEPARATION = 10.0
+#: A warm run may stop from this many products on: a Krylov space of 4 holds the start's extreme
+#: directions and has refined them.
+WARM_MIN_PRODUCTS = 4
+#: At ``tol = 1e-2`` a warm run not stopped by this many products is given up (more at tighter
+#: tolerances, :func:`warm_limit`): a start that holds the extremes' directions converges within a
+#: few products (5-9 on a tanh MLP at the edge of stability), and one that has not by then is paying
+#: toward the cold run that will replace it (on the digits recipe given-up runs reached the cold
+#: floor of 20 first).
+WARM_MAX_PRODUCTS = 12
+#: A warm run stops early only if each returned Ritz vector's projection on the inherited directions
+#: has at least this norm: the inherited evidence is about those directions.
+WARM_MIN_OVERLAP = 0.5
 #: A residual this small relative to ``max|lambda|`` means an invariant subspace: the Ritz values are
-#: eigenvalues.
-_INVARIANT = 1e-12
+#: eigenvalues (every Lanczos process of the engine reads this one threshold).
+INVARIANT = 1e-12
 
 
 class Decision(enum.Enum):
@@ -99,6 +106,53 @@ class Ends:
     top: bool = False
     bottom: bool = False
     min_abs: bool = False
+
+
+def warm_limit(tol: float, max_iter: int) -> int:
+    """The products at which a warm run that has not stopped is given up: :data:`WARM_MAX_PRODUCTS`
+    at ``tol = 1e-2``, in proportion to ``log(1 / tol)`` (a Krylov method's error falls
+    geometrically with its products), within ``max_iter``."""
+    scaled = math.ceil(WARM_MAX_PRODUCTS * math.log(1 / tol) / math.log(100))
+    return min(max(scaled, WARM_MIN_PRODUCTS + 2), max_iter)
+
+
+@dataclass(frozen=True)
+class WarmEvidence:
+    """What a warm run may stop on (see the module docstring).
+
+    Attributes:
+        inherited: orthonormal rows spanning the directions the start inherited.
+        frontiers: the top end's and the bottom end's frontier
+            (:class:`~lightning_shortcut.hessian.tracking.RunStart`).
+    """
+
+    inherited: Tensor
+    frontiers: tuple[float | None, float | None]
+
+    def retreated(self, ends: Ends, largest: float, smallest: float, threshold: float) -> bool:
+        """Whether a wanted extreme has retreated past its frontier by more than half of
+        ``threshold`` (``tol * max|lambda|``)."""
+        top, bottom = self.frontiers
+        return (ends.top and (top is None or largest < top - threshold / 2)) or (
+            ends.bottom and (bottom is None or smallest > bottom + threshold / 2)
+        )
+
+    def covers(
+        self,
+        ends: Ends,
+        largest: float,
+        smallest: float,
+        threshold: float,
+        overlap: Callable[[str], float],
+    ) -> bool:
+        """Whether a converged warm run's extremes are what the inherited evidence is about: not
+        retreated past the frontiers, and each wanted end's Ritz vector with a projection of norm
+        at least :data:`WARM_MIN_OVERLAP` on the inherited directions (``overlap(end)``, ``end``
+        ``"top"`` or ``"bottom"``, only asked where the frontiers hold)."""
+        wanted = [end for end in ("top", "bottom") if getattr(ends, end)]
+        return not self.retreated(ends, largest, smallest, threshold) and all(
+            overlap(end) >= WARM_MIN_OVERLAP for end in wanted
+        )
 
 
 @dataclass(frozen=True)
@@ -166,7 +220,10 @@ def settled(
 
 
 def error_bound(residual: float, gap: float) -> float:
-    """Kato-Temple where the gap is reliable (larger than the residual), else the residual."""
+    """A bound on a Ritz value's error: its residual ``rho`` (an eigenvalue lies within ``rho``),
+    tightened by Kato-Temple to ``rho^2 / gap`` where the gap to the next Ritz value (less that
+    one's residual) is reliable, larger than ``rho`` (Parlett, The Symmetric Eigenvalue Problem,
+    ch. 10-11)."""
     return min(residual, residual**2 / gap) if gap > residual else residual
 
 
@@ -192,7 +249,7 @@ class StoppingRule:
         space: the operator whose space the vectors are in (sharded vectors: inner products
             reduced over processes, so that every rank takes the same decision).
         warm: for a warm run, what its start inherited
-            (:class:`~lightning_shortcut.hessian.tracking.WarmEvidence`); ``None`` for a cold run.
+            (:class:`WarmEvidence`); ``None`` for a cold run.
     """
 
     ends: Ends
@@ -229,7 +286,7 @@ class StoppingRule:
         """Note what ``check`` shows and decide what the run does next."""
         values, residuals = check.values, check.residuals
         scale = float(values.abs().max())
-        exact = check.whole_space or check.beta <= _INVARIANT * max(scale, 1e-300)
+        exact = check.whole_space or check.beta <= INVARIANT * max(scale, 1e-300)
         if exact:  # an invariant subspace: the Ritz values are eigenvalues
             residuals = torch.zeros_like(residuals)
         top_error, bottom_error = (
@@ -298,8 +355,10 @@ class StoppingRule:
 def min_abs_estimate(projected: Tensor, beta: float) -> tuple[float, float] | None:
     """``(sigma, error)``: the Rayleigh-Ritz estimate of ``min|lambda|`` through ``A^2`` and a bound.
 
-    ``sigma`` is an upper bound on ``min|lambda|``; ``sigma - error`` a lower bound (see the
-    Lanczos module's docstring).
+    With ``A V_{m-1} = V_m G`` (``G``: ``T``'s first ``m - 1`` columns and the residual norm), the
+    smallest singular value ``sigma`` of ``G`` is the Rayleigh-Ritz value of ``A^2``, an upper bound
+    on ``min|lambda|``; ``G`` gives ``A^2 y`` exactly, hence its residual and :func:`error_bound`,
+    and ``sigma - error`` is a lower bound.
     """
     size = projected.shape[0]
     if size < 2:

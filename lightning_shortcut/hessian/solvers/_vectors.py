@@ -1,9 +1,5 @@
-"""Vector helpers shared by the solvers: random starts, Gram-Schmidt against row bases.
-
-Every helper works in the space of an operator (:class:`~lightning_shortcut.hessian.LinearOperator`):
-vectors of its ``local_dim``, inner products and norms through its ``reduce`` and ``norm``, so the
-same code runs on whole vectors and on vectors sharded over processes.
-"""
+"""Vector helpers shared by the solvers, in an operator's space (its ``local_dim``, ``reduce`` and
+``norm``: whole or sharded vectors alike): random starts, Gram-Schmidt against row bases."""
 
 from __future__ import annotations
 
@@ -18,22 +14,14 @@ from lightning_shortcut.hessian.linear_operator import LinearOperator
 
 
 class HostMemorySpace(LinearOperator):
-    """The space of ``base`` with its vectors kept in host memory (``home``): a solver working in it
-    holds its basis there, and only the vector of each product and the product itself go to the
-    device of ``base`` (the products' graph and temporaries stay there).
-
-    Inner products are reduced where ``base`` reduces them (on its device: a process group of
-    accelerators takes no host tensors); norms are the square roots of reduced squared norms.
-
-    Args:
-        base: the operator, its vectors on an accelerator.
-        home: an empty tensor of the dtype and device the vectors are kept in (the CPU).
-    """
+    """The space of ``base`` with its vectors kept where ``home`` is (host memory): only each
+    product's vector and the product go to the device of ``base``, where inner products are also
+    reduced (a process group of accelerators takes no host tensors)."""
 
     def __init__(self, base: LinearOperator, home: Tensor) -> None:
         super().__init__(base.dim, home, base.local_dim)
         self.base = base
-        #: whether host buffers should be page-locked (faster copies to and from a CUDA device)
+        #: page-locked host buffers: faster copies to and from CUDA
         self.pinned = base.like.is_cuda and home.device.type == "cpu"
 
     @property
@@ -61,19 +49,16 @@ class HostMemorySpace(LinearOperator):
         self.base.free_graph()
 
     def empty(self, rows: int) -> Tensor:
-        """Uninitialized storage for ``rows`` vectors, page-locked where copies go to CUDA."""
+        """Uninitialized storage for ``rows`` vectors."""
+        like, pinned = self.like, self.pinned
         return torch.empty(
-            rows,
-            self.local_dim,
-            dtype=self.like.dtype,
-            device=self.like.device,
-            pin_memory=self.pinned,
+            rows, self.local_dim, dtype=like.dtype, device=like.device, pin_memory=pinned
         )
 
 
 def owned_product(product: Tensor, *held: Tensor) -> Tensor:
-    """A product the solver may change in place: ``product`` itself, or a copy where it shares
-    memory with a tensor the solver holds (an operator that returned its argument, or a view)."""
+    """``product``, or a copy where it shares memory with a tensor in ``held``: one the solver may
+    change in place."""
     pointer = product.untyped_storage().data_ptr()
     if any(pointer == tensor.untyped_storage().data_ptr() for tensor in held):
         return product.clone()
@@ -88,11 +73,8 @@ def stack_rows(vectors: Sequence[Tensor], space: LinearOperator) -> Tensor:
 def orthogonalize(
     space: LinearOperator, vector: Tensor, *bases: Tensor, inplace: bool = False
 ) -> Tensor:
-    """``vector`` minus its projection on bases with orthonormal rows: a new vector, or ``vector``
-    itself changed where ``inplace`` (no second vector is held).
-
-    Classical Gram-Schmidt done twice ("twice is enough", Giraud et al. 2005).
-    """
+    """``vector`` minus its projection on bases with orthonormal rows (changed in place where
+    ``inplace``): classical Gram-Schmidt done twice (Giraud et al. 2005)."""
     bases = tuple(basis for basis in bases if basis.shape[0] > 0)
     if not bases:
         return vector
@@ -104,13 +86,8 @@ def orthogonalize(
 
 
 def orthonormal_rows(space: LinearOperator, vectors: Sequence[Tensor]) -> Tensor | None:
-    """Orthonormal rows spanning the finite, non-zero ``vectors`` (``None`` if none).
-
-    Gram-Schmidt done twice, in the operator's space: on sharded vectors every decision (finite,
-    non-zero, independent) is taken on reduced norms, so all ranks take it alike (a decision on a
-    rank's own part could differ between ranks and leave them waiting in different collectives).
-    A vector within ``1e-8`` (relative) of the span of those before it is dropped.
-    """
+    """Orthonormal rows spanning the finite, non-zero ``vectors`` (``None`` if none), dropping one
+    within ``1e-8`` of the span before it; decided on reduced norms, so all ranks decide alike."""
     rows: list[Tensor] = []
     for vector in vectors:
         vector = vector.to(space.like)
@@ -147,10 +124,9 @@ def start_vector(
     weights: Sequence[float] = (),
     noise: float = 0.0,
 ) -> Tensor:
-    """A unit start vector orthogonal to ``against``: random, or the sum of ``vectors`` (each scaled
-    to norm ``weights[i]``) plus a random unit vector of weight ``noise`` (a warm start:
-    :class:`~lightning_shortcut.hessian.tracking.RunStart`). The random vector is drawn either way,
-    so that a warm and a cold start use the generator alike."""
+    """A unit start vector orthogonal to ``against``: random, or the sum of ``vectors`` (each of norm
+    ``weights[i]``) plus a random one of weight ``noise``. The random vector is drawn either way,
+    so that warm and cold starts use the generator alike."""
     random = random_unit_vector(space, generator, against)
     if not vectors:
         return random
@@ -170,8 +146,7 @@ def start_vector(
 
 @contextmanager
 def single_thread() -> Iterator[None]:
-    """Run the small dense algebra (``eigh`` and ``svd`` of a matrix of the basis' size) on one
-    thread: multithreaded LAPACK on such matrices is 10-100 times slower, far more on a busy CPU."""
+    """Run small dense algebra on one thread (multithreaded LAPACK is 10-100x slower there)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

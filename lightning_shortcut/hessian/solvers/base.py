@@ -1,12 +1,7 @@
 """What every eigensolver takes and returns, and the registry that names them.
 
-A solver is one function with one keyword signature::
-
-    solve(operator, *, generator, top_k, bottom_k, min_abs, tol, max_iter, start) -> HessianSpectrum
-
-registered under a name with :func:`register_solver`. :func:`~lightning_shortcut.hessian.hessian_eigenvalues`,
-:class:`~lightning_shortcut.callbacks.HessianEigenvalueMonitor` and argument validation read
-:data:`SOLVERS`, so a registered solver works by name everywhere with no other change.
+A solver is one function with one keyword signature (:class:`Solver`), registered under a name
+with :func:`register_solver`; everything that takes ``method=`` reads :data:`SOLVERS`.
 """
 
 from __future__ import annotations
@@ -26,9 +21,7 @@ __all__ = ["COMMON_ARGUMENTS", "SOLVERS", "EigenResult", "Solver", "SolverSpec",
 
 
 EigenResult = HessianSpectrum
-"""What a solver returns: :class:`~lightning_shortcut.hessian.HessianSpectrum` itself, under the name
-solvers have always used (one type, one set of field names; ``hessian_eigenvalues`` completes the
-solver's answer in place)."""
+"""What a solver returns: :class:`~lightning_shortcut.hessian.HessianSpectrum` itself."""
 
 
 class Solver(Protocol):
@@ -57,9 +50,8 @@ class Solver(Protocol):
                 ``supports_min_abs=True`` are asked).
             tol: each returned value should be within ``tol * max|lambda|`` of the truth.
             max_iter: products per eigenvalue run.
-            start: a previous call's eigenvectors and values
-                (:class:`~lightning_shortcut.hessian.WarmStart`), or ``None``; a solver may use or
-                ignore them.
+            start: a previous call's :class:`~lightning_shortcut.hessian.WarmStart`, or ``None``;
+                a solver may ignore it.
 
         Raises:
             NonFiniteProductError: if a product is not finite; the caller reports NaN.
@@ -81,16 +73,11 @@ class SolverSpec:
     solve: Solver
     supports_min_abs: bool = False
     touches_grads: bool = False
-    description: str = ""
     validate_options: Callable[..., None] | None = None
 
     def check_options(self, options: Mapping[str, Any]) -> None:
-        """Raise where ``solver_options`` enter: a name the solver does not take, or a value its
-        ``validate_options`` refuses (so nothing fails later, inside a measurement).
-
-        Raises:
-            ValueError: naming the option and what the solver accepts.
-        """
+        """Raise a ``ValueError`` on an option the solver does not take or its
+        ``validate_options`` refuses, naming it and what the solver accepts."""
         parameters = inspect.signature(self.solve).parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
         accepted = sorted(
@@ -121,7 +108,6 @@ def register_solver(
     *,
     supports_min_abs: bool = False,
     touches_grads: bool = False,
-    description: str = "",
     validate_options: Callable[..., None] | None = None,
 ) -> Callable[[Solver], Solver]:
     """Register a solver under ``name`` (a decorator); an existing name is replaced.
@@ -131,13 +117,12 @@ def register_solver(
         supports_min_abs: whether it computes ``min_abs`` (only such solvers are asked for it).
         touches_grads: whether it calls ``.backward`` (accumulating into ``.grad``); the engine then
             snapshots gradient values around it.
-        description: one line for the docs and error messages.
         validate_options: called with the solver's options (``solver_options``) where they enter,
             before any measurement; raises ``ValueError`` on a bad value.
 
     Example:
         ```python
-        @register_solver("scipy", description="scipy.sparse.linalg.eigsh")
+        @register_solver("scipy")
         def scipy_eigsh(operator, *, generator, top_k, bottom_k, min_abs, tol, max_iter, start):
             ...
             return HessianSpectrum(top=..., bottom=..., top_errors=..., bottom_errors=..., scale=...)
@@ -149,9 +134,7 @@ def register_solver(
         raise ValueError(f"A solver's name must be a non-empty string, got {name!r}.")
 
     def decorator(solve: Solver) -> Solver:
-        SOLVERS[name] = SolverSpec(
-            name, solve, supports_min_abs, touches_grads, description, validate_options
-        )
+        SOLVERS[name] = SolverSpec(name, solve, supports_min_abs, touches_grads, validate_options)
         return solve
 
     return decorator

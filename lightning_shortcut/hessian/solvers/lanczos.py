@@ -1,42 +1,11 @@
 """Thick-restart Lanczos with full reorthogonalization, error bounds and locking.
 
-Memory is bounded: the basis holds at most ``max_basis`` vectors. When it is full, the Ritz vectors
-nearest the wanted ends are kept and the rest dropped (thick restart: Wu and Simon, "Thick-restart
-Lanczos method for large symmetric eigenvalue problems", SIAM J. Matrix Anal. Appl. 22, 2000; the
-scheme of TRLan and, in Krylov-Schur form, ARPACK's successors). With full reorthogonalization the
-projected matrix ``T = V^T A V`` is kept dense, which covers the arrowhead a restart leaves.
-Besides the basis a call holds the product being taken (the operator's graph and temporaries) and,
-at its end, the Ritz vectors it returns, formed after the operator's graph is freed (the docs'
-engine page, "Memory", gives the formula); with ``host_basis=True`` the vectors live in host memory.
-
-Stopping rule: ``tol`` bounds the *error of the returned eigenvalues*, relative to ``max|lambda|``.
-For a Ritz pair ``(theta, y)`` with residual ``rho = ||A y - theta y||`` there is an eigenvalue within
-``rho`` of ``theta``; once the neighbouring Ritz value ``theta'`` (residual ``rho'``) is separated from
-it (``|theta - theta'| - rho' > rho``), the Kato-Temple inequality tightens this to
-``rho^2 / (|theta - theta'| - rho')`` (Parlett, "The Symmetric Eigenvalue Problem", ch. 10-11). Both
-assume, as every Krylov method must, that no eigenvalue beyond the extreme Ritz values is missing from
-the Krylov space; in a cluster of eigenvalues closer together than ``tol * max|lambda|``, or at the
-edge of a dense bulk (a trained network's smallest eigenvalue next to thousands near zero), a
-neighbour of the wanted one may be returned in its place. The bound is reported per value and the run
-stops as soon as every requested value is within ``tol * max|lambda|`` and the run has the evidence
-that the extremes are the spectrum's: a cold run after ``MIN_PRODUCTS`` products (a run for a top
-that stands apart after ``SEPARATED_MIN_PRODUCTS``), a run warm-started from a previous measurement's
-eigenvectors after as few as ``WARM_MIN_PRODUCTS``. This module steps the process; one rule decides
-at each check whether it goes on, stops or gives up
-(:class:`~lightning_shortcut.hessian.solvers._stopping.StoppingRule`; the warm rule's evidence:
-:mod:`~lightning_shortcut.hessian.tracking`).
-
-The smallest ``|eigenvalue|`` is found through ``A^2``: with ``A V_{m-1} = V_m G`` (``G`` is ``T``'s
-first ``m - 1`` columns), the smallest singular value ``sigma`` of ``G`` is the Rayleigh-Ritz value of
-``A^2`` (``sigma >= min|lambda|``), and ``T`` with the residual norm gives ``A^2 y`` exactly, hence
-its residual and the same two bounds. Finding the smallest magnitude is an interior problem, which
-thick restarts serve poorly (kept Ritz vectors of ``A`` lose the directions near zero), so a run that
-wants ``min_abs`` does not restart: its basis grows, by doubling, up to ``max_iter`` vectors.
-``min_abs`` is *resolved* when its error is at most
-``tol * sigma`` (so the condition number is right to about ``tol``); it is *below resolution* as soon
-as ``sigma <= tol * max|lambda|``: the operator is singular to within the tolerance, and the
-condition number is reported as ``inf`` (at least ``1 / tol``) instead of a number that would only
-echo ``tol``.
+The basis holds at most ``max_basis`` vectors; when it is full, the Ritz vectors nearest the wanted
+ends are kept (thick restart: Wu and Simon, SIAM J. Matrix Anal. Appl. 22, 2000), ``T = V^T A V``
+kept dense. The rule that bounds the errors and stops a run is
+:mod:`~lightning_shortcut.hessian.solvers._stopping`. A run that wants ``min_abs``, an interior
+problem that restarts serve poorly, grows its basis instead, up to ``max_iter`` vectors. Memory:
+the docs' engine page, "Memory".
 """
 
 from __future__ import annotations
@@ -49,12 +18,14 @@ from torch import Tensor
 from lightning_shortcut.hessian.linear_operator import LinearOperator, check_finite
 from lightning_shortcut.hessian.results import HessianSpectrum
 from lightning_shortcut.hessian.solvers._stopping import (
+    INVARIANT,
     MIN_PRODUCTS,
     Assessment,
     Check,
     Decision,
     Ends,
     StoppingRule,
+    WarmEvidence,
 )
 from lightning_shortcut.hessian.solvers._vectors import (
     HostMemorySpace,
@@ -64,35 +35,24 @@ from lightning_shortcut.hessian.solvers._vectors import (
     start_vector,
 )
 from lightning_shortcut.hessian.solvers.base import register_solver
-from lightning_shortcut.hessian.tracking import (
-    WarmEvidence,
-    WarmStart,
-    carried_forward,
-    run_start,
-)
+from lightning_shortcut.hessian.tracking import WarmStart, carried_forward, run_start
 
 __all__ = ["DEFAULT_MAX_BASIS", "MIN_PRODUCTS", "LanczosProcess", "lanczos"]
 
 #: Basis vectors kept by default: the extra memory of a call is about this many parameter vectors.
 DEFAULT_MAX_BASIS = 16
-# Rotating the basis at a restart works on column blocks, so the restart needs no second basis-sized
-# buffer: blocks of at most this many columns, and of at most an eighth of a vector in all where
-# that is more than the least (small problems rotate in one block).
+# A restart rotates the basis by column blocks (no second basis-sized buffer): at most this many
+# columns, and at most an eighth of a vector in all where that is above the least.
 _ROTATE_BLOCK = 1 << 16
 _ROTATE_BLOCK_LEAST = 1 << 12
 
 
 class LanczosProcess:
-    """The Lanczos process with full reorthogonalization on a preallocated, restartable basis.
+    """The Lanczos process with full reorthogonalization on a preallocated basis (``buffer``, rows),
+    orthogonal to the rows of ``locked``, from the unit vector ``start``.
 
-    After each :meth:`step`, ``A V = V T + r e_m^T`` holds with ``V`` = :attr:`basis` (rows),
-    ``T`` = :attr:`projected` and ``r`` = :attr:`residual` (``||r||`` = :attr:`beta`).
-
-    Args:
-        operator: the symmetric operator.
-        start: a unit start vector, orthogonal to ``locked``.
-        buffer: ``capacity x dim`` storage for the basis (reused across runs).
-        locked: rows the process stays orthogonal to (eigenvectors already found).
+    After each :meth:`step`, ``A V = V T + r e_m^T`` holds with ``V`` = :attr:`basis`, ``T`` =
+    :attr:`projected` and ``r`` = :attr:`residual` (``||r||`` = :attr:`beta`).
     """
 
     def __init__(
@@ -117,11 +77,8 @@ class LanczosProcess:
         return self._projected[: self.size, : self.size]
 
     def step(self) -> None:
-        """Add the normalized residual to the basis and apply the operator to it (one product).
-
-        Raises:
-            NonFiniteProductError: if the product is not finite.
-        """
+        """Add the normalized residual to the basis and take its product (a
+        ``NonFiniteProductError`` if not finite)."""
         vector = torch.div(self.residual, self.beta, out=self.buffer[self.size])
         self.residual = None  # now a row of the basis: not held a second time through the product
         self.size += 1
@@ -212,29 +169,15 @@ def _restart_coordinates(
 
 @dataclass
 class _Run:
-    """One Lanczos run's end: its basis (``process``), the Ritz values and coordinates of its last
-    check (``values`` ascending, ``coordinates`` their columns) and the rule's last assessment.
-
-    The caller forms only the Ritz vectors it keeps, each one parameter-sized vector, and may free
-    memory first.
-    """
+    """A run's end: its process, last Ritz values (ascending) and coordinates, and assessment."""
 
     process: LanczosProcess
     values: Tensor
     coordinates: Tensor
     assessment: Assessment
 
-    @property
-    def largest(self) -> float:
-        return float(self.values[-1])
-
-    @property
-    def smallest(self) -> float:
-        return float(self.values[0])
-
     def ritz_vector(self, end: str, out: Tensor | None = None) -> Tensor:
-        """The unit Ritz vector of the largest value (``end="top"``) or the smallest
-        (``"bottom"``), written into ``out`` where given."""
+        """The unit Ritz vector of the largest (``"top"``) or smallest value, into ``out``."""
         return self.process.ritz_vector(self.coordinates[:, -1 if end == "top" else 0], out)
 
 
@@ -249,7 +192,7 @@ def _run(
     for products in range(1, rule.max_iter + 1):
         process.step()
         full = process.size == process.capacity or process.size == room
-        invariant = process.beta <= 1e-10 * float(process.projected.abs().max())
+        invariant = process.beta <= INVARIANT * float(process.projected.abs().max())
         if not (full or invariant or products == rule.max_iter or _check_now(process.size)):
             continue
         values, vectors, residuals = process.ritz()
@@ -287,27 +230,18 @@ def check_options(max_basis: int = DEFAULT_MAX_BASIS, host_basis: bool = False) 
 
 
 def _host_like(like: Tensor) -> Tensor:
-    """An empty tensor of the dtype and device a basis kept in host memory has."""
     return torch.empty(0, dtype=like.dtype)
 
 
 def _space(operator: LinearOperator, host_basis: bool) -> LinearOperator:
-    """The space the solver's vectors live in: the operator's, or host memory where asked for and
-    the operator's vectors are elsewhere."""
-    if not host_basis:
-        return operator
+    """The space the solver's vectors live in: the operator's, or host memory where asked."""
     home = _host_like(operator.like)
-    if (home.device, home.dtype) == (operator.like.device, operator.like.dtype):
-        return operator  # already there
+    if not host_basis or (home.device, home.dtype) == (operator.like.device, operator.like.dtype):
+        return operator
     return HostMemorySpace(operator, home)
 
 
-@register_solver(
-    "lanczos",
-    supports_min_abs=True,
-    description="thick-restart Lanczos with full reorthogonalization and locking (the default)",
-    validate_options=check_options,
-)
+@register_solver("lanczos", supports_min_abs=True, validate_options=check_options)
 def lanczos(
     operator: LinearOperator,
     *,
@@ -328,33 +262,35 @@ def lanczos(
     repeated eigenvalue, so locking one pair per run is what finds multiplicities (at the paper's zero
     point every eigenvalue is repeated ``num_units * width`` times).
 
-    ``start``, a previous call's :class:`~lightning_shortcut.hessian.WarmStart` at nearby weights
-    (:attr:`HessianSpectrum.tracking_vectors`), makes *warm* runs: run ``i`` starts from the
-    ``i``-th top and bottom vectors (the first run also from the neighbours) plus a random part, and
-    may stop after as few as ``WARM_MIN_PRODUCTS`` products where a cold run pays ``MIN_PRODUCTS``;
-    a warm run the rule gives up is run again cold (the rule and why it is safe:
-    :mod:`~lightning_shortcut.hessian.tracking`). A run whose ends the start carries no vectors for
-    (``min_abs``, an end it did not compute) is cold. ``max_iter`` bounds the products of each run;
-    ``max_basis`` the vectors held (``>= 3``), except in the run that finds ``min_abs``, whose basis
-    grows up to ``max_iter`` vectors (see the module docstring). ``host_basis=True`` keeps the basis
-    and every vector the solver holds in host memory where the operator's vectors are on an
-    accelerator (each product's vector and product cross to it and back); it changes nothing for an
-    operator on the CPU. The vectors returned are in the operator's space.
+    ``start`` (:attr:`HessianSpectrum.tracking_vectors` at nearby weights) makes *warm* runs, which
+    start from its vectors plus a random part and may stop earlier; a warm run the rule gives up is
+    run again cold (:mod:`~lightning_shortcut.hessian.tracking`). ``max_iter`` bounds the products
+    of each run; ``max_basis`` the vectors held (``>= 3``; the ``min_abs`` run grows up to
+    ``max_iter``). ``host_basis=True`` keeps the solver's vectors in host memory where the
+    operator's are on an accelerator; the vectors returned are in the operator's space.
     """
     check_options(max_basis, host_basis)
     given, operator = operator, _space(operator, host_basis)
     buffer = _empty(operator, min(max_basis, operator.dim, max_iter + 1))
-    # the eigenvectors found, each written once into its row (the locked rows the later runs stay
-    # orthogonal to are a view of it, not a copy), allocated when the first run has ended
+    # the eigenvectors found, each written once into its row (the locked rows are a view of it),
+    # allocated when the first run has ended
     found = _empty(operator, 0)
     result = HessianSpectrum()
     top_vectors: list[Tensor] = []
     bottom_vectors: list[Tensor] = []
-    locked = 0
-    runs = 0
+    locked = runs = 0
+    every: list[tuple[float, float, Tensor]] = []  # the locked eigenpairs (value, error, vector)
     while runs == 0 or len(result.top) < top_k or len(result.bottom) < bottom_k:
         want_top, want_bottom = len(result.top) < top_k, len(result.bottom) < bottom_k
-        if operator.dim - locked <= 0:
+        if operator.dim - locked <= 0:  # every eigenpair is locked: each end takes from them all
+            ordered = sorted(every, key=lambda pair: pair[0])
+            tops, bottoms = ordered[::-1][:top_k], ordered[:bottom_k]
+            result.top, result.top_errors, top_vectors = (
+                list(part) for part in zip(*tops, strict=True)
+            )
+            result.bottom, result.bottom_errors, bottom_vectors = (
+                list(part) for part in zip(*bottoms, strict=True)
+            )
             break
         first = runs == 0
         ends = Ends(
@@ -363,17 +299,16 @@ def lanczos(
             min_abs=first and min_abs,
         )
         against = found[:locked]
-        plan = run_start(start, ends, len(result.top), len(result.bottom)) if start else None
-        inherited = orthonormal_rows(operator, plan.vectors) if plan else None
-        # each start is written into the basis' first row, where the run's first step puts it:
-        # no vector beside the basis is held through the run
-        if inherited is not None:
-            warm = (plan.vectors, plan.weights, plan.noise)
-            rule = StoppingRule(
-                ends, tol, max_iter, operator, WarmEvidence(inherited, plan.frontiers)
+        plan = None
+        if start is not None and not ends.min_abs:  # a min_abs run is always cold
+            plan = run_start(
+                start, len(result.top), len(result.bottom), top=ends.top, bottom=ends.bottom
             )
-        else:
-            warm, rule = (), StoppingRule(ends, tol, max_iter, operator)
+        inherited = orthonormal_rows(operator, plan.vectors) if plan else None
+        # each start is written into the basis' first row: no vector beside the basis is held
+        evidence = None if inherited is None else WarmEvidence(inherited, plan.frontiers)
+        warm = () if inherited is None else (plan.vectors, plan.weights, plan.noise)
+        rule = StoppingRule(ends, tol, max_iter, operator, evidence)
         begin = buffer[0].copy_(start_vector(operator, generator, against, *warm))
         run = _run(operator, begin, buffer, against, rule)
         given_up = run.assessment.decision is Decision.GIVE_UP
@@ -391,32 +326,35 @@ def lanczos(
         result.scale = max(result.scale, assessment.scale)
         if first and min_abs:
             result.min_abs, result.min_abs_error = assessment.min_abs, assessment.min_abs_error
-        lock_bottom = want_bottom and (
-            not want_top or run.process.size > 1
-        )  # one vector: one Ritz vector
+        # a one-vector basis has one Ritz vector: locked once
+        lock_bottom = want_bottom and (not want_top or run.process.size > 1)
         if first and top_k + bottom_k:
             found = _empty(operator, top_k + bottom_k)
         if len(result.top) + want_top >= top_k and len(result.bottom) + want_bottom >= bottom_k:
             operator.free_graph()  # the last run: no more products; its vectors are formed below
         if want_top:
-            result.top.append(run.largest)
+            result.top.append(float(run.values[-1]))
             result.top_errors.append(assessment.top_error)
             top_vectors.append(run.ritz_vector("top", out=found[locked]))
+            every.append((result.top[-1], assessment.top_error, top_vectors[-1]))
             locked += 1
         if want_bottom:
-            result.bottom.append(run.smallest)
+            result.bottom.append(float(run.values[0]))
             result.bottom_errors.append(assessment.bottom_error)
             bottom_vectors.append(
                 run.ritz_vector("bottom", out=found[locked] if lock_bottom else None)
             )
             locked += lock_bottom
+            if lock_bottom:
+                every.append((result.bottom[-1], assessment.bottom_error, bottom_vectors[-1]))
         if first:  # the neighbours of the extremes, carried forward for the next warm start
-            columns, result.frontiers = carried_forward(run.values, ends)
+            columns, result.frontiers = carried_forward(
+                run.values, top=ends.top, bottom=ends.bottom
+            )
             result.neighbours = [run.process.ritz_vector(run.coordinates[:, i]) for i in columns]
-    result.vectors = top_vectors + bottom_vectors
-    if operator is not given:  # the vectors returned are in the given operator's space
-        for vectors in (result.vectors, result.neighbours):
-            vectors[:] = [vector.to(given.like) for vector in vectors]
+    # the vectors returned are in the given operator's space
+    result.vectors = [vector.to(given.like) for vector in top_vectors + bottom_vectors]
+    result.neighbours = [vector.to(given.like) for vector in result.neighbours]
     return result
 
 

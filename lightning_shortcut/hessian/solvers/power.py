@@ -21,17 +21,10 @@ from lightning_shortcut.hessian.tracking import WarmStart
 __all__ = ["power_iteration"]
 
 
-def _normalized(operator: LinearOperator, vector: Tensor) -> Tensor:
-    """``vector`` scaled to norm 1 in place (left as it is where it is zero)."""
-    norm = operator.norm(vector)
-    return vector.div_(norm) if float(norm) > 0 else vector
-
-
 def _spectral_radius(
     operator: LinearOperator, generator: torch.Generator, tol: float, max_iter: int
 ) -> float:
-    """``max|lambda|`` estimated from ``||A v||`` along a power iteration from a random start
-    (converges even for a symmetric ``+-sigma`` spectrum, where the Rayleigh quotient does not)."""
+    """``max|lambda|`` from ``||A v||`` along a power iteration from a random start."""
     vector = random_unit_vector(operator, generator)
     rho = 0.0
     for _ in range(max_iter):
@@ -55,12 +48,8 @@ def _shifted_power_iteration(
     threshold: float,
     max_iter: int,
 ) -> tuple[float, Tensor, float, bool]:
-    """Power iteration on ``A + shift * I`` on the complement of ``locked``, from a random start.
-
-    Returns the Rayleigh quotient of ``A`` at the final vector, the vector, its residual
-    ``||A v - theta v||`` (a bound on the error of ``theta``) and whether that reached ``threshold``.
-    The iteration holds two vectors: the current one and its product, which becomes the next.
-    """
+    """Power iteration on ``A + shift * I`` on the complement of ``locked``: the Rayleigh quotient
+    ``theta``, the vector, its residual ``||A v - theta v||`` and whether that met ``threshold``."""
     vector = random_unit_vector(operator, generator, locked)
     theta, residual = math.nan, math.inf
     for _ in range(max_iter):
@@ -72,11 +61,13 @@ def _shifted_power_iteration(
             return theta, vector, residual, True
         # (A + shift I) v = remainder + (theta + shift) v
         shifted = remainder.add_(vector, alpha=theta + shift)
-        vector = _normalized(operator, orthogonalize(operator, shifted, locked, inplace=True))
+        vector = orthogonalize(operator, shifted, locked, inplace=True)
+        norm = operator.norm(vector)
+        vector = vector.div_(norm) if float(norm) > 0 else vector
     return theta, vector, residual, False
 
 
-@register_solver("power", description="power iteration on A +- s I with deflation (a baseline)")
+@register_solver("power")
 def power_iteration(
     operator: LinearOperator,
     *,
@@ -90,11 +81,10 @@ def power_iteration(
 ) -> HessianSpectrum:
     """Top-k and bottom-k eigenvalues by power iteration on shifted operators, with deflation.
 
-    A first power iteration estimates ``rho = max|lambda|`` (from ``||A v||``, which converges even
-    for a symmetric ``+-sigma`` spectrum where the Rayleigh quotient does not). Then the largest
-    eigenvalue is the dominant one of ``A + s I`` and the smallest that of ``A - s I``,
-    ``s = 1.1 rho``. Each further eigenvalue is found on the complement of the ones already found.
-    Errors are bounded by the residuals (no gap is known). ``start`` is not used.
+    ``rho = max|lambda|`` is estimated from ``||A v||`` (which converges even for a symmetric
+    ``+-sigma`` spectrum, where the Rayleigh quotient does not); the largest eigenvalue is then the
+    dominant one of ``A + s I``, the smallest that of ``A - s I`` (``s = 1.1 rho``), each further
+    one found on the complement of those found. Errors are the residuals. ``start`` is not used.
     """
     rho = _spectral_radius(operator, generator, max(tol, 1e-3), max_iter)
     if rho == 0.0:  # A v = 0 for a random v: the operator is (numerically) zero

@@ -1,38 +1,41 @@
 """The ``method="pyhessian"`` solver: pyhessian 0.1's power iteration, wrapped so it has no side effects.
 
-pyhessian calls ``.backward(create_graph=True)`` (graph-holding ``.grad``), calls ``model.eval()``
-and never restores train mode, and draws start vectors from the global RNG. Here it runs inside
-:func:`~lightning_shortcut.hessian.context.hessian_context` with gradients cloned (it is
-registered with ``touches_grads=True``), so none of that
-survives the call, and it sees a stand-in module whose output is our loss, so any ``loss_fn`` and
-parameter subset work.
-
-What it computes, honestly: pyhessian's ``eigenvalues`` is power iteration for the eigenvalue of
-largest *magnitude*, stopped when the Rayleigh quotient changes by less than ``tol`` relative. To get
-the algebraic ends we run it on shifted losses ``L +- s/2 ||theta - theta_0||^2`` (Hessian
-``H +- s I``, ``s = 1.1 * max|lambda|`` from a first unshifted run). pyhessian has no bottom-end
-solver of its own; this shift is ours. Its stopping rule can stop early with large errors (on the
-paper's symmetric ``+-sigma`` spectrum the Rayleigh quotient does not change at all between
-iterations), so ``converged`` is judged afterwards by our residual ``||H v - theta v||`` on the
-vectors it returns (one extra product each). The values reported are the Rayleigh quotients of those
-vectors from the same product: pyhessian's own values are biased, because its ``normalization``
-divides by ``||v|| + 1e-6``, a relative error of about ``2e-6 / ||H v||``.
+pyhessian calls ``.backward``, ``model.eval()`` and the global RNG: it runs in the engine's guarded
+context with gradients cloned (``touches_grads=True``), on a stand-in module whose output is our
+loss (any ``loss_fn`` and parameters). Its power iteration finds the largest *magnitude*; the
+algebraic ends come from shifted losses ``L +- s/2 ||theta - theta_0||^2`` (``s = 1.1 max|lambda|``).
+Its stopping rule can stop early with large errors, so the values are the Rayleigh quotients of
+its vectors and ``converged`` is judged by their residuals ``||H v - theta v||`` (one product each).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from lightning_shortcut.hessian.linear_operator import LinearOperator, check_finite
-from lightning_shortcut.hessian.operator import HessianOperator
 from lightning_shortcut.hessian.results import HessianSpectrum
 from lightning_shortcut.hessian.solvers.base import register_solver
 from lightning_shortcut.hessian.tracking import WarmStart
+
+
+class _ModelHessian(Protocol):
+    """What the wrapper reads of a :class:`~lightning_shortcut.hessian.HessianOperator` (not
+    imported: the operator reads the settings, which read this registry)."""
+
+    model: nn.Module
+    loss_fn: Callable[[nn.Module, Any], Tensor]
+    batches: list[Any]
+    sizes: list[int]
+    params: list[Tensor]
+    fixed_seed: int | None
+    like: Tensor
+    num_products: int
 
 
 class _BatchRef:
@@ -53,12 +56,10 @@ class _BatchRef:
 
 
 class _LossModule(nn.Module):
-    """A stand-in "model" whose output is the (shifted) loss and whose parameters are the chosen ones.
+    """A stand-in "model": its output is the (shifted) loss, its parameters the chosen ones; the
+    user's model is held outside the module tree, out of reach of pyhessian's ``eval()``."""
 
-    The user's model is held outside the module tree, so pyhessian's ``eval()`` cannot reach it.
-    """
-
-    def __init__(self, operator: HessianOperator, shift: float) -> None:
+    def __init__(self, operator: _ModelHessian, shift: float) -> None:
         super().__init__()
         self._holder = (operator,)
         self.shift = shift
@@ -101,7 +102,7 @@ def _counting_products(counter: list[int]) -> Iterator[None]:
 
 
 def _run_pyhessian(
-    operator: HessianOperator, shift: float, top_n: int, tol: float, max_iter: int
+    operator: _ModelHessian, shift: float, top_n: int, tol: float, max_iter: int
 ) -> tuple[list[float], list[list[Tensor]], int]:
     from pyhessian import hessian as PyHessian
 
@@ -112,15 +113,11 @@ def _run_pyhessian(
         param.grad = None  # pyhessian reads .grad after its backward; start clean
     counter = [0]
     default_dtype = torch.get_default_dtype()
-    torch.set_default_dtype(
-        operator.like.dtype
-    )  # pyhessian draws start vectors in the default dtype
+    torch.set_default_dtype(operator.like.dtype)  # pyhessian's start vectors take it
     try:
         with _counting_products(counter):
-            if len(refs) == 1:
-                solver = PyHessian(stand_in, lambda out, _: out, data=refs[0], cuda=cuda)
-            else:
-                solver = PyHessian(stand_in, lambda out, _: out, dataloader=refs, cuda=cuda)
+            source = {"data": refs[0]} if len(refs) == 1 else {"dataloader": refs}
+            solver = PyHessian(stand_in, lambda out, _: out, cuda=cuda, **source)
             eigenvalues, eigenvectors = solver.eigenvalues(maxIter=max_iter, tol=tol, top_n=top_n)
     finally:
         torch.set_default_dtype(default_dtype)
@@ -131,15 +128,7 @@ def _run_pyhessian(
     return [float(v) for v in eigenvalues], eigenvectors, products
 
 
-def _flat(vectors: list[Tensor], like: Tensor) -> Tensor:
-    return torch.cat([v.reshape(-1) for v in vectors]).to(like).detach()
-
-
-@register_solver(
-    "pyhessian",
-    touches_grads=True,
-    description="pyhessian 0.1's power iteration on shifted losses, wrapped (a baseline)",
-)
+@register_solver("pyhessian", touches_grads=True)
 def pyhessian_power_iteration(
     operator: LinearOperator,
     *,
@@ -151,12 +140,9 @@ def pyhessian_power_iteration(
     max_iter: int,
     start: WarmStart | None = None,
 ) -> HessianSpectrum:
-    """Top and bottom eigenvalues with pyhessian's solver on ``H +- s I``; see the module docstring.
-
-    pyhessian draws its own start vectors (from the global RNG, restored afterwards); ``generator``
-    and ``start`` are not used. Errors are bounded by the residuals of its vectors.
-    """
-    if not isinstance(operator, HessianOperator):
+    """Top and bottom eigenvalues with pyhessian's solver on ``H +- s I`` (see the module
+    docstring); ``generator`` and ``start`` are not used."""
+    if not all(hasattr(operator, name) for name in ("model", "loss_fn", "batches", "params")):
         raise TypeError(
             "method='pyhessian' needs a model's Hessian (a HessianOperator), got "
             f"{type(operator).__name__}; use method='lanczos' or 'power' for other operators."
@@ -178,7 +164,7 @@ def pyhessian_power_iteration(
         _, vectors, products = _run_pyhessian(operator, sign * 1.1 * rho, count, tol, max_iter)
         total_products += products
         for vector in vectors:
-            flat = _flat(vector, operator.like)
+            flat = torch.cat([v.reshape(-1) for v in vector]).to(operator.like).detach()
             flat = flat / flat.norm()
             product = check_finite(operator(flat))
             theta = float(flat @ product)
