@@ -46,6 +46,17 @@ def test_sgd_is_lr_times_lambda_max_over_the_constant(momentum, nesterov, consta
     assert free.spectrum is None and free.converged and math.isnan(free.error)
 
 
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_sgd_at_lr_0_reports_the_largest_stable_rate_from_the_hessian(weight_decay):
+    # a warm-up from 0 or a schedule ending at 0: the stable rate does not depend on the current one
+    model, batch, hessian = _case()
+    top = float(torch.linalg.eigvalsh(hessian).max())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=weight_decay)
+    report = edge_of_stability(model, batch, optimizer, tol=1e-8)
+    assert report.stability == 0.0
+    assert report.max_stable_lr == pytest.approx(3.8 / (top + weight_decay), rel=1e-6)
+
+
 def test_adam_uses_the_preconditioned_hessian_from_its_state():
     model, batch, _ = _case()
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01, betas=(0.9, 0.99), eps=1e-8)

@@ -14,8 +14,6 @@ from lightning_shortcut.hessian.edge_of_stability import compute_edge_of_stabili
 from lightning_shortcut.hessian.operator import LossFn, resolve_params
 from lightning_shortcut.hessian.optimizers import (
     UnsupportedOptimizerError,
-    select_optimizer,
-    step_preconditioner,
 )
 from lightning_shortcut.hessian.settings import HessianSettings
 from lightning_shortcut.hessian.spectrum import HessianSpectrum
@@ -106,13 +104,8 @@ class EdgeOfStabilityTracker:
             else:
                 self.warn("stability_unavailable", f"HessianEigenvalueMonitor: {report.reason}.")
             return {}, report.num_hvps
-        ratio = report.as_dict()
-        if not report.num_hvps and report.lr == 0:  # SGD at lr 0: no lambda_max in the ratio
-            optimizer = select_optimizer(trainer.optimizers, params)
-            preconditioner = step_preconditioner(optimizer, params)
-            ratio["max_stable_lr"] = preconditioner.max_stable_lr_from_hessian(spectrum.max)
-        self._check_level(trainer.global_step, report.stability, ratio["max_stable_lr"], report.lr)
-        return ratio, report.num_hvps
+        self._check_level(trainer.global_step, report.stability, report.max_stable_lr, report.lr)
+        return report.as_dict(), report.num_hvps
 
     def _check_level(self, step: int, stability: float, max_stable_lr: float, lr: float) -> None:
         if self.warn_above is None or not stability > self.warn_above:

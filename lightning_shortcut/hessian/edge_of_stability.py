@@ -195,13 +195,19 @@ def compute_edge_of_stability(
         top = (
             preconditioner.stability_from_hessian(hessian_max_eigenvalue) * preconditioner.threshold
         )
+    # SGD's largest stable rate comes from the Hessian (finite at lr 0), not from the ratio
+    max_stable_lr = (
+        preconditioner.max_stable_lr(top)
+        if preconditioner.needs_preconditioned_run
+        else preconditioner.max_stable_lr_from_hessian(hessian_max_eigenvalue)
+    )
     error = math.nan
     if spectrum is not None:  # the preconditioned run's bound, or the Hessian's times the step
         step = 1.0 if preconditioner.needs_preconditioned_run else preconditioner.uniform_step
         error = step * spectrum.top_errors[0] / preconditioner.threshold
     return EdgeOfStability(
         stability=preconditioner.stability(top),
-        max_stable_lr=preconditioner.max_stable_lr(top) if math.isfinite(top) else math.nan,
+        max_stable_lr=max_stable_lr if math.isfinite(top) else math.nan,
         preconditioned_max_eigenvalue=top,
         threshold=preconditioner.threshold,
         lr=lr,
