@@ -55,7 +55,7 @@ class HessianSettings:
     Raises:
         ValueError: on a value outside what is accepted (an unknown ``method``, ``mode`` or
             ``hvp``, negative or all-zero counts, ``tol`` outside ``(0, 1)``, an option the solver
-            does not take or refuses, ...) or a combination the engine cannot compute
+            does not take or refuses, what ``"lanczos_values"`` cannot give, ...) or a combination the engine cannot compute
             (``min_abs`` with a solver without it, ``hvp="finite_difference"`` or ``stderr`` in
             train mode), naming the value and what is accepted.
         TypeError: on a value of the wrong type.
@@ -83,6 +83,10 @@ class HessianSettings:
     solver_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
     # what comes back besides the values
     stderr: bool | Literal["cold"] = False
+    #: the eigenvectors: ``True`` wanted, ``False`` not (values alone where the solver can),
+    #: ``None`` (settings passed along: the monitor, the block and stability measurements) whatever
+    #: ``method`` gives; :func:`~lightning_shortcut.hessian.hessian_eigenvalues` passes ``False``
+    vectors: bool | None = None
     #: the registry entry of ``method`` (set when the settings are made)
     solver: SolverSpec = field(init=False, repr=False, compare=False)
 
@@ -90,6 +94,7 @@ class HessianSettings:
         # the registry's solvers import the operator, which reads these settings: looked up here,
         # when settings are made, not when this module is imported
         from lightning_shortcut.hessian.solvers import SOLVERS
+        from lightning_shortcut.hessian.solvers.lanczos_values import VALUES_ONLY, refuse
 
         solver = SOLVERS[check_choice("method", self.method, SOLVERS)]
         object.__setattr__(self, "solver", solver)
@@ -103,6 +108,11 @@ class HessianSettings:
             )
         object.__setattr__(self, "solver_options", dict(options))
         solver.check_options(self.solver_options)
+        if self.vectors is not None:
+            check_bool("vectors", self.vectors)
+        refusal = refuse(self.top_k, self.bottom_k, self.min_abs, bool(self.vectors), start=False)
+        if self.method == VALUES_ONLY and refusal:
+            raise ValueError(refusal)
         if not (self.stderr is True or self.stderr is False or self.stderr == "cold"):
             raise ValueError(f"`stderr` must be True, False or 'cold', got {self.stderr!r}.")
         if self.stderr and self.mode != "eval":

@@ -21,6 +21,12 @@ from lightning_shortcut.hessian.results import HessianSpectrum
 from lightning_shortcut.hessian.sampling import rayleigh_stderr
 from lightning_shortcut.hessian.settings import AllReduce, HessianSettings, Hvp, Mode
 from lightning_shortcut.hessian.sharded import ShardingError
+from lightning_shortcut.hessian.solvers.lanczos_values import (
+    VALUES_ONLY,
+    extreme_vectors,
+    lanczos_values,
+    refuse,
+)
 from lightning_shortcut.hessian.tracking import WarmStart, answered_cold
 
 __all__ = ["HessianSpectrum", "compute_spectrum", "hessian_eigenvalues", "magnitude_ratio"]
@@ -56,6 +62,7 @@ def hessian_eigenvalues(
     solver_options: Mapping[str, Any] | None = None,
     transform: Callable[[HessianOperator], LinearOperator] | None = None,
     hvp: Hvp = "autograd",
+    vectors: bool = False,
 ) -> HessianSpectrum:
     """Top and bottom eigenvalues of the Hessian of ``model``'s mean loss on ``data``.
 
@@ -122,6 +129,13 @@ def hessian_eigenvalues(
             backward; its estimated error is reported in ``hvp_error`` and added to the error
             bounds, see :class:`~lightning_shortcut.hessian.HessianOperator`). Not with solvers
             that run on the model (``"pyhessian"``).
+        vectors: also return the eigenvectors (``vectors``, and the Ritz vectors a warm start
+            reads): what ``start=`` from this result, :func:`~lightning_shortcut.hessian.
+            gradient_overlap` and :func:`~lightning_shortcut.hessian.block_profile` need. Without
+            them, a ``"lanczos"`` call for one value per end without ``min_abs`` or ``start`` runs
+            ``"lanczos_values"``, which holds three vectors instead of the basis (with ``stderr``
+            it runs that pass twice and returns the two extreme eigenvectors; see the docs' engine
+            page, "Values alone"); other calls return the vectors they compute anyway.
 
     Returns:
         A :class:`HessianSpectrum`. A non-finite loss gives NaN values with ``converged=False``.
@@ -146,7 +160,7 @@ def hessian_eigenvalues(
     settings = HessianSettings(
         params=params, mode=mode, hvp=hvp, seed=seed, all_reduce=all_reduce, method=method,
         top_k=top_k, bottom_k=bottom_k, min_abs=min_abs, tol=tol, max_iter=max_iter,
-        solver_options=solver_options, stderr=stderr,
+        solver_options=solver_options, stderr=stderr, vectors=vectors,
     )  # fmt: skip
     return compute_spectrum(model, data, loss_fn, settings, start=start, transform=transform)
 
@@ -190,11 +204,12 @@ def compute_spectrum(
     begin = time.perf_counter()
     generator = torch.Generator().manual_seed(settings.seed)
     stderr = settings.stderr
+    solve, method = _route(settings, start, stderr)
     with hessian_operator(
         model, data, loss_fn, settings, selection, clone_grads=spec.touches_grads
     ) as operator:
         try:
-            result = spec.solve(
+            result = solve(
                 operator if transform is None else _transformed(transform, operator),
                 generator=generator,
                 top_k=settings.top_k,
@@ -210,6 +225,7 @@ def compute_spectrum(
         products = operator.num_hvps
         if result is not None:
             _complete(result, settings)
+            result.method = method
         # "cold": wanted unless every answer came from a warm run
         stderr = stderr is True or (stderr == "cold" and (result is None or answered_cold(result)))
         if result is not None and stderr:
@@ -229,6 +245,25 @@ def compute_spectrum(
         return failed
     result.num_hvps, result.seconds = products, time.perf_counter() - begin
     return _with_product_error(result, settings.hvp, operator.hvp_error, settings.tol)
+
+
+def _route(
+    settings: HessianSettings, start: Any, stderr: bool | str
+) -> tuple[Callable[..., HessianSpectrum], str]:
+    """The solver a call runs and its name: for ``"lanczos"`` with ``vectors=False``, the
+    values-only pass where that gives what is asked (no ``start``, one value per end, no
+    ``min_abs``), run twice where the standard errors need the extreme vectors."""
+    values_only = settings.method == VALUES_ONLY or (
+        settings.method == "lanczos"
+        and settings.vectors is False
+        and not refuse(
+            settings.top_k, settings.bottom_k, settings.min_abs, False, start is not None
+        )
+    )
+    if not values_only:
+        return settings.solver.solve, settings.method
+    needs_vectors = stderr is True or (stderr == "cold" and start is None)
+    return (extreme_vectors if needs_vectors else lanczos_values), VALUES_ONLY
 
 
 def _with_product_error(
@@ -251,10 +286,11 @@ def _with_product_error(
         spectrum.min_abs_resolved = spectrum.min_abs_resolved and not unresolved
     if error > tol or unresolved:
         spectrum.converged = False
-        spectrum.reason = spectrum.reason or (
-            f"finite-difference products are accurate to about {error:.1e} of max|lambda|, "
-            f"not enough for tol={tol}"
-        )
+        # the coarse products first: they are why a solver that ran out of products did
+        spectrum.reason = "; ".join(
+            filter(None, (f"finite-difference products are accurate to about {error:.1e} of "
+            f"max|lambda|, not enough for tol={tol}", spectrum.reason))
+        )  # fmt: skip
     return spectrum
 
 
@@ -287,6 +323,11 @@ def _start_vectors(start: Any, dim: int) -> WarmStart | None:
                 f"rank's part of them under fully_shard), got shape {shape}."
             )
     if not vectors:
+        if isinstance(start, WarmStart) and (start.top or start.bottom):
+            raise ValueError(
+                "`start` holds values but no eigenvectors (a call that did not ask for them): pass "
+                "vectors=True to the call whose result starts this one."
+            )
         return None
     if not isinstance(start, WarmStart):
         raise ValueError(
