@@ -16,8 +16,8 @@ products (:func:`settled`): a Krylov space that has doubled without finding anyt
 random start holds about ``1 / sqrt(dim)`` of every eigenvector; a Krylov space of a few vectors has
 not yet amplified the far end of a spectrum dominated by one outlier, although its Ritz value there
 may already have a small residual. A run that wants the top alone may stop from
-:data:`SEPARATED_MIN_PRODUCTS` on where the top Ritz value stands :data:`SEPARATION` tolerances above
-the next one (:meth:`StoppingRule.floor`): what the floor guards against at the top is a cluster
+:data:`SEPARATED_MIN_PRODUCTS` on where the top Ritz value stands :data:`SEPARATION` tolerances (of
+``tol = 1e-3``, whatever the run's) above the next one (:meth:`StoppingRule.floor`): what the floor guards against at the top is a cluster
 whose hidden member lies just above the returned one, and a cluster shows as Ritz values close
 together. The bottom end keeps the full floor: at a trained network's far end, the edge of a dense
 bulk near zero, the Ritz values of the unresolved bulk stand apart as if separated (with the
@@ -70,10 +70,13 @@ MIN_PRODUCTS = 20
 #: A run that wants the top alone may stop from this many products on where the top is separated
 #: (hessian-eigenthings certifies ``lambda_max`` after 10 products).
 SEPARATED_MIN_PRODUCTS = 10
-#: The top is separated where its Ritz value stands this many ``tol * max|lambda|`` above the next
-#: Ritz value. With a floor of 10 and no such test, 1 of 20 cold runs on a top cluster 0.2% apart
-#: returned a member 2 tolerances below the top at ``tol = 1e-3``; with it, none.
+#: The top is separated where its Ritz value stands this many ``1e-3 * max|lambda|`` (tolerances at
+#: the default ``tol``) above the next Ritz value: a share fixed for every ``tol``, so that a looser
+#: ``tol`` never pays the full floor where a tighter one does not. With a floor of 10 and no such
+#: test, 1 of 20 cold runs on a top cluster 0.2% apart returned a member 2 tolerances below the top
+#: at ``tol = 1e-3``; with it, none.
 SEPARATION = 10.0
+_SEPARATION_TOL = 1e-3
 #: A residual this small relative to ``max|lambda|`` means an invariant subspace: the Ritz values are
 #: eigenvalues.
 _INVARIANT = 1e-12
@@ -219,9 +222,10 @@ class StoppingRule:
     def floor(self, threshold: float) -> int:
         """The products before which the cold rule does not stop: :data:`MIN_PRODUCTS`, or
         :data:`SEPARATED_MIN_PRODUCTS` for a run that wants the top alone where the top Ritz value
-        stands :data:`SEPARATION` times ``threshold`` above the next (within ``max_iter``)."""
+        stands :data:`SEPARATION` times ``1e-3 * max|lambda|`` above the next (within
+        ``max_iter``; ``threshold`` is ``tol * max|lambda|``)."""
         top_alone = self.ends.top and not (self.ends.bottom or self.ends.min_abs)
-        if top_alone and self.top_gap >= SEPARATION * threshold:
+        if top_alone and self.top_gap >= SEPARATION * _SEPARATION_TOL * threshold / self.tol:
             return min(SEPARATED_MIN_PRODUCTS, self.max_iter)
         return min(MIN_PRODUCTS, self.max_iter)
 

@@ -29,7 +29,7 @@ vectors as the products come (five vectors; the products a second time).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -88,10 +88,14 @@ def _inner(space: LinearOperator, first: Tensor, second: Tensor) -> float:
     return float(space.reduce(torch.dot(first, second).reshape(1)))
 
 
-def _recurrence(space: LinearOperator, start: Tensor) -> Iterator[tuple[float, float, Tensor]]:
-    """``(alpha_j, beta_j, q_j)`` for ``j = 1, 2, ...``, one product each; at most three vectors
-    are alive (``q_{j-1}``, ``q_j`` and the product). Ends where ``beta_j = 0``."""
+def _recurrence(
+    space: LinearOperator, start: Tensor, visit: Callable[[Tensor], None] | None = None
+) -> Iterator[tuple[float, float]]:
+    """``(alpha_j, beta_j)`` for ``j = 1, 2, ...`` (after ``visit(q_j)`` where given), one product
+    each; at most three vectors are alive (``q_{j-1}``, ``q_j`` and the product). Ends where
+    ``beta_j = 0``."""
     previous, current, beta = None, start, 0.0
+    del start  # held as current only
     while True:
         product = owned_product(check_finite(space(current)), current)
         if previous is not None:
@@ -102,7 +106,9 @@ def _recurrence(space: LinearOperator, start: Tensor) -> Iterator[tuple[float, f
             product.sub_(current, alpha=coefficient)
             alpha += coefficient
         beta = float(space.norm(product))
-        yield alpha, beta, current
+        if visit is not None:
+            visit(current)  # q_j, before it is dropped
+        yield alpha, beta
         if beta == 0.0:
             return
         previous, current = current, product.div_(beta)
@@ -191,7 +197,7 @@ def _solve(
     betas: list[float] = []
     state = generator.get_state()  # the second pass draws the same start
     steps = _recurrence(space, random_unit_vector(space, generator))
-    for products, (alpha, beta, _) in enumerate(steps, start=1):
+    for products, (alpha, beta) in enumerate(steps, start=1):
         alphas.append(alpha)
         betas.append(beta)
         last = products >= max_iter or beta == 0.0
@@ -208,9 +214,14 @@ def _solve(
         wanted = [column for column, count in enumerate((top_k, bottom_k)) if count]
         coordinates = coordinates[:, wanted].to(space.like)
         sums = space.like.new_zeros(len(wanted), space.local_dim)
-        again = _recurrence(space, random_unit_vector(space, generator))
-        for row, (_, _, vector) in zip(coordinates, again, strict=False):
-            sums.addr_(row, vector)
+        rows = iter(coordinates)
+        again = _recurrence(
+            space,
+            random_unit_vector(space, generator),
+            visit=lambda vector: sums.addr_(next(rows), vector),
+        )
+        for _ in zip(range(len(coordinates)), again, strict=False):
+            pass
         again.close()
         result.vectors = [row.div_(space.norm(row)) for row in sums]
     return result
