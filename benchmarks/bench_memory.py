@@ -194,7 +194,11 @@ def bench(name: str, device: torch.device, threads: int, bases: list[int]) -> li
     rows, training = [], None
     for configuration, options in configurations:
         kind = configuration if configuration in ("training", "floor") else "spectrum"
-        answer = _measure(name, kind, options, device, threads)
+        try:
+            answer = _measure(name, kind, options, device, threads)
+        except RuntimeError as error:  # the sampling error cannot chunk every batch
+            print(f"{name} {configuration}: {str(error).splitlines()[-1]}", file=sys.stderr)
+            continue
         extra = answer["extra"]
         training = extra if configuration == "training" else training
         basis = options.get("solver_options", {}).get("max_basis")

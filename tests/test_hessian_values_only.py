@@ -16,10 +16,18 @@ from lightning_shortcut.hessian.solvers import lanczos, lanczos_values
 from lightning_shortcut.hessian.solvers.lanczos_values import _recurrence, extreme_vectors
 
 
-def _operator(eigenvalues, seed=0, dtype=torch.float64):
+def _basis(size, seed=0):
+    """An orthogonal matrix known in closed form: a Householder reflection ``I - 2 w w^T``."""
     generator = torch.Generator().manual_seed(seed)
+    normal = torch.randn(size, generator=generator, dtype=torch.float64)
+    normal /= normal.norm()
+    return torch.eye(size, dtype=torch.float64) - 2 * torch.outer(normal, normal)
+
+
+def _operator(eigenvalues, seed=0, dtype=torch.float64):
+    """``Q diag(eigenvalues) Q^T`` with ``Q`` from :func:`_basis` (its columns the eigenvectors)."""
     values = torch.as_tensor(eigenvalues, dtype=torch.float64)
-    basis, _ = torch.linalg.qr(torch.randn(len(values), len(values), generator=generator).double())
+    basis = _basis(len(values), seed)
     return MatrixOperator(((basis * values) @ basis.T).to(dtype))
 
 
@@ -37,13 +45,19 @@ def _tanh_mlp():
     model = torch.nn.Sequential(
         torch.nn.Linear(5, 12), torch.nn.Tanh(), torch.nn.Linear(12, 3)
     ).double()
-    x, y = classification_data((5,), num_samples=64)
+    return model, classification_data((5,), num_samples=64)
+
+
+@pytest.fixture(scope="module")
+def network():
+    """The model, its batch and the dense Hessian's eigenvalues (ascending)."""
+    model, (x, y) = _tanh_mlp()
     return model, (x, y), dense_eigenvalues(model, ce_loss(x, y))
 
 
 @pytest.mark.parametrize("tol", [1e-2, 1e-3, 1e-6])
-def test_values_of_a_network_are_within_their_bounds_of_the_dense_hessian(tol):
-    model, data, reference = _tanh_mlp()
+def test_values_of_a_network_are_within_their_bounds_of_the_dense_hessian(tol, network):
+    model, data, reference = network
     spectrum = hessian_eigenvalues(model, data, tol=tol)
     assert spectrum.method == "lanczos_values" and spectrum.converged and not spectrum.vectors
     scale = float(reference.abs().max())
@@ -75,14 +89,20 @@ def test_extremes_stay_true_after_ghosts_appear():
     assert abs(result.bottom[0] - bottom) <= result.bottom_errors[0] + 1e-12
 
 
-def test_more_than_one_value_per_end_runs_the_basis_without_ghosts():
+def test_more_than_one_value_per_end_runs_the_basis_without_ghosts(network):
     """top_k = bottom_k = 2 goes to the basis solver: the second values are the second
     eigenvalues, not ghost copies of the first; the values-only pass refuses the counts."""
-    model, data, reference = _tanh_mlp()
-    spectrum = hessian_eigenvalues(model, data, top_k=2, bottom_k=2, tol=1e-8)
+    model, data, reference = network
+    spectrum = hessian_eigenvalues(model, data, top_k=2, bottom_k=2, tol=1e-4)
     assert spectrum.method == "lanczos"
-    expected = reference.flip(0)[:2]
-    torch.testing.assert_close(torch.tensor(spectrum.top).double(), expected, atol=1e-6, rtol=0)
+    truths = [*reference.flip(0)[:2].tolist(), *reference[:2].tolist()]
+    found = zip(
+        spectrum.top + spectrum.bottom,
+        spectrum.top_errors + spectrum.bottom_errors,
+        truths,
+        strict=True,
+    )
+    assert all(abs(value - truth) <= error + 1e-9 for value, error, truth in found)
     with pytest.raises(ValueError, match="top_k=2.*method='lanczos'"):
         hessian_eigenvalues(model, data, method="lanczos_values", top_k=2)
 
@@ -98,16 +118,14 @@ def test_a_tight_top_cluster_pays_the_floor_and_is_within_tol():
 def test_an_invariant_subspace_found_early_ends_the_run_exactly():
     """A rank-3 operator: the Krylov space is invariant after 4 products (beta = 0 up to rounding),
     and its Ritz values are eigenvalues."""
-    generator = torch.Generator().manual_seed(1)
-    factor = torch.randn(300, 3, generator=generator, dtype=torch.float64)
+    factor = _basis(300)[:, :3]  # orthonormal columns: eigenvalues 4, 1, -2 and zeros
     operator = MatrixOperator(
         factor @ torch.diag(torch.tensor([4.0, 1.0, -2.0]).double()) @ factor.T
     )
-    truth = torch.linalg.eigvalsh(operator.matrix)
     result = _solve(lanczos_values, operator, tol=1e-6)
     assert result.converged and operator.num_products <= 4
-    assert result.top[0] == pytest.approx(float(truth[-1]), rel=1e-10)
-    assert result.bottom[0] == pytest.approx(float(truth[0]), rel=1e-10)
+    assert result.top[0] == pytest.approx(4.0, rel=1e-10)
+    assert result.bottom[0] == pytest.approx(-2.0, rel=1e-10)
 
 
 @pytest.mark.parametrize("solver", [lanczos_values, lanczos])
@@ -118,7 +136,7 @@ def test_a_looser_tol_never_costs_more_products(solver, bottom_k):
     so the top alone cost 20 products there and 18 at 1e-3)."""
     spectrum = [1.0, 0.9, *torch.linspace(-0.5, 0.5, 400).tolist(), -0.8]
     products = []
-    for tol in (1e-5, 1e-3, 1e-2, 0.1, 0.5):
+    for tol in (1e-4, 1e-3, 1e-2, 0.1, 0.5):
         operator = _operator(spectrum, dtype=torch.float32)
         result = _solve(solver, operator, bottom_k=bottom_k, tol=tol)
         assert result.converged and abs(result.top[0] - 1.0) <= max(tol, 1e-5)
@@ -128,26 +146,26 @@ def test_a_looser_tol_never_costs_more_products(solver, bottom_k):
 
 def test_the_second_pass_forms_the_extreme_eigenvectors():
     operator = _operator(SPECTRUM)
-    _, vectors = torch.linalg.eigh(operator.matrix)
-    first = _solve(lanczos_values, _operator(SPECTRUM), tol=1e-8)
-    result = _solve(extreme_vectors, operator, tol=1e-8)
+    vectors = _basis(len(SPECTRUM))  # columns: the eigenvectors of SPECTRUM's entries
+    first = _solve(lanczos_values, _operator(SPECTRUM), tol=1e-6)
+    result = _solve(extreme_vectors, operator, tol=1e-6)
     assert result.top == first.top and result.bottom == first.bottom  # the same recurrence
     top, bottom = result.vectors
-    assert abs(float(top @ vectors[:, -1])) == pytest.approx(1.0, abs=1e-6)
-    assert abs(float(bottom @ vectors[:, 0])) == pytest.approx(1.0, abs=1e-6)
+    assert abs(float(top @ vectors[:, 0])) == pytest.approx(1.0, abs=1e-6)  # 3.0
+    assert abs(float(bottom @ vectors[:, -1])) == pytest.approx(1.0, abs=1e-6)  # -2.0
 
 
 def test_stderr_runs_the_pass_twice_and_keeps_the_two_vectors():
-    model, data, _ = _tanh_mlp()
-    values = hessian_eigenvalues(model, data, tol=1e-3)
-    spectrum = hessian_eigenvalues(model, data, tol=1e-3, stderr=True)
+    model, data = _tanh_mlp()
+    values = hessian_eigenvalues(model, data, tol=1e-2)
+    spectrum = hessian_eigenvalues(model, data, tol=1e-2, stderr=True)
     assert spectrum.method == "lanczos_values" and len(spectrum.vectors) == 2
     assert spectrum.num_hvps == 2 * values.num_hvps + 2  # the pass twice, a product per vector
     assert spectrum.max == values.max and spectrum.max_stderr > 0
 
 
 def test_refusals_name_the_option_that_gives_vectors():
-    model, data, _ = _tanh_mlp()
+    model, data = _tanh_mlp()
     values = hessian_eigenvalues(model, data)
     with pytest.raises(ValueError, match="vectors=True"):
         hessian_eigenvalues(model, data, start=values)
@@ -160,7 +178,6 @@ def test_refusals_name_the_option_that_gives_vectors():
         hessian_eigenvalues(model, data, method="lanczos_values", start=with_vectors)
     warm = hessian_eigenvalues(model, data, start=with_vectors)  # the basis solver takes it
     assert warm.method == "lanczos" and warm.warm_start
-    assert hessian_eigenvalues(model, data, min_abs=True).method == "lanczos"
 
 
 def test_the_pass_holds_three_vectors_and_the_second_pass_five():
@@ -179,7 +196,7 @@ def test_the_pass_holds_three_vectors_and_the_second_pass_five():
     ):
         operator = LambdaOperator(lambda v: diagonal * v, dim, diagonal.new_zeros(0))
         with LiveStorages() as storages:
-            result = _solve(solver, operator, **options)
+            result = _solve(solver, operator, tol=1e-2, **options)
         assert result.top[0] == pytest.approx(3.0, abs=3e-3)
         peaks[name] = storages.peak / vector
     assert peaks["values"] <= 3.05
