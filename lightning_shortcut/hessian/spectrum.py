@@ -116,8 +116,8 @@ def hessian_eigenvalues(
             (a warm run is cheaper than its error bar; this is what the monitor does, a warm run
             given up for a cold one included).
         solver_options: extra keyword arguments for the solver, e.g. ``{"max_basis": 10}`` for
-            ``"lanczos"`` (the basis vectors held, default 16; the call's extra memory is about
-            this many parameter vectors and six more, see the docs' engine page), or
+            ``"lanczos"`` (the basis vectors held, default 16; a call with ``vectors=True`` holds
+            about this many parameter vectors and six more, see the docs' engine page), or
             ``{"host_basis": True}`` to keep the basis in host memory for a model on an
             accelerator.
         transform: solve for ``transform(H)``, a :class:`LinearOperator` of the same size, instead
