@@ -88,7 +88,7 @@ def test_each_block_gets_the_run_of_a_whole_model_measurement_of_it():
     spectra = block_eigenvalues(model, data, blocks="modules", tol=1e-6, seed=3)
     total = 0
     for name, params in resolve_blocks(model, "modules").items():
-        alone = hessian_eigenvalues(model, data, params=params, tol=1e-6, seed=3)
+        alone = hessian_eigenvalues(model, data, params=params, tol=1e-6, seed=3, vectors=True)
         assert spectra.max[name] == pytest.approx(alone.max, rel=1e-12)
         assert spectra.min[name] == pytest.approx(alone.min, rel=1e-12)
         assert spectra[name].top_errors == pytest.approx(alone.top_errors, rel=1e-6, abs=1e-14)
@@ -139,7 +139,7 @@ def _dense_eigenvectors(model, data):
 
 def test_profiles_sum_to_one_and_match_a_dense_eigendecomposition():
     model, data = _mlp()
-    spectrum = hessian_eigenvalues(model, data, tol=1e-10)
+    spectrum = hessian_eigenvalues(model, data, tol=1e-10, vectors=True)
     profile = block_profile(model, spectrum, "modules")
     values, vectors = _dense_eigenvectors(model, data)
     assert spectrum.max == pytest.approx(float(values[-1]), rel=1e-8)
@@ -158,13 +158,13 @@ def test_profiles_sum_to_one_and_match_a_dense_eigendecomposition():
 
 def test_profile_of_blocks_that_leave_parameters_out_has_the_rest():
     model, data = _residual_classifier()
-    spectrum = hessian_eigenvalues(model, data, tol=1e-6)
+    spectrum = hessian_eigenvalues(model, data, tol=1e-6, vectors=True)
     profile = block_profile(model, spectrum, "residual")
     assert list(profile.top) == ["1.units.0", "1.units.1", REST]
     assert math.fsum(profile.top.values()) == pytest.approx(1.0, abs=1e-12)
     assert math.fsum(profile.bottom.values()) == pytest.approx(1.0, abs=1e-12)
     # over the residual parameters alone the units cover everything
-    residual = hessian_eigenvalues(model, data, params="residual", tol=1e-6)
+    residual = hessian_eigenvalues(model, data, params="residual", tol=1e-6, vectors=True)
     alone = block_profile(model, residual, "residual", params="residual")
     assert REST not in alone.top and math.fsum(alone.top.values()) == pytest.approx(1.0)
 
@@ -174,7 +174,7 @@ def test_profile_of_a_failed_measurement_is_none():
     x, y = data
     x = x.clone()
     x[0, 0] = math.nan
-    spectrum = hessian_eigenvalues(model, (x, y))
+    spectrum = hessian_eigenvalues(model, (x, y), vectors=True)
     assert math.isnan(spectrum.max)
     profile = block_profile(model, spectrum, "modules")
     assert profile.top is None and profile.bottom is None and profile.as_dict() == {}
@@ -210,7 +210,7 @@ def test_gradient_overlap_of_the_whole_space_is_one_and_of_no_vector_nan():
 
 def test_params_of_another_size_are_refused_by_profile_and_overlap():
     model, data = _residual_classifier()
-    spectrum = hessian_eigenvalues(model, data, params="residual")
+    spectrum = hessian_eigenvalues(model, data, params="residual", vectors=True)
     with pytest.raises(ValueError, match="params the spectrum was measured with"):
         block_profile(model, spectrum, "residual")
     with pytest.raises(ValueError, match="params the spectrum was measured with"):
@@ -350,7 +350,7 @@ def test_errors_about_params_name_the_parameters_and_never_print_tensors():
     ) as info:
         block_eigenvalues(model, data, params=params, blocks={"a": "0", "b": "2"})
     assert "tensor(" not in str(info.value)
-    spectrum = hessian_eigenvalues(model, data, params=params)
+    spectrum = hessian_eigenvalues(model, data, params=params, vectors=True)
     for call in (
         lambda: block_profile(model, spectrum, "modules"),
         lambda: gradient_overlap(model, data, spectrum=spectrum, params=[model[2].weight]),

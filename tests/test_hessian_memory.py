@@ -143,7 +143,9 @@ def test_the_graph_is_freed_after_the_last_product_before_the_vectors_are_formed
 
     monkeypatch.setattr(lanczos_module.LanczosProcess, "ritz_vector", ritz_vector)
     top_k, bottom_k = counts
-    spectrum = hessian_eigenvalues(model, (x, y), top_k=top_k, bottom_k=bottom_k, tol=1e-3)
+    spectrum = hessian_eigenvalues(
+        model, (x, y), top_k=top_k, bottom_k=bottom_k, tol=1e-3, vectors=True
+    )
     frees = [event for event in events if event[0] == "free"]
     # freed once by the solver (graph held until then), once more on leaving (nothing left)
     assert frees[0] == ("free", spectrum.num_hvps, True)

@@ -76,7 +76,14 @@ def _track(eigenvalues, *, tol, steps=12, audit_every=100, bottom_k=1, seed=0, *
     for matrix in _drifting_operators(eigenvalues, steps, seed=seed, **drift):
         model.matrix = matrix
         spectrum = hessian_eigenvalues(
-            model, DATA, _loss, bottom_k=bottom_k, tol=tol, seed=seed, start=tracker.start(params)
+            model,
+            DATA,
+            _loss,
+            bottom_k=bottom_k,
+            tol=tol,
+            seed=seed,
+            start=tracker.start(params),
+            vectors=True,
         )
         tracker.update(spectrum, params)
         truth = torch.linalg.eigvalsh(matrix)
@@ -211,7 +218,7 @@ def test_a_tracked_end_that_falls_into_a_cluster_is_not_returned(seed):
     model = Quadratic(basis @ torch.diag(before) @ basis.T)
     params = list(model.parameters())
     tracker = SpectrumTracker()
-    first = hessian_eigenvalues(model, DATA, _loss, bottom_k=0, tol=1e-2, seed=seed)
+    first = hessian_eigenvalues(model, DATA, _loss, bottom_k=0, tol=1e-2, seed=seed, vectors=True)
     tracker.update(first, params)
     # the directions the first measurement carried forward fall by 15%, the rest stay
     carried, _ = torch.linalg.qr(torch.stack(first.tracking_vectors.vectors).T)
@@ -219,7 +226,14 @@ def test_a_tracked_end_that_falls_into_a_cluster_is_not_returned(seed):
     kept = carried @ (carried.T @ matrix @ carried) @ carried.T
     model.matrix = rest @ matrix @ rest + 0.85 * kept
     spectrum = hessian_eigenvalues(
-        model, DATA, _loss, bottom_k=0, tol=1e-2, seed=seed, start=tracker.start(params)
+        model,
+        DATA,
+        _loss,
+        bottom_k=0,
+        tol=1e-2,
+        seed=seed,
+        start=tracker.start(params),
+        vectors=True,
     )
     truth = torch.linalg.eigvalsh(model.matrix)
     assert abs(spectrum.max - float(truth[-1])) <= 1e-2 * float(truth.abs().max())
@@ -245,7 +259,9 @@ def test_an_eigenvalue_crossing_is_caught_by_the_next_audit():
         model.matrix = basis @ torch.diag(values) @ basis.T
         start = tracker.start(params)
         assert tracker.cold_next == (start is None)  # what a time budget estimates the cost by
-        spectrum = hessian_eigenvalues(model, DATA, _loss, bottom_k=0, tol=1e-2, start=start)
+        spectrum = hessian_eigenvalues(
+            model, DATA, _loss, bottom_k=0, tol=1e-2, start=start, vectors=True
+        )
         tracker.update(spectrum, params)
         found.append(spectrum.max)
         kinds.append("warm" if spectrum.warm_start else "cold")
@@ -267,7 +283,7 @@ def test_tracker_starts_cold_when_the_parameters_change():
     tracker = SpectrumTracker()
     params = list(model.parameters())
     assert tracker.cold_next
-    spectrum = hessian_eigenvalues(model, (x, y), start=tracker.start(params))
+    spectrum = hessian_eigenvalues(model, (x, y), start=tracker.start(params), vectors=True)
     tracker.update(spectrum, params)
     assert tracker.start(params) is not None and not tracker.cold_next
     assert tracker.start(params[:2]) is None  # a different parameter set

@@ -69,7 +69,7 @@ def test_block_metrics_match_the_engine_on_the_same_weights(model_and_batches):
         for end in ("max", "min"):
             key = f"block/{name}/{end}_eigenvalue"
             assert record[key] == pytest.approx(getattr(spectra, end)[name], rel=1e-9), key
-    spectrum = hessian_eigenvalues(model, batches, _loss, **common)
+    spectrum = hessian_eigenvalues(model, batches, _loss, **common, vectors=True)
     profile = block_profile(model, spectrum, "residual")
     for name in spectra.names:
         assert record[f"block/{name}/max_eigenvector_share"] == pytest.approx(profile.top[name])

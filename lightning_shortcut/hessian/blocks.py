@@ -277,7 +277,7 @@ def block_profile(
 
     Example:
         ```python
-        spectrum = hessian_eigenvalues(model, (x, y))
+        spectrum = hessian_eigenvalues(model, (x, y), vectors=True)
         block_profile(model, spectrum, "modules").top  # {"0": 0.93, "2": 0.07}
         ```
     """

@@ -70,7 +70,7 @@ def gradient_overlap(
 
     Example:
         ```python
-        spectrum = hessian_eigenvalues(model, (x, y), top_k=10, bottom_k=0)
+        spectrum = hessian_eigenvalues(model, (x, y), top_k=10, bottom_k=0, vectors=True)
         gradient_overlap(model, (x, y), spectrum=spectrum).overlap  # e.g. 0.93
         ```
     """

@@ -11,7 +11,7 @@ the solvers' call) reads that one object.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from types import MappingProxyType
 from typing import Any, Literal
@@ -30,6 +30,12 @@ from lightning_shortcut.hessian.linear_operator import LinearOperator, NonFinite
 from lightning_shortcut.hessian.params import ParamsSpec, check_params_spec
 from lightning_shortcut.hessian.results import NON_FINITE, HessianSpectrum
 from lightning_shortcut.hessian.solvers import SOLVERS, SolverSpec
+from lightning_shortcut.hessian.solvers.lanczos_values import (
+    VALUES_ONLY,
+    extreme_vectors,
+    lanczos_values,
+    refuse,
+)
 from lightning_shortcut.hessian.tracking import WarmStart
 
 __all__ = ["HVPS", "MODES", "AllReduce", "HessianSettings", "Hvp", "Mode"]
@@ -59,7 +65,7 @@ class HessianSettings:
     Raises:
         ValueError: on a value outside what is accepted (an unknown ``method``, ``mode`` or
             ``hvp``, negative or all-zero counts, ``tol`` outside ``(0, 1)``, an option the solver
-            does not take or refuses, ...) or a combination the engine cannot compute
+            does not take or refuses, what ``"lanczos_values"`` cannot give, ...) or a combination the engine cannot compute
             (``min_abs`` with a solver without it, ``hvp="finite_difference"`` or ``stderr`` in
             train mode), naming the value and what is accepted.
         TypeError: on a value of the wrong type.
@@ -88,6 +94,10 @@ class HessianSettings:
     solver_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
     # what comes back besides the values
     stderr: bool | Literal["cold"] = False
+    #: the eigenvectors: ``True`` wanted, ``False`` not (values alone where the solver can),
+    #: ``None`` (settings passed along: the monitor, the block and stability measurements) whatever
+    #: ``method`` gives; :func:`~lightning_shortcut.hessian.hessian_eigenvalues` passes ``False``
+    vectors: bool | None = None
     #: the registry entry of ``method`` (set when the settings are made)
     solver: SolverSpec = field(init=False, repr=False, compare=False)
 
@@ -104,6 +114,11 @@ class HessianSettings:
             )
         object.__setattr__(self, "solver_options", MappingProxyType(dict(options)))
         solver.check_options(self.solver_options)
+        if self.vectors is not None:
+            check_bool("vectors", self.vectors)
+        refusal = refuse(self.top_k, self.bottom_k, self.min_abs, bool(self.vectors), start=False)
+        if self.method == VALUES_ONLY and refusal:
+            raise ValueError(refusal)
         if not (self.stderr is True or self.stderr is False or self.stderr == "cold"):
             raise ValueError(f"`stderr` must be True, False or 'cold', got {self.stderr!r}.")
         if self.stderr and self.mode != "eval":
@@ -181,8 +196,9 @@ class HessianSettings:
                     f"`{name}={count}` asks for more eigenvalues than the Hessian has: its "
                     f"dimension is {operator.dim}."
                 )
+        solve, method = self._solver_for(warm=start is not None)
         try:
-            result = self.solver.solve(
+            result = solve(
                 operator,
                 generator=torch.Generator().manual_seed(self.seed),
                 top_k=self.top_k,
@@ -200,4 +216,19 @@ class HessianSettings:
                 f"Solver {self.method!r} returned {len(result.top)} top and {len(result.bottom)} "
                 f"bottom values where top_k={self.top_k} and bottom_k={self.bottom_k} were asked."
             )
-        return result.completed(self, operator.num_products)
+        done = result.completed(self, operator.num_products)
+        return done if method == self.method else replace(done, method=method)
+
+    def _solver_for(self, warm: bool) -> tuple[Callable[..., HessianSpectrum], str]:
+        """The solver a call runs and its name: for ``"lanczos"`` with ``vectors=False``, the
+        values-only pass where it gives what is asked (no warm start, one value per end, no
+        ``min_abs``), run twice where the standard errors need the extreme vectors."""
+        values_only = self.method == VALUES_ONLY or (
+            self.method == "lanczos"
+            and self.vectors is False
+            and not refuse(self.top_k, self.bottom_k, self.min_abs, False, warm)
+        )
+        if not values_only:
+            return self.solver.solve, self.method
+        needs_vectors = self.stderr is True or (self.stderr == "cold" and not warm)
+        return (extreme_vectors if needs_vectors else lanczos_values), VALUES_ONLY

@@ -47,6 +47,7 @@ def hessian_eigenvalues(
     solver_options: Mapping[str, Any] | None = None,
     transform: Callable[[HessianOperator], LinearOperator] | None = None,
     hvp: Hvp = "autograd",
+    vectors: bool = False,
 ) -> HessianSpectrum:
     """Top and bottom eigenvalues of the Hessian of ``model``'s mean loss on ``data``.
 
@@ -100,8 +101,8 @@ def hessian_eigenvalues(
             (a warm run is cheaper than its error bar; this is what the monitor does, a warm run
             given up for a cold one included).
         solver_options: extra keyword arguments for the solver, e.g. ``{"max_basis": 10}`` for
-            ``"lanczos"`` (the basis vectors held, default 16; the call's extra memory is about
-            this many parameter vectors and six more, see the docs' engine page), or
+            ``"lanczos"`` (the basis vectors held, default 16; a call with ``vectors=True`` holds
+            about this many parameter vectors and six more, see the docs' engine page), or
             ``{"host_basis": True}`` to keep the basis in host memory for a model on an
             accelerator.
         transform: solve for ``transform(H)``, a :class:`LinearOperator` of the same size, instead
@@ -113,6 +114,13 @@ def hessian_eigenvalues(
             backward; its estimated error is reported in ``hvp_error`` and added to the error
             bounds, see :class:`~lightning_shortcut.hessian.HessianOperator`). Not with solvers
             that run on the model (``"pyhessian"``).
+        vectors: also return the eigenvectors (``vectors``, and the Ritz vectors a warm start
+            reads): what ``start=`` from this result, :func:`~lightning_shortcut.hessian.
+            gradient_overlap` and :func:`~lightning_shortcut.hessian.block_profile` need. Without
+            them, a ``"lanczos"`` call for one value per end without ``min_abs`` or ``start`` runs
+            ``"lanczos_values"``, which holds three vectors instead of the basis (with ``stderr``
+            it runs that pass twice and returns the two extreme eigenvectors; see the docs' engine
+            page, "Values alone"); other calls return the vectors they compute anyway.
 
     Returns:
         A :class:`HessianSpectrum`. A non-finite loss gives NaN values with ``converged=False``.
@@ -140,7 +148,7 @@ def hessian_eigenvalues(
     settings = HessianSettings(
         params=params, mode=mode, hvp=hvp, seed=seed, all_reduce=all_reduce, method=method,
         top_k=top_k, bottom_k=bottom_k, min_abs=min_abs, tol=tol, max_iter=max_iter,
-        solver_options=solver_options, stderr=stderr,
+        solver_options=solver_options, stderr=stderr, vectors=vectors,
     )  # fmt: skip
     return compute_spectrum(model, data, loss_fn, settings, start=start, transform=transform)
 
@@ -224,10 +232,12 @@ def _with_product_error(
         changes["min_abs_resolved"] = spectrum.min_abs_resolved and not unresolved
     if error > tol or unresolved:
         changes["converged"] = False
-        changes["reason"] = spectrum.reason or (
+        # the coarse products first: they are why a solver that ran out of products did
+        coarse = (
             f"finite-difference products are accurate to about {error:.1e} of max|lambda|, "
             f"not enough for tol={tol}"
         )
+        changes["reason"] = "; ".join(filter(None, (coarse, spectrum.reason)))
     return replace(spectrum, **changes)
 
 
@@ -260,6 +270,11 @@ def _start_vectors(start: Any, dim: int) -> WarmStart | None:
                 f"rank's part of them under fully_shard), got shape {shape}."
             )
     if not vectors:
+        if isinstance(start, WarmStart) and (start.top or start.bottom):
+            raise ValueError(
+                "`start` holds values but no eigenvectors (a call that did not ask for them): pass "
+                "vectors=True to the call whose result starts this one."
+            )
         return None
     if not isinstance(start, WarmStart):
         raise ValueError(

@@ -224,7 +224,8 @@ class SpectrumTracker:
         params = list(model.parameters())
         for step in range(steps):
             ...  # an optimizer step
-            spectrum = hessian_eigenvalues(model, batch, start=tracker.start(params))
+            start = tracker.start(params)  # vectors=True: the next measurement starts from them
+            spectrum = hessian_eigenvalues(model, batch, start=start, vectors=True)
             tracker.update(spectrum, params)
         ```
     """

@@ -164,6 +164,7 @@ class EdgeOfStabilityRuns(StudyPart):
             bottom_k=0,
             tol=_TOL,
             start=previous,
+            vectors=True,  # the next measurement starts from them
         )
 
 

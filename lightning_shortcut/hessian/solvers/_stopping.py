@@ -65,9 +65,11 @@ MIN_PRODUCTS = 20
 #: A run that wants the top alone may stop from this many products on where the top is separated
 #: (hessian-eigenthings certifies ``lambda_max`` after 10 products).
 SEPARATED_MIN_PRODUCTS = 10
-#: The top is separated where its Ritz value stands this many ``tol * max|lambda|`` above the next
-#: Ritz value. With a floor of 10 and no such test, 1 of 20 cold runs on a top cluster 0.2% apart
-#: returned a member 2 tolerances below the top at ``tol = 1e-3``; with it, none.
+#: The top is separated where its Ritz value stands this many ``1e-3 * max|lambda|`` (tolerances at
+#: the default ``tol``) above the next Ritz value: a share fixed for every ``tol``, so that a looser
+#: ``tol`` never pays the full floor where a tighter one does not. With a floor of 10 and no such
+#: test, 1 of 20 cold runs on a top cluster 0.2% apart returned a member 2 tolerances below the top
+#: at ``tol = 1e-3``; with it, none.
 SEPARATION = 10.0
 #: A warm run may stop from this many products on: a Krylov space of 4 holds the start's extreme
 #: directions and has refined them.
@@ -81,6 +83,7 @@ WARM_MAX_PRODUCTS = 12
 #: A warm run stops early only if each returned Ritz vector's projection on the inherited directions
 #: has at least this norm: the inherited evidence is about those directions.
 WARM_MIN_OVERLAP = 0.5
+_SEPARATION_TOL = 1e-3
 #: A residual this small relative to ``max|lambda|`` means an invariant subspace: the Ritz values are
 #: eigenvalues (every Lanczos process of the engine reads this one threshold).
 INVARIANT = 1e-12
@@ -276,9 +279,10 @@ class StoppingRule:
     def floor(self, threshold: float) -> int:
         """The products before which the cold rule does not stop: :data:`MIN_PRODUCTS`, or
         :data:`SEPARATED_MIN_PRODUCTS` for a run that wants the top alone where the top Ritz value
-        stands :data:`SEPARATION` times ``threshold`` above the next (within ``max_iter``)."""
+        stands :data:`SEPARATION` times ``1e-3 * max|lambda|`` above the next (within
+        ``max_iter``; ``threshold`` is ``tol * max|lambda|``)."""
         top_alone = self.ends.top and not (self.ends.bottom or self.ends.min_abs)
-        if top_alone and self.top_gap >= SEPARATION * threshold:
+        if top_alone and self.top_gap >= SEPARATION * _SEPARATION_TOL * threshold / self.tol:
             return min(SEPARATED_MIN_PRODUCTS, self.max_iter)
         return min(MIN_PRODUCTS, self.max_iter)
 

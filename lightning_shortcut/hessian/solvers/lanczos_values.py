@@ -1,0 +1,240 @@
+"""Lanczos for the values alone: three vectors and the tridiagonal, no reorthogonalization.
+
+Where no eigenvector is wanted, the Krylov space need not be kept: the three-term recurrence
+``beta_j q_{j+1} = A q_j - alpha_j q_j - beta_{j-1} q_{j-1}`` holds two vectors and the product,
+and the tridiagonal ``T_j`` of the ``alpha`` and ``beta`` gives the Ritz values. Nothing is
+restarted, so the space is the whole Krylov space of the products taken (a 16-vector basis has to
+restart, which roughly doubles the products at a spectrum's bottom end).
+
+Without reorthogonalization the vectors lose orthogonality as soon as a Ritz value converges, and
+``T_j`` then holds copies of converged eigenvalues ("ghosts") and, while a copy forms, spurious
+values between the true ones. Paige (1976, 1980) showed that the extreme Ritz values still converge
+as they would with orthogonal vectors, never pass the spectrum's ends by more than rounding, and lie
+within about ``|beta_j s_j|`` (``s`` their eigenvector of ``T_j``) of an eigenvalue. So the basis
+solver's error bounds and stopping rule
+(:class:`~lightning_shortcut.hessian.solvers._stopping.StoppingRule`: the floor, the settled ends,
+Kato-Temple where the gap to the next Ritz value is resolved) apply to the extremes unchanged. A
+ghost next to an extreme only shrinks that gap, so the bound falls back to the residual: looser,
+still true. The pass finds one value per end: the second value would need Cullum and Willoughby's
+test to tell a forming copy of the top from the second eigenvalue, which compares ``T_j``'s values
+with those of ``T_j`` less its first row and column, at a resolution of about the start vector's
+weight squared (``1 / dim``: 1e-7 for a network of 6M parameters, float32's rounding), and one
+Krylov space holds one copy of a repeated eigenvalue (multiplicities need the locking of
+``method="lanczos"``).
+
+Where an extreme eigenvector is wanted after all (the sampling error of ``hessian_eigenvalues``),
+:func:`extreme_vectors` runs the same recurrence again from the same start and sums the Ritz
+vectors as the products come (five vectors; the products a second time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor
+
+from lightning_shortcut.hessian.linear_operator import LinearOperator, check_finite
+from lightning_shortcut.hessian.results import HessianSpectrum
+from lightning_shortcut.hessian.solvers._stopping import Check, Decision, Ends, StoppingRule
+from lightning_shortcut.hessian.solvers._vectors import (
+    HostMemorySpace,
+    owned_product,
+    random_unit_vector,
+    single_thread,
+)
+from lightning_shortcut.hessian.solvers.base import register_solver
+from lightning_shortcut.hessian.solvers.lanczos import DEFAULT_MAX_BASIS, check_options
+from lightning_shortcut.hessian.tracking import WarmStart
+
+__all__ = ["VALUES_ONLY", "extreme_vectors", "lanczos_values", "refuse"]
+
+#: The registry name of the values-only pass.
+VALUES_ONLY = "lanczos_values"
+
+
+def refuse(top_k: int, bottom_k: int, min_abs: bool, vectors: bool, start: bool) -> str:
+    """Why the values-only pass cannot answer this call (a message naming the option that can),
+    or ``""``."""
+    asked = [
+        name
+        for name, wanted in (
+            (f"top_k={top_k}", top_k > 1),
+            (f"bottom_k={bottom_k}", bottom_k > 1),
+            ("min_abs=True", min_abs),
+            ("eigenvectors", vectors),
+            ("a warm start (`start`)", start),
+        )
+        if wanted
+    ]
+    if not asked:
+        return ""
+    return (
+        f"method={VALUES_ONLY!r} finds one eigenvalue per end and holds no eigenvectors: it "
+        f"cannot give {', '.join(asked)}. Pass method='lanczos' (vectors=True where the "
+        "eigenvectors or a warm start from the result are wanted)."
+    )
+
+
+def _space(operator: LinearOperator, host_basis: bool) -> LinearOperator:
+    """The operator's space, or host memory where asked for and the vectors are elsewhere."""
+    home = torch.empty(0, dtype=operator.like.dtype)
+    if not host_basis or home.device == operator.like.device:
+        return operator
+    return HostMemorySpace(operator, home)
+
+
+def _inner(space: LinearOperator, first: Tensor, second: Tensor) -> float:
+    return float(space.reduce(torch.dot(first, second).reshape(1)))
+
+
+def _recurrence(
+    space: LinearOperator, start: Tensor, visit: Callable[[Tensor], None] | None = None
+) -> Iterator[tuple[float, float]]:
+    """``(alpha_j, beta_j)`` for ``j = 1, 2, ...`` (after ``visit(q_j)`` where given), one product
+    each; at most three vectors are alive (``q_{j-1}``, ``q_j`` and the product). Ends where
+    ``beta_j = 0``."""
+    previous, current, beta = None, start, 0.0
+    del start  # held as current only
+    while True:
+        product = owned_product(check_finite(space(current)), current)
+        if previous is not None:
+            product.sub_(previous, alpha=beta)
+        previous, alpha = None, 0.0
+        for _ in range(2):  # against q_j alone, twice: alpha to working accuracy, no vector more
+            coefficient = _inner(space, current, product)
+            product.sub_(current, alpha=coefficient)
+            alpha += coefficient
+        beta = float(space.norm(product))
+        if visit is not None:
+            visit(current)  # q_j, before it is dropped
+        yield alpha, beta
+        if beta == 0.0:
+            return
+        previous, current = current, product.div_(beta)
+
+
+def _ritz(alphas: list[float], betas: list[float]) -> tuple[Tensor, Tensor]:
+    """Eigenvalues (ascending) and eigenvectors (columns) of the tridiagonal ``T_j``."""
+    diagonal = torch.tensor(alphas, dtype=torch.float64)
+    off = torch.tensor(betas[:-1], dtype=torch.float64)
+    tridiagonal = torch.diag(diagonal) + torch.diag(off, 1) + torch.diag(off, -1)
+    with single_thread():
+        return torch.linalg.eigh(tridiagonal)
+
+
+@register_solver(VALUES_ONLY, validate_options=check_options)
+def lanczos_values(
+    operator: LinearOperator,
+    *,
+    generator: torch.Generator,
+    top_k: int,
+    bottom_k: int,
+    min_abs: bool = False,
+    tol: float,
+    max_iter: int,
+    start: WarmStart | None = None,
+    max_basis: int = DEFAULT_MAX_BASIS,
+    host_basis: bool = False,
+) -> HessianSpectrum:
+    """The largest (``top_k = 1``) and the smallest (``bottom_k = 1``) eigenvalue, holding three
+    vectors, with the basis solver's error bounds and stopping rule (see the module docstring).
+
+    It returns no eigenvectors and takes no warm start; ``max_basis`` is accepted (three vectors are
+    within any) and ``host_basis`` keeps the three vectors in host memory.
+
+    Raises:
+        ValueError: on ``start``, ``min_abs`` or a count above 1, naming the option that gives it.
+    """
+    return extreme_vectors(
+        operator, generator=generator, top_k=top_k, bottom_k=bottom_k, min_abs=min_abs, tol=tol,
+        max_iter=max_iter, start=start, max_basis=max_basis, host_basis=host_basis, vectors=False,
+    )  # fmt: skip
+
+
+def extreme_vectors(
+    operator: LinearOperator,
+    *,
+    generator: torch.Generator,
+    top_k: int,
+    bottom_k: int,
+    min_abs: bool = False,
+    tol: float,
+    max_iter: int,
+    start: WarmStart | None = None,
+    max_basis: int = DEFAULT_MAX_BASIS,
+    host_basis: bool = False,
+    vectors: bool = True,
+) -> HessianSpectrum:
+    """:func:`lanczos_values`, then (``vectors``) the same recurrence again from the same start,
+    summing the extreme Ritz vectors ``sum_j s_j q_j`` as it goes: the eigenvectors of the values
+    found (``vectors``: top, bottom), holding five vectors, for the products a second time."""
+    check_options(max_basis, host_basis)
+    refusal = refuse(top_k, bottom_k, min_abs, vectors=False, start=start is not None)
+    if refusal:
+        raise ValueError(refusal)
+    space = _space(operator, host_basis)
+    result = _solve(space, generator, top_k, bottom_k, tol, max_iter, vectors)
+    result.vectors = [vector.to(operator.like) for vector in result.vectors]
+    return result
+
+
+def _solve(
+    space: LinearOperator,
+    generator: torch.Generator,
+    top_k: int,
+    bottom_k: int,
+    tol: float,
+    max_iter: int,
+    vectors: bool = False,
+) -> HessianSpectrum:
+    rule = StoppingRule(Ends(top=top_k > 0, bottom=bottom_k > 0), tol, max_iter, space)
+    alphas: list[float] = []
+    betas: list[float] = []
+    state = generator.get_state()  # the second pass draws the same start
+    steps = _recurrence(space, random_unit_vector(space, generator))
+    for products, (alpha, beta) in enumerate(steps, start=1):
+        alphas.append(alpha)
+        betas.append(beta)
+        last = products >= max_iter or beta == 0.0
+        if last or products <= 40 or products % max(1, products // 20) == 0:
+            # a check costs an eigh of T_j: at each step at first, then every 5% of the steps
+            decision, result, coordinates = _assess(rule, alphas, betas, top_k, bottom_k)
+            if decision is not Decision.CONTINUE or last:
+                break
+    steps.close()  # its vectors are freed
+    if decision is not Decision.STOP:
+        result.fail(f"not converged to tol={tol} within max_iter={max_iter} products")
+    if vectors:
+        generator.set_state(state)
+        wanted = [column for column, count in enumerate((top_k, bottom_k)) if count]
+        coordinates = coordinates[:, wanted].to(space.like)
+        sums = space.like.new_zeros(len(wanted), space.local_dim)
+        rows = iter(coordinates)
+        again = _recurrence(
+            space,
+            random_unit_vector(space, generator),
+            visit=lambda vector: sums.addr_(next(rows), vector),
+        )
+        for _ in zip(range(len(coordinates)), again, strict=False):
+            pass
+        again.close()
+        result.vectors = [row.div_(space.norm(row)) for row in sums]
+    return result
+
+
+def _assess(
+    rule: StoppingRule, alphas: list[float], betas: list[float], top_k: int, bottom_k: int
+) -> tuple[Decision, HessianSpectrum, Tensor]:
+    """The rule's decision on the extremes of ``T_j``, the values with their bounds, and the
+    extremes' eigenvectors of ``T_j`` (columns: top, bottom)."""
+    values, vectors = _ritz(alphas, betas)
+    assessment = rule.assess(
+        Check(len(alphas), values, betas[-1] * vectors[-1].abs(), beta=betas[-1])
+    )
+    result = HessianSpectrum(scale=assessment.scale)
+    if top_k:
+        result.top, result.top_errors = [float(values[-1])], [assessment.top_error]
+    if bottom_k:
+        result.bottom, result.bottom_errors = [float(values[0])], [assessment.bottom_error]
+    return assessment.decision, result, vectors[:, [-1, 0]]
