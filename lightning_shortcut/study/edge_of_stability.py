@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_shortcut.hessian import HessianSpectrum, hessian_eigenvalues
+from lightning_shortcut.hessian import hessian_eigenvalues
 from lightning_shortcut.study.figures import plot_edge_of_stability
 from lightning_shortcut.study.parts import Step, StudyPart, Table, diverged
-from lightning_shortcut.study.results import EdgeResult
+from lightning_shortcut.study.results import EdgeResult, columns, row
 from lightning_shortcut.theory import half_mse_loss
 
 __all__ = ["WIDTH", "EdgeOfStabilityRuns"]
@@ -43,21 +42,6 @@ WIDTH = 64
 _TOL = 1e-3
 # a measured step is "at the edge" from this stability ratio on
 _AT_EDGE = 0.95
-
-_COLUMNS = (
-    "lr",
-    "threshold",
-    "max_eigenvalue_start",
-    "max_eigenvalue_end",
-    "first_step_at_edge",
-    "median_stability_second_half",
-    "min_stability_second_half",
-    "max_stability_second_half",
-    "final_loss",
-    "measurements",
-    "products_per_measurement",
-    "converged",
-)
 
 
 def _squared_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
@@ -79,7 +63,6 @@ class EdgeOfStabilityRuns(StudyPart):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.results: list[EdgeResult] = []
         self.models: dict[float, nn.Module] = {}
 
     def steps(self) -> list[Step]:
@@ -89,12 +72,9 @@ class EdgeOfStabilityRuns(StudyPart):
         ]
 
     def tables(self) -> list[Table]:
-        rows = [
-            {k: v for k, v in asdict(r).items() if k not in ("sharpness", "losses", "products")}
-            for r in self.results
-        ]
-        title = "Edge of stability (full-batch gradient descent)"
-        return [Table("edge_of_stability.csv", title, "Edge of stability", rows, _COLUMNS)]
+        rows = [row(result) for result in self.results]
+        title, label = "Edge of stability (full-batch gradient descent)", "Edge of stability"
+        return [Table("edge_of_stability.csv", title, label, rows, columns(EdgeResult))]
 
     def figures(self) -> list[Path]:
         return [plot_edge_of_stability(self.config.out, self.results)] if self.results else []
@@ -140,7 +120,9 @@ class EdgeOfStabilityRuns(StudyPart):
                 run_diverged = True
                 break
             if step % config.edge_every == 0 or step == config.edge_steps:
-                previous = self._measure(model, batch, previous)
+                previous = hessian_eigenvalues(  # warm: from the last measurement's vector
+                    model, batch, _squared_loss, top_k=1, bottom_k=0, tol=_TOL, start=previous
+                )
                 sharpness.append((step, previous.max))
                 products.append(previous.num_hvps)
                 converged = converged and previous.converged
@@ -150,21 +132,6 @@ class EdgeOfStabilityRuns(StudyPart):
             loss.backward()
             optimizer.step()
         return model, _result(lr, sharpness, losses, products, converged, run_diverged, clock)
-
-    @staticmethod
-    def _measure(
-        model: nn.Module, batch: tuple[Tensor, Tensor], previous: HessianSpectrum | None
-    ) -> HessianSpectrum:
-        """``lambda_max`` of the full-batch loss, started from the previous measurement's vector."""
-        return hessian_eigenvalues(
-            model,
-            batch,
-            _squared_loss,
-            top_k=1,
-            bottom_k=0,
-            tol=_TOL,
-            start=previous,
-        )
 
 
 def _result(

@@ -11,7 +11,6 @@ largest minibatch loss on the way (``peak_loss``).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,9 @@ import lightning.pytorch as pl
 import torch
 
 from lightning_shortcut.hessian import edge_of_stability, hessian_eigenvalues
-from lightning_shortcut.init import init_strategy
 from lightning_shortcut.study.figures import plot_lr_sweep
 from lightning_shortcut.study.parts import Step, StudyPart, Table, diverged
-from lightning_shortcut.study.results import SweepResult
+from lightning_shortcut.study.results import SweepResult, row
 
 __all__ = ["LearningRateSweep"]
 
@@ -51,10 +49,6 @@ class LearningRateSweep(StudyPart):
     initial weights for every learning rate).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.results: list[SweepResult] = []
-
     def steps(self) -> list[Step]:
         return [
             (f"lr sweep n={depth} {units:>3} units", partial(self._sweep, depth, units))
@@ -63,7 +57,7 @@ class LearningRateSweep(StudyPart):
         ]
 
     def tables(self) -> list[Table]:
-        rows = [asdict(result) for result in self.results]
+        rows = [row(result) for result in self.results]
         return [
             Table("lr_sweep.csv", "Learning rate sweep", "LR sweep", rows),
             Table(
@@ -84,9 +78,7 @@ class LearningRateSweep(StudyPart):
         loss_fn, batch, max_eigenvalue = self.dataset.task.loss_fn, self._hessian_batch(), None
         results = []
         for lr in self.config.sweep_lrs:
-            pl.seed_everything(self.config.seed, verbose=False)
-            initial = init_strategy(INIT, scale=self.config.small_scale)
-            model = initial(self._model(shortcut_depth, num_units, lr))
+            model = self._model(shortcut_depth, INIT, num_units, lr)
             optimizer = model.configure_optimizers()
             if max_eigenvalue is None:  # the same initial weights at every learning rate
                 max_eigenvalue = hessian_eigenvalues(model, batch, loss_fn, bottom_k=0).max
@@ -115,28 +107,15 @@ class LearningRateSweep(StudyPart):
         """``sweep_steps`` SGD steps on the study's shuffled batches; (final train loss, diverged,
         largest minibatch loss on the way: a spike that came back down is a catapult, not a
         divergence)."""
-        task, steps = self.dataset.task, self.config.sweep_steps
-        generator = torch.Generator().manual_seed(self.config.seed)
-        inputs, targets = self.datamodule.train_set.tensors
-        batch_size = self.config.batch_size
+        batches, peak = self._minibatches(), -math.inf
         model.train()
-        taken, peak = 0, -math.inf
-        while taken < steps:
-            order = torch.randperm(len(inputs), generator=generator)
-            for begin in range(0, len(order) - batch_size + 1, batch_size):
-                index = order[begin : begin + batch_size]
-                loss = task.loss_fn(model, (inputs[index], targets[index]))
-                value = float(loss.detach())
-                peak = max(peak, value) if math.isfinite(value) else math.inf
-                if diverged(value):
-                    return math.inf, True, peak
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                taken += 1
-                if taken == steps:
-                    break
-        final, _ = task.evaluate(model, self.datamodule.train_set, self.datamodule.num_classes)
+        for _ in range(self.config.sweep_steps):
+            value = self._sgd_step(model, optimizer, batches)
+            peak = max(peak, value) if math.isfinite(value) else math.inf
+            if diverged(value):
+                return math.inf, True, peak
+        task, data = self.dataset.task, self.datamodule
+        final, _ = task.evaluate(model, data.train_set, data.num_classes)
         return (math.inf, True, peak) if diverged(final) else (final, False, peak)
 
     def _summary(self) -> list[dict[str, Any]]:

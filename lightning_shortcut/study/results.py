@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["EdgeResult", "RunResult", "SweepResult"]
+__all__ = ["EdgeResult", "RunResult", "SweepResult", "columns", "row"]
+
+
+# the metadata of a field holding a curve: in the figures, not in the tables
+_CURVE = {"curve": True}
+
+
+def _table_fields(result: Any) -> list[str]:
+    return [f.name for f in fields(result) if not f.metadata.get("curve")]
+
+
+def row(result: Any) -> dict[str, Any]:
+    """A result's fields but its curves: its row of the part's CSV."""
+    return {name: getattr(result, name) for name in _table_fields(result)}
+
+
+def columns(result_type: type) -> tuple[str, ...]:
+    """A result's columns in ``summary.md``: its row's but ``diverged`` and ``seconds``."""
+    return tuple(n for n in _table_fields(result_type) if n not in ("diverged", "seconds"))
 
 
 @dataclass
@@ -25,8 +43,8 @@ class RunResult:
     accuracy: float
     diverged: bool
     seconds: float
-    losses: list[tuple[int, float]] = field(default_factory=list, repr=False)
-    spectra: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    losses: list[tuple[int, float]] = field(default_factory=list, repr=False, metadata=_CURVE)
+    spectra: list[dict[str, Any]] = field(default_factory=list, repr=False, metadata=_CURVE)
 
 
 @dataclass
@@ -85,6 +103,6 @@ class EdgeResult:
     products_per_measurement: float
     converged: bool
     seconds: float
-    sharpness: list[tuple[int, float]] = field(default_factory=list, repr=False)
-    losses: list[tuple[int, float]] = field(default_factory=list, repr=False)
-    products: list[int] = field(default_factory=list, repr=False)
+    sharpness: list[tuple[int, float]] = field(default_factory=list, repr=False, metadata=_CURVE)
+    losses: list[tuple[int, float]] = field(default_factory=list, repr=False, metadata=_CURVE)
+    products: list[int] = field(default_factory=list, repr=False, metadata=_CURVE)

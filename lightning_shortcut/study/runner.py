@@ -76,7 +76,7 @@ def run_study(config: StudyConfig, progress: bool = True) -> list[RunResult]:
         console.print(summary)
         names = [t.file_name for t in tables] + ["summary.md"] + [p.name for p in figures]
         console.print(f"Wrote {', '.join(names)} into {config.out}")
-    return next(part.runs for part in parts if isinstance(part, TrainingGrid))
+    return next(part.results for part in parts if isinstance(part, TrainingGrid))
 
 
 def default_workers() -> int:

@@ -18,18 +18,14 @@ above ``2 / lr`` alone says that SGD's step is past the edge of stability of a q
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
-from torch import Tensor
 
 from lightning_shortcut.hessian import block_eigenvalues
-from lightning_shortcut.init import init_strategy
 from lightning_shortcut.study.figures import plot_unit_curvature
 from lightning_shortcut.study.parts import Step, StudyPart, Table, diverged
 
@@ -127,10 +123,6 @@ class UnitCurvature(StudyPart):
     and the step at which the run diverged, if it did) and ``unit_curvature.png``.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.runs: list[UnitCurvatureRun] = []
-
     def steps(self) -> list[Step]:
         return [
             (
@@ -147,23 +139,18 @@ class UnitCurvature(StudyPart):
         return [Table("unit_curvature.csv", title, "Unit curvature", self._rows(), _COLUMNS)]
 
     def figures(self) -> list[Path]:
-        if not self.runs:
+        if not self.results:
             return []
         return [plot_unit_curvature(self.config.out, self._rows(), threshold=2 / self.config.lr)]
 
     def _rows(self) -> list[dict[str, Any]]:
         """Every run's rows, with a column per unit of the deepest run."""
-        width = max(run.num_units for run in self.runs)
-        return [row for run in self.runs for row in run.rows(width)]
-
-    def keep(self, result: UnitCurvatureRun) -> None:
-        self.runs.append(result)
+        width = max(run.num_units for run in self.results)
+        return [row for run in self.results for row in run.rows(width)]
 
     def _run(self, shortcut_depth: int, init: str, num_units: int) -> UnitCurvatureRun:
         config = self.config
-        pl.seed_everything(config.seed, verbose=False)
-        overrides = {"scale": config.small_scale} if init == "small" else {}
-        model = init_strategy(init, **overrides)(self._model(shortcut_depth, num_units))
+        model = self._model(shortcut_depth, init, num_units)
         optimizer = model.configure_optimizers()
         run = UnitCurvatureRun(shortcut_depth, init, num_units)
         measured = set(measurement_steps(config.max_steps, config.curvature_points))
@@ -171,17 +158,12 @@ class UnitCurvature(StudyPart):
         model.train()
         for step in range(config.max_steps + 1):
             if step in measured and diverged(self._measure(model, run, step)):
-                run.diverged_at_step = step
                 break
-            if step == config.max_steps:
+            if step < config.max_steps and diverged(self._sgd_step(model, optimizer, batches)):
                 break
-            loss = self.dataset.task.loss_fn(model, next(batches))
-            if diverged(float(loss.detach())):
-                run.diverged_at_step = step
-                break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        else:
+            return run
+        run.diverged_at_step = step
         return run
 
     def _measure(self, model: pl.LightningModule, run: UnitCurvatureRun, step: int) -> float:
@@ -209,19 +191,3 @@ class UnitCurvature(StudyPart):
         run.converged.append(spectra.all_converged)
         model.train()  # evaluate() left it in eval mode
         return loss
-
-    def _minibatches(self) -> Iterator[tuple[Tensor, Tensor]]:
-        """The study's shuffled training minibatches (full ones only), epoch after epoch."""
-        generator = torch.Generator().manual_seed(self.config.seed)
-        inputs, targets = self.datamodule.train_set.tensors
-        size = self.config.batch_size
-        if len(inputs) < size:
-            raise ValueError(
-                f"batch_size={size} is larger than the {len(inputs)} training samples of "
-                f"{self.config.data!r}; pass a batch_size of at most {len(inputs)}."
-            )
-        while True:
-            order = torch.randperm(len(inputs), generator=generator)
-            for begin in range(0, len(order) - size + 1, size):
-                index = order[begin : begin + size]
-                yield inputs[index], targets[index]

@@ -6,10 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
-
 from lightning_shortcut.hessian import hessian_eigenvalues
-from lightning_shortcut.init import ZeroInit
 from lightning_shortcut.residual import residual_parameters
 from lightning_shortcut.study.figures import plot_zero_point
 from lightning_shortcut.study.parts import Step, StudyPart, Table
@@ -29,26 +26,18 @@ class ZeroPoint(StudyPart):
     beside the closed forms' where they apply (``kappa_zero_point.csv``, ``kappa_zero_point.png``).
     """
 
-    rows: list[dict[str, Any]]
-
     def steps(self) -> list[Step]:
         return [("zero point: condition numbers", self._sweep)]
 
     def tables(self) -> list[Table]:
-        return [
-            Table(
-                "kappa_zero_point.csv",
-                "Condition number at the zero point",
-                "Zero point",
-                self.rows,
-            )
-        ]
+        title = "Condition number at the zero point"
+        return [Table("kappa_zero_point.csv", title, "Zero point", self.results)]
 
     def figures(self) -> list[Path]:
-        return [plot_zero_point(self.config.out, self.config.shortcut_depths, self.rows)]
+        return [plot_zero_point(self.config.out, self.config.shortcut_depths, self.results)]
 
     def keep(self, result: list[dict[str, Any]]) -> None:
-        self.rows = result
+        self.results = result  # one step: every row
 
     def _sweep(self) -> list[dict[str, Any]]:
         batch = self._hessian_batch()
@@ -60,8 +49,7 @@ class ZeroPoint(StudyPart):
         ]
 
     def _measure(self, batch: Any, shortcut_depth: int, num_units: int) -> dict[str, Any]:
-        pl.seed_everything(self.config.seed, verbose=False)
-        model = ZeroInit()(self._model(shortcut_depth, num_units))
+        model = self._model(shortcut_depth, "zero", num_units)
         measured = hessian_eigenvalues(
             model,
             batch,
