@@ -90,15 +90,6 @@ class ZeroPointSpectrum:
         return float(self.eigenvalues.abs().min())
 
 
-def condition_number(eigenvalues: Tensor, atol: float = 0.0) -> float:
-    """``max|lambda| / min|lambda|``: ``nan`` for a zero spectrum, ``inf`` for a singular one.
-
-    ``|lambda| <= atol`` counts as zero.
-    """
-    magnitudes = eigenvalues.abs()
-    return magnitude_ratio(float(magnitudes.max()), float(magnitudes.min()), atol)
-
-
 def activation_slope_at_zero(activation: ActivationSpec) -> float:
     """``s'(0)`` as PyTorch differentiates it (1.0 for no activation).
 
@@ -117,26 +108,6 @@ def activation_slope_at_zero(activation: ActivationSpec) -> float:
         )
     (slope,) = torch.autograd.grad(y, x)
     return float(slope)
-
-
-def _explicit_depth_one_hessian(inputs: Tensor, residual: Tensor, num_units: int) -> Tensor:
-    num_samples, width = inputs.shape
-    second_moment = inputs.T @ inputs / num_samples
-    cross = inputs.T @ residual / num_samples  # C[c, a] = E[x_c r_a]
-    eye = torch.eye(width, dtype=inputs.dtype)
-    gauss_newton = torch.kron(eye, second_moment)
-    coupling = torch.einsum("bB,ca->abBc", eye, cross).reshape(width * width, width * width)
-    size = width * width
-    hessian = torch.empty(num_units * size, num_units * size, dtype=inputs.dtype)
-    for k in range(num_units):
-        for j in range(num_units):
-            block = gauss_newton.clone()
-            if k > j:
-                block += coupling
-            elif k < j:
-                block += coupling.T
-            hessian[k * size : (k + 1) * size, j * size : (j + 1) * size] = block
-    return hessian
 
 
 def zero_point_hessian(
@@ -192,14 +163,13 @@ def zero_point_hessian(
         magnitudes = (abs(slope) * singular_values).repeat_interleave(num_units * width)
         eigenvalues = torch.sort(torch.cat([magnitudes, -magnitudes])).values
     else:
-        hessian = _explicit_depth_one_hessian(x, residual, num_units)
+        matvec = depth_one_matvec(x, targets, num_units)  # its columns, exactly: v is one-hot
+        hessian = torch.stack([matvec(column) for column in torch.eye(num_params).double()])
         eigenvalues = torch.linalg.eigvalsh(hessian)
-    scale = float(eigenvalues.abs().max()) if num_params else 0.0
-    return ZeroPointSpectrum(
-        eigenvalues=eigenvalues,
-        condition_number=condition_number(eigenvalues, atol=1e-12 * max(scale, 1e-300)),
-        singular_values=singular_values,
-    )
+    # nan for a zero spectrum, inf for a singular one: |lambda| within 1e-12 of the largest is 0
+    top, bottom = float(eigenvalues.abs().max()), float(eigenvalues.abs().min())
+    kappa = magnitude_ratio(top, bottom, atol=1e-12 * max(top, 1e-300))
+    return ZeroPointSpectrum(eigenvalues, kappa, singular_values)
 
 
 def depth_one_matvec(inputs: Tensor, targets: Tensor, num_units: int) -> Callable[[Tensor], Tensor]:

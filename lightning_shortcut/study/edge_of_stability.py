@@ -1,18 +1,15 @@
 """The edge of stability: full-batch gradient descent drives ``lambda_max`` up to ``2 / lr``.
 
 Cohen, Kaur, Li, Kolter and Talwalkar, "Gradient Descent on Neural Networks Typically Occurs at the
-Edge of Stability" (ICLR 2021), Fig. 1: full-batch gradient descent on a 5 000-sample CIFAR-10
-subset; the sharpness (the largest eigenvalue of the training loss's Hessian) rises along training
-(progressive sharpening) until it reaches ``2 / lr``, the largest curvature a quadratic model is
-stable at, and then hovers just above it while the loss keeps falling, not monotonically.
+Edge of Stability" (ICLR 2021), Fig. 1: the sharpness (the largest eigenvalue of the training
+loss's Hessian) rises along training until it reaches ``2 / lr``, the largest curvature a quadratic
+model is stable at, then hovers just above it while the loss keeps falling, not monotonically.
 
-This part reproduces the figure on the study's data: the first ``edge_samples`` training samples
-(inputs flattened, class labels one-hot), a tanh MLP (two hidden layers of :data:`WIDTH` units, at
-PyTorch's default initialization, the same weights for every learning rate) on the squared loss
-``0.5 * mean ||f(x) - y||^2``, trained by full-batch gradient descent (``torch.optim.SGD`` without
-momentum on the whole subset) at each of ``edge_lrs`` for ``edge_steps`` steps. ``lambda_max`` of
-the Hessian of that full-batch loss over all parameters is measured every ``edge_every`` steps and
-at the last, each measurement warm-started from the previous one's eigenvector (``start=``).
+Here: the first ``edge_samples`` training samples (inputs flattened, class labels one-hot), a tanh
+MLP (two hidden layers of :data:`WIDTH` units, the same initial weights for every learning rate) on
+``0.5 * mean ||f(x) - y||^2``, full-batch gradient descent at each of ``edge_lrs`` for
+``edge_steps`` steps, and ``lambda_max`` over all parameters every ``edge_every`` steps and at the
+last, each measurement warm-started from the previous one's eigenvector.
 """
 
 from __future__ import annotations
@@ -28,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_shortcut.hessian import hessian_eigenvalues
+from lightning_shortcut.hessian import HessianSpectrum, hessian_eigenvalues
 from lightning_shortcut.study.figures import plot_edge_of_stability
 from lightning_shortcut.study.parts import Step, StudyPart, Table, diverged
 from lightning_shortcut.study.results import EdgeResult, columns, row
@@ -51,15 +48,9 @@ def _squared_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
 
 class EdgeOfStabilityRuns(StudyPart):
     """Full-batch gradient descent at each of ``edge_lrs``, ``lambda_max`` along training against
-    ``2 / lr``: ``edge_of_stability.csv`` (per learning rate: ``lambda_max`` at the first and last
-    measurement, the first measured step at which ``lr * lambda_max / 2 >= 0.95``, the median,
-    smallest and largest stability ratio ``lr * lambda_max / 2`` over the run's second half, the
-    final loss, the measurements and their mean Hessian-vector products) and
-    ``edge_of_stability.png``.
-
-    ``self.models`` keeps each run's final model by learning rate, the weights of its last
-    measurement.
-    """
+    ``2 / lr``: ``edge_of_stability.csv`` (a row per learning rate, the fields of
+    :class:`~lightning_shortcut.study.results.EdgeResult` but its curves) and
+    ``edge_of_stability.png``. ``self.models`` keeps each run's final model by learning rate."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -109,10 +100,9 @@ class EdgeOfStabilityRuns(StudyPart):
         batch = self.full_batch()
         model = self._mlp(*batch)
         optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-        sharpness: list[tuple[int, float]] = []
         losses: list[tuple[int, float]] = []
-        products: list[int] = []
-        converged, run_diverged, previous = True, False, None
+        measured: list[tuple[int, HessianSpectrum]] = []
+        run_diverged, previous = False, None
         for step in range(config.edge_steps + 1):
             loss = _squared_loss(model, batch)
             losses.append((step, float(loss.detach())))
@@ -123,28 +113,26 @@ class EdgeOfStabilityRuns(StudyPart):
                 previous = hessian_eigenvalues(  # warm: from the last measurement's vector
                     model, batch, _squared_loss, top_k=1, bottom_k=0, tol=_TOL, start=previous
                 )
-                sharpness.append((step, previous.max))
-                products.append(previous.num_hvps)
-                converged = converged and previous.converged
+                measured.append((step, previous))
             if step == config.edge_steps:
                 break
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        return model, _result(lr, sharpness, losses, products, converged, run_diverged, clock)
+        return model, _result(lr, measured, losses, run_diverged, clock)
 
 
 def _result(
     lr: float,
-    sharpness: list[tuple[int, float]],
+    measured: list[tuple[int, HessianSpectrum]],
     losses: list[tuple[int, float]],
-    products: list[int],
-    converged: bool,
     run_diverged: bool,
     clock: float,
 ) -> EdgeResult:
     """One run's row: the stability ratios ``lr * lambda_max / 2`` summarized over its second half
     (the measurements from half the last measured step on)."""
+    sharpness = [(step, spectrum.max) for step, spectrum in measured]
+    products = [spectrum.num_hvps for _, spectrum in measured]
     ratios = [(step, lr * value / 2) for step, value in sharpness]
     last_step = ratios[-1][0] if ratios else 0
     second_half = [ratio for step, ratio in ratios if step >= last_step / 2]
@@ -162,7 +150,7 @@ def _result(
         diverged=run_diverged,
         measurements=len(sharpness),
         products_per_measurement=sum(products) / len(products) if products else math.nan,
-        converged=converged,
+        converged=all(spectrum.converged for _, spectrum in measured),
         seconds=time.perf_counter() - clock,
         sharpness=sharpness,
         losses=losses,

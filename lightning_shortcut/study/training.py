@@ -20,20 +20,6 @@ from lightning_shortcut.study.results import RunResult, columns, row
 
 __all__ = ["TrainingGrid"]
 
-_SUMMARY_COLUMNS = (
-    "shortcut_depth",
-    "init",
-    "num_units",
-    "kappa_init",
-    "kappa_init_converged",
-    "max_eigenvalue_start",
-    "min_eigenvalue_start",
-    "max_eigenvalue_end",
-    "min_eigenvalue_end",
-    "final_loss",
-    "accuracy",
-)
-
 
 class _LossRecorder(Callback):
     """Keeps the training loss per step and stops a run whose loss is no longer finite."""

@@ -1,16 +1,11 @@
 """Where the curvature lives along training: each residual unit's ``lambda_max``, by shortcut depth.
 
-The paper's zero point has a block structure: with shortcut depth 2 the Hessian over the branch
-weights is block-diagonal by unit there, each unit's block with the eigenvalues ``+-sigma_i(C)``;
-with depth 3 every block is zero (the flat saddle); with depth 1 each unit's block is the input's
-second moment and the curvature that grows with depth sits between the units. This part follows
-the diagonal blocks along training: the largest eigenvalue of each unit's block ``H_kk`` (the
-curvature of the loss when only unit ``k``'s branch moves), for every shortcut depth, from small
-weights and from Xavier initialization, at ``curvature_points`` steps of a plain SGD run of
-``max_steps`` steps at the study's learning rate (the runs of the training grid, without a
-``Trainer``), each measurement one call of
-:func:`~lightning_shortcut.hessian.block_eigenvalues` on the study's Hessian batch.
-
+At the paper's zero point, with shortcut depth 2 the Hessian over the branch weights is
+block-diagonal by unit (each block ``+-sigma_i(C)``); with depth 3 every block is zero; with depth 1
+each unit's block is the input's second moment and the curvature that grows with depth sits between
+the units. This part follows the largest eigenvalue of each unit's diagonal block ``H_kk`` at
+``curvature_points`` steps of a plain SGD run (the training grid's, without a ``Trainer``), each
+measurement one :func:`~lightning_shortcut.hessian.block_eigenvalues` call on the Hessian batch.
 A unit's ``lambda_max`` is a lower bound on the whole Hessian's (Cauchy interlacing), so a unit
 above ``2 / lr`` alone says that SGD's step is past the edge of stability of a quadratic model.
 """
@@ -36,19 +31,6 @@ INITS = ("small", "xavier")
 # each unit's lambda_max to 1% of the unit's largest |eigenvalue| (the training grid's monitor's
 # tol): on the figure's log axis a finer value changes nothing, and 1e-3 costs a third more
 _TOL = 1e-2
-# the columns of summary.md (the CSV also has every unit's value)
-_COLUMNS = (
-    "shortcut_depth",
-    "init",
-    "num_units",
-    "step",
-    "loss",
-    "min_unit_eigenvalue",
-    "max_unit_eigenvalue",
-    "sharpest_unit",
-    "converged",
-    "diverged_at_step",
-)
 
 
 def measurement_steps(max_steps: int, points: int) -> list[int]:
@@ -116,12 +98,9 @@ class UnitCurvatureRun:
 
 
 class UnitCurvature(StudyPart):
-    """Each residual unit's ``lambda_max`` along SGD from small weights and from Xavier
-    initialization, for every shortcut depth and ``curvature_units`` number of units:
-    ``unit_curvature.csv`` (per run and measured step: the training loss, every unit's
-    ``lambda_max``, the smallest and largest of them, the sharpest unit, whether the runs converged
-    and the step at which the run diverged, if it did) and ``unit_curvature.png``.
-    """
+    """Each residual unit's ``lambda_max`` along SGD from :data:`INITS`, for every shortcut depth
+    and ``curvature_units`` number of units: ``unit_curvature.csv`` (:meth:`UnitCurvatureRun.rows`)
+    and ``unit_curvature.png``."""
 
     def steps(self) -> list[Step]:
         return [
@@ -135,8 +114,9 @@ class UnitCurvature(StudyPart):
         ]
 
     def tables(self) -> list[Table]:
-        title = "Each unit's lambda_max along training"
-        return [Table("unit_curvature.csv", title, "Unit curvature", self._rows(), _COLUMNS)]
+        rows, title = self._rows(), "Each unit's lambda_max along training"
+        shown = [key for key in rows[0] if not key.startswith("unit_")]  # summary.md: no unit's
+        return [Table("unit_curvature.csv", title, "Unit curvature", rows, shown)]
 
     def figures(self) -> list[Path]:
         if not self.results:
