@@ -110,20 +110,17 @@ class ResidualUnit(nn.Module):
         if kernel_size % 2 == 0:
             raise ValueError(f"`kernel_size` must be odd to keep the shape, got {kernel_size}.")
         self.layer = layer
+        make_activation(activation)  # validates the spec even when shortcut_depth == 1
         modules: list[nn.Module] = []
         for index in range(shortcut_depth):
-            if index > 0:
-                act = make_activation(activation)
-                if act is not None:
-                    modules.append(act)
+            if index > 0 and activation is not None:
+                modules.append(make_activation(activation))
             if layer == "linear":
                 modules.append(nn.Linear(width, width, bias=bias))
             else:
                 modules.append(
                     nn.Conv2d(width, width, kernel_size, padding=kernel_size // 2, bias=bias)
                 )
-        if activation is not None:
-            make_activation(activation)  # validates the spec even when shortcut_depth == 1
         self.branch = nn.Sequential(*modules)
         self.post_activation = make_activation(post_activation)
 

@@ -58,14 +58,13 @@ class _IDXDataModule(FileDataModule):
         return [self.data_dir, self.data_dir / self._name / "raw"]
 
     def _locate(self) -> dict[str, Path] | None:
+        names = [name for pair in self._files.values() for name in pair]
         for folder in self._candidates():
-            found: dict[str, Path] = {}
-            for name in (n for pair in self._files.values() for n in pair):
-                for suffix in ("", ".gz"):
-                    if (folder / f"{name}{suffix}").is_file():
-                        found[name] = folder / f"{name}{suffix}"
-                        break
-            if len(found) == 4:
+            found = {
+                n: next((p for p in (folder / n, folder / f"{n}.gz") if p.is_file()), None)
+                for n in names
+            }
+            if None not in found.values():
                 return found
         return None
 
