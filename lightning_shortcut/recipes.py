@@ -1,13 +1,10 @@
-"""The YAML recipes: one per experiment of the paper, and how the CLI finds them.
+"""The YAML recipes: one per experiment of the paper (docs/recipes.md), and how the CLI finds them.
 
 The grid is dataset (each entry of :data:`~lightning_shortcut.data.DATASETS`, whose ``recipe``
-holds its settings) x shortcut depth (1, 2, 3) x init (zero, small, xavier, orthogonal) x branch
-(linear, relu). The files in ``recipes/`` are written by :func:`write_recipes` (run
-``python -m lightning_shortcut.recipes``) and a test keeps them in sync with :func:`recipe_text`.
-Exact zero with shortcut depth >= 2 (:func:`is_saddle_recipe`) stays in the grid as the paper's
-saddle: its branches get exactly zero gradient and never train, which its comment and the CLI's
-listing say. A recipe is given to the CLI by path or by name (``digits/shortcut2_small_relu``);
-names resolve in the checkout's ``recipes/`` or, in an installed wheel, in the package's copy.
+holds its settings) x shortcut depth x init x branch. :func:`write_recipes` writes ``recipes/``
+(``python -m lightning_shortcut.recipes``) and a test keeps it in sync with :func:`recipe_text`.
+A recipe is given to the CLI by path or by name (``digits/shortcut2_small_relu``), resolved in the
+checkout's ``recipes/`` or, in an installed wheel, in the package's copy.
 """
 
 from __future__ import annotations
@@ -59,16 +56,12 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-#: The :data:`INITS` whose branch weights start at exactly zero (``ZeroInit(scale=0.0)``). With a
-#: shortcut depth of 2 or more that point is a saddle of the loss where every branch weight's
-#: gradient is exactly zero (each branch output is a product of two or more zero layers), so SGD
-#: never moves the branches: such recipes show the Hessian at the paper's zero point, and only the
-#: input projection and the head train (:func:`is_saddle_recipe`; :mod:`lightning_shortcut.theory`).
+#: The :data:`INITS` whose branch weights start at exactly zero (``ZeroInit(scale=0.0)``): a saddle
+#: the branches never leave where the shortcut depth is 2 or more (:func:`is_saddle_recipe`).
 EXACT_ZERO_INITS = ("zero",)
-#: Every recipe's HessianEigenvalueMonitor arguments but its schedule (:func:`monitor_every_n_steps`).
-#: 512 samples, where the monitor's default is 256: the recipes reproduce the study's measurements
-#: (``StudyConfig.hessian_samples``), and the residual Hessian of a small-init stack is cheap enough
-#: per product to halve the sampling error's variance; a user's own model starts from 256.
+#: Every recipe's HessianEigenvalueMonitor arguments but its schedule (:func:`monitor_every_n_steps`):
+#: 512 samples (the monitor's default is 256) as the study's ``hessian_samples``; on a small-init
+#: stack a product is cheap enough to halve the sampling error's variance.
 MONITOR_ARGS = {
     "params": "residual",
     "num_samples": 512,

@@ -13,7 +13,6 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-# check_positive_int lived here first; other modules may still import it from here
 from lightning_shortcut.hessian._validation import check_choice, check_positive_int
 from lightning_shortcut.hessian.params import branch_parameters
 
@@ -51,13 +50,7 @@ def make_activation(activation: ActivationSpec) -> nn.Module | None:
     if activation is None:
         return None
     if isinstance(activation, str):
-        key = activation.lower()
-        if key not in _ACTIVATIONS:
-            raise ValueError(
-                f"Unknown activation {activation!r}; expected None, an nn.Module or one of "
-                f"{sorted(_ACTIVATIONS)}."
-            )
-        return _ACTIVATIONS[key]()
+        return _ACTIVATIONS[check_choice("activation", activation.lower(), _ACTIVATIONS)]()
     if isinstance(activation, nn.Module):
         return copy.deepcopy(activation)
     raise TypeError(

@@ -277,15 +277,8 @@ def plot_unit_curvature(out: Path, rows: Sequence[dict[str, Any]], threshold: fl
                 ax.axhline(threshold, color="gray", linestyle=":", linewidth=1)
             diverged_at = runs[-1]["diverged_at_step"] if runs else None
             if diverged_at is not None:  # on the top edge, in axes coordinates
-                ax.plot(
-                    [diverged_at],
-                    [1.0],
-                    "x",
-                    color="black",
-                    markersize=8,
-                    clip_on=False,
-                    transform=ax.get_xaxis_transform(),
-                )
+                edge = {"clip_on": False, "transform": ax.get_xaxis_transform()}
+                ax.plot([diverged_at], [1.0], "x", color="black", markersize=8, **edge)
                 title += f": diverged at step {diverged_at}"
             ax.set_title(title, fontsize=9)
         row_axes[0].set_ylabel("lambda_max of the unit", fontsize=9)
