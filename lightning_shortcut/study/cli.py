@@ -57,9 +57,7 @@ def build_parser() -> ArgumentParser:
         options["default"] = list(field.default) if several and field.default else field.default
         if several:
             options["nargs"] = "+"
-        if (
-            "choices" in field.metadata
-        ):  # the registry or budget names, read when the parser is built
+        if "choices" in field.metadata:  # the registry or budget names, read now
             options["type"] = Literal[tuple(field.metadata["choices"])]
         parser.add_argument(*names, **options)
     return parser

@@ -14,6 +14,7 @@ last, each measurement warm-started from the previous one's eigenvector.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 import time
@@ -82,13 +83,9 @@ class EdgeOfStabilityRuns(StudyPart):
 
     def _mlp(self, inputs: Tensor, targets: Tensor) -> nn.Module:
         torch.manual_seed(self.config.seed)  # the same initial weights at every learning rate
-        return nn.Sequential(
-            nn.Linear(inputs.shape[1], WIDTH),
-            nn.Tanh(),
-            nn.Linear(WIDTH, WIDTH),
-            nn.Tanh(),
-            nn.Linear(WIDTH, targets.shape[1]),
-        )
+        sizes = (inputs.shape[1], WIDTH, WIDTH, targets.shape[1])
+        layers = [m for pair in itertools.pairwise(sizes) for m in (nn.Linear(*pair), nn.Tanh())]
+        return nn.Sequential(*layers[:-1])  # no tanh on the output
 
     def keep(self, result: tuple[nn.Module, EdgeResult]) -> None:
         model, run = result

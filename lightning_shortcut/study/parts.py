@@ -116,12 +116,11 @@ class StudyPart(ABC):
 
     @property
     def kappa_tol(self) -> float:
-        """The ``tol`` of condition numbers (the zero point's and the training runs' initial
-        ``kappa_init``): ``1e-6`` where the closed forms give a number to check against (the
-        regression task), ``1e-3`` otherwise, so that a condition number above about ``1e3`` reads
-        ``inf`` there. A classifier's Hessian over the residual weights is singular at the zero
-        point (``C`` has rank at most the number of classes): at ``1e-6`` float32 products take
-        thousands of steps to say so."""
+        """The ``tol`` of condition numbers (the zero point's and ``kappa_init``): ``1e-6`` where
+        the closed forms give a number to check against, ``1e-3`` otherwise (a condition number
+        above about ``1e3`` reads ``inf``): a classifier's residual Hessian is singular at the zero
+        point (``C`` has rank at most the number of classes), which float32 products at ``1e-6``
+        take thousands of steps to say."""
         return 1e-6 if self.dataset.task.closed_form else 1e-3
 
     def _hessian_batch(self) -> tuple[Tensor, Tensor]:

@@ -68,14 +68,11 @@ class EdgeResult:
 
     Attributes:
         lr: the learning rate.
-        threshold: ``2 / lr``, the largest ``lambda_max`` at which gradient descent on a quadratic is
-            stable.
+        threshold: ``2 / lr``, where gradient descent on a quadratic stops being stable.
         max_eigenvalue_start: ``lambda_max`` at the initial weights.
         max_eigenvalue_end: ``lambda_max`` at the last measurement.
-        first_step_at_edge: the first measured step at which ``lr * lambda_max / 2 >= 0.95``
-            (``None``: never).
-        median_stability_second_half: the median of ``lr * lambda_max / 2`` over the measurements
-            of the run's second half.
+        first_step_at_edge: the first measured step where ``lr * lambda_max / 2 >= 0.95``, or None.
+        median_stability_second_half: the median ``lr * lambda_max / 2`` of the run's second half.
         min_stability_second_half: the smallest of them.
         max_stability_second_half: the largest of them.
         final_loss: the full-batch loss at the last step (``inf`` if the run diverged).
