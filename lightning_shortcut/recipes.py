@@ -37,10 +37,8 @@ __all__ = [
     "write_recipes",
 ]
 
-# `DATASETS` (the registry, :data:`lightning_shortcut.data.DATASETS`) and `INITS` (the recipes'
-# initializations by name, :data:`lightning_shortcut.init.INIT_STRATEGIES`, the same table the
-# study reads) are imported on first use (PEP 562): both import torch, which listing and resolving
-# recipes do not need.
+# the registry and the study's table of inits, imported on first use (PEP 562): both import torch,
+# which listing and resolving recipes do not need
 _LAZY = {
     "DATASETS": ("lightning_shortcut.data.registry", "DATASETS"),
     "INITS": ("lightning_shortcut.init", "INIT_STRATEGIES"),
@@ -51,9 +49,8 @@ def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     module, attribute = _LAZY[name]
-    value = getattr(importlib.import_module(module), attribute)
-    globals()[name] = value
-    return value
+    globals()[name] = getattr(importlib.import_module(module), attribute)
+    return globals()[name]
 
 
 #: The :data:`INITS` whose branch weights start at exactly zero (``ZeroInit(scale=0.0)``): a saddle
@@ -254,15 +251,10 @@ def recipe_listing() -> list[str]:
     tag after them. The name comes first on each line (``awk '{print $1}'`` keeps the names)."""
     names = list_recipes()
     width = max((len(name) for name in names), default=0)
-    lines, tagged = [], False
-    for name in names:
-        match = _NAME.fullmatch(name)
-        if match and is_saddle_recipe(int(match["depth"]), match["init"]):
-            lines.append(f"{name:<{width}}  {SADDLE_TAG}")
-            tagged = True
-        else:
-            lines.append(name)
-    if tagged:
+    matches = [(name, _NAME.fullmatch(name)) for name in names]
+    saddles = {n for n, m in matches if m and is_saddle_recipe(int(m["depth"]), m["init"])}
+    lines = [f"{name:<{width}}  {SADDLE_TAG}" if name in saddles else name for name in names]
+    if saddles:
         lines += ["", *textwrap.wrap(_SADDLE_LEGEND, width=100, break_on_hyphens=False)]
     return lines
 

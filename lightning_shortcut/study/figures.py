@@ -78,8 +78,7 @@ def plot_zero_point(
     ax.set_xscale("log", base=2)
     if any(math.isfinite(r["kappa_measured"]) for r in kappas):  # else no log axis: nothing to draw
         ax.set_yscale("log")
-    ax.set_xlabel("number of residual units")
-    ax.set_ylabel("condition number at the zero point")
+    ax.set(xlabel="number of residual units", ylabel="condition number at the zero point")
     ax.set_title("Hessian over the residual weights at the zero point")
     ax.legend(fontsize=8)
     return _save(fig, out / "kappa_zero_point.png", dpi=120)
@@ -100,8 +99,7 @@ def plot_loss_curves(out: Path, runs: Sequence[RunResult]) -> Path:
         stable = [loss for r in runs if not r.diverged for _, loss in r.losses[:1]]
         if stable:  # diverged runs leave the plot at the top instead of squashing it
             ax.set_ylim(top=3 * max(stable))
-        ax.set_title(_units(count))
-        ax.set_xlabel("step")
+        ax.set(title=_units(count), xlabel="step")
     axes[0][0].set_ylabel("training loss (minibatch)")
     axes[0][-1].legend(fontsize=7)
     return _save(fig, out / "loss_curves.png", dpi=110)
@@ -188,9 +186,7 @@ def plot_lr_sweep(out: Path, results: Sequence[SweepResult]) -> Path:
                     ax.axvline(predicted, color=color, linestyle="--", lw=1)
                 else:
                     beyond.append(f"n={n}: {predicted:.3g}")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlim(low, high)
+        ax.set(xscale="log", yscale="log", xlim=(low, high))
         note = f"\n2 / lambda_max off the axis: {', '.join(beyond)}" if beyond else ""
         ax.set_title(f"{_units(units)} (x: diverged; dashed: 2 / lambda_max){note}", fontsize=8)
         ax.set_xlabel("learning rate")
@@ -221,13 +217,9 @@ def plot_edge_of_stability(out: Path, results: Sequence[EdgeResult]) -> Path:
         if result.diverged:  # at the edge of the axis instead of stretching it
             last = result.losses[-1][0] if result.losses else 0
             sharp_ax.plot([last], [top], "x", color=color, markersize=8, clip_on=False)
-    loss_ax.set_yscale("log")
-    loss_ax.set_xlabel("step")
-    loss_ax.set_title("full-batch training loss")
+    loss_ax.set(yscale="log", xlabel="step", title="full-batch training loss")
     loss_ax.legend(fontsize=8)
-    sharp_ax.set_ylim(0, top)
-    sharp_ax.set_xlabel("step")
-    sharp_ax.set_title("lambda_max (sharpness); dashed: 2 / lr")
+    sharp_ax.set(ylim=(0, top), xlabel="step", title="lambda_max (sharpness); dashed: 2 / lr")
     return _save(fig, out / "edge_of_stability.png", dpi=110)
 
 

@@ -19,7 +19,9 @@ from torch import Tensor
 
 from lightning_shortcut.data.base import TensorDataModule
 from lightning_shortcut.data.registry import DatasetInfo
+from lightning_shortcut.hessian import HessianSpectrum, hessian_eigenvalues
 from lightning_shortcut.init import init_strategy
+from lightning_shortcut.residual import residual_parameters
 from lightning_shortcut.study.config import StudyConfig
 
 __all__ = ["DIVERGED_LOSS", "Step", "StudyPart", "Table", "diverged"]
@@ -114,14 +116,18 @@ class StudyPart(ABC):
         overrides = {"scale": self.config.small_scale} if init == "small" else {}
         return init_strategy(init, **overrides)(model)
 
-    @property
-    def kappa_tol(self) -> float:
-        """The ``tol`` of condition numbers (the zero point's and ``kappa_init``): ``1e-6`` where
-        the closed forms give a number to check against, ``1e-3`` otherwise (a condition number
-        above about ``1e3`` reads ``inf``): a classifier's residual Hessian is singular at the zero
-        point (``C`` has rank at most the number of classes), which float32 products at ``1e-6``
-        take thousands of steps to say."""
-        return 1e-6 if self.dataset.task.closed_form else 1e-3
+    def _both_ends(self, model: pl.LightningModule, max_iter: int) -> HessianSpectrum:
+        """The residual Hessian's largest and smallest ``|eigenvalue|`` on the Hessian batch: its
+        condition number. ``tol`` is ``1e-6`` where the closed forms give a number to check
+        against, ``1e-3`` otherwise (a condition number above about ``1e3`` reads ``inf``): a
+        classifier's residual Hessian is singular at the zero point (``C`` has rank at most the
+        number of classes), which float32 products at ``1e-6`` take thousands of steps to say."""
+        tol = 1e-6 if self.dataset.task.closed_form else 1e-3
+        loss_fn, params = self.dataset.task.loss_fn, residual_parameters(model)
+        batch = self._hessian_batch()
+        return hessian_eigenvalues(
+            model, batch, loss_fn, params=params, min_abs=True, tol=tol, max_iter=max_iter
+        )
 
     def _hessian_batch(self) -> tuple[Tensor, Tensor]:
         """The first ``hessian_samples`` training samples: the batch every Hessian is taken on."""

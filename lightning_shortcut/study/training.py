@@ -12,8 +12,6 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
 from lightning_shortcut.callbacks import HessianEigenvalueMonitor
-from lightning_shortcut.hessian import hessian_eigenvalues
-from lightning_shortcut.residual import residual_parameters
 from lightning_shortcut.study.figures import plot_eigenvalue_trajectories, plot_loss_curves
 from lightning_shortcut.study.parts import Step, StudyPart, Table, diverged
 from lightning_shortcut.study.results import RunResult, columns, row
@@ -66,15 +64,7 @@ class TrainingGrid(StudyPart):
         task = self.dataset.task
         start = time.perf_counter()
         model = self._model(shortcut_depth, init, num_units)
-        initial = hessian_eigenvalues(
-            model,
-            self._hessian_batch(),
-            task.loss_fn,
-            params=residual_parameters(model),
-            min_abs=True,
-            tol=self.kappa_tol,
-            max_iter=500,
-        )
+        initial = self._both_ends(model, max_iter=500)
         monitor, recorder = self._fit(model)
         num_classes = self.datamodule.num_classes
         final_loss, _ = task.evaluate(model, self.datamodule.train_set, num_classes)

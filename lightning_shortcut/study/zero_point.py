@@ -6,8 +6,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-from lightning_shortcut.hessian import hessian_eigenvalues
-from lightning_shortcut.residual import residual_parameters
 from lightning_shortcut.study.figures import plot_zero_point
 from lightning_shortcut.study.parts import Step, StudyPart, Table
 from lightning_shortcut.theory import zero_point_hessian
@@ -40,29 +38,20 @@ class ZeroPoint(StudyPart):
         self.results = result  # one step: every row
 
     def _sweep(self) -> list[dict[str, Any]]:
-        batch = self._hessian_batch()
         return [
-            self._measure(batch, shortcut_depth, num_units)
+            self._measure(shortcut_depth, num_units)
             for shortcut_depth in self.config.shortcut_depths
             for num_units in self.config.kappa_units
             if not (shortcut_depth == 1 and num_units > _DEPTH_ONE_MAX_UNITS)
         ]
 
-    def _measure(self, batch: Any, shortcut_depth: int, num_units: int) -> dict[str, Any]:
-        model = self._model(shortcut_depth, "zero", num_units)
-        measured = hessian_eigenvalues(
-            model,
-            batch,
-            self.dataset.task.loss_fn,
-            params=residual_parameters(model),
-            min_abs=True,
-            tol=self.kappa_tol,
-            max_iter=3000,
-        )
+    def _measure(self, shortcut_depth: int, num_units: int) -> dict[str, Any]:
+        measured = self._both_ends(self._model(shortcut_depth, "zero", num_units), max_iter=3000)
         theory = math.nan
         if self.dataset.task.closed_form:
+            inputs, targets = self._hessian_batch()
             theory = zero_point_hessian(
-                batch[0], batch[1], shortcut_depth=shortcut_depth, num_units=num_units
+                inputs, targets, shortcut_depth=shortcut_depth, num_units=num_units
             ).condition_number
         return {
             "shortcut_depth": shortcut_depth,
