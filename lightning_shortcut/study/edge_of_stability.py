@@ -18,7 +18,6 @@ import itertools
 import math
 import statistics
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +57,7 @@ class EdgeOfStabilityRuns(StudyPart):
         self.models: dict[float, nn.Module] = {}
 
     def steps(self) -> list[Step]:
-        return [
-            (f"edge of stability lr={lr:.3g}", partial(self._run, lr))
-            for lr in self.config.edge_lrs
-        ]
+        return self._each("edge of stability lr={:.3g}", self._run, self.config.edge_lrs)
 
     def tables(self) -> list[Table]:
         rows = [row(result) for result in self.results]

@@ -11,7 +11,6 @@ largest minibatch loss on the way (``peak_loss``).
 from __future__ import annotations
 
 import math
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +45,8 @@ class LearningRateSweep(StudyPart):
     within :data:`ALIKE` of each other) and ``lr_sweep.png``."""
 
     def steps(self) -> list[Step]:
-        return [
-            (f"lr sweep n={depth} {units:>3} units", partial(self._sweep, depth, units))
-            for depth in self.config.shortcut_depths
-            for units in self.config.num_units
-        ]
+        grid = (self.config.shortcut_depths, self.config.num_units)
+        return self._each("lr sweep n={} {:>3} units", self._sweep, *grid)
 
     def tables(self) -> list[Table]:
         rows = [row(result) for result in self.results]

@@ -6,10 +6,12 @@ run is one :class:`StudyPart` subclass in a module of its own and one entry ther
 
 from __future__ import annotations
 
+import itertools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +83,13 @@ class StudyPart(ABC):
     def steps(self) -> list[Step]:
         """The work, as (description, callable) pairs. Each callable seeds what it draws and
         returns its result without storing it, so that steps may run in any process and order."""
+
+    @staticmethod
+    def _each(description: str, work: Callable[..., Any], *axes: Sequence[Any]) -> list[Step]:
+        """A step per combination of the ``axes``' values, in order: ``work(*values)``, described
+        by ``description.format(*values)``."""
+        combinations = itertools.product(*axes)
+        return [(description.format(*values), partial(work, *values)) for values in combinations]
 
     def keep(self, result: Any) -> None:
         """Store one step's result in :attr:`results` (called in the steps' order)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from functools import partial
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -42,15 +41,9 @@ class TrainingGrid(StudyPart):
     """
 
     def steps(self) -> list[Step]:
-        return [
-            (
-                f"training n={depth} {init:<10} {units:>3} units",
-                partial(self._train, depth, init, units),
-            )
-            for depth in self.config.shortcut_depths
-            for init in self.config.inits
-            for units in self.config.num_units
-        ]
+        config, description = self.config, "training n={} {:<10} {:>3} units"
+        grid = (config.shortcut_depths, config.inits, config.num_units)
+        return self._each(description, self._train, *grid)
 
     def tables(self) -> list[Table]:
         rows = [row(run) for run in self.results]

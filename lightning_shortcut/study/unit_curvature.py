@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -103,15 +102,8 @@ class UnitCurvature(StudyPart):
     and ``unit_curvature.png``."""
 
     def steps(self) -> list[Step]:
-        return [
-            (
-                f"unit curvature n={depth} {init:<6} {units:>3} units",
-                partial(self._run, depth, init, units),
-            )
-            for units in self.config.curvature_units
-            for depth in self.config.shortcut_depths
-            for init in INITS
-        ]
+        grid = (self.config.curvature_units, self.config.shortcut_depths, INITS)
+        return self._each("unit curvature n={1} {2:<6} {0:>3} units", self._run, *grid)
 
     def tables(self) -> list[Table]:
         rows, title = self._rows(), "Each unit's lambda_max along training"
@@ -128,7 +120,7 @@ class UnitCurvature(StudyPart):
         width = max(run.num_units for run in self.results)
         return [row for run in self.results for row in run.rows(width)]
 
-    def _run(self, shortcut_depth: int, init: str, num_units: int) -> UnitCurvatureRun:
+    def _run(self, num_units: int, shortcut_depth: int, init: str) -> UnitCurvatureRun:
         config = self.config
         model = self._model(shortcut_depth, init, num_units)
         optimizer = model.configure_optimizers()
