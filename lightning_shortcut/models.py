@@ -159,8 +159,7 @@ class ResidualClassifier(_ResidualModule):
 
 def regression_loss(module: nn.Module, batch: Any) -> Tensor:
     """``loss_fn`` for the Hessian monitor on regression: ``0.5 * mean ||f(x) - y||^2``."""
-    inputs, targets = batch[0], batch[1]
-    return half_mse_loss(module(inputs), targets)
+    return half_mse_loss(module(batch[0]), batch[1])
 
 
 def one_hot_accuracy(outputs: Tensor, targets: Tensor, num_classes: int) -> Tensor:

@@ -230,9 +230,7 @@ class ResidualStack(nn.Module):
 
 def residual_units(model: nn.Module) -> Iterator[ResidualUnit]:
     """Every :class:`ResidualUnit` inside ``model`` (the model itself included), in module order."""
-    for module in model.modules():
-        if isinstance(module, ResidualUnit):
-            yield module
+    return (module for module in model.modules() if isinstance(module, ResidualUnit))
 
 
 def residual_weight_layers(model: nn.Module) -> list[nn.Linear | nn.Conv2d]:

@@ -193,11 +193,7 @@ def depth_one_matvec(inputs: Tensor, targets: Tensor, num_units: int) -> Callabl
         total = blocks.sum(dim=0)
         before = torch.cumsum(blocks, dim=0) - blocks  # sum over j < k
         after = total - before - blocks  # sum over j > k
-        out = (
-            total @ second_moment
-            + cross.T @ before.transpose(1, 2)
-            + after.transpose(1, 2) @ cross.T
-        )
-        return out.reshape(-1)
+        before_t, after_t = before.transpose(1, 2), after.transpose(1, 2)
+        return (total @ second_moment + cross.T @ before_t + after_t @ cross.T).reshape(-1)
 
     return matvec

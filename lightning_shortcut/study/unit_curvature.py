@@ -145,15 +145,9 @@ class UnitCurvature(StudyPart):
         loss, _ = task.evaluate(model, self.datamodule.train_set, self.datamodule.num_classes)
         if not math.isfinite(loss):
             return loss
+        batch, seed = self._hessian_batch(), self.config.seed
         spectra = block_eigenvalues(
-            model,
-            self._hessian_batch(),
-            task.loss_fn,
-            blocks="residual",
-            top_k=1,
-            bottom_k=0,
-            tol=_TOL,
-            seed=self.config.seed,
+            model, batch, task.loss_fn, blocks="residual", top_k=1, bottom_k=0, tol=_TOL, seed=seed
         )
         run.steps.append(step)
         run.losses.append(loss)
