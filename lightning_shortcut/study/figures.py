@@ -224,44 +224,27 @@ def plot_edge_of_stability(out: Path, results: Sequence[EdgeResult]) -> Path:
 
 
 def plot_unit_curvature(out: Path, rows: Sequence[dict[str, Any]], threshold: float) -> Path:
-    """``unit_curvature.png``: each residual unit's ``lambda_max`` along training, a panel per
-    run (a row of panels per initialization and number of units, a column per shortcut depth), a
-    color per unit (dark: nearest the input). Each panel has its own linear axis from 0, so the
-    units of a run can be told apart (read the scales: they differ by orders of magnitude);
-    ``threshold`` (``2 / lr``) is dotted where it falls inside a panel. A run that diverged ends in
-    an x at the top of its panel, at the step it diverged.
-
-    Args:
-        out: the output folder.
-        rows: the rows of ``unit_curvature.csv`` (``shortcut_depth``, ``init``, ``num_units``,
-            ``step``, ``diverged_at_step`` and ``unit_<k>``).
-        threshold: the learning rate's ``2 / lr``.
-    """
+    """``unit_curvature.png`` from the rows of ``unit_curvature.csv``: each unit's ``lambda_max``
+    along training, a panel per run (a row per init and number of units, a column per shortcut
+    depth), a color per unit (dark: nearest the input), each panel on its own linear axis from 0
+    (the scales differ by orders of magnitude), ``threshold`` (``2 / lr``) dotted where inside; a
+    run that diverged ends in an x at the top of its panel, at the step it diverged."""
     panels = sorted({(r["init"], r["num_units"]) for r in rows})  # small weights first
     depths = sorted({r["shortcut_depth"] for r in rows})
     plt = _pyplot()
-    fig, axes = plt.subplots(
-        len(panels),
-        len(depths),
-        figsize=(3.9 * len(depths) + 1.4, 2.5 * len(panels) + 0.4),
-        squeeze=False,
-        sharex=True,
-    )
+    size = (3.9 * len(depths) + 1.4, 2.5 * len(panels) + 0.4)
+    fig, axes = plt.subplots(len(panels), len(depths), figsize=size, squeeze=False, sharex=True)
     for row_axes, (init, count) in zip(axes, panels, strict=True):
         colors = plt.get_cmap("viridis")([k / max(count - 1, 1) for k in range(count)])
         for ax, depth in zip(row_axes, depths, strict=True):
-            runs = [
-                r
-                for r in rows
-                if (r["init"], r["num_units"], r["shortcut_depth"]) == (init, count, depth)
-            ]
+            key = (init, count, depth)
+            runs = [r for r in rows if (r["init"], r["num_units"], r["shortcut_depth"]) == key]
             title = f"n = {depth}, {init}, {_units(count)}"
             steps = [r["step"] for r in runs]
             for unit in range(count):
                 values = [r[f"unit_{unit}"] for r in runs]
                 ax.plot(steps, values, "o-", color=colors[unit], markersize=3, linewidth=1.2)
-            finite = [r[f"unit_{k}"] for r in runs for k in range(count)]
-            finite = [v for v in finite if math.isfinite(v)]
+            finite = [v for r in runs for k in range(count) if math.isfinite(v := r[f"unit_{k}"])]
             if finite and min(finite) >= 0 and max(finite) > 0:  # from 0, the top line inside
                 ax.set_ylim(0, 1.08 * max(finite))
             low, high = ax.get_ylim()
@@ -285,9 +268,6 @@ def plot_unit_curvature(out: Path, rows: Sequence[dict[str, Any]], threshold: fl
         row_axes[-1].legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
     for ax in axes[-1]:
         ax.set_xlabel("step")
-    fig.suptitle(
-        "Largest eigenvalue of each residual unit's Hessian block along SGD (each panel its own "
-        "scale)",
-        fontsize=11,
-    )
+    title = "Largest eigenvalue of each residual unit's Hessian block along SGD"
+    fig.suptitle(f"{title} (each panel its own scale)", fontsize=11)
     return _save(fig, out / "unit_curvature.png", dpi=110)
