@@ -110,6 +110,13 @@ def activation_slope_at_zero(activation: ActivationSpec) -> float:
     return float(slope)
 
 
+def _moments(inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``x`` in float64 on the CPU, ``Sigma = E[x x^T]`` and ``C = E[x r^T]`` with ``r = x - y``."""
+    x = inputs.detach().to(torch.float64).cpu()
+    residual = x - targets.detach().to(torch.float64).cpu()
+    return x, x.T @ x / len(x), x.T @ residual / len(x)
+
+
 def zero_point_hessian(
     inputs: Tensor,
     targets: Tensor,
@@ -150,10 +157,8 @@ def zero_point_hessian(
             "`inputs` and `targets` must be non-empty (N, d) tensors of the same shape, got "
             f"{tuple(inputs.shape)} and {tuple(targets.shape)}."
         )
-    x = inputs.detach().to(torch.float64).cpu()
-    residual = x - targets.detach().to(torch.float64).cpu()
-    num_samples, width = x.shape
-    cross = x.T @ residual / num_samples
+    x, _, cross = _moments(inputs, targets)
+    width = x.shape[1]
     singular_values = torch.linalg.svdvals(cross)
     num_params = num_units * shortcut_depth * width * width
     if shortcut_depth >= 3:
@@ -182,11 +187,8 @@ def depth_one_matvec(inputs: Tensor, targets: Tensor, num_units: int) -> Callabl
     the ill-conditioning the paper describes).
     """
     check_positive_int("num_units", num_units)
-    x = inputs.detach().to(torch.float64).cpu()
-    residual = x - targets.detach().to(torch.float64).cpu()
-    num_samples, width = x.shape
-    second_moment = x.T @ x / num_samples
-    cross = x.T @ residual / num_samples
+    x, second_moment, cross = _moments(inputs, targets)
+    width = x.shape[1]
 
     def matvec(vector: Tensor) -> Tensor:
         blocks = vector.view(num_units, width, width)

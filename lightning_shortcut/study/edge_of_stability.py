@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_shortcut.hessian import HessianSpectrum, hessian_eigenvalues
+from lightning_shortcut.models import regression_loss
 from lightning_shortcut.study.figures import plot_edge_of_stability
 from lightning_shortcut.study.parts import Step, StudyPart, Table, diverged
 from lightning_shortcut.study.results import EdgeResult, columns, row
-from lightning_shortcut.theory import half_mse_loss
 
 __all__ = ["WIDTH", "EdgeOfStabilityRuns"]
 
@@ -39,11 +39,6 @@ WIDTH = 64
 _TOL = 1e-3
 # a measured step is "at the edge" from this stability ratio on
 _AT_EDGE = 0.95
-
-
-def _squared_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
-    inputs, targets = batch
-    return half_mse_loss(model(inputs), targets)
 
 
 class EdgeOfStabilityRuns(StudyPart):
@@ -97,14 +92,14 @@ class EdgeOfStabilityRuns(StudyPart):
         measured: list[tuple[int, HessianSpectrum]] = []
         run_diverged, previous = False, None
         for step in range(config.edge_steps + 1):
-            loss = _squared_loss(model, batch)
+            loss = regression_loss(model, batch)
             losses.append((step, float(loss.detach())))
             if diverged(losses[-1][1]):
                 run_diverged = True
                 break
             if step % config.edge_every == 0 or step == config.edge_steps:
                 previous = hessian_eigenvalues(  # warm: from the last measurement's vector
-                    model, batch, _squared_loss, top_k=1, bottom_k=0, tol=_TOL, start=previous
+                    model, batch, regression_loss, top_k=1, bottom_k=0, tol=_TOL, start=previous
                 )
                 measured.append((step, previous))
             if step == config.edge_steps:

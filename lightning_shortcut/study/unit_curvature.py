@@ -49,12 +49,11 @@ class UnitCurvatureRun:
         init: ``"small"`` or ``"xavier"``.
         num_units: the number of residual units.
         steps: the measured steps.
-        losses: the training loss (over the training set) at each measured step.
-        max_eigenvalues: for each measured step, the largest eigenvalue of each unit's diagonal
-            block, unit 0 (nearest the input) first; NaN where a unit's run did not converge.
-        converged: whether every unit's run of each measurement met the tolerance.
-        diverged_at_step: the step at which the loss diverged (the run stopped there), or
-            ``None``.
+        losses: the loss over the training set at each measured step.
+        max_eigenvalues: per measured step, each unit's ``lambda_max``, unit 0 (nearest the input)
+            first; NaN where a unit's run did not converge.
+        converged: per measured step, whether every unit's run met the tolerance.
+        diverged_at_step: the step at which the loss diverged (the run stopped there), or None.
     """
 
     shortcut_depth: int
