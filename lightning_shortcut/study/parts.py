@@ -17,7 +17,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.optim import Optimizer
 
 from lightning_shortcut.data.base import TensorDataModule
 from lightning_shortcut.data.registry import DatasetInfo
@@ -144,12 +145,7 @@ class StudyPart(ABC):
         count = self.config.hessian_samples
         return inputs[:count], targets[:count]
 
-    def _sgd_step(
-        self,
-        model: pl.LightningModule,
-        optimizer: torch.optim.Optimizer,
-        batches: Iterator[tuple[Tensor, Tensor]],
-    ) -> float:
+    def _sgd_step(self, model: nn.Module, optimizer: Optimizer, batches: Iterator[Any]) -> float:
         """One SGD step on the next of ``batches`` (none where its loss says the run diverged);
         returns the loss."""
         loss = self.dataset.task.loss_fn(model, next(batches))
