@@ -5,9 +5,6 @@ reads them back, and flags given after ``--config`` override the file::
 
     shortcut-study --print_config > study.yaml
     shortcut-study --config study.yaml --budget quick --out DIR
-
-Every field of :class:`StudyConfig` is a flag, under its own name and with hyphens
-(``--data_dir``/``--data-dir``); a tuple field takes one or more values (``--num-units 8 32``).
 """
 
 from __future__ import annotations

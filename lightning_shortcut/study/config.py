@@ -72,9 +72,8 @@ _POSITIVE_INTS += ("curvature_points", "edge_samples", "batch_size", "hessian_sa
 
 @dataclass
 class StudyConfig:
-    """What the study runs. ``budget`` fills ``num_units``, ``kappa_units``, ``max_steps``,
-    ``hessian_every``, ``sweep_lrs``, ``sweep_steps``, ``edge_lrs``, ``edge_steps``,
-    ``edge_every``, ``curvature_units`` and ``curvature_points`` unless they are given.
+    """What the study runs. ``budget`` fills the fields its :data:`BUDGETS` entry names unless
+    they are given.
 
     Every field is a flag of ``shortcut-study`` (``--data_dir`` or ``--data-dir``; a tuple takes
     several values, ``--num-units 2 8``) and a key of its ``--config`` YAML.
