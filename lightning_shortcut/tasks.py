@@ -1,7 +1,5 @@
-"""Tasks: how the study learns a dataset, that is the model it builds, the loss and the evaluation.
-
-A :class:`~lightning_shortcut.data.DatasetInfo` names its task; the study reads everything that
-depends on it from there instead of asking which dataset it runs on.
+"""Tasks: how the study learns a dataset (its model, loss and evaluation), named by its
+:class:`~lightning_shortcut.data.DatasetInfo`, so that the study never asks which dataset it runs on.
 """
 
 from __future__ import annotations

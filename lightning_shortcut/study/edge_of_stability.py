@@ -90,24 +90,22 @@ class EdgeOfStabilityRuns(StudyPart):
         optimizer = torch.optim.SGD(model.parameters(), lr=lr)
         losses: list[tuple[int, float]] = []
         measured: list[tuple[int, HessianSpectrum]] = []
-        run_diverged, previous = False, None
+        previous = None
         for step in range(config.edge_steps + 1):
             loss = regression_loss(model, batch)
             losses.append((step, float(loss.detach())))
             if diverged(losses[-1][1]):
-                run_diverged = True
-                break
+                break  # the last loss says so
             if step % config.edge_every == 0 or step == config.edge_steps:
                 previous = hessian_eigenvalues(  # warm: from the last measurement's vector
                     model, batch, regression_loss, top_k=1, bottom_k=0, tol=_TOL, start=previous
                 )
                 measured.append((step, previous))
-            if step == config.edge_steps:
-                break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        return model, _result(lr, measured, losses, run_diverged, clock)
+            if step < config.edge_steps:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        return model, _result(lr, measured, losses, diverged(losses[-1][1]), clock)
 
 
 def _result(
