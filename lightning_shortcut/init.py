@@ -2,10 +2,8 @@
 
 A strategy is a named, testable operation (the pattern of timm's ``zero_init_last``): called on any
 module, it initializes the branch weights of every :class:`~lightning_shortcut.ResidualUnit` inside
-it, zeroes their biases, touches nothing else and returns the module.
-
-Random draws are made on the CPU in float32 and then copied to the weight's device and dtype, so the
-same seed gives the same weights on every device.
+it, zeroes their biases, touches nothing else and returns the module. Draws are made on the CPU in
+float32 and copied to the weight's device and dtype: one seed, the same weights on every device.
 """
 
 from __future__ import annotations

@@ -239,10 +239,9 @@ def residual_weight_layers(model: nn.Module) -> list[nn.Linear | nn.Conv2d]:
 
 
 def residual_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The residual-branch parameters (weights and biases) of every residual unit in ``model``.
+    """The residual-branch parameters (weights and biases) in ``model``: the paper's parameter set.
 
-    This is the paper's parameter set: the Hessian over these at the zero point is what the theory
-    predicts. Parameters are returned once each, in module order: those of every module with a
+    Once each, in module order: those of every module with a
     :meth:`ResidualUnit.branch_parameters` method, as the Hessian engine's ``params="residual"``.
     """
     return branch_parameters(model)

@@ -1,9 +1,8 @@
 """``run_study``: the study's parts under a progress bar, then their tables and figures.
 
-The steps of every part run side by side in ``config.workers`` processes (forked, each on one CPU
-thread): the study's models are small, and a second thread speeds one of them up by a few percent
-where a second process running another step doubles the throughput. Every step runs on one thread
-and seeds what it draws, so the tables do not depend on the number of workers.
+The steps run side by side in ``config.workers`` forked processes, one CPU thread each (the models
+are small: a second process doubles the throughput where a second thread adds a few percent); each
+seeds what it draws, so the tables do not depend on the number of workers.
 """
 
 from __future__ import annotations
