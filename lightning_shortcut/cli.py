@@ -99,17 +99,14 @@ def _plot(args: Sequence[str]) -> None:
 
     parser = argparse.ArgumentParser(
         prog="lightning-shortcut plot",
-        description="Draw the hessian/* curves of a run: the extreme eigenvalues with their "
-        "standard errors as error bars, the condition number (resolved values) and the stability "
-        "ratio with the edge at 1 (both on log axes). A run resumed from a checkpoint logs into a "
-        "new version_N folder: given the run's folder (the logger's name folder, holding the "
-        "version_* folders), its versions are merged by step into one run, each resumed version "
-        "holding every step from its first logged one; a version that starts at or before the "
-        "previous one's first step is a new run, and the versions before it are left out. Given a "
-        "version folder or a file, that alone is drawn. The files read are printed. A run with "
-        "per-block metrics (the monitor's `blocks`) also gets OUT_blocks (one line per block, a "
-        "heatmap above 8 blocks), one with density snapshots (its hessian_density.csv) "
-        "OUT_density (log density against eigenvalue, the snapshots overlaid).",
+        description="Draw a run's hessian/* curves: the extreme eigenvalues with their standard "
+        "errors as error bars, the condition number (resolved values) and the stability ratio "
+        "with the edge at 1 (both on log axes). Given a run's folder, its version_N folders (a run "
+        "resumed from a checkpoint logs into a new one) are merged by step, a version that starts "
+        "at or before the previous one's first step starting a new run (the versions before it "
+        "left out); given a version folder or a file, that alone. The files read are printed. Per-"
+        "block metrics (the monitor's `blocks`) also give OUT_blocks (a heatmap above 8 blocks), "
+        "density snapshots (hessian_density.csv) OUT_density.",
     )
     parser.add_argument(
         "source",

@@ -2,10 +2,8 @@
 
 A strategy is a named, testable operation (the pattern of timm's ``zero_init_last``): called on any
 module, it initializes the branch weights of every :class:`~lightning_shortcut.ResidualUnit` inside
-it, zeroes their biases, touches nothing else and returns the module.
-
-Random draws are made on the CPU in float32 and then copied to the weight's device and dtype, so the
-same seed gives the same weights on every device.
+it, zeroes their biases, touches nothing else and returns the module. Draws are made on the CPU in
+float32 and copied to the weight's device and dtype: one seed, the same weights on every device.
 """
 
 from __future__ import annotations
@@ -63,12 +61,9 @@ class InitStrategy(ABC):
                 layer.bias.zero_()
         return module
 
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in self._repr_fields().items())
-        return f"{type(self).__name__}({fields})"
-
-    def _repr_fields(self) -> dict[str, object]:
-        return {}
+    def __repr__(self) -> str:  # a subclass's own arguments, such as ZeroInit(scale=0.001)
+        own = (f"{k}={v!r}" for k, v in vars(self).items() if k not in ("zero_bias", "generator"))
+        return f"{type(self).__name__}({', '.join(own)})"
 
 
 class ZeroInit(InitStrategy):
@@ -100,9 +95,6 @@ class ZeroInit(InitStrategy):
             return torch.zeros(shape)
         return torch.randn(shape, generator=generator) * self.scale
 
-    def _repr_fields(self) -> dict[str, object]:
-        return {"scale": self.scale}
-
 
 class XavierInit(InitStrategy):
     """Glorot/Xavier initialization of the branch weights, a baseline of the paper.
@@ -130,9 +122,6 @@ class XavierInit(InitStrategy):
             return nn.init.xavier_uniform_(weight, gain=self.gain, generator=generator)
         return nn.init.xavier_normal_(weight, gain=self.gain, generator=generator)
 
-    def _repr_fields(self) -> dict[str, object]:
-        return {"gain": self.gain, "distribution": self.distribution}
-
 
 class OrthogonalInit(InitStrategy):
     """(Semi-)orthogonal branch weights scaled by ``gain``, a baseline of the paper.
@@ -152,9 +141,6 @@ class OrthogonalInit(InitStrategy):
 
     def sample(self, shape: torch.Size, generator: torch.Generator | None) -> Tensor:
         return nn.init.orthogonal_(torch.empty(shape), gain=self.gain, generator=generator)
-
-    def _repr_fields(self) -> dict[str, object]:
-        return {"gain": self.gain}
 
 
 #: The named initializations of the recipes and the study: name -> (strategy class, arguments).

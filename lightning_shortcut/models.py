@@ -23,8 +23,6 @@ from lightning_shortcut.theory import half_mse_loss
 
 __all__ = ["ResidualClassifier", "ResidualRegressor", "one_hot_accuracy", "regression_loss"]
 
-_OPTIMIZERS = ("sgd", "adam")
-
 
 class _ResidualModule(pl.LightningModule):
     """The step logic both modules share: a subclass defines ``forward``, :meth:`loss`,
@@ -78,11 +76,6 @@ class _ResidualModule(pl.LightningModule):
         )
 
 
-def _check_optimizer(optimizer: str, lr: float) -> None:
-    check_choice("optimizer", optimizer, _OPTIMIZERS)
-    check_positive_float("lr", lr)
-
-
 class ResidualClassifier(_ResidualModule):
     """Input projection, a :class:`~lightning_shortcut.ResidualStack`, and a linear head.
 
@@ -126,7 +119,8 @@ class ResidualClassifier(_ResidualModule):
         weight_decay: float = 0.0,
     ) -> None:
         super().__init__()
-        _check_optimizer(optimizer, lr)
+        check_choice("optimizer", optimizer, ("sgd", "adam"))
+        check_positive_float("lr", lr)
         check_positive_int("num_classes", num_classes)
         input_shape = check_positive_ints("input_shape", tuple(input_shape))
         if layer == "conv" and len(input_shape) != 3:
@@ -165,8 +159,7 @@ class ResidualClassifier(_ResidualModule):
 
 def regression_loss(module: nn.Module, batch: Any) -> Tensor:
     """``loss_fn`` for the Hessian monitor on regression: ``0.5 * mean ||f(x) - y||^2``."""
-    inputs, targets = batch[0], batch[1]
-    return half_mse_loss(module(inputs), targets)
+    return half_mse_loss(module(batch[0]), batch[1])
 
 
 def one_hot_accuracy(outputs: Tensor, targets: Tensor, num_classes: int) -> Tensor:
@@ -208,7 +201,8 @@ class ResidualRegressor(_ResidualModule):
         weight_decay: float = 0.0,
     ) -> None:
         super().__init__()
-        _check_optimizer(optimizer, lr)
+        check_choice("optimizer", optimizer, ("sgd", "adam"))
+        check_positive_float("lr", lr)
         if num_classes is not None:
             check_positive_int("num_classes", num_classes)
             if num_classes > width:

@@ -1,13 +1,10 @@
-"""The YAML recipes: one per experiment of the paper, and how the CLI finds them.
+"""The YAML recipes: one per experiment of the paper (docs/recipes.md), and how the CLI finds them.
 
 The grid is dataset (each entry of :data:`~lightning_shortcut.data.DATASETS`, whose ``recipe``
-holds its settings) x shortcut depth (1, 2, 3) x init (zero, small, xavier, orthogonal) x branch
-(linear, relu). The files in ``recipes/`` are written by :func:`write_recipes` (run
-``python -m lightning_shortcut.recipes``) and a test keeps them in sync with :func:`recipe_text`.
-Exact zero with shortcut depth >= 2 (:func:`is_saddle_recipe`) stays in the grid as the paper's
-saddle: its branches get exactly zero gradient and never train, which its comment and the CLI's
-listing say. A recipe is given to the CLI by path or by name (``digits/shortcut2_small_relu``);
-names resolve in the checkout's ``recipes/`` or, in an installed wheel, in the package's copy.
+holds its settings) x shortcut depth x init x branch. :func:`write_recipes` writes ``recipes/``
+(``python -m lightning_shortcut.recipes``) and a test keeps it in sync with :func:`recipe_text`.
+A recipe is given to the CLI by path or by name (``digits/shortcut2_small_relu``), resolved in the
+checkout's ``recipes/`` or, in an installed wheel, in the package's copy.
 """
 
 from __future__ import annotations
@@ -16,6 +13,7 @@ import importlib
 import itertools
 import re
 import textwrap
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,10 +38,8 @@ __all__ = [
     "write_recipes",
 ]
 
-# `DATASETS` (the registry, :data:`lightning_shortcut.data.DATASETS`) and `INITS` (the recipes'
-# initializations by name, :data:`lightning_shortcut.init.INIT_STRATEGIES`, the same table the
-# study reads) are imported on first use (PEP 562): both import torch, which listing and resolving
-# recipes do not need.
+# the registry and the study's table of inits, imported on first use (PEP 562): both import torch,
+# which listing and resolving recipes do not need
 _LAZY = {
     "DATASETS": ("lightning_shortcut.data.registry", "DATASETS"),
     "INITS": ("lightning_shortcut.init", "INIT_STRATEGIES"),
@@ -54,21 +50,16 @@ def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     module, attribute = _LAZY[name]
-    value = getattr(importlib.import_module(module), attribute)
-    globals()[name] = value
-    return value
+    globals()[name] = getattr(importlib.import_module(module), attribute)
+    return globals()[name]
 
 
-#: The :data:`INITS` whose branch weights start at exactly zero (``ZeroInit(scale=0.0)``). With a
-#: shortcut depth of 2 or more that point is a saddle of the loss where every branch weight's
-#: gradient is exactly zero (each branch output is a product of two or more zero layers), so SGD
-#: never moves the branches: such recipes show the Hessian at the paper's zero point, and only the
-#: input projection and the head train (:func:`is_saddle_recipe`; :mod:`lightning_shortcut.theory`).
+#: The :data:`INITS` whose branch weights start at exactly zero (``ZeroInit(scale=0.0)``): a saddle
+#: the branches never leave where the shortcut depth is 2 or more (:func:`is_saddle_recipe`).
 EXACT_ZERO_INITS = ("zero",)
-#: Every recipe's HessianEigenvalueMonitor arguments but its schedule (:func:`monitor_every_n_steps`).
-#: 512 samples, where the monitor's default is 256: the recipes reproduce the study's measurements
-#: (``StudyConfig.hessian_samples``), and the residual Hessian of a small-init stack is cheap enough
-#: per product to halve the sampling error's variance; a user's own model starts from 256.
+#: Every recipe's HessianEigenvalueMonitor arguments but its schedule (:func:`monitor_every_n_steps`):
+#: 512 samples (the monitor's default is 256) as the study's ``hessian_samples``; on a small-init
+#: stack a product is cheap enough to halve the sampling error's variance.
 MONITOR_ARGS = {
     "params": "residual",
     "num_samples": 512,
@@ -108,6 +99,11 @@ def _yaml_value(value: object) -> str:
     if isinstance(value, tuple | list):
         return "[" + ", ".join(_yaml_value(v) for v in value) + "]"
     return str(value)
+
+
+def _block(mapping: Mapping[str, object], indent: int) -> str:
+    """``mapping``'s items as YAML lines, each after a line break and ``indent`` spaces."""
+    return "".join(f"\n{' ' * indent}{k}: {_yaml_value(v)}" for k, v in mapping.items())
 
 
 def _comment(text: str) -> str:
@@ -186,11 +182,8 @@ def recipe_text(dataset: str, shortcut_depth: int, init: str, activation: str) -
     purpose = ""
     if is_saddle_recipe(shortcut_depth, init):
         purpose = _comment(_saddle_note(dataset, shortcut_depth, activation)) + "\n"
-    init_block = "".join(f"\n            {k}: {_yaml_value(v)}" for k, v in init_args.items())
-    init_section = f"\n          init_args:{init_block}" if init_args else ""
-    data_block = "".join(f"\n    {k}: {_yaml_value(v)}" for k, v in spec.data_args.items())
-    monitor_args = {"every_n_steps": every, **MONITOR_ARGS}
-    monitor_block = "".join(f"\n        {k}: {_yaml_value(v)}" for k, v in monitor_args.items())
+    init_section = f"\n          init_args:{_block(init_args, 12)}" if init_args else ""
+    monitor_block = _block({"every_n_steps": every, **MONITOR_ARGS}, 8)
     return f"""\
 # Demystifying ResNet (arXiv 1611.01186): shortcut depth {shortcut_depth}, {init} init, {activation} branches, {dataset}.
 # Generated by `python -m lightning_shortcut.recipes`; run with
@@ -228,7 +221,7 @@ model:
     momentum: 0.9
 data:
   class_path: lightning_shortcut.data.{info.datamodule.__name__}
-  init_args:{data_block}
+  init_args:{_block(spec.data_args, 4)}
 """
 
 
@@ -261,15 +254,10 @@ def recipe_listing() -> list[str]:
     tag after them. The name comes first on each line (``awk '{print $1}'`` keeps the names)."""
     names = list_recipes()
     width = max((len(name) for name in names), default=0)
-    lines, tagged = [], False
-    for name in names:
-        match = _NAME.fullmatch(name)
-        if match and is_saddle_recipe(int(match["depth"]), match["init"]):
-            lines.append(f"{name:<{width}}  {SADDLE_TAG}")
-            tagged = True
-        else:
-            lines.append(name)
-    if tagged:
+    matches = [(name, _NAME.fullmatch(name)) for name in names]
+    saddles = {n for n, m in matches if m and is_saddle_recipe(int(m["depth"]), m["init"])}
+    lines = [f"{name:<{width}}  {SADDLE_TAG}" if name in saddles else name for name in names]
+    if saddles:
         lines += ["", *textwrap.wrap(_SADDLE_LEGEND, width=100, break_on_hyphens=False)]
     return lines
 

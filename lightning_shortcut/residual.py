@@ -13,7 +13,6 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-# check_positive_int lived here first; other modules may still import it from here
 from lightning_shortcut.hessian._validation import check_choice, check_positive_int
 from lightning_shortcut.hessian.params import branch_parameters
 
@@ -51,13 +50,7 @@ def make_activation(activation: ActivationSpec) -> nn.Module | None:
     if activation is None:
         return None
     if isinstance(activation, str):
-        key = activation.lower()
-        if key not in _ACTIVATIONS:
-            raise ValueError(
-                f"Unknown activation {activation!r}; expected None, an nn.Module or one of "
-                f"{sorted(_ACTIVATIONS)}."
-            )
-        return _ACTIVATIONS[key]()
+        return _ACTIVATIONS[check_choice("activation", activation.lower(), _ACTIVATIONS)]()
     if isinstance(activation, nn.Module):
         return copy.deepcopy(activation)
     raise TypeError(
@@ -110,20 +103,17 @@ class ResidualUnit(nn.Module):
         if kernel_size % 2 == 0:
             raise ValueError(f"`kernel_size` must be odd to keep the shape, got {kernel_size}.")
         self.layer = layer
+        make_activation(activation)  # validates the spec even when shortcut_depth == 1
         modules: list[nn.Module] = []
         for index in range(shortcut_depth):
-            if index > 0:
-                act = make_activation(activation)
-                if act is not None:
-                    modules.append(act)
+            if index > 0 and activation is not None:
+                modules.append(make_activation(activation))
             if layer == "linear":
                 modules.append(nn.Linear(width, width, bias=bias))
             else:
                 modules.append(
                     nn.Conv2d(width, width, kernel_size, padding=kernel_size // 2, bias=bias)
                 )
-        if activation is not None:
-            make_activation(activation)  # validates the spec even when shortcut_depth == 1
         self.branch = nn.Sequential(*modules)
         self.post_activation = make_activation(post_activation)
 
@@ -240,9 +230,7 @@ class ResidualStack(nn.Module):
 
 def residual_units(model: nn.Module) -> Iterator[ResidualUnit]:
     """Every :class:`ResidualUnit` inside ``model`` (the model itself included), in module order."""
-    for module in model.modules():
-        if isinstance(module, ResidualUnit):
-            yield module
+    return (module for module in model.modules() if isinstance(module, ResidualUnit))
 
 
 def residual_weight_layers(model: nn.Module) -> list[nn.Linear | nn.Conv2d]:
@@ -251,10 +239,9 @@ def residual_weight_layers(model: nn.Module) -> list[nn.Linear | nn.Conv2d]:
 
 
 def residual_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The residual-branch parameters (weights and biases) of every residual unit in ``model``.
+    """The residual-branch parameters (weights and biases) in ``model``: the paper's parameter set.
 
-    This is the paper's parameter set: the Hessian over these at the zero point is what the theory
-    predicts. Parameters are returned once each, in module order: those of every module with a
+    Once each, in module order: those of every module with a
     :meth:`ResidualUnit.branch_parameters` method, as the Hessian engine's ``params="residual"``.
     """
     return branch_parameters(model)

@@ -1,7 +1,5 @@
-"""Tasks: how the study learns a dataset, that is the model it builds, the loss and the evaluation.
-
-A :class:`~lightning_shortcut.data.DatasetInfo` names its task; the study reads everything that
-depends on it from there instead of asking which dataset it runs on.
+"""Tasks: how the study learns a dataset (its model, loss and evaluation), named by its
+:class:`~lightning_shortcut.data.DatasetInfo`, so that the study never asks which dataset it runs on.
 """
 
 from __future__ import annotations
@@ -71,30 +69,17 @@ def _regression_metrics(
     return half_mse_loss(outputs, targets), one_hot_accuracy(outputs, targets, num_classes)
 
 
-def _classifier(
-    datamodule: Any, *, layer: str, num_units: int, shortcut_depth: int, lr: float, width: int = 32
-) -> ResidualClassifier:
-    """Input projection, a linear-branch stack of ``width`` and a head."""
-    return ResidualClassifier(
-        datamodule.input_shape,
-        datamodule.num_classes,
-        width=width,
-        num_units=num_units,
-        shortcut_depth=shortcut_depth,
-        layer=layer,
-        activation=None,
-        lr=lr,
-    )
+def _classifier(datamodule: Any, **kwargs: Any) -> ResidualClassifier:
+    """Input projection, a linear-branch stack (32 wide unless ``width`` is given) and a head."""
+    kwargs = {"width": 32, "activation": None} | kwargs
+    return ResidualClassifier(datamodule.input_shape, datamodule.num_classes, **kwargs)
 
 
-def _regressor(
-    datamodule: Any, *, layer: str, num_units: int, shortcut_depth: int, lr: float
-) -> ResidualRegressor:
-    """The theory's bias-free linear stack on inputs of ``datamodule.input_shape = (width,)``."""
+def _regressor(datamodule: Any, *, layer: str, **kwargs: Any) -> ResidualRegressor:
+    """The theory's bias-free linear stack (``layer`` is ``"linear"``) on inputs of
+    ``datamodule.input_shape = (width,)``."""
     (width,) = datamodule.input_shape
-    return ResidualRegressor(
-        width, num_units, shortcut_depth, num_classes=datamodule.num_classes, lr=lr
-    )
+    return ResidualRegressor(width, num_classes=datamodule.num_classes, **kwargs)
 
 
 #: cross-entropy on integer labels; accuracy of the largest logit

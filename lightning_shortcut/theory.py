@@ -90,15 +90,6 @@ class ZeroPointSpectrum:
         return float(self.eigenvalues.abs().min())
 
 
-def condition_number(eigenvalues: Tensor, atol: float = 0.0) -> float:
-    """``max|lambda| / min|lambda|``: ``nan`` for a zero spectrum, ``inf`` for a singular one.
-
-    ``|lambda| <= atol`` counts as zero.
-    """
-    magnitudes = eigenvalues.abs()
-    return magnitude_ratio(float(magnitudes.max()), float(magnitudes.min()), atol)
-
-
 def activation_slope_at_zero(activation: ActivationSpec) -> float:
     """``s'(0)`` as PyTorch differentiates it (1.0 for no activation).
 
@@ -119,24 +110,11 @@ def activation_slope_at_zero(activation: ActivationSpec) -> float:
     return float(slope)
 
 
-def _explicit_depth_one_hessian(inputs: Tensor, residual: Tensor, num_units: int) -> Tensor:
-    num_samples, width = inputs.shape
-    second_moment = inputs.T @ inputs / num_samples
-    cross = inputs.T @ residual / num_samples  # C[c, a] = E[x_c r_a]
-    eye = torch.eye(width, dtype=inputs.dtype)
-    gauss_newton = torch.kron(eye, second_moment)
-    coupling = torch.einsum("bB,ca->abBc", eye, cross).reshape(width * width, width * width)
-    size = width * width
-    hessian = torch.empty(num_units * size, num_units * size, dtype=inputs.dtype)
-    for k in range(num_units):
-        for j in range(num_units):
-            block = gauss_newton.clone()
-            if k > j:
-                block += coupling
-            elif k < j:
-                block += coupling.T
-            hessian[k * size : (k + 1) * size, j * size : (j + 1) * size] = block
-    return hessian
+def _moments(inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``x`` in float64 on the CPU, ``Sigma = E[x x^T]`` and ``C = E[x r^T]`` with ``r = x - y``."""
+    x = inputs.detach().to(torch.float64).cpu()
+    residual = x - targets.detach().to(torch.float64).cpu()
+    return x, x.T @ x / len(x), x.T @ residual / len(x)
 
 
 def zero_point_hessian(
@@ -179,10 +157,8 @@ def zero_point_hessian(
             "`inputs` and `targets` must be non-empty (N, d) tensors of the same shape, got "
             f"{tuple(inputs.shape)} and {tuple(targets.shape)}."
         )
-    x = inputs.detach().to(torch.float64).cpu()
-    residual = x - targets.detach().to(torch.float64).cpu()
-    num_samples, width = x.shape
-    cross = x.T @ residual / num_samples
+    x, _, cross = _moments(inputs, targets)
+    width = x.shape[1]
     singular_values = torch.linalg.svdvals(cross)
     num_params = num_units * shortcut_depth * width * width
     if shortcut_depth >= 3:
@@ -192,14 +168,13 @@ def zero_point_hessian(
         magnitudes = (abs(slope) * singular_values).repeat_interleave(num_units * width)
         eigenvalues = torch.sort(torch.cat([magnitudes, -magnitudes])).values
     else:
-        hessian = _explicit_depth_one_hessian(x, residual, num_units)
+        matvec = depth_one_matvec(x, targets, num_units)  # its columns, exactly: v is one-hot
+        hessian = torch.stack([matvec(column) for column in torch.eye(num_params).double()])
         eigenvalues = torch.linalg.eigvalsh(hessian)
-    scale = float(eigenvalues.abs().max()) if num_params else 0.0
-    return ZeroPointSpectrum(
-        eigenvalues=eigenvalues,
-        condition_number=condition_number(eigenvalues, atol=1e-12 * max(scale, 1e-300)),
-        singular_values=singular_values,
-    )
+    # nan for a zero spectrum, inf for a singular one: |lambda| within 1e-12 of the largest is 0
+    top, bottom = float(eigenvalues.abs().max()), float(eigenvalues.abs().min())
+    kappa = magnitude_ratio(top, bottom, atol=1e-12 * max(top, 1e-300))
+    return ZeroPointSpectrum(eigenvalues, kappa, singular_values)
 
 
 def depth_one_matvec(inputs: Tensor, targets: Tensor, num_units: int) -> Callable[[Tensor], Tensor]:
@@ -212,22 +187,15 @@ def depth_one_matvec(inputs: Tensor, targets: Tensor, num_units: int) -> Callabl
     the ill-conditioning the paper describes).
     """
     check_positive_int("num_units", num_units)
-    x = inputs.detach().to(torch.float64).cpu()
-    residual = x - targets.detach().to(torch.float64).cpu()
-    num_samples, width = x.shape
-    second_moment = x.T @ x / num_samples
-    cross = x.T @ residual / num_samples
+    x, second_moment, cross = _moments(inputs, targets)
+    width = x.shape[1]
 
     def matvec(vector: Tensor) -> Tensor:
         blocks = vector.view(num_units, width, width)
         total = blocks.sum(dim=0)
         before = torch.cumsum(blocks, dim=0) - blocks  # sum over j < k
         after = total - before - blocks  # sum over j > k
-        out = (
-            total @ second_moment
-            + cross.T @ before.transpose(1, 2)
-            + after.transpose(1, 2) @ cross.T
-        )
-        return out.reshape(-1)
+        before_t, after_t = before.transpose(1, 2), after.transpose(1, 2)
+        return (total @ second_moment + cross.T @ before_t + after_t @ cross.T).reshape(-1)
 
     return matvec

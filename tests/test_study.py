@@ -407,12 +407,14 @@ def test_trajectories_keep_the_axes_on_the_runs_that_trained(tmp_path, monkeypat
     assert bottom_edges == [[0.0], [1.0]]  # -2e12 below, nan at the top
 
 
-def _steps_that_report_their_process():
+def _steps_that_report_their_process(barrier=None):
     import os
 
     import torch
 
     def work(index):
+        if barrier is not None and index < 2:  # each waits for the other: two processes run them
+            barrier.wait(timeout=60)
         torch.manual_seed(index)
         return index, os.getpid(), torch.get_num_threads(), float(torch.randn(64, 64).sum())
 
@@ -420,6 +422,7 @@ def _steps_that_report_their_process():
 
 
 def test_steps_run_in_forked_workers_on_one_thread_and_keep_their_order():
+    import multiprocessing
     import os
 
     import torch
@@ -429,7 +432,10 @@ def test_steps_run_in_forked_workers_on_one_thread_and_keep_their_order():
     threads = torch.get_num_threads()
     finished = []
     here = run_steps(_steps_that_report_their_process(), workers=1)
-    forked = run_steps(_steps_that_report_their_process(), workers=2, advance=finished.append)
+    # with a pool's tiny tasks, a busy machine can leave one worker to drain the queue alone
+    barrier = multiprocessing.get_context("fork").Barrier(2)
+    steps = _steps_that_report_their_process(barrier)
+    forked = run_steps(steps, workers=2, advance=finished.append)
     assert [r[0] for r in forked] == list(range(6))  # results in the steps' order
     assert sorted(finished) == [f"step {index}" for index in range(6)]
     assert {r[1] for r in here} == {os.getpid()}

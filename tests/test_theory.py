@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from helpers.reference import dense_eigenvalues
+from helpers.reference import dense_eigenvalues, dense_hessian
 
 from lightning_shortcut import (
     ResidualStack,
@@ -113,10 +113,12 @@ def test_bad_inputs(inputs, targets, kwargs, match):
 
 
 @pytest.mark.parametrize("num_units", [1, 3, 5])
-def test_depth_one_matvec_matches_the_explicit_matrix(num_units):
-    from lightning_shortcut.theory import _explicit_depth_one_hessian, depth_one_matvec
+def test_depth_one_matvec_matches_the_dense_hessian(num_units):
+    from lightning_shortcut.theory import depth_one_matvec
 
     x, y = _teacher_data()
-    matrix = _explicit_depth_one_hessian(x, x - y, num_units)
+    stack = ZeroInit()(ResidualStack(x.shape[1], num_units, 1).double())
+    params = residual_parameters(stack)
+    matrix = dense_hessian(stack, lambda m: half_mse_loss(m(x), y), params)
     vector = torch.randn(matrix.shape[0], dtype=torch.float64)
     torch.testing.assert_close(depth_one_matvec(x, y, num_units)(vector), matrix @ vector)

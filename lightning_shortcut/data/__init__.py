@@ -1,11 +1,6 @@
 """LightningDataModules: MNIST, Fashion-MNIST, CIFAR-10, the offline ``digits`` default and a teacher
-task, and the registry of datasets the study and the recipes read (:data:`DATASETS`).
-
-One module per family: :mod:`~lightning_shortcut.data.base` (the base classes),
-:mod:`~lightning_shortcut.data.digits`, :mod:`~lightning_shortcut.data.mnist`,
-:mod:`~lightning_shortcut.data.cifar`, :mod:`~lightning_shortcut.data.teacher` and
-:mod:`~lightning_shortcut.data.registry`.
-"""
+task, one module per family, and the registry of datasets the study and the recipes read
+(:data:`DATASETS`)."""
 
 from lightning_shortcut.data.base import FileDataModule, TensorDataModule
 from lightning_shortcut.data.cifar import CIFAR10DataModule

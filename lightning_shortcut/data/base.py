@@ -9,8 +9,6 @@ from the training data with a seeded permutation, downloads only in ``prepare_da
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -97,19 +95,6 @@ class TensorDataModule(pl.LightningDataModule, ABC):
         return self._loader(self.test_set, shuffle=False)
 
 
-@contextmanager
-def _download_errors(name: str, data_dir: Path) -> Iterator[None]:
-    """Turn a failed torchvision download (no network, say) into one clear error."""
-    try:
-        yield
-    except Exception as error:
-        raise RuntimeError(
-            f"Could not download {name} into {data_dir} ({type(error).__name__}: {error}). Without "
-            f"network access, put the dataset's files into {data_dir} yourself and pass "
-            f"download=False (--data.init_args.download false)."
-        ) from None
-
-
 class FileDataModule(TensorDataModule):
     """Base class for data read from files in ``data_dir`` that torchvision can download.
 
@@ -161,6 +146,14 @@ class FileDataModule(TensorDataModule):
         )
 
     def prepare_data(self) -> None:
-        if self.download and self._locate() is None:
-            with _download_errors(self._name, self.data_dir):
-                self._download()
+        if not self.download or self._locate() is not None:
+            return
+        try:
+            self._download()
+        except Exception as error:  # no network, say: one clear error
+            raise RuntimeError(
+                f"Could not download {self._name} into {self.data_dir} ({type(error).__name__}: "
+                f"{error}). Without network access, put the dataset's files into "
+                f"{self.data_dir} yourself and pass download=False "
+                "(--data.init_args.download false)."
+            ) from None

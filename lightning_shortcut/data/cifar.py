@@ -30,10 +30,8 @@ class CIFAR10DataModule(FileDataModule):
         return [self.data_dir / "cifar-10-batches-py", self.data_dir]
 
     def _locate(self) -> Path | None:
-        for folder in self._candidates():
-            if all((folder / name).is_file() for name in (*self._train_files, "test_batch")):
-                return folder
-        return None
+        names = (*self._train_files, "test_batch")
+        return next((f for f in self._candidates() if all((f / n).is_file() for n in names)), None)
 
     def _download(self) -> None:
         import torchvision.datasets

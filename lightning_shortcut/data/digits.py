@@ -38,12 +38,10 @@ class DigitsDataModule(TensorDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size, val_fraction, num_workers, seed)
-        check_choice("task", task, ("classification", "regression"))
-        check_positive_int("width", width)
+        self.task = check_choice("task", task, ("classification", "regression"))
+        self.width = check_positive_int("width", width)
         if task == "regression" and not 10 <= width <= 64:
             raise ValueError(f"The regression task needs 10 <= width <= 64, got width={width}.")
-        self.task = task
-        self.width = width
         self.test_fraction = check_fraction("test_fraction", test_fraction)
         self.input_shape = (1, 8, 8) if task == "classification" else (width,)
 

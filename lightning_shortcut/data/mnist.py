@@ -58,14 +58,13 @@ class _IDXDataModule(FileDataModule):
         return [self.data_dir, self.data_dir / self._name / "raw"]
 
     def _locate(self) -> dict[str, Path] | None:
+        names = [name for pair in self._files.values() for name in pair]
         for folder in self._candidates():
-            found: dict[str, Path] = {}
-            for name in (n for pair in self._files.values() for n in pair):
-                for suffix in ("", ".gz"):
-                    if (folder / f"{name}{suffix}").is_file():
-                        found[name] = folder / f"{name}{suffix}"
-                        break
-            if len(found) == 4:
+            found = {
+                n: next((p for p in (folder / n, folder / f"{n}.gz") if p.is_file()), None)
+                for n in names
+            }
+            if None not in found.values():
                 return found
         return None
 
@@ -75,19 +74,15 @@ class _IDXDataModule(FileDataModule):
             files = ", ".join(f"{name}[.gz]" for pair in self._files.values() for name in pair)
             missing = self._missing(f"{self._name} IDX files ({files})", "a folder that holds them")
             raise FileNotFoundError(f"{missing}{self._hint}")
-        arrays = {name: read_idx(path) for name, path in found.items()}
-        (train_images, train_labels), (test_images, test_labels) = (
-            (arrays[images], arrays[labels]) for images, labels in self._files.values()
+        (train_x, train_y), (test_x, test_y) = (
+            (
+                torch.tensor(read_idx(found[images]), dtype=torch.float32).unsqueeze(1) / 255.0,
+                torch.tensor(read_idx(found[labels]), dtype=torch.long),
+            )
+            for images, labels in self._files.values()
         )
-        train_x = torch.tensor(train_images, dtype=torch.float32).unsqueeze(1) / 255.0
-        test_x = torch.tensor(test_images, dtype=torch.float32).unsqueeze(1) / 255.0
         mean, std = train_x.mean(), train_x.std()
-        return (
-            (train_x - mean) / std,
-            torch.tensor(train_labels, dtype=torch.long),
-            (test_x - mean) / std,
-            torch.tensor(test_labels, dtype=torch.long),
-        )
+        return (train_x - mean) / std, train_y, (test_x - mean) / std, test_y
 
 
 class MNISTDataModule(_IDXDataModule):

@@ -1,7 +1,6 @@
-"""The datasets, described as data: one :class:`DatasetInfo` per name, read by the study, the recipes
-and the ``shortcut-study`` command line (the pattern of timm's ``default_cfgs`` and
-``register_model``). A new dataset is one :func:`register_dataset` call here and its datamodule.
-"""
+"""The datasets as data (timm's ``default_cfgs``): one :class:`DatasetInfo` per name, read by the
+study, the recipes and ``shortcut-study``; a new dataset is its datamodule and one
+:func:`register_dataset` call here."""
 
 from __future__ import annotations
 
@@ -30,8 +29,8 @@ class RecipeDefaults:
         num_units: residual units.
         max_epochs: training epochs.
         lr: SGD learning rate (with momentum 0.9).
-        steps_per_epoch: batches of the training set at ``data_args``' batch size (the full
-            dataset's, after the validation split): the recipes' measurement schedule is set from it.
+        steps_per_epoch: training batches at ``data_args``' batch size: the recipes' measurement
+            schedule is set from it.
     """
 
     data_args: Mapping[str, Any]

@@ -42,12 +42,8 @@ class LinearTeacherDataModule(TensorDataModule):
 
     def _load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         generator = torch.Generator().manual_seed(self.seed)
-        teacher = (
-            torch.eye(self.width)
-            + self.teacher_scale
-            * torch.randn(self.width, self.width, generator=generator)
-            / self.width**0.5
-        )
+        gaussian = torch.randn(self.width, self.width, generator=generator)
+        teacher = torch.eye(self.width) + self.teacher_scale * gaussian / self.width**0.5
         x = torch.randn(self.num_train + self.num_test, self.width, generator=generator)
         y = x @ teacher.T + self.noise * torch.randn(x.shape, generator=generator)
         return x[: self.num_train], y[: self.num_train], x[self.num_train :], y[self.num_train :]

@@ -1,37 +1,24 @@
-"""``shortcut-study``: the paper's comparisons as a table and figures.
+"""``shortcut-study``: the paper's comparisons as tables and figures, written into ``--out``.
 
-Five parts, all written into ``--out``:
+Five parts (:data:`~lightning_shortcut.study.runner.PARTS`; docs/study.md shows what they find):
 
-1. The zero point: the condition number of the Hessian over the residual parameters of exactly
-   zero-initialized stacks, measured with the Lanczos engine, against the number of units for each
-   shortcut depth, beside the theory's prediction (``kappa_zero_point.csv/png``).
-2. Training: a grid shortcut depth x init x number of units, each run a Lightning ``Trainer`` with
-   :class:`~lightning_shortcut.callbacks.HessianEigenvalueMonitor`; ``summary.csv``/``summary.md``
-   hold the condition number at the initial point (``kappa_init``), the eigenvalues at the first and
-   last measurement, the final loss over the training set and the validation accuracy;
-   ``loss_curves.png`` and ``eigenvalue_trajectories.png`` show the runs.
-3. The learning rate against depth: each shortcut depth from small weights over a grid of learning
-   rates, beside the initial ``2 / lambda_max`` (``lr_sweep.csv``, ``lr_sweep_summary.csv``,
-   ``lr_sweep.png``).
-4. The edge of stability (Cohen et al. 2021, Fig. 1): full-batch gradient descent on a tanh MLP at
-   several learning rates, ``lambda_max`` along training against ``2 / lr``
-   (``edge_of_stability.csv``, ``edge_of_stability.png``).
-5. Where the curvature lives along training: the largest eigenvalue of each residual unit's
-   diagonal block of the Hessian at a few steps of SGD, for every shortcut depth, from small
-   weights and from Xavier (``unit_curvature.csv``, ``unit_curvature.png``).
+1. The zero point: the Hessian's condition number over the residual weights of exactly
+   zero-initialized stacks against the number of units, beside the theory's
+   (``kappa_zero_point.csv/png``).
+2. Training: shortcut depth x init x number of units, each a ``Trainer`` with
+   :class:`~lightning_shortcut.callbacks.HessianEigenvalueMonitor` (``summary.csv``,
+   ``summary.md``, ``loss_curves.png``, ``eigenvalue_trajectories.png``).
+3. The learning rate against depth, beside the initial ``2 / lambda_max`` (``lr_sweep.csv``,
+   ``lr_sweep_summary.csv``, ``lr_sweep.png``).
+4. The edge of stability (Cohen et al. 2021, Fig. 1): ``lambda_max`` along full-batch gradient
+   descent against ``2 / lr`` (``edge_of_stability.csv/png``).
+5. Each residual unit's ``lambda_max`` along SGD (``unit_curvature.csv/png``).
 
-The default runs offline on scikit-learn's ``digits`` in the theory's exact setting: inputs are
-the images' whitened PCA coordinates in 16 dimensions, targets the one-hot labels in the first 10 of
-16 outputs, the model a bias-free linear :class:`~lightning_shortcut.ResidualStack` on
-``0.5 * mean ||f(x) - y||^2`` trained by SGD. ``--data mnist|fashion_mnist|cifar10`` runs the
-classifier (input projection, stack, head) on those datasets instead.
-
-The package: :mod:`~.config` (``StudyConfig``, the budgets), :mod:`~.parts` (``StudyPart``, the
-base of a part, and ``Table``), :mod:`~.zero_point`, :mod:`~.training`, :mod:`~.lr_sweep`,
-:mod:`~.edge_of_stability` and :mod:`~.unit_curvature` (the parts), :mod:`~.results` (their result
-types), :mod:`~.report` (CSV and Markdown), :mod:`~.figures` (which reads only :mod:`~.results`
-and table rows), :mod:`~.runner` (``run_study`` and ``PARTS``, the parts in order) and :mod:`~.cli`
-(``main``, the command line).
+The default runs offline on scikit-learn's ``digits`` in the theory's exact setting (a bias-free
+linear :class:`~lightning_shortcut.ResidualStack` on ``0.5 * mean ||f(x) - y||^2``); ``--data
+mnist|fashion_mnist|cifar10`` trains the classifier instead. Modules: :mod:`~.config`,
+:mod:`~.parts` (the base of a part), one module per part, :mod:`~.results`, :mod:`~.report`,
+:mod:`~.figures`, :mod:`~.runner` and :mod:`~.cli`.
 """
 
 from lightning_shortcut.study.cli import main

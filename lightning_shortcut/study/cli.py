@@ -5,9 +5,6 @@ reads them back, and flags given after ``--config`` override the file::
 
     shortcut-study --print_config > study.yaml
     shortcut-study --config study.yaml --budget quick --out DIR
-
-Every field of :class:`StudyConfig` is a flag, under its own name and with hyphens
-(``--data_dir``/``--data-dir``); a tuple field takes one or more values (``--num-units 8 32``).
 """
 
 from __future__ import annotations
@@ -57,9 +54,7 @@ def build_parser() -> ArgumentParser:
         options["default"] = list(field.default) if several and field.default else field.default
         if several:
             options["nargs"] = "+"
-        if (
-            "choices" in field.metadata
-        ):  # the registry or budget names, read when the parser is built
+        if "choices" in field.metadata:  # the registry or budget names, read now
             options["type"] = Literal[tuple(field.metadata["choices"])]
         parser.add_argument(*names, **options)
     return parser

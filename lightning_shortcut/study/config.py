@@ -65,18 +65,15 @@ BUDGETS: dict[str, dict[str, Any]] = {
 #: The initializations the study trains from (names of :data:`~lightning_shortcut.init.INIT_STRATEGIES`).
 INIT_NAMES = ("small", "xavier", "orthogonal")
 
-_TUPLES = ("shortcut_depths", "inits", "num_units", "kappa_units", "sweep_lrs", "edge_lrs")
-_TUPLES += ("curvature_units",)
+_INT_TUPLES = ("shortcut_depths", "num_units", "kappa_units", "curvature_units")
 _POSITIVE_INTS = ("max_steps", "hessian_every", "sweep_steps", "edge_steps", "edge_every")
-_POSITIVE_INTS += ("curvature_points",)
-_POSITIVE_INTS += ("edge_samples", "batch_size", "hessian_samples")
+_POSITIVE_INTS += ("curvature_points", "edge_samples", "batch_size", "hessian_samples")
 
 
 @dataclass
 class StudyConfig:
-    """What the study runs. ``budget`` fills ``num_units``, ``kappa_units``, ``max_steps``,
-    ``hessian_every``, ``sweep_lrs``, ``sweep_steps``, ``edge_lrs``, ``edge_steps``,
-    ``edge_every``, ``curvature_units`` and ``curvature_points`` unless they are given.
+    """What the study runs. ``budget`` fills the fields its :data:`BUDGETS` entry names unless
+    they are given.
 
     Every field is a flag of ``shortcut-study`` (``--data_dir`` or ``--data-dir``; a tuple takes
     several values, ``--num-units 2 8``) and a key of its ``--config`` YAML.
@@ -105,13 +102,11 @@ class StudyConfig:
         lr: SGD learning rate.
         small_scale: standard deviation of the small initialization.
         batch_size: SGD batch size.
-        hessian_samples: training samples of the Hessian batch (512, where the monitor's default is
-            256: the study's curvature figures are its results, so it pays for half the sampling
-            variance).
+        hessian_samples: training samples of the Hessian batch (twice the monitor's default: the
+            curvature figures are the study's results).
         seed: seed of the data split, the initialization and training.
-        workers: processes that run the study's runs side by side, each on one CPU thread
-            (default: one per CPU core; 1 runs them one after another in this process). The
-            results do not depend on it.
+        workers: processes that run the study's runs side by side, one CPU thread each (default:
+            one per core; 1: in this process). The results do not depend on it.
     """
 
     out: Path = Path("study_out")
@@ -148,14 +143,12 @@ class StudyConfig:
         for key, value in BUDGETS[self.budget].items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
-        for name in _TUPLES:
+        self.inits = tuple(self.inits)
+        for name in ("sweep_lrs", "edge_lrs", *_INT_TUPLES):
             setattr(self, name, tuple(getattr(self, name)))  # a YAML or CLI list, say
-        for name in ("shortcut_depths", "num_units", "kappa_units", "curvature_units"):
+            check = check_positive_float if name.endswith("_lrs") else check_positive_int
             for value in getattr(self, name):
-                check_positive_int(name, value)
-        for name in ("sweep_lrs", "edge_lrs"):
-            for value in getattr(self, name):
-                check_positive_float(name, value)
+                check(name, value)
         for name in _POSITIVE_INTS:
             check_positive_int(name, getattr(self, name))
         if self.workers is not None:

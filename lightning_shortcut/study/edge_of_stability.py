@@ -1,27 +1,23 @@
 """The edge of stability: full-batch gradient descent drives ``lambda_max`` up to ``2 / lr``.
 
 Cohen, Kaur, Li, Kolter and Talwalkar, "Gradient Descent on Neural Networks Typically Occurs at the
-Edge of Stability" (ICLR 2021), Fig. 1: full-batch gradient descent on a 5 000-sample CIFAR-10
-subset; the sharpness (the largest eigenvalue of the training loss's Hessian) rises along training
-(progressive sharpening) until it reaches ``2 / lr``, the largest curvature a quadratic model is
-stable at, and then hovers just above it while the loss keeps falling, not monotonically.
+Edge of Stability" (ICLR 2021), Fig. 1: the sharpness (the largest eigenvalue of the training
+loss's Hessian) rises along training until it reaches ``2 / lr``, the largest curvature a quadratic
+model is stable at, then hovers just above it while the loss keeps falling, not monotonically.
 
-This part reproduces the figure on the study's data: the first ``edge_samples`` training samples
-(inputs flattened, class labels one-hot), a tanh MLP (two hidden layers of :data:`WIDTH` units, at
-PyTorch's default initialization, the same weights for every learning rate) on the squared loss
-``0.5 * mean ||f(x) - y||^2``, trained by full-batch gradient descent (``torch.optim.SGD`` without
-momentum on the whole subset) at each of ``edge_lrs`` for ``edge_steps`` steps. ``lambda_max`` of
-the Hessian of that full-batch loss over all parameters is measured every ``edge_every`` steps and
-at the last, each measurement warm-started from the previous one's eigenvector (``start=``).
+Here: the first ``edge_samples`` training samples (inputs flattened, class labels one-hot), a tanh
+MLP (two hidden layers of :data:`WIDTH` units, the same initial weights for every learning rate) on
+``0.5 * mean ||f(x) - y||^2``, full-batch gradient descent at each of ``edge_lrs`` for
+``edge_steps`` steps, and ``lambda_max`` over all parameters every ``edge_every`` steps and at the
+last, each measurement warm-started from the previous one's eigenvector.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 import time
-from dataclasses import asdict
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +26,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_shortcut.hessian import HessianSpectrum, hessian_eigenvalues
+from lightning_shortcut.models import regression_loss
 from lightning_shortcut.study.figures import plot_edge_of_stability
 from lightning_shortcut.study.parts import Step, StudyPart, Table, diverged
-from lightning_shortcut.study.results import EdgeResult
-from lightning_shortcut.theory import half_mse_loss
+from lightning_shortcut.study.results import EdgeResult, columns, row
 
 __all__ = ["WIDTH", "EdgeOfStabilityRuns"]
 
@@ -44,57 +40,24 @@ _TOL = 1e-3
 # a measured step is "at the edge" from this stability ratio on
 _AT_EDGE = 0.95
 
-_COLUMNS = (
-    "lr",
-    "threshold",
-    "max_eigenvalue_start",
-    "max_eigenvalue_end",
-    "first_step_at_edge",
-    "median_stability_second_half",
-    "min_stability_second_half",
-    "max_stability_second_half",
-    "final_loss",
-    "measurements",
-    "products_per_measurement",
-    "converged",
-)
-
-
-def _squared_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
-    inputs, targets = batch
-    return half_mse_loss(model(inputs), targets)
-
 
 class EdgeOfStabilityRuns(StudyPart):
     """Full-batch gradient descent at each of ``edge_lrs``, ``lambda_max`` along training against
-    ``2 / lr``: ``edge_of_stability.csv`` (per learning rate: ``lambda_max`` at the first and last
-    measurement, the first measured step at which ``lr * lambda_max / 2 >= 0.95``, the median,
-    smallest and largest stability ratio ``lr * lambda_max / 2`` over the run's second half, the
-    final loss, the measurements and their mean Hessian-vector products) and
-    ``edge_of_stability.png``.
-
-    ``self.models`` keeps each run's final model by learning rate, the weights of its last
-    measurement.
-    """
+    ``2 / lr``: ``edge_of_stability.csv`` (a row per learning rate, the fields of
+    :class:`~lightning_shortcut.study.results.EdgeResult` but its curves) and
+    ``edge_of_stability.png``. ``self.models`` keeps each run's final model by learning rate."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.results: list[EdgeResult] = []
         self.models: dict[float, nn.Module] = {}
 
     def steps(self) -> list[Step]:
-        return [
-            (f"edge of stability lr={lr:.3g}", partial(self._run, lr))
-            for lr in self.config.edge_lrs
-        ]
+        return self._each("edge of stability lr={:.3g}", self._run, self.config.edge_lrs)
 
     def tables(self) -> list[Table]:
-        rows = [
-            {k: v for k, v in asdict(r).items() if k not in ("sharpness", "losses", "products")}
-            for r in self.results
-        ]
-        title = "Edge of stability (full-batch gradient descent)"
-        return [Table("edge_of_stability.csv", title, "Edge of stability", rows, _COLUMNS)]
+        rows = [row(result) for result in self.results]
+        title, label = "Edge of stability (full-batch gradient descent)", "Edge of stability"
+        return [Table("edge_of_stability.csv", title, label, rows, columns(EdgeResult))]
 
     def figures(self) -> list[Path]:
         return [plot_edge_of_stability(self.config.out, self.results)] if self.results else []
@@ -111,13 +74,9 @@ class EdgeOfStabilityRuns(StudyPart):
 
     def _mlp(self, inputs: Tensor, targets: Tensor) -> nn.Module:
         torch.manual_seed(self.config.seed)  # the same initial weights at every learning rate
-        return nn.Sequential(
-            nn.Linear(inputs.shape[1], WIDTH),
-            nn.Tanh(),
-            nn.Linear(WIDTH, WIDTH),
-            nn.Tanh(),
-            nn.Linear(WIDTH, targets.shape[1]),
-        )
+        sizes = (inputs.shape[1], WIDTH, WIDTH, targets.shape[1])
+        layers = [m for pair in itertools.pairwise(sizes) for m in (nn.Linear(*pair), nn.Tanh())]
+        return nn.Sequential(*layers[:-1])  # no tanh on the output
 
     def keep(self, result: tuple[nn.Module, EdgeResult]) -> None:
         model, run = result
@@ -129,56 +88,44 @@ class EdgeOfStabilityRuns(StudyPart):
         batch = self.full_batch()
         model = self._mlp(*batch)
         optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-        sharpness: list[tuple[int, float]] = []
         losses: list[tuple[int, float]] = []
-        products: list[int] = []
-        converged, run_diverged, previous = True, False, None
+        measured: list[tuple[int, HessianSpectrum]] = []
+        previous = None
         for step in range(config.edge_steps + 1):
-            loss = _squared_loss(model, batch)
+            loss = regression_loss(model, batch)
             losses.append((step, float(loss.detach())))
             if diverged(losses[-1][1]):
-                run_diverged = True
-                break
+                break  # the last loss says so
             if step % config.edge_every == 0 or step == config.edge_steps:
-                previous = self._measure(model, batch, previous)
-                sharpness.append((step, previous.max))
-                products.append(previous.num_hvps)
-                converged = converged and previous.converged
-            if step == config.edge_steps:
-                break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        return model, _result(lr, sharpness, losses, products, converged, run_diverged, clock)
-
-    @staticmethod
-    def _measure(
-        model: nn.Module, batch: tuple[Tensor, Tensor], previous: HessianSpectrum | None
-    ) -> HessianSpectrum:
-        """``lambda_max`` of the full-batch loss, started from the previous measurement's vector."""
-        return hessian_eigenvalues(
-            model,
-            batch,
-            _squared_loss,
-            top_k=1,
-            bottom_k=0,
-            tol=_TOL,
-            start=previous,
-            vectors=True,  # the next measurement starts from them
-        )
+                previous = hessian_eigenvalues(  # warm: from the last measurement's vector
+                    model,
+                    batch,
+                    regression_loss,
+                    top_k=1,
+                    bottom_k=0,
+                    tol=_TOL,
+                    start=previous,
+                    vectors=True,
+                )
+                measured.append((step, previous))
+            if step < config.edge_steps:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        return model, _result(lr, measured, losses, diverged(losses[-1][1]), clock)
 
 
 def _result(
     lr: float,
-    sharpness: list[tuple[int, float]],
+    measured: list[tuple[int, HessianSpectrum]],
     losses: list[tuple[int, float]],
-    products: list[int],
-    converged: bool,
     run_diverged: bool,
     clock: float,
 ) -> EdgeResult:
     """One run's row: the stability ratios ``lr * lambda_max / 2`` summarized over its second half
     (the measurements from half the last measured step on)."""
+    sharpness = [(step, spectrum.max) for step, spectrum in measured]
+    products = [spectrum.num_hvps for _, spectrum in measured]
     ratios = [(step, lr * value / 2) for step, value in sharpness]
     last_step = ratios[-1][0] if ratios else 0
     second_half = [ratio for step, ratio in ratios if step >= last_step / 2]
@@ -196,7 +143,7 @@ def _result(
         diverged=run_diverged,
         measurements=len(sharpness),
         products_per_measurement=sum(products) / len(products) if products else math.nan,
-        converged=converged,
+        converged=all(spectrum.converged for _, spectrum in measured),
         seconds=time.perf_counter() - clock,
         sharpness=sharpness,
         losses=losses,

@@ -78,8 +78,7 @@ def plot_zero_point(
     ax.set_xscale("log", base=2)
     if any(math.isfinite(r["kappa_measured"]) for r in kappas):  # else no log axis: nothing to draw
         ax.set_yscale("log")
-    ax.set_xlabel("number of residual units")
-    ax.set_ylabel("condition number at the zero point")
+    ax.set(xlabel="number of residual units", ylabel="condition number at the zero point")
     ax.set_title("Hessian over the residual weights at the zero point")
     ax.legend(fontsize=8)
     return _save(fig, out / "kappa_zero_point.png", dpi=120)
@@ -100,8 +99,7 @@ def plot_loss_curves(out: Path, runs: Sequence[RunResult]) -> Path:
         stable = [loss for r in runs if not r.diverged for _, loss in r.losses[:1]]
         if stable:  # diverged runs leave the plot at the top instead of squashing it
             ax.set_ylim(top=3 * max(stable))
-        ax.set_title(_units(count))
-        ax.set_xlabel("step")
+        ax.set(title=_units(count), xlabel="step")
     axes[0][0].set_ylabel("training loss (minibatch)")
     axes[0][-1].legend(fontsize=7)
     return _save(fig, out / "loss_curves.png", dpi=110)
@@ -188,9 +186,7 @@ def plot_lr_sweep(out: Path, results: Sequence[SweepResult]) -> Path:
                     ax.axvline(predicted, color=color, linestyle="--", lw=1)
                 else:
                     beyond.append(f"n={n}: {predicted:.3g}")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlim(low, high)
+        ax.set(xscale="log", yscale="log", xlim=(low, high))
         note = f"\n2 / lambda_max off the axis: {', '.join(beyond)}" if beyond else ""
         ax.set_title(f"{_units(units)} (x: diverged; dashed: 2 / lambda_max){note}", fontsize=8)
         ax.set_xlabel("learning rate")
@@ -221,55 +217,34 @@ def plot_edge_of_stability(out: Path, results: Sequence[EdgeResult]) -> Path:
         if result.diverged:  # at the edge of the axis instead of stretching it
             last = result.losses[-1][0] if result.losses else 0
             sharp_ax.plot([last], [top], "x", color=color, markersize=8, clip_on=False)
-    loss_ax.set_yscale("log")
-    loss_ax.set_xlabel("step")
-    loss_ax.set_title("full-batch training loss")
+    loss_ax.set(yscale="log", xlabel="step", title="full-batch training loss")
     loss_ax.legend(fontsize=8)
-    sharp_ax.set_ylim(0, top)
-    sharp_ax.set_xlabel("step")
-    sharp_ax.set_title("lambda_max (sharpness); dashed: 2 / lr")
+    sharp_ax.set(ylim=(0, top), xlabel="step", title="lambda_max (sharpness); dashed: 2 / lr")
     return _save(fig, out / "edge_of_stability.png", dpi=110)
 
 
 def plot_unit_curvature(out: Path, rows: Sequence[dict[str, Any]], threshold: float) -> Path:
-    """``unit_curvature.png``: each residual unit's ``lambda_max`` along training, a panel per
-    run (a row of panels per initialization and number of units, a column per shortcut depth), a
-    color per unit (dark: nearest the input). Each panel has its own linear axis from 0, so the
-    units of a run can be told apart (read the scales: they differ by orders of magnitude);
-    ``threshold`` (``2 / lr``) is dotted where it falls inside a panel. A run that diverged ends in
-    an x at the top of its panel, at the step it diverged.
-
-    Args:
-        out: the output folder.
-        rows: the rows of ``unit_curvature.csv`` (``shortcut_depth``, ``init``, ``num_units``,
-            ``step``, ``diverged_at_step`` and ``unit_<k>``).
-        threshold: the learning rate's ``2 / lr``.
-    """
+    """``unit_curvature.png`` from the rows of ``unit_curvature.csv``: each unit's ``lambda_max``
+    along training, a panel per run (a row per init and number of units, a column per shortcut
+    depth), a color per unit (dark: nearest the input), each panel on its own linear axis from 0
+    (the scales differ by orders of magnitude), ``threshold`` (``2 / lr``) dotted where inside; a
+    run that diverged ends in an x at the top of its panel, at the step it diverged."""
     panels = sorted({(r["init"], r["num_units"]) for r in rows})  # small weights first
     depths = sorted({r["shortcut_depth"] for r in rows})
     plt = _pyplot()
-    fig, axes = plt.subplots(
-        len(panels),
-        len(depths),
-        figsize=(3.9 * len(depths) + 1.4, 2.5 * len(panels) + 0.4),
-        squeeze=False,
-        sharex=True,
-    )
+    size = (3.9 * len(depths) + 1.4, 2.5 * len(panels) + 0.4)
+    fig, axes = plt.subplots(len(panels), len(depths), figsize=size, squeeze=False, sharex=True)
     for row_axes, (init, count) in zip(axes, panels, strict=True):
         colors = plt.get_cmap("viridis")([k / max(count - 1, 1) for k in range(count)])
         for ax, depth in zip(row_axes, depths, strict=True):
-            runs = [
-                r
-                for r in rows
-                if (r["init"], r["num_units"], r["shortcut_depth"]) == (init, count, depth)
-            ]
+            key = (init, count, depth)
+            runs = [r for r in rows if (r["init"], r["num_units"], r["shortcut_depth"]) == key]
             title = f"n = {depth}, {init}, {_units(count)}"
             steps = [r["step"] for r in runs]
             for unit in range(count):
                 values = [r[f"unit_{unit}"] for r in runs]
                 ax.plot(steps, values, "o-", color=colors[unit], markersize=3, linewidth=1.2)
-            finite = [r[f"unit_{k}"] for r in runs for k in range(count)]
-            finite = [v for v in finite if math.isfinite(v)]
+            finite = [v for r in runs for k in range(count) if math.isfinite(v := r[f"unit_{k}"])]
             if finite and min(finite) >= 0 and max(finite) > 0:  # from 0, the top line inside
                 ax.set_ylim(0, 1.08 * max(finite))
             low, high = ax.get_ylim()
@@ -277,15 +252,8 @@ def plot_unit_curvature(out: Path, rows: Sequence[dict[str, Any]], threshold: fl
                 ax.axhline(threshold, color="gray", linestyle=":", linewidth=1)
             diverged_at = runs[-1]["diverged_at_step"] if runs else None
             if diverged_at is not None:  # on the top edge, in axes coordinates
-                ax.plot(
-                    [diverged_at],
-                    [1.0],
-                    "x",
-                    color="black",
-                    markersize=8,
-                    clip_on=False,
-                    transform=ax.get_xaxis_transform(),
-                )
+                edge = {"clip_on": False, "transform": ax.get_xaxis_transform()}
+                ax.plot([diverged_at], [1.0], "x", color="black", markersize=8, **edge)
                 title += f": diverged at step {diverged_at}"
             ax.set_title(title, fontsize=9)
         row_axes[0].set_ylabel("lambda_max of the unit", fontsize=9)
@@ -300,9 +268,6 @@ def plot_unit_curvature(out: Path, rows: Sequence[dict[str, Any]], threshold: fl
         row_axes[-1].legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
     for ax in axes[-1]:
         ax.set_xlabel("step")
-    fig.suptitle(
-        "Largest eigenvalue of each residual unit's Hessian block along SGD (each panel its own "
-        "scale)",
-        fontsize=11,
-    )
+    title = "Largest eigenvalue of each residual unit's Hessian block along SGD"
+    fig.suptitle(f"{title} (each panel its own scale)", fontsize=11)
     return _save(fig, out / "unit_curvature.png", dpi=110)

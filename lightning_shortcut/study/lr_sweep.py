@@ -11,8 +11,6 @@ largest minibatch loss on the way (``peak_loss``).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +18,9 @@ import lightning.pytorch as pl
 import torch
 
 from lightning_shortcut.hessian import edge_of_stability, hessian_eigenvalues
-from lightning_shortcut.init import init_strategy
 from lightning_shortcut.study.figures import plot_lr_sweep
 from lightning_shortcut.study.parts import Step, StudyPart, Table, diverged
-from lightning_shortcut.study.results import SweepResult
+from lightning_shortcut.study.results import SweepResult, row
 
 __all__ = ["LearningRateSweep"]
 
@@ -42,36 +39,21 @@ def _all_alike(runs: list[SweepResult]) -> bool:
 
 class LearningRateSweep(StudyPart):
     """SGD from small weights at every learning rate of ``sweep_lrs`` for every shortcut depth and
-    ``num_units``, ``sweep_steps`` steps each: ``lr_sweep.csv``, ``lr_sweep_summary.csv`` (per depth:
-    the predicted ``2 / lambda_max``, the largest learning rate that did not diverge and the best
-    one, NaN where the runs that did not diverge all ended within :data:`ALIKE` of each other; a
-    run that did not diverge may still have collapsed, see ``final_loss``) and
-    ``lr_sweep.png``. Runs are plain PyTorch loops on the study's data and model, so the sweep costs
-    seconds; ``lambda_max`` at the start is one Hessian measurement per configuration (the same
-    initial weights for every learning rate).
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.results: list[SweepResult] = []
+    ``num_units``, ``sweep_steps`` steps each, in plain PyTorch loops: ``lr_sweep.csv``,
+    ``lr_sweep_summary.csv`` (per depth: the predicted ``2 / lambda_max``, the largest learning
+    rate that did not diverge and the best one, NaN where the runs that did not diverge all ended
+    within :data:`ALIKE` of each other) and ``lr_sweep.png``."""
 
     def steps(self) -> list[Step]:
-        return [
-            (f"lr sweep n={depth} {units:>3} units", partial(self._sweep, depth, units))
-            for depth in self.config.shortcut_depths
-            for units in self.config.num_units
-        ]
+        grid = (self.config.shortcut_depths, self.config.num_units)
+        return self._each("lr sweep n={} {:>3} units", self._sweep, *grid)
 
     def tables(self) -> list[Table]:
-        rows = [asdict(result) for result in self.results]
+        rows = [row(result) for result in self.results]
+        summary = ("lr_sweep_summary.csv", "Learning rate against depth", "LR vs depth")
         return [
             Table("lr_sweep.csv", "Learning rate sweep", "LR sweep", rows),
-            Table(
-                "lr_sweep_summary.csv",
-                "Learning rate against depth",
-                "LR vs depth",
-                self._summary(),
-            ),
+            Table(*summary, self._summary()),
         ]
 
     def figures(self) -> list[Path]:
@@ -84,29 +66,16 @@ class LearningRateSweep(StudyPart):
         loss_fn, batch, max_eigenvalue = self.dataset.task.loss_fn, self._hessian_batch(), None
         results = []
         for lr in self.config.sweep_lrs:
-            pl.seed_everything(self.config.seed, verbose=False)
-            initial = init_strategy(INIT, scale=self.config.small_scale)
-            model = initial(self._model(shortcut_depth, num_units, lr))
+            model = self._model(shortcut_depth, INIT, num_units, lr)
             optimizer = model.configure_optimizers()
             if max_eigenvalue is None:  # the same initial weights at every learning rate
                 max_eigenvalue = hessian_eigenvalues(model, batch, loss_fn, bottom_k=0).max
             report = edge_of_stability(  # SGD: lr * lambda_max / c, no product
                 model, batch, optimizer, loss_fn, hessian_max_eigenvalue=max_eigenvalue
             )
-            final_loss, run_diverged, peak_loss = self._train(model, optimizer)
-            results.append(
-                SweepResult(
-                    shortcut_depth=shortcut_depth,
-                    init=INIT,
-                    num_units=num_units,
-                    lr=lr,
-                    final_loss=final_loss,
-                    diverged=run_diverged,
-                    peak_loss=peak_loss,
-                    max_eigenvalue_init=max_eigenvalue,
-                    stability_init=report.stability,
-                )
-            )
+            trained = self._train(model, optimizer)  # final_loss, diverged, peak_loss
+            run = (shortcut_depth, INIT, num_units, lr, *trained, max_eigenvalue, report.stability)
+            results.append(SweepResult(*run))
         return results
 
     def _train(
@@ -115,61 +84,42 @@ class LearningRateSweep(StudyPart):
         """``sweep_steps`` SGD steps on the study's shuffled batches; (final train loss, diverged,
         largest minibatch loss on the way: a spike that came back down is a catapult, not a
         divergence)."""
-        task, steps = self.dataset.task, self.config.sweep_steps
-        generator = torch.Generator().manual_seed(self.config.seed)
-        inputs, targets = self.datamodule.train_set.tensors
-        batch_size = self.config.batch_size
+        batches, peak = self._minibatches(), -math.inf
         model.train()
-        taken, peak = 0, -math.inf
-        while taken < steps:
-            order = torch.randperm(len(inputs), generator=generator)
-            for begin in range(0, len(order) - batch_size + 1, batch_size):
-                index = order[begin : begin + batch_size]
-                loss = task.loss_fn(model, (inputs[index], targets[index]))
-                value = float(loss.detach())
-                peak = max(peak, value) if math.isfinite(value) else math.inf
-                if diverged(value):
-                    return math.inf, True, peak
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                taken += 1
-                if taken == steps:
-                    break
-        final, _ = task.evaluate(model, self.datamodule.train_set, self.datamodule.num_classes)
+        for _ in range(self.config.sweep_steps):
+            value = self._sgd_step(model, optimizer, batches)
+            peak = max(peak, value) if math.isfinite(value) else math.inf
+            if diverged(value):
+                return math.inf, True, peak
+        task, data = self.dataset.task, self.datamodule
+        final, _ = task.evaluate(model, data.train_set, data.num_classes)
         return (math.inf, True, peak) if diverged(final) else (final, False, peak)
 
     def _summary(self) -> list[dict[str, Any]]:
+        by_run: dict[tuple[int, int], list[SweepResult]] = {}  # in the steps' order
+        for result in self.results:
+            by_run.setdefault((result.shortcut_depth, result.num_units), []).append(result)
         rows = []
-        for depth in self.config.shortcut_depths:
-            for units in self.config.num_units:
-                runs = [
-                    r for r in self.results if r.shortcut_depth == depth and r.num_units == units
-                ]
-                if not runs:
-                    continue
-                not_diverged = [r for r in runs if not r.diverged]
-                best = min(not_diverged, key=lambda r: r.final_loss) if not_diverged else None
-                if best is not None and _all_alike(not_diverged):
-                    best = None  # nothing trained: the smallest loss would be a pick of noise
-                first = runs[0]
-                rows.append(
-                    {
-                        "shortcut_depth": depth,
-                        "num_units": units,
-                        "max_eigenvalue_init": first.max_eigenvalue_init,
-                        # the learning rate at which the initial stability ratio is 1
-                        "predicted_max_lr": first.lr / first.stability_init
-                        if first.stability_init > 0
-                        else math.inf,
-                        "largest_lr_not_diverged": max(
-                            (r.lr for r in not_diverged), default=math.nan
-                        ),
-                        "smallest_lr_diverged": min(
-                            (r.lr for r in runs if r.diverged), default=math.nan
-                        ),
-                        "best_lr": best.lr if best else math.nan,
-                        "best_final_loss": best.final_loss if best else math.nan,
-                    }
-                )
+        for (depth, units), runs in by_run.items():
+            trained = [r for r in runs if not r.diverged]
+            # where nothing trained, the smallest loss would be a pick of noise
+            alike = not trained or _all_alike(trained)
+            best = None if alike else min(trained, key=lambda r: r.final_loss)
+            first = runs[0]
+            # the learning rate at which the initial stability ratio is 1
+            predicted = first.lr / first.stability_init if first.stability_init > 0 else math.inf
+            rows.append(
+                {
+                    "shortcut_depth": depth,
+                    "num_units": units,
+                    "max_eigenvalue_init": first.max_eigenvalue_init,
+                    "predicted_max_lr": predicted,
+                    "largest_lr_not_diverged": max((r.lr for r in trained), default=math.nan),
+                    "smallest_lr_diverged": min(
+                        (r.lr for r in runs if r.diverged), default=math.nan
+                    ),
+                    "best_lr": best.lr if best else math.nan,
+                    "best_final_loss": best.final_loss if best else math.nan,
+                }
+            )
         return rows

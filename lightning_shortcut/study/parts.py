@@ -6,18 +6,25 @@ run is one :class:`StudyPart` subclass in a module of its own and one entry ther
 
 from __future__ import annotations
 
+import itertools
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from torch import Tensor
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
 
 from lightning_shortcut.data.base import TensorDataModule
 from lightning_shortcut.data.registry import DatasetInfo
+from lightning_shortcut.hessian import HessianSpectrum, hessian_eigenvalues
+from lightning_shortcut.init import init_strategy
+from lightning_shortcut.residual import residual_parameters
 from lightning_shortcut.study.config import StudyConfig
 
 __all__ = ["DIVERGED_LOSS", "Step", "StudyPart", "Table", "diverged"]
@@ -71,15 +78,23 @@ class StudyPart(ABC):
         self.config = config
         self.dataset = dataset
         self.datamodule = datamodule
+        self.results: list[Any] = []
 
     @abstractmethod
     def steps(self) -> list[Step]:
         """The work, as (description, callable) pairs. Each callable seeds what it draws and
         returns its result without storing it, so that steps may run in any process and order."""
 
-    @abstractmethod
+    @staticmethod
+    def _each(description: str, work: Callable[..., Any], *axes: Sequence[Any]) -> list[Step]:
+        """A step per combination of the ``axes``' values, in order: ``work(*values)``, described
+        by ``description.format(*values)``."""
+        combinations = itertools.product(*axes)
+        return [(description.format(*values), partial(work, *values)) for values in combinations]
+
     def keep(self, result: Any) -> None:
-        """Store one step's result (called in the steps' order)."""
+        """Store one step's result in :attr:`results` (called in the steps' order)."""
+        self.results.append(result)
 
     def run(self) -> None:
         """Run every step here, in order, and keep the results."""
@@ -95,30 +110,64 @@ class StudyPart(ABC):
         return []
 
     def _model(
-        self, shortcut_depth: int, num_units: int, lr: float | None = None
+        self, shortcut_depth: int, init: str, num_units: int, lr: float | None = None
     ) -> pl.LightningModule:
-        """The dataset's task's model at PyTorch's default initialization (SGD at ``lr``, default
-        the study's)."""
-        return self.dataset.task.build_model(
+        """The dataset's task's model, seeded, its branches initialized by ``init`` (a name of
+        :func:`~lightning_shortcut.init.init_strategy`; ``"small"`` at ``small_scale``), trained
+        by SGD at ``lr`` (default: the study's)."""
+        pl.seed_everything(self.config.seed, verbose=False)
+        model = self.dataset.task.build_model(
             self.datamodule,
             layer=self.dataset.layer,
             num_units=num_units,
             shortcut_depth=shortcut_depth,
             lr=self.config.lr if lr is None else lr,
         )
+        overrides = {"scale": self.config.small_scale} if init == "small" else {}
+        return init_strategy(init, **overrides)(model)
 
-    @property
-    def kappa_tol(self) -> float:
-        """The ``tol`` of condition numbers (the zero point's and the training runs' initial
-        ``kappa_init``): ``1e-6`` where the closed forms give a number to check against (the
-        regression task), ``1e-3`` otherwise, so that a condition number above about ``1e3`` reads
-        ``inf`` there. A classifier's Hessian over the residual weights is singular at the zero
-        point (``C`` has rank at most the number of classes): at ``1e-6`` float32 products take
-        thousands of steps to say so."""
-        return 1e-6 if self.dataset.task.closed_form else 1e-3
+    def _both_ends(self, model: pl.LightningModule, max_iter: int) -> HessianSpectrum:
+        """The residual Hessian's largest and smallest ``|eigenvalue|`` on the Hessian batch: its
+        condition number. ``tol`` is ``1e-6`` where the closed forms give a number to check
+        against, ``1e-3`` otherwise (a condition number above about ``1e3`` reads ``inf``): a
+        classifier's residual Hessian is singular at the zero point (``C`` has rank at most the
+        number of classes), which float32 products at ``1e-6`` take thousands of steps to say."""
+        tol = 1e-6 if self.dataset.task.closed_form else 1e-3
+        loss_fn, params = self.dataset.task.loss_fn, residual_parameters(model)
+        batch = self._hessian_batch()
+        return hessian_eigenvalues(
+            model, batch, loss_fn, params=params, min_abs=True, tol=tol, max_iter=max_iter
+        )
 
     def _hessian_batch(self) -> tuple[Tensor, Tensor]:
         """The first ``hessian_samples`` training samples: the batch every Hessian is taken on."""
         inputs, targets = self.datamodule.train_set.tensors
         count = self.config.hessian_samples
         return inputs[:count], targets[:count]
+
+    def _sgd_step(self, model: nn.Module, optimizer: Optimizer, batches: Iterator[Any]) -> float:
+        """One SGD step on the next of ``batches`` (none where its loss says the run diverged);
+        returns the loss."""
+        loss = self.dataset.task.loss_fn(model, next(batches))
+        value = float(loss.detach())
+        if not diverged(value):
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return value
+
+    def _minibatches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """The study's shuffled training minibatches (full ones only), epoch after epoch."""
+        generator = torch.Generator().manual_seed(self.config.seed)
+        inputs, targets = self.datamodule.train_set.tensors
+        size = self.config.batch_size
+        if len(inputs) < size:
+            raise ValueError(
+                f"batch_size={size} is larger than the {len(inputs)} training samples of "
+                f"{self.config.data!r}; pass a batch_size of at most {len(inputs)}."
+            )
+        while True:
+            order = torch.randperm(len(inputs), generator=generator)
+            for begin in range(0, len(order) - size + 1, size):
+                index = order[begin : begin + size]
+                yield inputs[index], targets[index]

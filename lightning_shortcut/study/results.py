@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["EdgeResult", "RunResult", "SweepResult"]
+__all__ = ["EdgeResult", "RunResult", "SweepResult", "columns", "row"]
+
+
+# the metadata of a field holding a curve: in the figures, not in the tables
+_CURVE = {"curve": True}
+
+
+def _table_fields(result: Any) -> list[str]:
+    return [f.name for f in fields(result) if not f.metadata.get("curve")]
+
+
+def row(result: Any) -> dict[str, Any]:
+    """A result's fields but its curves: its row of the part's CSV."""
+    return {name: getattr(result, name) for name in _table_fields(result)}
+
+
+def columns(result_type: type) -> tuple[str, ...]:
+    """A result's columns in ``summary.md``: its row's but ``diverged`` and ``seconds``."""
+    return tuple(n for n in _table_fields(result_type) if n not in ("diverged", "seconds"))
 
 
 @dataclass
@@ -25,8 +43,8 @@ class RunResult:
     accuracy: float
     diverged: bool
     seconds: float
-    losses: list[tuple[int, float]] = field(default_factory=list, repr=False)
-    spectra: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    losses: list[tuple[int, float]] = field(default_factory=list, repr=False, metadata=_CURVE)
+    spectra: list[dict[str, Any]] = field(default_factory=list, repr=False, metadata=_CURVE)
 
 
 @dataclass
@@ -50,14 +68,11 @@ class EdgeResult:
 
     Attributes:
         lr: the learning rate.
-        threshold: ``2 / lr``, the largest ``lambda_max`` at which gradient descent on a quadratic is
-            stable.
+        threshold: ``2 / lr``, where gradient descent on a quadratic stops being stable.
         max_eigenvalue_start: ``lambda_max`` at the initial weights.
         max_eigenvalue_end: ``lambda_max`` at the last measurement.
-        first_step_at_edge: the first measured step at which ``lr * lambda_max / 2 >= 0.95``
-            (``None``: never).
-        median_stability_second_half: the median of ``lr * lambda_max / 2`` over the measurements
-            of the run's second half.
+        first_step_at_edge: the first measured step where ``lr * lambda_max / 2 >= 0.95``, or None.
+        median_stability_second_half: the median ``lr * lambda_max / 2`` of the run's second half.
         min_stability_second_half: the smallest of them.
         max_stability_second_half: the largest of them.
         final_loss: the full-batch loss at the last step (``inf`` if the run diverged).
@@ -85,6 +100,6 @@ class EdgeResult:
     products_per_measurement: float
     converged: bool
     seconds: float
-    sharpness: list[tuple[int, float]] = field(default_factory=list, repr=False)
-    losses: list[tuple[int, float]] = field(default_factory=list, repr=False)
-    products: list[int] = field(default_factory=list, repr=False)
+    sharpness: list[tuple[int, float]] = field(default_factory=list, repr=False, metadata=_CURVE)
+    losses: list[tuple[int, float]] = field(default_factory=list, repr=False, metadata=_CURVE)
+    products: list[int] = field(default_factory=list, repr=False, metadata=_CURVE)

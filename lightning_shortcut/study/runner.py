@@ -1,13 +1,13 @@
 """``run_study``: the study's parts under a progress bar, then their tables and figures.
 
-The steps of every part run side by side in ``config.workers`` processes (forked, each on one CPU
-thread): the study's models are small, and a second thread speeds one of them up by a few percent
-where a second process running another step doubles the throughput. Every step runs on one thread
-and seeds what it draws, so the tables do not depend on the number of workers.
+The steps run side by side in ``config.workers`` forked processes, one CPU thread each (the models
+are small: a second process doubles the throughput where a second thread adds a few percent); each
+seeds what it draws, so the tables do not depend on the number of workers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -76,15 +76,14 @@ def run_study(config: StudyConfig, progress: bool = True) -> list[RunResult]:
         console.print(summary)
         names = [t.file_name for t in tables] + ["summary.md"] + [p.name for p in figures]
         console.print(f"Wrote {', '.join(names)} into {config.out}")
-    return next(part.runs for part in parts if isinstance(part, TrainingGrid))
+    return next(part.results for part in parts if isinstance(part, TrainingGrid))
 
 
 def default_workers() -> int:
     """One worker per CPU core this process may run on."""
-    try:
+    if hasattr(os, "sched_getaffinity"):  # Linux
         return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    return os.cpu_count() or 1
 
 
 # the steps a forked worker runs, by index (set in the parent before the fork; not pickled)
@@ -109,19 +108,15 @@ def run_steps(
     global _STEPS
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    _STEPS, results, indices = steps, [None] * len(steps), range(len(steps))
+    forked = workers > 1 and len(steps) > 1 and "fork" in multiprocessing.get_all_start_methods()
     try:
-        if workers <= 1 or len(steps) <= 1 or "fork" not in multiprocessing.get_all_start_methods():
-            done = []
-            for description, work in steps:
-                done.append(work())
-                if advance is not None:
-                    advance(description)
-            return done
-        _STEPS = steps
-        results: list[Any] = [None] * len(steps)
-        context = multiprocessing.get_context("fork")
-        with context.Pool(min(workers, len(steps))) as pool:
-            for index, result in pool.imap_unordered(_run_step, range(len(steps))):
+        pool = (
+            multiprocessing.get_context("fork").Pool(min(workers, len(steps))) if forked else None
+        )
+        with pool or contextlib.nullcontext():
+            done = pool.imap_unordered(_run_step, indices) if pool else map(_run_step, indices)
+            for index, result in done:
                 results[index] = result
                 if advance is not None:
                     advance(steps[index][0])

@@ -5,38 +5,17 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import asdict
-from functools import partial
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
 from lightning_shortcut.callbacks import HessianEigenvalueMonitor
-from lightning_shortcut.hessian import hessian_eigenvalues
-from lightning_shortcut.init import init_strategy
-from lightning_shortcut.residual import residual_parameters
 from lightning_shortcut.study.figures import plot_eigenvalue_trajectories, plot_loss_curves
 from lightning_shortcut.study.parts import Step, StudyPart, Table, diverged
-from lightning_shortcut.study.results import RunResult
+from lightning_shortcut.study.results import RunResult, columns, row
 
 __all__ = ["TrainingGrid"]
-
-# the columns of summary.md (summary.csv has every field but the curves)
-_SUMMARY_COLUMNS = (
-    "shortcut_depth",
-    "init",
-    "num_units",
-    "kappa_init",
-    "kappa_init_converged",
-    "max_eigenvalue_start",
-    "min_eigenvalue_start",
-    "max_eigenvalue_end",
-    "min_eigenvalue_end",
-    "final_loss",
-    "accuracy",
-)
 
 
 class _LossRecorder(Callback):
@@ -61,50 +40,24 @@ class TrainingGrid(StudyPart):
     ``loss_curves.png`` and ``eigenvalue_trajectories.png``.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.runs: list[RunResult] = []
-
     def steps(self) -> list[Step]:
-        return [
-            (
-                f"training n={depth} {init:<10} {units:>3} units",
-                partial(self._train, depth, init, units),
-            )
-            for depth in self.config.shortcut_depths
-            for init in self.config.inits
-            for units in self.config.num_units
-        ]
+        config, description = self.config, "training n={} {:<10} {:>3} units"
+        grid = (config.shortcut_depths, config.inits, config.num_units)
+        return self._each(description, self._train, *grid)
 
     def tables(self) -> list[Table]:
-        rows = [
-            {k: v for k, v in asdict(run).items() if k not in ("losses", "spectra")}
-            for run in self.runs
-        ]
-        return [Table("summary.csv", "Training runs", "Training", rows, columns=_SUMMARY_COLUMNS)]
+        rows = [row(run) for run in self.results]
+        return [Table("summary.csv", "Training runs", "Training", rows, columns(RunResult))]
 
     def figures(self) -> list[Path]:
-        out = self.config.out
-        return [plot_loss_curves(out, self.runs), plot_eigenvalue_trajectories(out, self.runs)]
-
-    def keep(self, result: RunResult) -> None:
-        self.runs.append(result)
+        out, runs = self.config.out, self.results
+        return [plot_loss_curves(out, runs), plot_eigenvalue_trajectories(out, runs)]
 
     def _train(self, shortcut_depth: int, init: str, num_units: int) -> RunResult:
-        config, task = self.config, self.dataset.task
+        task = self.dataset.task
         start = time.perf_counter()
-        pl.seed_everything(config.seed, verbose=False)
-        overrides = {"scale": config.small_scale} if init == "small" else {}
-        model = init_strategy(init, **overrides)(self._model(shortcut_depth, num_units))
-        initial = hessian_eigenvalues(
-            model,
-            self._hessian_batch(),
-            task.loss_fn,
-            params=residual_parameters(model),
-            min_abs=True,
-            tol=self.kappa_tol,
-            max_iter=500,
-        )
+        model = self._model(shortcut_depth, init, num_units)
+        initial = self._both_ends(model, max_iter=500)
         monitor, recorder = self._fit(model)
         num_classes = self.datamodule.num_classes
         final_loss, _ = task.evaluate(model, self.datamodule.train_set, num_classes)

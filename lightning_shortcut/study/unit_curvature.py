@@ -1,16 +1,11 @@
 """Where the curvature lives along training: each residual unit's ``lambda_max``, by shortcut depth.
 
-The paper's zero point has a block structure: with shortcut depth 2 the Hessian over the branch
-weights is block-diagonal by unit there, each unit's block with the eigenvalues ``+-sigma_i(C)``;
-with depth 3 every block is zero (the flat saddle); with depth 1 each unit's block is the input's
-second moment and the curvature that grows with depth sits between the units. This part follows
-the diagonal blocks along training: the largest eigenvalue of each unit's block ``H_kk`` (the
-curvature of the loss when only unit ``k``'s branch moves), for every shortcut depth, from small
-weights and from Xavier initialization, at ``curvature_points`` steps of a plain SGD run of
-``max_steps`` steps at the study's learning rate (the runs of the training grid, without a
-``Trainer``), each measurement one call of
-:func:`~lightning_shortcut.hessian.block_eigenvalues` on the study's Hessian batch.
-
+At the paper's zero point, with shortcut depth 2 the Hessian over the branch weights is
+block-diagonal by unit (each block ``+-sigma_i(C)``); with depth 3 every block is zero; with depth 1
+each unit's block is the input's second moment and the curvature that grows with depth sits between
+the units. This part follows the largest eigenvalue of each unit's diagonal block ``H_kk`` at
+``curvature_points`` steps of a plain SGD run (the training grid's, without a ``Trainer``), each
+measurement one :func:`~lightning_shortcut.hessian.block_eigenvalues` call on the Hessian batch.
 A unit's ``lambda_max`` is a lower bound on the whole Hessian's (Cauchy interlacing), so a unit
 above ``2 / lr`` alone says that SGD's step is past the edge of stability of a quadratic model.
 """
@@ -18,18 +13,13 @@ above ``2 / lr`` alone says that SGD's step is past the edge of stability of a q
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
-from torch import Tensor
 
 from lightning_shortcut.hessian import block_eigenvalues
-from lightning_shortcut.init import init_strategy
 from lightning_shortcut.study.figures import plot_unit_curvature
 from lightning_shortcut.study.parts import Step, StudyPart, Table, diverged
 
@@ -40,19 +30,6 @@ INITS = ("small", "xavier")
 # each unit's lambda_max to 1% of the unit's largest |eigenvalue| (the training grid's monitor's
 # tol): on the figure's log axis a finer value changes nothing, and 1e-3 costs a third more
 _TOL = 1e-2
-# the columns of summary.md (the CSV also has every unit's value)
-_COLUMNS = (
-    "shortcut_depth",
-    "init",
-    "num_units",
-    "step",
-    "loss",
-    "min_unit_eigenvalue",
-    "max_unit_eigenvalue",
-    "sharpest_unit",
-    "converged",
-    "diverged_at_step",
-)
 
 
 def measurement_steps(max_steps: int, points: int) -> list[int]:
@@ -72,12 +49,11 @@ class UnitCurvatureRun:
         init: ``"small"`` or ``"xavier"``.
         num_units: the number of residual units.
         steps: the measured steps.
-        losses: the training loss (over the training set) at each measured step.
-        max_eigenvalues: for each measured step, the largest eigenvalue of each unit's diagonal
-            block, unit 0 (nearest the input) first; NaN where a unit's run did not converge.
-        converged: whether every unit's run of each measurement met the tolerance.
-        diverged_at_step: the step at which the loss diverged (the run stopped there), or
-            ``None``.
+        losses: the loss over the training set at each measured step.
+        max_eigenvalues: per measured step, each unit's ``lambda_max``, unit 0 (nearest the input)
+            first; NaN where a unit's run did not converge.
+        converged: per measured step, whether every unit's run met the tolerance.
+        diverged_at_step: the step at which the loss diverged (the run stopped there), or None.
     """
 
     shortcut_depth: int
@@ -120,50 +96,32 @@ class UnitCurvatureRun:
 
 
 class UnitCurvature(StudyPart):
-    """Each residual unit's ``lambda_max`` along SGD from small weights and from Xavier
-    initialization, for every shortcut depth and ``curvature_units`` number of units:
-    ``unit_curvature.csv`` (per run and measured step: the training loss, every unit's
-    ``lambda_max``, the smallest and largest of them, the sharpest unit, whether the runs converged
-    and the step at which the run diverged, if it did) and ``unit_curvature.png``.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.runs: list[UnitCurvatureRun] = []
+    """Each residual unit's ``lambda_max`` along SGD from :data:`INITS`, for every shortcut depth
+    and ``curvature_units`` number of units: ``unit_curvature.csv`` (:meth:`UnitCurvatureRun.rows`)
+    and ``unit_curvature.png``."""
 
     def steps(self) -> list[Step]:
-        return [
-            (
-                f"unit curvature n={depth} {init:<6} {units:>3} units",
-                partial(self._run, depth, init, units),
-            )
-            for units in self.config.curvature_units
-            for depth in self.config.shortcut_depths
-            for init in INITS
-        ]
+        grid = (self.config.curvature_units, self.config.shortcut_depths, INITS)
+        return self._each("unit curvature n={1} {2:<6} {0:>3} units", self._run, *grid)
 
     def tables(self) -> list[Table]:
-        title = "Each unit's lambda_max along training"
-        return [Table("unit_curvature.csv", title, "Unit curvature", self._rows(), _COLUMNS)]
+        rows, title = self._rows(), "Each unit's lambda_max along training"
+        shown = [key for key in rows[0] if not key.startswith("unit_")]  # summary.md: no unit's
+        return [Table("unit_curvature.csv", title, "Unit curvature", rows, shown)]
 
     def figures(self) -> list[Path]:
-        if not self.runs:
+        if not self.results:
             return []
         return [plot_unit_curvature(self.config.out, self._rows(), threshold=2 / self.config.lr)]
 
     def _rows(self) -> list[dict[str, Any]]:
         """Every run's rows, with a column per unit of the deepest run."""
-        width = max(run.num_units for run in self.runs)
-        return [row for run in self.runs for row in run.rows(width)]
+        width = max(run.num_units for run in self.results)
+        return [row for run in self.results for row in run.rows(width)]
 
-    def keep(self, result: UnitCurvatureRun) -> None:
-        self.runs.append(result)
-
-    def _run(self, shortcut_depth: int, init: str, num_units: int) -> UnitCurvatureRun:
+    def _run(self, num_units: int, shortcut_depth: int, init: str) -> UnitCurvatureRun:
         config = self.config
-        pl.seed_everything(config.seed, verbose=False)
-        overrides = {"scale": config.small_scale} if init == "small" else {}
-        model = init_strategy(init, **overrides)(self._model(shortcut_depth, num_units))
+        model = self._model(shortcut_depth, init, num_units)
         optimizer = model.configure_optimizers()
         run = UnitCurvatureRun(shortcut_depth, init, num_units)
         measured = set(measurement_steps(config.max_steps, config.curvature_points))
@@ -171,17 +129,12 @@ class UnitCurvature(StudyPart):
         model.train()
         for step in range(config.max_steps + 1):
             if step in measured and diverged(self._measure(model, run, step)):
-                run.diverged_at_step = step
                 break
-            if step == config.max_steps:
+            if step < config.max_steps and diverged(self._sgd_step(model, optimizer, batches)):
                 break
-            loss = self.dataset.task.loss_fn(model, next(batches))
-            if diverged(float(loss.detach())):
-                run.diverged_at_step = step
-                break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        else:
+            return run
+        run.diverged_at_step = step
         return run
 
     def _measure(self, model: pl.LightningModule, run: UnitCurvatureRun, step: int) -> float:
@@ -191,15 +144,9 @@ class UnitCurvature(StudyPart):
         loss, _ = task.evaluate(model, self.datamodule.train_set, self.datamodule.num_classes)
         if not math.isfinite(loss):
             return loss
+        batch, seed = self._hessian_batch(), self.config.seed
         spectra = block_eigenvalues(
-            model,
-            self._hessian_batch(),
-            task.loss_fn,
-            blocks="residual",
-            top_k=1,
-            bottom_k=0,
-            tol=_TOL,
-            seed=self.config.seed,
+            model, batch, task.loss_fn, blocks="residual", top_k=1, bottom_k=0, tol=_TOL, seed=seed
         )
         run.steps.append(step)
         run.losses.append(loss)
@@ -209,19 +156,3 @@ class UnitCurvature(StudyPart):
         run.converged.append(spectra.all_converged)
         model.train()  # evaluate() left it in eval mode
         return loss
-
-    def _minibatches(self) -> Iterator[tuple[Tensor, Tensor]]:
-        """The study's shuffled training minibatches (full ones only), epoch after epoch."""
-        generator = torch.Generator().manual_seed(self.config.seed)
-        inputs, targets = self.datamodule.train_set.tensors
-        size = self.config.batch_size
-        if len(inputs) < size:
-            raise ValueError(
-                f"batch_size={size} is larger than the {len(inputs)} training samples of "
-                f"{self.config.data!r}; pass a batch_size of at most {len(inputs)}."
-            )
-        while True:
-            order = torch.randperm(len(inputs), generator=generator)
-            for begin in range(0, len(order) - size + 1, size):
-                index = order[begin : begin + size]
-                yield inputs[index], targets[index]

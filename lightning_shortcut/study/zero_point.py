@@ -6,11 +6,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
-
-from lightning_shortcut.hessian import hessian_eigenvalues
-from lightning_shortcut.init import ZeroInit
-from lightning_shortcut.residual import residual_parameters
 from lightning_shortcut.study.figures import plot_zero_point
 from lightning_shortcut.study.parts import Step, StudyPart, Table
 from lightning_shortcut.theory import zero_point_hessian
@@ -29,52 +24,34 @@ class ZeroPoint(StudyPart):
     beside the closed forms' where they apply (``kappa_zero_point.csv``, ``kappa_zero_point.png``).
     """
 
-    rows: list[dict[str, Any]]
-
     def steps(self) -> list[Step]:
         return [("zero point: condition numbers", self._sweep)]
 
     def tables(self) -> list[Table]:
-        return [
-            Table(
-                "kappa_zero_point.csv",
-                "Condition number at the zero point",
-                "Zero point",
-                self.rows,
-            )
-        ]
+        title = "Condition number at the zero point"
+        return [Table("kappa_zero_point.csv", title, "Zero point", self.results)]
 
     def figures(self) -> list[Path]:
-        return [plot_zero_point(self.config.out, self.config.shortcut_depths, self.rows)]
+        return [plot_zero_point(self.config.out, self.config.shortcut_depths, self.results)]
 
     def keep(self, result: list[dict[str, Any]]) -> None:
-        self.rows = result
+        self.results = result  # one step: every row
 
     def _sweep(self) -> list[dict[str, Any]]:
-        batch = self._hessian_batch()
         return [
-            self._measure(batch, shortcut_depth, num_units)
+            self._measure(shortcut_depth, num_units)
             for shortcut_depth in self.config.shortcut_depths
             for num_units in self.config.kappa_units
             if not (shortcut_depth == 1 and num_units > _DEPTH_ONE_MAX_UNITS)
         ]
 
-    def _measure(self, batch: Any, shortcut_depth: int, num_units: int) -> dict[str, Any]:
-        pl.seed_everything(self.config.seed, verbose=False)
-        model = ZeroInit()(self._model(shortcut_depth, num_units))
-        measured = hessian_eigenvalues(
-            model,
-            batch,
-            self.dataset.task.loss_fn,
-            params=residual_parameters(model),
-            min_abs=True,
-            tol=self.kappa_tol,
-            max_iter=3000,
-        )
+    def _measure(self, shortcut_depth: int, num_units: int) -> dict[str, Any]:
+        measured = self._both_ends(self._model(shortcut_depth, "zero", num_units), max_iter=3000)
         theory = math.nan
         if self.dataset.task.closed_form:
+            inputs, targets = self._hessian_batch()
             theory = zero_point_hessian(
-                batch[0], batch[1], shortcut_depth=shortcut_depth, num_units=num_units
+                inputs, targets, shortcut_depth=shortcut_depth, num_units=num_units
             ).condition_number
         return {
             "shortcut_depth": shortcut_depth,
