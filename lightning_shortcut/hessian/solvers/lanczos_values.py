@@ -220,6 +220,7 @@ def _solve(
             pass
         again.close()
         result.vectors = [row.div_(space.norm(row)) for row in sums]
+    space.free_graph()  # no more products (the standard errors build their chunks' own graphs)
     return result
 
 
