@@ -141,6 +141,10 @@ def test_the_forecast_adds_the_density_snapshots_to_come():
     [
         (dict(gradient_overlap=True, method="pyhessian"), r"gradient_overlap.*pyhessian"),
         (dict(blocks="modules", method="pyhessian"), r"blocks.*pyhessian"),
+        # the values-only pass keeps no eigenvector: a warm start would fail at the next measurement
+        (dict(warm_start=True, method="lanczos_values"), r"warm_start=True.*lanczos_values"),
+        (dict(gradient_overlap=True, method="lanczos_values"), r"gradient_overlap.*lanczos_val"),
+        (dict(blocks="modules", method="lanczos_values"), r"blocks='modules'.*lanczos_values"),
     ],
 )
 def test_options_that_cannot_give_a_value_are_refused_together(options, match):

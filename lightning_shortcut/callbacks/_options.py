@@ -17,6 +17,7 @@ from lightning_shortcut.hessian._validation import (
 )
 from lightning_shortcut.hessian.blocks import check_block_settings
 from lightning_shortcut.hessian.settings import HessianSettings
+from lightning_shortcut.hessian.solvers.lanczos_values import VALUES_ONLY
 
 
 def monitor_settings(
@@ -106,4 +107,16 @@ def check_curvature_options(monitor: Any) -> None:
             "(a solver on the model's gradients) does not return: pass another method or "
             "gradient_overlap=False."
         )
+    wanting = {
+        "warm_start": monitor.warm_start,
+        "gradient_overlap": monitor.gradient_overlap,
+        "blocks": blocks,
+    }
+    for option, value in wanting.items():
+        if settings.method == VALUES_ONLY and value not in (None, False):
+            raise ValueError(
+                f"`{option}={value!r}` needs the eigenvectors, which method={VALUES_ONLY!r} does "
+                f"not keep: pass method='lanczos' (the default) or {option}="
+                f"{None if option == 'blocks' else False}."
+            )
     check_non_negative_int("density_snapshots", monitor.density_snapshots)
