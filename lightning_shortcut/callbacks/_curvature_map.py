@@ -278,14 +278,14 @@ class CurvatureMap:
         notes = []
         if self.blocks is not None:
             notes.append(
-                f"block_eigenvalues over {len(self.block_names)} blocks (included; "
+                f"block_eigenvalues over {len(self.block_names)} block(s) (included; "
                 "block_hvps and block_seconds are their share)"
             )
         if self.gradient_overlap:
             notes.append("a backward for gradient_overlap")
         if self.density_snapshots:
             notes.append(
-                f"{self.density_snapshots} density snapshots of {DENSITY_NUM_STEPS} products each "
+                f"{self.density_snapshots} density snapshot(s) of {DENSITY_NUM_STEPS} products each "
                 "(extra, on their own steps; density_seconds logs each)"
             )
         return "; with " + ", ".join(notes) if notes else ""
