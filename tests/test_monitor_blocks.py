@@ -79,7 +79,7 @@ def test_block_metrics_match_the_engine_on_the_same_weights(model_and_batches):
     assert record["block_hvps"] == spectra.num_hvps
     # the measurement's cost includes the blocks' (and says how much is theirs)
     assert record["num_hvps"] == spectrum.num_hvps + spectra.num_hvps
-    assert "block_eigenvalues over 2 blocks" in monitor._describe_cost(record)[0]
+    assert "block_eigenvalues over 2 block(s)" in monitor._describe_cost(record)[0]
 
 
 def test_a_block_that_does_not_converge_is_nan_with_one_warning(model_and_batches):
