@@ -41,7 +41,7 @@ if __name__ == "__main__":
     pl.seed_everything(0)
     # at the initial point only
     monitor = HessianEigenvalueMonitor(
-        num_samples=42, chunk_size=8, top_k=2, tol=1e-6, max_overhead=0
+        num_samples=42, chunk_size=8, top_k=2, tol=1e-6, max_overhead=0, density_snapshots=1
     )
     # self-scheduling within half of the training time: rank 0's clock allows steps 2 and 3;
     # measurements cost 0.5 s on rank 0 but 5 s on rank 1 (steps: 1 s), so the ranks agree on the
@@ -51,6 +51,8 @@ if __name__ == "__main__":
     )
     callbacks = [clock, SaveStart(out, monitor, budgeted), monitor, budgeted]
     kwargs = trainer_kwargs(out, callbacks=callbacks, max_steps=3)
-    kwargs.update(strategy="ddp", devices=2, deterministic=False)
+    # a logger: the density snapshot's file is written by rank 0 into a folder every rank asks for
+    logger = pl.loggers.CSVLogger(out, name="logs")
+    kwargs.update(strategy="ddp", devices=2, deterministic=False, logger=logger)
     trainer = pl.Trainer(**kwargs)
     trainer.fit(Classifier(), loader(shuffle=True))

@@ -24,6 +24,7 @@ def test_ddp_ranks_agree_with_a_single_process_on_the_union(tmp_path):
         return [{k: v for k, v in record.items() if k != "seconds"} for record in history]
 
     assert values(ranks[0]["history"]) == values(ranks[1]["history"])  # identical on every rank
+    assert list(tmp_path.glob("logs/version_*/hessian_density.csv"))  # written, nothing hung
     # the time budget is rank 0's decision (rank 1's own clock would skip steps 2 and 3)
     assert [r["step"] for r in ranks[0]["budgeted"]] == [0, 2, 3]
     assert values(ranks[0]["budgeted"]) == values(ranks[1]["budgeted"])

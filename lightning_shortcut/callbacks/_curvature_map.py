@@ -154,9 +154,9 @@ class CurvatureMap:
             errors = [*spectra[failed[0]].top_errors, *spectra[failed[0]].bottom_errors]
             finite = all(math.isfinite(error) for error in errors)
             self.guard.failed(
-                f"the eigenvalues of block(s) {failed}",
+                "the blocks' eigenvalues",
                 step,
-                spectra.reasons[failed[0]],
+                f"block(s) {failed}: {spectra.reasons[failed[0]]}",
                 kind="blocks_not_converged" if finite else "blocks_non_finite",
                 advice=f"raise max_iter, now {settings.max_iter}, or tol, now {settings.tol:g}"
                 if finite
@@ -246,21 +246,23 @@ class CurvatureMap:
             "seconds": density.seconds,
         }
         self.history.append(record)
+        folder = trainer.log_dir if trainer.loggers else None  # a broadcast: asked on every rank
         if trainer.is_global_zero:
-            self._write(trainer, record)
+            self._write(folder, record)
         return {"density_seconds": density.seconds, "density_hvps": float(density.num_hvps)}
 
-    def _write(self, trainer: pl.Trainer, record: dict[str, Any]) -> None:
+    def _write(self, folder: str | None, record: dict[str, Any]) -> None:
         # without a logger, log_dir is the working directory: nothing is written there
-        if not trainer.loggers or getattr(trainer, "log_dir", None) is None:
+        if folder is None:
             self.warn(
                 "density_file",
-                "HessianEigenvalueMonitor: the Trainer has no logger, so the density snapshots "
+                "HessianEigenvalueMonitor: the Trainer has no logger (or no log folder), so the "
+                "density snapshots "
                 f"are not written to {DENSITY_FILE}; they are kept in the monitor's "
                 "density_history only.",
             )
             return
-        path = Path(trainer.log_dir) / DENSITY_FILE
+        path = Path(folder) / DENSITY_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         new = not path.exists()
         with path.open("a", newline="") as handle:

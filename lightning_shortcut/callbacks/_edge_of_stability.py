@@ -62,7 +62,8 @@ class EdgeOfStabilityTracker:
         if self.skip_reason is not None or not trainer.optimizers:
             return {}, 0
         if spectrum.max is not None and not math.isfinite(spectrum.max):
-            return {}, 0  # a non-finite loss: the monitor warns about it already
+            # a non-finite loss (the monitor warns about it already): no ratio, logged as NaN
+            return {"stability": math.nan, "max_stable_lr": math.nan}, 0
         data, loss_fn, settings = inputs
         params = resolve_params(pl_module, settings.params)
         report = guard.run(

@@ -42,8 +42,9 @@ class BlockSpectra(Mapping[str, HessianSpectrum]):
     """The extreme eigenvalues of each diagonal block of a loss Hessian: a mapping ``name ->``
     :class:`~lightning_shortcut.hessian.HessianSpectrum`, in block order.
 
-    Each block's spectrum is what ``hessian_eigenvalues(params=block)`` returns, but that a block
-    whose run did not converge has NaN values (its error bounds are those its run reached).
+    Each block's spectrum is what ``hessian_eigenvalues(params=block, vectors=True)`` returns, but
+    that a block whose run did not converge has NaN values (its error bounds are those its run
+    reached).
 
     Attributes:
         spectra: the blocks' spectra by name.
@@ -128,9 +129,9 @@ def block_eigenvalues(
 
     Block ``b``'s ``H_bb`` is the Hessian of the loss over block ``b``'s parameters with the others
     held fixed: how sharp the loss is where only that block moves. Each block gets the run
-    ``hessian_eigenvalues(params=block, seed=seed)`` would make (the same values to rounding), on a
-    view of one operator over all the blocks, so each batch's forward is made once. The arguments
-    not listed below mean what they mean for
+    ``hessian_eigenvalues(params=block, seed=seed, vectors=True)`` would make (the same values to
+    rounding), on a view of one operator over all the blocks, so each batch's forward is made once.
+    The arguments not listed below mean what they mean for
     :func:`~lightning_shortcut.hessian.hessian_eigenvalues`; ``tol`` is relative to each block's
     own largest ``|eigenvalue|``.
 
@@ -263,7 +264,8 @@ def block_profile(
 
     Args:
         model: the model ``spectrum`` was measured on.
-        spectrum: a result of :func:`~lightning_shortcut.hessian.hessian_eigenvalues` on ``model``.
+        spectrum: a result of :func:`~lightning_shortcut.hessian.hessian_eigenvalues` on ``model``
+            with ``vectors=True`` (a values-only result has no vector to profile).
         blocks: as for :func:`resolve_blocks` (default: the residual units).
         params: the ``params`` the spectrum was measured with (default: all trainable).
 

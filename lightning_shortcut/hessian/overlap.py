@@ -57,8 +57,8 @@ def gradient_overlap(
     gradient is that of the loss whose Hessian it is.
 
     Args:
-        spectrum: a result of ``hessian_eigenvalues`` with ``top_k >= 1``; its top eigenvectors
-            span the subspace.
+        spectrum: a result of ``hessian_eigenvalues`` with ``top_k >= 1`` and ``vectors=True``; its
+            top eigenvectors span the subspace.
 
     Returns:
         A :class:`GradientOverlap`.
