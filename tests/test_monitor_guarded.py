@@ -191,3 +191,15 @@ def test_plot_draws_the_gradient_overlap_and_the_largest_stable_rate(tmp_path):
     (overlap,) = [axis for axis, title in zip(figure.axes, titles, strict=True) if "share" in title]
     assert list(overlap.lines[0].get_ydata()) == [0.1, 0.6]  # the NaN is not drawn, and said
     assert "1 values not drawn" in overlap.get_title()
+
+
+def test_a_monitor_fitted_twice_takes_its_density_snapshots_in_each_fit(tmp_path):
+    # the snapshots taken are kept for a resume, not carried into a new fit of the same monitor
+    monitor = HessianEigenvalueMonitor(
+        every_n_steps=2, num_samples=32, stderr=False, edge_of_stability=False, density_snapshots=1
+    )
+    for _ in range(2):
+        torch.manual_seed(0)
+        trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=[monitor], max_steps=2))
+        trainer.fit(Classifier(), loader())
+    assert [record["step"] for record in monitor.density_history] == [0, 0]

@@ -220,9 +220,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     @property
     def audit_every(self) -> int:
         """Every this many fit measurements one is cold: 1 (all cold) without warm starts."""
-        if self.warm_start is True:
-            return DEFAULT_AUDIT_EVERY
-        return int(self.warm_start) or 1
+        return DEFAULT_AUDIT_EVERY if self.warm_start is True else int(self.warm_start) or 1
 
     @property
     def density_history(self) -> list[dict[str, Any]]:
@@ -258,6 +256,8 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         refuse_strategies_without_double_backward(trainer)
+        if stage == "fit":  # a new fit plans its snapshots anew (a resume restores them after)
+            self._curvature.taken = []
 
     @override
     def on_train_batch_end(
