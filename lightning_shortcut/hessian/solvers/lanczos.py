@@ -37,7 +37,7 @@ from lightning_shortcut.hessian.solvers._vectors import (
 from lightning_shortcut.hessian.solvers.base import register_solver
 from lightning_shortcut.hessian.tracking import WarmStart, carried_forward, run_start
 
-__all__ = ["DEFAULT_MAX_BASIS", "MIN_PRODUCTS", "LanczosProcess", "lanczos"]
+__all__ = ["DEFAULT_MAX_BASIS", "MIN_PRODUCTS", "LanczosProcess", "lanczos", "vector_space"]
 
 #: Basis vectors kept by default: the extra memory of a call is about this many parameter vectors.
 DEFAULT_MAX_BASIS = 16
@@ -233,7 +233,7 @@ def _host_like(like: Tensor) -> Tensor:
     return torch.empty(0, dtype=like.dtype)
 
 
-def _space(operator: LinearOperator, host_basis: bool) -> LinearOperator:
+def vector_space(operator: LinearOperator, host_basis: bool) -> LinearOperator:
     """The space the solver's vectors live in: the operator's, or host memory where asked."""
     home = _host_like(operator.like)
     if not host_basis or (home.device, home.dtype) == (operator.like.device, operator.like.dtype):
@@ -270,7 +270,7 @@ def lanczos(
     operator's are on an accelerator; the vectors returned are in the operator's space.
     """
     check_options(max_basis, host_basis)
-    given, operator = operator, _space(operator, host_basis)
+    given, operator = operator, vector_space(operator, host_basis)
     buffer = _empty(operator, min(max_basis, operator.dim, max_iter + 1))
     # the eigenvectors found, each written once into its row (the locked rows are a view of it),
     # allocated when the first run has ended

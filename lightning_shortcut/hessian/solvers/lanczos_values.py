@@ -38,13 +38,16 @@ from lightning_shortcut.hessian.linear_operator import LinearOperator, check_fin
 from lightning_shortcut.hessian.results import HessianSpectrum
 from lightning_shortcut.hessian.solvers._stopping import Check, Decision, Ends, StoppingRule
 from lightning_shortcut.hessian.solvers._vectors import (
-    HostMemorySpace,
     owned_product,
     random_unit_vector,
     single_thread,
 )
 from lightning_shortcut.hessian.solvers.base import register_solver
-from lightning_shortcut.hessian.solvers.lanczos import DEFAULT_MAX_BASIS, check_options
+from lightning_shortcut.hessian.solvers.lanczos import (
+    DEFAULT_MAX_BASIS,
+    check_options,
+    vector_space,
+)
 from lightning_shortcut.hessian.tracking import WarmStart
 
 __all__ = ["VALUES_ONLY", "extreme_vectors", "lanczos_values", "refuse"]
@@ -74,14 +77,6 @@ def refuse(top_k: int, bottom_k: int, min_abs: bool, vectors: bool, start: bool)
         f"cannot give {', '.join(asked)}. Pass method='lanczos' (vectors=True where the "
         "eigenvectors or a warm start from the result are wanted)."
     )
-
-
-def _space(operator: LinearOperator, host_basis: bool) -> LinearOperator:
-    """The operator's space, or host memory where asked for and the vectors are elsewhere."""
-    home = torch.empty(0, dtype=operator.like.dtype)
-    if not host_basis or home.device == operator.like.device:
-        return operator
-    return HostMemorySpace(operator, home)
 
 
 def _inner(space: LinearOperator, first: Tensor, second: Tensor) -> float:
@@ -173,7 +168,7 @@ def extreme_vectors(
     refusal = refuse(top_k, bottom_k, min_abs, vectors=False, start=start is not None)
     if refusal:
         raise ValueError(refusal)
-    space = _space(operator, host_basis)
+    space = vector_space(operator, host_basis)
     result = _solve(space, generator, top_k, bottom_k, tol, max_iter, vectors)
     result.vectors = [vector.to(operator.like) for vector in result.vectors]
     return result
