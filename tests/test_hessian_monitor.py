@@ -338,6 +338,9 @@ def test_fsdp_is_refused_at_setup():
         ({"max_iter": None}, "max_iter"),
         ({"warm_start": 1}, r"warm_start.*int >= 2 .*got 1"),
         ({"warm_start": "yes"}, "warm_start"),
+        ({"stderr": 0}, r"stderr.*int n >= 1.*got 0"),
+        ({"stderr": "cold"}, r"stderr.*got 'cold'"),
+        ({"stderr": 2.5}, "stderr"),
         # solver options are refused where they enter, not at fit start
         ({"solver_options": {"max_basis": 2}}, r"max_basis.*>= 3, got 2"),
         (
@@ -362,3 +365,42 @@ def test_warm_starts_are_one_option_off_by_default_and_no_clock_is_public():
     parameters = inspect.signature(HessianEigenvalueMonitor).parameters
     assert "clock" not in parameters and "audit_every" not in parameters
     assert "batch_size" not in parameters and parameters["chunk_size"].default is None
+
+
+@pytest.mark.parametrize("stderr, rows", [(True, [0, 10]), (4, [0, 4, 8])])
+def test_standard_errors_come_on_their_schedule_and_the_values_alone_otherwise(
+    tmp_path, stderr, rows
+):
+    """The default: the standard errors with the first fit measurement and every 10th, the
+    values-only pass (no eigenvector kept) for the others."""
+    monitor = HessianEigenvalueMonitor(every_n_steps=1, num_samples=32, stderr=stderr, tol=1e-4)
+    assert monitor.settings.vectors is False  # no part of this monitor reads eigenvectors
+    fit(tmp_path, [monitor], max_steps=11)
+    with_stderr = [i for i, row in enumerate(monitor.history) if "max_eigenvalue_stderr" in row]
+    assert len(monitor.history) == 12 and with_stderr == rows
+    assert all(monitor.history[i]["max_eigenvalue_stderr"] > 0 for i in rows)
+    assert monitor.state_dict()["cold_measurements"] == 12
+
+
+def test_parts_that_read_eigenvectors_keep_them():
+    for options in ({"warm_start": True}, {"blocks": "modules"}, {"gradient_overlap": True}):
+        assert HessianEigenvalueMonitor(**options).settings.vectors is None, options
+    assert HessianEigenvalueMonitor(mode="train")._guard.stderr_every == 0
+
+
+def test_the_forecast_averages_the_standard_errors_over_their_cycle():
+    """Without warm starts the costly kind is a measurement with the standard errors, one in 10:
+    the forecast is (costly + 9 light) / 10 and says so."""
+    from lightning_shortcut.callbacks._cost_report import ExpectedCost
+
+    guard = HessianEigenvalueMonitor()._guard
+    assert (guard.cycle, guard.next_kind()) == (10, "cold")
+    settings = HessianEigenvalueMonitor().settings
+    assert guard.for_next(settings, cold=True).stderr == "cold"
+    assert (guard.next_kind(), guard.is_steady()) == ("values", False)
+    assert guard.for_next(settings, cold=True).stderr is False
+    assert guard.is_steady()
+    budget = SimpleNamespace(costs={"cold": 3.0})
+    expected = guard.expected(ExpectedCost(1.0), budget, steady=1.0)
+    assert expected.seconds == pytest.approx((3.0 + 9 * 1.0) / 10)
+    assert "standard errors with one in every 10" in expected.mix

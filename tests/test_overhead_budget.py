@@ -159,15 +159,19 @@ def test_the_initial_grant_is_what_was_measured_before_the_first_decision():
     )
 
 
-def test_a_warm_measurement_not_yet_made_is_expected_at_the_cold_cost_without_its_stderr():
-    monitor = HessianEigenvalueMonitor()
+@pytest.mark.parametrize("warm_start, light", [(True, "warm"), (False, "values")])
+def test_a_light_measurement_not_yet_made_is_expected_at_the_costly_one_without_its_stderr(
+    warm_start, light
+):
+    """Warm ones under warm_start; else those off the standard errors' schedule."""
+    monitor = HessianEigenvalueMonitor(warm_start=warm_start)
     monitor.budget.last_cost, monitor.budget.costs = 2.0, {"cold": 2.0}
     monitor._guard.stderr_share = 0.25  # of the cold measurement just made
     monitor._guard.seed_estimates(monitor.budget)
-    assert monitor.budget.estimate("warm") == 1.5
-    monitor.budget.costs["warm"] = 0.2  # once made, its own cost
+    assert monitor.budget.estimate(light) == 1.5
+    monitor.budget.costs[light] = 0.2  # once made, its own cost
     monitor._guard.seed_estimates(monitor.budget)
-    assert monitor.budget.estimate("warm") == 0.2
+    assert monitor.budget.estimate(light) == 0.2
 
 
 def test_the_spectrum_says_what_its_stderr_cost():

@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import torch
 
 from lightning_shortcut.callbacks._cost_report import ExpectedCost
 from lightning_shortcut.hessian.linear_operator import NonFiniteProductError
-from lightning_shortcut.hessian.tracking import SpectrumTracker
+from lightning_shortcut.hessian.settings import HessianSettings
+from lightning_shortcut.hessian.solvers.lanczos_values import VALUES_ONLY
+from lightning_shortcut.hessian.spectrum import HessianSpectrum
+from lightning_shortcut.hessian.tracking import DEFAULT_AUDIT_EVERY, SpectrumTracker
 
 __all__ = ["GUARDED_FAILURES", "GuardedMeasurements"]
 
@@ -34,20 +38,34 @@ Result = TypeVar("Result")
 class GuardedMeasurements:
     """The guarded step and the cost account of ``HessianEigenvalueMonitor``.
 
-    Its estimates are those of fit measurements that are cold or warm (``tracker`` decides): a cold
-    one costs several warm ones, a warm run given up more than a cold one; and of the density
-    snapshots still to come (``snapshots_to_come(step)``), which the forecast adds in.
+    Its estimates are those of fit measurements of two kinds, one in every :attr:`cycle` the
+    costly one: under ``warm_start`` cold (``tracker`` decides) or warm, a warm run given up costing
+    more than a cold one; else with the standard errors (every ``stderr_every``-th, the values-only
+    pass run twice) or without. And of the density snapshots still to come
+    (``snapshots_to_come(step)``), which the forecast adds in.
 
     Args:
         warn: ``warn(kind, message)``, the monitor's warn-once.
         tracker: the warm starts of the fit measurements.
         warm_start: the monitor's option, named in the cost report.
+        stderr: the monitor's option (``False`` where off): the standard errors with one fit
+            measurement in 10 (``True``: the cold audits themselves under ``warm_start``), or with
+            every ``stderr``-th cold one.
     """
 
     def __init__(
-        self, warn: Callable[[str, str], None], tracker: SpectrumTracker, warm_start: bool | int
+        self,
+        warn: Callable[[str, str], None],
+        tracker: SpectrumTracker,
+        warm_start: bool | int,
+        stderr: bool | int = False,
     ) -> None:
         self.warn, self.tracker, self.warm_start = warn, tracker, warm_start
+        #: with every this many cold fit measurements the standard errors (0: never)
+        self.stderr_every = (
+            (1 if warm_start else DEFAULT_AUDIT_EVERY) if stderr is True else int(stderr)
+        )
+        self.cold_count = 0  # cold fit measurements so far: the standard errors' schedule
         self.products = 0  # the current measurement's, over every call
         self.seconds = 0.0
         self.stderr_share = 0.0  # the standard errors' share of the last fit spectrum's time
@@ -95,25 +113,53 @@ class GuardedMeasurements:
             f"NaN, training goes on{f' ({advice})' if advice else ''}.",
         )
 
+    # the standard errors' schedule
+
+    def _stderr_due(self, cold: bool) -> bool:
+        every = self.stderr_every
+        return cold and bool(every) and self.cold_count % every == 0
+
+    def for_next(self, settings: HessianSettings, cold: bool) -> HessianSettings:
+        """``settings`` for the next fit measurement: the standard errors where their schedule
+        has them (with every ``stderr_every``-th cold one), else off."""
+        due = self._stderr_due(cold)
+        self.cold_count += cold
+        return settings if due or not settings.stderr else replace(settings, stderr=False)
+
+    def note(self, spectrum: HessianSpectrum) -> None:
+        """Learn from a fit spectrum the share of its time that one without the standard errors
+        would not spend: theirs, and the values-only pass's second run for the vectors."""
+        share = spectrum.stderr_seconds / max(spectrum.seconds, 1e-12)
+        if spectrum.stderr_seconds and spectrum.method == VALUES_ONLY:
+            share += (1 - share) / 2
+        self.stderr_share = share
+
     # the estimates the budget and the cost report read
 
     def next_kind(self) -> str:
-        return "cold" if self.tracker.cold_next else "warm"
+        if self.warm_start:
+            return "cold" if self.tracker.cold_next else "warm"
+        return "cold" if self._stderr_due(cold=True) else "values"
 
     @property
     def cycle(self) -> int:
-        # one cold audit in audit_every measurements (and, under Adam, one cold stability run)
-        return self.tracker.audit_every
+        # one cold audit in audit_every measurements (and, under Adam, one cold stability run);
+        # without warm starts, one with the standard errors in stderr_every
+        return self.tracker.audit_every if self.warm_start else max(self.stderr_every, 1)
 
     def seed_estimates(self, budget: Any) -> None:
         # a warm measurement that stops warm computes no standard errors and costs less than a cold
-        # one; one given up costs more (its products, then a cold run). Until one is made, expect
-        # the cold one's cost without the standard errors; the first attempt corrects it.
-        if "warm" not in budget.costs and self.stderr_share:
-            budget.costs["warm"] = budget.last_cost * (1 - self.stderr_share)
+        # one; one given up costs more (its products, then a cold run); one without the standard
+        # errors costs less. Until one is made, expect the costly one's cost without the standard
+        # errors; the first attempt corrects it.
+        light = "warm" if self.warm_start else "values"
+        if light not in budget.costs and self.stderr_share:
+            budget.costs[light] = budget.last_cost * (1 - self.stderr_share)
 
     def is_steady(self) -> bool:
-        return self.wholly_warm
+        if self.warm_start:
+            return self.wholly_warm
+        return self.cycle > 1 and (self.cold_count - 1) % self.cycle != 0
 
     def expected(self, base: ExpectedCost, budget: Any, steady: float | None) -> ExpectedCost:
         # one cold audit in audit_every measurements at the last cold one's cost, the others at
@@ -124,12 +170,15 @@ class GuardedMeasurements:
         if steady is None:
             return ExpectedCost(base.seconds, f"{base.mix}: warm runs were given up for cold ones")
         cold = budget.costs.get("cold", base.seconds)
-        return ExpectedCost(
-            (cold + (self.cycle - 1) * base.seconds) / self.cycle,
+        mix = (
             f"one cold in every {self.cycle} (warm_start={self.warm_start}) at {cold:.3g} s, "
             f"the others warm at {base.seconds:.3g} s; a warm run given up for a cold one "
-            "costs more",
+            "costs more"
+            if self.warm_start
+            else f"the standard errors with one in every {self.cycle} at {cold:.3g} s, the "
+            f"others at {base.seconds:.3g} s"
         )
+        return ExpectedCost((cold + (self.cycle - 1) * base.seconds) / self.cycle, mix)
 
     def extra_to_come(self, step: int) -> tuple[int, float]:
         return self.snapshots_to_come(step), self.snapshot_seconds

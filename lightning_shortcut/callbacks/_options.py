@@ -10,7 +10,6 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
 from lightning_shortcut.hessian._validation import (
-    check_bool,
     check_non_negative_float,
     check_non_negative_int,
     check_positive_int,
@@ -21,21 +20,27 @@ from lightning_shortcut.hessian.solvers.lanczos_values import VALUES_ONLY
 
 
 def monitor_settings(
-    *, params: Any, max_iter: Any, stderr: Any, mode: Any, **options: Any
+    *, params: Any, max_iter: Any, stderr: Any, mode: Any, vectors: bool, **options: Any
 ) -> HessianSettings:
     """The monitor's :class:`~lightning_shortcut.hessian.HessianSettings`, which check every
     solver and operator option where it enters; first the monitor's own rules: ``params`` is no
-    list of tensors (the model's parameters are found at fit start), every run is bounded, and the
-    standard errors come with cold measurements in eval mode."""
+    list of tensors (the model's parameters are found at fit start), every run is bounded, the
+    standard errors come with cold measurements in eval mode, and the eigenvectors are kept only
+    where a part of the monitor reads them (``vectors``: values alone otherwise)."""
     if not (params is None or params in ("all", "residual") or callable(params)):
         raise ValueError(f"`params` must be None, 'all', 'residual' or a callable, got {params!r}.")
     check_positive_int("max_iter", max_iter)  # a monitor's runs are always bounded
-    check_bool("stderr", stderr)
+    if not (isinstance(stderr, bool) or (isinstance(stderr, int) and stderr >= 1)):
+        raise ValueError(
+            "`stderr` must be True (with one fit measurement in 10), False or an int n >= 1 (with "
+            f"one in every n), got {stderr!r}."
+        )
     return HessianSettings(
         params=params,
         max_iter=max_iter,
         stderr="cold" if stderr and mode == "eval" else False,
         mode=mode,
+        vectors=None if vectors else False,
         **options,
     )
 

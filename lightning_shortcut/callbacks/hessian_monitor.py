@@ -55,7 +55,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
 
     - ``{log_prefix}max_eigenvalue``, ``min_eigenvalue``: the extremes (``top_k``/``bottom_k >= 1``).
     - ``{log_prefix}max_eigenvalue_stderr``, ``min_eigenvalue_stderr``: their standard errors over
-      Hessian batches of ``num_samples`` samples (``stderr=True``, ``mode="eval"``, cold ones).
+      Hessian batches of ``num_samples`` samples (``mode="eval"``, on ``stderr``'s schedule).
     - ``{log_prefix}top_<i>``, ``bottom_<i>``: the ``i``-th largest and smallest (``k > 1``).
     - ``{log_prefix}min_abs_eigenvalue``, ``condition_number``, ``min_abs_resolved`` (``min_abs``):
       the smallest ``|eigenvalue|``, max over min ``|eigenvalue|`` (``inf`` where the smallest is
@@ -79,9 +79,8 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
     meets a non-finite loss or product, runs out of memory or does not converge is logged (NaN where
     there is no value) and warned about once, naming it and the step, and training goes on.
 
-    Every argument is keyword-only. The measurements' options (``params``, ``mode``, the *Solver*
-    ones and ``stderr``) are checked here, once, into ``settings``, one frozen
-    :class:`~lightning_shortcut.hessian.HessianSettings` that every measurement passes along.
+    Every argument is keyword-only. The measurements' options are checked here, once, into
+    ``settings``: one frozen :class:`~lightning_shortcut.hessian.HessianSettings` for all of them.
 
     Args:
         every_n_steps: *Schedule.* Measure every this many optimizer steps (``None``: not by steps).
@@ -95,8 +94,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         num_samples: *Hessian batch.* Its size over all ranks (256 matched a 2048-sample Hessian's
             extremes as well as 512 on a BatchNorm CNN; ``*_stderr`` says how much it matters).
         chunk_size: *Hessian batch.* Samples per forward-backward pass of a product, to bound
-            memory (default: one chunk, whose first-order graph every product reuses; several
-            chunks recompute it). Not a training batch size: the Hessian is the same either way.
+            memory (default: one chunk, whose graph every product reuses; not a training batch).
         data: *Hessian batch.* A ``DataLoader`` or datamodule to draw it from instead.
         params: *Hessian batch.* ``"all"``/``None`` (every trainable parameter), ``"residual"`` (the
             ResidualStack branches, the paper's quantity) or a callable ``module -> parameters``.
@@ -108,8 +106,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         bottom_k: *Solver.* Number of smallest eigenvalues.
         min_abs: *Solver.* Also the smallest ``|eigenvalue|`` and the condition number (Lanczos).
         tol: *Solver.* The error allowed in each eigenvalue, relative to the largest
-            ``|eigenvalue|``; ``1e-2`` where the engine's default is ``1e-3``: a curve along
-            training reads 1%, and every factor of ten costs more products per measurement.
+            ``|eigenvalue|``: ``1e-2``, as a curve along training reads 1% (the engine's: ``1e-3``).
         max_iter: *Solver.* The products one eigenvalue run may use; one that reaches it logs its
             best estimates with ``converged=0`` and a warning.
         warm_start: *Solver.* ``False`` (default): every measurement is cold. ``True``: each fit
@@ -121,8 +118,10 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
             gradients, its error logged as ``hvp_error``).
         seed: *Solver.* Seed of the solver's private generator.
         solver_options: *Solver.* Options of the solver, e.g. ``{"max_basis": 10}``, checked here.
-        stderr: *Output.* Log the extremes' standard errors with every cold measurement
-            (``mode="eval"``; a product on each of 16 chunks of the Hessian batch).
+        stderr: *Output.* Log the extremes' standard errors (``mode="eval"``): ``True`` with one fit
+            measurement in 10 (the first, or the cold audits of ``warm_start``), an int ``n`` with
+            every ``n``-th cold one, and with each ``validate``/``test`` one. Each costs the run
+            again for its vectors and a product per 16 chunks of the batch (``docs/monitor.md``).
         edge_of_stability: *Output.* Log ``stability`` and ``max_stable_lr`` from the run's
             optimizer (:func:`~lightning_shortcut.hessian.edge_of_stability`).
         warn_above: *Output.* Warn once when ``stability`` stays above this for 3 measurements
@@ -175,7 +174,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         hvp: Literal["autograd", "finite_difference"] = "autograd",
         seed: int = 0,
         solver_options: dict[str, Any] | None = None,
-        stderr: bool = True,
+        stderr: bool | int = True,
         edge_of_stability: bool = True,
         warn_above: float | None = 2.0,
         log_prefix: str = "hessian/",
@@ -183,25 +182,24 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         gradient_overlap: bool = False,
         density_snapshots: int = 0,
     ) -> None:
-        #: the settings of every measurement (frozen), checked here: a bad one never reaches fit
+        #: every measurement's settings, checked here (eigenvectors only where a part reads them)
         self.settings = monitor_settings(
             params=params, mode=mode, method=method, top_k=top_k, bottom_k=bottom_k,
             min_abs=min_abs, tol=tol, max_iter=max_iter, hvp=hvp, seed=seed,
             solver_options=solver_options, stderr=stderr,
+            vectors=bool(warm_start) or blocks is not None or gradient_overlap,
         )  # fmt: skip
         self.num_samples, self.chunk_size, self.data = num_samples, chunk_size, data
-        self.loss_fn = loss_fn
-        self.warm_start = warm_start
+        self.loss_fn, self.warm_start, self.log_prefix = loss_fn, warm_start, log_prefix
         self.edge_of_stability, self.warn_above = edge_of_stability, warn_above
-        self.log_prefix = log_prefix
         self.blocks, self.gradient_overlap = blocks, gradient_overlap
         self.density_snapshots = density_snapshots
         validate_monitor_options(self)
-        # the parts, each with its own state: the warnings, the fit's warm starts (all cold when
-        # off), the guarded step every engine call goes through, the stability, the curvature map
+        # the parts, each with its own state (the standard errors' schedule: the guard's)
         self._warnings = MeasurementWarnings(num_samples, self.settings)
         self._tracker = SpectrumTracker(self.audit_every)
-        self._guard = GuardedMeasurements(self._warnings.once, self._tracker, warm_start)
+        stderr = self.settings.stderr and stderr
+        self._guard = GuardedMeasurements(self._warnings.once, self._tracker, warm_start, stderr)
         self._stability = EdgeOfStabilityTracker(
             warn_above, self._warnings.once, SpectrumTracker(self.audit_every)
         )
@@ -244,6 +242,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
             "tracker": self._tracker.state_dict(),
             "stability_tracker": self._stability.tracker.state_dict(),
             "density_steps": list(self._curvature.taken),
+            "cold_measurements": self._guard.cold_count,
         }
 
     @override
@@ -252,6 +251,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         self._tracker.load_state_dict(state_dict.get("tracker", {}))
         self._stability.tracker.load_state_dict(state_dict.get("stability_tracker", {}))
         self._curvature.taken = [int(step) for step in state_dict.get("density_steps", [])]
+        self._guard.cold_count = int(state_dict.get("cold_measurements", 0))
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -302,10 +302,9 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
 
     @override
     def _describe_cost(self, record: dict[str, float]) -> tuple[str, str]:
-        start = "warm" if record.get("warm_start") else "cold"
         return (
             f"{int(record['num_hvps'])} Hessian-vector products on {self._samples} samples, "
-            f"{start}{self._curvature.cost_note()}",
+            f"{'warm' if record.get('warm_start') else 'cold'}{self._curvature.cost_note()}",
             f"num_samples (the cost is linear in it), tol (now {self.settings.tol:g})",
         )
 
@@ -318,9 +317,8 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         self._guard.begin()
         spectrum = self._compute_spectrum(trainer, pl_module, stage)
         metrics = self._collect_metrics(trainer, pl_module, stage, spectrum)
-        self.history.append(
-            {"step": trainer.global_step, "epoch": trainer.current_epoch, "stage": stage, **metrics}
-        )
+        row = {"step": trainer.global_step, "epoch": trainer.current_epoch, "stage": stage}
+        self.history.append({**row, **metrics})
         self._log_metrics(trainer, stage, metrics)
 
     def _compute_spectrum(
@@ -332,6 +330,8 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         params = resolve_params(pl_module, self.settings.params) if stage == "fit" else None
         start = self._tracker.start(params) if stage == "fit" else None
         data, loss_fn, settings = self._inputs(pl_module, stage)
+        if stage == "fit":  # the standard errors on their schedule
+            settings = self._guard.for_next(settings, cold=start is None)
         spectrum = self._guard.run(
             "the spectrum",
             trainer.global_step,
@@ -346,7 +346,7 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
             )
         if stage == "fit":
             self._tracker.update(spectrum, params)
-            self._guard.stderr_share = spectrum.stderr_seconds / max(spectrum.seconds, 1e-12)
+            self._guard.note(spectrum)
         self._warnings.about(spectrum, spectrum.as_dict(), trainer.global_step)  # an engine result
         return spectrum
 
