@@ -1,15 +1,5 @@
-"""``lightning-shortcut plot``: draw the ``hessian/*`` curves a run logged.
-
-Reads a run's CSVLogger ``metrics.csv`` files, or its TensorBoard event files (when ``tensorboard``
-is installed), and draws up to five panels against the step: the extreme eigenvalues with their
-standard errors (``*_stderr``) as error bars, the condition number (resolved values only, log axis),
-the stability ratio on a log axis with the edge of stability at 1, ``max_stable_lr`` (log axis) and
-``gradient_overlap`` (between 0 and 1), each where it was logged. The step axis spans the
-run's logged steps (every metric's), so a run measured a few times still shows where in training
-its points are.
-
-What is read: :func:`~lightning_shortcut.run_log.read_run`.
-"""
+"""``lightning-shortcut plot``: draw the ``hessian/*`` curves a run logged (docs/recipes.md shows
+the panels); what is read: :func:`~lightning_shortcut.run_log.read_run`."""
 
 from __future__ import annotations
 
@@ -144,11 +134,7 @@ def draw_hessian_metrics(
     Raises:
         ValueError: if ``series`` holds no eigenvalue, condition-number or stability series.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     panels = _panels(series)
     if not panels:
         raise ValueError(f"Nothing to plot: no series of {list(_TITLES)} in {sorted(series)}.")
@@ -211,11 +197,19 @@ def step_axis(axis: Any, steps: tuple[int, int] | None) -> None:
     axis.set_xlabel("step")
 
 
-def save_figure(figure: Any, path: Path) -> Path:
-    """Write ``figure`` to ``path`` (its folder created) and close it."""
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend: figures are written, never shown."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(figure: Any, path: Path, dpi: int = 120) -> Path:
+    """Write ``figure`` to ``path`` (its folder created) and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    figure.savefig(path, dpi=dpi)
+    pyplot().close(figure)
     return path

@@ -1,16 +1,6 @@
 """``lightning-shortcut plot``'s figures of where the curvature lives: the per-block curves and the
-spectral density snapshots a ``HessianEigenvalueMonitor(blocks=..., density_snapshots=...)`` logged.
-
-- The blocks figure: one panel per logged block metric (``max_eigenvalue``, ``min_eigenvalue``,
-  ``max_eigenvector_share``, ``min_eigenvector_share``), one line per block where there are at most
-  :data:`MAX_LINES` blocks, otherwise a heatmap of blocks by measured step.
-- The density figure: each snapshot's density (its Gauss quadrature nodes and weights smoothed by a
-  Gaussian of width :data:`SIGMA_SHARE` of the spectrum's range) on a log axis against the
-  eigenvalue, the snapshots overlaid and labelled by step. The snapshots are read from the
-  ``hessian_density.csv`` next to each log file read (``trainer.log_dir``).
-
-Only matplotlib (and its numpy) is imported, not torch.
-"""
+spectral density snapshots of ``HessianEigenvalueMonitor(blocks=..., density_snapshots=...)``, as
+docs/recipes.md shows. Only matplotlib (and its numpy) is imported, not torch."""
 
 from __future__ import annotations
 
@@ -20,7 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from lightning_shortcut.plot import save_figure, step_axis
+from lightning_shortcut.plot import pyplot, save_figure, step_axis
 from lightning_shortcut.run_log import RunLog, Series
 
 __all__ = [
@@ -80,7 +70,8 @@ def drawn_block_series(series: Series) -> list[str]:
 def draw_block_figure(
     series: Series, title: str | None = None, steps: tuple[int, int] | None = None
 ) -> Any:
-    """The per-block figure (see the module docstring), not yet saved.
+    """The per-block figure: a panel per metric, a line per block (a heatmap above
+    :data:`MAX_LINES` blocks), not yet saved.
 
     Args:
         series: as :func:`~lightning_shortcut.plot.load_hessian_metrics` returns.
@@ -90,11 +81,9 @@ def draw_block_figure(
     Raises:
         ValueError: if ``series`` holds no ``block/<name>/<metric>`` series.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    plt = pyplot()
 
     metrics = block_series(series)
     if not metrics:
@@ -174,16 +163,14 @@ def density_curves(
 
 
 def draw_density_figure(snapshots: dict[int, Snapshot], title: str | None = None) -> Any:
-    """The density figure (see the module docstring), not yet saved.
+    """The snapshots' :func:`density_curves` on a log axis, labelled by step, not yet saved.
 
     Raises:
         ValueError: if there is no snapshot.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    plt = pyplot()
 
     if not snapshots:
         raise ValueError("No density snapshot to plot: was `density_snapshots` set?")

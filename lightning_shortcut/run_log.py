@@ -1,18 +1,6 @@
 """A run's logged metrics, read back from its CSVLogger ``metrics.csv`` files or its TensorBoard
-event files (when ``tensorboard`` is installed): what ``lightning-shortcut plot`` draws.
-
-What is read (:func:`read_run`):
-
-- a file: that file;
-- a folder: the run of the newest log below it. A run is a logger's ``name`` folder holding
-  ``version_N`` folders, one per ``Trainer.fit``: a run resumed from a checkpoint logs into a new
-  version, and the history before the checkpoint stays in the earlier one. The versions are merged
-  by step: each resumed version continues the one before it from its first logged step, and holds
-  every step from there (the earlier version's later steps were trained again after the resume;
-  the logs do not hold the checkpoint's step, so rows between it and that first step stay). A
-  version whose first step is not after the previous version's first step (``version_1`` starting
-  at step 0) is a new run, not a resume: the versions before it are left out;
-- a ``version_N`` folder or file: that version alone (and a note when it resumed an earlier one).
+event files (when ``tensorboard`` is installed): what ``lightning-shortcut plot`` draws. How a
+resumed run's ``version_N`` folders are merged by step is in docs/recipes.md.
 """
 
 from __future__ import annotations
@@ -90,7 +78,7 @@ class RunLog:
 
 
 def read_run(source: str | Path) -> RunLog:
-    """The logged metrics of the run ``source`` names (see the module's docstring for which files).
+    """The logged metrics of the run ``source`` names.
 
     Args:
         source: a ``metrics.csv`` or TensorBoard event file, a logger's version folder, a run's
@@ -169,8 +157,8 @@ def _with_resume_hint(run: RunLog) -> RunLog:
 
 
 def _read_versions(logs: Sequence[Path], notes: tuple[str, ...] = ()) -> RunLog:
-    """Merge ``logs`` (one run's, oldest version first) into one run, as the module's docstring
-    says: the chain of resumes that ends with the newest version, each cut where the next begins."""
+    """Merge ``logs`` (one run's, oldest version first): the chain of resumes that ends with the
+    newest version, each cut where the next begins."""
     versions = [(log, rows) for log in logs if (rows := _read_rows(log))]
     if not versions:  # nothing logged yet
         return RunLog(tuple(LogPart(log, None, None) for log in logs[-1:]), (), notes)

@@ -1,15 +1,5 @@
-"""The edge of stability: full-batch gradient descent drives ``lambda_max`` up to ``2 / lr``.
-
-Cohen, Kaur, Li, Kolter and Talwalkar, "Gradient Descent on Neural Networks Typically Occurs at the
-Edge of Stability" (ICLR 2021), Fig. 1: the sharpness (the largest eigenvalue of the training
-loss's Hessian) rises along training until it reaches ``2 / lr``, the largest curvature a quadratic
-model is stable at, then hovers just above it while the loss keeps falling, not monotonically.
-
-Here: the first ``edge_samples`` training samples (inputs flattened, class labels one-hot), a tanh
-MLP (two hidden layers of :data:`WIDTH` units, the same initial weights for every learning rate) on
-``0.5 * mean ||f(x) - y||^2``, full-batch gradient descent at each of ``edge_lrs`` for
-``edge_steps`` steps, and ``lambda_max`` over all parameters every ``edge_every`` steps and at the
-last, each measurement warm-started from the previous one's eigenvector.
+"""The edge of stability (Cohen et al., ICLR 2021, Fig. 1): full-batch gradient descent of a tanh
+MLP drives ``lambda_max`` up to ``2 / lr``, then hovers just above it (docs/study.md, Part 4).
 """
 
 from __future__ import annotations

@@ -1,13 +1,5 @@
-"""Where the curvature lives along training: each residual unit's ``lambda_max``, by shortcut depth.
-
-At the paper's zero point, with shortcut depth 2 the Hessian over the branch weights is
-block-diagonal by unit (each block ``+-sigma_i(C)``); with depth 3 every block is zero; with depth 1
-each unit's block is the input's second moment and the curvature that grows with depth sits between
-the units. This part follows the largest eigenvalue of each unit's diagonal block ``H_kk`` at
-``curvature_points`` steps of a plain SGD run (the training grid's, without a ``Trainer``), each
-measurement one :func:`~lightning_shortcut.hessian.block_eigenvalues` call on the Hessian batch.
-A unit's ``lambda_max`` is a lower bound on the whole Hessian's (Cauchy interlacing), so a unit
-above ``2 / lr`` alone says that SGD's step is past the edge of stability of a quadratic model.
+"""Where the curvature lives along training: each residual unit's ``lambda_max`` (its diagonal
+block's, a lower bound on the whole Hessian's) along SGD, by shortcut depth (docs/study.md, Part 5).
 """
 
 from __future__ import annotations
