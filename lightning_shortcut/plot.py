@@ -175,10 +175,7 @@ def draw_hessian_metrics(
 
 
 def plot_hessian_metrics(
-    series: Series,
-    out: str | Path,
-    title: str | None = None,
-    steps: tuple[int, int] | None = None,
+    series: Series, out: str | Path, title: str | None = None, steps: tuple[int, int] | None = None
 ) -> Path:
     """Draw the panels of :func:`draw_hessian_metrics` (same arguments) into the image ``out``
     (its folder is created) and return its path.

@@ -201,16 +201,11 @@ def plot_curvature_figures(
     written = []
     if block_series(series):
         figure = draw_block_figure(series, title, run.step_range)
-        written.append((out.with_name(f"{out.stem}_blocks{out.suffix}"), figure))
-        drawn = [drawn_block_series(series)]
-    else:
-        drawn = []
+        path = save_figure(figure, out.with_name(f"{out.stem}_blocks{out.suffix}"))
+        written.append((path, drawn_block_series(series)))
     snapshots = read_density_snapshots(run)
     if snapshots:
         figure = draw_density_figure(snapshots, title)
-        written.append((out.with_name(f"{out.stem}_density{out.suffix}"), figure))
-        drawn.append([f"step {step}" for step in snapshots])
-    return [
-        (save_figure(figure, path), names)
-        for (path, figure), names in zip(written, drawn, strict=True)
-    ]
+        path = save_figure(figure, out.with_name(f"{out.stem}_density{out.suffix}"))
+        written.append((path, [f"step {step}" for step in snapshots]))
+    return written

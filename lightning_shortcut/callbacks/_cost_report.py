@@ -66,10 +66,8 @@ class CostReport:
         expected: ExpectedCost | None = None,
         extra: tuple[int, float] = (0, 0.0),
     ) -> str:
-        """The report, once: ``cost`` is the latest measurement's seconds, ``what`` what it did,
-        ``expected`` what a measurement on a fixed schedule costs on average (default ``cost``),
-        ``extra`` the work still to come outside the schedule (density snapshots: how many, and
-        the seconds of each), which the forecast adds in."""
+        """The report, once: ``cost`` is the latest measurement's seconds, ``expected`` a fixed
+        schedule's average (default ``cost``), ``extra`` the snapshots to come and their seconds."""
         self.pending = False
         steps = trainer.global_step - self._start_step
         training = self.clock() - self._start - (monitor_seconds - self._monitor_seconds)
@@ -109,9 +107,8 @@ class CostReport:
         step_seconds: float,
         extra: tuple[int, float],
     ) -> str:
-        """How often the budget lets it measure: the time before the first step is granted, the
-        rest of ``budget`` of the run accrues evenly (OverheadBudget), less the ``extra`` work
-        still to come (booked to the same budget)."""
+        """How often the budget lets it measure, as OverheadBudget accrues it, less the ``extra``
+        work still to come."""
         total = run_length(trainer)
         rate = accrual_rate(budget, self._monitor_seconds / step_seconds, total)
         if math.isfinite(total):
@@ -150,8 +147,7 @@ def _fixed_schedule(
     extra: tuple[int, float],
 ) -> str:
     """What a fixed schedule adds: over the whole run where the Trainer knows its length (the time
-    measured so far, the initial point's included, the measurements still due at the expected
-    cost and the ``extra`` work still to come), else per training step from here on."""
+    measured so far and what is still due), else per training step from here on."""
     names, intervals = [], []  # the schedule's intervals in optimizer steps
     if every_n_steps is not None:
         names.append(f"every_n_steps={every_n_steps}")

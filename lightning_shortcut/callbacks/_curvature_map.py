@@ -1,9 +1,6 @@
-"""Where the curvature lives, for ``HessianEigenvalueMonitor``: per-block extremes, the extreme
-eigenvectors' profile over the blocks, the gradient's overlap with the top eigenspace, and spectral
-density snapshots along training (issue 25).
-
-:class:`CurvatureMap` is a component of the monitor with its own state (the blocks, the snapshots
-planned and taken); every engine call goes through the monitor's guarded step.
+"""Where the curvature lives, for ``HessianEigenvalueMonitor`` (issue 25): per-block extremes, the
+extreme eigenvectors' profile over the blocks, the gradient's overlap with the top eigenspace, and
+spectral density snapshots along training; every engine call goes through the guarded step.
 """
 
 from __future__ import annotations
@@ -82,9 +79,8 @@ class CurvatureMap:
     def prepare(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, params: Any, sharded: bool = False
     ) -> None:
-        """At fit start: resolve the blocks (refused here, naming them, where they do not fit the
-        model, as any option on a ``sharded`` model) and plan the snapshots not taken yet (a
-        resumed run keeps its earlier ones)."""
+        """At fit start: resolve the blocks (refused where they do not fit the model, as any
+        option on a ``sharded`` model) and plan the snapshots not taken yet."""
         if self.wanted() and sharded:
             raise ValueError(
                 f"{', '.join(self.wanted())} are not available on a model sharded by fully_shard "
@@ -209,8 +205,7 @@ class CurvatureMap:
     def snapshot_if_due(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: Inputs, at_end: bool
     ) -> None:
-        """A snapshot where one is due (``at_end``: at the end of fitting), booked to the monitor's
-        time budget and its costs logged."""
+        """A snapshot where one is due, booked to the monitor's time budget, its costs logged."""
         due = self.snapshot_due_at_end if at_end else self.snapshot_due
         if not due(trainer.global_step):
             return
@@ -257,9 +252,8 @@ class CurvatureMap:
             self.warn(
                 "density_file",
                 "HessianEigenvalueMonitor: the Trainer has no logger (or no log folder), so the "
-                "density snapshots "
-                f"are not written to {DENSITY_FILE}; they are kept in the monitor's "
-                "density_history only.",
+                f"density snapshots are not written to {DENSITY_FILE}; they are kept in the "
+                "monitor's density_history only.",
             )
             return
         path = Path(folder) / DENSITY_FILE

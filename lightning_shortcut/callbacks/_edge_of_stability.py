@@ -12,9 +12,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from lightning_shortcut.callbacks._guarded import GuardedMeasurements
 from lightning_shortcut.hessian.edge_of_stability import compute_edge_of_stability
 from lightning_shortcut.hessian.operator import LossFn, resolve_params
-from lightning_shortcut.hessian.optimizers import (
-    UnsupportedOptimizerError,
-)
+from lightning_shortcut.hessian.optimizers import UnsupportedOptimizerError
 from lightning_shortcut.hessian.settings import HessianSettings
 from lightning_shortcut.hessian.spectrum import HessianSpectrum
 from lightning_shortcut.hessian.tracking import SpectrumTracker
@@ -35,10 +33,7 @@ class EdgeOfStabilityTracker:
     """
 
     def __init__(
-        self,
-        warn_above: float | None,
-        warn: Callable[[str, str], None],
-        tracker: SpectrumTracker,
+        self, warn_above: float | None, warn: Callable[[str, str], None], tracker: SpectrumTracker
     ) -> None:
         self.warn_above = warn_above
         self.warn = warn

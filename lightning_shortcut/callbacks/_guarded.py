@@ -1,11 +1,5 @@
-"""The one path of every engine call the monitor makes, and the one account of what they cost.
-
-Every measurement (the spectrum with its standard errors, the stability ratio, the blocks, the
-profile, the overlap, the density snapshots) goes through :meth:`GuardedMeasurements.run`: it
-catches exactly the engine's documented failures (a non-finite loss or product, out-of-memory),
-warns once per measurement and kind of failure, naming both and the step, and books the call's
-products and seconds to the account that ``num_hvps``, ``seconds``, the budget and the forecast
-read. A solver that does not converge returns its best estimates (``converged=False``).
+"""The one path of every engine call the monitor makes (:meth:`GuardedMeasurements.run`: catch the
+engine's documented failures, warn once, log NaN) and the one account of what they cost.
 """
 
 from __future__ import annotations

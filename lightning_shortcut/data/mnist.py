@@ -31,12 +31,8 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 class _IDXDataModule(FileDataModule):
-    """MNIST-format data from IDX files (``.gz`` or not) in ``data_dir``.
-
-    Looked for in ``data_dir`` itself (for instance Debian's ``/usr/share/datasets/fashion-mnist``)
-    and in torchvision's layout ``data_dir/<Name>/raw``. ``download=True`` fetches them with
-    torchvision in ``prepare_data``.
-    """
+    """MNIST-format IDX files (``.gz`` or not) in ``data_dir`` or in torchvision's layout,
+    ``data_dir/<Name>/raw``."""
 
     input_shape = (1, 28, 28)
     num_classes = 10

@@ -1,12 +1,5 @@
-"""The learning rate against depth: where each shortcut depth diverges, and what ``2 / lambda_max`` said.
-
-Gradient descent on a quadratic is stable only while ``lr * lambda_max < 2``. The paper's practical
-message is that a shortcut depth whose initial curvature grows with depth (``n = 1``) forces a
-smaller step as the network deepens, while ``n = 2`` does not. This part trains each shortcut depth
-from small weights over a geometric grid of learning rates and records the final loss, divergence,
-``lambda_max`` at the start, the stability ratio at the start (the monitor's ``stability``) and the
-largest minibatch loss on the way (``peak_loss``).
-"""
+"""The learning rate against depth: where each shortcut depth diverges from small weights, beside
+the initial ``2 / lambda_max`` (docs/study.md, Part 3)."""
 
 from __future__ import annotations
 

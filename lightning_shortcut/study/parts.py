@@ -1,8 +1,5 @@
-"""``StudyPart``: one part of the study, which runs in steps and reports tables and figures.
-
-The study runs its parts in order (:data:`~lightning_shortcut.study.runner.PARTS`); a new kind of
-run is one :class:`StudyPart` subclass in a module of its own and one entry there.
-"""
+"""``StudyPart``: one part of the study (:data:`~lightning_shortcut.study.runner.PARTS`), which
+runs in steps and reports tables and figures."""
 
 from __future__ import annotations
 
@@ -112,9 +109,8 @@ class StudyPart(ABC):
     def _model(
         self, shortcut_depth: int, init: str, num_units: int, lr: float | None = None
     ) -> pl.LightningModule:
-        """The dataset's task's model, seeded, its branches initialized by ``init`` (a name of
-        :func:`~lightning_shortcut.init.init_strategy`; ``"small"`` at ``small_scale``), trained
-        by SGD at ``lr`` (default: the study's)."""
+        """The task's model, seeded, its branches initialized by ``init`` (``"small"`` at
+        ``small_scale``), trained by SGD at ``lr`` (default: the study's)."""
         pl.seed_everything(self.config.seed, verbose=False)
         model = self.dataset.task.build_model(
             self.datamodule,
@@ -127,11 +123,10 @@ class StudyPart(ABC):
         return init_strategy(init, **overrides)(model)
 
     def _both_ends(self, model: pl.LightningModule, max_iter: int) -> HessianSpectrum:
-        """The residual Hessian's largest and smallest ``|eigenvalue|`` on the Hessian batch: its
-        condition number. ``tol`` is ``1e-6`` where the closed forms give a number to check
-        against, ``1e-3`` otherwise (a condition number above about ``1e3`` reads ``inf``): a
-        classifier's residual Hessian is singular at the zero point (``C`` has rank at most the
-        number of classes), which float32 products at ``1e-6`` take thousands of steps to say."""
+        """The residual Hessian's largest and smallest ``|eigenvalue|`` on the Hessian batch.
+        ``tol=1e-6`` where the closed forms give a number to check; else ``1e-3``: a classifier's
+        residual Hessian is singular at the zero point, which ``1e-6`` takes thousands of steps
+        to say."""
         tol = 1e-6 if self.dataset.task.closed_form else 1e-3
         loss_fn, params = self.dataset.task.loss_fn, residual_parameters(model)
         batch = self._hessian_batch()
@@ -146,8 +141,7 @@ class StudyPart(ABC):
         return inputs[:count], targets[:count]
 
     def _sgd_step(self, model: nn.Module, optimizer: Optimizer, batches: Iterator[Any]) -> float:
-        """One SGD step on the next of ``batches`` (none where its loss says the run diverged);
-        returns the loss."""
+        """One SGD step on the next of ``batches`` (none once diverged); returns the loss."""
         loss = self.dataset.task.loss_fn(model, next(batches))
         value = float(loss.detach())
         if not diverged(value):

@@ -1,9 +1,5 @@
-"""``run_study``: the study's parts under a progress bar, then their tables and figures.
-
-The steps run side by side in ``config.workers`` forked processes, one CPU thread each (the models
-are small: a second process doubles the throughput where a second thread adds a few percent); each
-seeds what it draws, so the tables do not depend on the number of workers.
-"""
+"""``run_study``: the study's parts under a progress bar, run side by side in forked processes, one
+CPU thread each, then their tables and figures."""
 
 from __future__ import annotations
 
