@@ -7,11 +7,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from lightning_shortcut.run_log import LogPart, RunLog, Series, read_run
+from lightning_shortcut.run_log import Series, read_run
 
 __all__ = [
-    "LogPart",
-    "RunLog",
     "draw_hessian_metrics",
     "drawn_series",
     "load_hessian_metrics",
@@ -39,8 +37,7 @@ def load_hessian_metrics(source: str | Path, prefix: str = "hessian/") -> Series
     """The logged ``{prefix}*`` metrics of a run: ``name (without prefix) -> [(step, value)]``.
 
     Args:
-        source: as in :func:`read_run`: a log file, a version folder, a run folder (a resumed run's
-            versions merged by step) or a folder above it.
+        source: as in :func:`read_run`.
         prefix: the monitor's ``log_prefix``.
 
     Raises:
@@ -59,14 +56,8 @@ def load_hessian_metrics(source: str | Path, prefix: str = "hessian/") -> Series
 
 
 def load_step_range(source: str | Path) -> tuple[int, int] | None:
-    """The first and last step at which the run logged anything (any metric), or ``None``.
-
-    Args:
-        source: as in :func:`read_run`.
-
-    Raises:
-        FileNotFoundError: if there is no such file or no log below the folder.
-    """
+    """The first and last step at which the run ``source`` (as in :func:`read_run`) logged any
+    metric, or ``None``; ``FileNotFoundError`` where there is no log."""
     return read_run(source).step_range
 
 
@@ -87,15 +78,11 @@ def _panels(series: Series) -> list[tuple[str, list[str]]]:
 
 
 def _drawn_points(name: str, points: list[tuple[int, float]]) -> list[tuple[int, float]]:
-    """The points a panel shows: on a log axis the finite, positive values; else the finite."""
-    if name in _LOG_PANELS:
-        return _positive_points(points)
-    return [(step, value) for step, value in points if math.isfinite(value)]
-
-
-def _positive_points(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
-    """What a log axis can show: the finite, positive values."""
-    return [(step, value) for step, value in points if math.isfinite(value) and value > 0]
+    """The points a panel shows: the finite values, on a log axis the positive ones."""
+    log = name in _LOG_PANELS
+    return [
+        (step, value) for step, value in points if math.isfinite(value) and (value > 0 or not log)
+    ]
 
 
 def _error_bars(series: Series, key: str) -> list[tuple[int, float, float]]:
@@ -121,15 +108,12 @@ def drawn_series(series: Series) -> list[str]:
 def draw_hessian_metrics(
     series: Series, title: str | None = None, steps: tuple[int, int] | None = None
 ) -> Any:
-    """The figure of :func:`plot_hessian_metrics`, not yet saved.
+    """The matplotlib figure of :func:`plot_hessian_metrics`, not yet saved.
 
     Args:
         series: as :func:`load_hessian_metrics` returns.
         title: the figure's title.
         steps: the step axis's range, the run's (:func:`load_step_range`); default: the points'.
-
-    Returns:
-        The matplotlib ``Figure``.
 
     Raises:
         ValueError: if ``series`` holds no eigenvalue, condition-number or stability series.
@@ -160,7 +144,7 @@ def draw_hessian_metrics(
             axis.set_yscale("log")
         if name == "stability":
             axis.axhline(1.0, color="black", linestyle="--", linewidth=1, label="edge of stability")
-            values = [value for _, value in _positive_points(series["stability"])]
+            values = [value for _, value in _drawn_points(name, series[name])]
             axis.set_ylim(min(*values, 1.0) / 2, max(*values, 1.0) * 2)
         elif name == "gradient_overlap":
             axis.set_ylim(-0.02, 1.02)
@@ -177,12 +161,8 @@ def draw_hessian_metrics(
 def plot_hessian_metrics(
     series: Series, out: str | Path, title: str | None = None, steps: tuple[int, int] | None = None
 ) -> Path:
-    """Draw the panels of :func:`draw_hessian_metrics` (same arguments) into the image ``out``
-    (its folder is created) and return its path.
-
-    Raises:
-        ValueError: if ``series`` holds nothing to draw.
-    """
+    """Draw the panels of :func:`draw_hessian_metrics` (same arguments, same ``ValueError``) into
+    the image ``out`` (its folder created) and return its path."""
     return save_figure(draw_hessian_metrics(series, title, steps), Path(out))
 
 

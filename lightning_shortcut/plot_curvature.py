@@ -70,13 +70,8 @@ def drawn_block_series(series: Series) -> list[str]:
 def draw_block_figure(
     series: Series, title: str | None = None, steps: tuple[int, int] | None = None
 ) -> Any:
-    """The per-block figure: a panel per metric, a line per block (a heatmap above
-    :data:`MAX_LINES` blocks), not yet saved.
-
-    Args:
-        series: as :func:`~lightning_shortcut.plot.load_hessian_metrics` returns.
-        title: the figure's title.
-        steps: the step axis's range (the run's); default: the points'.
+    """The per-block figure, not yet saved: a panel per metric, a line per block (a heatmap above
+    :data:`MAX_LINES` blocks); arguments as :func:`~lightning_shortcut.plot.draw_hessian_metrics`.
 
     Raises:
         ValueError: if ``series`` holds no ``block/<name>/<metric>`` series.
@@ -118,8 +113,7 @@ def draw_block_figure(
 
 def read_density_snapshots(run: RunLog) -> dict[int, Snapshot]:
     """The density snapshots of ``run``: ``step -> [(nodes, weights) per probe]``, from the
-    :data:`DENSITY_FILE` next to each log file read (a resumed version's snapshots from the steps
-    taken from it), by step."""
+    :data:`DENSITY_FILE` next to each log file read, within the steps taken from it."""
     snapshots: dict[int, Snapshot] = {}
     for part in run.parts:
         path = part.path.parent / DENSITY_FILE
@@ -191,12 +185,8 @@ def plot_curvature_figures(
     run: RunLog, series: Series, out: str | Path, title: str | None = None
 ) -> list[tuple[Path, list[str]]]:
     """Write the blocks figure (``<out stem>_blocks<suffix>``) and the density figure
-    (``<out stem>_density<suffix>``) next to ``out``, each where the run has its data.
-
-    Returns:
-        ``(path, what was drawn)`` for each figure written: the block series (as
-        :func:`drawn_block_series`) or ``step N`` for each density snapshot.
-    """
+    (``<out stem>_density<suffix>``) next to ``out``, each where the run has its data; returns
+    ``(path, what was drawn)`` for each."""
     out = Path(out)
     written = []
     if block_series(series):

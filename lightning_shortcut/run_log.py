@@ -24,14 +24,8 @@ _EVENTS = "events.out.tfevents.*"
 
 @dataclass(frozen=True)
 class LogPart:
-    """One log file of a run and the steps taken from it.
-
-    Attributes:
-        path: the ``metrics.csv`` or event file.
-        first_step: the first step taken from it (``None`` if it holds no row).
-        last_step: the last step taken from it (a version that a later one resumed gives the steps
-            before the resumed version's first).
-    """
+    """One log file of a run (``metrics.csv`` or event file) and the first and last step taken from
+    it (``None`` if it holds no row; a resumed version: the steps before the next one's first)."""
 
     path: Path
     first_step: int | None
@@ -45,13 +39,8 @@ class LogPart:
 
 @dataclass(frozen=True)
 class RunLog:
-    """A run's logged metrics, from one log file or merged from the versions of a resumed run.
-
-    Attributes:
-        parts: the files read, oldest version first, with the steps each gave.
-        rows: every logged row, ``(step, {metric: value})``, in the order of ``parts``.
-        notes: what the reader should know about what was read and what was left out.
-    """
+    """A run's logged metrics: the ``parts`` read (oldest version first), every logged row
+    ``(step, {metric: value})`` in their order, and ``notes`` on what was read or left out."""
 
     parts: tuple[LogPart, ...]
     rows: tuple[Row, ...]
@@ -115,8 +104,7 @@ def read_run(source: str | Path) -> RunLog:
 
 
 def _version_logs(folder: Path) -> list[Path]:
-    """Every run version's log below ``folder``: each ``metrics.csv``, else each folder's newest
-    event file."""
+    """Each run version's log below ``folder``: its ``metrics.csv``, else its newest event file."""
     found = list(folder.rglob("metrics.csv"))
     if found:
         return found

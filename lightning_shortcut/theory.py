@@ -25,10 +25,8 @@ __all__ = [
 
 
 def half_mse_loss(outputs: Tensor, targets: Tensor) -> Tensor:
-    """The theory's loss ``0.5 * mean_i ||f(x_i) - y_i||^2`` (sum over features, mean over samples).
-
-    Unlike ``nn.MSELoss`` it does not average over features.
-    """
+    """The theory's loss ``0.5 * mean_i ||f(x_i) - y_i||^2``: unlike ``nn.MSELoss``, a sum over
+    features and a mean over samples."""
     diff = (outputs - targets).flatten(1) if outputs.ndim > 1 else (outputs - targets)[:, None]
     return 0.5 * diff.pow(2).sum(dim=1).mean()
 

@@ -50,10 +50,7 @@ class OverheadBudget:
     when the callback's time plus the estimate (the last cost of the same ``kind``, such as cold or
     warm, else the last cost) stays within its allowance (:meth:`allowance`), and the training
     since the last measurement pays for it at ``share``, so that left-over time is not spent in a
-    burst. docs/monitor.md ("When it measures") says how the allowance accrues.
-
-    Args:
-        clock: wall clock in seconds (default :func:`time.perf_counter`); tests pass a fake one.
+    burst (docs/monitor.md, "When it measures"). ``clock`` defaults to :func:`time.perf_counter`.
     """
 
     def __init__(self, clock: Callable[[], float] | None = None) -> None:

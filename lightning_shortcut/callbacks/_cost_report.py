@@ -15,24 +15,15 @@ STEPS_TO_TIME = 10
 
 @dataclass(frozen=True)
 class ExpectedCost:
-    """What a measurement on a fixed schedule is expected to cost, averaged over the kinds of
-    measurement to come (a cold audit costs several warm measurements).
-
-    Attributes:
-        seconds: the expected seconds of one measurement.
-        mix: how the average is made up, in words (empty: every measurement alike).
-    """
+    """The expected ``seconds`` of a measurement on a fixed schedule, averaged over the kinds to
+    come, and the ``mix`` of the average in words (empty: every measurement alike)."""
 
     seconds: float
     mix: str = ""
 
 
 class CostReport:
-    """Times the first training steps after fit start, then reports one measurement's cost once.
-
-    Args:
-        clock: the monitor's wall clock.
-    """
+    """Times the first training steps after fit start, then reports a measurement's cost once."""
 
     def __init__(self, clock) -> None:
         self.clock = clock
@@ -107,8 +98,7 @@ class CostReport:
         step_seconds: float,
         extra: tuple[int, float],
     ) -> str:
-        """How often the budget lets it measure, as OverheadBudget accrues it, less the ``extra``
-        work still to come."""
+        """How often the budget lets it measure, less the ``extra`` work still to come."""
         total = run_length(trainer)
         rate = accrual_rate(budget, self._monitor_seconds / step_seconds, total)
         if math.isfinite(total):
@@ -165,22 +155,16 @@ def _fixed_schedule(
     if math.isfinite(total) and total > step:
         due = sum(math.floor(total / i) - math.floor(step / i) for i in intervals)
         count, seconds = extra
-        share = (monitor_seconds + due * expected.seconds + count * seconds) / (
-            total * step_seconds
-        )
+        spent = monitor_seconds + due * expected.seconds + count * seconds
+        share = spent / (total * step_seconds)
+        one = f"about {expected.seconds:.3g} s{mix}"
+        to_come = f"s to come at {each}" if due != 1 else f" to come at {one}"
+        snapshots = ""
+        if count:
+            snapshots = f", and {count} density snapshot(s) at about {seconds:.3g} s each"
         line = (
             f"{schedule} about {share:.0%} to this run's {total:.0f} steps: "
-            f"{monitor_seconds:.3g} s measured so far and {due} measurement"
-            + (
-                f"s to come at {each}"
-                if due != 1
-                else f" to come at about {expected.seconds:.3g} s{mix}"
-            )
-            + (
-                f", and {count} density snapshot(s) at about {seconds:.3g} s each."
-                if count
-                else "."
-            )
+            f"{monitor_seconds:.3g} s measured so far and {due} measurement{to_come}{snapshots}."
         )
     else:
         share = sum(1 / i for i in intervals) * expected.seconds / step_seconds

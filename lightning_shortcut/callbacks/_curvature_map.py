@@ -47,15 +47,8 @@ def density_steps(trainer: pl.Trainer, count: int) -> list[int]:
 
 
 class CurvatureMap:
-    """The monitor's ``blocks``, ``gradient_overlap`` and ``density_snapshots``.
-
-    Args:
-        blocks, gradient_overlap, density_snapshots: the monitor's options (checked there).
-        guard: the monitor's guarded step and cost account.
-        warn: ``warn(kind, message)``, the monitor's warn-once.
-        budget: the monitor's time budget, which the snapshots are booked to.
-        log: ``log(trainer, stage, metrics)``, the monitor's logging.
-    """
+    """The monitor's ``blocks``, ``gradient_overlap`` and ``density_snapshots`` (checked there),
+    with its guarded step, warn-once, time budget and logging."""
 
     def __init__(
         self,
@@ -196,11 +189,7 @@ class CurvatureMap:
 
     def snapshot_due_at_end(self, step: int) -> bool:
         """At the end of fitting: where the run stopped early or its length was unknown."""
-        return (
-            bool(self.density_snapshots)
-            and step not in self.taken
-            and (len(self.taken) < self.density_snapshots)
-        )
+        return step not in self.taken and len(self.taken) < self.density_snapshots
 
     def snapshot_if_due(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: Inputs, at_end: bool

@@ -26,17 +26,9 @@ Result = TypeVar("Result")
 
 
 class GuardedMeasurements:
-    """The guarded step and the cost account of ``HessianEigenvalueMonitor``.
-
-    Its estimates are those of fit measurements that are cold or warm (``tracker`` decides): a cold
-    one costs several warm ones, a warm run given up more than a cold one; and of the density
-    snapshots still to come (``snapshots_to_come(step)``), which the forecast adds in.
-
-    Args:
-        warn: ``warn(kind, message)``, the monitor's warn-once.
-        tracker: the warm starts of the fit measurements.
-        warm_start: the monitor's option, named in the cost report.
-    """
+    """The guarded step and the cost account of ``HessianEigenvalueMonitor``: estimates of cold and
+    warm fit measurements (its ``tracker`` decides which comes next) and of the snapshots to come;
+    ``warn`` is the monitor's warn-once, ``warm_start`` its option."""
 
     def __init__(
         self, warn: Callable[[str, str], None], tracker: SpectrumTracker, warm_start: bool | int
@@ -63,10 +55,9 @@ class GuardedMeasurements:
         call: Callable[[], Result],
         unavailable: tuple[type[Exception], ...] = (),
     ) -> Result | None:
-        """``call()``, or ``None`` (and a warning) where it met a failure the engine documents;
-        its products (``num_hvps`` of its result) and wall time are booked. ``unavailable``: the
-        errors by which the call says it has no value for this run (the stability ratio's for an
-        optimizer it does not know), kept in :attr:`unavailable` for the caller to stop asking."""
+        """``call()``, or ``None`` (and a warning) where it met a failure the engine documents,
+        its products and wall time booked; an ``unavailable`` error (no value for this run) is
+        kept in :attr:`unavailable`, for the caller to stop asking."""
         begin = time.perf_counter()
         try:
             result = call()
@@ -100,9 +91,8 @@ class GuardedMeasurements:
         return self.tracker.audit_every
 
     def seed_estimates(self, budget: Any) -> None:
-        # a warm measurement that stops warm computes no standard errors and costs less than a cold
-        # one; one given up costs more (its products, then a cold run). Until one is made, expect
-        # the cold one's cost without the standard errors; the first attempt corrects it.
+        # a warm measurement computes no standard errors: until one is made, expect the cold one's
+        # cost without them (one given up costs more; the first attempt corrects it)
         if "warm" not in budget.costs and self.stderr_share:
             budget.costs["warm"] = budget.last_cost * (1 - self.stderr_share)
 
@@ -110,9 +100,8 @@ class GuardedMeasurements:
         return self.wholly_warm
 
     def expected(self, base: ExpectedCost, budget: Any, steady: float | None) -> ExpectedCost:
-        # one cold audit in audit_every measurements at the last cold one's cost, the others at
-        # the last wholly warm one's; where none has been (warm runs given up), the last cycle's
-        # mean. Warm runs given up later are not foreseen: the message says they cost more.
+        # one cold audit in audit_every at the last cold one's cost, the others at the last wholly
+        # warm one's (else the last cycle's mean); warm runs given up later are not foreseen
         if self.cycle == 1:
             return ExpectedCost(base.seconds, "each cold")
         if steady is None:

@@ -24,12 +24,8 @@ __all__ = ["check_loss", "gather_hessian_batch", "resolve_loss_fn", "stage_datal
 def stage_dataloader(
     trainer: pl.Trainer, data: DataLoader | pl.LightningDataModule | None, stage: str
 ) -> Any:
-    """The dataloader of ``stage`` (``"fit"``, ``"validate"``, ``"test"``): from ``data`` if given
-    (a ``DataLoader``, or a datamodule's loader for the stage), else the Trainer's (the first one).
-
-    Raises:
-        ValueError: if the Trainer has no dataloader for the stage.
-    """
+    """The dataloader of ``stage``: ``data`` if given (or a datamodule's loader for the stage),
+    else the Trainer's first one (a ``ValueError`` where it has none)."""
     if isinstance(data, pl.LightningDataModule):
         data.setup(stage)
         return {
@@ -56,15 +52,10 @@ def stage_dataloader(
 def gather_hessian_batch(
     trainer: pl.Trainer, loader: Any, num_samples: int, batch_size: int | None, stage: str
 ) -> list[Any]:
-    """This rank's share of the first ``num_samples`` samples of ``loader``, on the device.
-
-    A map-style dataset is indexed directly (rank ``r`` of ``w`` takes samples ``r, r + w, ...``)
-    and chunked by ``batch_size`` (default: one chunk); any other loader is iterated until this
-    rank's ``ceil(num_samples / w)`` samples, trimming the last batch.
-
-    Raises:
-        ValueError: if the data holds no sample.
-    """
+    """This rank's share of the first ``num_samples`` samples of ``loader``, on the device: of a
+    map-style dataset rank ``r`` of ``w`` takes samples ``r, r + w, ...`` in chunks of
+    ``batch_size``; any other loader is iterated until ``ceil(num_samples / w)`` samples. A
+    ``ValueError`` if the data holds no sample."""
     rank, world = trainer.global_rank, trainer.world_size
     with preserved_rng():
         if isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset):

@@ -27,23 +27,15 @@ STAGES = ("fit", "validate", "test")
 class ScheduledMonitor(Callback):
     """Base class of a callback that measures the model during fitting: it decides when.
 
-    In fit it measures at the initial point (``at_fit_start``), after every ``every_n_steps``
-    optimizer steps and at the end of every ``every_n_epochs`` epochs, or, with neither, after any
-    step that the time budget allows (:class:`~lightning_shortcut.callbacks._budget.OverheadBudget`);
-    at most once per global step, and never in sanity checking or ``fast_dev_run``. With
-    ``"validate"``/``"test"`` in ``stages`` it also measures at the start of ``trainer.validate`` and
-    ``trainer.test``. :attr:`history`, the last measured step and the budget are kept in checkpoints.
+    It measures as :class:`~lightning_shortcut.callbacks.HessianEigenvalueMonitor` documents (its
+    options are this class's ``every_n_steps``, ``every_n_epochs``, ``max_overhead``,
+    ``at_fit_start`` and ``stages``), at most once per global step; :attr:`history`, the last
+    measured step and the budget are kept in checkpoints. ``costs`` is the monitor's guarded step
+    and account, ``clock`` the time budget's wall clock (default :func:`time.perf_counter`).
 
-    A subclass implements :meth:`_prepare` (called at the start of each stage, booked to the
-    monitor in fit) and :meth:`_measure_and_log`, which appends a record to :attr:`history`, and may
-    implement :meth:`_on_fit_started` and :meth:`_describe_cost`.
-
-    Args:
-        every_n_steps, every_n_epochs, max_overhead, at_fit_start, stages: as in
-            :class:`~lightning_shortcut.callbacks.HessianEigenvalueMonitor`.
-        costs: what a measurement is expected to cost (the monitor's guarded step and account).
-        clock: the time budget's wall clock in seconds (default :func:`time.perf_counter`); a
-            fake one gives tests and simulations a deterministic schedule (also :meth:`_use_clock`).
+    A subclass implements :meth:`_prepare` (at the start of each stage) and
+    :meth:`_measure_and_log`, which appends a record to :attr:`history`, and may implement
+    :meth:`_on_fit_started` and :meth:`_describe_cost`.
     """
 
     def __init__(
@@ -236,8 +228,7 @@ class ScheduledMonitor(Callback):
         return self._steady_cost is not None or len(self._fit_costs) >= max(2, self._costs.cycle)
 
     def _expected_cost(self) -> ExpectedCost:
-        """A fixed schedule's measurement on average: the last steady one, else the last cycle's
-        mean."""
+        """A fixed schedule's mean measurement: the last steady one, else the last cycle's mean."""
         if self._steady_cost is not None:
             base = ExpectedCost(self._steady_cost)
         else:
@@ -246,8 +237,7 @@ class ScheduledMonitor(Callback):
         return self._costs.expected(base, self.budget, self._steady_cost)
 
     def _report_cost_once(self, trainer: pl.Trainer, epoch_end: bool) -> None:
-        """Once, when the costs are timed: a measurement's cost in training steps, what the schedule
-        implies and the levers (rank zero)."""
+        """Once, when the costs are timed: what a measurement costs and the schedule implies."""
         if self._should_skip(trainer, "fit") or not self._costs_timed():
             return
         if self._cost_report.ready(trainer, epoch_end):

@@ -30,10 +30,8 @@ class TensorDataModule(pl.LightningDataModule, ABC):
         seed: seed of the train/validation split.
     """
 
-    #: shape of one input sample
     input_shape: tuple[int, ...]
-    #: number of classes of the labels (0 for regression targets)
-    num_classes: int
+    num_classes: int  # 0 for regression targets
 
     def __init__(
         self, batch_size: int = 64, val_fraction: float = 0.1, num_workers: int = 0, seed: int = 0

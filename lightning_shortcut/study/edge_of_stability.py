@@ -32,10 +32,8 @@ _AT_EDGE = 0.95
 
 
 class EdgeOfStabilityRuns(StudyPart):
-    """Full-batch gradient descent at each of ``edge_lrs``, ``lambda_max`` along training against
-    ``2 / lr``: ``edge_of_stability.csv`` (a row per learning rate, the fields of
-    :class:`~lightning_shortcut.study.results.EdgeResult` but its curves) and
-    ``edge_of_stability.png``. ``self.models`` keeps each run's final model by learning rate."""
+    """Full-batch gradient descent at each of ``edge_lrs``: ``edge_of_stability.csv`` (a row per
+    learning rate) and ``edge_of_stability.png``; ``self.models`` keeps each run's final model."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

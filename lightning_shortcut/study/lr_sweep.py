@@ -32,10 +32,8 @@ def _all_alike(runs: list[SweepResult]) -> bool:
 
 class LearningRateSweep(StudyPart):
     """SGD from small weights at every learning rate of ``sweep_lrs`` for every shortcut depth and
-    ``num_units``, ``sweep_steps`` steps each, in plain PyTorch loops: ``lr_sweep.csv``,
-    ``lr_sweep_summary.csv`` (per depth: the predicted ``2 / lambda_max``, the largest learning
-    rate that did not diverge and the best one, NaN where the runs that did not diverge all ended
-    within :data:`ALIKE` of each other) and ``lr_sweep.png``."""
+    ``num_units``: ``lr_sweep.csv``, ``lr_sweep_summary.csv`` (no best learning rate where the
+    runs all ended within :data:`ALIKE`) and ``lr_sweep.png``."""
 
     def steps(self) -> list[Step]:
         grid = (self.config.shortcut_depths, self.config.num_units)
@@ -74,9 +72,8 @@ class LearningRateSweep(StudyPart):
     def _train(
         self, model: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> tuple[float, bool, float]:
-        """``sweep_steps`` SGD steps on the study's shuffled batches; (final train loss, diverged,
-        largest minibatch loss on the way: a spike that came back down is a catapult, not a
-        divergence)."""
+        """``sweep_steps`` SGD steps: (final train loss, diverged, largest minibatch loss on the
+        way, where a spike that came back down is a catapult, not a divergence)."""
         batches, peak = self._minibatches(), -math.inf
         model.train()
         for _ in range(self.config.sweep_steps):
@@ -98,7 +95,7 @@ class LearningRateSweep(StudyPart):
             # where nothing trained, the smallest loss would be a pick of noise
             alike = not trained or _all_alike(trained)
             best = None if alike else min(trained, key=lambda r: r.final_loss)
-            first = runs[0]
+            first, diverged_lrs = runs[0], [r.lr for r in runs if r.diverged]
             # the learning rate at which the initial stability ratio is 1
             predicted = first.lr / first.stability_init if first.stability_init > 0 else math.inf
             rows.append(
@@ -108,9 +105,7 @@ class LearningRateSweep(StudyPart):
                     "max_eigenvalue_init": first.max_eigenvalue_init,
                     "predicted_max_lr": predicted,
                     "largest_lr_not_diverged": max((r.lr for r in trained), default=math.nan),
-                    "smallest_lr_diverged": min(
-                        (r.lr for r in runs if r.diverged), default=math.nan
-                    ),
+                    "smallest_lr_diverged": min(diverged_lrs, default=math.nan),
                     "best_lr": best.lr if best else math.nan,
                     "best_final_loss": best.final_loss if best else math.nan,
                 }

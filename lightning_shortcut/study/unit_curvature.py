@@ -25,8 +25,7 @@ _TOL = 1e-2
 
 
 def measurement_steps(max_steps: int, points: int) -> list[int]:
-    """``points`` steps evenly spaced from 0 to ``max_steps``, both included (fewer where
-    ``max_steps`` is too small to keep them apart; ``[0]`` for one point)."""
+    """``points`` evenly spaced steps from 0 to ``max_steps`` inclusive (fewer if they coincide)."""
     if points == 1:
         return [0]
     return sorted({round(index * max_steps / (points - 1)) for index in range(points)})
@@ -34,19 +33,9 @@ def measurement_steps(max_steps: int, points: int) -> list[int]:
 
 @dataclass
 class UnitCurvatureRun:
-    """One run of the part.
-
-    Attributes:
-        shortcut_depth: the branch depth ``n``.
-        init: ``"small"`` or ``"xavier"``.
-        num_units: the number of residual units.
-        steps: the measured steps.
-        losses: the loss over the training set at each measured step.
-        max_eigenvalues: per measured step, each unit's ``lambda_max``, unit 0 (nearest the input)
-            first; NaN where a unit's run did not converge.
-        converged: per measured step, whether every unit's run met the tolerance.
-        diverged_at_step: the step at which the loss diverged (the run stopped there), or None.
-    """
+    """One run of the part: per measured step the training-set loss, each unit's ``lambda_max``
+    (unit 0, nearest the input, first; NaN where not converged) and whether all converged; and the
+    step at which the loss diverged and the run stopped, or None."""
 
     shortcut_depth: int
     init: str
@@ -59,8 +48,7 @@ class UnitCurvatureRun:
 
     def rows(self, width: int) -> list[dict[str, Any]]:
         """One row per measured step, with the columns ``unit_0`` to ``unit_<width - 1>`` (empty
-        beyond ``num_units``); a run that diverged before its first measurement has one row, at
-        that step, of NaN."""
+        beyond ``num_units``); a run that diverged before measuring has one row of NaN."""
         measurements = list(
             zip(self.steps, self.losses, self.max_eigenvalues, self.converged, strict=True)
         )
