@@ -149,8 +149,7 @@ def _saddle_note(dataset: str, shortcut_depth: int, activation: str) -> str:
 
 
 def monitor_every_n_steps(dataset: str) -> int:
-    """The recipes' fixed schedule on ``dataset``: :data:`MEASUREMENTS` measurements spread over
-    the run's ``max_epochs * steps_per_epoch`` steps."""
+    """The recipes' fixed schedule: :data:`MEASUREMENTS` measurements over the run's steps."""
     from lightning_shortcut.data.registry import DATASETS
 
     spec = DATASETS[dataset].recipe

@@ -80,8 +80,7 @@ class OverheadBudget:
 
     @contextmanager
     def measuring(self, kind: str | None = None) -> Iterator[None]:
-        """Book the time before the block to training and the block's time to the callback (as the
-        cost of a measurement of ``kind``, if given)."""
+        """Book the time before the block to training, the block's to the callback (as ``kind``)."""
         self.book(monitor=False)
         yield
         self.last_cost = self.book(monitor=True)

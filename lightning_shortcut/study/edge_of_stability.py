@@ -51,8 +51,7 @@ class EdgeOfStabilityRuns(StudyPart):
         return [plot_edge_of_stability(self.config.out, self.results)] if self.results else []
 
     def full_batch(self) -> tuple[Tensor, Tensor]:
-        """The first ``edge_samples`` training samples (all if fewer), inputs flattened, class
-        labels one-hot: the batch of every step and of every Hessian."""
+        """The first ``edge_samples`` training samples, inputs flattened, class labels one-hot."""
         inputs, targets = self.datamodule.train_set.tensors
         count = min(self.config.edge_samples, len(inputs))
         inputs, targets = inputs[:count].flatten(1), targets[:count]
@@ -110,8 +109,7 @@ def _result(
     run_diverged: bool,
     clock: float,
 ) -> EdgeResult:
-    """One run's row: the stability ratios ``lr * lambda_max / 2`` summarized over its second half
-    (the measurements from half the last measured step on)."""
+    """One run's row: the stability ratios ``lr * lambda_max / 2`` of its second half summarized."""
     sharpness = [(step, spectrum.max) for step, spectrum in measured]
     products = [spectrum.num_hvps for _, spectrum in measured]
     ratios = [(step, lr * value / 2) for step, value in sharpness]

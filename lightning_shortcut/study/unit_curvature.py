@@ -118,8 +118,7 @@ class UnitCurvature(StudyPart):
         return run
 
     def _measure(self, model: pl.LightningModule, run: UnitCurvatureRun, step: int) -> float:
-        """Append the training loss and each unit's ``lambda_max`` at ``step`` to ``run`` (nothing
-        where the loss is not finite); returns the loss."""
+        """Append the training loss and each unit's ``lambda_max`` to ``run``; returns the loss."""
         task = self.dataset.task
         loss, _ = task.evaluate(model, self.datamodule.train_set, self.datamodule.num_classes)
         if not math.isfinite(loss):
