@@ -68,8 +68,6 @@ class ZeroInit(InitStrategy):
 
     Args:
         scale: standard deviation of the weights; ``0.0`` gives exact zeros.
-        zero_bias: zero the branch biases.
-        generator: optional CPU generator for the draws.
 
     Example:
         ```python

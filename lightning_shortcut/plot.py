@@ -118,11 +118,10 @@ def draw_hessian_metrics(
     Raises:
         ValueError: if ``series`` holds no eigenvalue, condition-number or stability series.
     """
-    plt = pyplot()
     panels = _panels(series)
     if not panels:
         raise ValueError(f"Nothing to plot: no series of {list(_TITLES)} in {sorted(series)}.")
-    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
+    figure, axes = pyplot().subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
     for axis, (name, keys) in zip(axes[0], panels, strict=True):
         for key in keys:
             points = series[key] if name == "eigenvalues" else _drawn_points(name, series[key])

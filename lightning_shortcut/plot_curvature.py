@@ -79,7 +79,6 @@ def draw_block_figure(
     import numpy as np
 
     plt = pyplot()
-
     metrics = block_series(series)
     if not metrics:
         raise ValueError("No per-block series (block/<name>/...) to plot: was `blocks` set?")
@@ -165,7 +164,6 @@ def draw_density_figure(snapshots: dict[int, Snapshot], title: str | None = None
     import numpy as np
 
     plt = pyplot()
-
     if not snapshots:
         raise ValueError("No density snapshot to plot: was `density_snapshots` set?")
     grid, curves = density_curves(snapshots)
