@@ -35,8 +35,7 @@ __all__ = [
     "zero_point_hessian",
 ]
 
-# The public names' modules, imported on first use (PEP 562): the command line's `recipes` and
-# `plot` need no torch, and importing torch takes seconds.
+# imported on first use (PEP 562): the command line's `recipes` and `plot` need no torch
 _LAZY = {
     "InitStrategy": "init",
     "OrthogonalInit": "init",

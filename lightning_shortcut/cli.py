@@ -1,15 +1,5 @@
-"""``lightning-shortcut``: LightningCLI over the models, datamodules and callbacks of this package.
-
-Usage::
-
-    lightning-shortcut fit --config digits/shortcut2_small_relu      # a shipped recipe, by name
-    lightning-shortcut fit --config path/to/recipe.yaml --trainer.max_epochs 5
-    lightning-shortcut recipes                                       # list the shipped recipes
-    lightning-shortcut plot lightning_logs/digits/shortcut2_small_relu  # a run's hessian/* curves
-
-Models and datamodules are chosen by class path (``--model lightning_shortcut.models.ResidualClassifier``)
-and callbacks are configured in YAML, as with any LightningCLI.
-"""
+"""``lightning-shortcut``: LightningCLI over the models, datamodules and callbacks of this package,
+plus ``recipes`` (list the shipped recipes) and ``plot`` (a run's curves); see docs/recipes.md."""
 
 from __future__ import annotations
 
@@ -41,8 +31,7 @@ def _resolve_configs(args: list[str]) -> list[str]:
 
 @functools.cache
 def _shortcut_cli_class() -> type[LightningCLI]:
-    # Lightning (and torch under it) is imported here, on first use, rather than with this module:
-    # `recipes` and `plot` need neither, and importing them takes seconds.
+    # imported on first use: `recipes` and `plot` need no Lightning, which takes seconds to import
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
     class ShortcutCLI(LightningCLI):
@@ -51,8 +40,7 @@ def _shortcut_cli_class() -> type[LightningCLI]:
         def parse_arguments(
             self, parser: LightningArgumentParser, args: Sequence[str] | None
         ) -> None:
-            # LightningCLI warns when `args` is given while sys.argv has arguments; here both are
-            # one command line, resolved once.
+            # `args` and sys.argv are one command line here (LightningCLI warns when both are set)
             self.config = parser.parse_args(
                 _resolve_configs(list(sys.argv[1:] if args is None else args))
             )
@@ -62,7 +50,6 @@ def _shortcut_cli_class() -> type[LightningCLI]:
 
 
 def __getattr__(name: str) -> Any:
-    # `ShortcutCLI` is built on first use (PEP 562), so importing this module imports no Lightning.
     if name != "ShortcutCLI":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = _shortcut_cli_class()
@@ -148,11 +135,8 @@ def _plot(args: Sequence[str]) -> None:
 
 
 def main(args: Sequence[str] | None = None) -> None:
-    """Console entry point: ``args`` default to the command line.
-
-    ``recipes`` lists the shipped recipes, ``plot`` draws a run's logged curves; anything else goes
-    to LightningCLI (``fit``, ``validate``, ``test``, ``predict``).
-    """
+    """Console entry point (``args`` default to the command line): ``recipes``, ``plot``, or
+    LightningCLI's ``fit``, ``validate``, ``test`` and ``predict``."""
     arguments = list(sys.argv[1:] if args is None else args)
     if arguments[:1] == ["recipes"]:
         _print_lines(recipe_listing())

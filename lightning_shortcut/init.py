@@ -1,9 +1,6 @@
-"""Initialization strategies for the residual branches of a model.
-
-A strategy is a named, testable operation (the pattern of timm's ``zero_init_last``): called on any
-module, it initializes the branch weights of every :class:`~lightning_shortcut.ResidualUnit` inside
-it, zeroes their biases, touches nothing else and returns the module. Draws are made on the CPU in
-float32 and copied to the weight's device and dtype: one seed, the same weights on every device.
+"""Initialization strategies: called on any module, a strategy initializes the branch weights of
+every :class:`~lightning_shortcut.ResidualUnit` inside it, zeroes their biases and returns it. Draws
+are made on the CPU in float32, so one seed gives the same weights on every device.
 """
 
 from __future__ import annotations
@@ -71,8 +68,6 @@ class ZeroInit(InitStrategy):
 
     Args:
         scale: standard deviation of the weights; ``0.0`` gives exact zeros.
-        zero_bias: zero the branch biases.
-        generator: optional CPU generator for the draws.
 
     Example:
         ```python
@@ -130,11 +125,7 @@ class OrthogonalInit(InitStrategy):
     """
 
     def __init__(
-        self,
-        gain: float = 1.0,
-        *,
-        zero_bias: bool = True,
-        generator: torch.Generator | None = None,
+        self, gain: float = 1.0, *, zero_bias: bool = True, generator: torch.Generator | None = None
     ) -> None:
         super().__init__(zero_bias=zero_bias, generator=generator)
         self.gain = check_non_negative_float("gain", gain)

@@ -25,13 +25,8 @@ __all__ = ["ResidualClassifier", "ResidualRegressor", "one_hot_accuracy", "regre
 
 
 class _ResidualModule(pl.LightningModule):
-    """The step logic both modules share: a subclass defines ``forward``, :meth:`loss`,
-    :meth:`_accuracy` and :meth:`_predict`, and saves ``optimizer``, ``lr``, ``momentum`` and
-    ``weight_decay`` as hyperparameters.
-
-    Every stage logs ``{stage}_loss`` (``train``, ``val``, ``test``) and, where the subclass has an
-    accuracy, ``{stage}_acc``.
-    """
+    """The shared steps, logging ``{stage}_loss`` and ``{stage}_acc``; a subclass saves ``optimizer``,
+    ``lr``, ``momentum`` and ``weight_decay`` as hyperparameters."""
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         """The training loss of ``outputs`` against ``targets``."""
@@ -80,10 +75,9 @@ class ResidualClassifier(_ResidualModule):
     """Input projection, a :class:`~lightning_shortcut.ResidualStack`, and a linear head.
 
     With ``layer="linear"`` inputs are flattened and projected by ``nn.Linear``; with
-    ``layer="conv"`` (CIFAR-10) a 3x3 convolution projects to ``width`` channels, the stack is
-    convolutional and the head reads the global average. The projection and head are trained too;
-    the residual parameters (the paper's quantity) are what
-    :func:`~lightning_shortcut.residual_parameters` returns.
+    ``layer="conv"`` (CIFAR-10) a 3x3 convolution projects to ``width`` channels and the head reads
+    the global average. All are trained; :func:`~lightning_shortcut.residual_parameters` are the
+    paper's parameters.
 
     Args:
         input_shape: shape of one sample, e.g. ``[1, 28, 28]``.
@@ -171,17 +165,17 @@ def one_hot_accuracy(outputs: Tensor, targets: Tensor, num_classes: int) -> Tens
 class ResidualRegressor(_ResidualModule):
     """The exact setting of the theory: ``f(x) = ResidualStack(x)`` on ``0.5 * mean ||f(x) - y||^2``.
 
-    Inputs and targets are ``(N, width)``. With a linear branch and no biases the Hessian at the zero
-    point is :func:`~lightning_shortcut.zero_point_hessian`'s. Use
-    :func:`regression_loss` as the monitor's ``loss_fn``. ``val_acc`` is logged when the targets are
-    one-hot codes in their first ``num_classes`` coordinates (the digits regression task).
+    Inputs and targets are ``(N, width)``; with a linear branch the Hessian at the zero point is
+    :func:`~lightning_shortcut.zero_point_hessian`'s. The monitor's ``loss_fn`` is
+    :func:`regression_loss`.
 
     Args:
         width: features of inputs and targets.
         num_units: residual units.
         shortcut_depth: weight layers per branch.
         activation: nonlinearity between branch layers.
-        num_classes: if given, accuracy of ``argmax`` over the first ``num_classes`` outputs.
+        num_classes: if given, ``{stage}_acc`` logs the accuracy of ``argmax`` over the first
+            ``num_classes`` outputs against one-hot targets (the digits task).
         optimizer: ``"sgd"`` or ``"adam"``.
         lr: learning rate.
         momentum: SGD momentum.

@@ -1,15 +1,5 @@
-"""``lightning-shortcut plot``: draw the ``hessian/*`` curves a run logged.
-
-Reads a run's CSVLogger ``metrics.csv`` files, or its TensorBoard event files (when ``tensorboard``
-is installed), and draws up to five panels against the step: the extreme eigenvalues with their
-standard errors (``*_stderr``) as error bars, the condition number (resolved values only, log axis),
-the stability ratio on a log axis with the edge of stability at 1, ``max_stable_lr`` (log axis) and
-``gradient_overlap`` (between 0 and 1), each where it was logged. The step axis spans the
-run's logged steps (every metric's), so a run measured a few times still shows where in training
-its points are.
-
-What is read: :func:`~lightning_shortcut.run_log.read_run`.
-"""
+"""``lightning-shortcut plot``: draw the ``hessian/*`` curves a run logged (docs/recipes.md shows
+the panels); what is read: :func:`~lightning_shortcut.run_log.read_run`."""
 
 from __future__ import annotations
 
@@ -17,11 +7,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from lightning_shortcut.run_log import LogPart, RunLog, Series, read_run
+from lightning_shortcut.run_log import Series, read_run
 
 __all__ = [
-    "LogPart",
-    "RunLog",
     "draw_hessian_metrics",
     "drawn_series",
     "load_hessian_metrics",
@@ -49,8 +37,7 @@ def load_hessian_metrics(source: str | Path, prefix: str = "hessian/") -> Series
     """The logged ``{prefix}*`` metrics of a run: ``name (without prefix) -> [(step, value)]``.
 
     Args:
-        source: as in :func:`read_run`: a log file, a version folder, a run folder (a resumed run's
-            versions merged by step) or a folder above it.
+        source: as in :func:`read_run`.
         prefix: the monitor's ``log_prefix``.
 
     Raises:
@@ -69,14 +56,8 @@ def load_hessian_metrics(source: str | Path, prefix: str = "hessian/") -> Series
 
 
 def load_step_range(source: str | Path) -> tuple[int, int] | None:
-    """The first and last step at which the run logged anything (any metric), or ``None``.
-
-    Args:
-        source: as in :func:`read_run`.
-
-    Raises:
-        FileNotFoundError: if there is no such file or no log below the folder.
-    """
+    """The first and last step at which the run ``source`` (as in :func:`read_run`) logged any
+    metric, or ``None``; ``FileNotFoundError`` where there is no log."""
     return read_run(source).step_range
 
 
@@ -97,15 +78,11 @@ def _panels(series: Series) -> list[tuple[str, list[str]]]:
 
 
 def _drawn_points(name: str, points: list[tuple[int, float]]) -> list[tuple[int, float]]:
-    """The points a panel shows: on a log axis the finite, positive values; else the finite."""
-    if name in _LOG_PANELS:
-        return _positive_points(points)
-    return [(step, value) for step, value in points if math.isfinite(value)]
-
-
-def _positive_points(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
-    """What a log axis can show: the finite, positive values."""
-    return [(step, value) for step, value in points if math.isfinite(value) and value > 0]
+    """The points a panel shows: the finite values, on a log axis the positive ones."""
+    log = name in _LOG_PANELS
+    return [
+        (step, value) for step, value in points if math.isfinite(value) and (value > 0 or not log)
+    ]
 
 
 def _error_bars(series: Series, key: str) -> list[tuple[int, float, float]]:
@@ -131,28 +108,20 @@ def drawn_series(series: Series) -> list[str]:
 def draw_hessian_metrics(
     series: Series, title: str | None = None, steps: tuple[int, int] | None = None
 ) -> Any:
-    """The figure of :func:`plot_hessian_metrics`, not yet saved.
+    """The matplotlib figure of :func:`plot_hessian_metrics`, not yet saved.
 
     Args:
         series: as :func:`load_hessian_metrics` returns.
         title: the figure's title.
         steps: the step axis's range, the run's (:func:`load_step_range`); default: the points'.
 
-    Returns:
-        The matplotlib ``Figure``.
-
     Raises:
         ValueError: if ``series`` holds no eigenvalue, condition-number or stability series.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     panels = _panels(series)
     if not panels:
         raise ValueError(f"Nothing to plot: no series of {list(_TITLES)} in {sorted(series)}.")
-    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
+    figure, axes = pyplot().subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
     for axis, (name, keys) in zip(axes[0], panels, strict=True):
         for key in keys:
             points = series[key] if name == "eigenvalues" else _drawn_points(name, series[key])
@@ -174,7 +143,7 @@ def draw_hessian_metrics(
             axis.set_yscale("log")
         if name == "stability":
             axis.axhline(1.0, color="black", linestyle="--", linewidth=1, label="edge of stability")
-            values = [value for _, value in _positive_points(series["stability"])]
+            values = [value for _, value in _drawn_points(name, series[name])]
             axis.set_ylim(min(*values, 1.0) / 2, max(*values, 1.0) * 2)
         elif name == "gradient_overlap":
             axis.set_ylim(-0.02, 1.02)
@@ -189,17 +158,10 @@ def draw_hessian_metrics(
 
 
 def plot_hessian_metrics(
-    series: Series,
-    out: str | Path,
-    title: str | None = None,
-    steps: tuple[int, int] | None = None,
+    series: Series, out: str | Path, title: str | None = None, steps: tuple[int, int] | None = None
 ) -> Path:
-    """Draw the panels of :func:`draw_hessian_metrics` (same arguments) into the image ``out``
-    (its folder is created) and return its path.
-
-    Raises:
-        ValueError: if ``series`` holds nothing to draw.
-    """
+    """Draw the panels of :func:`draw_hessian_metrics` (same arguments, same ``ValueError``) into
+    the image ``out`` (its folder created) and return its path."""
     return save_figure(draw_hessian_metrics(series, title, steps), Path(out))
 
 
@@ -211,11 +173,19 @@ def step_axis(axis: Any, steps: tuple[int, int] | None) -> None:
     axis.set_xlabel("step")
 
 
-def save_figure(figure: Any, path: Path) -> Path:
-    """Write ``figure`` to ``path`` (its folder created) and close it."""
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend: figures are written, never shown."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(figure: Any, path: Path, dpi: int = 120) -> Path:
+    """Write ``figure`` to ``path`` (its folder created) and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    figure.savefig(path, dpi=dpi)
+    pyplot().close(figure)
     return path

@@ -1,16 +1,6 @@
 """``lightning-shortcut plot``'s figures of where the curvature lives: the per-block curves and the
-spectral density snapshots a ``HessianEigenvalueMonitor(blocks=..., density_snapshots=...)`` logged.
-
-- The blocks figure: one panel per logged block metric (``max_eigenvalue``, ``min_eigenvalue``,
-  ``max_eigenvector_share``, ``min_eigenvector_share``), one line per block where there are at most
-  :data:`MAX_LINES` blocks, otherwise a heatmap of blocks by measured step.
-- The density figure: each snapshot's density (its Gauss quadrature nodes and weights smoothed by a
-  Gaussian of width :data:`SIGMA_SHARE` of the spectrum's range) on a log axis against the
-  eigenvalue, the snapshots overlaid and labelled by step. The snapshots are read from the
-  ``hessian_density.csv`` next to each log file read (``trainer.log_dir``).
-
-Only matplotlib (and its numpy) is imported, not torch.
-"""
+spectral density snapshots of ``HessianEigenvalueMonitor(blocks=..., density_snapshots=...)``, as
+docs/recipes.md shows. Only matplotlib (and its numpy) is imported, not torch."""
 
 from __future__ import annotations
 
@@ -20,7 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from lightning_shortcut.plot import save_figure, step_axis
+from lightning_shortcut.plot import pyplot, save_figure, step_axis
 from lightning_shortcut.run_log import RunLog, Series
 
 __all__ = [
@@ -80,22 +70,15 @@ def drawn_block_series(series: Series) -> list[str]:
 def draw_block_figure(
     series: Series, title: str | None = None, steps: tuple[int, int] | None = None
 ) -> Any:
-    """The per-block figure (see the module docstring), not yet saved.
-
-    Args:
-        series: as :func:`~lightning_shortcut.plot.load_hessian_metrics` returns.
-        title: the figure's title.
-        steps: the step axis's range (the run's); default: the points'.
+    """The per-block figure, not yet saved: a panel per metric, a line per block (a heatmap above
+    :data:`MAX_LINES` blocks); arguments as :func:`~lightning_shortcut.plot.draw_hessian_metrics`.
 
     Raises:
         ValueError: if ``series`` holds no ``block/<name>/<metric>`` series.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
+    plt = pyplot()
     metrics = block_series(series)
     if not metrics:
         raise ValueError("No per-block series (block/<name>/...) to plot: was `blocks` set?")
@@ -129,8 +112,7 @@ def draw_block_figure(
 
 def read_density_snapshots(run: RunLog) -> dict[int, Snapshot]:
     """The density snapshots of ``run``: ``step -> [(nodes, weights) per probe]``, from the
-    :data:`DENSITY_FILE` next to each log file read (a resumed version's snapshots from the steps
-    taken from it), by step."""
+    :data:`DENSITY_FILE` next to each log file read, within the steps taken from it."""
     snapshots: dict[int, Snapshot] = {}
     for part in run.parts:
         path = part.path.parent / DENSITY_FILE
@@ -174,17 +156,14 @@ def density_curves(
 
 
 def draw_density_figure(snapshots: dict[int, Snapshot], title: str | None = None) -> Any:
-    """The density figure (see the module docstring), not yet saved.
+    """The snapshots' :func:`density_curves` on a log axis, labelled by step, not yet saved.
 
     Raises:
         ValueError: if there is no snapshot.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
+    plt = pyplot()
     if not snapshots:
         raise ValueError("No density snapshot to plot: was `density_snapshots` set?")
     grid, curves = density_curves(snapshots)
@@ -204,26 +183,17 @@ def plot_curvature_figures(
     run: RunLog, series: Series, out: str | Path, title: str | None = None
 ) -> list[tuple[Path, list[str]]]:
     """Write the blocks figure (``<out stem>_blocks<suffix>``) and the density figure
-    (``<out stem>_density<suffix>``) next to ``out``, each where the run has its data.
-
-    Returns:
-        ``(path, what was drawn)`` for each figure written: the block series (as
-        :func:`drawn_block_series`) or ``step N`` for each density snapshot.
-    """
+    (``<out stem>_density<suffix>``) next to ``out``, each where the run has its data; returns
+    ``(path, what was drawn)`` for each."""
     out = Path(out)
     written = []
     if block_series(series):
         figure = draw_block_figure(series, title, run.step_range)
-        written.append((out.with_name(f"{out.stem}_blocks{out.suffix}"), figure))
-        drawn = [drawn_block_series(series)]
-    else:
-        drawn = []
+        path = save_figure(figure, out.with_name(f"{out.stem}_blocks{out.suffix}"))
+        written.append((path, drawn_block_series(series)))
     snapshots = read_density_snapshots(run)
     if snapshots:
         figure = draw_density_figure(snapshots, title)
-        written.append((out.with_name(f"{out.stem}_density{out.suffix}"), figure))
-        drawn.append([f"step {step}" for step in snapshots])
-    return [
-        (save_figure(figure, path), names)
-        for (path, figure), names in zip(written, drawn, strict=True)
-    ]
+        path = save_figure(figure, out.with_name(f"{out.stem}_density{out.suffix}"))
+        written.append((path, [f"step {step}" for step in snapshots]))
+    return written

@@ -1,10 +1,7 @@
 """The YAML recipes: one per experiment of the paper (docs/recipes.md), and how the CLI finds them.
 
-The grid is dataset (each entry of :data:`~lightning_shortcut.data.DATASETS`, whose ``recipe``
-holds its settings) x shortcut depth x init x branch. :func:`write_recipes` writes ``recipes/``
-(``python -m lightning_shortcut.recipes``) and a test keeps it in sync with :func:`recipe_text`.
-A recipe is given to the CLI by path or by name (``digits/shortcut2_small_relu``), resolved in the
-checkout's ``recipes/`` or, in an installed wheel, in the package's copy.
+:func:`write_recipes` writes ``recipes/`` (``python -m lightning_shortcut.recipes``); a test
+keeps it in sync with :func:`recipe_text`.
 """
 
 from __future__ import annotations
@@ -38,8 +35,7 @@ __all__ = [
     "write_recipes",
 ]
 
-# the registry and the study's table of inits, imported on first use (PEP 562): both import torch,
-# which listing and resolving recipes do not need
+# imported on first use (PEP 562): they import torch, which listing recipes does not need
 _LAZY = {
     "DATASETS": ("lightning_shortcut.data.registry", "DATASETS"),
     "INITS": ("lightning_shortcut.init", "INIT_STRATEGIES"),
@@ -58,8 +54,7 @@ def __getattr__(name: str) -> Any:
 #: the branches never leave where the shortcut depth is 2 or more (:func:`is_saddle_recipe`).
 EXACT_ZERO_INITS = ("zero",)
 #: Every recipe's HessianEigenvalueMonitor arguments but its schedule (:func:`monitor_every_n_steps`):
-#: 512 samples (the monitor's default is 256) as the study's ``hessian_samples``; on a small-init
-#: stack a product is cheap enough to halve the sampling error's variance.
+#: 512 samples, as the study's ``hessian_samples``: twice the monitor's default, cheap here.
 MONITOR_ARGS = {
     "params": "residual",
     "num_samples": 512,
@@ -131,8 +126,7 @@ _SADDLE_LEGEND = (
 
 def is_saddle_recipe(shortcut_depth: int, init: str) -> bool:
     """Whether a recipe starts at a saddle its branches cannot leave: an exact zero init
-    (:data:`EXACT_ZERO_INITS`) with ``shortcut_depth >= 2``, where every branch weight's gradient is
-    exactly zero. Such a recipe shows the Hessian at the zero point; it does not train the branches."""
+    (:data:`EXACT_ZERO_INITS`) with ``shortcut_depth >= 2``, every branch gradient exactly zero."""
     return init in EXACT_ZERO_INITS and shortcut_depth >= 2
 
 
@@ -155,8 +149,7 @@ def _saddle_note(dataset: str, shortcut_depth: int, activation: str) -> str:
 
 
 def monitor_every_n_steps(dataset: str) -> int:
-    """The recipes' fixed schedule on ``dataset``: :data:`MEASUREMENTS` measurements spread over
-    the run's ``max_epochs * steps_per_epoch`` steps (a fixed schedule, so no time budget cuts it)."""
+    """The recipes' fixed schedule: :data:`MEASUREMENTS` measurements over the run's steps."""
     from lightning_shortcut.data.registry import DATASETS
 
     spec = DATASETS[dataset].recipe
@@ -249,9 +242,8 @@ def list_recipes() -> list[str]:
 
 
 def recipe_listing() -> list[str]:
-    """The lines ``lightning-shortcut recipes`` prints: every shipped recipe's name, one a line,
-    those where :func:`is_saddle_recipe` holds followed by :data:`SADDLE_TAG`, and a legend of the
-    tag after them. The name comes first on each line (``awk '{print $1}'`` keeps the names)."""
+    """The lines ``lightning-shortcut recipes`` prints: each shipped recipe's name first on its
+    line, then :data:`SADDLE_TAG` where :func:`is_saddle_recipe` holds; the tag's legend last."""
     names = list_recipes()
     width = max((len(name) for name in names), default=0)
     matches = [(name, _NAME.fullmatch(name)) for name in names]

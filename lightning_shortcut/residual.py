@@ -1,9 +1,5 @@
-"""Residual units with a shortcut of configurable depth.
-
-A residual unit adds a branch of ``shortcut_depth`` weight layers to an identity shortcut,
-``h <- h + W_n ... W_1 h``, optionally with a nonlinearity between the branch's layers. This is the
-object studied by Li et al., "Demystifying ResNet" (arXiv 1611.01186).
-"""
+"""Residual units ``h <- h + W_n ... W_1 h`` with a shortcut of configurable depth ``n``, the object
+studied by Li et al., "Demystifying ResNet" (arXiv 1611.01186)."""
 
 from __future__ import annotations
 
@@ -103,7 +99,7 @@ class ResidualUnit(nn.Module):
         if kernel_size % 2 == 0:
             raise ValueError(f"`kernel_size` must be odd to keep the shape, got {kernel_size}.")
         self.layer = layer
-        make_activation(activation)  # validates the spec even when shortcut_depth == 1
+        make_activation(activation)  # validated even when shortcut_depth == 1
         modules: list[nn.Module] = []
         for index in range(shortcut_depth):
             if index > 0 and activation is not None:
@@ -123,12 +119,8 @@ class ResidualUnit(nn.Module):
         return [m for m in self.branch if isinstance(m, nn.Linear | nn.Conv2d)]
 
     def branch_parameters(self) -> list[nn.Parameter]:
-        """The branch's weights (and biases), first layer to last: the paper's parameters.
-
-        The Hessian engine's ``params="residual"`` asks every module of a model that has this
-        method (:func:`~lightning_shortcut.hessian.params.branch_parameters`), so a module of your
-        own can declare its residual branches the same way.
-        """
+        """The branch's weights (and biases), first layer to last: the paper's parameters. The
+        engine's ``params="residual"`` asks every module with this method, yours too."""
         return [param for layer in self.weight_layers for param in layer.parameters()]
 
     def check_input(self, x: Tensor) -> None:
@@ -156,11 +148,8 @@ class ResidualUnit(nn.Module):
 
 
 class ResidualStack(nn.Module):
-    """``num_units`` residual units of the same width and shortcut depth, applied in sequence.
-
-    A drop-in ``nn.Module`` that keeps its input's shape. Init strategies
-    (:class:`~lightning_shortcut.ZeroInit`, ...) and the Hessian engine find its branch parameters
-    with :func:`residual_parameters`.
+    """``num_units`` residual units of the same width and shortcut depth, applied in sequence; the
+    output has the input's shape.
 
     Args:
         width: features (``layer="linear"``) or channels (``layer="conv"``).
@@ -239,9 +228,6 @@ def residual_weight_layers(model: nn.Module) -> list[nn.Linear | nn.Conv2d]:
 
 
 def residual_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The residual-branch parameters (weights and biases) in ``model``: the paper's parameter set.
-
-    Once each, in module order: those of every module with a
-    :meth:`ResidualUnit.branch_parameters` method, as the Hessian engine's ``params="residual"``.
-    """
+    """The residual-branch parameters (weights and biases) in ``model``, once each in module order:
+    those of every module with a :meth:`ResidualUnit.branch_parameters` method."""
     return branch_parameters(model)

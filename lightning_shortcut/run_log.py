@@ -1,18 +1,6 @@
 """A run's logged metrics, read back from its CSVLogger ``metrics.csv`` files or its TensorBoard
-event files (when ``tensorboard`` is installed): what ``lightning-shortcut plot`` draws.
-
-What is read (:func:`read_run`):
-
-- a file: that file;
-- a folder: the run of the newest log below it. A run is a logger's ``name`` folder holding
-  ``version_N`` folders, one per ``Trainer.fit``: a run resumed from a checkpoint logs into a new
-  version, and the history before the checkpoint stays in the earlier one. The versions are merged
-  by step: each resumed version continues the one before it from its first logged step, and holds
-  every step from there (the earlier version's later steps were trained again after the resume;
-  the logs do not hold the checkpoint's step, so rows between it and that first step stay). A
-  version whose first step is not after the previous version's first step (``version_1`` starting
-  at step 0) is a new run, not a resume: the versions before it are left out;
-- a ``version_N`` folder or file: that version alone (and a note when it resumed an earlier one).
+event files (when ``tensorboard`` is installed): what ``lightning-shortcut plot`` draws. How a
+resumed run's ``version_N`` folders are merged by step is in docs/recipes.md.
 """
 
 from __future__ import annotations
@@ -36,14 +24,8 @@ _EVENTS = "events.out.tfevents.*"
 
 @dataclass(frozen=True)
 class LogPart:
-    """One log file of a run and the steps taken from it.
-
-    Attributes:
-        path: the ``metrics.csv`` or event file.
-        first_step: the first step taken from it (``None`` if it holds no row).
-        last_step: the last step taken from it (a version that a later one resumed gives the steps
-            before the resumed version's first).
-    """
+    """One log file of a run (``metrics.csv`` or event file) and the first and last step taken from
+    it (``None`` if it holds no row; a resumed version: the steps before the next one's first)."""
 
     path: Path
     first_step: int | None
@@ -57,13 +39,8 @@ class LogPart:
 
 @dataclass(frozen=True)
 class RunLog:
-    """A run's logged metrics, from one log file or merged from the versions of a resumed run.
-
-    Attributes:
-        parts: the files read, oldest version first, with the steps each gave.
-        rows: every logged row, ``(step, {metric: value})``, in the order of ``parts``.
-        notes: what the reader should know about what was read and what was left out.
-    """
+    """A run's logged metrics: the ``parts`` read (oldest version first), every logged row
+    ``(step, {metric: value})`` in their order, and ``notes`` on what was read or left out."""
 
     parts: tuple[LogPart, ...]
     rows: tuple[Row, ...]
@@ -90,7 +67,7 @@ class RunLog:
 
 
 def read_run(source: str | Path) -> RunLog:
-    """The logged metrics of the run ``source`` names (see the module's docstring for which files).
+    """The logged metrics of the run ``source`` names.
 
     Args:
         source: a ``metrics.csv`` or TensorBoard event file, a logger's version folder, a run's
@@ -127,8 +104,7 @@ def read_run(source: str | Path) -> RunLog:
 
 
 def _version_logs(folder: Path) -> list[Path]:
-    """Every run version's log below ``folder``: each ``metrics.csv``, else each folder's newest
-    event file."""
+    """Each run version's log below ``folder``: its ``metrics.csv``, else its newest event file."""
     found = list(folder.rglob("metrics.csv"))
     if found:
         return found
@@ -169,8 +145,8 @@ def _with_resume_hint(run: RunLog) -> RunLog:
 
 
 def _read_versions(logs: Sequence[Path], notes: tuple[str, ...] = ()) -> RunLog:
-    """Merge ``logs`` (one run's, oldest version first) into one run, as the module's docstring
-    says: the chain of resumes that ends with the newest version, each cut where the next begins."""
+    """Merge ``logs`` (one run's, oldest version first): the chain of resumes that ends with the
+    newest version, each cut where the next begins."""
     versions = [(log, rows) for log in logs if (rows := _read_rows(log))]
     if not versions:  # nothing logged yet
         return RunLog(tuple(LogPart(log, None, None) for log in logs[-1:]), (), notes)

@@ -1,6 +1,5 @@
-"""Tasks: how the study learns a dataset (its model, loss and evaluation), named by its
-:class:`~lightning_shortcut.data.DatasetInfo`, so that the study never asks which dataset it runs on.
-"""
+"""Tasks: how the study learns a dataset (model, loss, evaluation), named by its
+:class:`~lightning_shortcut.data.DatasetInfo`, so the study never asks which dataset it runs on."""
 
 from __future__ import annotations
 
@@ -28,17 +27,10 @@ __all__ = ["CLASSIFICATION", "REGRESSION", "Task"]
 
 @dataclass(frozen=True)
 class Task:
-    """How a dataset is learned.
-
-    Attributes:
-        name: ``"classification"`` or ``"regression"``.
-        loss_fn: ``loss_fn(module, batch) -> scalar``, the mean loss of a batch: the Hessian's.
-        metrics: ``metrics(outputs, targets, num_classes) -> (loss, accuracy)`` over a whole set.
-        build_model: ``build_model(datamodule, layer=, num_units=, shortcut_depth=, lr=)``, the
-            LightningModule for a set-up datamodule (its ``input_shape`` and ``num_classes``).
-        closed_form: whether :func:`~lightning_shortcut.zero_point_hessian` predicts the model's
-            Hessian at the zero point (the theory's setting).
-    """
+    """How a dataset is learned: ``loss_fn(module, batch)`` (the Hessian's), ``metrics(outputs,
+    targets, num_classes) -> (loss, accuracy)``, ``build_model(datamodule, layer=, num_units=,
+    shortcut_depth=, lr=)``, and whether the closed forms of
+    :func:`~lightning_shortcut.zero_point_hessian` hold for the model (``closed_form``)."""
 
     name: str
     loss_fn: Callable[[nn.Module, Any], Tensor]
@@ -76,8 +68,7 @@ def _classifier(datamodule: Any, **kwargs: Any) -> ResidualClassifier:
 
 
 def _regressor(datamodule: Any, *, layer: str, **kwargs: Any) -> ResidualRegressor:
-    """The theory's bias-free linear stack (``layer`` is ``"linear"``) on inputs of
-    ``datamodule.input_shape = (width,)``."""
+    """The theory's bias-free linear stack on inputs of ``datamodule.input_shape = (width,)``."""
     (width,) = datamodule.input_shape
     return ResidualRegressor(width, num_classes=datamodule.num_classes, **kwargs)
 

@@ -1,35 +1,6 @@
-r"""Closed forms for the Hessian at the zero initial point (Li et al., arXiv 1611.01186).
+"""Closed forms for the Hessian at the zero initial point (Li et al., arXiv 1611.01186).
 
-The model is a :class:`~lightning_shortcut.ResidualStack` of ``K = num_units`` linear units of width
-``d`` without biases, ``f(x) = (I + B_K) ... (I + B_1) x`` with ``B_k = W_{k,n} s(... s(W_{k,1} x))``
-where ``s`` is the optional activation between the branch's layers, on the loss
-
-.. math:: L = \frac{1}{2N} \sum_i \lVert f(x_i) - y_i \rVert^2 .
-
-At the zero point (every branch weight zero) ``f(x) = x``; write ``r = x - y`` for the residual and
-``C = E[x r^T]`` (``d x d``), ``\Sigma = E[x x^T]``. Expand ``L`` to second order in a perturbation
-``\delta`` of the branch weights: ``\delta^T H \delta / 2`` collects every second-order term.
-
-* ``n >= 3``: each branch output is a product of at least three perturbed layers (the activation
-  keeps ``s(0) = 0``), so ``f`` moves only at third order: gradient and Hessian are exactly zero.
-* ``n = 2``: ``f`` moves at second order only, by ``s'(0) \sum_k dW_{k,2} dW_{k,1} x``, so the
-  Gauss-Newton term vanishes and ``\delta^T H \delta = 2 s'(0) \sum_k tr(dW_{k,2} dW_{k,1} C)``.
-  Each unit is a block ``[[0, M], [M^T, 0]]`` with no coupling between units; the bilinear form
-  ``tr(A B C)`` has singular values ``\sigma_i(C)``, each ``d`` times. So the eigenvalues are
-  ``\pm s'(0) \sigma_i(C)``, each ``K d`` times, and the condition number
-  ``\sigma_{max}(C) / \sigma_{min}(C)`` does not depend on the depth ``K``.
-* ``n = 1``: ``f`` moves at first order by ``\sum_k dW_k x`` and at second order by
-  ``\sum_{j<k} dW_k dW_j x`` (unit ``j`` acts before unit ``k``), so
-  ``\delta^T H \delta = E\lVert\sum_k dW_k x\rVert^2 + 2 \sum_{j<k} E[r^T dW_k dW_j x]``. With
-  row-major ``vec(W)``, block ``(j, k)`` of ``H`` is ``I_d \otimes \Sigma`` plus, for ``k > j``,
-  ``R[(a, b), (b', c)] = \delta_{b b'} C_{c a}`` (and ``R^T`` for ``k < j``). The matrix is built
-  explicitly (``K d^2`` square); its smallest singular value shrinks as ``K`` grows.
-
-Activations: the formulas hold for a smooth activation with ``s(0) = 0`` (``tanh``: ``s'(0) = 1``).
-ReLU is not differentiable at 0; PyTorch takes its derivative there to be 0, so at the *exact* zero
-point a ReLU branch with ``n = 2`` has a zero Hessian in PyTorch (what this function returns, since it
-uses the slope PyTorch computes). The practical form of the paper's initialization for ReLU networks
-is small weights, ``ZeroInit(scale > 0)``.
+The derivation, and what ReLU's slope at 0 does to it, is in docs/study.md ("The derivation").
 """
 
 from __future__ import annotations
@@ -54,10 +25,8 @@ __all__ = [
 
 
 def half_mse_loss(outputs: Tensor, targets: Tensor) -> Tensor:
-    """The theory's loss ``0.5 * mean_i ||f(x_i) - y_i||^2`` (sum over features, mean over samples).
-
-    Unlike ``nn.MSELoss`` it does not average over features.
-    """
+    """The theory's loss ``0.5 * mean_i ||f(x_i) - y_i||^2``: unlike ``nn.MSELoss``, a sum over
+    features and a mean over samples."""
     diff = (outputs - targets).flatten(1) if outputs.ndim > 1 else (outputs - targets)[:, None]
     return 0.5 * diff.pow(2).sum(dim=1).mean()
 
@@ -127,9 +96,9 @@ def zero_point_hessian(
 ) -> ZeroPointSpectrum:
     """Predicted spectrum of the Hessian over the residual weights at the zero point.
 
-    See the module docstring for the derivation. The model is a bias-free linear
-    :class:`~lightning_shortcut.ResidualStack` of width ``inputs.shape[1]`` (optionally with a smooth
-    activation between branch layers) on :func:`half_mse_loss`.
+    The model is a bias-free linear :class:`~lightning_shortcut.ResidualStack` of width
+    ``inputs.shape[1]`` (optionally a smooth activation between branch layers) on
+    :func:`half_mse_loss`; the derivation is in docs/study.md.
 
     Args:
         inputs: ``(N, d)`` inputs.
@@ -178,14 +147,8 @@ def zero_point_hessian(
 
 
 def depth_one_matvec(inputs: Tensor, targets: Tensor, num_units: int) -> Callable[[Tensor], Tensor]:
-    """Products with the ``n = 1`` zero-point Hessian without building it (``O(K d^3)`` each).
-
-    With ``V_k`` the ``d x d`` blocks of ``v`` (row-major, as ``nn.Linear`` weights), block ``k`` of
-    ``H v`` is ``(sum_j V_j) Sigma + C^T (sum_{j<k} V_j)^T + (sum_{j>k} V_j)^T C^T``: the same
-    matrix as :func:`zero_point_hessian` builds, for depths where that is too large to build (its
-    extreme eigenvalues then come cheaply from Lanczos; the smallest |eigenvalue| does not, which is
-    the ill-conditioning the paper describes).
-    """
+    """Products with the ``n = 1`` zero-point Hessian of :func:`zero_point_hessian` without
+    building it (``O(K d^3)`` each; the formula is in docs/study.md)."""
     check_positive_int("num_units", num_units)
     x, second_moment, cross = _moments(inputs, targets)
     width = x.shape[1]

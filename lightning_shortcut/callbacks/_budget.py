@@ -25,8 +25,7 @@ def steps_per_batch(trainer: pl.Trainer) -> int:
 
 def run_length(trainer: pl.Trainer) -> float:
     """The run's optimizer steps (``global_step`` at its end) as the Trainer estimates them; ``inf``
-    where it cannot (no ``max_steps``/``max_epochs``, or a gradient accumulation that changes
-    between epochs). ``max_steps`` counts them; an epoch has :func:`steps_per_batch` a batch."""
+    where it cannot (no ``max_steps``/``max_epochs``, or accumulation scheduled per epoch)."""
     try:
         total = float(getattr(trainer, "estimated_stepping_batches", math.inf))
     except MisconfigurationException:  # accumulation scheduled per epoch
@@ -39,33 +38,19 @@ def run_length(trainer: pl.Trainer) -> float:
 
 
 def accrual_rate(share: float, initial: float, total: float) -> float:
-    """The share of training time that accrues to the callback once ``initial`` (spent before the
-    first step) is granted out of ``share`` of a run of ``total`` (``inf``: of unknown length, the
-    whole ``share``); in any one unit of time or steps, ``0`` when ``initial`` used it all."""
+    """The share of training time that accrues once ``initial`` is granted out of ``share`` of a
+    run of ``total`` (``inf``: unknown length); ``0`` where ``initial`` used it all."""
     return max(share - initial / total, 0.0)
 
 
 class OverheadBudget:
     """Books wall time to training or to the callback and decides whether one more measurement fits.
 
-    Time between two calls is booked to whichever side the second call names: :meth:`start` sets the
-    mark, :meth:`measuring` books the time before it to training and its own time to the callback.
-    A measurement fits when the callback's time so far plus the estimate of its cost stays within
-    its allowance so far, *and* the training time since the last measurement is at least the
-    estimate over ``share``. Where the Trainer knows the run's length (``max_steps`` or
-    ``max_epochs``), the allowance is ``share`` of the whole run's training time, projected from the
-    steps so far: the time spent before the first step (the measurement at the initial point) is
-    granted at once, and the rest accrues evenly over training, so the measurements spread over the
-    run and the total comes to ``share`` of the training time by its end. Without a known length it
-    is ``share`` of the training time so far. The second condition keeps time left over, when
-    measurements came out cheaper than estimated, from being spent in a burst on consecutive steps
-    (a curve, not a cluster of points).
-    The estimate is the last cost of a measurement of the same ``kind`` (a callback whose
-    measurements differ in cost names them, such as a cold measurement and a warm-started one,
-    several times cheaper), or the last measurement's cost when none of that kind has been made.
-
-    Args:
-        clock: wall clock in seconds (default :func:`time.perf_counter`); tests pass a fake one.
+    Time between two calls is booked to whichever side the second call names. A measurement fits
+    when the callback's time plus the estimate (the last cost of the same ``kind``, such as cold or
+    warm, else the last cost) stays within its allowance (:meth:`allowance`), and the training
+    since the last measurement pays for it at ``share``, so that left-over time is not spent in a
+    burst (docs/monitor.md, "When it measures"). ``clock`` defaults to :func:`time.perf_counter`.
     """
 
     def __init__(self, clock: Callable[[], float] | None = None) -> None:
@@ -95,8 +80,7 @@ class OverheadBudget:
 
     @contextmanager
     def measuring(self, kind: str | None = None) -> Iterator[None]:
-        """Book the time before the block to training and the block's time to the callback (as the
-        cost of a measurement of ``kind``, if given)."""
+        """Book the time before the block to training, the block's to the callback (as ``kind``)."""
         self.book(monitor=False)
         yield
         self.last_cost = self.book(monitor=True)
@@ -110,12 +94,8 @@ class OverheadBudget:
 
     def allows(self, share: float | None, trainer: pl.Trainer, kind: str | None = None) -> bool:
         """Whether a measurement (of ``kind``) now keeps the callback within ``share`` of training
-        time.
-
-        ``None`` allows everything and ``0`` nothing, the same on every rank without reading the
-        clock. Otherwise rank zero's books decide and its answer is broadcast, so every rank takes
-        part in the same measurements (each Hessian-vector product is a collective).
-        """
+        time (``None``: always, ``0``: never); rank zero decides for every rank, as each product is
+        a collective."""
         if share is None or share == 0:
             return share is None
         self.book(monitor=False)
@@ -130,7 +110,8 @@ class OverheadBudget:
         return bool(allowed)
 
     def allowance(self, share: float, trainer: pl.Trainer) -> float:
-        """The callback's time allowed so far (see the class docstring)."""
+        """The callback's time allowed so far: ``share`` of the training time so far, or, where the
+        run's length is known, the initial time granted at once and the rest accruing evenly."""
         total = self.projected_train_seconds(trainer)
         if total is None:
             return share * self.train_seconds

@@ -15,24 +15,15 @@ STEPS_TO_TIME = 10
 
 @dataclass(frozen=True)
 class ExpectedCost:
-    """What a measurement on a fixed schedule is expected to cost, averaged over the kinds of
-    measurement to come (a cold audit costs several warm measurements).
-
-    Attributes:
-        seconds: the expected seconds of one measurement.
-        mix: how the average is made up, in words (empty: every measurement alike).
-    """
+    """The expected ``seconds`` of a measurement on a fixed schedule, averaged over the kinds to
+    come, and the ``mix`` of the average in words (empty: every measurement alike)."""
 
     seconds: float
     mix: str = ""
 
 
 class CostReport:
-    """Times the first training steps after fit start, then reports one measurement's cost once.
-
-    Args:
-        clock: the monitor's wall clock.
-    """
+    """Times the first training steps after fit start, then reports a measurement's cost once."""
 
     def __init__(self, clock) -> None:
         self.clock = clock
@@ -66,10 +57,8 @@ class CostReport:
         expected: ExpectedCost | None = None,
         extra: tuple[int, float] = (0, 0.0),
     ) -> str:
-        """The report, once: ``cost`` is the latest measurement's seconds, ``what`` what it did,
-        ``expected`` what a measurement on a fixed schedule costs on average (default ``cost``),
-        ``extra`` the work still to come outside the schedule (density snapshots: how many, and
-        the seconds of each), which the forecast adds in."""
+        """The report, once: ``cost`` is the latest measurement's seconds, ``expected`` a fixed
+        schedule's average (default ``cost``), ``extra`` the snapshots to come and their seconds."""
         self.pending = False
         steps = trainer.global_step - self._start_step
         training = self.clock() - self._start - (monitor_seconds - self._monitor_seconds)
@@ -109,9 +98,7 @@ class CostReport:
         step_seconds: float,
         extra: tuple[int, float],
     ) -> str:
-        """How often the budget lets it measure: the time before the first step is granted, the
-        rest of ``budget`` of the run accrues evenly (OverheadBudget), less the ``extra`` work
-        still to come (booked to the same budget)."""
+        """How often the budget lets it measure, less the ``extra`` work still to come."""
         total = run_length(trainer)
         rate = accrual_rate(budget, self._monitor_seconds / step_seconds, total)
         if math.isfinite(total):
@@ -150,8 +137,7 @@ def _fixed_schedule(
     extra: tuple[int, float],
 ) -> str:
     """What a fixed schedule adds: over the whole run where the Trainer knows its length (the time
-    measured so far, the initial point's included, the measurements still due at the expected
-    cost and the ``extra`` work still to come), else per training step from here on."""
+    measured so far and what is still due), else per training step from here on."""
     names, intervals = [], []  # the schedule's intervals in optimizer steps
     if every_n_steps is not None:
         names.append(f"every_n_steps={every_n_steps}")
@@ -169,22 +155,16 @@ def _fixed_schedule(
     if math.isfinite(total) and total > step:
         due = sum(math.floor(total / i) - math.floor(step / i) for i in intervals)
         count, seconds = extra
-        share = (monitor_seconds + due * expected.seconds + count * seconds) / (
-            total * step_seconds
-        )
+        spent = monitor_seconds + due * expected.seconds + count * seconds
+        share = spent / (total * step_seconds)
+        one = f"about {expected.seconds:.3g} s{mix}"
+        to_come = f"s to come at {each}" if due != 1 else f" to come at {one}"
+        snapshots = ""
+        if count:
+            snapshots = f", and {count} density snapshot(s) at about {seconds:.3g} s each"
         line = (
             f"{schedule} about {share:.0%} to this run's {total:.0f} steps: "
-            f"{monitor_seconds:.3g} s measured so far and {due} measurement"
-            + (
-                f"s to come at {each}"
-                if due != 1
-                else f" to come at about {expected.seconds:.3g} s{mix}"
-            )
-            + (
-                f", and {count} density snapshot(s) at about {seconds:.3g} s each."
-                if count
-                else "."
-            )
+            f"{monitor_seconds:.3g} s measured so far and {due} measurement{to_come}{snapshots}."
         )
     else:
         share = sum(1 / i for i in intervals) * expected.seconds / step_seconds

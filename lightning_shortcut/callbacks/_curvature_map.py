@@ -1,9 +1,6 @@
-"""Where the curvature lives, for ``HessianEigenvalueMonitor``: per-block extremes, the extreme
-eigenvectors' profile over the blocks, the gradient's overlap with the top eigenspace, and spectral
-density snapshots along training (issue 25).
-
-:class:`CurvatureMap` is a component of the monitor with its own state (the blocks, the snapshots
-planned and taken); every engine call goes through the monitor's guarded step.
+"""Where the curvature lives, for ``HessianEigenvalueMonitor`` (issue 25): per-block extremes, the
+extreme eigenvectors' profile over the blocks, the gradient's overlap with the top eigenspace, and
+spectral density snapshots along training; every engine call goes through the guarded step.
 """
 
 from __future__ import annotations
@@ -50,15 +47,8 @@ def density_steps(trainer: pl.Trainer, count: int) -> list[int]:
 
 
 class CurvatureMap:
-    """The monitor's ``blocks``, ``gradient_overlap`` and ``density_snapshots``.
-
-    Args:
-        blocks, gradient_overlap, density_snapshots: the monitor's options (checked there).
-        guard: the monitor's guarded step and cost account.
-        warn: ``warn(kind, message)``, the monitor's warn-once.
-        budget: the monitor's time budget, which the snapshots are booked to.
-        log: ``log(trainer, stage, metrics)``, the monitor's logging.
-    """
+    """The monitor's ``blocks``, ``gradient_overlap`` and ``density_snapshots`` (checked there),
+    with its guarded step, warn-once, time budget and logging."""
 
     def __init__(
         self,
@@ -82,9 +72,8 @@ class CurvatureMap:
     def prepare(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, params: Any, sharded: bool = False
     ) -> None:
-        """At fit start: resolve the blocks (refused here, naming them, where they do not fit the
-        model, as any option on a ``sharded`` model) and plan the snapshots not taken yet (a
-        resumed run keeps its earlier ones)."""
+        """At fit start: resolve the blocks (refused where they do not fit the model, as any
+        option on a ``sharded`` model) and plan the snapshots not taken yet."""
         if self.wanted() and sharded:
             raise ValueError(
                 f"{', '.join(self.wanted())} are not available on a model sharded by fully_shard "
@@ -200,17 +189,12 @@ class CurvatureMap:
 
     def snapshot_due_at_end(self, step: int) -> bool:
         """At the end of fitting: where the run stopped early or its length was unknown."""
-        return (
-            bool(self.density_snapshots)
-            and step not in self.taken
-            and (len(self.taken) < self.density_snapshots)
-        )
+        return step not in self.taken and len(self.taken) < self.density_snapshots
 
     def snapshot_if_due(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: Inputs, at_end: bool
     ) -> None:
-        """A snapshot where one is due (``at_end``: at the end of fitting), booked to the monitor's
-        time budget and its costs logged."""
+        """A snapshot where one is due, booked to the monitor's time budget, its costs logged."""
         due = self.snapshot_due_at_end if at_end else self.snapshot_due
         if not due(trainer.global_step):
             return
@@ -257,9 +241,8 @@ class CurvatureMap:
             self.warn(
                 "density_file",
                 "HessianEigenvalueMonitor: the Trainer has no logger (or no log folder), so the "
-                "density snapshots "
-                f"are not written to {DENSITY_FILE}; they are kept in the monitor's "
-                "density_history only.",
+                f"density snapshots are not written to {DENSITY_FILE}; they are kept in the "
+                "monitor's density_history only.",
             )
             return
         path = Path(folder) / DENSITY_FILE

@@ -12,9 +12,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from lightning_shortcut.callbacks._guarded import GuardedMeasurements
 from lightning_shortcut.hessian.edge_of_stability import compute_edge_of_stability
 from lightning_shortcut.hessian.operator import LossFn, resolve_params
-from lightning_shortcut.hessian.optimizers import (
-    UnsupportedOptimizerError,
-)
+from lightning_shortcut.hessian.optimizers import UnsupportedOptimizerError
 from lightning_shortcut.hessian.settings import HessianSettings
 from lightning_shortcut.hessian.spectrum import HessianSpectrum
 from lightning_shortcut.hessian.tracking import SpectrumTracker
@@ -24,21 +22,12 @@ CONSECUTIVE_ABOVE = 3
 
 
 class EdgeOfStabilityTracker:
-    """Computes ``stability`` and ``max_stable_lr`` for each fit measurement.
-
-    Args:
-        warn_above: warn once (rank zero) when ``stability`` exceeds this for
-            :data:`CONSECUTIVE_ABOVE` measurements in a row (``None``: never).
-        warn: ``warn(kind, message)``, the monitor's warn-once.
-        tracker: the warm starts of the preconditioned eigenvalue run (Adam, RMSprop, unequal
-            groups), which has vectors of its own.
-    """
+    """Computes ``stability`` and ``max_stable_lr`` for each fit measurement, warning (``warn``)
+    when ``stability`` exceeds ``warn_above`` :data:`CONSECUTIVE_ABOVE` times in a row; ``tracker``
+    warm-starts the preconditioned eigenvalue run (Adam, RMSprop, unequal groups)."""
 
     def __init__(
-        self,
-        warn_above: float | None,
-        warn: Callable[[str, str], None],
-        tracker: SpectrumTracker,
+        self, warn_above: float | None, warn: Callable[[str, str], None], tracker: SpectrumTracker
     ) -> None:
         self.warn_above = warn_above
         self.warn = warn
@@ -55,10 +44,9 @@ class EdgeOfStabilityTracker:
         guard: GuardedMeasurements,
         inputs: tuple[list[Any], LossFn, HessianSettings],
     ) -> tuple[dict[str, float], int]:
-        """``({"stability": ..., "max_stable_lr": ...}, products)`` on the measurement's inputs,
-        through ``guard``; empty where the ratio is unavailable: no optimizer (validate/test), an
-        optimizer without a known threshold (said once, then skipped), or an adaptive optimizer
-        before its first step; NaN where the guard caught a failure."""
+        """``({"stability": ..., "max_stable_lr": ...}, products)`` through ``guard``: empty where
+        the ratio is unavailable (no optimizer, an unknown one, Adam before its first step), NaN
+        where the guard caught a failure."""
         if self.skip_reason is not None or not trainer.optimizers:
             return {}, 0
         if spectrum.max is not None and not math.isfinite(spectrum.max):

@@ -1,11 +1,5 @@
-"""The one path of every engine call the monitor makes, and the one account of what they cost.
-
-Every measurement (the spectrum with its standard errors, the stability ratio, the blocks, the
-profile, the overlap, the density snapshots) goes through :meth:`GuardedMeasurements.run`: it
-catches exactly the engine's documented failures (a non-finite loss or product, out-of-memory),
-warns once per measurement and kind of failure, naming both and the step, and books the call's
-products and seconds to the account that ``num_hvps``, ``seconds``, the budget and the forecast
-read. A solver that does not converge returns its best estimates (``converged=False``).
+"""The one path of every engine call the monitor makes (:meth:`GuardedMeasurements.run`: catch the
+engine's documented failures, warn once, log NaN) and the one account of what they cost.
 """
 
 from __future__ import annotations
@@ -36,22 +30,11 @@ Result = TypeVar("Result")
 
 
 class GuardedMeasurements:
-    """The guarded step and the cost account of ``HessianEigenvalueMonitor``.
-
-    Its estimates are those of fit measurements of two kinds, one in every :attr:`cycle` the
-    costly one: under ``warm_start`` cold (``tracker`` decides) or warm, a warm run given up costing
-    more than a cold one; else with the standard errors (every ``stderr_every``-th, the values-only
-    pass run twice) or without. And of the density snapshots still to come
-    (``snapshots_to_come(step)``), which the forecast adds in.
-
-    Args:
-        warn: ``warn(kind, message)``, the monitor's warn-once.
-        tracker: the warm starts of the fit measurements.
-        warm_start: the monitor's option, named in the cost report.
-        stderr: the monitor's option (``False`` where off): the standard errors with one fit
-            measurement in 10 (``True``: the cold audits themselves under ``warm_start``), or with
-            every ``stderr``-th cold one.
-    """
+    """The guarded step and the cost account of ``HessianEigenvalueMonitor``: estimates of the fit
+    measurements of a cycle, one costly and the others light (cold and warm, which its ``tracker``
+    decides; without warm starts, with and without the standard errors, one in ``stderr_every``),
+    and of the snapshots to come. ``warn`` is the monitor's warn-once; ``warm_start`` and
+    ``stderr`` its options (``stderr`` ``False`` where off)."""
 
     def __init__(
         self,
@@ -87,10 +70,9 @@ class GuardedMeasurements:
         call: Callable[[], Result],
         unavailable: tuple[type[Exception], ...] = (),
     ) -> Result | None:
-        """``call()``, or ``None`` (and a warning) where it met a failure the engine documents;
-        its products (``num_hvps`` of its result) and wall time are booked. ``unavailable``: the
-        errors by which the call says it has no value for this run (the stability ratio's for an
-        optimizer it does not know), kept in :attr:`unavailable` for the caller to stop asking."""
+        """``call()``, or ``None`` (and a warning) where it met a failure the engine documents,
+        its products and wall time booked; an ``unavailable`` error (no value for this run) is
+        kept in :attr:`unavailable`, for the caller to stop asking."""
         begin = time.perf_counter()
         try:
             result = call()
@@ -148,10 +130,9 @@ class GuardedMeasurements:
         return self.tracker.audit_every if self.warm_start else max(self.stderr_every, 1)
 
     def seed_estimates(self, budget: Any) -> None:
-        # a warm measurement that stops warm computes no standard errors and costs less than a cold
-        # one; one given up costs more (its products, then a cold run); one without the standard
-        # errors costs less. Until one is made, expect the costly one's cost without the standard
-        # errors; the first attempt corrects it.
+        # a warm measurement computes no standard errors, nor one off their schedule: until one is
+        # made, expect the costly one's cost without them (one given up costs more; the first
+        # attempt corrects it)
         light = "warm" if self.warm_start else "values"
         if light not in budget.costs and self.stderr_share:
             budget.costs[light] = budget.last_cost * (1 - self.stderr_share)
@@ -162,9 +143,8 @@ class GuardedMeasurements:
         return self.cycle > 1 and (self.cold_count - 1) % self.cycle != 0
 
     def expected(self, base: ExpectedCost, budget: Any, steady: float | None) -> ExpectedCost:
-        # one cold audit in audit_every measurements at the last cold one's cost, the others at
-        # the last wholly warm one's; where none has been (warm runs given up), the last cycle's
-        # mean. Warm runs given up later are not foreseen: the message says they cost more.
+        # one cold audit in audit_every at the last cold one's cost, the others at the last wholly
+        # warm one's (else the last cycle's mean); warm runs given up later are not foreseen
         if self.cycle == 1:
             return ExpectedCost(base.seconds, "each cold")
         if steady is None:

@@ -1,9 +1,5 @@
-"""The Hessian batch: a fixed set of samples a monitor measures the Hessian on.
-
-It is the first ``num_samples`` samples of a stage's data in dataset order (so no RNG is drawn),
-split across ranks, cut into chunks of ``batch_size``, moved to the strategy's device and converted
-to the precision plugin's input dtype.
-"""
+"""The Hessian batch: the first ``num_samples`` samples of a stage's data in dataset order (no RNG
+drawn), split across ranks, chunked, on the strategy's device in the precision's input dtype."""
 
 from __future__ import annotations
 
@@ -28,12 +24,8 @@ __all__ = ["check_loss", "gather_hessian_batch", "resolve_loss_fn", "stage_datal
 def stage_dataloader(
     trainer: pl.Trainer, data: DataLoader | pl.LightningDataModule | None, stage: str
 ) -> Any:
-    """The dataloader of ``stage`` (``"fit"``, ``"validate"``, ``"test"``): from ``data`` if given
-    (a ``DataLoader``, or a datamodule's loader for the stage), else the Trainer's (the first one).
-
-    Raises:
-        ValueError: if the Trainer has no dataloader for the stage.
-    """
+    """The dataloader of ``stage``: ``data`` if given (or a datamodule's loader for the stage),
+    else the Trainer's first one (a ``ValueError`` where it has none)."""
     if isinstance(data, pl.LightningDataModule):
         data.setup(stage)
         return {
@@ -60,15 +52,10 @@ def stage_dataloader(
 def gather_hessian_batch(
     trainer: pl.Trainer, loader: Any, num_samples: int, batch_size: int | None, stage: str
 ) -> list[Any]:
-    """This rank's share of the first ``num_samples`` samples of ``loader``, on the device.
-
-    A map-style dataset is indexed directly (rank ``r`` of ``w`` takes samples ``r, r + w, ...``)
-    and chunked by ``batch_size`` (default: one chunk); any other loader is iterated until this
-    rank's ``ceil(num_samples / w)`` samples, trimming the last batch.
-
-    Raises:
-        ValueError: if the data holds no sample.
-    """
+    """This rank's share of the first ``num_samples`` samples of ``loader``, on the device: of a
+    map-style dataset rank ``r`` of ``w`` takes samples ``r, r + w, ...`` in chunks of
+    ``batch_size``; any other loader is iterated until ``ceil(num_samples / w)`` samples. A
+    ``ValueError`` if the data holds no sample."""
     rank, world = trainer.global_rank, trainer.world_size
     with preserved_rng():
         if isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset):
@@ -84,8 +71,7 @@ def gather_hessian_batch(
             batches = _take(loader, math.ceil(num_samples / world))
     if not batches:
         raise ValueError(f"The {stage} data holds no sample for the Hessian batch.")
-    # as the Trainer prepares training batches: to the device, then the precision's input dtype
-    # (64-true: float64, bf16-true: bfloat16)
+    # as the Trainer prepares training batches (64-true: float64, bf16-true: bfloat16)
     convert = trainer.precision_plugin.convert_input
     return [convert(trainer.strategy.batch_to_device(batch)) for batch in batches]
 
@@ -98,11 +84,8 @@ def samples_over_ranks(trainer: pl.Trainer, batches: list[Any]) -> int:
 def check_loss(
     loss_fn: Callable[[Any, Any], Any], pl_module: pl.LightningModule, batch: Any
 ) -> None:
-    """Raise a ``ValueError`` unless ``loss_fn(pl_module, batch)`` is a scalar tensor.
-
-    Evaluated once, in eval mode and without gradients, with the module's state restored, so that a
-    batch the loss cannot read fails at the start rather than inside the solver.
-    """
+    """Raise a ``ValueError`` unless ``loss_fn(pl_module, batch)`` is a scalar tensor: once, in
+    eval mode without gradients and the module's state restored, to fail before the solver does."""
     with torch.no_grad(), preserved_state(pl_module):
         pl_module.eval()
         loss = loss_fn(pl_module, batch)

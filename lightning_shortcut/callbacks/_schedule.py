@@ -27,23 +27,15 @@ STAGES = ("fit", "validate", "test")
 class ScheduledMonitor(Callback):
     """Base class of a callback that measures the model during fitting: it decides when.
 
-    In fit it measures at the initial point (``at_fit_start``), after every ``every_n_steps``
-    optimizer steps and at the end of every ``every_n_epochs`` epochs, or, with neither, after any
-    step that the time budget allows (:class:`~lightning_shortcut.callbacks._budget.OverheadBudget`);
-    at most once per global step, and never in sanity checking or ``fast_dev_run``. With
-    ``"validate"``/``"test"`` in ``stages`` it also measures at the start of ``trainer.validate`` and
-    ``trainer.test``. :attr:`history`, the last measured step and the budget are kept in checkpoints.
+    It measures as :class:`~lightning_shortcut.callbacks.HessianEigenvalueMonitor` documents (its
+    options are this class's ``every_n_steps``, ``every_n_epochs``, ``max_overhead``,
+    ``at_fit_start`` and ``stages``), at most once per global step; :attr:`history`, the last
+    measured step and the budget are kept in checkpoints. ``costs`` is the monitor's guarded step
+    and account, ``clock`` the time budget's wall clock (default :func:`time.perf_counter`).
 
-    A subclass implements :meth:`_prepare` (called at the start of each stage, booked to the
-    monitor in fit) and :meth:`_measure_and_log`, which appends a record to :attr:`history`, and may
-    implement :meth:`_on_fit_started` and :meth:`_describe_cost`.
-
-    Args:
-        every_n_steps, every_n_epochs, max_overhead, at_fit_start, stages: as in
-            :class:`~lightning_shortcut.callbacks.HessianEigenvalueMonitor`.
-        costs: what a measurement is expected to cost (the monitor's guarded step and account).
-        clock: the time budget's wall clock in seconds (default :func:`time.perf_counter`); a
-            fake one gives tests and simulations a deterministic schedule (also :meth:`_use_clock`).
+    A subclass implements :meth:`_prepare` (at the start of each stage) and
+    :meth:`_measure_and_log`, which appends a record to :attr:`history`, and may implement
+    :meth:`_on_fit_started` and :meth:`_describe_cost`.
     """
 
     def __init__(
@@ -73,8 +65,7 @@ class ScheduledMonitor(Callback):
         self._steady_cost: float | None = None  # of the last one in this fit of the usual kind
 
     def _use_clock(self, clock: Callable[[], float]) -> None:
-        """Time the budget and the cost report by ``clock`` instead of the wall clock (tests and
-        simulations: a monitor's own signature has no clock)."""
+        """Time the budget and the cost report by ``clock`` (tests and simulations)."""
         self.budget.clock = self._cost_report.clock = clock
 
     def __validate_schedule(self) -> None:
@@ -112,12 +103,10 @@ class ScheduledMonitor(Callback):
         raise NotImplementedError
 
     def _on_fit_started(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Called once fit has started: after :meth:`_prepare` and the measurement at the initial
-        point, if one was made."""
+        """Called after :meth:`_prepare` and any measurement at the initial point of a fit."""
 
     def _describe_cost(self, record: dict[str, float]) -> tuple[str, str]:
-        """For the cost report: what a measurement did (from its ``record``) and the levers other
-        than the schedule's."""
+        """For the cost report: what a measurement did and the levers besides the schedule's."""
         return "", ""
 
     # Lightning hooks: one line each
@@ -232,16 +221,14 @@ class ScheduledMonitor(Callback):
         self._costs.seed_estimates(self.budget)
 
     def _costs_timed(self) -> bool:
-        """Whether the cost report can forecast the schedule: the budget's plan needs one
-        measurement; a fixed schedule one of the steady kind after the first in this fit (the
-        first carries the process's one-time costs), or a whole cycle (at least two)."""
+        """Whether the cost report can forecast: after one measurement (budget), or a steady one
+        after the first of this fit, or a whole cycle (fixed schedule)."""
         if self.self_scheduling:
             return bool(self.history)
         return self._steady_cost is not None or len(self._fit_costs) >= max(2, self._costs.cycle)
 
     def _expected_cost(self) -> ExpectedCost:
-        """What a measurement on a fixed schedule costs on average: the last one of the steady kind
-        in this fit, or, where none has been, the mean over the last cycle."""
+        """A fixed schedule's mean measurement: the last steady one, else the last cycle's mean."""
         if self._steady_cost is not None:
             base = ExpectedCost(self._steady_cost)
         else:
@@ -250,9 +237,7 @@ class ScheduledMonitor(Callback):
         return self._costs.expected(base, self.budget, self._steady_cost)
 
     def _report_cost_once(self, trainer: pl.Trainer, epoch_end: bool) -> None:
-        """Once, after the first training steps (and, on a fixed schedule, its first measurement
-        after the first): a measurement's cost in training steps, what the schedule implies and
-        the levers (rank zero, Lightning's logging)."""
+        """Once, when the costs are timed: what a measurement costs and the schedule implies."""
         if self._should_skip(trainer, "fit") or not self._costs_timed():
             return
         if self._cost_report.ready(trainer, epoch_end):

@@ -16,13 +16,8 @@ _STDERR = ("max_eigenvalue_stderr", "min_eigenvalue_stderr")
 
 
 class MeasurementWarnings:
-    """The monitor's warnings, each said once (rank zero), naming the step and the setting.
-
-    Args:
-        num_samples: the monitor's Hessian batch size, named in the messages.
-        settings: the monitor's measurement settings: ``tol`` and ``max_iter`` are named in the
-            messages, and the advice on a singular Hessian depends on ``params``.
-    """
+    """The monitor's warnings, each said once (rank zero), naming the step and the setting
+    (``num_samples``, and ``settings``' ``tol``, ``max_iter`` and ``params``)."""
 
     def __init__(self, num_samples: int, settings: HessianSettings) -> None:
         self.num_samples, self.settings = num_samples, settings

@@ -18,12 +18,10 @@ __all__ = ["ResidualInit"]
 class ResidualInit(Callback):
     """Initialize the residual branches of the model with ``strategy`` at the start of ``fit``.
 
-    Lets a recipe or a user choose the paper's initialization from the Trainer or a YAML config
-    without touching the model. It runs in ``setup("fit")``, before the strategy wraps and broadcasts
-    the model (so every DDP rank gets rank zero's weights), and only when fitting starts from
-    scratch: when ``fit`` resumes from a checkpoint, Lightning restores the checkpoint's weights after
-    ``setup``, so they win (and :attr:`applied` turns ``False``); after steps were taken (a second
-    ``fit`` on the same Trainer) it does nothing.
+    Chooses the paper's initialization from the Trainer or a YAML config without touching the
+    model. It runs in ``setup("fit")``, before the strategy broadcasts the model (every DDP rank
+    gets rank zero's weights), and only when fitting starts from scratch: a checkpoint's weights win
+    (:attr:`applied` turns ``False``), and a second ``fit`` after steps were taken does nothing.
 
     Args:
         strategy: an :class:`~lightning_shortcut.InitStrategy`; default the exact zero point.

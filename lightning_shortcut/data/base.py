@@ -1,10 +1,5 @@
-"""The base classes: data held as tensors, and data read from files that torchvision can download.
-
-Every datamodule holds its data as tensors (these datasets fit in memory), splits a validation set
-from the training data with a seeded permutation, downloads only in ``prepare_data`` (when
-``download=True``) and reads files in ``setup``. When files are missing it raises one
-``FileNotFoundError`` that says where they should be and how to get them.
-"""
+"""The base classes: data held as tensors (a seeded validation split), and data read from files that
+torchvision can download (only in ``prepare_data``, when ``download=True``)."""
 
 from __future__ import annotations
 
@@ -35,17 +30,11 @@ class TensorDataModule(pl.LightningDataModule, ABC):
         seed: seed of the train/validation split.
     """
 
-    #: shape of one input sample
     input_shape: tuple[int, ...]
-    #: number of classes of the labels (0 for regression targets)
-    num_classes: int
+    num_classes: int  # 0 for regression targets
 
     def __init__(
-        self,
-        batch_size: int = 64,
-        val_fraction: float = 0.1,
-        num_workers: int = 0,
-        seed: int = 0,
+        self, batch_size: int = 64, val_fraction: float = 0.1, num_workers: int = 0, seed: int = 0
     ) -> None:
         super().__init__()
         self.batch_size = check_positive_int("batch_size", batch_size)
@@ -98,10 +87,9 @@ class TensorDataModule(pl.LightningDataModule, ABC):
 class FileDataModule(TensorDataModule):
     """Base class for data read from files in ``data_dir`` that torchvision can download.
 
-    A subclass names the dataset (``_name``, as torchvision spells it) and implements three hooks:
-    :meth:`_candidates` (the folders searched, in order), :meth:`_locate` (the files found there, or
-    ``None``) and :meth:`_download`; its :meth:`_load` reads what :meth:`_locate` found, or raises
-    :meth:`_missing`, which names the candidates and how to get the files.
+    A subclass names the dataset (``_name``, as torchvision spells it) and implements
+    :meth:`_candidates`, :meth:`_locate` and :meth:`_download`; its :meth:`_load` reads what
+    :meth:`_locate` found, or raises :meth:`_missing`.
 
     Args:
         data_dir: the folder the files are in (or downloaded to).

@@ -15,11 +15,8 @@ __all__ = ["CIFAR10DataModule"]
 
 
 class CIFAR10DataModule(FileDataModule):
-    """CIFAR-10 from its python-format batches (``cifar-10-batches-py``) in ``data_dir``.
-
-    Looked for in ``data_dir/cifar-10-batches-py`` and ``data_dir``; ``download=True`` fetches them
-    with torchvision in ``prepare_data``. Images are ``(3, 32, 32)``, standardized per channel.
-    """
+    """CIFAR-10 from its python-format batches in ``data_dir/cifar-10-batches-py`` or ``data_dir``
+    (``download=True`` with internet); images ``(3, 32, 32)``, standardized per channel."""
 
     input_shape = (3, 32, 32)
     num_classes = 10

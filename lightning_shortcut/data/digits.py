@@ -17,11 +17,9 @@ class DigitsDataModule(TensorDataModule):
     """scikit-learn's bundled ``digits`` (1797 8x8 images, 10 classes): offline, no download.
 
     ``task="classification"``: images ``(1, 8, 8)`` standardized, integer labels.
-    ``task="regression"``: the theory's setting: inputs are the images' PCA coordinates, whitened, in
-    ``width`` dimensions (fitted on the training split); targets are the one-hot labels in the first
-    10 of ``width`` coordinates, so ``f: R^width -> R^width`` and ``0.5 * mean ||f(x) - y||^2`` apply.
-
-    A seeded split holds out ``test_fraction`` as the test set and ``val_fraction`` of the rest.
+    ``task="regression"`` (the theory's setting): the images' whitened PCA coordinates in ``width``
+    dimensions, targets the one-hot labels in the first 10 of them. A seeded split holds out
+    ``test_fraction`` as the test set and ``val_fraction`` of the rest.
     """
 
     input_shape = (1, 8, 8)  # the classification task's; an instance for regression has (width,)

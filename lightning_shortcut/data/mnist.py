@@ -31,12 +31,7 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 class _IDXDataModule(FileDataModule):
-    """MNIST-format data from IDX files (``.gz`` or not) in ``data_dir``.
-
-    Looked for in ``data_dir`` itself (for instance Debian's ``/usr/share/datasets/fashion-mnist``)
-    and in torchvision's layout ``data_dir/<Name>/raw``. ``download=True`` fetches them with
-    torchvision in ``prepare_data``.
-    """
+    """MNIST-format IDX files (``.gz`` or not) in ``data_dir`` or ``data_dir/<Name>/raw``."""
 
     input_shape = (1, 28, 28)
     num_classes = 10
@@ -92,11 +87,8 @@ class MNISTDataModule(_IDXDataModule):
 
 
 class FashionMNISTDataModule(_IDXDataModule):
-    """Fashion-MNIST from IDX files in ``data_dir``; ``download=True`` with internet.
-
-    Offline on Debian: ``apt-get install dataset-fashion-mnist`` and
-    ``data_dir=/usr/share/datasets/fashion-mnist``.
-    """
+    """Fashion-MNIST from IDX files in ``data_dir``; ``download=True`` with internet (offline on
+    Debian: ``apt-get install dataset-fashion-mnist``, ``/usr/share/datasets/fashion-mnist``)."""
 
     _name = "FashionMNIST"
     _hint = (

@@ -21,17 +21,9 @@ __all__ = ["DATASETS", "DatasetInfo", "RecipeDefaults", "get_dataset", "register
 
 @dataclass(frozen=True)
 class RecipeDefaults:
-    """What the YAML recipes of a dataset use (see :mod:`lightning_shortcut.recipes`).
-
-    Attributes:
-        data_args: the datamodule's ``init_args``.
-        width: features or channels of the model's stack.
-        num_units: residual units.
-        max_epochs: training epochs.
-        lr: SGD learning rate (with momentum 0.9).
-        steps_per_epoch: training batches at ``data_args``' batch size: the recipes' measurement
-            schedule is set from it.
-    """
+    """What the YAML recipes of a dataset use (:mod:`lightning_shortcut.recipes`): the
+    datamodule's ``init_args``, the stack's ``width`` and ``num_units``, ``max_epochs``, the SGD
+    ``lr`` (momentum 0.9) and the ``steps_per_epoch`` the measurement schedule is set from."""
 
     data_args: Mapping[str, Any]
     width: int
@@ -43,18 +35,10 @@ class RecipeDefaults:
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """One dataset: its datamodule, how it is learned, and the recipes' settings.
-
-    Attributes:
-        name: the key in :data:`DATASETS`: ``shortcut-study --data NAME`` and ``recipes/NAME/``.
-        datamodule: the :class:`~lightning_shortcut.data.TensorDataModule` subclass;
-            :attr:`input_shape` and :attr:`num_classes` are read from it.
-        task: how the study learns it (model, loss, evaluation).
-        layer: ``"linear"`` or ``"conv"``: the residual layers its inputs get.
-        recipe: the recipes' settings.
-        study_args: the datamodule's arguments in the study besides ``batch_size``, ``seed`` and,
-            for data in files, ``data_dir``.
-    """
+    """One dataset: its ``name`` (``--data NAME``, ``recipes/NAME/``), its ``datamodule`` class,
+    the ``task`` the study learns it by, the residual ``layer`` (``"linear"`` or ``"conv"``), the
+    ``recipe`` settings and ``study_args``, the datamodule's arguments in the study besides
+    ``batch_size``, ``seed`` and ``data_dir``."""
 
     name: str
     datamodule: type[TensorDataModule]
@@ -65,7 +49,7 @@ class DatasetInfo:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """The shape of one sample as the datamodule gives it by default (the recipes' input)."""
+        """The shape of one sample as the datamodule gives it by default."""
         return self.datamodule.input_shape
 
     @property
@@ -85,11 +69,7 @@ DATASETS: dict[str, DatasetInfo] = {}
 
 
 def register_dataset(info: DatasetInfo) -> DatasetInfo:
-    """Add ``info`` to :data:`DATASETS` under ``info.name``; returns it.
-
-    Raises:
-        ValueError: if the name is taken.
-    """
+    """Add ``info`` to :data:`DATASETS` (``ValueError`` if its name is taken); returns it."""
     if info.name in DATASETS:
         raise ValueError(f"A dataset named {info.name!r} is registered already.")
     DATASETS[info.name] = info

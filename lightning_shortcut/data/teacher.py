@@ -12,11 +12,8 @@ __all__ = ["LinearTeacherDataModule"]
 
 
 class LinearTeacherDataModule(TensorDataModule):
-    """A linear teacher task: ``x ~ N(0, I_width)``, ``y = T x`` (plus optional noise).
-
-    ``T = I + teacher_scale * G / sqrt(width)`` with ``G`` Gaussian, drawn from ``seed``: a target a
-    linear residual network can fit exactly. This is the theory's setting with a known answer.
-    """
+    """A linear teacher task: ``x ~ N(0, I_width)``, ``y = T x`` (plus optional noise), with
+    ``T = I + teacher_scale * G / sqrt(width)``, ``G`` Gaussian: a linear residual net fits it."""
 
     num_classes = 0
 

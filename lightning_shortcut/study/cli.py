@@ -1,11 +1,5 @@
-"""``shortcut-study``: the command line, built from :class:`StudyConfig` with jsonargparse.
-
-It speaks LightningCLI's dialect: ``--print_config`` writes the settings as YAML, ``--config FILE``
-reads them back, and flags given after ``--config`` override the file::
-
-    shortcut-study --print_config > study.yaml
-    shortcut-study --config study.yaml --budget quick --out DIR
-"""
+"""``shortcut-study``: the command line, built from :class:`StudyConfig` with jsonargparse; it
+speaks LightningCLI's dialect (``--print_config``, ``--config FILE``, later flags winning)."""
 
 from __future__ import annotations
 

@@ -1,15 +1,5 @@
-"""The edge of stability: full-batch gradient descent drives ``lambda_max`` up to ``2 / lr``.
-
-Cohen, Kaur, Li, Kolter and Talwalkar, "Gradient Descent on Neural Networks Typically Occurs at the
-Edge of Stability" (ICLR 2021), Fig. 1: the sharpness (the largest eigenvalue of the training
-loss's Hessian) rises along training until it reaches ``2 / lr``, the largest curvature a quadratic
-model is stable at, then hovers just above it while the loss keeps falling, not monotonically.
-
-Here: the first ``edge_samples`` training samples (inputs flattened, class labels one-hot), a tanh
-MLP (two hidden layers of :data:`WIDTH` units, the same initial weights for every learning rate) on
-``0.5 * mean ||f(x) - y||^2``, full-batch gradient descent at each of ``edge_lrs`` for
-``edge_steps`` steps, and ``lambda_max`` over all parameters every ``edge_every`` steps and at the
-last, each measurement warm-started from the previous one's eigenvector.
+"""The edge of stability (Cohen et al., ICLR 2021, Fig. 1): full-batch gradient descent of a tanh
+MLP drives ``lambda_max`` up to ``2 / lr``, then hovers just above it (docs/study.md, Part 4).
 """
 
 from __future__ import annotations
@@ -42,10 +32,8 @@ _AT_EDGE = 0.95
 
 
 class EdgeOfStabilityRuns(StudyPart):
-    """Full-batch gradient descent at each of ``edge_lrs``, ``lambda_max`` along training against
-    ``2 / lr``: ``edge_of_stability.csv`` (a row per learning rate, the fields of
-    :class:`~lightning_shortcut.study.results.EdgeResult` but its curves) and
-    ``edge_of_stability.png``. ``self.models`` keeps each run's final model by learning rate."""
+    """Full-batch gradient descent at each of ``edge_lrs``: ``edge_of_stability.csv`` (a row per
+    learning rate) and ``edge_of_stability.png``; ``self.models`` keeps each run's final model."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -63,8 +51,7 @@ class EdgeOfStabilityRuns(StudyPart):
         return [plot_edge_of_stability(self.config.out, self.results)] if self.results else []
 
     def full_batch(self) -> tuple[Tensor, Tensor]:
-        """The first ``edge_samples`` training samples (all if fewer), inputs flattened, class
-        labels one-hot: the batch of every step and of every Hessian."""
+        """The first ``edge_samples`` training samples, inputs flattened, class labels one-hot."""
         inputs, targets = self.datamodule.train_set.tensors
         count = min(self.config.edge_samples, len(inputs))
         inputs, targets = inputs[:count].flatten(1), targets[:count]
@@ -122,8 +109,7 @@ def _result(
     run_diverged: bool,
     clock: float,
 ) -> EdgeResult:
-    """One run's row: the stability ratios ``lr * lambda_max / 2`` summarized over its second half
-    (the measurements from half the last measured step on)."""
+    """One run's row: the stability ratios ``lr * lambda_max / 2`` of its second half summarized."""
     sharpness = [(step, spectrum.max) for step, spectrum in measured]
     products = [spectrum.num_hvps for _, spectrum in measured]
     ratios = [(step, lr * value / 2) for step, value in sharpness]

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lightning_shortcut.plot import pyplot, save_figure
 from lightning_shortcut.study.results import EdgeResult, RunResult, SweepResult
 
 __all__ = [
@@ -31,20 +32,9 @@ STYLES = {"small": "-", "xavier": "--", "orthogonal": ":"}
 DIVERGED_MARKERS = {"small": "*", "xavier": "x", "orthogonal": "+"}
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig: Any, path: Path, dpi: int) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    _pyplot().close(fig)
-    return path
+    return save_figure(fig, path, dpi)
 
 
 def _run_label(run: RunResult) -> str:
@@ -55,7 +45,7 @@ def plot_zero_point(
     out: Path, shortcut_depths: Sequence[int], kappas: Sequence[dict[str, Any]]
 ) -> Path:
     """``kappa_zero_point.png``: measured and predicted condition numbers against the depth."""
-    fig, ax = _pyplot().subplots(figsize=(6, 4.2))
+    fig, ax = pyplot().subplots(figsize=(6, 4.2))
     for depth in shortcut_depths:
         rows = [r for r in kappas if r["shortcut_depth"] == depth]
         finite = [r for r in rows if math.isfinite(r["kappa_measured"])]
@@ -87,7 +77,7 @@ def plot_zero_point(
 def plot_loss_curves(out: Path, runs: Sequence[RunResult]) -> Path:
     """``loss_curves.png``: the minibatch loss of every run, one panel per number of units."""
     units = sorted({r.num_units for r in runs})
-    fig, axes = _pyplot().subplots(
+    fig, axes = pyplot().subplots(
         1, len(units), figsize=(4.2 * len(units), 3.8), squeeze=False, sharey=True
     )
     for ax, count in zip(axes[0], units, strict=True):
@@ -106,15 +96,11 @@ def plot_loss_curves(out: Path, runs: Sequence[RunResult]) -> Path:
 
 
 def plot_eigenvalue_trajectories(out: Path, runs: Sequence[RunResult]) -> Path:
-    """``eigenvalue_trajectories.png``: the extreme eigenvalues along training, deepest runs.
-
-    The axes hold the runs that trained; a diverged run's values beyond them (Xavier's ``1e13`` at
-    the initial point of a deep stack, say) are its marker on the panel's edge, as the crosses of
-    ``lr_sweep.png``.
-    """
+    """``eigenvalue_trajectories.png``: the extreme eigenvalues along training, deepest runs; a
+    diverged run's values beyond the trained runs' axes are its marker on the panel's edge."""
     deepest = max(r.num_units for r in runs)
     shown = sorted((r for r in runs if r.num_units == deepest), key=lambda r: r.diverged)
-    fig, axes = _pyplot().subplots(1, 3, figsize=(15, 3.8))
+    fig, axes = pyplot().subplots(1, 3, figsize=(15, 3.8))
     keys = ("max_eigenvalue", "min_eigenvalue", "stability")
     titles = ("largest eigenvalue", "smallest eigenvalue", "stability (lr * curvature / 2)")
     axes[2].axhline(1.0, color="black", linestyle="--", linewidth=1)
@@ -132,9 +118,8 @@ def plot_eigenvalue_trajectories(out: Path, runs: Sequence[RunResult]) -> Path:
 
 
 def _plot_trajectory(ax: Any, run: RunResult, key: str, edge_row: int | None) -> None:
-    """One run's ``key`` along training. With an ``edge_row``, the values beyond the axis's limits
-    (or not finite) are the run's marker on the nearer edge, the ``edge_row``-th beside its step,
-    and the limits stay."""
+    """One run's ``key`` along training; with an ``edge_row``, values beyond the axis's limits are
+    the run's marker on the nearer edge, the ``edge_row``-th beside its step."""
     points = [(s["step"], s[key]) for s in run.spectra if key in s]
     if not points:
         return
@@ -157,11 +142,10 @@ def _plot_trajectory(ax: Any, run: RunResult, key: str, edge_row: int | None) ->
 
 
 def plot_lr_sweep(out: Path, results: Sequence[SweepResult]) -> Path:
-    """``lr_sweep.png``: final loss against learning rate, a line per ``n``, the
-    learning rate where the initial stability ratio is 1 (``2 / lambda_max`` for SGD) dashed; a
-    panel per number of units."""
+    """``lr_sweep.png``: final loss against learning rate, a line per ``n``, the initial
+    ``2 / lambda_max`` dashed; a panel per number of units."""
     unit_counts = sorted({r.num_units for r in results})
-    fig, axes = _pyplot().subplots(
+    fig, axes = pyplot().subplots(
         1, len(unit_counts), figsize=(4.2 * len(unit_counts), 3.6), squeeze=False
     )
     finite = [r.final_loss for r in results if math.isfinite(r.final_loss)]
@@ -197,9 +181,8 @@ def plot_lr_sweep(out: Path, results: Sequence[SweepResult]) -> Path:
 
 def plot_edge_of_stability(out: Path, results: Sequence[EdgeResult]) -> Path:
     """``edge_of_stability.png``: the full-batch loss and ``lambda_max`` along training, a color per
-    learning rate, its ``2 / lr`` dashed (Cohen et al. 2021, Fig. 1); a diverged run ends in an x
-    at the top of the ``lambda_max`` panel."""
-    fig, (loss_ax, sharp_ax) = _pyplot().subplots(1, 2, figsize=(11, 3.8))
+    learning rate, its ``2 / lr`` dashed (Cohen et al. 2021, Fig. 1)."""
+    fig, (loss_ax, sharp_ax) = pyplot().subplots(1, 2, figsize=(11, 3.8))
     trained = [r for r in results if not r.diverged]
     values = [v for r in trained for _, v in r.sharpness if math.isfinite(v)]
     top = 1.25 * max([r.threshold for r in results] + values)
@@ -225,13 +208,11 @@ def plot_edge_of_stability(out: Path, results: Sequence[EdgeResult]) -> Path:
 
 def plot_unit_curvature(out: Path, rows: Sequence[dict[str, Any]], threshold: float) -> Path:
     """``unit_curvature.png`` from the rows of ``unit_curvature.csv``: each unit's ``lambda_max``
-    along training, a panel per run (a row per init and number of units, a column per shortcut
-    depth), a color per unit (dark: nearest the input), each panel on its own linear axis from 0
-    (the scales differ by orders of magnitude), ``threshold`` (``2 / lr``) dotted where inside; a
-    run that diverged ends in an x at the top of its panel, at the step it diverged."""
+    along training, a panel per run on its own linear axis from 0, ``threshold`` (``2 / lr``)
+    dotted where inside, a diverged run's x at the top of its panel."""
     panels = sorted({(r["init"], r["num_units"]) for r in rows})  # small weights first
     depths = sorted({r["shortcut_depth"] for r in rows})
-    plt = _pyplot()
+    plt = pyplot()
     size = (3.9 * len(depths) + 1.4, 2.5 * len(panels) + 0.4)
     fig, axes = plt.subplots(len(panels), len(depths), figsize=size, squeeze=False, sharex=True)
     for row_axes, (init, count) in zip(axes, panels, strict=True):

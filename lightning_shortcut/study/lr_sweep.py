@@ -1,12 +1,5 @@
-"""The learning rate against depth: where each shortcut depth diverges, and what ``2 / lambda_max`` said.
-
-Gradient descent on a quadratic is stable only while ``lr * lambda_max < 2``. The paper's practical
-message is that a shortcut depth whose initial curvature grows with depth (``n = 1``) forces a
-smaller step as the network deepens, while ``n = 2`` does not. This part trains each shortcut depth
-from small weights over a geometric grid of learning rates and records the final loss, divergence,
-``lambda_max`` at the start, the stability ratio at the start (the monitor's ``stability``) and the
-largest minibatch loss on the way (``peak_loss``).
-"""
+"""The learning rate against depth: where each shortcut depth diverges from small weights, beside
+the initial ``2 / lambda_max`` (docs/study.md, Part 3)."""
 
 from __future__ import annotations
 
@@ -39,10 +32,8 @@ def _all_alike(runs: list[SweepResult]) -> bool:
 
 class LearningRateSweep(StudyPart):
     """SGD from small weights at every learning rate of ``sweep_lrs`` for every shortcut depth and
-    ``num_units``, ``sweep_steps`` steps each, in plain PyTorch loops: ``lr_sweep.csv``,
-    ``lr_sweep_summary.csv`` (per depth: the predicted ``2 / lambda_max``, the largest learning
-    rate that did not diverge and the best one, NaN where the runs that did not diverge all ended
-    within :data:`ALIKE` of each other) and ``lr_sweep.png``."""
+    ``num_units``: ``lr_sweep.csv``, ``lr_sweep_summary.csv`` (no best learning rate where the
+    runs all ended within :data:`ALIKE`) and ``lr_sweep.png``."""
 
     def steps(self) -> list[Step]:
         grid = (self.config.shortcut_depths, self.config.num_units)
@@ -81,9 +72,8 @@ class LearningRateSweep(StudyPart):
     def _train(
         self, model: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> tuple[float, bool, float]:
-        """``sweep_steps`` SGD steps on the study's shuffled batches; (final train loss, diverged,
-        largest minibatch loss on the way: a spike that came back down is a catapult, not a
-        divergence)."""
+        """``sweep_steps`` SGD steps: (final train loss, diverged, largest minibatch loss on the
+        way, where a spike that came back down is a catapult, not a divergence)."""
         batches, peak = self._minibatches(), -math.inf
         model.train()
         for _ in range(self.config.sweep_steps):
@@ -105,7 +95,7 @@ class LearningRateSweep(StudyPart):
             # where nothing trained, the smallest loss would be a pick of noise
             alike = not trained or _all_alike(trained)
             best = None if alike else min(trained, key=lambda r: r.final_loss)
-            first = runs[0]
+            first, diverged_lrs = runs[0], [r.lr for r in runs if r.diverged]
             # the learning rate at which the initial stability ratio is 1
             predicted = first.lr / first.stability_init if first.stability_init > 0 else math.inf
             rows.append(
@@ -115,9 +105,7 @@ class LearningRateSweep(StudyPart):
                     "max_eigenvalue_init": first.max_eigenvalue_init,
                     "predicted_max_lr": predicted,
                     "largest_lr_not_diverged": max((r.lr for r in trained), default=math.nan),
-                    "smallest_lr_diverged": min(
-                        (r.lr for r in runs if r.diverged), default=math.nan
-                    ),
+                    "smallest_lr_diverged": min(diverged_lrs, default=math.nan),
                     "best_lr": best.lr if best else math.nan,
                     "best_final_loss": best.final_loss if best else math.nan,
                 }

@@ -1,8 +1,5 @@
-"""``StudyPart``: one part of the study, which runs in steps and reports tables and figures.
-
-The study runs its parts in order (:data:`~lightning_shortcut.study.runner.PARTS`); a new kind of
-run is one :class:`StudyPart` subclass in a module of its own and one entry there.
-"""
+"""``StudyPart``: one part of the study (:data:`~lightning_shortcut.study.runner.PARTS`), which
+runs in steps and reports tables and figures."""
 
 from __future__ import annotations
 
@@ -45,15 +42,9 @@ Step = tuple[str, Callable[[], Any]]
 
 @dataclass
 class Table:
-    """One table of the study: a CSV file and a section of ``summary.md``.
-
-    Attributes:
-        file_name: the CSV file written into the output folder.
-        title: the section's heading in ``summary.md``.
-        label: the table's name on the console.
-        rows: the rows, dicts with the same keys.
-        columns: the columns ``summary.md`` shows (default: all).
-    """
+    """One table of the study: the CSV ``file_name``, its section ``title`` in ``summary.md``, its
+    ``label`` on the console, the ``rows`` (dicts with the same keys) and the ``columns`` that
+    ``summary.md`` shows (default: all)."""
 
     file_name: str
     title: str
@@ -63,14 +54,8 @@ class Table:
 
 
 class StudyPart(ABC):
-    """A part of the study on one dataset: its :meth:`steps` run first, in order (each one tick of
-    the progress bar), then :meth:`tables` and :meth:`figures` report what they found.
-
-    Args:
-        config: the study's settings.
-        dataset: the dataset's registry entry (task, layer).
-        datamodule: its datamodule, set up for ``"fit"``.
-    """
+    """A part of the study on one ``dataset`` (its registry entry and its ``datamodule``, set up
+    for ``"fit"``): its :meth:`steps` run first, then :meth:`tables` and :meth:`figures` report."""
 
     def __init__(
         self, config: StudyConfig, dataset: DatasetInfo, datamodule: TensorDataModule
@@ -87,8 +72,7 @@ class StudyPart(ABC):
 
     @staticmethod
     def _each(description: str, work: Callable[..., Any], *axes: Sequence[Any]) -> list[Step]:
-        """A step per combination of the ``axes``' values, in order: ``work(*values)``, described
-        by ``description.format(*values)``."""
+        """One step ``work(*values)`` per combination of the ``axes``' values, in order."""
         combinations = itertools.product(*axes)
         return [(description.format(*values), partial(work, *values)) for values in combinations]
 
@@ -112,9 +96,8 @@ class StudyPart(ABC):
     def _model(
         self, shortcut_depth: int, init: str, num_units: int, lr: float | None = None
     ) -> pl.LightningModule:
-        """The dataset's task's model, seeded, its branches initialized by ``init`` (a name of
-        :func:`~lightning_shortcut.init.init_strategy`; ``"small"`` at ``small_scale``), trained
-        by SGD at ``lr`` (default: the study's)."""
+        """The task's model, seeded, its branches initialized by ``init`` (``"small"`` at
+        ``small_scale``), trained by SGD at ``lr`` (default: the study's)."""
         pl.seed_everything(self.config.seed, verbose=False)
         model = self.dataset.task.build_model(
             self.datamodule,
@@ -127,11 +110,9 @@ class StudyPart(ABC):
         return init_strategy(init, **overrides)(model)
 
     def _both_ends(self, model: pl.LightningModule, max_iter: int) -> HessianSpectrum:
-        """The residual Hessian's largest and smallest ``|eigenvalue|`` on the Hessian batch: its
-        condition number. ``tol`` is ``1e-6`` where the closed forms give a number to check
-        against, ``1e-3`` otherwise (a condition number above about ``1e3`` reads ``inf``): a
-        classifier's residual Hessian is singular at the zero point (``C`` has rank at most the
-        number of classes), which float32 products at ``1e-6`` take thousands of steps to say."""
+        """The residual Hessian's extreme ``|eigenvalue|`` on the Hessian batch, at ``tol=1e-6``
+        where the closed forms give a number to check, else ``1e-3`` (a classifier's is singular
+        at the zero point, which ``1e-6`` takes thousands of steps to say)."""
         tol = 1e-6 if self.dataset.task.closed_form else 1e-3
         loss_fn, params = self.dataset.task.loss_fn, residual_parameters(model)
         batch = self._hessian_batch()
@@ -146,8 +127,7 @@ class StudyPart(ABC):
         return inputs[:count], targets[:count]
 
     def _sgd_step(self, model: nn.Module, optimizer: Optimizer, batches: Iterator[Any]) -> float:
-        """One SGD step on the next of ``batches`` (none where its loss says the run diverged);
-        returns the loss."""
+        """One SGD step on the next of ``batches`` (none once diverged); returns the loss."""
         loss = self.dataset.task.loss_fn(model, next(batches))
         value = float(loss.detach())
         if not diverged(value):

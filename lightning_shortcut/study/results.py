@@ -64,27 +64,10 @@ class SweepResult:
 
 @dataclass
 class EdgeResult:
-    """One full-batch gradient-descent run of the edge-of-stability part.
-
-    Attributes:
-        lr: the learning rate.
-        threshold: ``2 / lr``, where gradient descent on a quadratic stops being stable.
-        max_eigenvalue_start: ``lambda_max`` at the initial weights.
-        max_eigenvalue_end: ``lambda_max`` at the last measurement.
-        first_step_at_edge: the first measured step where ``lr * lambda_max / 2 >= 0.95``, or None.
-        median_stability_second_half: the median ``lr * lambda_max / 2`` of the run's second half.
-        min_stability_second_half: the smallest of them.
-        max_stability_second_half: the largest of them.
-        final_loss: the full-batch loss at the last step (``inf`` if the run diverged).
-        diverged: whether the loss left the finite range (the run stopped there).
-        measurements: the number of ``lambda_max`` measurements.
-        products_per_measurement: their mean number of Hessian-vector products.
-        converged: whether every measurement met its tolerance.
-        seconds: wall time of the run, measurements included.
-        sharpness: ``(step, lambda_max)`` of every measurement.
-        losses: ``(step, full-batch loss)`` of every step.
-        products: the Hessian-vector products of every measurement.
-    """
+    """One full-batch gradient-descent run of the edge-of-stability part. ``threshold`` is
+    ``2 / lr``; the stability ratio is ``lr * lambda_max / 2``, "at the edge" from 0.95 on, and
+    summarized over the run's second half; ``final_loss`` is ``inf`` if the run diverged; the
+    curves are per measurement (``sharpness``, ``products``) or per step (``losses``)."""
 
     lr: float
     threshold: float

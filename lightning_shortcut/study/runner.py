@@ -1,9 +1,5 @@
-"""``run_study``: the study's parts under a progress bar, then their tables and figures.
-
-The steps run side by side in ``config.workers`` forked processes, one CPU thread each (the models
-are small: a second process doubles the throughput where a second thread adds a few percent); each
-seeds what it draws, so the tables do not depend on the number of workers.
-"""
+"""``run_study``: the study's parts under a progress bar, run side by side in forked processes, one
+CPU thread each, then their tables and figures."""
 
 from __future__ import annotations
 
@@ -97,14 +93,9 @@ def _run_step(index: int) -> tuple[int, Any]:
 def run_steps(
     steps: Sequence[Step], workers: int = 1, advance: Callable[[str], None] | None = None
 ) -> list[Any]:
-    """Run ``steps`` on one CPU thread each, in ``workers`` forked processes where ``workers > 1``
-    (in this process where fork is not available), and return their results in the steps' order.
-
-    Args:
-        steps: (description, work) pairs; ``work()``'s result must be picklable.
-        workers: processes that run steps side by side.
-        advance: called with a step's description each time a step finishes.
-    """
+    """Run the ``(description, work)`` ``steps`` on one CPU thread each, in ``workers`` forked
+    processes where fork is available (``work()``'s result picklable), calling ``advance`` with
+    each finished step's description; returns the results in the steps' order."""
     global _STEPS
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

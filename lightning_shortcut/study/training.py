@@ -34,11 +34,9 @@ class _LossRecorder(Callback):
 
 
 class TrainingGrid(StudyPart):
-    """SGD from each initialization, for every shortcut depth and ``num_units`` number of units:
-    ``summary.csv`` (the condition number at the initial point, the eigenvalues at the first and
-    last measurement, the final loss over the training set, the validation accuracy),
-    ``loss_curves.png`` and ``eigenvalue_trajectories.png``.
-    """
+    """SGD from each initialization, for every shortcut depth and ``num_units``: ``summary.csv``
+    (:class:`~lightning_shortcut.study.results.RunResult`), ``loss_curves.png`` and
+    ``eigenvalue_trajectories.png``."""
 
     def steps(self) -> list[Step]:
         config, description = self.config, "training n={} {:<10} {:>3} units"

@@ -1,13 +1,5 @@
-"""Where the curvature lives along training: each residual unit's ``lambda_max``, by shortcut depth.
-
-At the paper's zero point, with shortcut depth 2 the Hessian over the branch weights is
-block-diagonal by unit (each block ``+-sigma_i(C)``); with depth 3 every block is zero; with depth 1
-each unit's block is the input's second moment and the curvature that grows with depth sits between
-the units. This part follows the largest eigenvalue of each unit's diagonal block ``H_kk`` at
-``curvature_points`` steps of a plain SGD run (the training grid's, without a ``Trainer``), each
-measurement one :func:`~lightning_shortcut.hessian.block_eigenvalues` call on the Hessian batch.
-A unit's ``lambda_max`` is a lower bound on the whole Hessian's (Cauchy interlacing), so a unit
-above ``2 / lr`` alone says that SGD's step is past the edge of stability of a quadratic model.
+"""Where the curvature lives along training: each residual unit's ``lambda_max`` (its diagonal
+block's, a lower bound on the whole Hessian's) along SGD, by shortcut depth (docs/study.md, Part 5).
 """
 
 from __future__ import annotations
@@ -33,8 +25,7 @@ _TOL = 1e-2
 
 
 def measurement_steps(max_steps: int, points: int) -> list[int]:
-    """``points`` steps evenly spaced from 0 to ``max_steps``, both included (fewer where
-    ``max_steps`` is too small to keep them apart; ``[0]`` for one point)."""
+    """``points`` evenly spaced steps from 0 to ``max_steps`` inclusive (fewer if they coincide)."""
     if points == 1:
         return [0]
     return sorted({round(index * max_steps / (points - 1)) for index in range(points)})
@@ -42,19 +33,9 @@ def measurement_steps(max_steps: int, points: int) -> list[int]:
 
 @dataclass
 class UnitCurvatureRun:
-    """One run of the part.
-
-    Attributes:
-        shortcut_depth: the branch depth ``n``.
-        init: ``"small"`` or ``"xavier"``.
-        num_units: the number of residual units.
-        steps: the measured steps.
-        losses: the loss over the training set at each measured step.
-        max_eigenvalues: per measured step, each unit's ``lambda_max``, unit 0 (nearest the input)
-            first; NaN where a unit's run did not converge.
-        converged: per measured step, whether every unit's run met the tolerance.
-        diverged_at_step: the step at which the loss diverged (the run stopped there), or None.
-    """
+    """One run of the part: per measured step the training-set loss, each unit's ``lambda_max``
+    (unit 0, nearest the input, first; NaN where not converged) and whether all converged; and the
+    step at which the loss diverged and the run stopped, or None."""
 
     shortcut_depth: int
     init: str
@@ -67,8 +48,7 @@ class UnitCurvatureRun:
 
     def rows(self, width: int) -> list[dict[str, Any]]:
         """One row per measured step, with the columns ``unit_0`` to ``unit_<width - 1>`` (empty
-        beyond ``num_units``); a run that diverged before its first measurement has one row, at
-        that step, of NaN."""
+        beyond ``num_units``); a run that diverged before measuring has one row of NaN."""
         measurements = list(
             zip(self.steps, self.losses, self.max_eigenvalues, self.converged, strict=True)
         )
@@ -138,8 +118,7 @@ class UnitCurvature(StudyPart):
         return run
 
     def _measure(self, model: pl.LightningModule, run: UnitCurvatureRun, step: int) -> float:
-        """Append the training loss and each unit's ``lambda_max`` at ``step`` to ``run`` (nothing
-        where the loss is not finite); returns the loss."""
+        """Append the training loss and each unit's ``lambda_max`` to ``run``; returns the loss."""
         task = self.dataset.task
         loss, _ = task.evaluate(model, self.datamodule.train_set, self.datamodule.num_classes)
         if not math.isfinite(loss):

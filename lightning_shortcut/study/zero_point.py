@@ -12,17 +12,14 @@ from lightning_shortcut.theory import zero_point_hessian
 
 __all__ = ["ZeroPoint"]
 
-# n = 1 at the zero point: beyond 8 units (K d^2 = 2048 parameters at d = 16) the smallest
-# |eigenvalue| is too ill-conditioned for Lanczos in seconds; that explosion is the paper's point,
-# shown up to here.
+# n = 1 beyond 8 units (K d^2 = 2048 parameters at d = 16): the smallest |eigenvalue| is too
+# ill-conditioned for Lanczos in seconds; that explosion is the paper's point, shown up to here
 _DEPTH_ONE_MAX_UNITS = 8
 
 
 class ZeroPoint(StudyPart):
-    """The condition number of the Hessian over the residual parameters at the exact zero point,
-    measured with the Lanczos engine for every shortcut depth and ``kappa_units`` number of units,
-    beside the closed forms' where they apply (``kappa_zero_point.csv``, ``kappa_zero_point.png``).
-    """
+    """The residual Hessian's condition number at the exact zero point for every shortcut depth and
+    ``kappa_units``, beside the closed forms': ``kappa_zero_point.csv`` and ``.png``."""
 
     def steps(self) -> list[Step]:
         return [("zero point: condition numbers", self._sweep)]
