@@ -218,8 +218,8 @@ class SpectrumTracker:
         return self._start
 
     def update(self, result: Measurement, params: Sequence[Tensor]) -> None:
-        """Keep the eigenvectors of ``result`` (a ``HessianSpectrum`` or ``EdgeOfStability``) taken
-        over ``params``; a measurement that did not converge leaves none, so the next one is cold."""
+        """Keep the eigenvectors of ``result`` (a ``HessianSpectrum`` or ``EdgeOfStability``) over
+        ``params``; a measurement that did not converge leaves none: the next one is cold."""
         self.warm_in_a_row = self.warm_in_a_row + 1 if result.warm_start else 0
         if result.warm_given_up:  # back off: cold for 1, 2, 4, ... measurements
             self.backoff = min(max(2 * self.backoff, 1), self.audit_every)
