@@ -1,6 +1,5 @@
 """``edge_of_stability``: how close an optimizer's step is to the edge of stability (Cohen et al.,
-ICLR 2021: gradient descent on a quadratic is stable while ``lr * lambda_max < 2``; other
-optimizers: :mod:`lightning_shortcut.hessian.optimizers`)."""
+ICLR 2021), outside Lightning."""
 
 from __future__ import annotations
 
@@ -30,21 +29,18 @@ class EdgeOfStability:
     """An optimizer's distance to the edge of stability.
 
     Attributes:
-        stability: the largest eigenvalue of ``D^1/2 (H + W) D^1/2`` (the step-preconditioned
-            Hessian) over the optimizer's threshold: a step is stable on the local quadratic below
-            1. ``nan`` where unavailable (see ``reason``).
-        max_stable_lr: the first group's learning rate at which ``stability`` would be 1 (every
-            group's scaled alike).
+        stability: the largest eigenvalue of the step-preconditioned Hessian
+            ``D^1/2 (H + W) D^1/2`` over the optimizer's threshold (stable below 1); ``nan`` where
+            unavailable (see ``reason``).
+        max_stable_lr: the first group's learning rate at which ``stability`` would be 1.
         preconditioned_max_eigenvalue: the largest eigenvalue of ``D^1/2 (H + W) D^1/2``.
         threshold: the optimizer's constant (2 for SGD, ``(2 + 2 b1) / (1 - b1)`` for Adam, ...).
         lr: the first group's current learning rate.
         optimizer: the optimizer's class name.
-        error: a bound on the error of ``stability``; ``nan`` where ``hessian_max_eigenvalue``
-            was given.
+        error: a bound on the error of ``stability`` (``nan`` given ``hessian_max_eigenvalue``).
         spectrum: the eigenvalue run's result (``None`` where no run was made).
         seconds: wall time.
-        before_first_step: ``stability`` is ``nan`` because an adaptive optimizer has taken no
-            step yet.
+        before_first_step: an adaptive optimizer has taken no step yet (``stability`` is ``nan``).
     """
 
     stability: float
@@ -116,11 +112,8 @@ def edge_of_stability(
     solver_options: Mapping[str, Any] | None = None,
     hvp: Hvp = "autograd",
 ) -> EdgeOfStability:
-    """The stability ratio of ``optimizer``'s next step on the Hessian of ``model``'s loss.
-
-    With SGD (any momentum, Nesterov, coupled weight decay) and one learning rate, the ratio is
-    ``lr * (lambda_max + wd) / c``: free given ``hessian_max_eigenvalue``, else one eigenvalue run.
-    Adam, AdamW, RMSprop and unequal groups cost one run on the preconditioned operator. The
+    """The stability ratio of ``optimizer``'s next step on the Hessian of ``model``'s loss: one
+    eigenvalue run, or none for SGD with one learning rate given ``hessian_max_eigenvalue``. The
     arguments not listed below are those of :func:`~lightning_shortcut.hessian.hessian_eigenvalues`.
 
     Args:
@@ -168,8 +161,7 @@ def compute_edge_of_stability(
     start: EdgeOfStability | WarmStart | None = None,
 ) -> EdgeOfStability:
     """:func:`edge_of_stability` with its options as one
-    :class:`~lightning_shortcut.hessian.HessianSettings` (of which the run asks only the top
-    eigenvalue); raises as it does."""
+    :class:`~lightning_shortcut.hessian.HessianSettings`; raises as it does."""
     begin = time.perf_counter()
     settings = replace(settings, top_k=1, bottom_k=0, min_abs=False, stderr=False)
     selection = select_parameters(model, settings)  # sharded or not, decided once
