@@ -222,10 +222,14 @@ def check_options(max_basis: int = DEFAULT_MAX_BASIS, host_basis: bool = False) 
         raise ValueError(f"`host_basis` must be True or False, got {host_basis!r}.")
 
 
+def _host_like(like: Tensor) -> Tensor:
+    return torch.empty(0, dtype=like.dtype)
+
+
 def vector_space(operator: LinearOperator, host_basis: bool) -> LinearOperator:
     """The space the solver's vectors live in: the operator's, or host memory where asked."""
-    home = torch.empty(0, dtype=operator.like.dtype)
-    if not host_basis or home.device == operator.like.device:
+    home = _host_like(operator.like)
+    if not host_basis or (home.device, home.dtype) == (operator.like.device, operator.like.dtype):
         return operator
     return HostMemorySpace(operator, home)
 
