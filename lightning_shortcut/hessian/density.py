@@ -73,10 +73,8 @@ def hessian_trace(
     mode: Mode = "eval",
     all_reduce: AllReduce | None = None,
 ) -> TraceEstimate:
-    """Hutchinson's estimate of the Hessian trace with Rademacher probes.
-
-    The arguments not listed below are those of
-    :func:`~lightning_shortcut.hessian.hessian_eigenvalues`.
+    """Hutchinson's estimate of the Hessian trace with Rademacher probes. The arguments not listed
+    below are those of :func:`~lightning_shortcut.hessian.hessian_eigenvalues`.
 
     Args:
         num_probes: the maximum number of probes.

@@ -156,25 +156,9 @@ def select_optimizer(optimizers: Sequence[Optimizer], params: Sequence[Tensor]) 
 def step_preconditioner(
     optimizer: Optimizer, params: Sequence[Tensor]
 ) -> StepPreconditioner | None:
-    """Read the current step preconditioner of ``optimizer`` over ``params`` (any subset of its
-    parameters, in any order): each group's current ``lr``, momentum, weight decay and state.
-
-    Args:
-        optimizer: an exact ``torch.optim.SGD``, ``Adam``, ``AdamW`` or ``RMSprop`` (subclasses may
-            change ``step`` and count as unknown).
-        params: the parameters the Hessian is over.
-
-    Returns:
-        The preconditioner, or ``None`` while ``D`` is undefined: Adam, AdamW or RMSprop before
-        their first step on these parameters (no second-moment state yet). Ask again later.
-
-    Example:
-        ```python
-        preconditioner = step_preconditioner(select_optimizer(trainer.optimizers, params), params)
-        if preconditioner is not None:
-            top = ...  # the largest eigenvalue of preconditioner.operator(hessian_operator)
-            stability, max_lr = preconditioner.stability(top), preconditioner.max_stable_lr(top)
-        ```
+    """The current step preconditioner of an exact ``torch.optim.SGD``, ``Adam``, ``AdamW`` or
+    ``RMSprop`` over ``params`` (any subset of its parameters, in any order), or ``None`` while
+    ``D`` is undefined (an adaptive optimizer before its first step on them).
 
     Raises:
         UnsupportedOptimizerError: an unknown optimizer class, ``maximize=True``, ``momentum >= 1``,

@@ -149,18 +149,9 @@ def _chunk_quotients(operator: HessianOperator, vectors: Sequence[Tensor], num_c
 def rayleigh_stderr(
     operator: HessianOperator, vectors: Sequence[Tensor], num_chunks: int = STDERR_CHUNKS
 ) -> list[float]:
-    """The standard error of ``v^T H v`` over the Hessian batch, for each unit vector ``v``.
-
-    Args:
-        operator: the Hessian operator of the measurement (its batches, loss, parameters and, under
-            DDP, its ``all_reduce``: the chunks of every rank count).
-        vectors: flat unit vectors, such as the returned eigenvectors.
-        num_chunks: chunks to split this rank's share of the batch into.
-
-    Returns:
-        One standard error per vector; ``nan`` where there are fewer than two chunks (over all
-        ranks) or a chunk's quotient is not finite.
-    """
+    """The standard error of ``v^T H v`` over the batch of ``operator`` (every rank's chunks under
+    its ``all_reduce``) for each unit vector ``v``, this rank's share split into ``num_chunks``;
+    ``nan`` for fewer than two chunks in all or a quotient that is not finite."""
     if not vectors:
         return []
     rows, sizes = _chunk_quotients(operator, vectors, num_chunks)
