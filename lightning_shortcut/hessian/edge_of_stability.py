@@ -179,23 +179,18 @@ def compute_edge_of_stability(
         spectrum = compute_spectrum(
             model, data, loss_fn, settings, transform=preconditioner.operator, **solve
         )
-        top = spectrum.max
+        top, step = spectrum.max, 1.0
+        max_stable_lr = preconditioner.max_stable_lr(top)
     else:  # the step is lr times the gradient: the preconditioned operator is lr (H + wd I)
         if hessian_max_eigenvalue is None:
             spectrum = compute_spectrum(model, data, loss_fn, settings, **solve)
             hessian_max_eigenvalue = spectrum.max
-        top = (
-            preconditioner.stability_from_hessian(hessian_max_eigenvalue) * preconditioner.threshold
-        )
-    # SGD's largest stable rate comes from the Hessian (finite at lr 0), not from the ratio
-    max_stable_lr = (
-        preconditioner.max_stable_lr(top)
-        if preconditioner.needs_preconditioned_run
-        else preconditioner.max_stable_lr_from_hessian(hessian_max_eigenvalue)
-    )
-    error = math.nan
-    if spectrum is not None:  # the preconditioned run's bound, or the Hessian's times the step
-        step = 1.0 if preconditioner.needs_preconditioned_run else preconditioner.uniform_step
+        ratio = preconditioner.stability_from_hessian(hessian_max_eigenvalue)
+        top, step = ratio * preconditioner.threshold, preconditioner.uniform_step
+        # from the Hessian, not the ratio: finite at lr 0
+        max_stable_lr = preconditioner.max_stable_lr_from_hessian(hessian_max_eigenvalue)
+    error = math.nan  # the run's bound, times the step where the run was on the Hessian
+    if spectrum is not None:
         error = step * spectrum.top_errors[0] / preconditioner.threshold
     return EdgeOfStability(
         stability=preconditioner.stability(top),
