@@ -3,8 +3,7 @@
 ``hessian/stability`` is ``lambda_max(D^1/2 (H + W) D^1/2) / c``: ``D`` the per-parameter step size,
 ``W`` the coupled weight decay, ``c`` the optimizer's threshold constant (1.0 is the edge of
 stability). This module reads ``D``, ``W`` and ``c`` from a live ``torch.optim`` optimizer; the
-thresholds and their derivation are on the docs' stability page.
-"""
+thresholds and their derivation are on the docs' stability page."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """The Hessian batch's sampling error: the standard error of ``q = v^T H v`` at the returned
 eigenvector over ``m`` chunks, ``stderr(q)^2 = m / (m - 1) * sum_c (n_c / n)^2 (q_c - q)^2`` as in
 cluster sampling (the docs' engine page). The chunks' products are one ``torch.func.vmap`` pass
-where possible, else one graph per chunk: the same numbers.
-"""
+where possible, else one graph per chunk: the same numbers."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
 """Hessian-vector products of a model sharded by FSDP2 (``fully_shard``), on vectors sharded like
-the parameters (:class:`ShardLayout`); plain FSDP2 only (the docs' strategies page).
-"""
+the parameters (:class:`ShardLayout`); plain FSDP2 only (the docs' strategies page)."""
 
 from __future__ import annotations
 

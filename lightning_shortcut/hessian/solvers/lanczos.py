@@ -46,8 +46,7 @@ class LanczosProcess:
     orthogonal to the rows of ``locked``, from the unit vector ``start``.
 
     After each :meth:`step`, ``A V = V T + r e_m^T`` holds with ``V`` = :attr:`basis`, ``T`` =
-    :attr:`projected` and ``r`` = :attr:`residual` (``||r||`` = :attr:`beta`).
-    """
+    :attr:`projected` and ``r`` = :attr:`residual` (``||r||`` = :attr:`beta`)."""
 
     def __init__(
         self, operator: LinearOperator, start: Tensor, buffer: Tensor, locked: Tensor
@@ -253,8 +252,7 @@ def lanczos(
 
     ``start`` makes warm runs (a warm run given up is run again cold); ``max_iter`` bounds each
     run's products, ``max_basis`` the vectors held (``>= 3``; a ``min_abs`` run grows to
-    ``max_iter``); ``host_basis=True`` keeps the solver's vectors in host memory.
-    """
+    ``max_iter``); ``host_basis=True`` keeps the solver's vectors in host memory."""
     check_options(max_basis, host_basis)
     given, operator = operator, vector_space(operator, host_basis)
     buffer = _empty(operator, min(max_basis, operator.dim, max_iter + 1))

@@ -3,8 +3,7 @@
 pyhessian calls ``.backward``, ``model.eval()`` and the global RNG: it runs guarded, gradients
 cloned, on a stand-in module whose output is our loss. The algebraic ends come from shifted losses
 ``L +- s/2 ||theta - theta_0||^2`` (``s = 1.1 max|lambda|``); the values are the Rayleigh quotients
-of its vectors, and ``converged`` is judged by their residuals (one product each).
-"""
+of its vectors, and ``converged`` is judged by their residuals (one product each)."""
 
 from __future__ import annotations
 
