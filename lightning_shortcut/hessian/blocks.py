@@ -273,10 +273,9 @@ def block_profile(
     chosen = resolve_params(model, params)
     resolved = resolve_blocks(model, blocks, params)
     owner = {id(param): name for name, block in resolved.items() for param in block}
-    dim = sum(param.numel() for param in chosen)
-    check_vector_size(spectrum.vectors, dim, params, model)
-    labels = [owner.get(id(param), REST) for param in chosen]
     sizes = [param.numel() for param in chosen]
+    check_vector_size(spectrum.vectors, sum(sizes), params, model)
+    labels = [owner.get(id(param), REST) for param in chosen]
     top = bottom = None
     if len(spectrum.vectors) == len(spectrum.top) + len(spectrum.bottom):
         if spectrum.top:

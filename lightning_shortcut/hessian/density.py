@@ -109,9 +109,8 @@ def hessian_trace(
 
 def _mean_and_error(samples: list[float]) -> tuple[float, float]:
     values = torch.tensor(samples, dtype=torch.float64)
-    if len(samples) < 2:
-        return float(values.mean()), math.nan
-    return float(values.mean()), float(values.std() / math.sqrt(len(samples)))
+    error = values.std() / math.sqrt(len(samples)) if len(samples) > 1 else math.nan
+    return float(values.mean()), float(error)
 
 
 def spectral_density(
