@@ -128,9 +128,8 @@ def block_eigenvalues(
     :func:`~lightning_shortcut.hessian.hessian_eigenvalues`; ``tol`` is relative to each block.
 
     Args:
-        blocks: ``"residual"`` (default: one block per module with a ``branch_parameters()``
-            method), ``"modules"``, a mapping ``name -> members`` or a callable; see
-            :func:`resolve_blocks`. Blocks keep only the parameters of ``params``.
+        blocks: ``"residual"`` (default), ``"modules"``, a mapping ``name -> members`` or a
+            callable; see :func:`resolve_blocks`.
         method: a registered solver of the operator (not ``"pyhessian"``, which runs on the model).
         hvp: ``"autograd"`` only (block products are restricted double backwards).
         products: deprecated, and ignored with a ``FutureWarning``.
@@ -140,10 +139,9 @@ def block_eigenvalues(
         ``converged`` ``False``.
 
     Raises:
-        ValueError: on bad blocks (see :func:`resolve_blocks`), bad solver arguments or options
-            (as ``hessian_eigenvalues``; ``top_k`` or ``bottom_k`` above a block's size included),
-            a solver that runs on the model, an unknown ``products``, ``hvp="finite_difference"``
-            or a model sharded by ``fully_shard``.
+        ValueError: on bad blocks, arguments refused as by ``hessian_eigenvalues`` (``top_k`` or
+            ``bottom_k`` above a block's size too), a solver that runs on the model, an unknown
+            ``products``, finite differences or a model sharded by ``fully_shard``.
 
     Example:
         ```python

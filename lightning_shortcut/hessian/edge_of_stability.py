@@ -120,16 +120,14 @@ def edge_of_stability(
         optimizer: the optimizer, or several (the one holding the Hessian's parameters is used).
         hessian_max_eigenvalue: ``lambda_max`` of the Hessian on the same data and parameters, if
             known (``error`` is then ``nan``).
-        start: a previous report (or its ``tracking_vectors``) for a warm eigenvalue run (see
-            :func:`~lightning_shortcut.hessian.hessian_eigenvalues`).
+        start: a previous report (or its ``tracking_vectors``) for a warm eigenvalue run.
 
     Returns:
-        An :class:`EdgeOfStability`; ``stability`` is ``nan`` with a ``reason`` while an adaptive
-        optimizer has no state yet (before its first step) or the loss is not finite.
+        An :class:`EdgeOfStability`; ``stability`` is ``nan`` with a ``reason`` before an adaptive
+        optimizer's first step or where the loss is not finite.
 
     Raises:
-        UnsupportedOptimizerError: for an optimizer without a known threshold (LBFGS, a custom
-            class, ``maximize=True``, ...).
+        UnsupportedOptimizerError: for an optimizer without a known threshold (LBFGS, ...).
         ValueError: as ``hessian_eigenvalues``, or if the parameters are spread over several
             optimizers or not held by ``optimizer``.
 
