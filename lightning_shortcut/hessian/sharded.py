@@ -116,21 +116,17 @@ def _fsdp_unsharded(modules: list[nn.Module]):
     roots = []
     for module in modules:  # outermost first: an initialized root marks the modules inside it
         state = module._get_fsdp_state()
-        if state._is_root is None:  # as training would: the root's settings restored are its
+        if state._is_root is None:  # set up as training does: the settings saved are its
             state._lazy_init()
         if state._is_root:
             roots.append(module)
-    saved = [
-        (
-            module,
-            module._get_fsdp_state()._auto_reshard_after_forward,
-            [
-                (group, {name: getattr(group, name) for name in _GROUP_SETTINGS})
-                for group in _param_groups(module)
-            ],
-        )
-        for module in modules
-    ]
+    saved = []
+    for module in modules:
+        groups = [
+            (group, {name: getattr(group, name) for name in _GROUP_SETTINGS})
+            for group in _param_groups(module)
+        ]
+        saved.append((module, module._get_fsdp_state()._auto_reshard_after_forward, groups))
     try:
         for module in modules:
             module.set_reshard_after_forward(False, recurse=False)
