@@ -26,17 +26,12 @@ __all__ = [
 def branch_parameters(model: nn.Module) -> list[Tensor]:
     """The parameters the ``branch_parameters()`` methods of ``model``'s modules declare, once each,
     in module order."""
-    seen: set[int] = set()
-    params: list[Tensor] = []
+    unique: dict[int, Tensor] = {}
     for module in model.modules():
         declared = getattr(module, "branch_parameters", None)
-        if not callable(declared):
-            continue
-        for param in declared():
-            if id(param) not in seen:
-                seen.add(id(param))
-                params.append(param)
-    return params
+        if callable(declared):
+            unique.update((id(param), param) for param in declared())
+    return list(unique.values())
 
 
 def resolve_params(model: nn.Module, params: ParamsSpec) -> list[Tensor]:
