@@ -210,8 +210,7 @@ class HessianSpectrum:
             values.update({f"top_{i}": v for i, v in enumerate(self.top, start=1)})
         if len(self.bottom) > 1:
             values.update({f"bottom_{i}": v for i, v in enumerate(self.bottom, start=1)})
-        if self.hvp_error is not None:
-            values["hvp_error"] = self.hvp_error
+        values["hvp_error"] = self.hvp_error
         values["num_hvps"] = float(self.num_hvps)
         values["seconds"] = self.seconds
         values["converged"] = float(self.converged)

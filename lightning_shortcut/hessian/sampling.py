@@ -157,8 +157,7 @@ def rayleigh_stderr(
     moments = torch.zeros(len(vectors), 5, dtype=torch.float64)
     for index, quotients in enumerate(rows):
         for size, quotient in zip(sizes, quotients, strict=True):
-            # sums of n q, n, n^2 q^2, n^2 q, n^2: enough for the weighted spread after a sum
-            # over ranks
+            # sums of n q, n, n^2 q^2, n^2 q, n^2: the weighted spread after a sum over ranks
             moments[index] += torch.tensor(
                 [size * quotient, size, size**2 * quotient**2, size**2 * quotient, size**2],
                 dtype=torch.float64,

@@ -99,10 +99,8 @@ def register_solver(
     Args:
         name: the name ``method=`` selects it by.
         supports_min_abs: whether it computes ``min_abs`` (only such solvers are asked for it).
-        touches_grads: whether it calls ``.backward`` (accumulating into ``.grad``); the engine then
-            snapshots gradient values around it.
-        validate_options: called with the solver's options (``solver_options``) where they enter,
-            before any measurement; raises ``ValueError`` on a bad value.
+        touches_grads: whether it calls ``.backward``; the engine then restores ``.grad`` after it.
+        validate_options: called with ``solver_options`` where they enter; raises ``ValueError``.
 
     Example:
         ```python
