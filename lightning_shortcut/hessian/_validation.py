@@ -8,18 +8,6 @@ import math
 from collections.abc import Collection
 from typing import Any, TypeVar
 
-__all__ = [
-    "check_bool",
-    "check_choice",
-    "check_float",
-    "check_fraction",
-    "check_non_negative_float",
-    "check_non_negative_int",
-    "check_positive_float",
-    "check_positive_int",
-    "check_positive_ints",
-]
-
 T = TypeVar("T")
 
 
@@ -106,7 +94,7 @@ def check_fraction(name: str, value: object) -> float:
 
 
 def check_bool(name: str, value: object) -> bool:
-    """Return ``value`` if it is a ``bool`` (``TypeError`` otherwise: ``0``, ``"yes"``, ``None``)."""
+    """Return ``value`` if it is a ``bool`` (``TypeError`` otherwise, ``0`` and ``None`` too)."""
     if not isinstance(value, bool):
         raise _wrong_type(name, value, "a bool")
     return value

@@ -103,11 +103,8 @@ def _members(model: nn.Module, block: str, members: Any, names: Mapping[int, str
 def resolve_blocks(
     model: nn.Module, blocks: BlocksSpec, params: ParamsSpec = None
 ) -> dict[str, list[Tensor]]:
-    """The blocks as ``name -> parameters``, checked against ``model``, in the order given.
-
-    Only the parameters of the Hessian (``params``, as in
-    :func:`~lightning_shortcut.hessian.hessian_eigenvalues`) are kept; a residual unit or module
-    left with none is left out, a block you named yourself is refused.
+    """The blocks as ``name -> parameters``, checked against ``model``, in the order given; only
+    the parameters of ``params`` are kept (a block you named that is left with none is refused).
 
     Args:
         model: the model.
@@ -119,10 +116,9 @@ def resolve_blocks(
         ``name -> parameters``, each parameter once.
 
     Raises:
-        ValueError: naming the blocks, where two blocks share a parameter, a name matches no
-            parameter, a member is not one of the model's parameters, a block you named has no
-            parameter of the Hessian, a block's name is not a non-empty string, ``"residual"``
-            finds no module that declares its residual branch, or no block is left.
+        ValueError: naming the blocks, where two share a parameter, a member matches none of the
+            model's parameters, a block is empty or unnamed, ``"residual"`` finds no residual
+            unit, or no block is left.
         TypeError: if ``blocks`` or a block's members are of none of the accepted kinds.
 
     Example:

@@ -1,6 +1,5 @@
-"""Where the curvature lives: the eigenvalues of the Hessian's diagonal blocks
-(:func:`block_eigenvalues`) and the extreme eigenvectors' spread over blocks (:func:`block_profile`).
-How a measurement runs: the docs' blocks page."""
+"""Where the curvature lives: the eigenvalues of the Hessian's diagonal blocks and the extreme
+eigenvectors' spread over blocks (the docs' blocks page)."""
 
 from __future__ import annotations
 
@@ -40,11 +39,8 @@ REST = "(rest)"
 @dataclass(frozen=True)
 class BlockSpectra(Mapping[str, HessianSpectrum]):
     """The extreme eigenvalues of each diagonal block of a loss Hessian: a mapping ``name ->``
-    :class:`~lightning_shortcut.hessian.HessianSpectrum`, in block order.
-
-    Each block's spectrum is what ``hessian_eigenvalues(params=block, vectors=True)`` returns, but
-    that a block whose run did not converge has NaN values (its error bounds are those its run
-    reached).
+    :class:`~lightning_shortcut.hessian.HessianSpectrum`, in block order (NaN values where a block's
+    run did not converge).
 
     Attributes:
         spectra: the blocks' spectra by name.
@@ -127,31 +123,25 @@ def block_eigenvalues(
 ) -> BlockSpectra:
     """The extreme eigenvalues of each diagonal block of the Hessian, all blocks in one measurement.
 
-    Block ``b``'s ``H_bb`` is the Hessian of the loss over block ``b``'s parameters with the others
-    held fixed: how sharp the loss is where only that block moves. Each block gets the run
-    ``hessian_eigenvalues(params=block, seed=seed, vectors=True)`` would make (the same values to
-    rounding), on a view of one operator over all the blocks, so each batch's forward is made once.
-    The arguments not listed below mean what they mean for
-    :func:`~lightning_shortcut.hessian.hessian_eigenvalues`; ``tol`` is relative to each block's
-    own largest ``|eigenvalue|``.
+    Each block gets the run ``hessian_eigenvalues(params=block, vectors=True)`` would make, on a
+    view of one operator over all the blocks. The arguments not listed below are those of
+    :func:`~lightning_shortcut.hessian.hessian_eigenvalues`; ``tol`` is relative to each block.
 
     Args:
-        blocks: ``"residual"`` (default: one block per module with a ``branch_parameters()``
-            method), ``"modules"``, a mapping ``name -> members`` or a callable; see
-            :func:`resolve_blocks`. Blocks keep only the parameters of ``params``.
+        blocks: ``"residual"`` (default), ``"modules"``, a mapping ``name -> members`` or a
+            callable; see :func:`resolve_blocks`.
         method: a registered solver of the operator (not ``"pyhessian"``, which runs on the model).
         hvp: ``"autograd"`` only (block products are restricted double backwards).
         products: deprecated, and ignored with a ``FutureWarning``.
 
     Returns:
         A :class:`BlockSpectra`; a block whose run does not converge has NaN values and
-        ``converged`` ``False`` (a caller that logs them should warn).
+        ``converged`` ``False``.
 
     Raises:
-        ValueError: on bad blocks (see :func:`resolve_blocks`), bad solver arguments or options
-            (as ``hessian_eigenvalues``; ``top_k`` or ``bottom_k`` above a block's size included),
-            a solver that runs on the model, an unknown ``products``, ``hvp="finite_difference"``
-            or a model sharded by ``fully_shard``.
+        ValueError: on bad blocks, arguments refused as by ``hessian_eigenvalues`` (``top_k`` or
+            ``bottom_k`` above a block's size too), a solver that runs on the model, an unknown
+            ``products``, finite differences or a model sharded by ``fully_shard``.
 
     Example:
         ```python
@@ -176,8 +166,7 @@ def block_eigenvalues(
 
 
 def check_block_settings(settings: HessianSettings) -> None:
-    """Raise ``ValueError`` on settings :func:`block_eigenvalues` cannot measure blocks with: a
-    solver that runs on the model, products other than double backward, or ``min_abs``."""
+    """Raise ``ValueError`` on settings :func:`block_eigenvalues` cannot measure blocks with."""
     if settings.solver.touches_grads:
         raise ValueError(
             f"method={settings.method!r} runs on the model's gradients; block eigenvalues need a "
@@ -214,7 +203,7 @@ def compute_block_eigenvalues(
         for name, block in chosen.items():
             start = time.perf_counter()
             spectrum = settings.solve(operator.view(block))
-            if not spectrum.converged:  # a value that did not meet the tolerance is not logged
+            if not spectrum.converged:
                 nan = math.nan
                 spectrum = replace(
                     spectrum, top=[nan] * len(spectrum.top), bottom=[nan] * len(spectrum.bottom),
@@ -228,10 +217,8 @@ def compute_block_eigenvalues(
 
 @dataclass(frozen=True)
 class BlockProfile:
-    """How the extreme eigenvectors of the Hessian are spread over blocks.
-
-    A share is the block's part of the eigenvector's squared norm (the shares sum to one); the
-    parameters in no block share :data:`REST`.
+    """Each block's share of the extreme eigenvectors' squared norm (the parameters in no block
+    share :data:`REST`).
 
     Attributes:
         top: each block's share of the top eigenvector; ``None`` where the spectrum has none.
@@ -258,9 +245,8 @@ def block_profile(
     *,
     params: ParamsSpec = None,
 ) -> BlockProfile:
-    """Each block's share of the squared norm of ``spectrum``'s top and bottom eigenvectors.
-
-    Cheap (no product): the returned vectors, summed by block.
+    """Each block's share of the squared norm of ``spectrum``'s top and bottom eigenvectors (no
+    product).
 
     Args:
         model: the model ``spectrum`` was measured on.
@@ -274,8 +260,7 @@ def block_profile(
 
     Raises:
         ValueError: on bad blocks (see :func:`resolve_blocks`), or vectors whose size is not that
-            of ``params`` (a spectrum of other parameters, or one rank's rows under
-            ``fully_shard``).
+            of ``params``.
 
     Example:
         ```python
@@ -286,12 +271,10 @@ def block_profile(
     chosen = resolve_params(model, params)
     resolved = resolve_blocks(model, blocks, params)
     owner = {id(param): name for name, block in resolved.items() for param in block}
-    dim = sum(param.numel() for param in chosen)
-    check_vector_size(spectrum.vectors, dim, params, model)
-    labels = [owner.get(id(param), REST) for param in chosen]
     sizes = [param.numel() for param in chosen]
+    check_vector_size(spectrum.vectors, sum(sizes), params, model)
+    labels = [owner.get(id(param), REST) for param in chosen]
     top = bottom = None
-    # the vectors are the top ones, then the bottom ones (none where the measurement failed)
     if len(spectrum.vectors) == len(spectrum.top) + len(spectrum.bottom):
         if spectrum.top:
             top = _shares(spectrum.vectors[0], labels, sizes, list(resolved))

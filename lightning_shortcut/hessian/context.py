@@ -1,6 +1,6 @@
 """Where every computation of the engine runs: :func:`hessian_operator` chooses the parameters
-(:func:`select_parameters`, which decides once whether the model is sharded), guards the state
-(:func:`hessian_context`), builds the operator and frees it."""
+(:func:`select_parameters`), guards the state (:func:`hessian_context`), builds the operator and
+frees it."""
 
 from __future__ import annotations
 
@@ -48,14 +48,8 @@ def select_parameters(
     model: nn.Module, settings: HessianSettings, *, unsharded_only: str | None = None
 ) -> ParameterSelection:
     """Resolve ``settings.params`` on ``model`` (resharded first) and decide once whether it is
-    sharded.
-
-    Raises:
-        ValueError: on ``params`` that are not the model's.
-        ShardingError: on a sharding the engine does not support and, on a sharded model, for a
-            caller named by ``unsharded_only``, a solver that runs on the model's gradients or an
-            ``all_reduce``.
-    """
+    sharded; a ``ShardingError`` on a sharding the engine, the caller ``unsharded_only``, the solver
+    or ``all_reduce`` does not support."""
     modules = fsdp_modules(model)
     if modules and unsharded_only is not None:
         raise ShardingError(

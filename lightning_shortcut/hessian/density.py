@@ -31,15 +31,8 @@ __all__ = [
 
 @dataclass
 class TraceEstimate:
-    """Hutchinson estimate of ``tr(H)``.
-
-    Attributes:
-        trace: the mean of ``v^T H v`` over Rademacher probes ``v``.
-        standard_error: the standard error of that mean (``nan`` for one probe).
-        num_probes: probes used.
-        num_hvps: Hessian-vector products used.
-        seconds: wall time.
-    """
+    """Hutchinson estimate of ``tr(H)``: the mean of ``v^T H v`` over Rademacher probes ``v``,
+    its standard error (``nan`` for one probe), the probes and products used, and the wall time."""
 
     trace: float
     standard_error: float
@@ -50,11 +43,8 @@ class TraceEstimate:
 
 @dataclass
 class SpectralDensity:
-    """Stochastic Lanczos quadrature: per probe, Gauss quadrature nodes and weights.
-
-    ``nodes[p]`` are the Ritz values of probe ``p`` and ``weights[p]`` sum to one; together they
-    approximate the spectral measure ``(1/d) sum_i delta(lambda_i)``.
-    """
+    """Stochastic Lanczos quadrature: ``nodes[p]``, the Ritz values of probe ``p``, and
+    ``weights[p]``, summing to one, approximate the measure ``(1/d) sum_i delta(lambda_i)``."""
 
     nodes: Tensor
     weights: Tensor
@@ -83,10 +73,8 @@ def hessian_trace(
     mode: Mode = "eval",
     all_reduce: AllReduce | None = None,
 ) -> TraceEstimate:
-    """Hutchinson's estimate of the Hessian trace with Rademacher probes.
-
-    The arguments not listed below are those of
-    :func:`~lightning_shortcut.hessian.hessian_eigenvalues`.
+    """Hutchinson's estimate of the Hessian trace with Rademacher probes. The arguments not listed
+    below are those of :func:`~lightning_shortcut.hessian.hessian_eigenvalues`.
 
     Args:
         num_probes: the maximum number of probes.
@@ -121,9 +109,8 @@ def hessian_trace(
 
 def _mean_and_error(samples: list[float]) -> tuple[float, float]:
     values = torch.tensor(samples, dtype=torch.float64)
-    if len(samples) < 2:
-        return float(values.mean()), math.nan
-    return float(values.mean()), float(values.std() / math.sqrt(len(samples)))
+    error = values.std() / math.sqrt(len(samples)) if len(samples) > 1 else math.nan
+    return float(values.mean()), float(error)
 
 
 def spectral_density(
@@ -138,11 +125,8 @@ def spectral_density(
     mode: Mode = "eval",
     all_reduce: AllReduce | None = None,
 ) -> SpectralDensity:
-    """Spectral density of the Hessian by stochastic Lanczos quadrature (Ghorbani et al., 2019).
-
-    Each probe runs ``num_steps`` Lanczos steps (full reorthogonalization) from a Gaussian unit
-    vector; the Ritz values are the quadrature nodes, the squared first components of the Ritz
-    vectors the weights.
+    """Spectral density of the Hessian by stochastic Lanczos quadrature (Ghorbani et al., 2019):
+    ``num_steps`` Lanczos steps from each of ``num_probes`` Gaussian vectors.
 
     Example:
         ```python
@@ -186,7 +170,7 @@ def compute_spectral_density(
                 if process.beta <= INVARIANT * float(process.projected.abs().max()):
                     break  # an invariant subspace: its Ritz values are exact
             values, vectors, _ = process.ritz()
-            unused = (0, steps - values.numel())  # an invariant subspace reached early: weight 0
+            unused = (0, steps - values.numel())  # an invariant subspace: weight 0
             all_nodes.append(torch.nn.functional.pad(values, unused))
             all_weights.append(torch.nn.functional.pad(vectors[0] ** 2, unused))
     nodes, weights = torch.stack(all_nodes), torch.stack(all_weights)

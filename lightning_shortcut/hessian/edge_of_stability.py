@@ -1,6 +1,5 @@
 """``edge_of_stability``: how close an optimizer's step is to the edge of stability (Cohen et al.,
-ICLR 2021: gradient descent on a quadratic is stable while ``lr * lambda_max < 2``; other
-optimizers: :mod:`lightning_shortcut.hessian.optimizers`)."""
+ICLR 2021), outside Lightning."""
 
 from __future__ import annotations
 
@@ -30,21 +29,18 @@ class EdgeOfStability:
     """An optimizer's distance to the edge of stability.
 
     Attributes:
-        stability: the largest eigenvalue of ``D^1/2 (H + W) D^1/2`` (the step-preconditioned
-            Hessian) over the optimizer's threshold: a step is stable on the local quadratic below
-            1. ``nan`` where unavailable (see ``reason``).
-        max_stable_lr: the first group's learning rate at which ``stability`` would be 1 (every
-            group's scaled alike).
+        stability: the largest eigenvalue of the step-preconditioned Hessian
+            ``D^1/2 (H + W) D^1/2`` over the optimizer's threshold (stable below 1); ``nan`` where
+            unavailable (see ``reason``).
+        max_stable_lr: the first group's learning rate at which ``stability`` would be 1.
         preconditioned_max_eigenvalue: the largest eigenvalue of ``D^1/2 (H + W) D^1/2``.
         threshold: the optimizer's constant (2 for SGD, ``(2 + 2 b1) / (1 - b1)`` for Adam, ...).
         lr: the first group's current learning rate.
         optimizer: the optimizer's class name.
-        error: a bound on the error of ``stability``; ``nan`` where ``hessian_max_eigenvalue``
-            was given.
+        error: a bound on the error of ``stability`` (``nan`` given ``hessian_max_eigenvalue``).
         spectrum: the eigenvalue run's result (``None`` where no run was made).
         seconds: wall time.
-        before_first_step: ``stability`` is ``nan`` because an adaptive optimizer has taken no
-            step yet.
+        before_first_step: an adaptive optimizer has taken no step yet (``stability`` is ``nan``).
     """
 
     stability: float
@@ -116,27 +112,22 @@ def edge_of_stability(
     solver_options: Mapping[str, Any] | None = None,
     hvp: Hvp = "autograd",
 ) -> EdgeOfStability:
-    """The stability ratio of ``optimizer``'s next step on the Hessian of ``model``'s loss.
-
-    With SGD (any momentum, Nesterov, coupled weight decay) and one learning rate, the ratio is
-    ``lr * (lambda_max + wd) / c``: free given ``hessian_max_eigenvalue``, else one eigenvalue run.
-    Adam, AdamW, RMSprop and unequal groups cost one run on the preconditioned operator. The
+    """The stability ratio of ``optimizer``'s next step on the Hessian of ``model``'s loss: one
+    eigenvalue run, or none for SGD with one learning rate given ``hessian_max_eigenvalue``. The
     arguments not listed below are those of :func:`~lightning_shortcut.hessian.hessian_eigenvalues`.
 
     Args:
         optimizer: the optimizer, or several (the one holding the Hessian's parameters is used).
         hessian_max_eigenvalue: ``lambda_max`` of the Hessian on the same data and parameters, if
             known (``error`` is then ``nan``).
-        start: a previous report (or its ``tracking_vectors``) for a warm eigenvalue run (see
-            :func:`~lightning_shortcut.hessian.hessian_eigenvalues`).
+        start: a previous report (or its ``tracking_vectors``) for a warm eigenvalue run.
 
     Returns:
-        An :class:`EdgeOfStability`; ``stability`` is ``nan`` with a ``reason`` while an adaptive
-        optimizer has no state yet (before its first step) or the loss is not finite.
+        An :class:`EdgeOfStability`; ``stability`` is ``nan`` with a ``reason`` before an adaptive
+        optimizer's first step or where the loss is not finite.
 
     Raises:
-        UnsupportedOptimizerError: for an optimizer without a known threshold (LBFGS, a custom
-            class, ``maximize=True``, ...).
+        UnsupportedOptimizerError: for an optimizer without a known threshold (LBFGS, ...).
         ValueError: as ``hessian_eigenvalues``, or if the parameters are spread over several
             optimizers or not held by ``optimizer``.
 
@@ -168,8 +159,7 @@ def compute_edge_of_stability(
     start: EdgeOfStability | WarmStart | None = None,
 ) -> EdgeOfStability:
     """:func:`edge_of_stability` with its options as one
-    :class:`~lightning_shortcut.hessian.HessianSettings` (of which the run asks only the top
-    eigenvalue); raises as it does."""
+    :class:`~lightning_shortcut.hessian.HessianSettings`; raises as it does."""
     begin = time.perf_counter()
     settings = replace(settings, top_k=1, bottom_k=0, min_abs=False, stderr=False)
     selection = select_parameters(model, settings)  # sharded or not, decided once
@@ -187,23 +177,18 @@ def compute_edge_of_stability(
         spectrum = compute_spectrum(
             model, data, loss_fn, settings, transform=preconditioner.operator, **solve
         )
-        top = spectrum.max
+        top, step = spectrum.max, 1.0
+        max_stable_lr = preconditioner.max_stable_lr(top)
     else:  # the step is lr times the gradient: the preconditioned operator is lr (H + wd I)
         if hessian_max_eigenvalue is None:
             spectrum = compute_spectrum(model, data, loss_fn, settings, **solve)
             hessian_max_eigenvalue = spectrum.max
-        top = (
-            preconditioner.stability_from_hessian(hessian_max_eigenvalue) * preconditioner.threshold
-        )
-    # SGD's largest stable rate comes from the Hessian (finite at lr 0), not from the ratio
-    max_stable_lr = (
-        preconditioner.max_stable_lr(top)
-        if preconditioner.needs_preconditioned_run
-        else preconditioner.max_stable_lr_from_hessian(hessian_max_eigenvalue)
-    )
-    error = math.nan
-    if spectrum is not None:  # the preconditioned run's bound, or the Hessian's times the step
-        step = 1.0 if preconditioner.needs_preconditioned_run else preconditioner.uniform_step
+        ratio = preconditioner.stability_from_hessian(hessian_max_eigenvalue)
+        top, step = ratio * preconditioner.threshold, preconditioner.uniform_step
+        # from the Hessian, not the ratio: finite at lr 0
+        max_stable_lr = preconditioner.max_stable_lr_from_hessian(hessian_max_eigenvalue)
+    error = math.nan  # the run's bound, times the step where the run was on the Hessian
+    if spectrum is not None:
         error = step * spectrum.top_errors[0] / preconditioner.threshold
     return EdgeOfStability(
         stability=preconditioner.stability(top),

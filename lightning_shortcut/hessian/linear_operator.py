@@ -25,9 +25,8 @@ class NonFiniteProductError(ArithmeticError):
 class LinearOperator:
     """A symmetric ``dim x dim`` operator, applied to flat vectors like :attr:`like`.
 
-    Subclasses implement :meth:`_matvec`; calling the operator counts the product. The solvers hold
-    vectors of length :attr:`local_dim` and take inner products and norms through :meth:`reduce`
-    and :meth:`norm`, which an operator on vectors sharded over processes sums over them.
+    Subclasses implement :meth:`_matvec`; calling the operator counts the product. Inner products
+    and norms go through :meth:`reduce` and :meth:`norm`, which sum over processes when sharded.
 
     Attributes:
         dim: the operator's size.
@@ -97,10 +96,8 @@ class LambdaOperator(LinearOperator):
 
 
 class ScaledOperator(LinearOperator):
-    """``S (A + shift I) S`` for a diagonal ``S = diag(scale)``: a symmetric preconditioning of ``A``.
-
-    With ``scale = sqrt(d)`` its eigenvalues are those of ``diag(d) (A + shift I)``; ``shift`` may be
-    a float or a vector."""
+    """``S (A + shift I) S`` for ``S = diag(scale)`` (``shift`` a float or a vector): with
+    ``scale = sqrt(d)``, the eigenvalues of ``diag(d) (A + shift I)``."""
 
     def __init__(self, base: LinearOperator, scale: Tensor, shift: Tensor | float = 0.0) -> None:
         if scale.shape != (base.local_dim,):
@@ -135,7 +132,7 @@ class ScaledOperator(LinearOperator):
 
 def check_finite(product: Tensor) -> Tensor:
     """Return ``product``, or raise :class:`NonFiniteProductError` if it holds NaN or inf."""
-    # the extremes are NaN where any entry is, infinite where any is: no product-sized temporary
+    # the extremes are NaN or infinite where any entry is: no product-sized temporary
     if product.numel() and not all(map(math.isfinite, map(float, torch.aminmax(product)))):
         raise NonFiniteProductError("a product held NaN or inf")
     return product

@@ -32,16 +32,11 @@ __all__ = [
 
 
 class HessianOperator(LinearOperator):
-    """Products ``H v`` with the Hessian of the size-weighted mean loss over ``batches``.
-
-    ``H = sum_b n_b H_b / sum_b n_b`` (``H_b`` the Hessian of batch ``b``'s mean loss): the exact
-    Hessian of the mean over all samples. Products are double backwards (``torch.autograd.grad``);
-    a single batch's first-order graph (every batch's with ``keep_graphs``) is built once and kept
-    until :meth:`free_graph`. :meth:`view` gives a diagonal block. It needs gradients enabled and,
-    for attention, the math SDPA backend; :func:`~lightning_shortcut.hessian.hessian_eigenvalues`
-    arranges both. With ``hvp="finite_difference"`` a product is the central difference of
-    gradients ``(g(w + e v) - g(w - e v)) / 2e``, the weights restored bit for bit from a kept copy
-    (the step and its error: the docs' engine page, "Finite-difference products").
+    """Products ``H v`` with the Hessian of the size-weighted mean loss over ``batches``,
+    ``H = sum_b n_b H_b / sum_b n_b``: double backwards (or, with ``hvp="finite_difference"``,
+    central differences of gradients), a single batch's first-order graph built once and kept until
+    :meth:`free_graph`. It needs gradients enabled and, for attention, the math SDPA backend
+    (``hessian_eigenvalues`` arranges both).
 
     Args:
         model: the model.
@@ -49,11 +44,9 @@ class HessianOperator(LinearOperator):
         loss_fn: ``loss_fn(model, batch) -> scalar`` mean loss of the batch.
         params: the parameters the Hessian is taken over (resolved: tensors of ``model``).
         settings: the :class:`~lightning_shortcut.hessian.HessianSettings` whose ``hvp``,
-            ``all_reduce`` (one packed sum per product: the local weighted sum, the sample count and
-            a non-finite flag) and, in train mode, ``seed`` (``torch.manual_seed(seed + b)`` before
-            batch ``b``'s forward: the same dropout masks in every product) the products follow.
-        keep_graphs: keep every batch's first-order graph, so that views measured in turn build
-            each batch's graph once.
+            ``all_reduce`` and, in train mode, ``seed`` (``seed + b`` before batch ``b``'s forward:
+            the same dropout masks in every product) the products follow.
+        keep_graphs: keep every batch's first-order graph (for views measured in turn).
 
     Attributes:
         hvp_error: with ``hvp="finite_difference"``, the estimated relative error of a product
@@ -80,8 +73,7 @@ class HessianOperator(LinearOperator):
         self.shapes = [p.shape for p in self.params]
         self.numels = [p.numel() for p in self.params]
         first = self.params[0]
-        # half-precision parameters: the solvers' vectors stay in float32 (orthogonality), products
-        # are taken in the parameters' dtype
+        # the solvers' vectors of half-precision parameters stay in float32 (orthogonality)
         dtype = first.dtype if first.dtype in (torch.float32, torch.float64) else torch.float32
         super().__init__(sum(self.numels), torch.zeros(0, dtype=dtype, device=first.device))
         self.nonfinite = False
@@ -104,8 +96,8 @@ class HessianOperator(LinearOperator):
         taken through this operator.
 
         Raises:
-            ValueError: on a parameter that is not one of this operator's, or on an operator whose
-                products are not restricted double backwards (finite differences, sharded vectors).
+            ValueError: on a parameter not of this operator, or products that are not double
+                backwards on whole vectors.
         """
         if self.sharded or self.settings.hvp != "autograd":
             raise ValueError(
@@ -192,7 +184,7 @@ class HessianOperator(LinearOperator):
             allow_unused=True,
         )
         pieces = list(products)
-        del products  # the pieces are freed one by one as they are copied
+        del products  # each piece is freed once copied
         for position, piece in enumerate(torch.split(result, [self.numels[i] for i in indices])):
             if pieces[position] is not None:
                 piece.copy_(pieces[position].reshape(-1))
@@ -215,7 +207,6 @@ class HessianOperator(LinearOperator):
     def _sum_over_processes(
         self, total: Tensor, count: float, nonfinite: bool
     ) -> tuple[Tensor, float, bool]:
-        """A local total, the sample count and the non-finite flag summed over processes."""
         all_reduce = self.settings.all_reduce
         if all_reduce is None:
             return total, count, nonfinite
@@ -237,8 +228,7 @@ class HessianOperator(LinearOperator):
         whole = self._gather(vector)
         product = self._mean(self._local_sum(whole, indices))
         if self.settings.hvp == "finite_difference" and self.hvp_error is None:
-            wider = self._mean(self._local_sum(whole, indices, scale=2.0))
-            # one product taken with the step e and with 2e
+            wider = self._mean(self._local_sum(whole, indices, scale=2.0))  # the step 2e
             norm = float(self.norm(product))
             self.hvp_error = float(self.norm(wider - product)) / norm if norm > 0 else 0.0
         return product
@@ -259,8 +249,7 @@ class HessianOperator(LinearOperator):
 
 
 class HessianView(LinearOperator):
-    """The diagonal block ``H_SS`` of a :class:`HessianOperator` (:meth:`HessianOperator.view`);
-    its ``free_graph`` leaves the operator's graphs to the operator.
+    """The diagonal block ``H_SS`` of a :class:`HessianOperator` (:meth:`HessianOperator.view`).
 
     Attributes:
         operator: the operator it is a view of.

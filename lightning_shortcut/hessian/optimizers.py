@@ -1,45 +1,9 @@
 """The optimizer side of the edge-of-stability ratio: how one step scales the gradient.
 
-``hessian/stability`` is the largest eigenvalue of the step-preconditioned Hessian
-``D^1/2 (H + W) D^1/2`` divided by the optimizer's threshold constant ``c``, so 1.0 is the edge of
-stability (Cohen et al., ICLR 2021; Cohen et al., "Adaptive Gradient Methods at the Edge of
-Stability", 2022). ``D`` is the per-parameter step size, ``W`` the coupled weight decay. It is
-similar to ``D (H + W)``, so both have the same eigenvalues. This module reads ``D``, ``W`` and ``c``
-from a live ``torch.optim`` optimizer; it solves no eigenproblem.
-
-Derivation. Linearize one step on ``f(x) = x^T H x / 2``: ``x' = q x - D u'``, where ``u`` is the
-optimizer's momentum filter of the gradient ``g = (H + W) x`` and ``q = 1 - lr * wd`` the decoupled
-decay (1 without). With ``z = D^-1/2 x`` the step decouples along the eigenvectors of
-``A = D^1/2 (H + W) D^1/2``; a mode of eigenvalue ``a > 0`` is a linear recurrence with
-characteristic polynomial ``p``, stable iff its roots lie in the unit disc (Jury: ``|p(0)| < 1``,
-``p(1) > 0``, ``p(-1) > 0``). The binding condition is ``p(-1) > 0``, a root crossing -1:
-
-- SGD, ``x' = x - lr g``: ``mu = 1 - a``, so ``a < 2``.
-- Heavy ball, ``buf' = b buf + (1 - d) g``, ``x' = x - lr buf'``:
-  ``p = mu^2 - (1 + b - (1 - d) a) mu + b``, ``p(-1) = 2 + 2b - (1 - d) a``: ``a < (2 + 2b) / (1 - d)``.
-- Nesterov, ``x' = x - lr (g + b buf')`` (dampening 0):
-  ``p = mu^2 - (1 + b - (1 + b) a) mu + b (1 - a)``, ``p(-1) = 2 + 2b - (1 + 2b) a``:
-  ``a < (2 + 2b) / (1 + 2b)``.
-- Adam, ``m' = b1 m + (1 - b1) g``, ``x' = x - D m'``: heavy ball with ``d = b1``:
-  ``a < (2 + 2 b1) / (1 - b1)``.
-- AdamW, ``x' = q x - D m'``: ``p = mu^2 - (q + b1 - (1 - b1) a) mu + q b1``,
-  ``p(-1) = (1 + q)(1 + b1) - (1 - b1) a``: ``a < (1 + q)(1 + b1) / (1 - b1)``, Adam's constant
-  times ``1 - lr * wd / 2``.
-- RMSprop, ``buf' = b buf + g / denom``, ``x' = x - lr buf'``: heavy ball with ``d = 0``: ``2 + 2b``.
-- Coupled L2 (``weight_decay`` of SGD, Adam, RMSprop: ``g += wd x``) is curvature: ``W = wd I`` per
-  group, the same constants.
-
-Groups with different constants ``c_g`` (momentum, or AdamW's ``lr * wd``) do not decouple, but the
-Schur complement of ``M + I`` (``M`` the whole linear step) shows that an eigenvalue of ``M`` reaches
--1 exactly when ``lambda_max(S^1/2 (H + W) S^1/2) = 2`` with ``S = 2 D / c_g`` per parameter. So the
-operator uses ``D * c / c_g`` with ``c`` the first parameter's constant; that is the plain formula
-when the constants agree (a proof by Jury), and with differing constants the crossing of -1, which
-the tests confirm against the real optimizers.
-
-The constants are asymptotic: Adam's ``1 / (1 - b1^t)`` is folded into ``D`` (as Cohen et al. 2022
-do) and SGD's first momentum step is ignored. ``D`` is read when asked: the groups' current ``lr``
-(after any scheduler) and, for adaptive optimizers, the second moment of the last step.
-"""
+``hessian/stability`` is ``lambda_max(D^1/2 (H + W) D^1/2) / c``: ``D`` the per-parameter step size,
+``W`` the coupled weight decay, ``c`` the optimizer's threshold constant (1.0 is the edge of
+stability). This module reads ``D``, ``W`` and ``c`` from a live ``torch.optim`` optimizer; the
+thresholds and their derivation are on the docs' stability page."""
 
 from __future__ import annotations
 
@@ -71,20 +35,15 @@ class UnsupportedOptimizerError(Exception):
 class StepPreconditioner:
     """How one optimizer step scales the gradient, linearized on a quadratic.
 
-    All per-parameter fields follow the order of the ``params`` given to
-    :func:`step_preconditioner`, which is also the order of the flat vectors. For parameters
-    sharded by ``fully_shard`` (FSDP2), ``step_sizes`` hold this rank's rows, as the flat vectors
-    of :class:`~lightning_shortcut.hessian.sharded.FullyShardedHessianOperator` do.
+    Per-parameter fields follow the order of the ``params`` given to :func:`step_preconditioner`
+    (under ``fully_shard``, ``step_sizes`` hold this rank's rows).
 
     Attributes:
         optimizer: the optimizer's class name, e.g. ``"AdamW"``.
-        step_sizes: per parameter, the step size ``D`` (shaped like the parameter, detached, float32
-            or wider): the group's ``lr`` for SGD (an expanded scalar, no memory),
-            ``lr / ((1 - b1^t) (sqrt(v / (1 - b2^t)) + eps))`` for Adam and AdamW, the factor the
-            last step multiplied ``m`` by (``v = max_exp_avg_sq`` under ``amsgrad``);
-            ``lr / (sqrt(v) + eps)`` for RMSprop. Zero for a parameter the optimizer has never
-            stepped (no state while others have one: it had no gradient, it did not move).
-        thresholds: per parameter, the constant ``c`` of its group (see the module docstring).
+        step_sizes: per parameter, the step size ``D`` (detached, float32 or wider): the group's
+            ``lr`` for SGD, ``lr / ((1 - b1^t) (sqrt(v / (1 - b2^t)) + eps))`` for Adam and AdamW,
+            ``lr / (sqrt(v) + eps)`` for RMSprop; zero for a parameter never stepped.
+        thresholds: per parameter, the constant ``c`` of its group.
         curvature_shifts: per parameter, the coupled weight decay added to the Hessian (0 if none).
         decay_rates: per parameter, ``lr * wd / 2`` of a decoupled decay (0 if none).
         lr: the current ``lr`` of the optimizer's first param group.
@@ -108,7 +67,7 @@ class StepPreconditioner:
     @property
     def needs_preconditioned_run(self) -> bool:
         """Whether the ratio needs an eigenvalue of the preconditioned operator (else see
-        :meth:`stability_from_hessian`): a preconditioner, unequal groups or unequal decays."""
+        :meth:`stability_from_hessian`)."""
         return self.uniform_step is None or len(set(self.curvature_shifts)) > 1
 
     def flat_scales(self, like: Tensor) -> Tensor:
@@ -127,16 +86,13 @@ class StepPreconditioner:
 
     def operator(self, hessian: LinearOperator) -> ScaledOperator:
         """The step-preconditioned operator ``S^1/2 (H + W) S^1/2``, ``S = D c / c_g``, over
-        ``hessian`` (whose flat vectors follow the order of the ``params`` given to
-        :func:`step_preconditioner`, as :class:`~lightning_shortcut.hessian.HessianOperator`'s do).
-        Its largest eigenvalue goes to :meth:`stability`."""
+        ``hessian``; its largest eigenvalue goes to :meth:`stability`."""
         return ScaledOperator(
             hessian, self.flat_scales(hessian.like), self.flat_shifts(hessian.like)
         )
 
     def stability(self, preconditioned_max_eigenvalue: float) -> float:
-        """``lambda_max / c``: 1.0 is the edge of stability. ``preconditioned_max_eigenvalue`` is
-        the largest eigenvalue of :meth:`operator`."""
+        """``lambda_max / c`` of :meth:`operator`: 1.0 is the edge of stability."""
         return preconditioned_max_eigenvalue / self.threshold
 
     def stability_from_hessian(self, hessian_max_eigenvalue: float) -> float:
@@ -154,24 +110,15 @@ class StepPreconditioner:
         return self.uniform_step * shifted / self.threshold
 
     def max_stable_lr_from_hessian(self, hessian_max_eigenvalue: float) -> float:
-        """SGD's ``lr`` at which the ratio is 1, ``c / (lambda_max + wd)``: from the Hessian, not
-        divided out of the ratio, so the same at any current ``lr``, 0 included; ``inf`` where
-        ``lambda_max + wd <= 0``. Raises ``ValueError`` as :meth:`stability_from_hessian`."""
+        """SGD's ``lr`` at which the ratio is 1, ``c / (lambda_max + wd)`` (``inf`` where that is
+        not positive); raises as :meth:`stability_from_hessian`."""
         self.stability_from_hessian(hessian_max_eigenvalue)  # refuses a step that is not uniform
         shifted = hessian_max_eigenvalue + self.curvature_shifts[0]
         return self.threshold / shifted if shifted > 0 else math.inf
 
     def max_stable_lr(self, preconditioned_max_eigenvalue: float) -> float:
-        """The first group's ``lr`` at which the ratio is 1, every group's ``lr`` scaled alike.
-
-        ``D`` is proportional to ``lr``, so without decoupled decay this is ``lr / stability``.
-        AdamW's constant shrinks with ``lr``: scaling every ``lr`` by ``s`` gives a ratio of
-        ``s rho / (1 - s k)``, with ``k = lr wd / 2`` and ``rho`` the ratio without decay, so
-        ``s = 1 / (rho + k)``. When groups differ in ``k`` the true ``s`` lies between the values
-        for the smallest and the largest ``k`` (Ostrowski); the smaller is returned (conservative).
-        ``inf`` when the eigenvalue is not positive: no learning rate reaches the edge, or the
-        current ``lr`` is 0 (then, for SGD, see :meth:`max_stable_lr_from_hessian`).
-        """
+        """The first group's ``lr`` at which the ratio is 1, every group's ``lr`` scaled alike
+        (the docs' stability page); ``inf`` when the eigenvalue is not positive."""
         ratio = self.stability(preconditioned_max_eigenvalue)
         if not ratio > 0:
             return math.inf
@@ -189,7 +136,7 @@ def select_optimizer(optimizers: Sequence[Optimizer], params: Sequence[Tensor]) 
     optimizers = list(optimizers)
     if not optimizers:
         raise ValueError("`optimizers` is empty; pass the optimizers of the model being trained.")
-    held = [_held_ids(optimizer) for optimizer in optimizers]
+    held = [{id(p) for group in o.param_groups for p in group["params"]} for o in optimizers]
     owners: set[int] = set()
     for index, param in enumerate(params):
         holders = {number for number, ids in enumerate(held) if id(param) in ids}
@@ -208,28 +155,9 @@ def select_optimizer(optimizers: Sequence[Optimizer], params: Sequence[Tensor]) 
 def step_preconditioner(
     optimizer: Optimizer, params: Sequence[Tensor]
 ) -> StepPreconditioner | None:
-    """Read the current step preconditioner of ``optimizer`` over ``params``.
-
-    Reads each group's current ``lr`` (so after any scheduler), its momentum settings, weight decay
-    and, for Adam, AdamW and RMSprop, the state. ``params`` may be any subset of the optimizer's
-    parameters, in any order, spread over any of its groups.
-
-    Args:
-        optimizer: an exact ``torch.optim.SGD``, ``Adam``, ``AdamW`` or ``RMSprop`` (subclasses may
-            change ``step`` and count as unknown).
-        params: the parameters the Hessian is over.
-
-    Returns:
-        The preconditioner, or ``None`` while ``D`` is undefined: Adam, AdamW or RMSprop before
-        their first step on these parameters (no second-moment state yet). Ask again later.
-
-    Example:
-        ```python
-        preconditioner = step_preconditioner(select_optimizer(trainer.optimizers, params), params)
-        if preconditioner is not None:
-            top = ...  # the largest eigenvalue of preconditioner.operator(hessian_operator)
-            stability, max_lr = preconditioner.stability(top), preconditioner.max_stable_lr(top)
-        ```
+    """The current step preconditioner of an exact ``torch.optim.SGD``, ``Adam``, ``AdamW`` or
+    ``RMSprop`` over ``params`` (any subset of its parameters, in any order), or ``None`` while
+    ``D`` is undefined (an adaptive optimizer before its first step on them).
 
     Raises:
         UnsupportedOptimizerError: an unknown optimizer class, ``maximize=True``, ``momentum >= 1``,
@@ -259,7 +187,8 @@ def step_preconditioner(
                 f"{type(optimizer).__name__} with maximize=True ascends the loss; its stability "
                 "concerns -H, not the Hessian whose eigenvalues are measured."
             )
-        rows.append(reader(group, _local_state(optimizer.state.get(param, {})), _local(param)))
+        state = {key: _local(value) for key, value in optimizer.state.get(param, {}).items()}
+        rows.append(reader(group, state, _local(param)))
     if all(row[3] is None for row in rows):
         return None
     thresholds, shifts, decays, steps = zip(*rows, strict=True)
@@ -354,16 +283,8 @@ def _local(tensor: Any) -> Any:
     return to_local() if callable(to_local) else tensor
 
 
-def _local_state(state: dict[str, Any]) -> dict[str, Any]:
-    return {key: _local(value) for key, value in state.items()}
-
-
 def _dtype(param: Tensor) -> torch.dtype:
     return torch.promote_types(param.dtype, torch.float32)
-
-
-def _held_ids(optimizer: Optimizer) -> set[int]:
-    return {id(p) for group in optimizer.param_groups for p in group["params"]}
 
 
 def _describe(index: int, param: Tensor) -> str:

@@ -27,8 +27,7 @@ class GradientOverlap:
     Attributes:
         overlap: ``||P g||^2 / ||g||^2`` for ``P`` the projector on the span (NaN for a zero or
             non-finite gradient, or no top vectors).
-        components: the share along each top vector (orthonormalized in order); they sum to
-            ``overlap``.
+        components: the share along each top vector (orthonormalized in order), summing to it.
         gradient_norm: ``||g||``.
         seconds: wall time of the call.
     """
@@ -50,11 +49,8 @@ def gradient_overlap(
     seed: int = 0,
     all_reduce: AllReduce | None = None,
 ) -> GradientOverlap:
-    """The share of the gradient on ``data`` that lies in the span of ``spectrum``'s top vectors.
-
-    One backward per batch (no Hessian-vector product). Pass the arguments the spectrum was
-    measured with (as for :func:`~lightning_shortcut.hessian.hessian_eigenvalues`), so that the
-    gradient is that of the loss whose Hessian it is.
+    """The share of the gradient on ``data`` that lies in the span of ``spectrum``'s top vectors:
+    one backward per batch. Pass the other arguments the spectrum was measured with.
 
     Args:
         spectrum: a result of ``hessian_eigenvalues`` with ``top_k >= 1`` and ``vectors=True``; its
@@ -64,9 +60,8 @@ def gradient_overlap(
         A :class:`GradientOverlap`.
 
     Raises:
-        ValueError: if the spectrum's vectors do not have the size of ``params``, or the model is
-            sharded by ``fully_shard``; and where ``hessian_eigenvalues`` refuses ``data``,
-            ``loss_fn`` or ``params``.
+        ValueError: if the spectrum's vectors do not have the size of ``params``, the model is
+            sharded by ``fully_shard``, or as ``hessian_eigenvalues``.
 
     Example:
         ```python
@@ -86,8 +81,7 @@ def compute_gradient_overlap(
     *,
     spectrum: HessianSpectrum,
 ) -> GradientOverlap:
-    """:func:`gradient_overlap` with the spectrum's settings as one
-    :class:`~lightning_shortcut.hessian.HessianSettings`."""
+    """:func:`gradient_overlap` with the spectrum's settings as one ``HessianSettings``."""
     selection = select_parameters(model, settings, unsharded_only="gradient_overlap")
     begin = time.perf_counter()
     with hessian_operator(model, data, loss_fn, settings, selection) as operator:
@@ -97,7 +91,7 @@ def compute_gradient_overlap(
     norm = float(gradient.norm())
     components: list[float] = []
     if top and norm > 0 and math.isfinite(norm):
-        # Gram-Schmidt in the order of the eigenvalues: the first component is the top vector's
+        # orthonormalized in the order of the eigenvalues: the first component is the top's
         basis, _ = torch.linalg.qr(torch.stack([v.detach().double().cpu() for v in top], dim=1))
         components = ((basis.T @ gradient) / norm).square().tolist()
     overlap = math.fsum(components) if components else math.nan

@@ -24,26 +24,18 @@ __all__ = [
 
 
 def branch_parameters(model: nn.Module) -> list[Tensor]:
-    """The parameters that the modules of ``model`` with a ``branch_parameters()`` method declare
-    (such as :class:`~lightning_shortcut.ResidualUnit`), once each, in module order."""
-    seen: set[int] = set()
-    params: list[Tensor] = []
+    """The parameters the ``branch_parameters()`` methods of ``model``'s modules declare, once each,
+    in module order."""
+    unique: dict[int, Tensor] = {}
     for module in model.modules():
         declared = getattr(module, "branch_parameters", None)
-        if not callable(declared):
-            continue
-        for param in declared():
-            if id(param) not in seen:
-                seen.add(id(param))
-                params.append(param)
-    return params
+        if callable(declared):
+            unique.update((id(param), param) for param in declared())
+    return list(unique.values())
 
 
 def resolve_params(model: nn.Module, params: ParamsSpec) -> list[Tensor]:
-    """The parameters to differentiate, checked against ``model``.
-
-    ``None`` or ``"all"``: every parameter that requires grad; ``"residual"``:
-    :func:`branch_parameters`; a callable ``model -> parameters``; or the parameters.
+    """The parameters to differentiate, checked against ``model`` (see :data:`ParamsSpec`).
 
     Raises:
         ValueError: if a parameter is not one of the model's, none requires grad, or

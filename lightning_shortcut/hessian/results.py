@@ -43,8 +43,8 @@ def magnitude_ratio(largest: float, smallest: float, atol: float = 0.0) -> float
 class HessianSpectrum:
     """The extreme eigenvalues of a loss Hessian (or any symmetric operator), with error bounds.
 
-    A solver fills in ``top``, ``bottom``, their errors, ``vectors``, ``scale``, ``converged`` and
-    ``reason`` (and ``min_abs``); the caller's result is :meth:`completed` from it.
+    A solver fills in the values, their errors, ``vectors``, ``scale``, ``converged`` and
+    ``reason``; the caller's result is :meth:`completed` from it.
 
     Attributes:
         top: the ``top_k`` largest eigenvalues, descending.
@@ -53,12 +53,9 @@ class HessianSpectrum:
         min: the smallest algebraic eigenvalue (``None`` when ``bottom_k = 0``).
         min_abs: the smallest ``|eigenvalue|`` (``None`` unless ``min_abs=True``); where not
             resolved, an upper bound on it.
-        min_abs_resolved: whether ``min_abs`` is known to relative accuracy ``tol``; ``False``
-            when it is ``<= tol * max|lambda|`` (singular to within ``tol``) or the solver ran out
-            of products (``None`` unless ``min_abs=True``).
+        min_abs_resolved: whether ``min_abs`` is known to relative accuracy ``tol``.
         condition_number: ``max|lambda| / min_abs``; ``inf`` below resolution, ``nan`` for a zero
-            Hessian, a lower bound where the solver ran out of products (``None`` unless
-            ``min_abs=True``).
+            Hessian (the docs' engine page, "What `tol` means").
         top_errors: for each value of ``top``, a bound on its error (see the solver).
         bottom_errors: the same for ``bottom``.
         min_abs_error: a bound on the error of ``min_abs``.
@@ -69,18 +66,17 @@ class HessianSpectrum:
         seconds: wall time of the call.
         method: the solver used.
         hvp: ``"autograd"`` (exact) or ``"finite_difference"``.
-        hvp_error: with finite differences, the estimated relative error of a product, included in
-            the error bounds as ``hvp_error * max|lambda|``; ``None`` for exact products.
+        hvp_error: with finite differences, the estimated relative error of a product (in the
+            error bounds as ``hvp_error * max|lambda|``).
         warm_start: whether the answer came from a run started from ``start`` vectors.
-        warm_given_up: whether a warm run was given up by the warm rule for a cold one (each
-            locking run decides for itself, so both this and :attr:`warm_start` can be true).
-        max_stderr: the standard error of ``max`` over Hessian batches of the same size
-            (:func:`~lightning_shortcut.hessian.sampling.rayleigh_stderr`; ``None`` unless
-            ``stderr=True``, or ``"cold"`` with a cold answer).
+        warm_given_up: whether a warm run was given up for a cold one (with several locking runs,
+            both this and :attr:`warm_start` can be true).
+        max_stderr: the standard error of ``max`` over Hessian batches of the same size (``None``
+            unless computed).
         min_stderr: the same for ``min``.
         stderr_seconds: the part of :attr:`seconds` spent on the standard errors.
         vectors: the unit eigenvectors of ``top`` then ``bottom``, flat (under ``fully_shard``,
-            this rank's rows); empty where the solver gives none (``"pyhessian"``).
+            this rank's rows); empty where none were asked or given.
         neighbours: the Ritz vectors next to the extremes (kept for warm starts).
         frontiers: the lowest top-side and highest bottom-side Ritz value among
             :attr:`tracking_vectors` (``None`` for an end not computed).
@@ -160,8 +156,7 @@ class HessianSpectrum:
     def nan(
         cls, request: Request, reason: str, num_hvps: int = 0, *, stderr: bool | None = None
     ) -> HessianSpectrum:
-        """A failed computation's result: NaN for every value ``request`` asks for (standard
-        errors too where it, or ``stderr``, asks for them)."""
+        """A failed computation: NaN for each value ``request`` (or ``stderr``) asks for."""
         top_k, bottom_k, min_abs = request.top_k, request.bottom_k, request.min_abs
         stderr = bool(request.stderr) if stderr is None else stderr
 
@@ -178,8 +173,8 @@ class HessianSpectrum:
         )  # fmt: skip
 
     def completed(self, request: Request, num_hvps: int) -> HessianSpectrum:
-        """A solver's answer as the caller's result (a new one): each end sorted, with ``max``,
-        ``min``, ``min_abs``' resolution, the condition number, the method and the products."""
+        """A solver's answer as the caller's result (a new one): sorted, with ``max``, ``min``, the
+        condition number, the method and the products."""
         neighbours = [vector.detach() for vector in self.neighbours]
         fields: dict[str, Any] = {"vectors": [], "neighbours": neighbours, "num_hvps": num_hvps}
         fields.update(method=request.method, hvp=request.hvp)
@@ -215,8 +210,7 @@ class HessianSpectrum:
             values.update({f"top_{i}": v for i, v in enumerate(self.top, start=1)})
         if len(self.bottom) > 1:
             values.update({f"bottom_{i}": v for i, v in enumerate(self.bottom, start=1)})
-        if self.hvp_error is not None:
-            values["hvp_error"] = self.hvp_error
+        values["hvp_error"] = self.hvp_error
         values["num_hvps"] = float(self.num_hvps)
         values["seconds"] = self.seconds
         values["converged"] = float(self.converged)

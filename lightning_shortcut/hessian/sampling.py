@@ -1,18 +1,7 @@
-"""The Hessian batch's sampling error: how much an eigenvalue owes to the choice of samples.
-
-A different sample of the same size gives a different Hessian and a different ``lambda_max``.
-:func:`rayleigh_stderr` estimates that spread at the returned eigenvector ``v``: the Hessian batch's
-``n`` samples are split into ``m`` chunks, each chunk's Rayleigh quotient ``q_c = v^T H_c v`` is
-computed, and the standard error of ``q = sum_c n_c q_c / n`` follows as in cluster sampling:
-
-    stderr(q)^2 = m / (m - 1) * sum_c (n_c / n)^2 (q_c - q)^2
-
-By the envelope theorem ``lambda_max`` moves to first order as ``v^T H v`` at the fixed ``v``. It
-needs a loss that is a mean over samples (``mode="eval"``). The chunks' products are one
-``torch.func.vmap`` pass where the batches split evenly and fit :data:`VMAP_MAX_ENTRIES`, else (and,
-with a warning, where ``torch.func`` cannot run the model) one graph per chunk: the same numbers
-(costs: the docs' engine page, "The sampling error of the Hessian batch").
-"""
+"""The Hessian batch's sampling error: the standard error of ``q = v^T H v`` at the returned
+eigenvector over ``m`` chunks, ``stderr(q)^2 = m / (m - 1) * sum_c (n_c / n)^2 (q_c - q)^2`` as in
+cluster sampling (the docs' engine page). The chunks' products are one ``torch.func.vmap`` pass
+where possible, else one graph per chunk: the same numbers."""
 
 from __future__ import annotations
 
@@ -32,11 +21,9 @@ from lightning_shortcut.hessian.operator import HessianOperator
 
 __all__ = ["STDERR_CHUNKS", "VMAP_MAX_ENTRIES", "rayleigh_stderr", "split_batch"]
 
-#: Chunks the Hessian batch is split into: the standard error's own relative error is about
-#: ``1 / sqrt(2 (m - 1))``, 18% for 16 chunks.
+#: Chunks the Hessian batch is split into (the standard error's own error is about 18%).
 STDERR_CHUNKS = 16
-#: The vmapped products hold ``2 * chunks`` parameter-sized tensors: they are used up to this many
-#: entries in ``chunks * parameters`` (64 MiB per batched tensor in float32).
+#: The most entries ``chunks * parameters`` of the vmapped products' batched tensors.
 VMAP_MAX_ENTRIES = 2**24
 
 
@@ -45,8 +32,8 @@ def _has_samples(leaf: Any, size: int) -> bool:
 
 
 def split_batch(batch: Any, size: int, pieces: int) -> list[Any]:
-    """Split a batch into ``pieces`` of nearly equal size: the tensors whose first dimension is
-    ``size`` are split, every other leaf is shared."""
+    """Split the tensors of ``batch`` whose first dimension is ``size`` into ``pieces`` of nearly
+    equal size; every other leaf is shared."""
     bounds = [round(index * size / pieces) for index in range(pieces + 1)]
     return [
         tree_map(
@@ -79,8 +66,7 @@ def _chunk_counts(operator: HessianOperator, num_chunks: int) -> list[int]:
 
 
 def _vmapped_quotients(operator: HessianOperator, vectors: Sequence[Tensor], num_chunks: int):
-    """``(quotients, sizes)`` by one vmapped pass per batch and vector, or ``None`` where that
-    cannot run."""
+    """``(quotients, sizes)`` by one vmapped pass per batch and vector, or ``None``."""
     counts = _chunk_counts(operator, num_chunks)
     uneven = any(size % count for size, count in zip(operator.sizes, counts, strict=True))
     if uneven or sum(counts) * operator.dim > VMAP_MAX_ENTRIES:
@@ -111,7 +97,6 @@ def _vmapped_quotients(operator: HessianOperator, vectors: Sequence[Tensor], num
             # torch.func's first use scripts a helper: its deprecation warning is not the user's
             warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
             for batch, size, count in zip(operator.batches, operator.sizes, counts, strict=True):
-                # the tensors with a sample dimension gain a chunk dimension; the others are shared
                 chunks = tree_map(
                     lambda leaf, size=size, count=count: (
                         leaf.reshape(count, size // count, *leaf.shape[1:])
@@ -128,7 +113,7 @@ def _vmapped_quotients(operator: HessianOperator, vectors: Sequence[Tensor], num
                     row.extend(batched(primals, tangent, chunks).tolist())
                 sizes.extend([size // count] * count)
     except torch.OutOfMemoryError:
-        raise  # the loop would hold less, but an out-of-memory is the caller's to see
+        raise  # the caller's to see
     except RuntimeError as error:  # what torch.func cannot vmap (.item(), data-dependent flow)
         warnings.warn(
             f"The sampling error's chunks could not be vmapped ({type(error).__name__}: "
@@ -163,26 +148,16 @@ def _chunk_quotients(operator: HessianOperator, vectors: Sequence[Tensor], num_c
 def rayleigh_stderr(
     operator: HessianOperator, vectors: Sequence[Tensor], num_chunks: int = STDERR_CHUNKS
 ) -> list[float]:
-    """The standard error of ``v^T H v`` over the Hessian batch, for each unit vector ``v``.
-
-    Args:
-        operator: the Hessian operator of the measurement (its batches, loss, parameters and, under
-            DDP, its ``all_reduce``: the chunks of every rank count).
-        vectors: flat unit vectors, such as the returned eigenvectors.
-        num_chunks: chunks to split this rank's share of the batch into.
-
-    Returns:
-        One standard error per vector; ``nan`` where there are fewer than two chunks (over all
-        ranks) or a chunk's quotient is not finite.
-    """
+    """The standard error of ``v^T H v`` over the batch of ``operator`` (every rank's chunks under
+    its ``all_reduce``) for each unit vector ``v``, this rank's share split into ``num_chunks``;
+    ``nan`` for fewer than two chunks in all or a quotient that is not finite."""
     if not vectors:
         return []
     rows, sizes = _chunk_quotients(operator, vectors, num_chunks)
     moments = torch.zeros(len(vectors), 5, dtype=torch.float64)
     for index, quotients in enumerate(rows):
         for size, quotient in zip(sizes, quotients, strict=True):
-            # sums of n q, n, n^2 q^2, n^2 q, n^2: enough for the weighted spread after a sum
-            # over ranks
+            # sums of n q, n, n^2 q^2, n^2 q, n^2: the weighted spread after a sum over ranks
             moments[index] += torch.tensor(
                 [size * quotient, size, size**2 * quotient**2, size**2 * quotient, size**2],
                 dtype=torch.float64,

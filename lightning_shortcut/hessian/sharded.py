@@ -1,13 +1,5 @@
-"""Hessian-vector products of a model sharded by FSDP2 (``fully_shard``), with sharded vectors.
-
-A product by double backward differentiates the *unsharded* parameters (autograd has no gradients
-of the shards): for a measurement every ``fully_shard`` module is unsharded once, with resharding
-and gradient reduction off, then resharded with its settings restored. The solver's vectors stay
-sharded like the parameters (:class:`ShardLayout`): a product all-gathers the vector and
-reduce-scatters ``sum_b n_b H_b v``; inner products are summed over the ranks. Supported: plain
-FSDP2 (``Shard(0)`` on one 1-D mesh); tensor parallelism and HSDP are refused. More: the docs'
-strategies page.
-"""
+"""Hessian-vector products of a model sharded by FSDP2 (``fully_shard``), on vectors sharded like
+the parameters (:class:`ShardLayout`); plain FSDP2 only (the docs' strategies page)."""
 
 from __future__ import annotations
 
@@ -49,9 +41,8 @@ def _dtensor_type() -> type | None:
 def check_sharding(
     model: nn.Module, params: Sequence[Tensor], modules: Sequence[nn.Module]
 ) -> bool:
-    """Whether the Hessian over ``params`` is taken the ``fully_shard`` way (``modules`` from
-    :func:`fsdp_modules`); a :class:`ShardingError` naming the parameter for any sharding other
-    than plain FSDP2."""
+    """Whether the Hessian over ``params`` is taken the ``fully_shard`` way; a
+    :class:`ShardingError` for any sharding other than plain FSDP2."""
     names = {id(param): name for name, param in model.named_parameters()}
     dtensor = _dtensor_type()
     if not modules:
@@ -106,8 +97,7 @@ def reshard(modules: Sequence[nn.Module]) -> None:
         module.reshard()
 
 
-# FSDP2 has setters for these settings but no getters: read and restored from its private state
-# (as in torch 2.14; the tests check the restoration).
+# FSDP2 has setters but no getters for these: read from its private state (a test checks)
 _GROUP_SETTINGS = (
     "post_forward_mesh_info",
     "reshard_after_backward",
@@ -126,24 +116,17 @@ def _fsdp_unsharded(modules: list[nn.Module]):
     roots = []
     for module in modules:  # outermost first: an initialized root marks the modules inside it
         state = module._get_fsdp_state()
-        if state._is_root is None:
-            # the first module forward runs through becomes FSDP's root, which does not reshard
-            # after forward; initialize it as training would before changing settings, so that
-            # the root's setting restored on exit is the one training uses
+        if state._is_root is None:  # set up as training does: the settings saved are its
             state._lazy_init()
         if state._is_root:
             roots.append(module)
-    saved = [
-        (
-            module,
-            module._get_fsdp_state()._auto_reshard_after_forward,
-            [
-                (group, {name: getattr(group, name) for name in _GROUP_SETTINGS})
-                for group in _param_groups(module)
-            ],
-        )
-        for module in modules
-    ]
+    saved = []
+    for module in modules:
+        groups = [
+            (group, {name: getattr(group, name) for name in _GROUP_SETTINGS})
+            for group in _param_groups(module)
+        ]
+        saved.append((module, module._get_fsdp_state()._auto_reshard_after_forward, groups))
     try:
         for module in modules:
             module.set_reshard_after_forward(False, recurse=False)
@@ -153,9 +136,7 @@ def _fsdp_unsharded(modules: list[nn.Module]):
             module.unshard()
         yield
     finally:
-        # clear FSDP's per-iteration state, which a forward or backward aborted mid-flight (out
-        # of memory, ...) leaves behind
-        for root in roots:
+        for root in roots:  # what a forward or backward aborted mid-flight leaves behind
             reset = getattr(root, "reset_iter_state", None)
             if callable(reset):
                 reset()
@@ -171,8 +152,8 @@ def _fsdp_unsharded(modules: list[nn.Module]):
 def unsharded_parameters(
     model: nn.Module, params: Sequence[Tensor], modules: Sequence[nn.Module]
 ) -> Iterator[list[Tensor]]:
-    """Unshard ``modules`` and yield the unsharded tensor of each of ``params``, restoring all on
-    exit; a :class:`ShardingError` where no ``fully_shard`` module manages a parameter."""
+    """Yield the unsharded tensor of each of ``params``, resharding on exit; a
+    :class:`ShardingError` where no ``fully_shard`` module manages a parameter."""
     names = {id(param): name for name, param in model.named_parameters()}
     chosen = [names[id(param)] for param in params]
     with _fsdp_unsharded(list(modules)):
@@ -188,17 +169,15 @@ def unsharded_parameters(
 
 
 class ShardLayout:
-    """Where this rank's part of a flat vector over sharded ``params`` lies: its rows of each
-    parameter, in order (``local_dim`` entries); the whole vector is, parameter by parameter, the
-    ranks' rows in mesh order."""
+    """This rank's part of a flat vector over sharded ``params``: its rows of each parameter, in
+    order; the whole vector is, parameter by parameter, the ranks' rows in mesh order."""
 
     def __init__(self, params: Sequence[Tensor]) -> None:
         mesh = params[0].device_mesh
         self.group = mesh.get_group()
         self.world_size = mesh.size()
         self.rank = mesh.get_local_rank()
-        # on the parameters' device: NCCL moves only device tensors
-        local = torch.tensor(
+        local = torch.tensor(  # on the parameters' device: NCCL moves device tensors only
             [param.to_local().numel() for param in params],
             dtype=torch.int64,
             device=params[0].to_local().device,
@@ -215,7 +194,7 @@ class ShardLayout:
         return [(i, r) for i in range(len(self.full_numels)) for r in range(self.world_size)]
 
     def gather(self, local: Tensor) -> Tensor:
-        """The whole vector (parameters in order, each as its unsharded flat tensor) on every rank."""
+        """The whole vector (each parameter as its unsharded flat tensor) on every rank."""
         padded = local.new_zeros(self.padded)
         padded[: local.numel()] = local
         rows = local.new_empty(self.world_size, self.padded)
@@ -255,13 +234,9 @@ class ShardLayout:
 
 
 class FullyShardedHessianOperator(HessianOperator):
-    """:class:`HessianOperator` of a model sharded by ``fully_shard``, on sharded vectors.
-
-    Every rank calls it with its own batches and its part of the vector (``layout``); ``params`` are
-    the unsharded parameters (:func:`unsharded_parameters`), ``settings`` have no ``all_reduce``
-    (products are summed over the mesh). The product is the Hessian of the mean over all ranks'
-    samples.
-    """
+    """:class:`HessianOperator` of a model sharded by ``fully_shard``: every rank calls it with its
+    own batches, its part of the vector and the unsharded ``params``; products are summed over the
+    mesh (no ``all_reduce``)."""
 
     def __init__(
         self,

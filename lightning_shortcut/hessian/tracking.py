@@ -1,19 +1,7 @@
-"""Warm starts, the start side: the vectors a measurement leaves, what each run starts from, and
-the tracker that makes them along training.
-
-A warm run starts from the previous measurement's eigenvectors at nearby weights, plus the Ritz
-vectors next to each extreme (:data:`WARM_NEIGHBOURS` at weight :data:`WARM_NEIGHBOUR_WEIGHT`, so
-that members of a cluster that trade places are all in the start) and a random part
-(:data:`WARM_START_NOISE`). When it may stop, and when it is given up and run again cold, is the
-stop side of the [warm rule][warm-rule], decided with every other stop by the solvers' stopping
-rule. Here: the start vectors as a type (:class:`WarmStart`), which of them each locking run of the
-Lanczos solver starts from and with which frontiers (:func:`run_start`), the neighbours a
-measurement carries forward (:func:`carried_forward`), and the tracker's policy
-(:class:`SpectrumTracker`): every ``audit_every``-th measurement is cold, so an eigenvalue crossing
-that no warm run can see (an eigenvector nearly orthogonal to the tracked one rising above it) is
-caught; after a warm run given up, measurements are cold for 1, 2, 4, ... (at most
-``audit_every``) before the next warm attempt. Why and what it costs: the docs' engine page, "Warm
-starts along training".
+"""Warm starts, the start side: the vectors a measurement leaves (:class:`WarmStart`), what each
+locking run starts from (:func:`run_start`), the neighbours carried forward
+(:func:`carried_forward`) and the tracker's audits (:class:`SpectrumTracker`). The stop side is the
+solvers' stopping rule; why and what it costs: the docs' engine page, "Warm starts along training".
 """
 
 from __future__ import annotations
@@ -42,34 +30,19 @@ __all__ = [
 
 #: Ritz vectors next to each extreme kept for the next warm start (beside the extreme's own).
 WARM_NEIGHBOURS = 2
-#: Their weight in the start, against 1 for the extremes' own vectors: enough that a neighbour
-#: rising above the extreme is amplified within a few products (at 0.3 one was missed in a test of
-#: a drifting top cluster), small enough that the start stays mostly the extreme's direction (at 1,
-#: warm runs on a tanh MLP at the edge of stability took a product more).
+#: Their weight in the start, against 1 for the extremes' own vectors.
 WARM_NEIGHBOUR_WEIGHT = 0.5
-#: Weight of the random part of a warm start: enough that no eigenvector is missing from the start
-#: (a start inside an invariant subspace would hide the rest of the spectrum), small enough to keep
-#: most of the head start.
+#: Weight of the random part of a warm start.
 WARM_START_NOISE = 0.3
-#: Every this many measurements one is cold. Warm measurements cost 4-6 products where the spectrum
-#: moves little between measurements and a cold one about 20, so at 10 the audits add about 1.5
-#: products per measurement while a crossing goes unseen for at most 9 measurements. The default of
-#: ``audit_every`` in ``SpectrumTracker`` and ``HessianEigenvalueMonitor``, where it is written as
-#: its value so that the docs show the number (``tests/test_docs.py`` keeps them equal).
+#: Every this many measurements one is cold: the default of ``audit_every``, written as its value
+#: in ``SpectrumTracker`` and ``HessianEigenvalueMonitor`` so the docs show it (a test checks).
 DEFAULT_AUDIT_EVERY = 10
 
 
 @dataclass(frozen=True)
 class RunStart:
-    """What one warm Lanczos run starts from (:func:`run_start`).
-
-    Attributes:
-        vectors: the inherited vectors: the wanted ends' own, then any neighbours.
-        weights: each vector's weight in the start (1 for the ends' own,
-            :data:`WARM_NEIGHBOUR_WEIGHT` for neighbours).
-        frontiers: the top end's and the bottom end's frontier (``None`` for an end not wanted).
-        noise: the weight of the random part (:data:`WARM_START_NOISE`).
-    """
+    """What one warm Lanczos run starts from: the wanted ends' own vectors then any neighbours,
+    their weights, the top and bottom frontiers (``None``: an end not wanted) and the noise."""
 
     vectors: tuple[Tensor, ...]
     weights: tuple[float, ...]
@@ -79,12 +52,9 @@ class RunStart:
 
 @dataclass(frozen=True)
 class WarmStart:
-    """What a measurement leaves for the next one to start from: its eigenvectors and the Ritz
-    vectors next to its extremes, with the values it certified (a result's ``tracking_vectors``).
-
-    The [warm rule][warm-rule] (the docs' engine page) reads the values: a warm run may stop early
-    only while its extremes have not retreated past the frontiers. Bare vectors carry no values:
-    ``hessian_eigenvalues`` refuses them.
+    """What a measurement leaves for the next one to start from (a result's ``tracking_vectors``):
+    its eigenvectors and the Ritz vectors next to its extremes, with the values the
+    [warm rule][warm-rule] reads.
 
     Attributes:
         top_vectors: unit eigenvectors of ``top``, in its order (flat over the parameters).
@@ -138,13 +108,9 @@ class WarmStart:
 def run_start(
     start: WarmStart, found_top: int, found_bottom: int, *, top: bool, bottom: bool
 ) -> RunStart | None:
-    """The start, from ``start``, of the locking run that comes after ``found_top`` top and
-    ``found_bottom`` bottom eigenvalues were found and wants the ends ``top`` and ``bottom``, or
-    ``None`` for a cold run (a wanted end this start has no vector and value for).
-
-    Run ``i`` starts from the ``i``-th top and bottom vectors; the first also from the
-    neighbours, and its frontiers are theirs; a later run's frontier is its own vector's value.
-    """
+    """The start of the locking run after ``found_top`` and ``found_bottom`` values were found, or
+    ``None`` for a cold run: the next vector of each wanted end, and for the first run the
+    neighbours and their frontiers."""
     first = found_top == 0 and found_bottom == 0
     own: list[Tensor] = []
     frontiers: list[float | None] = [None, None]
@@ -168,9 +134,8 @@ def run_start(
 def carried_forward(
     values: Tensor, *, top: bool, bottom: bool
 ) -> tuple[list[int], tuple[float | None, float | None]]:
-    """What a first run carries forward beside its extremes: the columns of the Ritz vectors next to
-    the wanted extremes (in ``values``' ascending order) and the frontiers, the lowest top-side and
-    the highest bottom-side value among the extremes and those neighbours."""
+    """The columns (of ascending ``values``) of the Ritz vectors next to the wanted extremes, and
+    the frontiers: the lowest top-side and highest bottom-side value among them and the extremes."""
     size, last = values.shape[0], values.shape[0] - 1
     columns = []
     for offset in range(1, WARM_NEIGHBOURS + 1):
@@ -196,9 +161,8 @@ class Measurement(Protocol):
 
 
 def answered_cold(result: Measurement) -> bool:
-    """Whether a measurement's answer came from a cold run, in part at least (a warm run given up
-    for a cold one included): what ``stderr="cold"`` computes standard errors for, since a warm run
-    is cheaper than its error bar."""
+    """Whether a measurement's answer came from a cold run, in part at least (what
+    ``stderr="cold"`` computes standard errors for)."""
     return not result.warm_start or result.warm_given_up
 
 
@@ -207,12 +171,8 @@ class SpectrumTracker:
 
     Every ``audit_every``-th measurement is cold, so that an eigenvalue crossing is caught; after a
     warm run given up, measurements are cold for 1, 2, 4, ... (at most ``audit_every``) before the
-    next warm attempt (the [warm rule][warm-rule] in the docs' engine page).
-
-    Memory: between measurements it holds the previous measurement's ``tracking_vectors``: its
-    ``top_k + bottom_k`` eigenvectors and up to two Ritz vectors next to each extreme, at most
-    ``top_k + bottom_k + 4`` vectors of the parameters' size (6 for the default ``top_k = bottom_k =
-    1``; float32 for most models).
+    next warm attempt (the [warm rule][warm-rule]). Between measurements it holds at most
+    ``top_k + bottom_k + 4`` parameter-sized vectors.
 
     Args:
         audit_every: every this many measurements one is cold (``1``: every measurement is cold,
@@ -258,14 +218,8 @@ class SpectrumTracker:
         return self._start
 
     def update(self, result: Measurement, params: Sequence[Tensor]) -> None:
-        """Keep a finished measurement's eigenvectors; a measurement that did not converge leaves
-        none, so the next one is cold.
-
-        Args:
-            result: the measurement (a :class:`~lightning_shortcut.hessian.HessianSpectrum` or an
-                :class:`~lightning_shortcut.hessian.EdgeOfStability`).
-            params: the parameters it was taken over.
-        """
+        """Keep the eigenvectors of ``result`` (a ``HessianSpectrum`` or ``EdgeOfStability``) over
+        ``params``; a measurement that did not converge leaves none: the next one is cold."""
         self.warm_in_a_row = self.warm_in_a_row + 1 if result.warm_start else 0
         if result.warm_given_up:  # back off: cold for 1, 2, 4, ... measurements
             self.backoff = min(max(2 * self.backoff, 1), self.audit_every)
@@ -289,8 +243,7 @@ class SpectrumTracker:
         self._start, self._signature = None, None
 
     def state_dict(self) -> dict[str, int]:
-        """The audit counter and the back-off (the vectors are not saved: a resumed run starts
-        cold)."""
+        """The audit counter and the back-off (not the vectors: a resumed run starts cold)."""
         return {
             "warm_in_a_row": self.warm_in_a_row,
             "cold_for": self.cold_for,

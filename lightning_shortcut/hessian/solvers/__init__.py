@@ -1,10 +1,5 @@
-"""Eigensolvers on symmetric operators, one registry of them (:data:`SOLVERS`).
-
-Built in: ``"lanczos"`` (thick-restart Lanczos, the default), ``"lanczos_values"`` (Lanczos for
-values alone, three vectors: what a call that wants no eigenvector runs), ``"power"`` (shifted power
-iteration) and ``"pyhessian"`` (pyhessian 0.1, wrapped). Add one with :func:`register_solver`; every solver has
-the signature of :class:`Solver` and returns a
-:class:`~lightning_shortcut.hessian.HessianSpectrum` (``EigenResult`` is the same type).
+"""Eigensolvers on symmetric operators, one registry of them (:data:`SOLVERS`): ``"lanczos"``,
+``"lanczos_values"``, ``"power"`` and ``"pyhessian"`` built in (the docs' engine page, "Solvers").
 """
 
 from lightning_shortcut.hessian.solvers.base import (

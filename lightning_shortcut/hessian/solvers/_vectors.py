@@ -14,14 +14,12 @@ from lightning_shortcut.hessian.linear_operator import LinearOperator
 
 
 class HostMemorySpace(LinearOperator):
-    """The space of ``base`` with its vectors kept where ``home`` is (host memory): only each
-    product's vector and the product go to the device of ``base``, where inner products are also
-    reduced (a process group of accelerators takes no host tensors)."""
+    """The space of ``base`` with its vectors kept where ``home`` is (host memory): only products
+    and inner products' sums over processes go to the device of ``base``."""
 
     def __init__(self, base: LinearOperator, home: Tensor) -> None:
         super().__init__(base.dim, home, base.local_dim)
         self.base = base
-        #: page-locked host buffers: faster copies to and from CUDA
         self.pinned = base.like.is_cuda and home.device.type == "cpu"
 
     @property
@@ -109,7 +107,7 @@ def projection_norm(space: LinearOperator, rows: Tensor, vector: Tensor) -> floa
 def random_unit_vector(
     space: LinearOperator, generator: torch.Generator, against: Tensor | None = None
 ) -> Tensor:
-    """A Gaussian unit vector drawn on the CPU (device-independent), orthogonal to ``against``'s rows."""
+    """A Gaussian unit vector drawn on the CPU, orthogonal to the rows of ``against``."""
     vector = space.random_vector(generator)
     if against is not None:
         vector = orthogonalize(space, vector, against, inplace=True)
@@ -124,9 +122,8 @@ def start_vector(
     weights: Sequence[float] = (),
     noise: float = 0.0,
 ) -> Tensor:
-    """A unit start vector orthogonal to ``against``: random, or the sum of ``vectors`` (each of norm
-    ``weights[i]``) plus a random one of weight ``noise``. The random vector is drawn either way,
-    so that warm and cold starts use the generator alike."""
+    """A unit start vector orthogonal to ``against``: random, or the sum of ``vectors`` (of norms
+    ``weights``) plus a random one of weight ``noise`` (drawn either way: the generator alike)."""
     random = random_unit_vector(space, generator, against)
     if not vectors:
         return random

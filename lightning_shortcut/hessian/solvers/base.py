@@ -1,8 +1,5 @@
-"""What every eigensolver takes and returns, and the registry that names them.
-
-A solver is one function with one keyword signature (:class:`Solver`), registered under a name
-with :func:`register_solver`; everything that takes ``method=`` reads :data:`SOLVERS`.
-"""
+"""What every eigensolver takes and returns (:class:`Solver`), and the registry that names them
+(:data:`SOLVERS`, filled by :func:`register_solver`)."""
 
 from __future__ import annotations
 
@@ -39,23 +36,11 @@ class Solver(Protocol):
         max_iter: int,
         start: WarmStart | None,
     ) -> HessianSpectrum:
-        """Find the extreme eigenvalues of ``operator``.
-
-        Args:
-            operator: the symmetric operator.
-            generator: the private generator for random start vectors.
-            top_k: number of largest eigenvalues.
-            bottom_k: number of smallest eigenvalues.
-            min_abs: also the smallest ``|eigenvalue|`` (only solvers registered with
-                ``supports_min_abs=True`` are asked).
-            tol: each returned value should be within ``tol * max|lambda|`` of the truth.
-            max_iter: products per eigenvalue run.
-            start: a previous call's :class:`~lightning_shortcut.hessian.WarmStart`, or ``None``;
-                a solver may ignore it.
-
-        Raises:
-            NonFiniteProductError: if a product is not finite; the caller reports NaN.
-        """
+        """Find the ``top_k`` largest and ``bottom_k`` smallest eigenvalues of ``operator`` (and
+        ``min_abs``, if registered with ``supports_min_abs``) within ``tol * max|lambda|``, at most
+        ``max_iter`` products per run, random starts drawn from ``generator``; ``start`` (a
+        :class:`~lightning_shortcut.hessian.WarmStart`) may be ignored. A product that is not
+        finite raises ``NonFiniteProductError``."""
         ...
 
 
@@ -76,8 +61,7 @@ class SolverSpec:
     validate_options: Callable[..., None] | None = None
 
     def check_options(self, options: Mapping[str, Any]) -> None:
-        """Raise a ``ValueError`` on an option the solver does not take or its
-        ``validate_options`` refuses, naming it and what the solver accepts."""
+        """Raise a ``ValueError`` on an option the solver does not take or refuses."""
         parameters = inspect.signature(self.solve).parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
         accepted = sorted(
@@ -115,10 +99,8 @@ def register_solver(
     Args:
         name: the name ``method=`` selects it by.
         supports_min_abs: whether it computes ``min_abs`` (only such solvers are asked for it).
-        touches_grads: whether it calls ``.backward`` (accumulating into ``.grad``); the engine then
-            snapshots gradient values around it.
-        validate_options: called with the solver's options (``solver_options``) where they enter,
-            before any measurement; raises ``ValueError`` on a bad value.
+        touches_grads: whether it calls ``.backward``; the engine then restores ``.grad`` after it.
+        validate_options: called with ``solver_options`` where they enter; raises ``ValueError``.
 
     Example:
         ```python

@@ -1,11 +1,5 @@
-"""Thick-restart Lanczos with full reorthogonalization, error bounds and locking.
-
-The basis holds at most ``max_basis`` vectors; when it is full, the Ritz vectors nearest the wanted
-ends are kept (thick restart: Wu and Simon, SIAM J. Matrix Anal. Appl. 22, 2000), ``T = V^T A V``
-kept dense. The rule that bounds the errors and stops a run is
-:mod:`~lightning_shortcut.hessian.solvers._stopping`. A run that wants ``min_abs``, an interior
-problem that restarts serve poorly, grows its basis instead, up to ``max_iter`` vectors. Memory:
-the docs' engine page, "Memory".
+"""Thick-restart Lanczos (Wu and Simon, SIAM J. Matrix Anal. Appl. 22, 2000) with full
+reorthogonalization and locking; runs end by :mod:`~lightning_shortcut.hessian.solvers._stopping`.
 """
 
 from __future__ import annotations
@@ -41,8 +35,8 @@ __all__ = ["DEFAULT_MAX_BASIS", "MIN_PRODUCTS", "LanczosProcess", "lanczos", "ve
 
 #: Basis vectors kept by default: the extra memory of a call is about this many parameter vectors.
 DEFAULT_MAX_BASIS = 16
-# A restart rotates the basis by column blocks (no second basis-sized buffer): at most this many
-# columns, and at most an eighth of a vector in all where that is above the least.
+# A restart rotates the basis in column blocks of at most this many columns (an eighth of a vector
+# where that is above the least): no second basis-sized buffer.
 _ROTATE_BLOCK = 1 << 16
 _ROTATE_BLOCK_LEAST = 1 << 12
 
@@ -52,8 +46,7 @@ class LanczosProcess:
     orthogonal to the rows of ``locked``, from the unit vector ``start``.
 
     After each :meth:`step`, ``A V = V T + r e_m^T`` holds with ``V`` = :attr:`basis`, ``T`` =
-    :attr:`projected` and ``r`` = :attr:`residual` (``||r||`` = :attr:`beta`).
-    """
+    :attr:`projected` and ``r`` = :attr:`residual` (``||r||`` = :attr:`beta`)."""
 
     def __init__(
         self, operator: LinearOperator, start: Tensor, buffer: Tensor, locked: Tensor
@@ -137,8 +130,7 @@ class LanczosProcess:
 
 
 def _check_now(size: int) -> bool:
-    # A check costs O(size^3) (a dense eigh and, for min_abs, an SVD): every step while the basis
-    # is small, then about every 5% of its size, so that long min_abs runs stay products-bound.
+    # a check costs O(size^3): every step while the basis is small, then every 5% of its size
     return size <= 40 or size % max(1, size // 20) == 0
 
 
@@ -255,26 +247,16 @@ def lanczos(
     max_basis: int = DEFAULT_MAX_BASIS,
     host_basis: bool = False,
 ) -> HessianSpectrum:
-    """Top-k and bottom-k eigenvalues by restarted Lanczos runs with locking.
+    """Top-k and bottom-k eigenvalues by restarted Lanczos runs, each locking one pair per end (a
+    Krylov space holds one copy of a repeated eigenvalue: locking finds multiplicities).
 
-    Each run converges only the current extremes and locks their Ritz vectors; the next run starts
-    from a fresh vector orthogonal to everything locked. A single Krylov space holds one copy of a
-    repeated eigenvalue, so locking one pair per run is what finds multiplicities (at the paper's zero
-    point every eigenvalue is repeated ``num_units * width`` times).
-
-    ``start`` (:attr:`HessianSpectrum.tracking_vectors` at nearby weights) makes *warm* runs, which
-    start from its vectors plus a random part and may stop earlier; a warm run the rule gives up is
-    run again cold (:mod:`~lightning_shortcut.hessian.tracking`). ``max_iter`` bounds the products
-    of each run; ``max_basis`` the vectors held (``>= 3``; the ``min_abs`` run grows up to
-    ``max_iter``). ``host_basis=True`` keeps the solver's vectors in host memory where the
-    operator's are on an accelerator; the vectors returned are in the operator's space.
-    """
+    ``start`` makes warm runs (a warm run given up is run again cold); ``max_iter`` bounds each
+    run's products, ``max_basis`` the vectors held (``>= 3``; a ``min_abs`` run grows to
+    ``max_iter``); ``host_basis=True`` keeps the solver's vectors in host memory."""
     check_options(max_basis, host_basis)
     given, operator = operator, vector_space(operator, host_basis)
     buffer = _empty(operator, min(max_basis, operator.dim, max_iter + 1))
-    # the eigenvectors found, each written once into its row (the locked rows are a view of it),
-    # allocated when the first run has ended
-    found = _empty(operator, 0)
+    found = _empty(operator, 0)  # the eigenvectors, each in its row; the locked rows are a view
     result = HessianSpectrum()
     top_vectors: list[Tensor] = []
     bottom_vectors: list[Tensor] = []
@@ -305,7 +287,6 @@ def lanczos(
                 start, len(result.top), len(result.bottom), top=ends.top, bottom=ends.bottom
             )
         inherited = orthonormal_rows(operator, plan.vectors) if plan else None
-        # each start is written into the basis' first row: no vector beside the basis is held
         evidence = None if inherited is None else WarmEvidence(inherited, plan.frontiers)
         warm = () if inherited is None else (plan.vectors, plan.weights, plan.noise)
         rule = StoppingRule(ends, tol, max_iter, operator, evidence)
@@ -352,7 +333,6 @@ def lanczos(
                 run.values, top=ends.top, bottom=ends.bottom
             )
             result.neighbours = [run.process.ritz_vector(run.coordinates[:, i]) for i in columns]
-    # the vectors returned are in the given operator's space
     result.vectors = [vector.to(given.like) for vector in top_vectors + bottom_vectors]
     result.neighbours = [vector.to(given.like) for vector in result.neighbours]
     return result

@@ -1,4 +1,4 @@
-"""Shifted power iteration with deflation: the simple baseline the Lanczos solver is measured against."""
+"""Shifted power iteration with deflation: the baseline the Lanczos solver is measured against."""
 
 from __future__ import annotations
 
@@ -79,13 +79,9 @@ def power_iteration(
     max_iter: int,
     start: WarmStart | None = None,
 ) -> HessianSpectrum:
-    """Top-k and bottom-k eigenvalues by power iteration on shifted operators, with deflation.
-
-    ``rho = max|lambda|`` is estimated from ``||A v||`` (which converges even for a symmetric
-    ``+-sigma`` spectrum, where the Rayleigh quotient does not); the largest eigenvalue is then the
-    dominant one of ``A + s I``, the smallest that of ``A - s I`` (``s = 1.1 rho``), each further
-    one found on the complement of those found. Errors are the residuals. ``start`` is not used.
-    """
+    """Top-k and bottom-k eigenvalues by power iteration on ``A +- 1.1 rho I`` with deflation,
+    ``rho = max|lambda|`` from ``||A v||`` (the Rayleigh quotient does not converge on a symmetric
+    spectrum); the errors are the residuals and ``start`` is not used."""
     rho = _spectral_radius(operator, generator, max(tol, 1e-3), max_iter)
     if rho == 0.0:  # A v = 0 for a random v: the operator is (numerically) zero
         return HessianSpectrum.zeros(top_k, bottom_k, min_abs=False)

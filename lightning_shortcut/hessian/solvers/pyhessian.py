@@ -1,12 +1,9 @@
-"""The ``method="pyhessian"`` solver: pyhessian 0.1's power iteration, wrapped so it has no side effects.
+"""``method="pyhessian"``: pyhessian 0.1's power iteration, wrapped so it has no side effects.
 
-pyhessian calls ``.backward``, ``model.eval()`` and the global RNG: it runs in the engine's guarded
-context with gradients cloned (``touches_grads=True``), on a stand-in module whose output is our
-loss (any ``loss_fn`` and parameters). Its power iteration finds the largest *magnitude*; the
-algebraic ends come from shifted losses ``L +- s/2 ||theta - theta_0||^2`` (``s = 1.1 max|lambda|``).
-Its stopping rule can stop early with large errors, so the values are the Rayleigh quotients of
-its vectors and ``converged`` is judged by their residuals ``||H v - theta v||`` (one product each).
-"""
+pyhessian calls ``.backward``, ``model.eval()`` and the global RNG: it runs guarded, gradients
+cloned, on a stand-in module whose output is our loss. The algebraic ends come from shifted losses
+``L +- s/2 ||theta - theta_0||^2`` (``s = 1.1 max|lambda|``); the values are the Rayleigh quotients
+of its vectors, and ``converged`` is judged by their residuals (one product each)."""
 
 from __future__ import annotations
 
@@ -25,8 +22,7 @@ from lightning_shortcut.hessian.tracking import WarmStart
 
 
 class _ModelHessian(Protocol):
-    """What the wrapper reads of a :class:`~lightning_shortcut.hessian.HessianOperator` (not
-    imported: the operator reads the settings, which read this registry)."""
+    """What the wrapper reads of a ``HessianOperator`` (not imported: it would be a cycle)."""
 
     model: nn.Module
     loss_fn: Callable[[nn.Module, Any], Tensor]
@@ -56,8 +52,8 @@ class _BatchRef:
 
 
 class _LossModule(nn.Module):
-    """A stand-in "model": its output is the (shifted) loss, its parameters the chosen ones; the
-    user's model is held outside the module tree, out of reach of pyhessian's ``eval()``."""
+    """A stand-in "model": its output is the (shifted) loss, its parameters the chosen ones (the
+    user's model out of reach of pyhessian's ``eval()``)."""
 
     def __init__(self, operator: _ModelHessian, shift: float) -> None:
         super().__init__()
@@ -85,7 +81,7 @@ class _LossModule(nn.Module):
 
 @contextlib.contextmanager
 def _counting_products(counter: list[int]) -> Iterator[None]:
-    # `pyhessian/__init__` rebinds the name `pyhessian.hessian` to the class; fetch the module.
+    # `pyhessian/__init__` rebinds the name `pyhessian.hessian` to the class
     module = importlib.import_module("pyhessian.hessian")
 
     original = module.hessian_vector_product
@@ -123,7 +119,7 @@ def _run_pyhessian(
         torch.set_default_dtype(default_dtype)
         for param in operator.params:
             param.grad = None
-    # Single batch: pyhessian calls its product function (counted); several: one pass per product.
+    # one batch: pyhessian's product function, counted; several: one pass per product
     products = counter[0] if len(refs) == 1 else stand_in.forward_calls // len(refs)
     return [float(v) for v in eigenvalues], eigenvectors, products
 
