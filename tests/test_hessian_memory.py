@@ -240,3 +240,50 @@ def test_a_non_finite_product_is_caught_without_a_product_sized_copy():
     with LiveStorages() as storages:
         assert check_finite(product) is product
     assert storages.peak < DIM  # a few scalars, not a vector of flags
+
+
+class _NewStorages(TorchDispatchMode):
+    """Notes the storages of at least ``size`` bytes that operations inside create (not those in
+    ``given``)."""
+
+    def __init__(self, size: int, given: set[int]) -> None:
+        super().__init__()
+        self.size, self.given, self.found = size, given, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        output = func(*args, **(kwargs or {}))
+        for tensor in tree_flatten(output)[0]:
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            storage = tensor.untyped_storage()
+            if storage.nbytes() >= self.size and storage.data_ptr() not in self.given:
+                self.found.append(func)
+        return output
+
+
+@pytest.mark.parametrize("chunks", [1, 3])
+def test_add_product_forms_the_sum_in_the_memory_it_is_given(chunks):
+    """The values-only pass's product: ``out + H v`` in ``out``'s storage, each batch's pieces
+    added as they come (no vector of the operator's size allocated), as a dense Hessian gives it."""
+    from helpers.reference import dense_hessian
+
+    from lightning_shortcut.hessian.context import hessian_operator
+    from lightning_shortcut.hessian.settings import HessianSettings
+
+    torch.manual_seed(0)  # parameters, not activations, the largest storages
+    model = torch.nn.Sequential(
+        torch.nn.Linear(32, 32), torch.nn.Tanh(), torch.nn.Linear(32, 3)
+    ).double()
+    x, y = classification_data((32,), num_samples=6)
+    dense = dense_hessian(model, ce_loss(x, y))
+    batches = list(zip(x.chunk(chunks), y.chunk(chunks), strict=True))
+    with hessian_operator(model, batches, None, HessianSettings()) as operator:
+        operator(torch.zeros(operator.dim, dtype=torch.float64))  # the graphs built
+        vector, start = (torch.randn(operator.dim, dtype=torch.float64) for _ in range(2))
+        out = start.clone()
+        given = {out.untyped_storage().data_ptr(), vector.untyped_storage().data_ptr()}
+        with _NewStorages(operator.dim * 8, given) as new:
+            result = operator.add_product(vector, out)
+        assert not new.found
+        assert result.data_ptr() == out.data_ptr() and operator.num_products == 2
+        torch.testing.assert_close(result, start + dense @ vector)

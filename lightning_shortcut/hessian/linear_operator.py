@@ -54,6 +54,11 @@ class LinearOperator:
         self.num_products += 1
         return self._matvec(vector)
 
+    def add_product(self, vector: Tensor, out: Tensor) -> Tensor:
+        """``out + A @ vector``, written into ``out`` (an operator that forms its product there
+        holds one vector less)."""
+        return out.add_(self(vector))
+
     def free_graph(self) -> None:
         """Free what products keep between calls (a Hessian's first-order graph); nothing here."""
 

@@ -167,13 +167,21 @@ class HessianOperator(LinearOperator):
             self._set_weights(vector, 0.0)
         return plus.sub_(minus).div_(2 * step)
 
-    def _product(self, grads: list[Tensor | None], vector: Tensor, indices: list[int]) -> Tensor:
-        """One batch's ``H_SS v`` for the parameters ``indices``: a double backward."""
+    def _product(
+        self,
+        grads: list[Tensor | None],
+        vector: Tensor,
+        indices: list[int],
+        into: Tensor | None,
+        size: float,
+    ) -> Tensor:
+        """``into`` (zeros if ``None``) plus one batch's ``H_SS v`` for the parameters ``indices``
+        times ``size``: a double backward, its pieces added as they come."""
         chunks = torch.split(vector, [self.numels[i] for i in indices])
         used = [
             (i, chunk) for i, chunk in zip(indices, chunks, strict=True) if grads[i] is not None
         ]
-        result = torch.zeros_like(vector)
+        result = torch.zeros_like(vector) if into is None else into
         if not used:
             return result
         products = torch.autograd.grad(
@@ -184,24 +192,26 @@ class HessianOperator(LinearOperator):
             allow_unused=True,
         )
         pieces = list(products)
-        del products  # each piece is freed once copied
+        del products  # each piece is freed once added
         for position, piece in enumerate(torch.split(result, [self.numels[i] for i in indices])):
             if pieces[position] is not None:
-                piece.copy_(pieces[position].reshape(-1))
+                piece.add_(pieces[position].reshape(-1), alpha=size)
                 pieces[position] = None
         return result
 
-    def _local_sum(self, vector: Tensor, indices: list[int], scale: float = 1.0) -> Tensor:
-        """``sum_b n_b H_b vector`` over this process's batches."""
+    def _local_sum(
+        self, vector: Tensor, indices: list[int], scale: float = 1.0, into: Tensor | None = None
+    ) -> Tensor:
+        """``into`` plus ``sum_b n_b H_b vector`` over this process's batches, in ``into``'s
+        memory (or a new vector)."""
         if self.settings.hvp == "finite_difference":
             return self._difference(vector, scale)
-        total = None
+        total = into
         for index, size in enumerate(self.sizes):
             grads = self._graphs.get(index) or self._gradients(index)
             if self.keep_graphs:  # every batch's graph kept: built once
                 self._graphs[index] = grads
-            product = self._product(grads, vector, indices).mul_(size)
-            total = product if total is None else total.add_(product)
+            total = self._product(grads, vector, indices, total, size)
         return total
 
     def _sum_over_processes(
@@ -235,6 +245,17 @@ class HessianOperator(LinearOperator):
 
     def _matvec(self, vector: Tensor) -> Tensor:
         return self.product(vector, list(range(len(self.params))))
+
+    def add_product(self, vector: Tensor, out: Tensor) -> Tensor:
+        """``out + H vector`` formed in ``out``'s memory, the products added as they come: no
+        vector more than ``out`` where no all-reduce or finite difference needs the product whole."""
+        if type(self) is not HessianOperator or self.settings.all_reduce is not None:
+            return super().add_product(vector, out)
+        if self.settings.hvp == "finite_difference":
+            return super().add_product(vector, out)
+        self.num_products += 1
+        out.mul_(float(sum(self.sizes)))  # the mean divides it again
+        return self._mean(self._local_sum(vector, list(range(len(self.params))), into=out))
 
     def unflatten(self, vector: Tensor) -> list[Tensor]:
         """Split a flat vector into tensors shaped like :attr:`params`."""

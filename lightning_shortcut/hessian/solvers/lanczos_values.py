@@ -87,14 +87,16 @@ def _recurrence(
     space: LinearOperator, start: Tensor, visit: Callable[[Tensor], None] | None = None
 ) -> Iterator[tuple[float, float]]:
     """``(alpha_j, beta_j)`` for ``j = 1, 2, ...`` (after ``visit(q_j)`` where given), one product
-    each; at most three vectors are alive (``q_{j-1}``, ``q_j`` and the product). Ends where
+    each; two vectors are alive (``q_j`` and ``q_{j-1}``, in whose memory the next product forms:
+    :meth:`~lightning_shortcut.hessian.linear_operator.LinearOperator.add_product`). Ends where
     ``beta_j = 0``."""
     previous, current, beta = None, start, 0.0
     del start  # held as current only
     while True:
-        product = owned_product(check_finite(space(current)), current)
-        if previous is not None:
-            product.sub_(previous, alpha=beta)
+        if previous is None:
+            product = owned_product(check_finite(space(current)), current)
+        else:  # formed in q_{j-1}'s memory: the operator's floor, no vector more
+            product = check_finite(space.add_product(current, previous.mul_(-beta)))
         previous, alpha = None, 0.0
         for _ in range(2):  # against q_j alone, twice: alpha to working accuracy, no vector more
             coefficient = _inner(space, current, product)
