@@ -1,11 +1,7 @@
 """``HessianSettings``: what a measurement asks for, validated once where the values enter.
 
-The public functions (:func:`~lightning_shortcut.hessian.hessian_eigenvalues`,
-:func:`~lightning_shortcut.hessian.edge_of_stability`, :func:`~lightning_shortcut.hessian.
-hessian_trace`, ...) and :class:`~lightning_shortcut.callbacks.HessianEigenvalueMonitor` take flat
-keyword options; each builds one :class:`HessianSettings` from them, which refuses a bad value
-there, and everything below (the operator, its context, the sharded operator, the sampling error,
-the solvers' call) reads that one object.
+The public functions and the monitor take flat keyword options and build one
+:class:`HessianSettings`, which refuses a bad value there; everything below reads that object.
 """
 
 from __future__ import annotations
@@ -57,17 +53,14 @@ class HessianSettings:
     for what, and what comes back. Frozen; every value is checked when it is made.
 
     The fields mean what the keyword options of the same names mean in
-    :func:`~lightning_shortcut.hessian.hessian_eigenvalues`. A function that does not solve for
-    eigenvalues (:func:`~lightning_shortcut.hessian.hessian_trace`, ...) reads only the operator's
-    fields (``params``, ``mode``, ``hvp``, ``seed``, ``all_reduce``). Derive a variant with
-    :func:`dataclasses.replace`, which checks the new combination.
+    :func:`~lightning_shortcut.hessian.hessian_eigenvalues`; a function that does not solve for
+    eigenvalues reads only the operator's (``params``, ``mode``, ``hvp``, ``seed``,
+    ``all_reduce``). Derive a variant with :func:`dataclasses.replace`, which checks it again.
 
     Raises:
-        ValueError: on a value outside what is accepted (an unknown ``method``, ``mode`` or
-            ``hvp``, negative or all-zero counts, ``tol`` outside ``(0, 1)``, an option the solver
-            does not take or refuses, what ``"lanczos_values"`` cannot give, ...) or a combination the engine cannot compute
-            (``min_abs`` with a solver without it, ``hvp="finite_difference"`` or ``stderr`` in
-            train mode), naming the value and what is accepted.
+        ValueError: on a value outside what is accepted, or a combination the engine cannot
+            compute (``min_abs`` with a solver without it, ``stderr`` in train mode, what
+            ``"lanczos_values"`` cannot give, ...), naming the value and what is accepted.
         TypeError: on a value of the wrong type.
 
     Example:

@@ -85,21 +85,15 @@ def hessian_eigenvalues(
             (buffers are restored afterwards, dropout masks are fixed for the call).
         all_reduce: sum across processes for distributed data (see :class:`HessianOperator`).
         start: a previous result at nearby weights (a :class:`HessianSpectrum`, an
-            :class:`~lightning_shortcut.hessian.EdgeOfStability`, or their ``tracking_vectors``),
-            for a warm run: Lanczos starts from its vectors and may stop after 4 products where a
-            cold run pays 20, because the previous result certified those directions and values.
-            A warm run that converges onto something else, or whose extremes retreat past the
-            values the previous result covered, is given up and run again cold (the rule and its
-            limits: [warm starts][warm-rule] in the docs' engine page; along training, audit
-            with a cold run now and then, as :class:`~lightning_shortcut.hessian.SpectrumTracker`
-            does).
+            :class:`~lightning_shortcut.hessian.EdgeOfStability`, or their ``tracking_vectors``):
+            Lanczos starts from its vectors and may stop after 4 products where a cold run pays 20;
+            one that converges onto something else is given up and run again cold ([warm
+            starts][warm-rule]; audit with a cold run now and then, as
+            :class:`~lightning_shortcut.hessian.SpectrumTracker` does).
         stderr: also estimate the sampling error of ``max`` and ``min`` over Hessian batches of
             the same size (``max_stderr``, ``min_stderr``; :mod:`~lightning_shortcut.hessian.sampling`),
-            at the cost of a product per value on each of 16 chunks of the batch (one vmapped pass
-            where it can); needs ``mode="eval"`` and no ``transform``. ``"cold"``: only when the
-            answer comes from a cold run, in part at least with ``top_k > 1`` or ``bottom_k > 1``
-            (a warm run is cheaper than its error bar; this is what the monitor does, a warm run
-            given up for a cold one included).
+            a product per value on each of 16 chunks of the batch; needs ``mode="eval"`` and no
+            ``transform``. ``"cold"``: only where the answer comes (in part) from a cold run.
         solver_options: extra keyword arguments for the solver, e.g. ``{"max_basis": 10}`` for
             ``"lanczos"`` (the basis vectors held, default 16; a call with ``vectors=True`` holds
             about this many parameter vectors and six more, see the docs' engine page), or
@@ -114,27 +108,25 @@ def hessian_eigenvalues(
             backward; its estimated error is reported in ``hvp_error`` and added to the error
             bounds, see :class:`~lightning_shortcut.hessian.HessianOperator`). Not with solvers
             that run on the model (``"pyhessian"``).
-        vectors: also return the eigenvectors (``vectors``, and the Ritz vectors a warm start
-            reads): what ``start=`` from this result, :func:`~lightning_shortcut.hessian.
-            gradient_overlap` and :func:`~lightning_shortcut.hessian.block_profile` need. Without
-            them, a ``"lanczos"`` call for one value per end without ``min_abs`` or ``start`` runs
-            ``"lanczos_values"``, which holds three vectors instead of the basis (with ``stderr``
-            it runs that pass twice and returns the two extreme eigenvectors; see the docs' engine
-            page, "Values alone"); other calls return the vectors they compute anyway.
+        vectors: also return the eigenvectors and the Ritz vectors a warm start reads (for
+            ``start=``, :func:`~lightning_shortcut.hessian.gradient_overlap`,
+            :func:`~lightning_shortcut.hessian.block_profile`). Without them a ``"lanczos"`` call
+            for one value per end without ``min_abs`` or ``start`` runs ``"lanczos_values"``,
+            which holds two vectors instead of the basis (twice with ``stderr``; the engine page,
+            "Values alone"); other calls return the vectors they compute anyway.
 
     Returns:
         A :class:`HessianSpectrum`. A non-finite loss gives NaN values with ``converged=False``.
 
     Raises:
-        ValueError: on an unknown method, negative or all-zero counts, empty data, a batch the
-            default loss cannot read, parameters not in the model, a non-scalar loss, a model with
-            no trainable parameters, a ``start`` that is not a previous result or has vectors of
-            the wrong size, ``stderr=True`` in train mode or with a ``transform``, or a
-            ``transform`` that is not callable, changes the size or goes to a solver that runs on
-            the model (the options are checked by
-            :class:`~lightning_shortcut.hessian.HessianSettings` before anything is computed), or
-            ``top_k`` or ``bottom_k`` above the number of parameters (where only their sum is,
-            every eigenvalue is returned and the ends share them).
+        ValueError: on a bad option (checked by
+            :class:`~lightning_shortcut.hessian.HessianSettings` before anything is computed),
+            empty data, a batch the default loss cannot read, parameters not in the model, a
+            non-scalar loss, no trainable parameters, a ``start`` that is not a previous result or
+            of the wrong size, ``stderr`` with a ``transform``, a ``transform`` that is not
+            callable, changes the size or goes to a solver on the model, or ``top_k`` or
+            ``bottom_k`` above the number of parameters (where only their sum is, every eigenvalue
+            is returned and the ends share them).
         TypeError: on an option of the wrong type (a count that is not an int, ``min_abs`` not
             a bool, ...).
         RuntimeError: where a registered solver returns another number of values than asked.
@@ -164,9 +156,8 @@ def compute_spectrum(
     selection: ParameterSelection | None = None,
 ) -> HessianSpectrum:
     """:func:`hessian_eigenvalues` with its options as one
-    :class:`~lightning_shortcut.hessian.HessianSettings`: the form the engine and the monitor pass
-    settings along in. ``selection``: the parameters, where the caller has selected them already
-    (:func:`~lightning_shortcut.hessian.context.select_parameters`).
+    :class:`~lightning_shortcut.hessian.HessianSettings` (``selection``: the parameters, where
+    already selected, :func:`~lightning_shortcut.hessian.context.select_parameters`).
 
     Raises:
         ValueError: as :func:`hessian_eigenvalues`.

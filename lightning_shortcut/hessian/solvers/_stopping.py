@@ -1,25 +1,14 @@
 """When a Lanczos run stops: one rule that answers continue, stop or give up at every check.
 
-:class:`StoppingRule` owns the whole decision: the error bounds of the extreme Ritz values, the
-evidence that they are the spectrum's extremes, the resolution of ``min_abs`` and both limits
-(``max_iter``, and a warm run's product budget). The solver hands it what each check shows
-(:class:`Check`) and follows the :class:`Decision` of its :class:`Assessment`.
-
-A run stops once every wanted value's error bound (:func:`error_bound`) is within
-``tol * max|lambda|`` *and* the run has evidence that no eigenvalue lies beyond the extreme Ritz
-values (a small residual says an eigenvalue is near a Ritz value, not that it is the extreme one);
-the why and the measurements behind each constant: the docs' engine page, "The safeguards" and
-"Warm starts along training". **Cold runs** pay a floor of :data:`MIN_PRODUCTS` products (a run for
-a separated top alone :data:`SEPARATED_MIN_PRODUCTS`, :meth:`StoppingRule.floor`) and stop once the
-wanted extremes have moved by at most ``tol * max|lambda|`` since the run had half its products
-(:func:`settled`): a Krylov space that has doubled without finding anything beyond. **Warm runs**
-(started from a previous measurement's certified eigenvectors,
-:class:`~lightning_shortcut.hessian.tracking.RunStart`) inherit that evidence: from
-:data:`WARM_MIN_PRODUCTS` on they stop once their ends have settled over two products, if the
-returned vectors lie mostly in the inherited directions and no extreme has retreated past its
-frontier (:meth:`WarmEvidence.covers`); one that converges onto anything else, or has not stopped by
-:func:`warm_limit` products, is *given up* and run again cold, so a warm run never returns a value
-that neither the warm evidence nor a cold run vouches for. A ``min_abs`` run is always cold.
+:class:`StoppingRule` owns the decision: the error bounds of the extreme Ritz values, the evidence
+that they are the spectrum's extremes, the resolution of ``min_abs`` and both limits. A run stops
+once every wanted value's bound (:func:`error_bound`) is within ``tol * max|lambda|`` *and* it has
+evidence that no eigenvalue lies beyond (a small residual says an eigenvalue is near, not that it
+is the extreme one). A **cold** run has it once past its floor (:meth:`StoppingRule.floor`) its ends
+have settled since it had half its products (:func:`settled`); a **warm** run inherits it from the
+previous measurement (:class:`WarmEvidence`) and is given up, to run again cold, where it converges
+onto anything else or not by :func:`warm_limit`. Why each constant is what it is, with the
+measurements: the docs' engine page, "The safeguards" and "Warm starts along training".
 """
 
 from __future__ import annotations
@@ -35,53 +24,20 @@ from torch import Tensor
 from lightning_shortcut.hessian.linear_operator import LinearOperator
 from lightning_shortcut.hessian.solvers._vectors import projection_norm, single_thread
 
-__all__ = [
-    "INVARIANT",
-    "MIN_PRODUCTS",
-    "SEPARATED_MIN_PRODUCTS",
-    "SEPARATION",
-    "WARM_MAX_PRODUCTS",
-    "WARM_MIN_OVERLAP",
-    "WARM_MIN_PRODUCTS",
-    "Assessment",
-    "Check",
-    "Decision",
-    "Ends",
-    "StoppingRule",
-    "WarmEvidence",
-    "end_errors",
-    "error_bound",
-    "min_abs_estimate",
-    "settled",
-    "warm_limit",
-]
-
-#: No cold run stops before this many products (or ``max_iter``, or the whole space): a Krylov
-#: space of a few vectors has not yet met an eigenvalue at the far end of a spectrum dominated by one
-#: outlier, although its Ritz value there has a small residual (ARPACK's first check comes after its
-#: default ``ncv = 20`` products). At 10, 2 of 10 calls at tol 1e-2 on an MLP after 600 SGD steps
-#: returned a neighbour 4% of max|lambda| away; at 20, none.
+#: No cold run stops before this many products (or ``max_iter``, or the whole space): ARPACK's
+#: default basis; at 10, 2 of 10 calls on a trained MLP returned a neighbour of the top.
 MIN_PRODUCTS = 20
-#: A run that wants the top alone may stop from this many products on where the top is separated
-#: (hessian-eigenthings certifies ``lambda_max`` after 10 products).
+#: The floor of a run for the top alone where the top is separated (hessian-eigenthings' 10).
 SEPARATED_MIN_PRODUCTS = 10
-#: The top is separated where its Ritz value stands this many ``1e-3 * max|lambda|`` (tolerances at
-#: the default ``tol``) above the next Ritz value: a share fixed for every ``tol``, so that a looser
-#: ``tol`` never pays the full floor where a tighter one does not. With a floor of 10 and no such
-#: test, 1 of 20 cold runs on a top cluster 0.2% apart returned a member 2 tolerances below the top
-#: at ``tol = 1e-3``; with it, none.
+#: Separated: the top Ritz value this many ``1e-3 * max|lambda|`` above the next, a share fixed
+#: for every ``tol`` (a looser ``tol`` never pays the full floor where a tighter one does not).
 SEPARATION = 10.0
-#: A warm run may stop from this many products on: a Krylov space of 4 holds the start's extreme
-#: directions and has refined them.
+#: A warm run may stop from this many products on.
 WARM_MIN_PRODUCTS = 4
-#: At ``tol = 1e-2`` a warm run not stopped by this many products is given up (more at tighter
-#: tolerances, :func:`warm_limit`): a start that holds the extremes' directions converges within a
-#: few products (5-9 on a tanh MLP at the edge of stability), and one that has not by then is paying
-#: toward the cold run that will replace it (on the digits recipe given-up runs reached the cold
-#: floor of 20 first).
+#: At ``tol = 1e-2`` a warm run not stopped by this many products is given up (:func:`warm_limit`).
 WARM_MAX_PRODUCTS = 12
-#: A warm run stops early only if each returned Ritz vector's projection on the inherited directions
-#: has at least this norm: the inherited evidence is about those directions.
+#: A warm run stops only if each returned Ritz vector's projection on the inherited directions has
+#: at least this norm.
 WARM_MIN_OVERLAP = 0.5
 _SEPARATION_TOL = 1e-3
 #: A residual this small relative to ``max|lambda|`` means an invariant subspace: the Ritz values are
@@ -90,15 +46,12 @@ INVARIANT = 1e-12
 
 
 class Decision(enum.Enum):
-    """What a run does after a check."""
+    """What a run does after a check: another product; stop, converged; stop at ``max_iter``, not
+    converged; or give a warm run up, to run it again cold."""
 
-    #: take another product
     CONTINUE = "continue"
-    #: stop: every wanted value is within ``tol``, with the evidence that the ends are the spectrum's
     STOP = "stop"
-    #: stop at ``max_iter`` without that: the answer is returned as not converged
     OUT_OF_PRODUCTS = "out of products"
-    #: a warm run the warm rule gives up: the solver runs it again cold
     GIVE_UP = "give up"
 
 
@@ -121,13 +74,8 @@ def warm_limit(tol: float, max_iter: int) -> int:
 
 @dataclass(frozen=True)
 class WarmEvidence:
-    """What a warm run may stop on (see the module docstring).
-
-    Attributes:
-        inherited: orthonormal rows spanning the directions the start inherited.
-        frontiers: the top end's and the bottom end's frontier
-            (:class:`~lightning_shortcut.hessian.tracking.RunStart`).
-    """
+    """What a warm run may stop on: the directions its start inherited (orthonormal rows) and the
+    frontiers of the top and the bottom end (:class:`~lightning_shortcut.hessian.tracking.RunStart`)."""
 
     inherited: Tensor
     frontiers: tuple[float | None, float | None]
@@ -148,10 +96,9 @@ class WarmEvidence:
         threshold: float,
         overlap: Callable[[str], float],
     ) -> bool:
-        """Whether a converged warm run's extremes are what the inherited evidence is about: not
-        retreated past the frontiers, and each wanted end's Ritz vector with a projection of norm
-        at least :data:`WARM_MIN_OVERLAP` on the inherited directions (``overlap(end)``, ``end``
-        ``"top"`` or ``"bottom"``, only asked where the frontiers hold)."""
+        """Whether a converged warm run's extremes are what the evidence is about: not retreated,
+        and each wanted end's Ritz vector (``overlap(end)``, ``end`` ``"top"`` or ``"bottom"``)
+        with a projection of norm :data:`WARM_MIN_OVERLAP` or more on the inherited directions."""
         wanted = [end for end in ("top", "bottom") if getattr(ends, end)]
         return not self.retreated(ends, largest, smallest, threshold) and all(
             overlap(end) >= WARM_MIN_OVERLAP for end in wanted
@@ -160,46 +107,28 @@ class WarmEvidence:
 
 @dataclass(frozen=True)
 class Check:
-    """What a Lanczos run shows at a check: the Ritz data of ``A V = V T + r e^T``.
+    """What a Lanczos run shows at a check: the Ritz data of ``A V = V T + r e^T``."""
 
-    Attributes:
-        products: products taken so far.
-        values: the Ritz values, ascending.
-        residuals: their residual norms.
-        beta: ``||r||``.
-        whole_space: whether the basis spans the whole space left to the run.
-        projected: ``T`` (read for ``min_abs``).
-        ritz_vector: ``ritz_vector(end)``, the unit Ritz vector of ``"top"`` or ``"bottom"`` (read by
-            the warm rule, formed only where it asks).
-    """
-
-    products: int
-    values: Tensor
-    residuals: Tensor
-    beta: float = 1.0
-    whole_space: bool = False
-    projected: Tensor | None = None
+    products: int  # taken so far
+    values: Tensor  # the Ritz values, ascending
+    residuals: Tensor  # their residual norms
+    beta: float = 1.0  # ||r||
+    whole_space: bool = False  # the basis spans the whole space left to the run
+    projected: Tensor | None = None  # T, read for min_abs
+    #: ``end -> `` the unit Ritz vector of ``"top"`` or ``"bottom"`` (formed where the warm rule asks)
     ritz_vector: Callable[[str], Tensor] | None = None
 
 
 @dataclass(frozen=True)
 class Assessment:
-    """The rule's answer at a check: the decision, and the bounds it was taken on.
-
-    Attributes:
-        decision: what the run does.
-        scale: ``max|lambda|`` of the Ritz values, the scale of the tolerance.
-        top_error: a bound on the error of the largest Ritz value.
-        bottom_error: the same for the smallest.
-        min_abs: for a ``min_abs`` run, the estimate of the smallest ``|eigenvalue|`` (an upper
-            bound on it; ``inf`` while the basis is too small), else ``None``.
-        min_abs_error: a bound on its error.
-    """
+    """The rule's answer at a check: the decision, and the bounds it was taken on."""
 
     decision: Decision
-    scale: float
-    top_error: float
+    scale: float  # max|lambda| of the Ritz values, the tolerance's scale
+    top_error: float  # bounds on the errors of the largest and the smallest Ritz value
     bottom_error: float
+    #: a ``min_abs`` run's estimate of the smallest ``|eigenvalue|`` (an upper bound; ``inf`` while
+    #: the basis is too small) and a bound on its error
     min_abs: float | None = None
     min_abs_error: float | None = None
 
@@ -242,18 +171,9 @@ def end_errors(values: Tensor, residuals: Tensor) -> tuple[float, float]:
 
 @dataclass
 class StoppingRule:
-    """The stopping decision of one Lanczos run (see the module docstring): :meth:`assess` at each
-    check answers continue, stop, out of products or give up.
-
-    Args:
-        ends: the wanted ends.
-        tol: the error allowed, relative to ``max|lambda|``.
-        max_iter: the products the run may use.
-        space: the operator whose space the vectors are in (sharded vectors: inner products
-            reduced over processes, so that every rank takes the same decision).
-        warm: for a warm run, what its start inherited
-            (:class:`WarmEvidence`); ``None`` for a cold run.
-    """
+    """The stopping decision of one Lanczos run: :meth:`assess` at each check. ``tol`` is relative
+    to ``max|lambda|``; ``space`` the operator whose space the vectors are in (sharded: inner
+    products reduced, so that every rank decides alike); ``warm`` a warm run's evidence."""
 
     ends: Ends
     tol: float
@@ -267,8 +187,7 @@ class StoppingRule:
 
     @property
     def rounding(self) -> float:
-        """No bound is tighter than the products' rounding, relative to ``max|lambda|`` (float32
-        models: about 5e-7)."""
+        """No bound is tighter than the products' rounding, relative to ``max|lambda|``."""
         return 4 * torch.finfo(self.space.like.dtype).eps
 
     @property
@@ -277,10 +196,8 @@ class StoppingRule:
         return None if self.warm is None else warm_limit(self.tol, self.max_iter)
 
     def floor(self, threshold: float) -> int:
-        """The products before which the cold rule does not stop: :data:`MIN_PRODUCTS`, or
-        :data:`SEPARATED_MIN_PRODUCTS` for a run that wants the top alone where the top Ritz value
-        stands :data:`SEPARATION` times ``1e-3 * max|lambda|`` above the next (within
-        ``max_iter``; ``threshold`` is ``tol * max|lambda|``)."""
+        """The products before which a cold run does not stop: :data:`SEPARATED_MIN_PRODUCTS` for
+        the top alone where it is separated, else :data:`MIN_PRODUCTS` (within ``max_iter``)."""
         top_alone = self.ends.top and not (self.ends.bottom or self.ends.min_abs)
         if top_alone and self.top_gap >= SEPARATION * _SEPARATION_TOL * threshold / self.tol:
             return min(SEPARATED_MIN_PRODUCTS, self.max_iter)

@@ -1,30 +1,14 @@
-"""Lanczos for the values alone: three vectors and the tridiagonal, no reorthogonalization.
+"""Lanczos for the values alone: two vectors and the tridiagonal, no reorthogonalization.
 
-Where no eigenvector is wanted, the Krylov space need not be kept: the three-term recurrence
-``beta_j q_{j+1} = A q_j - alpha_j q_j - beta_{j-1} q_{j-1}`` holds two vectors and the product,
-and the tridiagonal ``T_j`` of the ``alpha`` and ``beta`` gives the Ritz values. Nothing is
-restarted, so the space is the whole Krylov space of the products taken (a 16-vector basis has to
-restart, which roughly doubles the products at a spectrum's bottom end).
-
-Without reorthogonalization the vectors lose orthogonality as soon as a Ritz value converges, and
-``T_j`` then holds copies of converged eigenvalues ("ghosts") and, while a copy forms, spurious
-values between the true ones. Paige (1976, 1980) showed that the extreme Ritz values still converge
-as they would with orthogonal vectors, never pass the spectrum's ends by more than rounding, and lie
-within about ``|beta_j s_j|`` (``s`` their eigenvector of ``T_j``) of an eigenvalue. So the basis
-solver's error bounds and stopping rule
-(:class:`~lightning_shortcut.hessian.solvers._stopping.StoppingRule`: the floor, the settled ends,
-Kato-Temple where the gap to the next Ritz value is resolved) apply to the extremes unchanged. A
-ghost next to an extreme only shrinks that gap, so the bound falls back to the residual: looser,
-still true. The pass finds one value per end: the second value would need Cullum and Willoughby's
-test to tell a forming copy of the top from the second eigenvalue, which compares ``T_j``'s values
-with those of ``T_j`` less its first row and column, at a resolution of about the start vector's
-weight squared (``1 / dim``: 1e-7 for a network of 6M parameters, float32's rounding), and one
-Krylov space holds one copy of a repeated eigenvalue (multiplicities need the locking of
-``method="lanczos"``).
-
-Where an extreme eigenvector is wanted after all (the sampling error of ``hessian_eigenvalues``),
-:func:`extreme_vectors` runs the same recurrence again from the same start and sums the Ritz
-vectors as the products come (five vectors; the products a second time).
+The three-term recurrence ``beta_j q_{j+1} = A q_j - alpha_j q_j - beta_{j-1} q_{j-1}`` holds
+``q_j`` and ``q_{j-1}``, in whose memory the next product forms, and ``T_j`` gives the Ritz values
+of the whole Krylov space (nothing is restarted). Without reorthogonalization converged values
+repeat ("ghosts"), but the extreme Ritz values converge as with orthogonal vectors and lie within
+``|beta_j s_j|`` of an eigenvalue (Paige 1976, 1980): the basis solver's bounds and
+:class:`~lightning_shortcut.hessian.solvers._stopping.StoppingRule` apply unchanged, a ghost beside
+an extreme only shrinking its Kato-Temple gap. One value per end (a second would need Cullum and
+Willoughby's test); :func:`extreme_vectors` runs the recurrence again from the same start for the
+extremes' eigenvectors. The docs' engine page, "Values alone", says why and what each costs.
 """
 
 from __future__ import annotations
@@ -134,11 +118,11 @@ def lanczos_values(
     max_basis: int = DEFAULT_MAX_BASIS,
     host_basis: bool = False,
 ) -> HessianSpectrum:
-    """The largest (``top_k = 1``) and the smallest (``bottom_k = 1``) eigenvalue, holding three
+    """The largest (``top_k = 1``) and the smallest (``bottom_k = 1``) eigenvalue, holding two
     vectors, with the basis solver's error bounds and stopping rule (see the module docstring).
 
-    It returns no eigenvectors and takes no warm start; ``max_basis`` is accepted (three vectors are
-    within any) and ``host_basis`` keeps the three vectors in host memory.
+    It returns no eigenvectors and takes no warm start; ``max_basis`` is accepted (two vectors are
+    within any) and ``host_basis`` keeps them in host memory.
 
     Raises:
         ValueError: on ``start``, ``min_abs`` or a count above 1, naming the option that gives it.
@@ -165,7 +149,7 @@ def extreme_vectors(
 ) -> HessianSpectrum:
     """:func:`lanczos_values`, then (``vectors``) the same recurrence again from the same start,
     summing the extreme Ritz vectors ``sum_j s_j q_j`` as it goes: the eigenvectors of the values
-    found (``vectors``: top, bottom), holding five vectors, for the products a second time."""
+    found (``vectors``: top, bottom), holding two more, for the products a second time."""
     check_options(max_basis, host_basis)
     refusal = refuse(top_k, bottom_k, min_abs, vectors=False, start=start is not None)
     if refusal:
