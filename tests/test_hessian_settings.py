@@ -143,7 +143,7 @@ def test_whether_a_model_is_sharded_is_asked_once_per_call(monkeypatch):
 
 
 def test_the_monitor_refuses_at_construction_and_keeps_one_settings_object():
-    with pytest.raises(TypeError, match=r"`stderr` must be a bool, got 'yes'"):
+    with pytest.raises(TypeError, match=r"`stderr` must be a bool or an int n >= 1, got 'yes'"):
         HessianEigenvalueMonitor(stderr="yes")
     with pytest.raises(ValueError, match=r"`seed` must be an int >= 0, got -1"):
         HessianEigenvalueMonitor(seed=-1)
@@ -151,7 +151,7 @@ def test_the_monitor_refuses_at_construction_and_keeps_one_settings_object():
         HessianEigenvalueMonitor(blocks="residual", top_k=0, bottom_k=0, min_abs=True)
     monitor = HessianEigenvalueMonitor(tol=1e-3, max_iter=50, solver_options={"max_basis": 8})
     assert monitor.settings == HessianSettings(
-        tol=1e-3, max_iter=50, solver_options={"max_basis": 8}, stderr="cold"
+        tol=1e-3, max_iter=50, solver_options={"max_basis": 8}, stderr="cold", vectors=False
     )
     # standard errors come with eval mode; in train mode the monitor logs none, refusing nothing
     assert HessianEigenvalueMonitor(mode="train").settings.stderr is False

@@ -30,7 +30,9 @@ def monitor_settings(
     if not (params is None or params in ("all", "residual") or callable(params)):
         raise ValueError(f"`params` must be None, 'all', 'residual' or a callable, got {params!r}.")
     check_positive_int("max_iter", max_iter)  # a monitor's runs are always bounded
-    if not (isinstance(stderr, bool) or (isinstance(stderr, int) and stderr >= 1)):
+    if not isinstance(stderr, int):
+        raise TypeError(f"`stderr` must be a bool or an int n >= 1, got {stderr!r}.")
+    if not isinstance(stderr, bool) and stderr < 1:
         raise ValueError(
             "`stderr` must be True (with one fit measurement in 10), False or an int n >= 1 (with "
             f"one in every n), got {stderr!r}."
