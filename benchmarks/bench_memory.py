@@ -2,10 +2,16 @@
 
 For each model, every configuration runs in a fresh process that builds the model and its batch,
 warms up (a forward and a backward, gradients then dropped), and measures the peak memory of the
-configuration *over that baseline* (the weights and the batch are not counted, in either):
+configuration *over that baseline* (the weights and the batch are not counted), except
+``footprint``:
 
-- ``training``: five steps of SGD with momentum 0.9 on the batch (gradients, momentum buffers,
-  activations): the footprint the goals compare against;
+- ``footprint``: the peak of a fresh process that builds the model and its batch and takes five
+  steps of SGD with momentum 0.9, over the process once its imports are done (weights, batch,
+  gradients, momentum, activations and the runtime's first-use costs; the imports themselves,
+  780 MiB of resident libraries with this CUDA build of torch, are not counted): the goals' measure
+  ("x footprint");
+- ``training``: the five steps alone over the warmed-up baseline (gradients, momentum buffers,
+  activations; "x training", the stricter ratio);
 - ``floor``: the first-order graph of the batch and 20 products of a plain power iteration holding
   one vector (nothing else): what any method built on these products needs;
 - ``values``: a default ``hessian_eigenvalues(model, batch)`` (top and bottom, ``tol=1e-3``): the
@@ -14,10 +20,10 @@ configuration *over that baseline* (the weights and the batch are not counted, i
   extreme eigenvectors, then the standard errors;
 - ``max_basis=b``: the same call with ``vectors=True`` and ``solver_options={"max_basis": b}``: the
   basis solver, what every call ran before the values-only pass; the default basis is marked;
-- ``monitor``: the monitor's default measurement (``tol=1e-2``, ``max_iter=100``,
-  ``stderr="cold"``, ``compute_spectrum`` with its settings) as the monitor makes it today (the
-  basis), and ``monitor, vectors=False``: as it would with ``vectors=False`` in its settings (the
-  values-only pass run twice for the standard errors);
+- ``monitor``: the monitor's default measurements (``tol=1e-2``, ``max_iter=100``,
+  ``compute_spectrum`` with its settings, ``vectors=False``): with the standard errors (one in
+  10: the values-only pass run twice) and without (the other nine), and ``monitor, basis``: a
+  measurement with the standard errors on the 16-vector basis, as every one was before;
 - on CUDA also ``max_basis=b, host_basis``: the basis kept in host memory, and ``values,
   host_basis``.
 
@@ -120,7 +126,7 @@ def _floor(model, batch) -> dict:
             product = operator(vector)
             norm = product.norm()
             vector = product.div_(norm)  # the previous vector is freed
-        return {"max": float(norm), "products": operator.num_hvps}
+        return {"max": float(norm), "products": operator.num_products}
 
 
 def _spectrum(model, batch, settings: dict) -> dict:
@@ -138,6 +144,16 @@ def child(name: str, configuration: str, options: dict, device: torch.device) ->
     with _Peak(device) as peak:
         answer = run(model, batch) if run else _spectrum(model, batch, options)
     return {**answer, "extra": peak.extra}
+
+
+def footprint(name: str, device: torch.device) -> dict:
+    """The peak of a fresh process that builds the model and its batch and takes five training
+    steps, over the process once its imports are done (``imports``: their resident memory, the
+    interpreter and torch's libraries, not counted)."""
+    imports = _status("VmRSS")
+    with _Peak(device) as peak:
+        _train(*bench_model(name, device))
+    return {"extra": peak.extra, "imports": imports}
 
 
 def _measure(name, configuration, options, device, threads) -> dict:
@@ -171,8 +187,9 @@ def bench(name: str, device: torch.device, threads: int, bases: list[int]) -> li
     largest, smallest = _reference(name, device)
     threshold = TOL * max(abs(largest), abs(smallest))
     cuda = device.type == "cuda"
-    monitor = {"tol": 1e-2, "max_iter": 100, "stderr": "cold"}
+    monitor = {"tol": 1e-2, "max_iter": 100, "stderr": "cold", "vectors": False}
     configurations = [
+        ("footprint", {}),
         ("training", {}),
         ("floor", {}),
         ("values", {"tol": TOL, "vectors": False}),
@@ -188,12 +205,13 @@ def bench(name: str, device: torch.device, threads: int, bases: list[int]) -> li
             host = {**options, "solver_options": {"max_basis": basis, "host_basis": True}}
             configurations.append((f"max_basis={basis}, host_basis", host))
     configurations += [
-        ("monitor", monitor),
-        ("monitor, vectors=False", {**monitor, "vectors": False}),
+        ("monitor, stderr (1 in 10)", monitor),
+        ("monitor, values (9 in 10)", {**monitor, "stderr": False}),
+        ("monitor, basis (before)", {**monitor, "vectors": None}),
     ]
-    rows, training = [], None
+    rows, training, whole = [], None, None
     for configuration, options in configurations:
-        kind = configuration if configuration in ("training", "floor") else "spectrum"
+        kind = configuration if configuration in ("footprint", "training", "floor") else "spectrum"
         try:
             answer = _measure(name, kind, options, device, threads)
         except RuntimeError as error:  # the sampling error cannot chunk every batch
@@ -201,13 +219,17 @@ def bench(name: str, device: torch.device, threads: int, bases: list[int]) -> li
             continue
         extra = answer["extra"]
         training = extra if configuration == "training" else training
+        whole = extra if configuration == "footprint" else whole
         basis = options.get("solver_options", {}).get("max_basis")
+        if configuration == "footprint":
+            print(f"{name}: imports {answer['imports'] / 2**20:.0f} MiB", file=sys.stderr)
         row = {
             "model": f"{name} ({params / 1e6:.2g}M)",
             "configuration": configuration + (" (default)" if basis == DEFAULT_MAX_BASIS else ""),
             "extra MiB": extra / 2**20,
             "vectors": extra / vector,
-            "x training": extra / training,
+            "x footprint": extra / whole,
+            "x training": extra / training if training else "",
             "products": answer.get("products", ""),
         }
         if "min" in answer:
@@ -229,7 +251,13 @@ def main() -> None:
     if args.child:
         name, configuration, options, device, threads = args.child
         torch.set_num_threads(int(threads))
-        print(json.dumps(child(name, configuration, json.loads(options), torch.device(device))))
+        device = torch.device(device)
+        answer = (
+            footprint(name, device)
+            if configuration == "footprint"
+            else child(name, configuration, json.loads(options), device)
+        )
+        print(json.dumps(answer))
         return
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -242,25 +270,25 @@ def main() -> None:
 
 
 def _print_goals(rows: list[dict]) -> None:
-    """The issue's goals per model: a values-only call and the monitor's default measurement (with
-    ``vectors=False``) within 1.5x training's extra peak, values within ``tol``; the products
-    against the default basis; the floor, below which no method built on these products goes."""
-    print("\n## Goals: extra peak <= 1.5x training's, every value within tol\n")
+    """The issue's goals per model: a values-only call and the monitor's default measurements
+    within 1.5x the training footprint, values within ``tol``; the products against the default
+    basis; the floor, below which no method built on these products goes."""
+    print("\n## Goals: extra peak <= 1.5x the training footprint, every value within tol\n")
     for model in dict.fromkeys(row["model"] for row in rows):
         own = {row["configuration"]: row for row in rows if row["model"] == model}
         basis = next((row for key, row in own.items() if key.endswith("(default)")), None)
-        for key in ("values", "values, stderr", "monitor", "monitor, vectors=False"):
-            row = own.get(key)
-            if row is None:
+        for key, row in own.items():
+            if not key.startswith(("values", "monitor")):
                 continue
-            met = row["x training"] <= 1.5 and row["error / tol"] <= 1.0
+            met = row["x footprint"] <= 1.5 and row["error / tol"] <= 1.0
             products = f", {row['products'] / basis['products']:.2f}x" if basis else ""
             print(
-                f"- {model}, {key}: {row['x training']:.2f}x training, error "
-                f"{row['error / tol']:.2g} tol, {row['products']} products{products} the basis' "
-                f"({'met' if met else 'NOT met'})"
+                f"- {model}, {key}: {row['x footprint']:.2f}x the footprint "
+                f"({row['x training']:.2f}x training), error {row['error / tol']:.2g} tol, "
+                f"{row['products']} products{products} the basis' ({'met' if met else 'NOT met'})"
             )
-        print(f"- {model}: the floor alone {own['floor']['x training']:.2f}x")
+        floor = own["floor"]
+        print(f"- {model}: the floor {floor['x footprint']:.2f}x ({floor['x training']:.2f}x)")
 
 
 if __name__ == "__main__":
