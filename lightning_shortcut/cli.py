@@ -81,8 +81,9 @@ def _print_lines(lines: Sequence[str]) -> None:
 
 
 def _plot(args: Sequence[str]) -> None:
-    from lightning_shortcut.plot import drawn_series, plot_hessian_metrics, read_run
+    from lightning_shortcut.plot import drawn_series, load_hessian_metrics, plot_hessian_metrics
     from lightning_shortcut.plot_curvature import plot_curvature_figures
+    from lightning_shortcut.run_log import read_run
 
     parser = argparse.ArgumentParser(
         prog="lightning-shortcut plot",
@@ -111,12 +112,7 @@ def _plot(args: Sequence[str]) -> None:
     options = parser.parse_args(args)
     try:
         run = read_run(options.source)
-        series = run.series(options.prefix)
-        if not series:
-            raise ValueError(
-                f"{run.describe()}: no '{options.prefix}*' metric; was HessianEigenvalueMonitor in "
-                "the run (and is its log_prefix the one given)?"
-            )
+        series = load_hessian_metrics(run, options.prefix)
         title = options.title or options.source
         if options.out is None:  # with the run's logs, not wherever the command was typed
             source = Path(options.source)
@@ -140,11 +136,10 @@ def main(args: Sequence[str] | None = None) -> None:
     arguments = list(sys.argv[1:] if args is None else args)
     if arguments[:1] == ["recipes"]:
         _print_lines(recipe_listing())
-        return
-    if arguments[:1] == ["plot"]:
+    elif arguments[:1] == ["plot"]:
         _plot(arguments[1:])
-        return
-    cli(args)
+    else:
+        cli(args)
 
 
 if __name__ == "__main__":

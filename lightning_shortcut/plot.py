@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from lightning_shortcut.run_log import Series, read_run
+from lightning_shortcut.run_log import RunLog, Series, read_run
 
 __all__ = [
     "draw_hessian_metrics",
@@ -33,18 +33,18 @@ _STDERR = "_stderr"
 _FEW_POINTS = 5
 
 
-def load_hessian_metrics(source: str | Path, prefix: str = "hessian/") -> Series:
+def load_hessian_metrics(source: str | Path | RunLog, prefix: str = "hessian/") -> Series:
     """The logged ``{prefix}*`` metrics of a run: ``name (without prefix) -> [(step, value)]``.
 
     Args:
-        source: as in :func:`read_run`.
+        source: as in :func:`read_run`, or a run it read.
         prefix: the monitor's ``log_prefix``.
 
     Raises:
         FileNotFoundError: if there is no such file or no log below the folder.
         ValueError: if the log holds no ``{prefix}`` metric.
     """
-    run = read_run(source)
+    run = source if isinstance(source, RunLog) else read_run(source)
     series = run.series(prefix)
     if not series:
         files = ", ".join(repr(str(part.path)) for part in run.parts)
