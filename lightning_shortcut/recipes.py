@@ -35,8 +35,7 @@ __all__ = [
     "write_recipes",
 ]
 
-# imported on first use (PEP 562), by the functions below too: they import torch, which listing
-# recipes does not need
+# imported on first use (PEP 562), here too: they import torch, which listing recipes does not need
 _LAZY = {
     "DATASETS": ("lightning_shortcut.data.registry", "DATASETS"),
     "INITS": ("lightning_shortcut.init", "INIT_STRATEGIES"),

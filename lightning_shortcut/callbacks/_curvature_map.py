@@ -35,15 +35,18 @@ DENSITY_NUM_STEPS = 64
 Inputs = tuple[list[Any], Callable[..., Any], HessianSettings]
 
 
+def evenly_spaced_steps(max_steps: float, points: int) -> list[int]:
+    """``points`` evenly spaced steps from 0 to ``max_steps`` inclusive (fewer if they coincide)."""
+    if points == 1:
+        return [0]
+    return sorted({round(index * max_steps / (points - 1)) for index in range(points)})
+
+
 def density_steps(trainer: pl.Trainer, count: int) -> list[int]:
     """The steps of ``count`` snapshots over the run: 0, the run's last step and evenly between;
     where the Trainer does not know the run's length, 0 alone (the last is taken at the end)."""
     total = run_length(trainer)
-    if count == 0:
-        return []
-    if not math.isfinite(total) or count == 1:
-        return [0]
-    return sorted({round(i * total / (count - 1)) for i in range(count)})
+    return evenly_spaced_steps(total if math.isfinite(total) else 0, count)
 
 
 class CurvatureMap:
