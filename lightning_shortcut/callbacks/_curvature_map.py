@@ -255,9 +255,8 @@ class CurvatureMap:
             writer = csv.writer(handle)
             if new:
                 writer.writerow(["step", "probe", "node", "weight"])
-            for probe, (nodes, weights) in enumerate(
-                zip(record["nodes"], record["weights"], strict=True)
-            ):
+            probes = zip(record["nodes"], record["weights"], strict=True)
+            for probe, (nodes, weights) in enumerate(probes):
                 for node, weight in zip(nodes, weights, strict=True):
                     writer.writerow([record["step"], probe, repr(node), repr(weight)])
 

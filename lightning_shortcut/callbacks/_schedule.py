@@ -124,12 +124,12 @@ class ScheduledMonitor(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        self._measure_if_due_after_step(trainer, pl_module)
+        self._measure_if_step_due(trainer, pl_module)
         self._report_cost_once(trainer, epoch_end=False)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._measure_if_due_after_epoch(trainer, pl_module)
+        self._measure_if_epoch_due(trainer, pl_module)
         self._report_cost_once(trainer, epoch_end=True)
 
     @override
@@ -180,9 +180,7 @@ class ScheduledMonitor(Callback):
         self._on_fit_started(trainer, pl_module)
         self._cost_report.start(trainer, self.budget.monitor_seconds)
 
-    def _measure_if_due_after_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule
-    ) -> None:
+    def _measure_if_step_due(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         step = trainer.global_step
         if self._should_skip(trainer, "fit") or step in (0, self._last_checked_step):
             return
@@ -190,9 +188,7 @@ class ScheduledMonitor(Callback):
         if self._step_is_due(step) and self._within_budget(trainer):
             self._measure_in_fit(trainer, pl_module)
 
-    def _measure_if_due_after_epoch(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule
-    ) -> None:
+    def _measure_if_epoch_due(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._should_skip(trainer, "fit") or self.every_n_epochs is None:
             return
         if (trainer.current_epoch + 1) % self.every_n_epochs == 0 and self._within_budget(trainer):
