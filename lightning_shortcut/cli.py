@@ -103,7 +103,6 @@ def _plot(args: Sequence[str]) -> None:
     )
     parser.add_argument(
         "--out",
-        default=None,
         help="the image to write (default: hessian.png in the source folder, or next to the "
         "source file)",
     )

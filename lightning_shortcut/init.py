@@ -112,10 +112,8 @@ class XavierInit(InitStrategy):
         self.distribution = check_choice("distribution", distribution, ("uniform", "normal"))
 
     def sample(self, shape: torch.Size, generator: torch.Generator | None) -> Tensor:
-        weight = torch.empty(shape)
-        if self.distribution == "uniform":
-            return nn.init.xavier_uniform_(weight, gain=self.gain, generator=generator)
-        return nn.init.xavier_normal_(weight, gain=self.gain, generator=generator)
+        init = nn.init.xavier_uniform_ if self.distribution == "uniform" else nn.init.xavier_normal_
+        return init(torch.empty(shape), gain=self.gain, generator=generator)
 
 
 class OrthogonalInit(InitStrategy):

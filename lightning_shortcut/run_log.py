@@ -94,13 +94,11 @@ def read_run(source: str | Path) -> RunLog:
     else:
         versions = sorted((log for log in logs if _run_folder(log) == run), key=_version_number)
     others = {_run_folder(log) or log for log in logs} - {run or newest}
-    notes: tuple[str, ...] = ()
-    if others:
-        notes = (
-            f"{len(others)} other run(s) below {str(path)!r} not read (the newest log is "
-            f"{str(newest)!r}); give a run's folder to draw it.",
-        )
-    return _with_resume_hint(_read_versions(versions, notes))
+    note = (
+        f"{len(others)} other run(s) below {str(path)!r} not read (the newest log is "
+        f"{str(newest)!r}); give a run's folder to draw it."
+    )
+    return _with_resume_hint(_read_versions(versions, (note,) if others else ()))
 
 
 def _version_logs(folder: Path) -> list[Path]:

@@ -145,14 +145,13 @@ class CurvatureMap:
         if failed:
             errors = [*spectra[failed[0]].top_errors, *spectra[failed[0]].bottom_errors]
             finite = all(math.isfinite(error) for error in errors)
+            advice = f"raise max_iter, now {settings.max_iter}, or tol, now {settings.tol:g}"
             self.guard.failed(
                 "the blocks' eigenvalues",
                 step,
                 f"block(s) {failed}: {spectra.reasons[failed[0]]}",
                 kind="blocks_not_converged" if finite else "blocks_non_finite",
-                advice=f"raise max_iter, now {settings.max_iter}, or tol, now {settings.tol:g}"
-                if finite
-                else "",
+                advice=advice if finite else "",
             )
         profile = self.guard.run(
             "the eigenvectors' profile",
