@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["ShortcutCLI", "cli", "main"]  # noqa: F822 (ShortcutCLI: module __getattr__)
 
 
-def _resolve_configs(args: list[str]) -> list[str]:
+def _resolve_configs(args: Sequence[str]) -> list[str]:
     resolved = list(args)
     for index, arg in enumerate(resolved):
         if arg in ("--config", "-c") and index + 1 < len(resolved):
@@ -41,9 +41,8 @@ def _shortcut_cli_class() -> type[LightningCLI]:
             self, parser: LightningArgumentParser, args: Sequence[str] | None
         ) -> None:
             # `args` and sys.argv are one command line here (LightningCLI warns when both are set)
-            self.config = parser.parse_args(
-                _resolve_configs(list(sys.argv[1:] if args is None else args))
-            )
+            command_line = sys.argv[1:] if args is None else args
+            self.config = parser.parse_args(_resolve_configs(command_line))
 
     ShortcutCLI.__module__, ShortcutCLI.__qualname__ = __name__, "ShortcutCLI"
     return ShortcutCLI

@@ -238,18 +238,17 @@ class ScheduledMonitor(Callback):
             return
         if self._cost_report.ready(trainer, epoch_end):
             what, levers = self._describe_cost(self.history[-1])
-            rank_zero_info(
-                self._cost_report.message(
-                    trainer,
-                    self.budget.monitor_seconds,
-                    self.history[-1]["seconds"],
-                    name=type(self).__name__,
-                    what=what,
-                    levers=levers,
-                    budget=self.overhead_budget,
-                    every_n_steps=self.every_n_steps,
-                    every_n_epochs=self.every_n_epochs,
-                    expected=self._expected_cost(),
-                    extra=self._costs.extra_to_come(trainer.global_step),
-                )
+            message = self._cost_report.message(
+                trainer,
+                self.budget.monitor_seconds,
+                self.history[-1]["seconds"],
+                name=type(self).__name__,
+                what=what,
+                levers=levers,
+                budget=self.overhead_budget,
+                every_n_steps=self.every_n_steps,
+                every_n_epochs=self.every_n_epochs,
+                expected=self._expected_cost(),
+                extra=self._costs.extra_to_come(trainer.global_step),
             )
+            rank_zero_info(message)
