@@ -188,8 +188,7 @@ def plot_curvature_figures(
         figure = draw_block_figure(series, title, run.step_range)
         path = save_figure(figure, out.with_name(f"{out.stem}_blocks{out.suffix}"))
         written.append((path, drawn_block_series(series)))
-    snapshots = read_density_snapshots(run)
-    if snapshots:
+    if snapshots := read_density_snapshots(run):
         figure = draw_density_figure(snapshots, title)
         path = save_figure(figure, out.with_name(f"{out.stem}_density{out.suffix}"))
         written.append((path, [f"step {step}" for step in snapshots]))

@@ -103,8 +103,7 @@ def read_run(source: str | Path) -> RunLog:
 
 def _version_logs(folder: Path) -> list[Path]:
     """Each run version's log below ``folder``: its ``metrics.csv``, else its newest event file."""
-    found = list(folder.rglob("metrics.csv"))
-    if found:
+    if found := list(folder.rglob("metrics.csv")):
         return found
     newest: dict[Path, Path] = {}
     for events in folder.rglob(_EVENTS):
