@@ -1,7 +1,6 @@
 """Initialization strategies: called on any module, a strategy initializes the branch weights of
 every :class:`~lightning_shortcut.ResidualUnit` inside it, zeroes their biases and returns it. Draws
-are made on the CPU in float32, so one seed gives the same weights on every device.
-"""
+are made on the CPU in float32, so one seed gives the same weights on every device."""
 
 from __future__ import annotations
 

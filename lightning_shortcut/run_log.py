@@ -1,7 +1,6 @@
 """A run's logged metrics, read back from its CSVLogger ``metrics.csv`` files or its TensorBoard
 event files (when ``tensorboard`` is installed): what ``lightning-shortcut plot`` draws. How a
-resumed run's ``version_N`` folders are merged by step is in docs/recipes.md.
-"""
+resumed run's ``version_N`` folders are merged by step is in docs/recipes.md."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """Where the curvature lives, for ``HessianEigenvalueMonitor`` (issue 25): per-block extremes, the
 extreme eigenvectors' profile over the blocks, the gradient's overlap with the top eigenspace, and
-spectral density snapshots along training; every engine call goes through the guarded step.
-"""
+spectral density snapshots along training; every engine call goes through the guarded step."""
 
 from __future__ import annotations
 
