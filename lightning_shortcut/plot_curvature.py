@@ -49,10 +49,8 @@ def block_series(series: Series) -> dict[str, dict[str, list[tuple[int, float]]]
     blocks in the order they were first logged."""
     found: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for key, points in series.items():
-        if not key.startswith("block/"):
-            continue
-        name, _, metric = key[len("block/") :].rpartition("/")
-        if name and metric in _BLOCK_METRICS:
+        name, _, metric = key.removeprefix("block/").rpartition("/")
+        if key.startswith("block/") and name and metric in _BLOCK_METRICS:
             found.setdefault(metric, {})[name] = points
     return {metric: found[metric] for metric in _BLOCK_METRICS if metric in found}
 

@@ -33,8 +33,7 @@ class ScheduledMonitor(Callback):
     measured step and the budget are kept in checkpoints. ``costs`` is the monitor's guarded step
     and account, ``clock`` the time budget's wall clock (default :func:`time.perf_counter`).
 
-    A subclass implements :meth:`_prepare` (at the start of each stage) and
-    :meth:`_measure_and_log`, which appends a record to :attr:`history`, and may implement
+    A subclass implements :meth:`_measure_and_log` and may override :meth:`_prepare`,
     :meth:`_on_fit_started` and :meth:`_describe_cost`.
     """
 
@@ -94,7 +93,7 @@ class ScheduledMonitor(Callback):
     # to implement
 
     def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Get ready to measure in ``stage`` (for instance, take the data)."""
+        """At the start of ``stage``: get ready to measure in it (for instance, take the data)."""
 
     def _measure_and_log(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str
