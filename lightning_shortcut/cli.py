@@ -51,8 +51,7 @@ def _shortcut_cli_class() -> type[LightningCLI]:
 def __getattr__(name: str) -> Any:
     if name != "ShortcutCLI":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = _shortcut_cli_class()
-    return globals()[name]
+    return _shortcut_cli_class()  # built once: the function caches it
 
 
 def cli(args: Sequence[str] | None = None) -> LightningCLI:

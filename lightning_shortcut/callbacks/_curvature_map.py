@@ -85,11 +85,8 @@ class CurvatureMap:
         if self.blocks is not None:
             self.block_names = list(resolve_blocks(pl_module, self.blocks, params))
         last = max(self.taken, default=-1)
-        self.plan = [
-            step
-            for step in density_steps(trainer, self.density_snapshots)
-            if step >= trainer.global_step and step > last
-        ]
+        planned = density_steps(trainer, self.density_snapshots)
+        self.plan = [step for step in planned if step >= trainer.global_step and step > last]
         if self.density_snapshots > 1 and not math.isfinite(run_length(trainer)):
             self.warn(
                 "density_plan",
