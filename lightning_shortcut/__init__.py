@@ -36,19 +36,12 @@ __all__ = [
 ]
 
 # imported on first use (PEP 562): the command line's `recipes` and `plot` need no torch
-_LAZY = {
-    "InitStrategy": "init",
-    "OrthogonalInit": "init",
-    "XavierInit": "init",
-    "ZeroInit": "init",
-    "ResidualStack": "residual",
-    "ResidualUnit": "residual",
-    "residual_parameters": "residual",
-    "residual_weight_layers": "residual",
-    "ZeroPointSpectrum": "theory",
-    "half_mse_loss": "theory",
-    "zero_point_hessian": "theory",
+_MODULES = {
+    "init": ("InitStrategy", "OrthogonalInit", "XavierInit", "ZeroInit"),
+    "residual": ("ResidualStack", "ResidualUnit", "residual_parameters", "residual_weight_layers"),
+    "theory": ("ZeroPointSpectrum", "half_mse_loss", "zero_point_hessian"),
 }
+_LAZY = {name: module for module, names in _MODULES.items() for name in names}
 
 
 def __getattr__(name: str) -> Any:

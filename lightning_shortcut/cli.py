@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["ShortcutCLI", "cli", "main"]  # noqa: F822 (ShortcutCLI: module __getattr__)
 
 
-def _resolve_configs(args: list[str]) -> list[str]:
+def _resolve_configs(args: Sequence[str]) -> list[str]:
     resolved = list(args)
     for index, arg in enumerate(resolved):
         if arg in ("--config", "-c") and index + 1 < len(resolved):
@@ -41,9 +41,8 @@ def _shortcut_cli_class() -> type[LightningCLI]:
             self, parser: LightningArgumentParser, args: Sequence[str] | None
         ) -> None:
             # `args` and sys.argv are one command line here (LightningCLI warns when both are set)
-            self.config = parser.parse_args(
-                _resolve_configs(list(sys.argv[1:] if args is None else args))
-            )
+            command_line = sys.argv[1:] if args is None else args
+            self.config = parser.parse_args(_resolve_configs(command_line))
 
     ShortcutCLI.__module__, ShortcutCLI.__qualname__ = __name__, "ShortcutCLI"
     return ShortcutCLI
@@ -52,8 +51,7 @@ def _shortcut_cli_class() -> type[LightningCLI]:
 def __getattr__(name: str) -> Any:
     if name != "ShortcutCLI":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = _shortcut_cli_class()
-    return globals()[name]
+    return _shortcut_cli_class()  # built once: the function caches it
 
 
 def cli(args: Sequence[str] | None = None) -> LightningCLI:
@@ -81,8 +79,9 @@ def _print_lines(lines: Sequence[str]) -> None:
 
 
 def _plot(args: Sequence[str]) -> None:
-    from lightning_shortcut.plot import drawn_series, plot_hessian_metrics, read_run
+    from lightning_shortcut.plot import drawn_series, load_hessian_metrics, plot_hessian_metrics
     from lightning_shortcut.plot_curvature import plot_curvature_figures
+    from lightning_shortcut.run_log import read_run
 
     parser = argparse.ArgumentParser(
         prog="lightning-shortcut plot",
@@ -102,7 +101,6 @@ def _plot(args: Sequence[str]) -> None:
     )
     parser.add_argument(
         "--out",
-        default=None,
         help="the image to write (default: hessian.png in the source folder, or next to the "
         "source file)",
     )
@@ -111,12 +109,7 @@ def _plot(args: Sequence[str]) -> None:
     options = parser.parse_args(args)
     try:
         run = read_run(options.source)
-        series = run.series(options.prefix)
-        if not series:
-            raise ValueError(
-                f"{run.describe()}: no '{options.prefix}*' metric; was HessianEigenvalueMonitor in "
-                "the run (and is its log_prefix the one given)?"
-            )
+        series = load_hessian_metrics(run, options.prefix)
         title = options.title or options.source
         if options.out is None:  # with the run's logs, not wherever the command was typed
             source = Path(options.source)
@@ -140,11 +133,10 @@ def main(args: Sequence[str] | None = None) -> None:
     arguments = list(sys.argv[1:] if args is None else args)
     if arguments[:1] == ["recipes"]:
         _print_lines(recipe_listing())
-        return
-    if arguments[:1] == ["plot"]:
+    elif arguments[:1] == ["plot"]:
         _plot(arguments[1:])
-        return
-    cli(args)
+    else:
+        cli(args)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """Initialization strategies: called on any module, a strategy initializes the branch weights of
 every :class:`~lightning_shortcut.ResidualUnit` inside it, zeroes their biases and returns it. Draws
-are made on the CPU in float32, so one seed gives the same weights on every device.
-"""
+are made on the CPU in float32, so one seed gives the same weights on every device."""
 
 from __future__ import annotations
 
@@ -112,10 +111,8 @@ class XavierInit(InitStrategy):
         self.distribution = check_choice("distribution", distribution, ("uniform", "normal"))
 
     def sample(self, shape: torch.Size, generator: torch.Generator | None) -> Tensor:
-        weight = torch.empty(shape)
-        if self.distribution == "uniform":
-            return nn.init.xavier_uniform_(weight, gain=self.gain, generator=generator)
-        return nn.init.xavier_normal_(weight, gain=self.gain, generator=generator)
+        init = nn.init.xavier_uniform_ if self.distribution == "uniform" else nn.init.xavier_normal_
+        return init(torch.empty(shape), gain=self.gain, generator=generator)
 
 
 class OrthogonalInit(InitStrategy):

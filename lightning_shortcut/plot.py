@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from lightning_shortcut.run_log import Series, read_run
+from lightning_shortcut.run_log import RunLog, Series, read_run
 
 __all__ = [
     "draw_hessian_metrics",
@@ -33,18 +33,18 @@ _STDERR = "_stderr"
 _FEW_POINTS = 5
 
 
-def load_hessian_metrics(source: str | Path, prefix: str = "hessian/") -> Series:
+def load_hessian_metrics(source: str | Path | RunLog, prefix: str = "hessian/") -> Series:
     """The logged ``{prefix}*`` metrics of a run: ``name (without prefix) -> [(step, value)]``.
 
     Args:
-        source: as in :func:`read_run`.
+        source: as in :func:`read_run`, or a run it read.
         prefix: the monitor's ``log_prefix``.
 
     Raises:
         FileNotFoundError: if there is no such file or no log below the folder.
         ValueError: if the log holds no ``{prefix}`` metric.
     """
-    run = read_run(source)
+    run = source if isinstance(source, RunLog) else read_run(source)
     series = run.series(prefix)
     if not series:
         files = ", ".join(repr(str(part.path)) for part in run.parts)
@@ -62,19 +62,13 @@ def load_step_range(source: str | Path) -> tuple[int, int] | None:
 
 
 def _panels(series: Series) -> list[tuple[str, list[str]]]:
-    """The panels drawn from ``series``: ``(name, keys)`` for each panel with data."""
-    eigenvalue_keys = [key for key in _EIGENVALUE_KEYS if key in series]
-    eigenvalue_keys += sorted(
+    """The panels drawn from ``series``, in order: ``(name, keys)`` for each panel with data."""
+    keys = {name: [name] for name in _TITLES if _drawn_points(name, series.get(name, []))}
+    keys["eigenvalues"] = [key for key in _EIGENVALUE_KEYS if key in series]
+    keys["eigenvalues"] += sorted(
         key for key in series if key.startswith(("top_", "bottom_")) and not key.endswith(_STDERR)
     )
-    panels = []
-    for name in _TITLES:  # in order; a panel where something can be drawn
-        if name == "eigenvalues":
-            keys = eigenvalue_keys
-        else:
-            keys = [name] if _drawn_points(name, series.get(name, [])) else []
-        panels += [(name, keys)] if keys else []
-    return panels
+    return [(name, keys[name]) for name in _TITLES if keys.get(name)]
 
 
 def _drawn_points(name: str, points: list[tuple[int, float]]) -> list[tuple[int, float]]:
@@ -128,14 +122,10 @@ def draw_hessian_metrics(
             xs, values = zip(*points, strict=True)
             size = 6 if len(points) <= _FEW_POINTS else 3
             (line,) = axis.plot(xs, values, marker="o", markersize=size, label=key, clip_on=False)
-            bars = _error_bars(series, key)
-            if bars:
+            if bars := _error_bars(series, key):
                 bar_steps, bar_values, errors = zip(*bars, strict=True)
-                color, label = line.get_color(), f"{key} ± stderr"
-                axis.errorbar(
-                    bar_steps, bar_values, yerr=errors, fmt="none", ecolor=color, capsize=3,
-                    label=label,
-                )  # fmt: skip
+                style = {"fmt": "none", "ecolor": line.get_color(), "capsize": 3}
+                axis.errorbar(bar_steps, bar_values, yerr=errors, label=f"{key} ± stderr", **style)
         hidden = len(series.get(name, [])) - len(_drawn_points(name, series.get(name, [])))
         axis.set_title(_TITLES[name] + (f"\n{hidden} values not drawn" if hidden else ""))
         if name in _LOG_PANELS:

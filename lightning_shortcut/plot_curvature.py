@@ -10,6 +10,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lightning_shortcut.plot import pyplot, save_figure, step_axis
 from lightning_shortcut.run_log import RunLog, Series
 
@@ -47,10 +49,8 @@ def block_series(series: Series) -> dict[str, dict[str, list[tuple[int, float]]]
     blocks in the order they were first logged."""
     found: dict[str, dict[str, list[tuple[int, float]]]] = {}
     for key, points in series.items():
-        if not key.startswith("block/"):
-            continue
-        name, _, metric = key[len("block/") :].rpartition("/")
-        if name and metric in _BLOCK_METRICS:
+        name, _, metric = key.removeprefix("block/").rpartition("/")
+        if key.startswith("block/") and name and metric in _BLOCK_METRICS:
             found.setdefault(metric, {})[name] = points
     return {metric: found[metric] for metric in _BLOCK_METRICS if metric in found}
 
@@ -76,13 +76,12 @@ def draw_block_figure(
     Raises:
         ValueError: if ``series`` holds no ``block/<name>/<metric>`` series.
     """
-    import numpy as np
-
-    plt = pyplot()
     metrics = block_series(series)
     if not metrics:
         raise ValueError("No per-block series (block/<name>/...) to plot: was `blocks` set?")
-    figure, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.8), squeeze=False)
+    figure, axes = pyplot().subplots(
+        1, len(metrics), figsize=(5 * len(metrics), 3.8), squeeze=False
+    )
     for axis, (metric, blocks) in zip(axes[0], metrics.items(), strict=True):
         if len(blocks) > MAX_LINES:
             measured = sorted({step for points in blocks.values() for step, _ in points})
@@ -137,8 +136,6 @@ def density_curves(
 ) -> tuple[list[float], dict[int, list[float]]]:
     """Each snapshot's smoothed density on one eigenvalue grid: ``(grid, {step: density})``; each
     density integrates to one over the real line (the weights of a probe sum to one)."""
-    import numpy as np
-
     nodes = [node for snapshot in snapshots.values() for probe, _ in snapshot for node in probe]
     low, high = min(nodes), max(nodes)
     width = high - low or max(abs(high), 1.0)
@@ -161,8 +158,6 @@ def draw_density_figure(snapshots: dict[int, Snapshot], title: str | None = None
     Raises:
         ValueError: if there is no snapshot.
     """
-    import numpy as np
-
     plt = pyplot()
     if not snapshots:
         raise ValueError("No density snapshot to plot: was `density_snapshots` set?")
@@ -191,8 +186,7 @@ def plot_curvature_figures(
         figure = draw_block_figure(series, title, run.step_range)
         path = save_figure(figure, out.with_name(f"{out.stem}_blocks{out.suffix}"))
         written.append((path, drawn_block_series(series)))
-    snapshots = read_density_snapshots(run)
-    if snapshots:
+    if snapshots := read_density_snapshots(run):
         figure = draw_density_figure(snapshots, title)
         path = save_figure(figure, out.with_name(f"{out.stem}_density{out.suffix}"))
         written.append((path, [f"step {step}" for step in snapshots]))

@@ -35,7 +35,7 @@ __all__ = [
     "write_recipes",
 ]
 
-# imported on first use (PEP 562): they import torch, which listing recipes does not need
+# imported on first use (PEP 562), here too: they import torch, which listing recipes does not need
 _LAZY = {
     "DATASETS": ("lightning_shortcut.data.registry", "DATASETS"),
     "INITS": ("lightning_shortcut.init", "INIT_STRATEGIES"),
@@ -150,18 +150,13 @@ def _saddle_note(dataset: str, shortcut_depth: int, activation: str) -> str:
 
 def monitor_every_n_steps(dataset: str) -> int:
     """The recipes' fixed schedule: :data:`MEASUREMENTS` measurements over the run's steps."""
-    from lightning_shortcut.data.registry import DATASETS
-
-    spec = DATASETS[dataset].recipe
+    spec = __getattr__("DATASETS")[dataset].recipe
     return max(1, spec.max_epochs * spec.steps_per_epoch // MEASUREMENTS)
 
 
 def recipe_text(dataset: str, shortcut_depth: int, init: str, activation: str) -> str:
     """The YAML of one experiment."""
-    from lightning_shortcut.data.registry import DATASETS
-    from lightning_shortcut.init import INIT_STRATEGIES as INITS
-
-    info = DATASETS[dataset]
+    info = __getattr__("DATASETS")[dataset]
     spec = info.recipe
     every = monitor_every_n_steps(dataset)
     steps = spec.max_epochs * spec.steps_per_epoch
@@ -170,7 +165,7 @@ def recipe_text(dataset: str, shortcut_depth: int, init: str, activation: str) -
         f"{1 + steps // every} points over the {steps} steps of {spec.max_epochs} epochs. "
         + MEASUREMENT_COST.get(dataset, "Its cost on this dataset is not measured.")
     )
-    init_class, init_args = INITS[init]
+    init_class, init_args = __getattr__("INITS")[init]
     name = recipe_name(dataset, shortcut_depth, init, activation)
     purpose = ""
     if is_saddle_recipe(shortcut_depth, init):
@@ -220,10 +215,8 @@ data:
 
 def all_recipes() -> list[tuple[str, int, str, str]]:
     """Every (dataset, shortcut depth, init, activation) of the grid."""
-    from lightning_shortcut.data.registry import DATASETS
-    from lightning_shortcut.init import INIT_STRATEGIES as INITS
-
-    return list(itertools.product(DATASETS, SHORTCUT_DEPTHS, INITS, ACTIVATIONS))
+    grid = (__getattr__("DATASETS"), SHORTCUT_DEPTHS, __getattr__("INITS"), ACTIVATIONS)
+    return list(itertools.product(*grid))
 
 
 def recipes_dir() -> Path:

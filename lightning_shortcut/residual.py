@@ -94,11 +94,10 @@ class ResidualUnit(nn.Module):
         super().__init__()
         self.width = check_positive_int("width", width)
         self.shortcut_depth = check_positive_int("shortcut_depth", shortcut_depth)
-        check_choice("layer", layer, _LAYERS)
+        self.layer = check_choice("layer", layer, _LAYERS)
         check_positive_int("kernel_size", kernel_size)
         if kernel_size % 2 == 0:
             raise ValueError(f"`kernel_size` must be odd to keep the shape, got {kernel_size}.")
-        self.layer = layer
         make_activation(activation)  # validated even when shortcut_depth == 1
         modules: list[nn.Module] = []
         for index in range(shortcut_depth):
@@ -186,7 +185,7 @@ class ResidualStack(nn.Module):
         kernel_size: int = 3,
     ) -> None:
         super().__init__()
-        check_positive_int("num_units", num_units)
+        self.num_units = check_positive_int("num_units", num_units)
         self.units = nn.ModuleList(
             ResidualUnit(
                 width,
@@ -200,7 +199,6 @@ class ResidualStack(nn.Module):
             for _ in range(num_units)
         )
         self.width = width
-        self.num_units = num_units
         self.shortcut_depth = shortcut_depth
         self.layer = layer
 

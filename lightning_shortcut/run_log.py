@@ -1,7 +1,6 @@
 """A run's logged metrics, read back from its CSVLogger ``metrics.csv`` files or its TensorBoard
 event files (when ``tensorboard`` is installed): what ``lightning-shortcut plot`` draws. How a
-resumed run's ``version_N`` folders are merged by step is in docs/recipes.md.
-"""
+resumed run's ``version_N`` folders are merged by step is in docs/recipes.md."""
 
 from __future__ import annotations
 
@@ -94,19 +93,16 @@ def read_run(source: str | Path) -> RunLog:
     else:
         versions = sorted((log for log in logs if _run_folder(log) == run), key=_version_number)
     others = {_run_folder(log) or log for log in logs} - {run or newest}
-    notes: tuple[str, ...] = ()
-    if others:
-        notes = (
-            f"{len(others)} other run(s) below {str(path)!r} not read (the newest log is "
-            f"{str(newest)!r}); give a run's folder to draw it.",
-        )
-    return _with_resume_hint(_read_versions(versions, notes))
+    note = (
+        f"{len(others)} other run(s) below {str(path)!r} not read (the newest log is "
+        f"{str(newest)!r}); give a run's folder to draw it."
+    )
+    return _with_resume_hint(_read_versions(versions, (note,) if others else ()))
 
 
 def _version_logs(folder: Path) -> list[Path]:
     """Each run version's log below ``folder``: its ``metrics.csv``, else its newest event file."""
-    found = list(folder.rglob("metrics.csv"))
-    if found:
+    if found := list(folder.rglob("metrics.csv")):
         return found
     newest: dict[Path, Path] = {}
     for events in folder.rglob(_EVENTS):

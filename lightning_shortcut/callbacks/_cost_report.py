@@ -109,12 +109,10 @@ class CostReport:
                 f"Within max_overhead={budget} it measures no more: the measurement at the "
                 "initial point used this run's budget."
             )
-        count = f" (about {1 + total / interval:.0f} in all of this run's {total:.0f} steps)"
-        return (
-            f"Within max_overhead={budget} it measures about every {interval:.0f} steps"
-            + (count if math.isfinite(total) else "")
-            + "."
-        )
+        count = ""
+        if math.isfinite(total):
+            count = f" (about {1 + total / interval:.0f} in all of this run's {total:.0f} steps)"
+        return f"Within max_overhead={budget} it measures about every {interval:.0f} steps{count}."
 
 
 def _steps_per_epoch(trainer: pl.Trainer) -> float:

@@ -1,7 +1,6 @@
 """Where the curvature lives, for ``HessianEigenvalueMonitor`` (issue 25): per-block extremes, the
 extreme eigenvectors' profile over the blocks, the gradient's overlap with the top eigenspace, and
-spectral density snapshots along training; every engine call goes through the guarded step.
-"""
+spectral density snapshots along training; every engine call goes through the guarded step."""
 
 from __future__ import annotations
 
@@ -35,15 +34,18 @@ DENSITY_NUM_STEPS = 64
 Inputs = tuple[list[Any], Callable[..., Any], HessianSettings]
 
 
+def evenly_spaced_steps(max_steps: float, points: int) -> list[int]:
+    """``points`` evenly spaced steps from 0 to ``max_steps`` inclusive (fewer if they coincide)."""
+    if points == 1:
+        return [0]
+    return sorted({round(index * max_steps / (points - 1)) for index in range(points)})
+
+
 def density_steps(trainer: pl.Trainer, count: int) -> list[int]:
     """The steps of ``count`` snapshots over the run: 0, the run's last step and evenly between;
     where the Trainer does not know the run's length, 0 alone (the last is taken at the end)."""
     total = run_length(trainer)
-    if count == 0:
-        return []
-    if not math.isfinite(total) or count == 1:
-        return [0]
-    return sorted({round(i * total / (count - 1)) for i in range(count)})
+    return evenly_spaced_steps(total if math.isfinite(total) else 0, count)
 
 
 class CurvatureMap:
@@ -83,11 +85,8 @@ class CurvatureMap:
         if self.blocks is not None:
             self.block_names = list(resolve_blocks(pl_module, self.blocks, params))
         last = max(self.taken, default=-1)
-        self.plan = [
-            step
-            for step in density_steps(trainer, self.density_snapshots)
-            if step >= trainer.global_step and step > last
-        ]
+        planned = density_steps(trainer, self.density_snapshots)
+        self.plan = [step for step in planned if step >= trainer.global_step and step > last]
         if self.density_snapshots > 1 and not math.isfinite(run_length(trainer)):
             self.warn(
                 "density_plan",
@@ -142,14 +141,13 @@ class CurvatureMap:
         if failed:
             errors = [*spectra[failed[0]].top_errors, *spectra[failed[0]].bottom_errors]
             finite = all(math.isfinite(error) for error in errors)
+            advice = f"raise max_iter, now {settings.max_iter}, or tol, now {settings.tol:g}"
             self.guard.failed(
                 "the blocks' eigenvalues",
                 step,
                 f"block(s) {failed}: {spectra.reasons[failed[0]]}",
                 kind="blocks_not_converged" if finite else "blocks_non_finite",
-                advice=f"raise max_iter, now {settings.max_iter}, or tol, now {settings.tol:g}"
-                if finite
-                else "",
+                advice=advice if finite else "",
             )
         profile = self.guard.run(
             "the eigenvectors' profile",
@@ -252,9 +250,8 @@ class CurvatureMap:
             writer = csv.writer(handle)
             if new:
                 writer.writerow(["step", "probe", "node", "weight"])
-            for probe, (nodes, weights) in enumerate(
-                zip(record["nodes"], record["weights"], strict=True)
-            ):
+            probes = zip(record["nodes"], record["weights"], strict=True)
+            for probe, (nodes, weights) in enumerate(probes):
                 for node, weight in zip(nodes, weights, strict=True):
                     writer.writerow([record["step"], probe, repr(node), repr(weight)])
 

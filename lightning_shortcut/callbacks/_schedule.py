@@ -33,8 +33,7 @@ class ScheduledMonitor(Callback):
     measured step and the budget are kept in checkpoints. ``costs`` is the monitor's guarded step
     and account, ``clock`` the time budget's wall clock (default :func:`time.perf_counter`).
 
-    A subclass implements :meth:`_prepare` (at the start of each stage) and
-    :meth:`_measure_and_log`, which appends a record to :attr:`history`, and may implement
+    A subclass implements :meth:`_measure_and_log` and may override :meth:`_prepare`,
     :meth:`_on_fit_started` and :meth:`_describe_cost`.
     """
 
@@ -94,7 +93,7 @@ class ScheduledMonitor(Callback):
     # to implement
 
     def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Get ready to measure in ``stage`` (for instance, take the data)."""
+        """At the start of ``stage``: get ready to measure in it (for instance, take the data)."""
 
     def _measure_and_log(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str
@@ -124,12 +123,12 @@ class ScheduledMonitor(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        self._measure_if_due_after_step(trainer, pl_module)
+        self._measure_if_step_due(trainer, pl_module)
         self._report_cost_once(trainer, epoch_end=False)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._measure_if_due_after_epoch(trainer, pl_module)
+        self._measure_if_epoch_due(trainer, pl_module)
         self._report_cost_once(trainer, epoch_end=True)
 
     @override
@@ -180,9 +179,7 @@ class ScheduledMonitor(Callback):
         self._on_fit_started(trainer, pl_module)
         self._cost_report.start(trainer, self.budget.monitor_seconds)
 
-    def _measure_if_due_after_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule
-    ) -> None:
+    def _measure_if_step_due(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         step = trainer.global_step
         if self._should_skip(trainer, "fit") or step in (0, self._last_checked_step):
             return
@@ -190,9 +187,7 @@ class ScheduledMonitor(Callback):
         if self._step_is_due(step) and self._within_budget(trainer):
             self._measure_in_fit(trainer, pl_module)
 
-    def _measure_if_due_after_epoch(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule
-    ) -> None:
+    def _measure_if_epoch_due(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._should_skip(trainer, "fit") or self.every_n_epochs is None:
             return
         if (trainer.current_epoch + 1) % self.every_n_epochs == 0 and self._within_budget(trainer):
@@ -242,18 +237,17 @@ class ScheduledMonitor(Callback):
             return
         if self._cost_report.ready(trainer, epoch_end):
             what, levers = self._describe_cost(self.history[-1])
-            rank_zero_info(
-                self._cost_report.message(
-                    trainer,
-                    self.budget.monitor_seconds,
-                    self.history[-1]["seconds"],
-                    name=type(self).__name__,
-                    what=what,
-                    levers=levers,
-                    budget=self.overhead_budget,
-                    every_n_steps=self.every_n_steps,
-                    every_n_epochs=self.every_n_epochs,
-                    expected=self._expected_cost(),
-                    extra=self._costs.extra_to_come(trainer.global_step),
-                )
+            message = self._cost_report.message(
+                trainer,
+                self.budget.monitor_seconds,
+                self.history[-1]["seconds"],
+                name=type(self).__name__,
+                what=what,
+                levers=levers,
+                budget=self.overhead_budget,
+                every_n_steps=self.every_n_steps,
+                every_n_epochs=self.every_n_epochs,
+                expected=self._expected_cost(),
+                extra=self._costs.extra_to_come(trainer.global_step),
             )
+            rank_zero_info(message)

@@ -55,5 +55,4 @@ def run_settings(trainer: pl.Trainer, settings: HessianSettings, sharded: bool) 
     all_reduce = None
     if trainer.world_size > 1 and not sharded:
         all_reduce = lambda t: trainer.strategy.reduce(t, reduce_op="sum")  # noqa: E731
-    stderr = False if sharded else settings.stderr
-    return replace(settings, all_reduce=all_reduce, stderr=stderr)
+    return replace(settings, all_reduce=all_reduce, stderr=False if sharded else settings.stderr)

@@ -44,10 +44,9 @@ class _IDXDataModule(FileDataModule):
     def _download(self) -> None:
         import torchvision.datasets
 
+        dataset = getattr(torchvision.datasets, self._name)
         for train in (True, False):
-            getattr(torchvision.datasets, self._name)(
-                str(self.data_dir), train=train, download=True
-            )
+            dataset(str(self.data_dir), train=train, download=True)
 
     def _candidates(self) -> list[Path]:
         return [self.data_dir, self.data_dir / self._name / "raw"]

@@ -1,6 +1,6 @@
 """The datasets as data (timm's ``default_cfgs``): one :class:`DatasetInfo` per name, read by the
-study, the recipes and ``shortcut-study``; a new dataset is its datamodule and one
-:func:`register_dataset` call here."""
+study, the recipes and ``shortcut-study``; a new dataset is its datamodule and one entry in the
+:func:`register_dataset` loop here (or a call of it anywhere)."""
 
 from __future__ import annotations
 
@@ -81,7 +81,11 @@ def get_dataset(name: str) -> DatasetInfo:
     return DATASETS[check_choice("data", name, DATASETS)]
 
 
-register_dataset(
+# what the MNIST-format recipes share: 28x28 digits or clothes through a linear projection
+_IDX_RECIPE = {"width": 64, "num_units": 16, "max_epochs": 10, "lr": 0.05, "steps_per_epoch": 422}
+_DOWNLOAD = {"data_dir": "data", "download": True, "batch_size": 128}
+
+for _info in (
     DatasetInfo(
         "digits",
         DigitsDataModule,
@@ -92,22 +96,14 @@ register_dataset(
         recipe=RecipeDefaults(
             {"batch_size": 64}, width=32, num_units=16, max_epochs=40, lr=0.05, steps_per_epoch=21
         ),
-    )
-)
-# what the MNIST-format recipes share: 28x28 digits or clothes through a linear projection
-_IDX_RECIPE = {"width": 64, "num_units": 16, "max_epochs": 10, "lr": 0.05, "steps_per_epoch": 422}
-_DOWNLOAD = {"data_dir": "data", "download": True, "batch_size": 128}
-
-register_dataset(
+    ),
     DatasetInfo(
         "mnist",
         MNISTDataModule,
         task=CLASSIFICATION,
         layer="linear",
         recipe=RecipeDefaults(_DOWNLOAD, **_IDX_RECIPE),
-    )
-)
-register_dataset(
+    ),
     DatasetInfo(
         "fashion_mnist",
         FashionMNISTDataModule,
@@ -117,9 +113,7 @@ register_dataset(
             {"data_dir": "/usr/share/datasets/fashion-mnist", "download": False, "batch_size": 128},
             **_IDX_RECIPE,
         ),
-    )
-)
-register_dataset(
+    ),
     DatasetInfo(
         "cifar10",
         CIFAR10DataModule,
@@ -128,5 +122,6 @@ register_dataset(
         recipe=RecipeDefaults(
             _DOWNLOAD, width=32, num_units=8, max_epochs=30, lr=0.05, steps_per_epoch=352
         ),
-    )
-)
+    ),
+):
+    register_dataset(_info)

@@ -137,8 +137,7 @@ class StudyConfig:
     def __post_init__(self) -> None:
         check_choice("budget", self.budget, BUDGETS)
         check_choice("data", self.data, DATASETS)
-        unknown = [i for i in self.inits if i not in INIT_NAMES]
-        if unknown:
+        if unknown := [i for i in self.inits if i not in INIT_NAMES]:
             raise ValueError(f"Unknown inits {unknown}; expected some of {list(INIT_NAMES)}.")
         for key, value in BUDGETS[self.budget].items():
             if getattr(self, key) is None:

@@ -1,6 +1,5 @@
 """The edge of stability (Cohen et al., ICLR 2021, Fig. 1): full-batch gradient descent of a tanh
-MLP drives ``lambda_max`` up to ``2 / lr``, then hovers just above it (docs/study.md, Part 4).
-"""
+MLP drives ``lambda_max`` up to ``2 / lr``, then hovers just above it (docs/study.md, Part 4)."""
 
 from __future__ import annotations
 

@@ -21,7 +21,6 @@ __all__ = [
 
 
 def _units(count: int) -> str:
-    """``"1 unit"``, ``"4 units"``."""
     return f"{count} unit" if count == 1 else f"{count} units"
 
 
@@ -52,13 +51,11 @@ def plot_zero_point(
         theory = [r for r in finite if math.isfinite(r["kappa_theory"])]
         color = COLORS.get(depth)
         if finite:
-            units = [r["num_units"] for r in finite]
-            measured = [r["kappa_measured"] for r in finite]
-            ax.plot(units, measured, "o", color=color, label=f"n = {depth}, measured (Lanczos)")
+            measured = ([r["num_units"] for r in finite], [r["kappa_measured"] for r in finite])
+            ax.plot(*measured, "o", color=color, label=f"n = {depth}, measured (Lanczos)")
         if theory:
-            units = [r["num_units"] for r in theory]
-            predicted = [r["kappa_theory"] for r in theory]
-            ax.plot(units, predicted, "-", color=color, alpha=0.6, label=f"n = {depth}, theory")
+            predicted = ([r["num_units"] for r in theory], [r["kappa_theory"] for r in theory])
+            ax.plot(*predicted, "-", color=color, alpha=0.6, label=f"n = {depth}, theory")
         singular = [r for r in rows if r["kappa_measured"] == math.inf]
         if singular:  # min|lambda| below tol * max|lambda|: no finite condition number
             units = ", ".join(str(r["num_units"]) for r in singular)

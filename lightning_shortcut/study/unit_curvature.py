@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from lightning_shortcut.callbacks._curvature_map import evenly_spaced_steps as measurement_steps
 from lightning_shortcut.hessian import block_eigenvalues
 from lightning_shortcut.study.figures import plot_unit_curvature
 from lightning_shortcut.study.parts import Step, StudyPart, Table, diverged
@@ -22,13 +23,6 @@ INITS = ("small", "xavier")
 # each unit's lambda_max to 1% of the unit's largest |eigenvalue| (the training grid's monitor's
 # tol): on the figure's log axis a finer value changes nothing, and 1e-3 costs a third more
 _TOL = 1e-2
-
-
-def measurement_steps(max_steps: int, points: int) -> list[int]:
-    """``points`` evenly spaced steps from 0 to ``max_steps`` inclusive (fewer if they coincide)."""
-    if points == 1:
-        return [0]
-    return sorted({round(index * max_steps / (points - 1)) for index in range(points)})
 
 
 @dataclass
