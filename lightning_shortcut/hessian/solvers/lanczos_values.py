@@ -70,10 +70,7 @@ def _inner(space: LinearOperator, first: Tensor, second: Tensor) -> float:
 def _recurrence(
     space: LinearOperator, start: Tensor, visit: Callable[[Tensor], None] | None = None
 ) -> Iterator[tuple[float, float]]:
-    """``(alpha_j, beta_j)`` for ``j = 1, 2, ...`` (after ``visit(q_j)`` where given), one product
-    each; two vectors are alive (``q_j`` and ``q_{j-1}``, in whose memory the next product forms:
-    :meth:`~lightning_shortcut.hessian.linear_operator.LinearOperator.add_product`). Ends where
-    ``beta_j = 0``."""
+    """``(alpha_j, beta_j)`` for ``j = 1, 2, ...`` (after ``visit(q_j)``) until ``beta_j = 0``."""
     previous, current, beta = None, start, 0.0
     del start  # held as current only
     while True:
@@ -155,20 +152,6 @@ def extreme_vectors(
     if refusal:
         raise ValueError(refusal)
     space = vector_space(operator, host_basis)
-    result = _solve(space, generator, top_k, bottom_k, tol, max_iter, vectors)
-    result.vectors = [vector.to(operator.like) for vector in result.vectors]
-    return result
-
-
-def _solve(
-    space: LinearOperator,
-    generator: torch.Generator,
-    top_k: int,
-    bottom_k: int,
-    tol: float,
-    max_iter: int,
-    vectors: bool = False,
-) -> HessianSpectrum:
     rule = StoppingRule(Ends(top=top_k > 0, bottom=bottom_k > 0), tol, max_iter, space)
     alphas: list[float] = []
     betas: list[float] = []
@@ -200,7 +183,7 @@ def _solve(
         for _ in zip(range(len(coordinates)), again, strict=False):
             pass
         again.close()
-        result.vectors = [row.div_(space.norm(row)) for row in sums]
+        result.vectors = [row.div_(space.norm(row)).to(operator.like) for row in sums]
     space.free_graph()  # no more products (the standard errors build their chunks' own graphs)
     return result
 
@@ -208,8 +191,7 @@ def _solve(
 def _assess(
     rule: StoppingRule, alphas: list[float], betas: list[float], top_k: int, bottom_k: int
 ) -> tuple[Decision, HessianSpectrum, Tensor]:
-    """The rule's decision on the extremes of ``T_j``, the values with their bounds, and the
-    extremes' eigenvectors of ``T_j`` (columns: top, bottom)."""
+    """The rule's decision, the values with their bounds, and ``T_j``'s extreme eigenvectors."""
     values, vectors = _ritz(alphas, betas)
     assessment = rule.assess(
         Check(len(alphas), values, betas[-1] * vectors[-1].abs(), beta=betas[-1])
