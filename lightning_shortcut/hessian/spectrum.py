@@ -184,7 +184,12 @@ def compute_spectrum(
     with hessian_operator(
         model, data, loss_fn, settings, selection, clone_grads=spec.touches_grads
     ) as operator:
-        solved = operator if transform is None else _transformed(transform, operator)
+        solved = operator if transform is None else transform(operator)
+        if not isinstance(solved, LinearOperator) or solved.dim != operator.dim:
+            raise ValueError(
+                f"`transform` must return a LinearOperator of size {operator.dim} (the Hessian's), "
+                f"got {solved!r}."
+            )
         result = settings.solve(solved, start=_start_vectors(start, operator.local_dim))
         # "cold": wanted unless every answer came from a warm run
         stderr = settings.stderr is True or (settings.stderr == "cold" and answered_cold(result))
@@ -230,18 +235,6 @@ def _with_product_error(
         )
         changes["reason"] = "; ".join(filter(None, (coarse, spectrum.reason)))
     return replace(spectrum, **changes)
-
-
-def _transformed(
-    transform: Callable[[HessianOperator], LinearOperator], operator: HessianOperator
-) -> LinearOperator:
-    solved = transform(operator)
-    if not isinstance(solved, LinearOperator) or solved.dim != operator.dim:
-        raise ValueError(
-            f"`transform` must return a LinearOperator of size {operator.dim} (the Hessian's), "
-            f"got {solved!r}."
-        )
-    return solved
 
 
 def _start_vectors(start: Any, dim: int) -> WarmStart | None:

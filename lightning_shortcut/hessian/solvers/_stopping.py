@@ -64,6 +64,11 @@ class Ends:
     min_abs: bool = False
 
 
+def check_due(size: int) -> bool:
+    """Whether a run checks at this size (an ``eigh``): every step up to 40, then every 5%."""
+    return size <= 40 or size % max(1, size // 20) == 0
+
+
 def warm_limit(tol: float, max_iter: int) -> int:
     """The products at which a warm run that has not stopped is given up: :data:`WARM_MAX_PRODUCTS`
     at ``tol = 1e-2``, in proportion to ``log(1 / tol)`` (a Krylov method's error falls

@@ -20,6 +20,7 @@ from lightning_shortcut.hessian.solvers._stopping import (
     Ends,
     StoppingRule,
     WarmEvidence,
+    check_due,
 )
 from lightning_shortcut.hessian.solvers._vectors import (
     HostMemorySpace,
@@ -129,11 +130,6 @@ class LanczosProcess:
         self.size = keep  # A Y = Y diag(values) + r s^T: the next step adds r / beta
 
 
-def _check_now(size: int) -> bool:
-    # a check costs O(size^3): every step while the basis is small, then every 5% of its size
-    return size <= 40 or size % max(1, size // 20) == 0
-
-
 def _restart_coordinates(
     values: Tensor, vectors: Tensor, ends: Ends, count: int
 ) -> tuple[Tensor, Tensor]:
@@ -185,7 +181,7 @@ def _run(
         process.step()
         full = process.size == process.capacity or process.size == room
         invariant = process.beta <= INVARIANT * float(process.projected.abs().max())
-        if not (full or invariant or products == rule.max_iter or _check_now(process.size)):
+        if not (full or invariant or products == rule.max_iter or check_due(process.size)):
             continue
         values, vectors, residuals = process.ritz()
         assessment = rule.assess(

@@ -20,7 +20,13 @@ from torch import Tensor
 
 from lightning_shortcut.hessian.linear_operator import LinearOperator, check_finite
 from lightning_shortcut.hessian.results import HessianSpectrum
-from lightning_shortcut.hessian.solvers._stopping import Check, Decision, Ends, StoppingRule
+from lightning_shortcut.hessian.solvers._stopping import (
+    Check,
+    Decision,
+    Ends,
+    StoppingRule,
+    check_due,
+)
 from lightning_shortcut.hessian.solvers._vectors import (
     owned_product,
     random_unit_vector,
@@ -63,10 +69,6 @@ def refuse(top_k: int, bottom_k: int, min_abs: bool, vectors: bool, start: bool)
     )
 
 
-def _inner(space: LinearOperator, first: Tensor, second: Tensor) -> float:
-    return float(space.reduce(torch.dot(first, second).reshape(1)))
-
-
 def _recurrence(
     space: LinearOperator, start: Tensor, visit: Callable[[Tensor], None] | None = None
 ) -> Iterator[tuple[float, float]]:
@@ -80,7 +82,7 @@ def _recurrence(
             product = check_finite(space.add_product(current, previous.mul_(-beta)))
         previous, alpha = None, 0.0
         for _ in range(2):  # against q_j alone, twice: alpha to working accuracy, no vector more
-            coefficient = _inner(space, current, product)
+            coefficient = float(space.reduce(torch.dot(current, product).reshape(1)))
             product.sub_(current, alpha=coefficient)
             alpha += coefficient
         beta = float(space.norm(product))
@@ -90,15 +92,6 @@ def _recurrence(
         if beta == 0.0:
             return
         previous, current = current, product.div_(beta)
-
-
-def _ritz(alphas: list[float], betas: list[float]) -> tuple[Tensor, Tensor]:
-    """Eigenvalues (ascending) and eigenvectors (columns) of the tridiagonal ``T_j``."""
-    diagonal = torch.tensor(alphas, dtype=torch.float64)
-    off = torch.tensor(betas[:-1], dtype=torch.float64)
-    tridiagonal = torch.diag(diagonal) + torch.diag(off, 1) + torch.diag(off, -1)
-    with single_thread():
-        return torch.linalg.eigh(tridiagonal)
 
 
 @register_solver(VALUES_ONLY, validate_options=check_options)
@@ -161,8 +154,7 @@ def extreme_vectors(
         alphas.append(alpha)
         betas.append(beta)
         last = products >= max_iter or beta == 0.0
-        if last or products <= 40 or products % max(1, products // 20) == 0:
-            # a check costs an eigh of T_j: at each step at first, then every 5% of the steps
+        if last or check_due(products):
             decision, result, coordinates = _assess(rule, alphas, betas, top_k, bottom_k)
             if decision is not Decision.CONTINUE or last:
                 break
@@ -192,7 +184,10 @@ def _assess(
     rule: StoppingRule, alphas: list[float], betas: list[float], top_k: int, bottom_k: int
 ) -> tuple[Decision, HessianSpectrum, Tensor]:
     """The rule's decision, the values with their bounds, and ``T_j``'s extreme eigenvectors."""
-    values, vectors = _ritz(alphas, betas)
+    off = torch.tensor(betas[:-1], dtype=torch.float64)
+    tridiagonal = torch.diag(torch.tensor(alphas, dtype=torch.float64)) + torch.diag(off, 1)
+    with single_thread():
+        values, vectors = torch.linalg.eigh(tridiagonal + torch.diag(off, -1))
     assessment = rule.assess(
         Check(len(alphas), values, betas[-1] * vectors[-1].abs(), beta=betas[-1])
     )
