@@ -164,10 +164,6 @@ class _Run:
     coordinates: Tensor
     assessment: Assessment
 
-    def ritz_vector(self, end: str, out: Tensor | None = None) -> Tensor:
-        """The unit Ritz vector of the largest (``"top"``) or smallest value, into ``out``."""
-        return self.process.ritz_vector(self.coordinates[:, -1 if end == "top" else 0], out)
-
 
 def _run(
     operator: LinearOperator, start: Tensor, buffer: Tensor, locked: Tensor, rule: StoppingRule
@@ -312,15 +308,14 @@ def lanczos(
         if want_top:
             result.top.append(float(run.values[-1]))
             result.top_errors.append(assessment.top_error)
-            top_vectors.append(run.ritz_vector("top", out=found[locked]))
+            top_vectors.append(run.process.ritz_vector(run.coordinates[:, -1], found[locked]))
             every.append((result.top[-1], assessment.top_error, top_vectors[-1]))
             locked += 1
         if want_bottom:
             result.bottom.append(float(run.values[0]))
             result.bottom_errors.append(assessment.bottom_error)
-            bottom_vectors.append(
-                run.ritz_vector("bottom", out=found[locked] if lock_bottom else None)
-            )
+            into = found[locked] if lock_bottom else None
+            bottom_vectors.append(run.process.ritz_vector(run.coordinates[:, 0], into))
             locked += lock_bottom
             if lock_bottom:
                 every.append((result.bottom[-1], assessment.bottom_error, bottom_vectors[-1]))
