@@ -1,14 +1,9 @@
-"""When a Lanczos run stops: one rule that answers continue, stop or give up at every check.
+"""When a Lanczos run stops: :class:`StoppingRule` answers continue, stop or give up at each check.
 
-:class:`StoppingRule` owns the decision: the error bounds of the extreme Ritz values, the evidence
-that they are the spectrum's extremes, the resolution of ``min_abs`` and both limits. A run stops
-once every wanted value's bound (:func:`error_bound`) is within ``tol * max|lambda|`` *and* it has
-evidence that no eigenvalue lies beyond (a small residual says an eigenvalue is near, not that it
-is the extreme one). A **cold** run has it once past its floor (:meth:`StoppingRule.floor`) its ends
-have settled since it had half its products (:func:`settled`); a **warm** run inherits it from the
-previous measurement (:class:`WarmEvidence`) and is given up, to run again cold, where it converges
-onto anything else or not by :func:`warm_limit`. Why each constant is what it is, with the
-measurements: the docs' engine page, "The safeguards" and "Warm starts along training".
+A run stops once every wanted bound is within ``tol * max|lambda|`` *and* it has evidence that no
+eigenvalue lies beyond: a cold run's ends settled past its floor, a warm run's inherited
+:class:`WarmEvidence`. Why each constant is what it is, with the measurements: the docs' engine
+page, "The safeguards" and "Warm starts along training".
 """
 
 from __future__ import annotations

@@ -1,14 +1,8 @@
-"""Lanczos for the values alone: two vectors and the tridiagonal, no reorthogonalization.
-
-The three-term recurrence ``beta_j q_{j+1} = A q_j - alpha_j q_j - beta_{j-1} q_{j-1}`` holds
-``q_j`` and ``q_{j-1}``, in whose memory the next product forms, and ``T_j`` gives the Ritz values
-of the whole Krylov space (nothing is restarted). Without reorthogonalization converged values
-repeat ("ghosts"), but the extreme Ritz values converge as with orthogonal vectors and lie within
-``|beta_j s_j|`` of an eigenvalue (Paige 1976, 1980): the basis solver's bounds and
-:class:`~lightning_shortcut.hessian.solvers._stopping.StoppingRule` apply unchanged, a ghost beside
-an extreme only shrinking its Kato-Temple gap. One value per end (a second would need Cullum and
-Willoughby's test); :func:`extreme_vectors` runs the recurrence again from the same start for the
-extremes' eigenvectors. The docs' engine page, "Values alone", says why and what each costs.
+"""Lanczos for the values alone: two vectors and the tridiagonal of the three-term recurrence, no
+reorthogonalization. The extreme Ritz values converge as with orthogonal vectors and lie within
+``|beta_j s_j|`` of an eigenvalue (Paige 1976, 1980), so the basis solver's bounds and stopping
+rule apply unchanged; one value per end. The docs' engine page, "Values alone", says why and what
+each costs.
 """
 
 from __future__ import annotations
