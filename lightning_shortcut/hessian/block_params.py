@@ -79,9 +79,8 @@ def _members(model: nn.Module, block: str, members: Any, names: Mapping[int, str
                     f"Block {block!r}: {member!r} matches no parameter of {type(model).__name__} "
                     f"(give a parameter's name such as {example!r} or a module's)."
                 )
-            found += matched
-            continue
-        if isinstance(member, nn.Module):
+            owned = matched
+        elif isinstance(member, nn.Module):
             owned = list(member.parameters())
         elif isinstance(member, Tensor):
             owned = [member]

@@ -175,8 +175,7 @@ class HessianOperator(LinearOperator):
         into: Tensor | None,
         size: float,
     ) -> Tensor:
-        """``into`` (zeros if ``None``) plus one batch's ``H_SS v`` for the parameters ``indices``
-        times ``size``: a double backward, its pieces added as they come."""
+        """``into`` (or zeros) plus ``size`` times one batch's ``H_SS v``, added piece by piece."""
         chunks = torch.split(vector, [self.numels[i] for i in indices])
         used = [
             (i, chunk) for i, chunk in zip(indices, chunks, strict=True) if grads[i] is not None
@@ -202,8 +201,7 @@ class HessianOperator(LinearOperator):
     def _local_sum(
         self, vector: Tensor, indices: list[int], scale: float = 1.0, into: Tensor | None = None
     ) -> Tensor:
-        """``into`` plus ``sum_b n_b H_b vector`` over this process's batches, in ``into``'s
-        memory (or a new vector)."""
+        """``into`` (or a new vector) plus ``sum_b n_b H_b vector`` over this process's batches."""
         if self.settings.hvp == "finite_difference":
             return self._difference(vector, scale)
         total = into

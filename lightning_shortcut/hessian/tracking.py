@@ -37,6 +37,8 @@ WARM_START_NOISE = 0.3
 #: Every this many measurements one is cold: the default of ``audit_every``, written as its value
 #: in ``SpectrumTracker`` and ``HessianEigenvalueMonitor`` so the docs show it (a test checks).
 DEFAULT_AUDIT_EVERY = 10
+# what a tracker's state_dict holds
+_COUNTERS = ("warm_in_a_row", "cold_for", "backoff")
 
 
 @dataclass(frozen=True)
@@ -244,14 +246,9 @@ class SpectrumTracker:
 
     def state_dict(self) -> dict[str, int]:
         """The audit counter and the back-off (not the vectors: a resumed run starts cold)."""
-        return {
-            "warm_in_a_row": self.warm_in_a_row,
-            "cold_for": self.cold_for,
-            "backoff": self.backoff,
-        }
+        return {name: getattr(self, name) for name in _COUNTERS}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.warm_in_a_row = int(state.get("warm_in_a_row", 0))
-        self.cold_for = int(state.get("cold_for", 0))
-        self.backoff = int(state.get("backoff", 0))
+        for name in _COUNTERS:
+            setattr(self, name, int(state.get(name, 0)))
         self.reset()

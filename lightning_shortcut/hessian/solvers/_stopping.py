@@ -246,9 +246,7 @@ class StoppingRule:
         return Assessment(decision, scale, top_error, bottom_error, min_abs, min_abs_error)
 
     def _evidence(self, check: Check, threshold: float) -> Decision:
-        """With every bound met: whether the run has the evidence that its extremes are the
-        spectrum's (stop), not yet (continue), or converged onto what a warm start's evidence does
-        not cover (give up)."""
+        """With every bound met: stop where the extremes are known to be the spectrum's."""
         products = check.products
         if self.warm is None:
             # cold: a Krylov space that has doubled without finding anything beyond

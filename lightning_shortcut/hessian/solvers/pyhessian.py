@@ -52,8 +52,7 @@ class _BatchRef:
 
 
 class _LossModule(nn.Module):
-    """A stand-in "model": its output is the (shifted) loss, its parameters the chosen ones (the
-    user's model out of reach of pyhessian's ``eval()``)."""
+    """A stand-in "model" out of reach of pyhessian's ``eval()``: its output is the (shifted) loss."""
 
     def __init__(self, operator: _ModelHessian, shift: float) -> None:
         super().__init__()
