@@ -55,8 +55,7 @@ def preserved_state(model: nn.Module, *, clone_grads: bool = False) -> Iterator[
 
 @contextmanager
 def autograd_enabled() -> Iterator[None]:
-    """Make double backward available: out of ``inference_mode`` and ``no_grad``, the math SDPA
-    backend and no fused ``nn.MultiheadAttention`` fast path."""
+    """Allow double backward: no ``inference_mode`` or ``no_grad``, math SDPA, no MHA fast path."""
     fastpath = torch.backends.mha.get_fastpath_enabled()
     with ExitStack() as stack:
         stack.enter_context(torch.inference_mode(False))

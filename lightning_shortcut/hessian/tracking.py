@@ -163,8 +163,7 @@ class Measurement(Protocol):
 
 
 def answered_cold(result: Measurement) -> bool:
-    """Whether a measurement's answer came from a cold run, in part at least (what
-    ``stderr="cold"`` computes standard errors for)."""
+    """Whether an answer came (in part) from a cold run: what ``stderr="cold"`` is computed for."""
     return not result.warm_start or result.warm_given_up
 
 

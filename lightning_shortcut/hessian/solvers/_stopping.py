@@ -81,8 +81,7 @@ class WarmEvidence:
     frontiers: tuple[float | None, float | None]
 
     def retreated(self, ends: Ends, largest: float, smallest: float, threshold: float) -> bool:
-        """Whether a wanted extreme has retreated past its frontier by more than half of
-        ``threshold`` (``tol * max|lambda|``)."""
+        """Whether a wanted extreme retreated past its frontier by over ``threshold / 2``."""
         top, bottom = self.frontiers
         return (ends.top and (top is None or largest < top - threshold / 2)) or (
             ends.bottom and (bottom is None or smallest > bottom + threshold / 2)

@@ -55,8 +55,7 @@ class HostMemorySpace(LinearOperator):
 
 
 def owned_product(product: Tensor, *held: Tensor) -> Tensor:
-    """``product``, or a copy where it shares memory with a tensor in ``held``: one the solver may
-    change in place."""
+    """``product``, or a copy where it shares memory with ``held``: one safe to change in place."""
     pointer = product.untyped_storage().data_ptr()
     if any(pointer == tensor.untyped_storage().data_ptr() for tensor in held):
         return product.clone()

@@ -71,8 +71,7 @@ class LanczosProcess:
         return self._projected[: self.size, : self.size]
 
     def step(self) -> None:
-        """Add the normalized residual to the basis and take its product (a
-        ``NonFiniteProductError`` if not finite)."""
+        """Add the normalized residual to the basis and take its product (checked finite)."""
         vector = torch.div(self.residual, self.beta, out=self.buffer[self.size])
         self.residual = None  # now a row of the basis: not held a second time through the product
         self.size += 1
@@ -247,8 +246,8 @@ def lanczos(
     ``max_iter``); ``host_basis=True`` keeps the solver's vectors in host memory."""
     check_options(max_basis, host_basis)
     given, operator = operator, vector_space(operator, host_basis)
-    buffer = _empty(operator, min(max_basis, operator.dim, max_iter + 1))
-    found = _empty(operator, 0)  # the eigenvectors, each in its row; the locked rows are a view
+    buffer = operator.empty(min(max_basis, operator.dim, max_iter + 1))
+    found = operator.empty(0)  # the eigenvectors, each in its row; the locked rows are a view
     result = HessianSpectrum()
     top_vectors: list[Tensor] = []
     bottom_vectors: list[Tensor] = []
@@ -302,7 +301,7 @@ def lanczos(
         # a one-vector basis has one Ritz vector: locked once
         lock_bottom = want_bottom and (not want_top or run.process.size > 1)
         if first and top_k + bottom_k:
-            found = _empty(operator, top_k + bottom_k)
+            found = operator.empty(top_k + bottom_k)
         if len(result.top) + want_top >= top_k and len(result.bottom) + want_bottom >= bottom_k:
             operator.free_graph()  # the last run: no more products; its vectors are formed below
         if want_top:
@@ -327,10 +326,3 @@ def lanczos(
     result.vectors = [vector.to(given.like) for vector in top_vectors + bottom_vectors]
     result.neighbours = [vector.to(given.like) for vector in result.neighbours]
     return result
-
-
-def _empty(space: LinearOperator, rows: int) -> Tensor:
-    """Uninitialized storage for ``rows`` vectors of ``space``."""
-    if isinstance(space, HostMemorySpace):
-        return space.empty(rows)
-    return space.like.new_empty(rows, space.local_dim)

@@ -41,8 +41,7 @@ VALUES_ONLY = "lanczos_values"
 
 
 def refuse(top_k: int, bottom_k: int, min_abs: bool, vectors: bool, start: bool) -> str:
-    """Why the values-only pass cannot answer this call (a message naming the option that can),
-    or ``""``."""
+    """Why the values-only pass cannot answer this call, naming the option that can; or ``""``."""
     asked = [
         name
         for name, wanted in (

@@ -135,8 +135,7 @@ def pyhessian_power_iteration(
     max_iter: int,
     start: WarmStart | None = None,
 ) -> HessianSpectrum:
-    """Top and bottom eigenvalues with pyhessian's solver on ``H +- s I`` (see the module
-    docstring); ``generator`` and ``start`` are not used."""
+    """pyhessian's solver on ``H +- s I`` (the module docstring); ``generator``, ``start`` unused."""
     if not all(hasattr(operator, name) for name in ("model", "loss_fn", "batches", "params")):
         raise TypeError(
             "method='pyhessian' needs a model's Hessian (a HessianOperator), got "
