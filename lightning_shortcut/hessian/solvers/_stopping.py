@@ -184,16 +184,6 @@ class StoppingRule:
     #: the top Ritz value's distance to the next one at the last check
     top_gap: float = 0.0
 
-    @property
-    def rounding(self) -> float:
-        """No bound is tighter than the products' rounding, relative to ``max|lambda|``."""
-        return 4 * torch.finfo(self.space.like.dtype).eps
-
-    @property
-    def warm_limit(self) -> int | None:
-        """The products at which a warm run that has not stopped is given up (``None``: cold)."""
-        return None if self.warm is None else warm_limit(self.tol, self.max_iter)
-
     def floor(self, threshold: float) -> int:
         """The products before which a cold run does not stop: :data:`SEPARATED_MIN_PRODUCTS` for
         the top alone where it is separated, else :data:`MIN_PRODUCTS` (within ``max_iter``)."""
@@ -209,9 +199,8 @@ class StoppingRule:
         exact = check.whole_space or check.beta <= INVARIANT * max(scale, 1e-300)
         if exact:  # an invariant subspace: the Ritz values are eigenvalues
             residuals = torch.zeros_like(residuals)
-        top_error, bottom_error = (
-            max(error, self.rounding * scale) for error in end_errors(values, residuals)
-        )
+        rounding = 4 * torch.finfo(self.space.like.dtype).eps * scale  # no bound is tighter
+        top_error, bottom_error = (max(error, rounding) for error in end_errors(values, residuals))
         self.history.append((check.products, float(values[-1]), float(values[0])))
         self.top_gap = float(values[-1] - values[-2]) if len(values) > 1 else 0.0
         threshold = self.tol * scale
@@ -231,7 +220,7 @@ class StoppingRule:
             resolved = min_abs <= threshold or min_abs_error <= self.tol * min_abs
         if exact:
             decision = Decision.STOP
-        elif self.warm is not None and check.products >= self.warm_limit:
+        elif self.warm is not None and check.products >= warm_limit(self.tol, self.max_iter):
             decision = Decision.GIVE_UP  # paying toward the cold run that will replace it
         else:
             decision = Decision.CONTINUE
