@@ -80,27 +80,20 @@ class WarmEvidence:
     inherited: Tensor
     frontiers: tuple[float | None, float | None]
 
-    def retreated(self, ends: Ends, largest: float, smallest: float, threshold: float) -> bool:
-        """Whether a wanted extreme retreated past its frontier by over ``threshold / 2``."""
+    def covers(self, ends: Ends, check: Check, threshold: float, space: LinearOperator) -> bool:
+        """Whether a converged warm run's extremes are what the evidence is about: no wanted
+        extreme retreated past its frontier by over ``threshold / 2``, and each wanted end's Ritz
+        vector has a projection of norm :data:`WARM_MIN_OVERLAP` or more on the inherited ones."""
         top, bottom = self.frontiers
-        return (ends.top and (top is None or largest < top - threshold / 2)) or (
+        largest, smallest = float(check.values[-1]), float(check.values[0])
+        if (ends.top and (top is None or largest < top - threshold / 2)) or (
             ends.bottom and (bottom is None or smallest > bottom + threshold / 2)
-        )
-
-    def covers(
-        self,
-        ends: Ends,
-        largest: float,
-        smallest: float,
-        threshold: float,
-        overlap: Callable[[str], float],
-    ) -> bool:
-        """Whether a converged warm run's extremes are what the evidence is about: not retreated,
-        and each wanted end's Ritz vector (``overlap(end)``, ``end`` ``"top"`` or ``"bottom"``)
-        with a projection of norm :data:`WARM_MIN_OVERLAP` or more on the inherited directions."""
+        ):
+            return False
         wanted = [end for end in ("top", "bottom") if getattr(ends, end)]
-        return not self.retreated(ends, largest, smallest, threshold) and all(
-            overlap(end) >= WARM_MIN_OVERLAP for end in wanted
+        return all(
+            projection_norm(space, self.inherited, check.ritz_vector(end)) >= WARM_MIN_OVERLAP
+            for end in wanted
         )
 
 
@@ -184,6 +177,11 @@ class StoppingRule:
     #: the top Ritz value's distance to the next one at the last check
     top_gap: float = 0.0
 
+    @property
+    def warm_limit(self) -> int | None:
+        """The products at which a warm run that has not stopped is given up (``None``: cold)."""
+        return None if self.warm is None else warm_limit(self.tol, self.max_iter)
+
     def floor(self, threshold: float) -> int:
         """The products before which a cold run does not stop: :data:`SEPARATED_MIN_PRODUCTS` for
         the top alone where it is separated, else :data:`MIN_PRODUCTS` (within ``max_iter``)."""
@@ -210,17 +208,13 @@ class StoppingRule:
             if exact:
                 min_abs, min_abs_error = float(values.abs().min()), 0.0
             else:
-                estimate = (
-                    None
-                    if check.projected is None
-                    else min_abs_estimate(check.projected, check.beta)
-                )
+                estimate = min_abs_estimate(check.projected, check.beta)
                 min_abs, min_abs_error = estimate or (math.inf, math.inf)
             # below resolution (singular to within tol), or known to relative accuracy tol
             resolved = min_abs <= threshold or min_abs_error <= self.tol * min_abs
         if exact:
             decision = Decision.STOP
-        elif self.warm is not None and check.products >= warm_limit(self.tol, self.max_iter):
+        elif self.warm is not None and check.products >= self.warm_limit:
             decision = Decision.GIVE_UP  # paying toward the cold run that will replace it
         else:
             decision = Decision.CONTINUE
@@ -249,17 +243,12 @@ class StoppingRule:
             self.history, self.ends, threshold, products - 2
         ):
             return Decision.CONTINUE
-        _, largest, smallest = self.history[-1]
-        if self.warm.covers(self.ends, largest, smallest, threshold, self._overlap(check)):
+        if self.warm.covers(self.ends, check, threshold, self.space):
             return Decision.STOP
         return Decision.GIVE_UP  # converged onto what the inherited evidence does not cover
 
-    def _overlap(self, check: Check) -> Callable[[str], float]:
-        """``end -> `` the norm of that end's Ritz vector's projection on the inherited directions."""
-        return lambda end: projection_norm(self.space, self.warm.inherited, check.ritz_vector(end))
 
-
-def min_abs_estimate(projected: Tensor, beta: float) -> tuple[float, float] | None:
+def min_abs_estimate(projected: Tensor | None, beta: float) -> tuple[float, float] | None:
     """``(sigma, error)``: the Rayleigh-Ritz estimate of ``min|lambda|`` through ``A^2`` and a bound.
 
     With ``A V_{m-1} = V_m G`` (``G``: ``T``'s first ``m - 1`` columns and the residual norm), the
@@ -267,9 +256,9 @@ def min_abs_estimate(projected: Tensor, beta: float) -> tuple[float, float] | No
     on ``min|lambda|``; ``G`` gives ``A^2 y`` exactly, hence its residual and :func:`error_bound`,
     and ``sigma - error`` is a lower bound.
     """
-    size = projected.shape[0]
-    if size < 2:
+    if projected is None or projected.shape[0] < 2:
         return None
+    size = projected.shape[0]
     full = torch.zeros(size + 1, size, dtype=torch.float64)
     full[:size] = projected
     full[size, size - 1] = beta
