@@ -131,13 +131,8 @@ def compute_spectrum(
     transform: Callable[[HessianOperator], LinearOperator] | None = None,
     selection: ParameterSelection | None = None,
 ) -> HessianSpectrum:
-    """:func:`hessian_eigenvalues` with its options as one
-    :class:`~lightning_shortcut.hessian.HessianSettings` (``selection``: the parameters, where
-    already selected, :func:`~lightning_shortcut.hessian.context.select_parameters`).
-
-    Raises:
-        ValueError: as :func:`hessian_eigenvalues`.
-    """
+    """:func:`hessian_eigenvalues` with its options as one ``HessianSettings`` (and the parameters
+    where ``select_parameters`` already chose them: ``selection``); raises as it does."""
     spec = settings.solver
     if transform is not None and (not callable(transform) or spec.touches_grads):
         raise ValueError(

@@ -1,8 +1,6 @@
-"""Warm starts, the start side: the vectors a measurement leaves (:class:`WarmStart`), what each
-locking run starts from (:func:`run_start`), the neighbours carried forward
-(:func:`carried_forward`) and the tracker's audits (:class:`SpectrumTracker`). The stop side is the
-solvers' stopping rule; why and what it costs: the docs' engine page, "Warm starts along training".
-"""
+"""Warm starts, the start side: what a measurement leaves, what each locking run starts from and
+the tracker's audits; the stop side is the solvers' stopping rule (the docs' engine page, "Warm
+starts along training")."""
 
 from __future__ import annotations
 

@@ -101,11 +101,8 @@ def lanczos_values(
     max_basis: int = DEFAULT_MAX_BASIS,
     host_basis: bool = False,
 ) -> HessianSpectrum:
-    """The largest (``top_k = 1``) and the smallest (``bottom_k = 1``) eigenvalue, holding two
-    vectors, with the basis solver's error bounds and stopping rule (see the module docstring).
-
-    It returns no eigenvectors and takes no warm start; ``max_basis`` is accepted (two vectors are
-    within any) and ``host_basis`` keeps them in host memory.
+    """The largest (``top_k = 1``) and smallest (``bottom_k = 1``) eigenvalue, holding two vectors
+    and returning none; ``max_basis`` is accepted, ``host_basis`` keeps the vectors in host memory.
 
     Raises:
         ValueError: on ``start``, ``min_abs`` or a count above 1, naming the option that gives it.
