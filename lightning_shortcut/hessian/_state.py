@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -57,10 +57,7 @@ def preserved_state(model: nn.Module, *, clone_grads: bool = False) -> Iterator[
 def autograd_enabled() -> Iterator[None]:
     """Allow double backward: no ``inference_mode`` or ``no_grad``, math SDPA, no MHA fast path."""
     fastpath = torch.backends.mha.get_fastpath_enabled()
-    with ExitStack() as stack:
-        stack.enter_context(torch.inference_mode(False))
-        stack.enter_context(torch.enable_grad())
-        stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+    with torch.inference_mode(False), torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
         torch.backends.mha.set_fastpath_enabled(False)
         try:
             yield

@@ -247,9 +247,8 @@ class HessianOperator(LinearOperator):
     def add_product(self, vector: Tensor, out: Tensor) -> Tensor:
         """``out + H vector`` formed in ``out``'s memory, the products added as they come: no
         vector more than ``out`` where no all-reduce or finite difference needs the product whole."""
-        if type(self) is not HessianOperator or self.settings.all_reduce is not None:
-            return super().add_product(vector, out)
-        if self.settings.hvp == "finite_difference":
+        needed_whole = self.settings.all_reduce is not None or self.settings.hvp != "autograd"
+        if type(self) is not HessianOperator or needed_whole:
             return super().add_product(vector, out)
         self.num_products += 1
         out.mul_(float(sum(self.sizes)))  # the mean divides it again
