@@ -141,12 +141,6 @@ class HessianOperator(LinearOperator):
         """The flat gradient of the mean loss over every process's samples (NaN if not finite)."""
         return self._mean(self._gradient_sum())
 
-    def _step(self, vector: Tensor) -> float:
-        weights = math.sqrt(sum(float(w.double().square().sum()) for w in self._weights))
-        norm = float(vector.double().norm())
-        eps = torch.finfo(self.params[0].dtype).eps
-        return eps ** (1 / 3) * (1 + weights) / max(norm, 1e-300)
-
     @torch.no_grad()
     def _set_weights(self, vector: Tensor, step: float) -> None:
         """``w + step * vector`` from the kept ``w`` (``step=0``: ``w`` bit for bit)."""
@@ -157,7 +151,10 @@ class HessianOperator(LinearOperator):
     def _difference(self, vector: Tensor, scale: float) -> Tensor:
         if self._weights is None:
             self._weights = [param.detach().clone() for param in self.params]
-        step = scale * self._step(vector)
+        weights = math.sqrt(sum(float(w.double().square().sum()) for w in self._weights))
+        norm = float(vector.double().norm())
+        eps = torch.finfo(self.params[0].dtype).eps
+        step = scale * (eps ** (1 / 3) * (1 + weights) / max(norm, 1e-300))
         try:
             self._set_weights(vector, step)
             plus = self._gradient_sum()

@@ -210,9 +210,6 @@ class HessianSpectrum:
             values.update({f"top_{i}": v for i, v in enumerate(self.top, start=1)})
         if len(self.bottom) > 1:
             values.update({f"bottom_{i}": v for i, v in enumerate(self.bottom, start=1)})
-        values["hvp_error"] = self.hvp_error
-        values["num_hvps"] = float(self.num_hvps)
-        values["seconds"] = self.seconds
-        values["converged"] = float(self.converged)
-        values["warm_start"] = float(self.warm_start)
+        values.update(hvp_error=self.hvp_error, num_hvps=self.num_hvps, seconds=self.seconds)
+        values.update(converged=self.converged, warm_start=self.warm_start)
         return {key: float(value) for key, value in values.items() if value is not None}

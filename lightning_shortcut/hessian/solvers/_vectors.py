@@ -47,11 +47,8 @@ class HostMemorySpace(LinearOperator):
         self.base.free_graph()
 
     def empty(self, rows: int) -> Tensor:
-        """Uninitialized storage for ``rows`` vectors."""
-        like, pinned = self.like, self.pinned
-        return torch.empty(
-            rows, self.local_dim, dtype=like.dtype, device=like.device, pin_memory=pinned
-        )
+        """Uninitialized storage for ``rows`` vectors (pinned where the base is on a GPU)."""
+        return self.like.new_empty(rows, self.local_dim, pin_memory=self.pinned)
 
 
 def owned_product(product: Tensor, *held: Tensor) -> Tensor:
