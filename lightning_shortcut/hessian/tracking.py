@@ -97,12 +97,8 @@ class WarmStart:
 
     def map(self, change: Callable[[Tensor], Tensor]) -> WarmStart:
         """The same start with ``change`` applied to every vector (to detach or flatten them)."""
-        return replace(
-            self,
-            top_vectors=[change(vector) for vector in self.top_vectors],
-            bottom_vectors=[change(vector) for vector in self.bottom_vectors],
-            neighbours=[change(vector) for vector in self.neighbours],
-        )
+        lists = ("top_vectors", "bottom_vectors", "neighbours")
+        return replace(self, **{name: [change(v) for v in getattr(self, name)] for name in lists})
 
 
 def run_start(

@@ -141,8 +141,7 @@ def pyhessian_power_iteration(
             "method='pyhessian' needs a model's Hessian (a HessianOperator), got "
             f"{type(operator).__name__}; use method='lanczos' or 'power' for other operators."
         )
-    dominant, _, products = _run_pyhessian(operator, 0.0, 1, tol, max_iter)
-    total_products = products
+    dominant, _, total_products = _run_pyhessian(operator, 0.0, 1, tol, max_iter)
     rho = abs(dominant[0])
     check_finite(torch.tensor(rho))
     if rho == 0.0:
