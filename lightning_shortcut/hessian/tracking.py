@@ -110,12 +110,11 @@ def run_start(
     first = found_top == 0 and found_bottom == 0
     own: list[Tensor] = []
     frontiers: list[float | None] = [None, None]
-    for side, (wanted, vectors, values, found, frontier) in enumerate(
-        (
-            (top, start.top_vectors, start.top, found_top, start.top_frontier),
-            (bottom, start.bottom_vectors, start.bottom, found_bottom, start.bottom_frontier),
-        )
-    ):
+    ends = (
+        (top, start.top_vectors, start.top, found_top, start.top_frontier),
+        (bottom, start.bottom_vectors, start.bottom, found_bottom, start.bottom_frontier),
+    )
+    for side, (wanted, vectors, values, found, frontier) in enumerate(ends):
         if not wanted:
             continue
         if found >= len(vectors):
