@@ -192,10 +192,9 @@ def _with_product_error(
     }
     unresolved = False
     if spectrum.min_abs_error is not None and spectrum.min_abs is not None:
-        changes["min_abs_error"] = spectrum.min_abs_error + extra
-        unresolved = bool(spectrum.min_abs_resolved) and changes["min_abs_error"] > tol * abs(
-            spectrum.min_abs
-        )
+        min_abs_error = spectrum.min_abs_error + extra
+        unresolved = bool(spectrum.min_abs_resolved) and min_abs_error > tol * abs(spectrum.min_abs)
+        changes["min_abs_error"] = min_abs_error
         changes["min_abs_resolved"] = spectrum.min_abs_resolved and not unresolved
     if error > tol or unresolved:
         changes["converged"] = False

@@ -251,9 +251,9 @@ def lanczos(
     result = HessianSpectrum()
     top_vectors: list[Tensor] = []
     bottom_vectors: list[Tensor] = []
-    locked = runs = 0
+    locked, first = 0, True
     every: list[tuple[float, float, Tensor]] = []  # the locked eigenpairs (value, error, vector)
-    while runs == 0 or len(result.top) < top_k or len(result.bottom) < bottom_k:
+    while first or len(result.top) < top_k or len(result.bottom) < bottom_k:
         want_top, want_bottom = len(result.top) < top_k, len(result.bottom) < bottom_k
         if operator.dim - locked <= 0:  # every eigenpair is locked: each end takes from them all
             ordered = sorted(every, key=lambda pair: pair[0])
@@ -265,7 +265,6 @@ def lanczos(
                 list(part) for part in zip(*bottoms, strict=True)
             )
             break
-        first = runs == 0
         ends = Ends(
             top=want_top or (first and min_abs),
             bottom=want_bottom or (first and min_abs),
@@ -291,7 +290,6 @@ def lanczos(
             )
         result.warm_start = result.warm_start or (inherited is not None and not given_up)
         result.warm_given_up = result.warm_given_up or given_up
-        runs += 1
         assessment = run.assessment
         if not assessment.converged:
             result.fail(f"not converged to tol={tol} within max_iter={max_iter} products")
@@ -323,6 +321,7 @@ def lanczos(
                 run.values, top=ends.top, bottom=ends.bottom
             )
             result.neighbours = [run.process.ritz_vector(run.coordinates[:, i]) for i in columns]
+        first = False
     result.vectors = [vector.to(given.like) for vector in top_vectors + bottom_vectors]
     result.neighbours = [vector.to(given.like) for vector in result.neighbours]
     return result
