@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
@@ -30,14 +30,11 @@ def preserved_state(model: nn.Module, *, clone_grads: bool = False) -> Iterator[
     ``.backward``) and the global RNG states."""
     modes = [(module, module.training) for module in model.modules()]
     buffers = [(buffer, buffer.detach().clone()) for buffer in model.buffers()]
-    grads = [
-        (
-            param,
-            param.grad,
-            param.grad.detach().clone() if clone_grads and param.grad is not None else None,
-        )
-        for param in model.parameters()
-    ]
+
+    def values_of(grad: Tensor | None) -> Tensor | None:
+        return grad.detach().clone() if clone_grads and grad is not None else None
+
+    grads = [(param, param.grad, values_of(param.grad)) for param in model.parameters()]
     with preserved_rng():
         try:
             yield
