@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
@@ -30,14 +30,11 @@ def preserved_state(model: nn.Module, *, clone_grads: bool = False) -> Iterator[
     ``.backward``) and the global RNG states."""
     modes = [(module, module.training) for module in model.modules()]
     buffers = [(buffer, buffer.detach().clone()) for buffer in model.buffers()]
-    grads = [
-        (
-            param,
-            param.grad,
-            param.grad.detach().clone() if clone_grads and param.grad is not None else None,
-        )
-        for param in model.parameters()
-    ]
+
+    def values_of(grad: Tensor | None) -> Tensor | None:
+        return grad.detach().clone() if clone_grads and grad is not None else None
+
+    grads = [(param, param.grad, values_of(param.grad)) for param in model.parameters()]
     with preserved_rng():
         try:
             yield
@@ -55,13 +52,9 @@ def preserved_state(model: nn.Module, *, clone_grads: bool = False) -> Iterator[
 
 @contextmanager
 def autograd_enabled() -> Iterator[None]:
-    """Make double backward available: out of ``inference_mode`` and ``no_grad``, the math SDPA
-    backend and no fused ``nn.MultiheadAttention`` fast path."""
+    """Allow double backward: no ``inference_mode`` or ``no_grad``, math SDPA, no MHA fast path."""
     fastpath = torch.backends.mha.get_fastpath_enabled()
-    with ExitStack() as stack:
-        stack.enter_context(torch.inference_mode(False))
-        stack.enter_context(torch.enable_grad())
-        stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+    with torch.inference_mode(False), torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
         torch.backends.mha.set_fastpath_enabled(False)
         try:
             yield

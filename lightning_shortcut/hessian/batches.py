@@ -69,8 +69,7 @@ def _check_soft_labels(logits: Tensor, targets: Tensor) -> None:
 
 
 def normalize_batches(data: Any) -> list[Any]:
-    """One batch (a tuple of tensors or a dict) or an iterable of batches, as a list of batches
-    (``ValueError`` if there is none or one holds no tensor)."""
+    """One batch or an iterable of batches as a list (``ValueError`` on none or a tensorless one)."""
     if isinstance(data, Tensor):
         raise ValueError(
             "`data` must be a batch such as (inputs, targets) or an iterable of batches, got a "

@@ -39,10 +39,8 @@ def _declared_blocks(model: nn.Module, blocks: BlocksSpec) -> Mapping[Any, Any]:
                 "name -> parameters or a callable returning one."
             )
         return declared
-    if blocks == "modules":
-        declared = {name: child for name, child in model.named_children()}
-        declared.update(model.named_parameters(recurse=False))
-        return declared
+    if blocks == "modules":  # the top-level modules, and each of the model's own parameters
+        return dict(model.named_children()) | dict(model.named_parameters(recurse=False))
     if isinstance(blocks, str):
         raise ValueError(
             f"`blocks` must be 'residual', 'modules', a mapping or a callable, got {blocks!r}."
@@ -79,9 +77,8 @@ def _members(model: nn.Module, block: str, members: Any, names: Mapping[int, str
                     f"Block {block!r}: {member!r} matches no parameter of {type(model).__name__} "
                     f"(give a parameter's name such as {example!r} or a module's)."
                 )
-            found += matched
-            continue
-        if isinstance(member, nn.Module):
+            owned = matched
+        elif isinstance(member, nn.Module):
             owned = list(member.parameters())
         elif isinstance(member, Tensor):
             owned = [member]

@@ -191,8 +191,7 @@ def compute_block_eigenvalues(
     settings: HessianSettings,
     blocks: BlocksSpec = "residual",
 ) -> BlockSpectra:
-    """:func:`block_eigenvalues` with its options as one
-    :class:`~lightning_shortcut.hessian.HessianSettings`; raises as it does."""
+    """:func:`block_eigenvalues` with its options as one ``HessianSettings``; raises as it does."""
     check_block_settings(settings)
     selection = select_parameters(model, settings, unsharded_only="block_eigenvalues")
     chosen = resolve_blocks(model, blocks, selection.params)

@@ -75,8 +75,7 @@ def select_parameters(
 
 @contextmanager
 def hessian_context(model: nn.Module, settings: HessianSettings, *, clone_grads: bool = False):
-    """Guard state, enable double backward and put the model in ``settings.mode``; compiled
-    modules run eagerly inside (compiled graphs have no double backward)."""
+    """Guard state, allow double backward (compiled modules run eagerly), set ``settings.mode``."""
     with (
         preserved_state(model, clone_grads=clone_grads),
         autograd_enabled(),

@@ -149,8 +149,7 @@ def compute_spectral_density(
     num_probes: int = 1,
     num_steps: int = 64,
 ) -> SpectralDensity:
-    """:func:`spectral_density` with the operator's options as one
-    :class:`~lightning_shortcut.hessian.HessianSettings`."""
+    """:func:`spectral_density` with the operator's options as one ``HessianSettings``."""
     check_positive_int("num_probes", num_probes)
     check_positive_int("num_steps", num_steps)
     selection = select_parameters(model, settings, unsharded_only="spectral_density")
@@ -160,7 +159,7 @@ def compute_spectral_density(
     all_weights: list[Tensor] = []
     with hessian_operator(model, data, loss_fn, settings, selection) as operator:
         steps = min(num_steps, operator.dim)
-        buffer = operator.like.new_empty(steps, operator.dim)
+        buffer = operator.empty(steps)
         no_lock = operator.like.new_zeros(0, operator.dim)
         for _ in range(num_probes):
             probe = random_unit_vector(operator, generator)

@@ -158,8 +158,7 @@ def compute_edge_of_stability(
     hessian_max_eigenvalue: float | None = None,
     start: EdgeOfStability | WarmStart | None = None,
 ) -> EdgeOfStability:
-    """:func:`edge_of_stability` with its options as one
-    :class:`~lightning_shortcut.hessian.HessianSettings`; raises as it does."""
+    """:func:`edge_of_stability` with its options as one ``HessianSettings``; raises as it does."""
     begin = time.perf_counter()
     settings = replace(settings, top_k=1, bottom_k=0, min_abs=False, stderr=False)
     selection = select_parameters(model, settings)  # sharded or not, decided once

@@ -75,6 +75,10 @@ class LinearOperator:
         this process's part)."""
         return torch.randn(self.dim, generator=generator, dtype=torch.float64).to(self.like)
 
+    def empty(self, rows: int) -> Tensor:
+        """Uninitialized storage for ``rows`` vectors of the operator's space (rows of a matrix)."""
+        return self.like.new_empty(rows, self.local_dim)
+
 
 class MatrixOperator(LinearOperator):
     """A dense symmetric matrix (for tests and small problems)."""

@@ -141,12 +141,6 @@ class HessianOperator(LinearOperator):
         """The flat gradient of the mean loss over every process's samples (NaN if not finite)."""
         return self._mean(self._gradient_sum())
 
-    def _step(self, vector: Tensor) -> float:
-        weights = math.sqrt(sum(float(w.double().square().sum()) for w in self._weights))
-        norm = float(vector.double().norm())
-        eps = torch.finfo(self.params[0].dtype).eps
-        return eps ** (1 / 3) * (1 + weights) / max(norm, 1e-300)
-
     @torch.no_grad()
     def _set_weights(self, vector: Tensor, step: float) -> None:
         """``w + step * vector`` from the kept ``w`` (``step=0``: ``w`` bit for bit)."""
@@ -157,7 +151,10 @@ class HessianOperator(LinearOperator):
     def _difference(self, vector: Tensor, scale: float) -> Tensor:
         if self._weights is None:
             self._weights = [param.detach().clone() for param in self.params]
-        step = scale * self._step(vector)
+        weights = math.sqrt(sum(float(w.double().square().sum()) for w in self._weights))
+        norm = float(vector.double().norm())
+        eps = torch.finfo(self.params[0].dtype).eps
+        step = scale * (eps ** (1 / 3) * (1 + weights) / max(norm, 1e-300))
         try:
             self._set_weights(vector, step)
             plus = self._gradient_sum()
@@ -175,8 +172,7 @@ class HessianOperator(LinearOperator):
         into: Tensor | None,
         size: float,
     ) -> Tensor:
-        """``into`` (zeros if ``None``) plus one batch's ``H_SS v`` for the parameters ``indices``
-        times ``size``: a double backward, its pieces added as they come."""
+        """``into`` (or zeros) plus ``size`` times one batch's ``H_SS v``, added piece by piece."""
         chunks = torch.split(vector, [self.numels[i] for i in indices])
         used = [
             (i, chunk) for i, chunk in zip(indices, chunks, strict=True) if grads[i] is not None
@@ -202,8 +198,7 @@ class HessianOperator(LinearOperator):
     def _local_sum(
         self, vector: Tensor, indices: list[int], scale: float = 1.0, into: Tensor | None = None
     ) -> Tensor:
-        """``into`` plus ``sum_b n_b H_b vector`` over this process's batches, in ``into``'s
-        memory (or a new vector)."""
+        """``into`` (or a new vector) plus ``sum_b n_b H_b vector`` over this process's batches."""
         if self.settings.hvp == "finite_difference":
             return self._difference(vector, scale)
         total = into
@@ -249,9 +244,8 @@ class HessianOperator(LinearOperator):
     def add_product(self, vector: Tensor, out: Tensor) -> Tensor:
         """``out + H vector`` formed in ``out``'s memory, the products added as they come: no
         vector more than ``out`` where no all-reduce or finite difference needs the product whole."""
-        if type(self) is not HessianOperator or self.settings.all_reduce is not None:
-            return super().add_product(vector, out)
-        if self.settings.hvp == "finite_difference":
+        needed_whole = self.settings.all_reduce is not None or self.settings.hvp != "autograd"
+        if type(self) is not HessianOperator or needed_whole:
             return super().add_product(vector, out)
         self.num_products += 1
         out.mul_(float(sum(self.sizes)))  # the mean divides it again

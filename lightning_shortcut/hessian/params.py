@@ -24,8 +24,7 @@ __all__ = [
 
 
 def branch_parameters(model: nn.Module) -> list[Tensor]:
-    """The parameters the ``branch_parameters()`` methods of ``model``'s modules declare, once each,
-    in module order."""
+    """The parameters the modules' ``branch_parameters()`` declare, once each, in module order."""
     unique: dict[int, Tensor] = {}
     for module in model.modules():
         declared = getattr(module, "branch_parameters", None)

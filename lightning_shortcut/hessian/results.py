@@ -51,8 +51,7 @@ class HessianSpectrum:
         bottom: the ``bottom_k`` smallest eigenvalues, ascending.
         max: the largest algebraic eigenvalue (``None`` when ``top_k = 0``).
         min: the smallest algebraic eigenvalue (``None`` when ``bottom_k = 0``).
-        min_abs: the smallest ``|eigenvalue|`` (``None`` unless ``min_abs=True``); where not
-            resolved, an upper bound on it.
+        min_abs: the smallest ``|eigenvalue|`` or, unresolved, an upper bound (``None`` unless asked).
         min_abs_resolved: whether ``min_abs`` is known to relative accuracy ``tol``.
         condition_number: ``max|lambda| / min_abs``; ``inf`` below resolution, ``nan`` for a zero
             Hessian (the docs' engine page, "What `tol` means").
@@ -71,8 +70,7 @@ class HessianSpectrum:
         warm_start: whether the answer came from a run started from ``start`` vectors.
         warm_given_up: whether a warm run was given up for a cold one (with several locking runs,
             both this and :attr:`warm_start` can be true).
-        max_stderr: the standard error of ``max`` over Hessian batches of the same size (``None``
-            unless computed).
+        max_stderr: the standard error of ``max`` over Hessian batches of its size (or ``None``).
         min_stderr: the same for ``min``.
         stderr_seconds: the part of :attr:`seconds` spent on the standard errors.
         vectors: the unit eigenvectors of ``top`` then ``bottom``, flat (under ``fully_shard``,
@@ -210,9 +208,6 @@ class HessianSpectrum:
             values.update({f"top_{i}": v for i, v in enumerate(self.top, start=1)})
         if len(self.bottom) > 1:
             values.update({f"bottom_{i}": v for i, v in enumerate(self.bottom, start=1)})
-        values["hvp_error"] = self.hvp_error
-        values["num_hvps"] = float(self.num_hvps)
-        values["seconds"] = self.seconds
-        values["converged"] = float(self.converged)
-        values["warm_start"] = float(self.warm_start)
+        values.update(hvp_error=self.hvp_error, num_hvps=self.num_hvps, seconds=self.seconds)
+        values.update(converged=self.converged, warm_start=self.warm_start)
         return {key: float(value) for key, value in values.items() if value is not None}

@@ -213,9 +213,7 @@ class HessianSettings:
         return done if method == self.method else replace(done, method=method)
 
     def _solver_for(self, warm: bool) -> tuple[Callable[..., HessianSpectrum], str]:
-        """The solver a call runs and its name: for ``"lanczos"`` with ``vectors=False``, the
-        values-only pass where it gives what is asked (no warm start, one value per end, no
-        ``min_abs``), run twice where the standard errors need the extreme vectors."""
+        """The solver a call runs and its name: the values-only pass where it gives what is asked."""
         values_only = self.method == VALUES_ONLY or (
             self.method == "lanczos"
             and self.vectors is False

@@ -111,8 +111,13 @@ def _param_groups(module: nn.Module) -> list[Any]:
 
 
 @contextmanager
-def _fsdp_unsharded(modules: list[nn.Module]):
-    """All-gather every module's parameters and keep them; resharded and restored on exit."""
+def unsharded_parameters(
+    model: nn.Module, params: Sequence[Tensor], modules: Sequence[nn.Module]
+) -> Iterator[list[Tensor]]:
+    """Yield the unsharded tensor of each of ``params`` (every module all-gathered and kept; on exit
+    resharded, its settings restored); a :class:`ShardingError` where no module manages one."""
+    names = {id(param): name for name, param in model.named_parameters()}
+    chosen = [names[id(param)] for param in params]
     roots = []
     for module in modules:  # outermost first: an initialized root marks the modules inside it
         state = module._get_fsdp_state()
@@ -134,7 +139,15 @@ def _fsdp_unsharded(modules: list[nn.Module]):
             module.set_requires_gradient_sync(False, recurse=False)
         for module in modules:
             module.unshard()
-        yield
+        unsharded = dict(model.named_parameters())
+        dtensor = _dtensor_type()
+        for name in chosen:
+            if isinstance(unsharded[name], dtensor):
+                raise ShardingError(
+                    f"Parameter {name!r} is a DTensor that no fully_shard module manages; the "
+                    "Hessian supports parameters sharded by fully_shard."
+                )
+        yield [unsharded[name] for name in chosen]
     finally:
         for root in roots:  # what a forward or backward aborted mid-flight leaves behind
             reset = getattr(root, "reset_iter_state", None)
@@ -146,26 +159,6 @@ def _fsdp_unsharded(modules: list[nn.Module]):
             for group, settings in groups:
                 for name, value in settings.items():
                     setattr(group, name, value)
-
-
-@contextmanager
-def unsharded_parameters(
-    model: nn.Module, params: Sequence[Tensor], modules: Sequence[nn.Module]
-) -> Iterator[list[Tensor]]:
-    """Yield the unsharded tensor of each of ``params``, resharding on exit; a
-    :class:`ShardingError` where no ``fully_shard`` module manages a parameter."""
-    names = {id(param): name for name, param in model.named_parameters()}
-    chosen = [names[id(param)] for param in params]
-    with _fsdp_unsharded(list(modules)):
-        unsharded = dict(model.named_parameters())
-        dtensor = _dtensor_type()
-        for name in chosen:
-            if isinstance(unsharded[name], dtensor):
-                raise ShardingError(
-                    f"Parameter {name!r} is a DTensor that no fully_shard module manages; the "
-                    "Hessian supports parameters sharded by fully_shard."
-                )
-        yield [unsharded[name] for name in chosen]
 
 
 class ShardLayout:

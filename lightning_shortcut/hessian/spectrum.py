@@ -51,69 +51,49 @@ def hessian_eigenvalues(
 ) -> HessianSpectrum:
     """Top and bottom eigenvalues of the Hessian of ``model``'s mean loss on ``data``.
 
-    Nothing about the model or the run changes: every ``.grad``, every buffer, the train/eval mode
-    of every submodule and the global RNG states are as they were, and no tensor keeps a graph.
-    Random start vectors come from a private generator seeded with ``seed``. A compiled model
-    (``torch.compile``) is differentiated eagerly; half-precision parameters give products in their
-    precision (expect about 2-3 correct digits in bfloat16, whatever ``tol``).
+    Nothing about the model or the run changes: every ``.grad``, buffer, train/eval mode and global
+    RNG state is as it was, and no tensor keeps a graph. Random start vectors come from a private
+    generator seeded with ``seed``. A compiled model is differentiated eagerly; half-precision
+    parameters give products in their precision (about 2-3 correct digits in bfloat16).
 
     Args:
         model: the model.
         data: one batch ``(inputs, targets)`` or an iterable of batches; the Hessian is that of the
             mean loss over all samples (batches weighted by size).
         loss_fn: ``loss_fn(model, batch) -> scalar`` mean loss of a batch; default: cross-entropy of
-            ``model(inputs)`` (a tensor of logits) against ``targets`` (class indices or class
-            probabilities).
-        method: a solver registered in :data:`~lightning_shortcut.hessian.SOLVERS`: ``"lanczos"``
-            (thick-restart Lanczos; the default and the fastest), ``"power"`` (power iteration on
-            ``H +- s I``), ``"pyhessian"`` (pyhessian's power iteration, wrapped) or your own.
+            ``model(inputs)`` (logits) against ``targets`` (class indices or probabilities).
+        method: a solver of :data:`~lightning_shortcut.hessian.SOLVERS`: ``"lanczos"`` (the
+            default and the fastest), ``"power"``, ``"pyhessian"`` or your own.
         top_k: number of largest eigenvalues.
         bottom_k: number of smallest eigenvalues.
-        min_abs: also compute the smallest ``|eigenvalue|`` and the condition number (solvers that
-            support it: ``"lanczos"``).
-        params: the parameters to take the Hessian over: ``None``/``"all"`` (all that require grad),
-            ``"residual"`` (the ResidualStack branches, the paper's Hessian), a callable
-            ``model -> parameters`` or the parameters themselves.
-        tol: the accuracy asked for: every returned eigenvalue is within ``tol * max|lambda|`` of the
-            true one (by the solver's error bound, reported in ``top_errors``/``bottom_errors``;
-            it assumes the Krylov space has reached the extreme: at the edge of a dense bulk a
-            value inside it may come back, see the README); ``min_abs`` is resolved to relative
-            accuracy ``tol`` or reported as below resolution.
+        min_abs: also the smallest ``|eigenvalue|`` and the condition number (``"lanczos"``).
+        params: ``None``/``"all"`` (all that require grad), ``"residual"`` (the ResidualStack
+            branches, the paper's Hessian), a callable ``model -> parameters`` or the parameters.
+        tol: every returned eigenvalue is within ``tol * max|lambda|`` of the true one by the
+            solver's bound (``top_errors``/``bottom_errors``; the engine page, "What `tol`
+            means"); ``min_abs`` to relative accuracy ``tol`` or reported below resolution.
         max_iter: products per eigenvalue run (default 300, 1000 with ``min_abs``).
         seed: seed of the private generator for start vectors.
         mode: ``"eval"`` (default; dropout off, BatchNorm on running statistics) or ``"train"``
             (buffers are restored afterwards, dropout masks are fixed for the call).
         all_reduce: sum across processes for distributed data (see :class:`HessianOperator`).
         start: a previous result at nearby weights (a :class:`HessianSpectrum`, an
-            :class:`~lightning_shortcut.hessian.EdgeOfStability`, or their ``tracking_vectors``):
-            Lanczos starts from its vectors and may stop after 4 products where a cold run pays 20;
-            one that converges onto something else is given up and run again cold ([warm
-            starts][warm-rule]; audit with a cold run now and then, as
-            :class:`~lightning_shortcut.hessian.SpectrumTracker` does).
-        stderr: also estimate the sampling error of ``max`` and ``min`` over Hessian batches of
-            the same size (``max_stderr``, ``min_stderr``; :mod:`~lightning_shortcut.hessian.sampling`),
-            a product per value on each of 16 chunks of the batch; needs ``mode="eval"`` and no
-            ``transform``. ``"cold"``: only where the answer comes (in part) from a cold run.
-        solver_options: extra keyword arguments for the solver, e.g. ``{"max_basis": 10}`` for
-            ``"lanczos"`` (the basis vectors held, default 16; a call with ``vectors=True`` holds
-            about this many parameter vectors and six more, see the docs' engine page), or
-            ``{"host_basis": True}`` to keep the basis in host memory for a model on an
-            accelerator.
+            :class:`~lightning_shortcut.hessian.EdgeOfStability`, or their ``tracking_vectors``)
+            to start Lanczos from ([warm starts][warm-rule]; audit with a cold run now and then,
+            as :class:`~lightning_shortcut.hessian.SpectrumTracker` does).
+        stderr: also the sampling error of ``max`` and ``min`` over Hessian batches of the same
+            size (``max_stderr``, ``min_stderr``); needs ``mode="eval"`` and no ``transform``.
+            ``"cold"``: only where the answer comes (in part) from a cold run.
+        solver_options: the solver's own options, e.g. ``{"max_basis": 10}`` or
+            ``{"host_basis": True}`` for ``"lanczos"`` (the engine page, "Memory").
         transform: solve for ``transform(H)``, a :class:`LinearOperator` of the same size, instead
-            of ``H``; the spectrum then holds its eigenvalues (:func:`~lightning_shortcut.hessian.
-            edge_of_stability` passes the step-preconditioned ``S^1/2 (H + W) S^1/2``). Solvers
-            that run on the model (``"pyhessian"``) cannot take one.
-        hvp: ``"autograd"`` (default: double backward, exact) or ``"finite_difference"`` (the
-            central difference of two gradients, for models or strategies without double
-            backward; its estimated error is reported in ``hvp_error`` and added to the error
-            bounds, see :class:`~lightning_shortcut.hessian.HessianOperator`). Not with solvers
-            that run on the model (``"pyhessian"``).
-        vectors: also return the eigenvectors and the Ritz vectors a warm start reads (for
-            ``start=``, :func:`~lightning_shortcut.hessian.gradient_overlap`,
-            :func:`~lightning_shortcut.hessian.block_profile`). Without them a ``"lanczos"`` call
-            for one value per end without ``min_abs`` or ``start`` runs ``"lanczos_values"``,
-            which holds two vectors instead of the basis (twice with ``stderr``; the engine page,
-            "Values alone"); other calls return the vectors they compute anyway.
+            of ``H`` (not with ``"pyhessian"``).
+        hvp: ``"autograd"`` (default: double backward, exact) or ``"finite_difference"`` (central
+            differences of gradients; its error in ``hvp_error`` and the bounds; not with
+            ``"pyhessian"``).
+        vectors: also return the eigenvectors and the Ritz vectors a warm start reads; without
+            them ``"lanczos"`` runs ``"lanczos_values"`` where it can (the engine page, "Values
+            alone").
 
     Returns:
         A :class:`HessianSpectrum`. A non-finite loss gives NaN values with ``converged=False``.
@@ -122,13 +102,9 @@ def hessian_eigenvalues(
         ValueError: on a bad option (checked by
             :class:`~lightning_shortcut.hessian.HessianSettings` before anything is computed),
             empty data, a batch the default loss cannot read, parameters not in the model, a
-            non-scalar loss, no trainable parameters, a ``start`` that is not a previous result or
-            of the wrong size, ``stderr`` with a ``transform``, a ``transform`` that is not
-            callable, changes the size or goes to a solver on the model, or ``top_k`` or
-            ``bottom_k`` above the number of parameters (where only their sum is, every eigenvalue
-            is returned and the ends share them).
-        TypeError: on an option of the wrong type (a count that is not an int, ``min_abs`` not
-            a bool, ...).
+            non-scalar loss, no trainable parameters, a bad ``start`` or ``transform``, or
+            ``top_k`` or ``bottom_k`` above the number of parameters.
+        TypeError: on an option of the wrong type.
         RuntimeError: where a registered solver returns another number of values than asked.
 
     Example:
@@ -155,13 +131,8 @@ def compute_spectrum(
     transform: Callable[[HessianOperator], LinearOperator] | None = None,
     selection: ParameterSelection | None = None,
 ) -> HessianSpectrum:
-    """:func:`hessian_eigenvalues` with its options as one
-    :class:`~lightning_shortcut.hessian.HessianSettings` (``selection``: the parameters, where
-    already selected, :func:`~lightning_shortcut.hessian.context.select_parameters`).
-
-    Raises:
-        ValueError: as :func:`hessian_eigenvalues`.
-    """
+    """:func:`hessian_eigenvalues` with its options as one ``HessianSettings`` (and the parameters
+    where ``select_parameters`` already chose them: ``selection``); raises as it does."""
     spec = settings.solver
     if transform is not None and (not callable(transform) or spec.touches_grads):
         raise ValueError(
@@ -184,7 +155,12 @@ def compute_spectrum(
     with hessian_operator(
         model, data, loss_fn, settings, selection, clone_grads=spec.touches_grads
     ) as operator:
-        solved = operator if transform is None else _transformed(transform, operator)
+        solved = operator if transform is None else transform(operator)
+        if not isinstance(solved, LinearOperator) or solved.dim != operator.dim:
+            raise ValueError(
+                f"`transform` must return a LinearOperator of size {operator.dim} (the Hessian's), "
+                f"got {solved!r}."
+            )
         result = settings.solve(solved, start=_start_vectors(start, operator.local_dim))
         # "cold": wanted unless every answer came from a warm run
         stderr = settings.stderr is True or (settings.stderr == "cold" and answered_cold(result))
@@ -216,10 +192,9 @@ def _with_product_error(
     }
     unresolved = False
     if spectrum.min_abs_error is not None and spectrum.min_abs is not None:
-        changes["min_abs_error"] = spectrum.min_abs_error + extra
-        unresolved = bool(spectrum.min_abs_resolved) and changes["min_abs_error"] > tol * abs(
-            spectrum.min_abs
-        )
+        min_abs_error = spectrum.min_abs_error + extra
+        unresolved = bool(spectrum.min_abs_resolved) and min_abs_error > tol * abs(spectrum.min_abs)
+        changes["min_abs_error"] = min_abs_error
         changes["min_abs_resolved"] = spectrum.min_abs_resolved and not unresolved
     if error > tol or unresolved:
         changes["converged"] = False
@@ -230,18 +205,6 @@ def _with_product_error(
         )
         changes["reason"] = "; ".join(filter(None, (coarse, spectrum.reason)))
     return replace(spectrum, **changes)
-
-
-def _transformed(
-    transform: Callable[[HessianOperator], LinearOperator], operator: HessianOperator
-) -> LinearOperator:
-    solved = transform(operator)
-    if not isinstance(solved, LinearOperator) or solved.dim != operator.dim:
-        raise ValueError(
-            f"`transform` must return a LinearOperator of size {operator.dim} (the Hessian's), "
-            f"got {solved!r}."
-        )
-    return solved
 
 
 def _start_vectors(start: Any, dim: int) -> WarmStart | None:

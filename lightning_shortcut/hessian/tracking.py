@@ -1,8 +1,6 @@
-"""Warm starts, the start side: the vectors a measurement leaves (:class:`WarmStart`), what each
-locking run starts from (:func:`run_start`), the neighbours carried forward
-(:func:`carried_forward`) and the tracker's audits (:class:`SpectrumTracker`). The stop side is the
-solvers' stopping rule; why and what it costs: the docs' engine page, "Warm starts along training".
-"""
+"""Warm starts, the start side: what a measurement leaves, what each locking run starts from and
+the tracker's audits; the stop side is the solvers' stopping rule (the docs' engine page, "Warm
+starts along training")."""
 
 from __future__ import annotations
 
@@ -37,6 +35,8 @@ WARM_START_NOISE = 0.3
 #: Every this many measurements one is cold: the default of ``audit_every``, written as its value
 #: in ``SpectrumTracker`` and ``HessianEigenvalueMonitor`` so the docs show it (a test checks).
 DEFAULT_AUDIT_EVERY = 10
+# what a tracker's state_dict holds
+_COUNTERS = ("warm_in_a_row", "cold_for", "backoff")
 
 
 @dataclass(frozen=True)
@@ -97,12 +97,8 @@ class WarmStart:
 
     def map(self, change: Callable[[Tensor], Tensor]) -> WarmStart:
         """The same start with ``change`` applied to every vector (to detach or flatten them)."""
-        return replace(
-            self,
-            top_vectors=[change(vector) for vector in self.top_vectors],
-            bottom_vectors=[change(vector) for vector in self.bottom_vectors],
-            neighbours=[change(vector) for vector in self.neighbours],
-        )
+        lists = ("top_vectors", "bottom_vectors", "neighbours")
+        return replace(self, **{name: [change(v) for v in getattr(self, name)] for name in lists})
 
 
 def run_start(
@@ -114,12 +110,11 @@ def run_start(
     first = found_top == 0 and found_bottom == 0
     own: list[Tensor] = []
     frontiers: list[float | None] = [None, None]
-    for side, (wanted, vectors, values, found, frontier) in enumerate(
-        (
-            (top, start.top_vectors, start.top, found_top, start.top_frontier),
-            (bottom, start.bottom_vectors, start.bottom, found_bottom, start.bottom_frontier),
-        )
-    ):
+    ends = (
+        (top, start.top_vectors, start.top, found_top, start.top_frontier),
+        (bottom, start.bottom_vectors, start.bottom, found_bottom, start.bottom_frontier),
+    )
+    for side, (wanted, vectors, values, found, frontier) in enumerate(ends):
         if not wanted:
             continue
         if found >= len(vectors):
@@ -161,8 +156,7 @@ class Measurement(Protocol):
 
 
 def answered_cold(result: Measurement) -> bool:
-    """Whether a measurement's answer came from a cold run, in part at least (what
-    ``stderr="cold"`` computes standard errors for)."""
+    """Whether an answer came (in part) from a cold run: what ``stderr="cold"`` is computed for."""
     return not result.warm_start or result.warm_given_up
 
 
@@ -244,14 +238,9 @@ class SpectrumTracker:
 
     def state_dict(self) -> dict[str, int]:
         """The audit counter and the back-off (not the vectors: a resumed run starts cold)."""
-        return {
-            "warm_in_a_row": self.warm_in_a_row,
-            "cold_for": self.cold_for,
-            "backoff": self.backoff,
-        }
+        return {name: getattr(self, name) for name in _COUNTERS}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.warm_in_a_row = int(state.get("warm_in_a_row", 0))
-        self.cold_for = int(state.get("cold_for", 0))
-        self.backoff = int(state.get("backoff", 0))
+        for name in _COUNTERS:
+            setattr(self, name, int(state.get(name, 0)))
         self.reset()

@@ -1,14 +1,9 @@
-"""When a Lanczos run stops: one rule that answers continue, stop or give up at every check.
+"""When a Lanczos run stops: :class:`StoppingRule` answers continue, stop or give up at each check.
 
-:class:`StoppingRule` owns the decision: the error bounds of the extreme Ritz values, the evidence
-that they are the spectrum's extremes, the resolution of ``min_abs`` and both limits. A run stops
-once every wanted value's bound (:func:`error_bound`) is within ``tol * max|lambda|`` *and* it has
-evidence that no eigenvalue lies beyond (a small residual says an eigenvalue is near, not that it
-is the extreme one). A **cold** run has it once past its floor (:meth:`StoppingRule.floor`) its ends
-have settled since it had half its products (:func:`settled`); a **warm** run inherits it from the
-previous measurement (:class:`WarmEvidence`) and is given up, to run again cold, where it converges
-onto anything else or not by :func:`warm_limit`. Why each constant is what it is, with the
-measurements: the docs' engine page, "The safeguards" and "Warm starts along training".
+A run stops once every wanted bound is within ``tol * max|lambda|`` *and* it has evidence that no
+eigenvalue lies beyond: a cold run's ends settled past its floor, a warm run's inherited
+:class:`WarmEvidence`. Why each constant is what it is, with the measurements: the docs' engine
+page, "The safeguards" and "Warm starts along training".
 """
 
 from __future__ import annotations
@@ -64,6 +59,11 @@ class Ends:
     min_abs: bool = False
 
 
+def check_due(size: int) -> bool:
+    """Whether a run checks at this size (an ``eigh``): every step up to 40, then every 5%."""
+    return size <= 40 or size % max(1, size // 20) == 0
+
+
 def warm_limit(tol: float, max_iter: int) -> int:
     """The products at which a warm run that has not stopped is given up: :data:`WARM_MAX_PRODUCTS`
     at ``tol = 1e-2``, in proportion to ``log(1 / tol)`` (a Krylov method's error falls
@@ -80,28 +80,20 @@ class WarmEvidence:
     inherited: Tensor
     frontiers: tuple[float | None, float | None]
 
-    def retreated(self, ends: Ends, largest: float, smallest: float, threshold: float) -> bool:
-        """Whether a wanted extreme has retreated past its frontier by more than half of
-        ``threshold`` (``tol * max|lambda|``)."""
+    def covers(self, ends: Ends, check: Check, threshold: float, space: LinearOperator) -> bool:
+        """Whether a converged warm run's extremes are what the evidence is about: no wanted
+        extreme retreated past its frontier by over ``threshold / 2``, and each wanted end's Ritz
+        vector has a projection of norm :data:`WARM_MIN_OVERLAP` or more on the inherited ones."""
         top, bottom = self.frontiers
-        return (ends.top and (top is None or largest < top - threshold / 2)) or (
+        largest, smallest = float(check.values[-1]), float(check.values[0])
+        if (ends.top and (top is None or largest < top - threshold / 2)) or (
             ends.bottom and (bottom is None or smallest > bottom + threshold / 2)
-        )
-
-    def covers(
-        self,
-        ends: Ends,
-        largest: float,
-        smallest: float,
-        threshold: float,
-        overlap: Callable[[str], float],
-    ) -> bool:
-        """Whether a converged warm run's extremes are what the evidence is about: not retreated,
-        and each wanted end's Ritz vector (``overlap(end)``, ``end`` ``"top"`` or ``"bottom"``)
-        with a projection of norm :data:`WARM_MIN_OVERLAP` or more on the inherited directions."""
+        ):
+            return False
         wanted = [end for end in ("top", "bottom") if getattr(ends, end)]
-        return not self.retreated(ends, largest, smallest, threshold) and all(
-            overlap(end) >= WARM_MIN_OVERLAP for end in wanted
+        return all(
+            projection_norm(space, self.inherited, check.ritz_vector(end)) >= WARM_MIN_OVERLAP
+            for end in wanted
         )
 
 
@@ -186,11 +178,6 @@ class StoppingRule:
     top_gap: float = 0.0
 
     @property
-    def rounding(self) -> float:
-        """No bound is tighter than the products' rounding, relative to ``max|lambda|``."""
-        return 4 * torch.finfo(self.space.like.dtype).eps
-
-    @property
     def warm_limit(self) -> int | None:
         """The products at which a warm run that has not stopped is given up (``None``: cold)."""
         return None if self.warm is None else warm_limit(self.tol, self.max_iter)
@@ -210,9 +197,8 @@ class StoppingRule:
         exact = check.whole_space or check.beta <= INVARIANT * max(scale, 1e-300)
         if exact:  # an invariant subspace: the Ritz values are eigenvalues
             residuals = torch.zeros_like(residuals)
-        top_error, bottom_error = (
-            max(error, self.rounding * scale) for error in end_errors(values, residuals)
-        )
+        rounding = 4 * torch.finfo(self.space.like.dtype).eps * scale  # no bound is tighter
+        top_error, bottom_error = (max(error, rounding) for error in end_errors(values, residuals))
         self.history.append((check.products, float(values[-1]), float(values[0])))
         self.top_gap = float(values[-1] - values[-2]) if len(values) > 1 else 0.0
         threshold = self.tol * scale
@@ -222,11 +208,7 @@ class StoppingRule:
             if exact:
                 min_abs, min_abs_error = float(values.abs().min()), 0.0
             else:
-                estimate = (
-                    None
-                    if check.projected is None
-                    else min_abs_estimate(check.projected, check.beta)
-                )
+                estimate = min_abs_estimate(check.projected, check.beta)
                 min_abs, min_abs_error = estimate or (math.inf, math.inf)
             # below resolution (singular to within tol), or known to relative accuracy tol
             resolved = min_abs <= threshold or min_abs_error <= self.tol * min_abs
@@ -246,9 +228,7 @@ class StoppingRule:
         return Assessment(decision, scale, top_error, bottom_error, min_abs, min_abs_error)
 
     def _evidence(self, check: Check, threshold: float) -> Decision:
-        """With every bound met: whether the run has the evidence that its extremes are the
-        spectrum's (stop), not yet (continue), or converged onto what a warm start's evidence does
-        not cover (give up)."""
+        """With every bound met: stop where the extremes are known to be the spectrum's."""
         products = check.products
         if self.warm is None:
             # cold: a Krylov space that has doubled without finding anything beyond
@@ -263,17 +243,12 @@ class StoppingRule:
             self.history, self.ends, threshold, products - 2
         ):
             return Decision.CONTINUE
-        _, largest, smallest = self.history[-1]
-        if self.warm.covers(self.ends, largest, smallest, threshold, self._overlap(check)):
+        if self.warm.covers(self.ends, check, threshold, self.space):
             return Decision.STOP
         return Decision.GIVE_UP  # converged onto what the inherited evidence does not cover
 
-    def _overlap(self, check: Check) -> Callable[[str], float]:
-        """``end -> `` the norm of that end's Ritz vector's projection on the inherited directions."""
-        return lambda end: projection_norm(self.space, self.warm.inherited, check.ritz_vector(end))
 
-
-def min_abs_estimate(projected: Tensor, beta: float) -> tuple[float, float] | None:
+def min_abs_estimate(projected: Tensor | None, beta: float) -> tuple[float, float] | None:
     """``(sigma, error)``: the Rayleigh-Ritz estimate of ``min|lambda|`` through ``A^2`` and a bound.
 
     With ``A V_{m-1} = V_m G`` (``G``: ``T``'s first ``m - 1`` columns and the residual norm), the
@@ -281,9 +256,9 @@ def min_abs_estimate(projected: Tensor, beta: float) -> tuple[float, float] | No
     on ``min|lambda|``; ``G`` gives ``A^2 y`` exactly, hence its residual and :func:`error_bound`,
     and ``sigma - error`` is a lower bound.
     """
-    size = projected.shape[0]
-    if size < 2:
+    if projected is None or projected.shape[0] < 2:
         return None
+    size = projected.shape[0]
     full = torch.zeros(size + 1, size, dtype=torch.float64)
     full[:size] = projected
     full[size, size - 1] = beta

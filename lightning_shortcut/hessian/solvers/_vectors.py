@@ -47,16 +47,12 @@ class HostMemorySpace(LinearOperator):
         self.base.free_graph()
 
     def empty(self, rows: int) -> Tensor:
-        """Uninitialized storage for ``rows`` vectors."""
-        like, pinned = self.like, self.pinned
-        return torch.empty(
-            rows, self.local_dim, dtype=like.dtype, device=like.device, pin_memory=pinned
-        )
+        """Uninitialized storage for ``rows`` vectors (pinned where the base is on a GPU)."""
+        return self.like.new_empty(rows, self.local_dim, pin_memory=self.pinned)
 
 
 def owned_product(product: Tensor, *held: Tensor) -> Tensor:
-    """``product``, or a copy where it shares memory with a tensor in ``held``: one the solver may
-    change in place."""
+    """``product``, or a copy where it shares memory with ``held``: one safe to change in place."""
     pointer = product.untyped_storage().data_ptr()
     if any(pointer == tensor.untyped_storage().data_ptr() for tensor in held):
         return product.clone()

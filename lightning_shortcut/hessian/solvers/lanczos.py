@@ -20,6 +20,7 @@ from lightning_shortcut.hessian.solvers._stopping import (
     Ends,
     StoppingRule,
     WarmEvidence,
+    check_due,
 )
 from lightning_shortcut.hessian.solvers._vectors import (
     HostMemorySpace,
@@ -70,8 +71,7 @@ class LanczosProcess:
         return self._projected[: self.size, : self.size]
 
     def step(self) -> None:
-        """Add the normalized residual to the basis and take its product (a
-        ``NonFiniteProductError`` if not finite)."""
+        """Add the normalized residual to the basis and take its product (checked finite)."""
         vector = torch.div(self.residual, self.beta, out=self.buffer[self.size])
         self.residual = None  # now a row of the basis: not held a second time through the product
         self.size += 1
@@ -129,11 +129,6 @@ class LanczosProcess:
         self.size = keep  # A Y = Y diag(values) + r s^T: the next step adds r / beta
 
 
-def _check_now(size: int) -> bool:
-    # a check costs O(size^3): every step while the basis is small, then every 5% of its size
-    return size <= 40 or size % max(1, size // 20) == 0
-
-
 def _restart_coordinates(
     values: Tensor, vectors: Tensor, ends: Ends, count: int
 ) -> tuple[Tensor, Tensor]:
@@ -168,10 +163,6 @@ class _Run:
     coordinates: Tensor
     assessment: Assessment
 
-    def ritz_vector(self, end: str, out: Tensor | None = None) -> Tensor:
-        """The unit Ritz vector of the largest (``"top"``) or smallest value, into ``out``."""
-        return self.process.ritz_vector(self.coordinates[:, -1 if end == "top" else 0], out)
-
 
 def _run(
     operator: LinearOperator, start: Tensor, buffer: Tensor, locked: Tensor, rule: StoppingRule
@@ -185,7 +176,7 @@ def _run(
         process.step()
         full = process.size == process.capacity or process.size == room
         invariant = process.beta <= INVARIANT * float(process.projected.abs().max())
-        if not (full or invariant or products == rule.max_iter or _check_now(process.size)):
+        if not (full or invariant or products == rule.max_iter or check_due(process.size)):
             continue
         values, vectors, residuals = process.ritz()
         assessment = rule.assess(
@@ -255,14 +246,14 @@ def lanczos(
     ``max_iter``); ``host_basis=True`` keeps the solver's vectors in host memory."""
     check_options(max_basis, host_basis)
     given, operator = operator, vector_space(operator, host_basis)
-    buffer = _empty(operator, min(max_basis, operator.dim, max_iter + 1))
-    found = _empty(operator, 0)  # the eigenvectors, each in its row; the locked rows are a view
+    buffer = operator.empty(min(max_basis, operator.dim, max_iter + 1))
+    found = operator.empty(0)  # the eigenvectors, each in its row; the locked rows are a view
     result = HessianSpectrum()
     top_vectors: list[Tensor] = []
     bottom_vectors: list[Tensor] = []
-    locked = runs = 0
+    locked, first = 0, True
     every: list[tuple[float, float, Tensor]] = []  # the locked eigenpairs (value, error, vector)
-    while runs == 0 or len(result.top) < top_k or len(result.bottom) < bottom_k:
+    while first or len(result.top) < top_k or len(result.bottom) < bottom_k:
         want_top, want_bottom = len(result.top) < top_k, len(result.bottom) < bottom_k
         if operator.dim - locked <= 0:  # every eigenpair is locked: each end takes from them all
             ordered = sorted(every, key=lambda pair: pair[0])
@@ -274,7 +265,6 @@ def lanczos(
                 list(part) for part in zip(*bottoms, strict=True)
             )
             break
-        first = runs == 0
         ends = Ends(
             top=want_top or (first and min_abs),
             bottom=want_bottom or (first and min_abs),
@@ -300,7 +290,6 @@ def lanczos(
             )
         result.warm_start = result.warm_start or (inherited is not None and not given_up)
         result.warm_given_up = result.warm_given_up or given_up
-        runs += 1
         assessment = run.assessment
         if not assessment.converged:
             result.fail(f"not converged to tol={tol} within max_iter={max_iter} products")
@@ -310,21 +299,20 @@ def lanczos(
         # a one-vector basis has one Ritz vector: locked once
         lock_bottom = want_bottom and (not want_top or run.process.size > 1)
         if first and top_k + bottom_k:
-            found = _empty(operator, top_k + bottom_k)
+            found = operator.empty(top_k + bottom_k)
         if len(result.top) + want_top >= top_k and len(result.bottom) + want_bottom >= bottom_k:
             operator.free_graph()  # the last run: no more products; its vectors are formed below
         if want_top:
             result.top.append(float(run.values[-1]))
             result.top_errors.append(assessment.top_error)
-            top_vectors.append(run.ritz_vector("top", out=found[locked]))
+            top_vectors.append(run.process.ritz_vector(run.coordinates[:, -1], found[locked]))
             every.append((result.top[-1], assessment.top_error, top_vectors[-1]))
             locked += 1
         if want_bottom:
             result.bottom.append(float(run.values[0]))
             result.bottom_errors.append(assessment.bottom_error)
-            bottom_vectors.append(
-                run.ritz_vector("bottom", out=found[locked] if lock_bottom else None)
-            )
+            into = found[locked] if lock_bottom else None
+            bottom_vectors.append(run.process.ritz_vector(run.coordinates[:, 0], into))
             locked += lock_bottom
             if lock_bottom:
                 every.append((result.bottom[-1], assessment.bottom_error, bottom_vectors[-1]))
@@ -333,13 +321,7 @@ def lanczos(
                 run.values, top=ends.top, bottom=ends.bottom
             )
             result.neighbours = [run.process.ritz_vector(run.coordinates[:, i]) for i in columns]
+        first = False
     result.vectors = [vector.to(given.like) for vector in top_vectors + bottom_vectors]
     result.neighbours = [vector.to(given.like) for vector in result.neighbours]
     return result
-
-
-def _empty(space: LinearOperator, rows: int) -> Tensor:
-    """Uninitialized storage for ``rows`` vectors of ``space``."""
-    if isinstance(space, HostMemorySpace):
-        return space.empty(rows)
-    return space.like.new_empty(rows, space.local_dim)

@@ -1,14 +1,8 @@
-"""Lanczos for the values alone: two vectors and the tridiagonal, no reorthogonalization.
-
-The three-term recurrence ``beta_j q_{j+1} = A q_j - alpha_j q_j - beta_{j-1} q_{j-1}`` holds
-``q_j`` and ``q_{j-1}``, in whose memory the next product forms, and ``T_j`` gives the Ritz values
-of the whole Krylov space (nothing is restarted). Without reorthogonalization converged values
-repeat ("ghosts"), but the extreme Ritz values converge as with orthogonal vectors and lie within
-``|beta_j s_j|`` of an eigenvalue (Paige 1976, 1980): the basis solver's bounds and
-:class:`~lightning_shortcut.hessian.solvers._stopping.StoppingRule` apply unchanged, a ghost beside
-an extreme only shrinking its Kato-Temple gap. One value per end (a second would need Cullum and
-Willoughby's test); :func:`extreme_vectors` runs the recurrence again from the same start for the
-extremes' eigenvectors. The docs' engine page, "Values alone", says why and what each costs.
+"""Lanczos for the values alone: two vectors and the tridiagonal of the three-term recurrence, no
+reorthogonalization. The extreme Ritz values converge as with orthogonal vectors and lie within
+``|beta_j s_j|`` of an eigenvalue (Paige 1976, 1980), so the basis solver's bounds and stopping
+rule apply unchanged; one value per end. The docs' engine page, "Values alone", says why and what
+each costs.
 """
 
 from __future__ import annotations
@@ -20,7 +14,13 @@ from torch import Tensor
 
 from lightning_shortcut.hessian.linear_operator import LinearOperator, check_finite
 from lightning_shortcut.hessian.results import HessianSpectrum
-from lightning_shortcut.hessian.solvers._stopping import Check, Decision, Ends, StoppingRule
+from lightning_shortcut.hessian.solvers._stopping import (
+    Check,
+    Decision,
+    Ends,
+    StoppingRule,
+    check_due,
+)
 from lightning_shortcut.hessian.solvers._vectors import (
     owned_product,
     random_unit_vector,
@@ -41,8 +41,7 @@ VALUES_ONLY = "lanczos_values"
 
 
 def refuse(top_k: int, bottom_k: int, min_abs: bool, vectors: bool, start: bool) -> str:
-    """Why the values-only pass cannot answer this call (a message naming the option that can),
-    or ``""``."""
+    """Why the values-only pass cannot answer this call, naming the option that can; or ``""``."""
     asked = [
         name
         for name, wanted in (
@@ -63,17 +62,10 @@ def refuse(top_k: int, bottom_k: int, min_abs: bool, vectors: bool, start: bool)
     )
 
 
-def _inner(space: LinearOperator, first: Tensor, second: Tensor) -> float:
-    return float(space.reduce(torch.dot(first, second).reshape(1)))
-
-
 def _recurrence(
     space: LinearOperator, start: Tensor, visit: Callable[[Tensor], None] | None = None
 ) -> Iterator[tuple[float, float]]:
-    """``(alpha_j, beta_j)`` for ``j = 1, 2, ...`` (after ``visit(q_j)`` where given), one product
-    each; two vectors are alive (``q_j`` and ``q_{j-1}``, in whose memory the next product forms:
-    :meth:`~lightning_shortcut.hessian.linear_operator.LinearOperator.add_product`). Ends where
-    ``beta_j = 0``."""
+    """``(alpha_j, beta_j)`` for ``j = 1, 2, ...`` (after ``visit(q_j)``) until ``beta_j = 0``."""
     previous, current, beta = None, start, 0.0
     del start  # held as current only
     while True:
@@ -83,7 +75,7 @@ def _recurrence(
             product = check_finite(space.add_product(current, previous.mul_(-beta)))
         previous, alpha = None, 0.0
         for _ in range(2):  # against q_j alone, twice: alpha to working accuracy, no vector more
-            coefficient = _inner(space, current, product)
+            coefficient = float(space.reduce(torch.dot(current, product).reshape(1)))
             product.sub_(current, alpha=coefficient)
             alpha += coefficient
         beta = float(space.norm(product))
@@ -93,15 +85,6 @@ def _recurrence(
         if beta == 0.0:
             return
         previous, current = current, product.div_(beta)
-
-
-def _ritz(alphas: list[float], betas: list[float]) -> tuple[Tensor, Tensor]:
-    """Eigenvalues (ascending) and eigenvectors (columns) of the tridiagonal ``T_j``."""
-    diagonal = torch.tensor(alphas, dtype=torch.float64)
-    off = torch.tensor(betas[:-1], dtype=torch.float64)
-    tridiagonal = torch.diag(diagonal) + torch.diag(off, 1) + torch.diag(off, -1)
-    with single_thread():
-        return torch.linalg.eigh(tridiagonal)
 
 
 @register_solver(VALUES_ONLY, validate_options=check_options)
@@ -118,11 +101,8 @@ def lanczos_values(
     max_basis: int = DEFAULT_MAX_BASIS,
     host_basis: bool = False,
 ) -> HessianSpectrum:
-    """The largest (``top_k = 1``) and the smallest (``bottom_k = 1``) eigenvalue, holding two
-    vectors, with the basis solver's error bounds and stopping rule (see the module docstring).
-
-    It returns no eigenvectors and takes no warm start; ``max_basis`` is accepted (two vectors are
-    within any) and ``host_basis`` keeps them in host memory.
+    """The largest (``top_k = 1``) and smallest (``bottom_k = 1``) eigenvalue, holding two vectors
+    and returning none; ``max_basis`` is accepted, ``host_basis`` keeps the vectors in host memory.
 
     Raises:
         ValueError: on ``start``, ``min_abs`` or a count above 1, naming the option that gives it.
@@ -155,20 +135,6 @@ def extreme_vectors(
     if refusal:
         raise ValueError(refusal)
     space = vector_space(operator, host_basis)
-    result = _solve(space, generator, top_k, bottom_k, tol, max_iter, vectors)
-    result.vectors = [vector.to(operator.like) for vector in result.vectors]
-    return result
-
-
-def _solve(
-    space: LinearOperator,
-    generator: torch.Generator,
-    top_k: int,
-    bottom_k: int,
-    tol: float,
-    max_iter: int,
-    vectors: bool = False,
-) -> HessianSpectrum:
     rule = StoppingRule(Ends(top=top_k > 0, bottom=bottom_k > 0), tol, max_iter, space)
     alphas: list[float] = []
     betas: list[float] = []
@@ -178,8 +144,7 @@ def _solve(
         alphas.append(alpha)
         betas.append(beta)
         last = products >= max_iter or beta == 0.0
-        if last or products <= 40 or products % max(1, products // 20) == 0:
-            # a check costs an eigh of T_j: at each step at first, then every 5% of the steps
+        if last or check_due(products):
             decision, result, coordinates = _assess(rule, alphas, betas, top_k, bottom_k)
             if decision is not Decision.CONTINUE or last:
                 break
@@ -200,7 +165,7 @@ def _solve(
         for _ in zip(range(len(coordinates)), again, strict=False):
             pass
         again.close()
-        result.vectors = [row.div_(space.norm(row)) for row in sums]
+        result.vectors = [row.div_(space.norm(row)).to(operator.like) for row in sums]
     space.free_graph()  # no more products (the standard errors build their chunks' own graphs)
     return result
 
@@ -208,9 +173,11 @@ def _solve(
 def _assess(
     rule: StoppingRule, alphas: list[float], betas: list[float], top_k: int, bottom_k: int
 ) -> tuple[Decision, HessianSpectrum, Tensor]:
-    """The rule's decision on the extremes of ``T_j``, the values with their bounds, and the
-    extremes' eigenvectors of ``T_j`` (columns: top, bottom)."""
-    values, vectors = _ritz(alphas, betas)
+    """The rule's decision, the values with their bounds, and ``T_j``'s extreme eigenvectors."""
+    off = torch.tensor(betas[:-1], dtype=torch.float64)
+    tridiagonal = torch.diag(torch.tensor(alphas, dtype=torch.float64)) + torch.diag(off, 1)
+    with single_thread():
+        values, vectors = torch.linalg.eigh(tridiagonal + torch.diag(off, -1))
     assessment = rule.assess(
         Check(len(alphas), values, betas[-1] * vectors[-1].abs(), beta=betas[-1])
     )

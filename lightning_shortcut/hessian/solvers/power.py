@@ -48,8 +48,7 @@ def _shifted_power_iteration(
     threshold: float,
     max_iter: int,
 ) -> tuple[float, Tensor, float, bool]:
-    """Power iteration on ``A + shift * I`` on the complement of ``locked``: the Rayleigh quotient
-    ``theta``, the vector, its residual ``||A v - theta v||`` and whether that met ``threshold``."""
+    """Power iteration on ``A + shift I`` off ``locked``: ``(theta, vector, residual, converged)``."""
     vector = random_unit_vector(operator, generator, locked)
     theta, residual = math.nan, math.inf
     for _ in range(max_iter):

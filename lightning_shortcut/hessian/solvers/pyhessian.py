@@ -52,8 +52,7 @@ class _BatchRef:
 
 
 class _LossModule(nn.Module):
-    """A stand-in "model": its output is the (shifted) loss, its parameters the chosen ones (the
-    user's model out of reach of pyhessian's ``eval()``)."""
+    """A stand-in "model" out of reach of pyhessian's ``eval()``: its output is the (shifted) loss."""
 
     def __init__(self, operator: _ModelHessian, shift: float) -> None:
         super().__init__()
@@ -136,15 +135,13 @@ def pyhessian_power_iteration(
     max_iter: int,
     start: WarmStart | None = None,
 ) -> HessianSpectrum:
-    """Top and bottom eigenvalues with pyhessian's solver on ``H +- s I`` (see the module
-    docstring); ``generator`` and ``start`` are not used."""
+    """pyhessian's solver on ``H +- s I`` (the module docstring); ``generator``, ``start`` unused."""
     if not all(hasattr(operator, name) for name in ("model", "loss_fn", "batches", "params")):
         raise TypeError(
             "method='pyhessian' needs a model's Hessian (a HessianOperator), got "
             f"{type(operator).__name__}; use method='lanczos' or 'power' for other operators."
         )
-    dominant, _, products = _run_pyhessian(operator, 0.0, 1, tol, max_iter)
-    total_products = products
+    dominant, _, total_products = _run_pyhessian(operator, 0.0, 1, tol, max_iter)
     rho = abs(dominant[0])
     check_finite(torch.tensor(rho))
     if rho == 0.0:
