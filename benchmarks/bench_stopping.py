@@ -60,10 +60,11 @@ from lightning_shortcut.hessian.solvers._stopping import (
     MIN_PRODUCTS,
     SEPARATED_MIN_PRODUCTS,
     SEPARATION,
+    check_due,
     end_errors,
 )
 from lightning_shortcut.hessian.solvers._vectors import random_unit_vector
-from lightning_shortcut.hessian.solvers.lanczos_values import _recurrence, _ritz
+from lightning_shortcut.hessian.solvers.lanczos_values import _recurrence
 
 TOLS = (1e-2, 1e-3)
 ENDS = {"both": (True, True), "top": (True, False), "bottom": (False, True)}
@@ -79,8 +80,12 @@ WINDOWS = {
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
-def _checked(products: int) -> bool:
-    return products <= 40 or products % max(1, products // 20) == 0
+def _ritz(alphas: list[float], betas: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (ascending) and eigenvectors of the tridiagonal ``T_j``, as the pass takes them."""
+    off = torch.tensor(betas[:-1], dtype=torch.float64)
+    tridiagonal = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    tridiagonal += torch.diag(off, 1) + torch.diag(off, -1)
+    return torch.linalg.eigh(tridiagonal)
 
 
 class Trajectory:
@@ -105,7 +110,7 @@ class Trajectory:
         share, separated_floor = window
         for index, (products, largest, smallest, top, bottom, second) in enumerate(self.rows):
             last = index == len(self.rows) - 1
-            if not (_checked(products) or last):
+            if not (check_due(products) or last):
                 continue
             threshold = tol * max(abs(largest), abs(smallest))
             met = (not want_top or top <= threshold) and (not want_bottom or bottom <= threshold)
