@@ -276,10 +276,12 @@ def _print_goals(rows: list[dict]) -> None:
     print("\n## Goals: extra peak <= 1.5x the training footprint, every value within tol\n")
     for model in dict.fromkeys(row["model"] for row in rows):
         own = {row["configuration"]: row for row in rows if row["model"] == model}
-        basis = next((row for key, row in own.items() if key.endswith("(default)")), None)
+        default = next((row for key, row in own.items() if key.endswith("(default)")), None)
         for key, row in own.items():
-            if not key.startswith(("values", "monitor")):
+            if not key.startswith(("values", "monitor")) or key.endswith("(before)"):
                 continue
+            # the monitor's measurements against the monitor's before, the calls against the basis
+            basis = own.get("monitor, basis (before)") if key.startswith("monitor") else default
             met = row["x footprint"] <= 1.5 and row["error / tol"] <= 1.0
             products = f", {row['products'] / basis['products']:.2f}x" if basis else ""
             print(
