@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import math
 import warnings
 from types import SimpleNamespace
@@ -404,3 +405,6 @@ def test_the_forecast_averages_the_standard_errors_over_their_cycle():
     expected = guard.expected(ExpectedCost(1.0), budget, steady=1.0)
     assert expected.seconds == pytest.approx((3.0 + 9 * 1.0) / 10)
     assert "standard errors with one in every 10" in expected.mix
+    # the run's settings without them (fully_shard): no measurement is booked as carrying them
+    guard.for_next(dataclasses.replace(settings, stderr=False), cold=True)
+    assert (guard.cycle, guard.next_kind()) == (1, "values")

@@ -49,6 +49,7 @@ class GuardedMeasurements:
             (1 if warm_start else DEFAULT_AUDIT_EVERY) if stderr is True else int(stderr)
         )
         self.cold_count = 0  # cold fit measurements so far: the standard errors' schedule
+        self.stderr_on = True  # the run's settings ask for them (not under fully_shard)
         self.products = 0  # the current measurement's, over every call
         self.seconds = 0.0
         self.stderr_share = 0.0  # the standard errors' share of the last fit spectrum's time
@@ -98,12 +99,13 @@ class GuardedMeasurements:
     # the standard errors' schedule
 
     def _stderr_due(self, cold: bool) -> bool:
-        every = self.stderr_every
+        every = self.stderr_every if self.stderr_on else 0
         return cold and bool(every) and self.cold_count % every == 0
 
     def for_next(self, settings: HessianSettings, cold: bool) -> HessianSettings:
-        """``settings`` for the next fit measurement: the standard errors where their schedule
-        has them (with every ``stderr_every``-th cold one), else off."""
+        """``settings`` (the run's: none under ``fully_shard``) for the next fit measurement: the
+        standard errors where their schedule has them (every ``stderr_every``-th cold one)."""
+        self.stderr_on = bool(settings.stderr)
         due = self._stderr_due(cold)
         self.cold_count += cold
         return settings if due or not settings.stderr else replace(settings, stderr=False)
@@ -127,7 +129,9 @@ class GuardedMeasurements:
     def cycle(self) -> int:
         # one cold audit in audit_every measurements (and, under Adam, one cold stability run);
         # without warm starts, one with the standard errors in stderr_every
-        return self.tracker.audit_every if self.warm_start else max(self.stderr_every, 1)
+        if self.warm_start:
+            return self.tracker.audit_every
+        return max(self.stderr_every, 1) if self.stderr_on else 1
 
     def seed_estimates(self, budget: Any) -> None:
         # a warm measurement computes no standard errors, nor one off their schedule: until one is
@@ -148,7 +152,8 @@ class GuardedMeasurements:
         if self.cycle == 1:
             return ExpectedCost(base.seconds, "each cold")
         if steady is None:
-            return ExpectedCost(base.seconds, f"{base.mix}: warm runs were given up for cold ones")
+            why = "warm runs were given up for cold ones" if self.warm_start else "none light yet"
+            return ExpectedCost(base.seconds, f"{base.mix}: {why}")
         cold = budget.costs.get("cold", base.seconds)
         mix = (
             f"one cold in every {self.cycle} (warm_start={self.warm_start}) at {cold:.3g} s, "

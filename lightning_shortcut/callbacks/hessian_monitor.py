@@ -120,8 +120,8 @@ class HessianEigenvalueMonitor(ScheduledMonitor):
         solver_options: *Solver.* Options of the solver, e.g. ``{"max_basis": 10}``, checked here.
         stderr: *Output.* Log the extremes' standard errors (``mode="eval"``): ``True`` with one fit
             measurement in 10 (the first, or the cold audits of ``warm_start``), an int ``n`` with
-            every ``n``-th cold one, and with each ``validate``/``test`` one. Each costs the run
-            again for its vectors and a product per 16 chunks of the batch (``docs/monitor.md``).
+            every ``n``-th cold one, and with each ``validate``/``test`` one. Each costs a product
+            per 16 chunks of the batch, and where no eigenvector is kept the run again for them.
         edge_of_stability: *Output.* Log ``stability`` and ``max_stable_lr`` from the run's
             optimizer (:func:`~lightning_shortcut.hessian.edge_of_stability`).
         warn_above: *Output.* Warn once when ``stability`` stays above this for 3 measurements

@@ -191,7 +191,7 @@ class HessianOperator(LinearOperator):
         del products  # each piece is freed once added
         for position, piece in enumerate(torch.split(result, [self.numels[i] for i in indices])):
             if pieces[position] is not None:
-                piece.add_(pieces[position].reshape(-1), alpha=size)
+                piece.add_(pieces[position].reshape(-1).to(piece), alpha=size)
                 pieces[position] = None
         return result
 
