@@ -40,31 +40,29 @@ from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.sparse.linalg import LinearOperator as ScipyOperator
-from scipy.sparse.linalg import eigsh
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _models import describe_machine, print_table
 from bench_tracking import RUNS
-from bench_values_only import held_out
+from bench_values_only import eigsh_extremes, held_out
 
 from lightning_shortcut.hessian.context import hessian_operator
 from lightning_shortcut.hessian.operator import cross_entropy_loss, resolve_params
 from lightning_shortcut.hessian.settings import HessianSettings
 from lightning_shortcut.hessian.solvers._stopping import (
-    INVARIANT,
     MIN_PRODUCTS,
     SEPARATED_MIN_PRODUCTS,
     SEPARATION,
+    Check,
+    Ends,
+    StoppingRule,
     check_due,
-    end_errors,
 )
 from lightning_shortcut.hessian.solvers._vectors import random_unit_vector
-from lightning_shortcut.hessian.solvers.lanczos_values import _recurrence
+from lightning_shortcut.hessian.solvers.lanczos_values import _recurrence, ritz
 
 TOLS = (1e-2, 1e-3)
 ENDS = {"both": (True, True), "top": (True, False), "bottom": (False, True)}
@@ -80,29 +78,20 @@ WINDOWS = {
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
-def _ritz(alphas: list[float], betas: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigenvalues (ascending) and eigenvectors of the tridiagonal ``T_j``, as the pass takes them."""
-    off = torch.tensor(betas[:-1], dtype=torch.float64)
-    tridiagonal = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-    tridiagonal += torch.diag(off, 1) + torch.diag(off, -1)
-    return torch.linalg.eigh(tridiagonal)
-
-
 class Trajectory:
     """One unrestarted pass: the extremes of ``T_k`` and their bounds after each product."""
 
-    def __init__(self, alphas: list[float], betas: list[float], eps: float) -> None:
+    def __init__(self, alphas: list[float], betas: list[float], space) -> None:
         self.rows = []  # (products, largest, smallest, top_error, bottom_error, second_largest)
+        bounds = StoppingRule(Ends(top=True, bottom=True), 0.5, len(alphas), space)  # its bounds
         for products in range(1, len(alphas) + 1):
-            values, vectors = _ritz(alphas[:products], betas[:products])
-            scale = float(values.abs().max())
+            values, vectors = ritz(alphas[:products], betas[:products])
             beta = betas[products - 1]
-            residuals = beta * vectors[-1].abs()
-            if beta <= INVARIANT * max(scale, 1e-300):
-                residuals = torch.zeros_like(residuals)
-            top, bottom = (max(e, 4 * eps * scale) for e in end_errors(values, residuals))
+            check = Check(products, values, beta * vectors[-1].abs(), beta=beta)
+            assessment = bounds.assess(check)
             second = float(values[-2]) if products > 1 else float(values[-1])
-            self.rows.append((products, float(values[-1]), float(values[0]), top, bottom, second))
+            row = (products, float(values[-1]), float(values[0]))
+            self.rows.append((*row, assessment.top_error, assessment.bottom_error, second))
 
     def stop(self, ends: tuple[bool, bool], tol: float, window: tuple[float, bool]) -> tuple:
         """The row where a run with this window stops (or the last)."""
@@ -137,18 +126,7 @@ def _pass(operator, seed: int, products: int) -> Trajectory:
         betas.append(beta)
         if len(alphas) >= products:
             break
-    return Trajectory(alphas, betas, torch.finfo(operator.like.dtype).eps)
-
-
-def _reference(operator) -> tuple[float, float]:
-    def product(vector: np.ndarray) -> np.ndarray:
-        flat = torch.from_numpy(np.asarray(vector).reshape(-1)).to(operator.like)
-        return operator(flat).double().numpy()
-
-    scipy_operator = ScipyOperator((operator.dim, operator.dim), matvec=product, dtype=np.float64)
-    top = eigsh(scipy_operator, k=1, which="LA", tol=1e-10, ncv=40)[0][0]
-    bottom = eigsh(scipy_operator, k=1, which="SA", tol=1e-10, ncv=40)[0][0]
-    return float(top), float(bottom)
+    return Trajectory(alphas, betas, operator)
 
 
 def _bn_cnn_fashion():
@@ -242,7 +220,7 @@ def study(seeds: int, products: int) -> list[dict]:
                 model, batch, loss_fn, HessianSettings(params=params)
             ) as operator:
                 if reference is None:
-                    reference = _reference(operator)
+                    reference = eigsh_extremes(operator)
                 trajectory = _pass(operator, seed, products)
             top_ref, bottom_ref = reference
             scale = max(abs(top_ref), abs(bottom_ref))

@@ -86,20 +86,24 @@ def held_out(name: str) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
     return model, (inputs, torch.randint(0, 10, (256,), generator=generator))
 
 
-def reference(model: nn.Module, batch) -> tuple[float, float]:
-    """scipy's ``eigsh`` (ARPACK) at ``tol=1e-10`` on the same products, in float64 on its side."""
-    with hessian_operator(model, batch, None, HessianSettings()) as operator:
+def eigsh_extremes(operator) -> tuple[float, float]:
+    """scipy's ``eigsh`` (ARPACK) at ``tol=1e-10`` on ``operator``'s products, in float64 on its
+    side: the largest and the smallest eigenvalue."""
 
-        def product(vector: np.ndarray) -> np.ndarray:
-            flat = torch.from_numpy(np.asarray(vector).reshape(-1)).to(operator.like)
-            return operator(flat).double().numpy()
+    def product(vector: np.ndarray) -> np.ndarray:
+        flat = torch.from_numpy(np.asarray(vector).reshape(-1)).to(operator.like)
+        return operator(flat).double().numpy()
 
-        scipy_operator = ScipyOperator(
-            (operator.dim, operator.dim), matvec=product, dtype=np.float64
-        )
-        top = eigsh(scipy_operator, k=1, which="LA", tol=1e-10, ncv=40)[0][0]
-        bottom = eigsh(scipy_operator, k=1, which="SA", tol=1e-10, ncv=40)[0][0]
+    scipy_operator = ScipyOperator((operator.dim, operator.dim), matvec=product, dtype=np.float64)
+    top = eigsh(scipy_operator, k=1, which="LA", tol=1e-10, ncv=40)[0][0]
+    bottom = eigsh(scipy_operator, k=1, which="SA", tol=1e-10, ncv=40)[0][0]
     return float(top), float(bottom)
+
+
+def reference(model: nn.Module, batch) -> tuple[float, float]:
+    """:func:`eigsh_extremes` of the model's Hessian on ``batch``."""
+    with hessian_operator(model, batch, None, HessianSettings()) as operator:
+        return eigsh_extremes(operator)
 
 
 def bound_met(model: nn.Module, batch, top_k: int) -> int | None:

@@ -87,6 +87,14 @@ def _recurrence(
         previous, current = current, product.div_(beta)
 
 
+def ritz(alphas: list[float], betas: list[float]) -> tuple[Tensor, Tensor]:
+    """The eigenvalues (ascending) and eigenvectors of the tridiagonal ``T_j`` of the recurrence."""
+    off = torch.tensor(betas[:-1], dtype=torch.float64)
+    tridiagonal = torch.diag(torch.tensor(alphas, dtype=torch.float64)) + torch.diag(off, 1)
+    with single_thread():
+        return torch.linalg.eigh(tridiagonal + torch.diag(off, -1))
+
+
 @register_solver(VALUES_ONLY, validate_options=check_options)
 def lanczos_values(
     operator: LinearOperator,
@@ -174,10 +182,7 @@ def _assess(
     rule: StoppingRule, alphas: list[float], betas: list[float], top_k: int, bottom_k: int
 ) -> tuple[Decision, HessianSpectrum, Tensor]:
     """The rule's decision, the values with their bounds, and ``T_j``'s extreme eigenvectors."""
-    off = torch.tensor(betas[:-1], dtype=torch.float64)
-    tridiagonal = torch.diag(torch.tensor(alphas, dtype=torch.float64)) + torch.diag(off, 1)
-    with single_thread():
-        values, vectors = torch.linalg.eigh(tridiagonal + torch.diag(off, -1))
+    values, vectors = ritz(alphas, betas)
     assessment = rule.assess(
         Check(len(alphas), values, betas[-1] * vectors[-1].abs(), beta=betas[-1])
     )
